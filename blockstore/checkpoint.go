@@ -1,0 +1,201 @@
+package blockstore
+
+import (
+	"fmt"
+
+	"github.com/dataimage/dataimage/blockstore/internal/format"
+)
+
+// checkpoint takes a checkpoint. REQUIRES p.commitMu, and neither p.ioGate nor p.mu.
+func (p *Pool) checkpoint() error {
+	p.ioGate.Lock()
+	defer p.ioGate.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.checkLocked(); err != nil {
+		return err
+	}
+	return p.checkpointLocked()
+}
+
+// checkpointLocked writes every change since the last checkpoint and commits it with a new
+// superblock (order: journal.go). REQUIRES p.commitMu (or exclusive use during Open), p.ioGate
+// exclusively (no data write is between allocating and mapping its blocks), p.mu.
+func (p *Pool) checkpointLocked() error {
+	// The catalog, in new blocks; the old ones go once this checkpoint is durable.
+	payload := format.EncodeCatalog(p.catalog())
+	room := p.bs - format.CatalogHeaderSize
+	nblk := (len(payload) + room - 1) / room
+	newCat := make([]uint64, 0, nblk)
+	for range nblk {
+		b, err := p.allocBlock()
+		if err != nil {
+			for _, c := range newCat {
+				p.decref(c, 0)
+			}
+			return fmt.Errorf("blockstore: checkpoint: allocate catalog block: %w", err)
+		}
+		newCat = append(newCat, b)
+	}
+	for _, b := range p.catalogBlocks {
+		p.decref(b, pendingCheckpoint)
+	}
+	p.catalogBlocks = newCat
+
+	gen := p.generation + 1
+	buf := p.blockBuf()
+	defer p.putBlockBuf(buf)
+	write := func(pbn uint64, what string) error {
+		if _, err := p.f.WriteAt(buf, int64(pbn)*int64(p.bs)); err != nil {
+			return p.fail(fmt.Errorf("checkpoint: write %s at block %d: %w", what, pbn, err))
+		}
+		return nil
+	}
+	for i, b := range newCat {
+		next := uint64(0)
+		if i+1 < len(newCat) {
+			next = newCat[i+1]
+		}
+		lo := i * room
+		format.EncodeCatalogBlock(buf, b, next, payload[lo:min(lo+room, len(payload))])
+		if err := write(b, "catalog block"); err != nil {
+			return err
+		}
+	}
+	for _, n := range p.nodes {
+		if !n.dirty {
+			continue
+		}
+		format.EncodeNode(buf, n.pbn, n.level, n.ent)
+		if err := write(n.pbn, "tree node"); err != nil {
+			return err
+		}
+	}
+	counts := make([]uint32, p.rc.perPage)
+	type pageSlot struct{ page, slot int }
+	written := make([]pageSlot, 0, len(p.rc.dirty))
+	for pg := range p.rc.dirty {
+		clear(counts)
+		if src := p.rc.pages[pg]; src != nil {
+			for i, c := range src {
+				if c <= maxRefs {
+					counts[i] = c
+				}
+			}
+		}
+		slot := uint64(0)
+		if p.rc.slot[pg] == 0 {
+			slot = 1
+		}
+		format.EncodeRCPage(buf, uint32(pg), gen, counts[:p.pageLen(pg)])
+		if err := write(p.geo.RCStart+2*uint64(pg)+slot, "refcount page"); err != nil {
+			return err
+		}
+		written = append(written, pageSlot{pg, int(slot)})
+	}
+	if err := p.f.Sync(); err != nil {
+		return p.fail(fmt.Errorf("checkpoint: sync: %w", err))
+	}
+
+	sb := p.geo
+	sb.Generation = gen
+	sb.CheckpointLSN = p.lsn
+	sb.CatalogHead = 0
+	if len(newCat) > 0 {
+		sb.CatalogHead = newCat[0]
+	}
+	sb.NextVolumeID = p.nextVol
+	sb.NextSnapID = p.nextSnap
+	sb.OverProvision = uint32(p.overProv * 100)
+	sb.NodeBlocks = p.nodeBlocks
+	sb.CatalogBlocks = uint64(len(newCat))
+	clear(buf)
+	format.EncodeSuperblock(buf, &sb)
+	sbBlock := gen % 2
+	if _, err := p.f.WriteAt(buf, int64(sbBlock)*int64(p.bs)); err != nil {
+		return p.fail(fmt.Errorf("checkpoint: write superblock: %w", err))
+	}
+	if err := p.f.Sync(); err != nil {
+		return p.fail(fmt.Errorf("checkpoint: sync superblock: %w", err))
+	}
+
+	// Durable. Everything below only updates memory.
+	p.generation = gen
+	p.ckptLSN = p.lsn
+	p.durableLSN = p.lsn
+	p.jbuf = nil
+	p.jpos = 0
+	for _, w := range written {
+		p.rc.slot[w.page] = uint8(w.slot)
+	}
+	clear(p.rc.dirty)
+	for _, n := range p.nodes {
+		if n.dirty {
+			n.dirty = false
+			p.dirtyNodes--
+			p.cleanNodes++
+		}
+	}
+	p.release(p.pendingCommit)
+	p.release(p.pendingCheckpoint)
+	p.pendingCommit = p.pendingCommit[:0]
+	p.pendingCheckpoint = p.pendingCheckpoint[:0]
+	p.log.Debug("checkpoint", "generation", gen, "lsn", p.lsn, "catalogBlocks", len(newCat))
+	return nil
+}
+
+// pageLen returns how many counts refcount page pg holds (the last page may be partial).
+func (p *Pool) pageLen(pg int) int {
+	return int(min(uint64(p.rc.perPage), p.rc.n-uint64(pg)*uint64(p.rc.perPage)))
+}
+
+// catalog builds the catalog of the in-memory state. REQUIRES p.mu.
+func (p *Pool) catalog() *format.Catalog {
+	c := &format.Catalog{}
+	for _, v := range p.vols {
+		c.Volumes = append(c.Volumes, format.VolumeEntry{ID: uint64(v.id), Name: v.name, Size: v.size,
+			Root: v.t.root, Height: v.t.height, Created: v.created, Origin: uint64(v.origin)})
+	}
+	for _, s := range p.snaps {
+		c.Snapshots = append(c.Snapshots, format.SnapshotEntry{ID: uint64(s.id), Name: s.name, Volume: uint64(s.vol),
+			LSN: s.lsn, Created: s.created, Size: s.size, Root: s.t.root, Height: s.t.height})
+	}
+	return c
+}
+
+// loadCatalog reads the catalog chain starting at head.
+func (p *Pool) loadCatalog(head uint64) error {
+	buf := make([]byte, p.bs)
+	var payload []byte
+	for b, seen := head, 0; b != 0; seen++ {
+		if !p.rc.valid(b) || seen > int(p.geo.CatalogBlocks) {
+			return &CorruptionError{Block: b, What: "catalog block", Err: fmt.Errorf("%w: chain leaves the catalog", format.ErrInvalid)}
+		}
+		if _, err := p.f.ReadAt(buf, int64(b)*int64(p.bs)); err != nil {
+			return fmt.Errorf("blockstore: read catalog block %d: %w", b, err)
+		}
+		part, next, err := format.DecodeCatalogBlock(buf, b)
+		if err != nil {
+			return &CorruptionError{Block: b, What: "catalog block", Err: err}
+		}
+		payload = append(payload, part...)
+		p.catalogBlocks = append(p.catalogBlocks, b)
+		b = next
+	}
+	if head == 0 {
+		return nil
+	}
+	c, err := format.DecodeCatalog(payload)
+	if err != nil {
+		return &CorruptionError{Block: head, What: "catalog", Err: err}
+	}
+	for _, v := range c.Volumes {
+		p.addVolume(&volState{id: VolumeID(v.ID), name: v.Name, size: v.Size, created: v.Created,
+			origin: SnapshotID(v.Origin), t: tree{root: v.Root, height: v.Height}})
+	}
+	for _, s := range c.Snapshots {
+		p.addSnapshot(&snapState{id: SnapshotID(s.ID), name: s.Name, vol: VolumeID(s.Volume), lsn: s.LSN,
+			created: s.Created, size: s.Size, t: tree{root: s.Root, height: s.Height}})
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+package blockstore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// File is the storage under a pool: a regular file or a block device. All pool I/O goes through
+// it, so tests can substitute one that injects crashes, errors and latency.
+//
+// ReadAt and WriteAt follow io.ReaderAt and io.WriterAt and may be called concurrently. The pool
+// only issues I/O whose offset and length are multiples of its block size.
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	// Sync makes every completed write durable (fdatasync).
+	Sync() error
+	// PunchHole tells the storage that the byte range holds no data any more. The range must
+	// read back as zeros afterwards or keep its old contents; the pool never relies on either.
+	PunchHole(off, length int64) error
+	// Size returns the size of the storage in bytes.
+	Size() (int64, error)
+	Close() error
+}
+
+// osFile is a File on a regular file or block device.
+type osFile struct {
+	f      *os.File
+	direct bool
+	block  bool // a block device
+}
+
+const directAlign = 4096
+
+var alignedPool = sync.Pool{New: func() any { b := alignedBuf(1 << 20); return &b }}
+
+// alignedBuf returns a buffer of n bytes whose start is aligned for O_DIRECT.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+directAlign)
+	off := int(uintptr(unsafe.Pointer(&b[0])) & (directAlign - 1))
+	if off != 0 {
+		off = directAlign - off
+	}
+	return b[off : off+n : off+n]
+}
+
+func aligned(p []byte) bool {
+	return len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))&(directAlign-1) == 0
+}
+
+// openOSFile opens path, creating a file of size bytes when create is set.
+func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*osFile, error) {
+	flags := os.O_RDWR
+	if create {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	if direct {
+		flags |= unix.O_DIRECT
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0}
+	if create && !of.block {
+		if prealloc {
+			err = unix.Fallocate(int(f.Fd()), 0, 0, size)
+		} else {
+			err = f.Truncate(size)
+		}
+		if err != nil {
+			f.Close()
+			os.Remove(path)
+			return nil, fmt.Errorf("size pool file %s to %d bytes: %w", path, size, err)
+		}
+	}
+	return of, nil
+}
+
+func (o *osFile) ReadAt(p []byte, off int64) (int, error) {
+	if !o.direct || aligned(p) {
+		return o.f.ReadAt(p, off)
+	}
+	return o.bounce(p, off, false)
+}
+
+func (o *osFile) WriteAt(p []byte, off int64) (int, error) {
+	if !o.direct || aligned(p) {
+		return o.f.WriteAt(p, off)
+	}
+	return o.bounce(p, off, true)
+}
+
+// bounce performs direct I/O for a buffer that is not aligned in memory through aligned buffers.
+func (o *osFile) bounce(p []byte, off int64, write bool) (int, error) {
+	bp := alignedPool.Get().(*[]byte)
+	defer alignedPool.Put(bp)
+	buf := *bp
+	done := 0
+	for done < len(p) {
+		n := min(len(buf), len(p)-done)
+		var err error
+		if write {
+			copy(buf, p[done:done+n])
+			_, err = o.f.WriteAt(buf[:n], off+int64(done))
+		} else {
+			var k int
+			k, err = o.f.ReadAt(buf[:n], off+int64(done))
+			copy(p[done:], buf[:k])
+			if err != nil {
+				return done + k, err
+			}
+		}
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (o *osFile) Sync() error { return unix.Fdatasync(int(o.f.Fd())) }
+
+func (o *osFile) PunchHole(off, length int64) error {
+	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
+	err := unix.Fallocate(int(o.f.Fd()), mode, off, length)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		return nil // the storage cannot punch holes; the blocks stay allocated there
+	}
+	return err
+}
+
+func (o *osFile) Size() (int64, error) {
+	if o.block {
+		return o.f.Seek(0, io.SeekEnd)
+	}
+	fi, err := o.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+func (o *osFile) Close() error { return o.f.Close() }
+
+// isDevice reports whether path names an existing block device.
+func isDevice(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&os.ModeDevice != 0
+}

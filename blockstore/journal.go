@@ -1,0 +1,362 @@
+package blockstore
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/dataimage/dataimage/blockstore/internal/format"
+)
+
+// The journal and the commit order.
+//
+// Every change to volumes, snapshots and mappings is first applied in memory and described by a
+// logical redo record (format.Record) with the next log position (LSN). Records wait in p.jbuf
+// until a commit; tree nodes and refcount pages changed since the last checkpoint stay in memory.
+//
+// Commit (Flush), in this order:
+//  1. fdatasync: data blocks written so far are durable (a record's data is always written
+//     before the record is appended);
+//  2. the waiting records are written to the journal region after the last committed ones,
+//     packed into whole blocks (a record never straddles a block), each with its CRC-32C;
+//  3. fdatasync: the records are durable; Flush returns.
+//  4. data blocks freed by the committed records become reusable.
+//
+// Checkpoint (checkpoint.go), when the journal or the dirty metadata grows large and at Close:
+//  1. new blocks for the catalog; dirty tree nodes, catalog blocks and dirty refcount pages
+//     (each to the slot that does not hold its durable copy) are written;
+//  2. fdatasync;
+//  3. the superblock, generation+1 with the checkpoint's LSN, is written to the other slot;
+//  4. fdatasync: the checkpoint is durable;
+//  5. the journal restarts at its first block; blocks the previous checkpoint referenced and
+//     every pending free become reusable.
+//
+// Recovery (Open) loads the superblock with the highest valid generation, its refcount pages
+// and catalog, then replays journal records from the first journal block for as long as each
+// record's checksum holds and its LSN follows the previous one. Records of older epochs have
+// smaller LSNs, and a torn write fails its checksum, so replay stops exactly at the end of the
+// last durable commit. Then it takes a checkpoint.
+
+// appendRecord assigns the next LSN to r and queues it for the next commit. During replay it
+// only advances the LSN. REQUIRES p.mu.
+func (p *Pool) appendRecord(r format.Record) uint64 {
+	if p.replaying {
+		return r.LSN
+	}
+	p.lsn++
+	r.LSN = p.lsn
+	p.jbuf = append(p.jbuf, r)
+	return r.LSN
+}
+
+// Flush makes every write and change that completed before it was called durable.
+func (p *Pool) Flush() error {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	return p.commitLocked(false)
+}
+
+// commitLocked commits the waiting records. REQUIRES p.commitMu; p.ioGate held exclusively
+// when gateHeld.
+func (p *Pool) commitLocked(gateHeld bool) error {
+	p.mu.Lock()
+	if err := p.checkLocked(); err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	recs := p.jbuf
+	npend := len(p.pendingCommit)
+	blocks := encodeRecords(recs, p.bs)
+	if uint64(len(blocks)/p.bs) > p.geo.JournalBlocks-p.jpos || p.needCheckpoint() {
+		if gateHeld {
+			defer p.mu.Unlock()
+			return p.checkpointLocked()
+		}
+		p.mu.Unlock()
+		return p.checkpoint()
+	}
+	p.jbuf = nil
+	pos := p.jpos
+	p.mu.Unlock()
+
+	if err := p.f.Sync(); err != nil {
+		return p.failLocking(fmt.Errorf("sync data: %w", err))
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	off := int64(p.geo.JournalStart+pos) * int64(p.bs)
+	if _, err := p.f.WriteAt(blocks, off); err != nil {
+		return p.failLocking(fmt.Errorf("write journal: %w", err))
+	}
+	if err := p.f.Sync(); err != nil {
+		return p.failLocking(fmt.Errorf("sync journal: %w", err))
+	}
+	if npend > 0 && !gateHeld {
+		p.ioGate.Lock()
+		defer p.ioGate.Unlock()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.jpos = pos + uint64(len(blocks)/p.bs)
+	p.durableLSN = recs[len(recs)-1].LSN
+	if npend > 0 {
+		p.release(p.pendingCommit[:npend])
+		p.pendingCommit = append(p.pendingCommit[:0], p.pendingCommit[npend:]...)
+	}
+	return nil
+}
+
+func (p *Pool) failLocking(err error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fail(err)
+}
+
+// needCheckpoint reports whether enough has changed since the last checkpoint that the next
+// commit should be a checkpoint. REQUIRES p.mu.
+func (p *Pool) needCheckpoint() bool {
+	return p.jpos > p.geo.JournalBlocks/2 ||
+		p.dirtyNodes > max(p.maxCleanNodes/2, 4096) ||
+		len(p.pendingCheckpoint) > int(p.rc.n/8)+1024
+}
+
+// encodeRecords packs records into whole blocks.
+func encodeRecords(recs []format.Record, bs int) []byte {
+	if len(recs) == 0 {
+		return nil
+	}
+	var out []byte
+	blockStart := 0
+	for i := range recs {
+		mark := len(out)
+		out = format.AppendRecord(out, &recs[i])
+		if len(out)-blockStart > bs {
+			// Does not fit: pad the block and start the record in the next one.
+			rec := append([]byte(nil), out[mark:]...)
+			out = out[:mark]
+			out = append(out, make([]byte, blockStart+bs-mark)...)
+			blockStart += bs
+			out = append(out, rec...)
+		}
+	}
+	pad := (bs - len(out)%bs) % bs
+	return append(out, make([]byte, pad)...)
+}
+
+// recover replays the journal after the checkpoint that was loaded. REQUIRES nothing (Open).
+func (p *Pool) recover() error {
+	start := time.Now()
+	recs, err := p.readJournal()
+	if err != nil {
+		return err
+	}
+	p.recovery = Recovery{CheckpointLSN: p.ckptLSN, LastLSN: p.ckptLSN}
+	if len(recs) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.replaying = true
+	p.reserved = make(map[uint64]struct{})
+	for _, r := range recs {
+		if r.Type == format.RecMap {
+			for i := uint64(0); i < r.C; i++ {
+				p.reserved[r.B+i] = struct{}{}
+			}
+		}
+	}
+	for _, r := range recs {
+		if err := p.apply(&r); err != nil {
+			return fmt.Errorf("blockstore: replay %s record at LSN %d: %w", r.Type, r.LSN, err)
+		}
+		p.lsn = r.LSN
+	}
+	p.replaying = false
+	p.reserved = nil
+	p.durableLSN = p.lsn
+	p.recovery.Records = len(recs)
+	p.recovery.LastLSN = p.lsn
+	p.recovery.Duration = time.Since(start)
+	p.log.Info("journal replayed", "records", len(recs), "fromLSN", p.ckptLSN+1, "toLSN", p.lsn, "duration", p.recovery.Duration)
+	return p.checkpointLocked()
+}
+
+// readJournal reads the records of the current epoch: from the first journal block, while each
+// record is intact and has the next LSN.
+func (p *Pool) readJournal() ([]format.Record, error) {
+	var recs []format.Record
+	want := p.ckptLSN + 1
+	const chunk = 256
+	buf := make([]byte, chunk*p.bs)
+	for b := uint64(0); b < p.geo.JournalBlocks; b += chunk {
+		n := min(chunk, p.geo.JournalBlocks-b)
+		if _, err := p.f.ReadAt(buf[:n*uint64(p.bs)], int64(p.geo.JournalStart+b)*int64(p.bs)); err != nil {
+			return nil, fmt.Errorf("blockstore: read journal: %w", err)
+		}
+		for i := uint64(0); i < n; i++ {
+			blk := buf[i*uint64(p.bs) : (i+1)*uint64(p.bs)]
+			sawRecord := false
+			for off := 0; off < len(blk); {
+				r, k, end, err := format.DecodeRecord(blk[off:])
+				if end {
+					break
+				}
+				if err != nil || r.LSN != want {
+					return recs, nil // the end of the last durable commit
+				}
+				sawRecord = true
+				recs = append(recs, r)
+				want++
+				off += k
+			}
+			if !sawRecord {
+				return recs, nil
+			}
+		}
+	}
+	return recs, nil
+}
+
+// apply performs one record's change on the in-memory state; used both live (after the caller
+// validated the request) and in replay. REQUIRES p.mu.
+func (p *Pool) apply(r *format.Record) error {
+	switch r.Type {
+	case format.RecMap:
+		v, err := p.volByID(VolumeID(r.Vol))
+		if err != nil {
+			return err
+		}
+		for i := uint64(0); i < r.C; i++ {
+			if p.replaying {
+				pbn := r.B + i
+				if c := p.rc.get(pbn); c != 0 || !p.rc.valid(pbn) {
+					return fmt.Errorf("%w: block %d mapped by the journal has refcount %d", ErrCorrupt, pbn, c)
+				}
+				p.rc.set(pbn, 1)
+			}
+			old, err := p.setEntry(&v.t, r.A+i, r.B+i)
+			if err != nil {
+				return err
+			}
+			if old != 0 {
+				p.decref(old, p.dataFreeMark())
+			}
+		}
+	case format.RecUnmap:
+		v, err := p.volByID(VolumeID(r.Vol))
+		if err != nil {
+			return err
+		}
+		if _, err := p.unmapRange(&v.t, r.A, r.A+r.C); err != nil {
+			return err
+		}
+	case format.RecCreateVolume:
+		p.addVolume(&volState{id: VolumeID(r.Vol), name: r.Name, size: r.A, created: r.Time,
+			t: tree{height: p.heightFor(p.blocksFor(r.A))}})
+	case format.RecDeleteVolume:
+		v, err := p.volByID(VolumeID(r.Vol))
+		if err != nil {
+			return err
+		}
+		if err := p.drop(v.t.root, v.t.height-1); err != nil {
+			return err
+		}
+		p.removeVolume(v)
+	case format.RecGrowVolume:
+		v, err := p.volByID(VolumeID(r.Vol))
+		if err != nil {
+			return err
+		}
+		if err := p.lift(&v.t, p.heightFor(p.blocksFor(r.A))); err != nil {
+			return err
+		}
+		v.size = r.A
+	case format.RecCreateSnapshot:
+		v, err := p.volByID(VolumeID(r.Vol))
+		if err != nil {
+			return err
+		}
+		if v.t.root != 0 {
+			if err := p.incref(v.t.root); err != nil {
+				return err
+			}
+		}
+		p.addSnapshot(&snapState{id: SnapshotID(r.Snap), name: r.Name, vol: v.id, lsn: r.LSN,
+			created: r.Time, size: v.size, t: v.t})
+	case format.RecDeleteSnapshot:
+		s, err := p.snapByID(SnapshotID(r.Snap))
+		if err != nil {
+			return err
+		}
+		if err := p.drop(s.t.root, s.t.height-1); err != nil {
+			return err
+		}
+		p.removeSnapshot(s)
+	case format.RecCloneSnapshot, format.RecCloneVolume:
+		var src tree
+		var origin SnapshotID
+		if r.Type == format.RecCloneSnapshot {
+			s, err := p.snapByID(SnapshotID(r.Snap))
+			if err != nil {
+				return err
+			}
+			src, origin = s.t, s.id
+		} else {
+			v, err := p.volByID(VolumeID(r.B))
+			if err != nil {
+				return err
+			}
+			src, origin = v.t, v.origin
+		}
+		if src.root != 0 {
+			if err := p.incref(src.root); err != nil {
+				return err
+			}
+		}
+		nv := &volState{id: VolumeID(r.Vol), name: r.Name, size: r.A, created: r.Time, origin: origin, t: src}
+		if err := p.lift(&nv.t, p.heightFor(p.blocksFor(r.A))); err != nil {
+			if src.root != 0 {
+				p.decref(src.root, 0)
+			}
+			return err
+		}
+		p.addVolume(nv)
+	case format.RecRevert:
+		v, err := p.volByID(VolumeID(r.Vol))
+		if err != nil {
+			return err
+		}
+		s, err := p.snapByID(SnapshotID(r.Snap))
+		if err != nil {
+			return err
+		}
+		nt := s.t
+		if nt.root != 0 {
+			if err := p.incref(nt.root); err != nil {
+				return err
+			}
+		}
+		if err := p.lift(&nt, v.t.height); err != nil {
+			if s.t.root != 0 {
+				p.decref(s.t.root, 0)
+			}
+			return err
+		}
+		old := v.t
+		v.t = nt
+		if err := p.drop(old.root, old.height-1); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: unknown record type %d", ErrCorrupt, r.Type)
+	}
+	if r.Vol >= p.nextVol && (r.Type == format.RecCreateVolume || r.Type == format.RecCloneSnapshot || r.Type == format.RecCloneVolume) {
+		p.nextVol = r.Vol + 1
+	}
+	if r.Type == format.RecCreateSnapshot && r.Snap >= p.nextSnap {
+		p.nextSnap = r.Snap + 1
+	}
+	return nil
+}
+
+func (p *Pool) blocksFor(size uint64) uint64 { return (size + uint64(p.bs) - 1) / uint64(p.bs) }

@@ -1,0 +1,482 @@
+package blockstore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/dataimage/dataimage/blockstore/internal/format"
+)
+
+// Options configure a pool. Zero values pick the defaults.
+type Options struct {
+	// BlockSize is the pool's block size, fixed at creation: a power of two from 4 KiB to
+	// 64 KiB. Default 4 KiB (see BENCHMARKS.md for why).
+	BlockSize int
+	// Size is the size in bytes of a pool file to create. Ignored for block devices, which are
+	// used whole.
+	Size int64
+	// Preallocate reserves the pool file's space at creation instead of leaving it sparse.
+	Preallocate bool
+	// JournalSize is the size of the journal region at creation. Default: 1/64 of the pool,
+	// between 1 MiB and 256 MiB.
+	JournalSize int64
+	// OverProvisionRatio bounds the sum of volume sizes to this multiple of the pool's data
+	// capacity. Set at creation (default 10); a non-zero value on Open replaces it.
+	OverProvisionRatio float64
+	// DirectIO opens the pool with O_DIRECT, bypassing the page cache.
+	DirectIO bool
+	// NodeCacheBytes bounds the memory spent on clean tree nodes. Default 64 MiB.
+	NodeCacheBytes int64
+	// Logger receives structured logs. Default: discard.
+	Logger *slog.Logger
+
+	fanout int              // tests: fewer entries per node, for deep trees on small volumes
+	now    func() time.Time // tests: a fixed clock
+}
+
+// Pool is a node-local thin block store: volumes, snapshots and clones in one file or device.
+// A Pool is safe for concurrent use.
+type Pool struct {
+	f      File
+	bs     int
+	fanout int
+	geo    format.Superblock // geometry of the pool (fields fixed at creation)
+	log    *slog.Logger
+	now    func() time.Time
+	direct bool // O_DIRECT: no sub-block writes
+
+	// commitMu serializes journal commits and checkpoints, which write the journal region and
+	// the superblocks. Lock order: commitMu, then ioGate, then mu.
+	commitMu sync.Mutex
+
+	// ioGate is held shared by every data read and write for its whole duration, and
+	// exclusively by whatever must wait for in-flight data I/O: reusing freed blocks,
+	// snapshots, clones, reverts and deletes.
+	ioGate sync.RWMutex
+
+	// mu guards everything below. It is held for in-memory work and for reading tree nodes
+	// missing from the cache, never across data I/O or fsync.
+	mu sync.Mutex
+
+	failed error // sticky: set when a metadata write or sync fails
+	closed bool
+
+	vols      map[VolumeID]*volState
+	volNames  map[string]VolumeID
+	snaps     map[SnapshotID]*snapState
+	snapNames map[string]SnapshotID
+	nextVol   uint64
+	nextSnap  uint64
+	overProv  float64
+
+	rc                *refcounts
+	pendingCommit     []uint64            // data blocks freed since the last commit
+	pendingCheckpoint []uint64            // blocks the last checkpoint references, freed since
+	reserved          map[uint64]struct{} // during replay: blocks later records map
+	replaying         bool
+
+	nodes         map[uint64]*node // node cache: every dirty node, and clean ones up to the budget
+	dirtyNodes    int
+	cleanNodes    int
+	maxCleanNodes int
+	nodeBlocks    uint64 // blocks held by tree nodes
+	catalogBlocks []uint64
+
+	lsn        uint64          // last LSN assigned
+	jbuf       []format.Record // records not yet committed
+	jpos       uint64          // next free block in the journal region
+	durableLSN uint64          // last LSN known durable
+	generation uint64          // generation of the last durable checkpoint
+	ckptLSN    uint64
+
+	recovery Recovery
+	bufs     sync.Pool
+}
+
+// Recovery reports what Open replayed from the journal.
+type Recovery struct {
+	CheckpointLSN uint64        // the checkpoint recovery started from
+	Records       int           // journal records replayed
+	LastLSN       uint64        // LSN of the last record replayed (CheckpointLSN if none)
+	Duration      time.Duration // time spent replaying
+}
+
+// Stats describe a pool's space.
+type Stats struct {
+	BlockSize          int
+	PhysicalBytes      int64   // data region: what volumes and metadata can use
+	UsedBytes          int64   // blocks held by data, tree nodes and the catalog
+	FreeBytes          int64   // PhysicalBytes - UsedBytes
+	ProvisionedBytes   int64   // sum of volume sizes
+	ProvisionLimit     int64   // PhysicalBytes × over-provisioning ratio
+	MetadataBytes      int64   // tree nodes, catalog, refcount pages, journal, superblocks
+	OverProvisionRatio float64 // configured ratio
+	Volumes            int
+	Snapshots          int
+	LSN                uint64 // last log position assigned
+	CheckpointLSN      uint64 // log position of the last checkpoint
+}
+
+const defaultOverProvision = 10
+
+func (o *Options) defaults() {
+	if o.BlockSize == 0 {
+		o.BlockSize = format.DefaultBlockSize
+	}
+	if o.NodeCacheBytes == 0 {
+		o.NodeCacheBytes = 64 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+}
+
+// Create makes a new pool at path: a new file of opts.Size bytes, or an existing block device,
+// whose previous contents are lost.
+func Create(path string, opts Options) (*Pool, error) {
+	f, err := openOSFile(path, !isDevice(path), opts.Size, opts.Preallocate, opts.DirectIO)
+	if err != nil {
+		return nil, fmt.Errorf("blockstore: create pool %s: %w", path, err)
+	}
+	p, err := CreateOn(f, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Open opens the pool at path, recovering from the journal if it was not closed cleanly.
+func Open(path string, opts Options) (*Pool, error) {
+	f, err := openOSFile(path, false, 0, false, opts.DirectIO)
+	if err != nil {
+		return nil, fmt.Errorf("blockstore: open pool %s: %w", path, err)
+	}
+	p, err := OpenOn(f, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// CreateOn formats f as a new pool. The pool owns f from then on, also when this fails.
+func CreateOn(f File, opts Options) (*Pool, error) {
+	opts.defaults()
+	bs := opts.BlockSize
+	if !format.ValidBlockSize(bs) {
+		return nil, invalidf("block size %d: must be a power of two from %d to %d", bs, format.MinBlockSize, format.MaxBlockSize)
+	}
+	size, err := f.Size()
+	if err != nil {
+		return nil, fmt.Errorf("blockstore: pool size: %w", err)
+	}
+	blocks := uint64(size) / uint64(bs)
+	jblocks := uint64(opts.JournalSize) / uint64(bs)
+	if opts.JournalSize == 0 {
+		jblocks = min(max(blocks/64, (1<<20)/uint64(bs)), (256<<20)/uint64(bs))
+	}
+	if jblocks < 2 {
+		return nil, invalidf("journal size %d: must hold at least 2 blocks", opts.JournalSize)
+	}
+	perPage := uint64(format.RCPerPage(bs))
+	if blocks < 2+jblocks+16 {
+		return nil, invalidf("pool size %d: too small for block size %d (at least %d bytes)", size, bs, (2+jblocks+16)*uint64(bs)*2)
+	}
+	// data + 2*ceil(data/perPage) = blocks - 2 - jblocks
+	avail := blocks - 2 - jblocks
+	pages := (avail + 2*perPage) / (perPage + 2)
+	for pages > 0 && (avail-2*(pages-1)) <= (pages-1)*perPage {
+		pages--
+	}
+	for (avail - 2*pages) > pages*perPage {
+		pages++
+	}
+	ratio := opts.OverProvisionRatio
+	if ratio == 0 {
+		ratio = defaultOverProvision
+	}
+	if ratio < 1 || ratio > 1000 || math.IsNaN(ratio) {
+		return nil, invalidf("over-provisioning ratio %v: must be from 1 to 1000", ratio)
+	}
+	fanout := format.NodeCapacity(bs)
+	if opts.fanout != 0 {
+		fanout = opts.fanout
+	}
+	sb := format.Superblock{
+		Version:       format.Version,
+		BlockSize:     uint32(bs),
+		Fanout:        uint32(fanout),
+		PoolBlocks:    blocks,
+		JournalStart:  2,
+		JournalBlocks: jblocks,
+		RCStart:       2 + jblocks,
+		RCPages:       pages,
+		DataStart:     2 + jblocks + 2*pages,
+		NextVolumeID:  1,
+		NextSnapID:    1,
+		Created:       opts.now().UnixNano(),
+		OverProvision: uint32(ratio * 100),
+	}
+	// Zero the superblock slots, the first journal block and every refcount slot that could
+	// hold stale bytes (a reused file or device), so no old structure can pass for ours.
+	zero := make([]byte, 1<<20)
+	for off, end := int64(0), int64(sb.DataStart)*int64(bs); off < end; off += int64(len(zero)) {
+		n := min(int64(len(zero)), end-off)
+		if _, err := f.WriteAt(zero[:n], off); err != nil {
+			return nil, fmt.Errorf("blockstore: format pool: %w", err)
+		}
+	}
+	buf := make([]byte, bs)
+	format.EncodeSuperblock(buf, &sb)
+	if _, err := f.WriteAt(buf, 0); err != nil {
+		return nil, fmt.Errorf("blockstore: write superblock: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("blockstore: sync new pool: %w", err)
+	}
+	opts.Logger.Info("pool created", "blockSize", bs, "blocks", blocks, "journalBlocks", jblocks, "dataBlocks", blocks-sb.DataStart)
+	return OpenOn(f, opts)
+}
+
+// OpenOn opens the pool stored in f. The pool owns f from then on, also when this fails.
+func OpenOn(f File, opts Options) (*Pool, error) {
+	opts.defaults()
+	sb, slot, err := readSuperblock(f)
+	if err != nil {
+		return nil, err
+	}
+	bs := int(sb.BlockSize)
+	p := &Pool{
+		f:          f,
+		bs:         bs,
+		fanout:     int(sb.Fanout),
+		geo:        *sb,
+		log:        opts.Logger,
+		direct:     opts.DirectIO,
+		now:        opts.now,
+		vols:       make(map[VolumeID]*volState),
+		volNames:   make(map[string]VolumeID),
+		snaps:      make(map[SnapshotID]*snapState),
+		snapNames:  make(map[string]SnapshotID),
+		nextVol:    sb.NextVolumeID,
+		nextSnap:   sb.NextSnapID,
+		overProv:   float64(sb.OverProvision) / 100,
+		nodes:      make(map[uint64]*node),
+		generation: sb.Generation,
+		ckptLSN:    sb.CheckpointLSN,
+		lsn:        sb.CheckpointLSN,
+		durableLSN: sb.CheckpointLSN,
+		nodeBlocks: sb.NodeBlocks,
+	}
+	p.bufs.New = func() any { b := alignedBuf(bs); return &b }
+	if opts.OverProvisionRatio != 0 {
+		if opts.OverProvisionRatio < 1 || opts.OverProvisionRatio > 1000 {
+			return nil, invalidf("over-provisioning ratio %v: must be from 1 to 1000", opts.OverProvisionRatio)
+		}
+		p.overProv = opts.OverProvisionRatio
+	}
+	p.maxCleanNodes = max(int(opts.NodeCacheBytes/int64(bs+64+8*p.fanout)), 64)
+	p.rc = newRefcounts(sb.DataStart, sb.PoolBlocks-sb.DataStart, format.RCPerPage(bs))
+	if err := p.loadRefcounts(); err != nil {
+		return nil, err
+	}
+	if err := p.loadCatalog(sb.CatalogHead); err != nil {
+		return nil, err
+	}
+	p.log.Info("pool opened", "superblockSlot", slot, "generation", sb.Generation, "checkpointLSN", sb.CheckpointLSN,
+		"volumes", len(p.vols), "snapshots", len(p.snaps))
+	if err := p.recover(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func readSuperblock(f File) (*format.Superblock, int, error) {
+	buf := make([]byte, format.MinBlockSize)
+	var best *format.Superblock
+	slot := -1
+	var errs []error
+	for s := range 2 {
+		// A slot lives at the start of block s; block size is unknown until one is read, so
+		// slot B is looked for at every possible block size.
+		offs := []int64{0}
+		if s == 1 {
+			offs = offs[:0]
+			for bs := format.MinBlockSize; bs <= format.MaxBlockSize; bs *= 2 {
+				offs = append(offs, int64(bs))
+			}
+		}
+		for _, off := range offs {
+			if _, err := f.ReadAt(buf, off); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			sb, err := format.DecodeSuperblock(buf)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("slot %d: %w", s, err))
+				continue
+			}
+			if s == 1 && int64(sb.BlockSize) != off {
+				continue
+			}
+			if best == nil || sb.Generation > best.Generation {
+				best, slot = sb, s
+			}
+		}
+	}
+	if best == nil {
+		return nil, 0, fmt.Errorf("%w: no valid superblock: %w", ErrNotPool, errors.Join(errs...))
+	}
+	if size, err := f.Size(); err != nil || uint64(size) < best.PoolBlocks*uint64(best.BlockSize) {
+		return nil, 0, fmt.Errorf("%w: pool of %d blocks does not fit in %d bytes (%v)", ErrCorrupt, best.PoolBlocks, size, err)
+	}
+	return best, slot, nil
+}
+
+// loadRefcounts reads the durable copy of every refcount page.
+func (p *Pool) loadRefcounts() error {
+	bs := p.bs
+	const chunkPages = 64
+	buf := make([]byte, 2*chunkPages*bs)
+	tmp := [2][]uint32{make([]uint32, p.rc.perPage), make([]uint32, p.rc.perPage)}
+	for first := 0; first < len(p.rc.pages); first += chunkPages {
+		n := min(chunkPages, len(p.rc.pages)-first)
+		off := int64(p.geo.RCStart+2*uint64(first)) * int64(bs)
+		if _, err := p.f.ReadAt(buf[:2*n*bs], off); err != nil {
+			return fmt.Errorf("blockstore: read refcount pages: %w", err)
+		}
+		for i := 0; i < n; i++ {
+			pg := first + i
+			best, bestGen := -1, uint64(0)
+			for s := range 2 {
+				b := buf[(2*i+s)*bs : (2*i+s+1)*bs]
+				gen, ok, err := format.DecodeRCPage(b, uint32(pg), tmp[s])
+				if err != nil {
+					p.log.Warn("refcount page slot unreadable", "page", pg, "slot", s, "err", err)
+					continue
+				}
+				if ok && gen <= p.generation && (best < 0 || gen > bestGen) {
+					best, bestGen = s, gen
+				}
+			}
+			if best < 0 {
+				// Never written is fine only if nothing was ever allocated in the page; a
+				// checkpoint writes every page it changes, so a page that is needed and has
+				// no valid slot is detected by Check as refcount mismatches.
+				continue
+			}
+			p.rc.slot[pg] = uint8(best)
+			for off, c := range tmp[best] {
+				if c != 0 {
+					if c > maxRefs {
+						return &CorruptionError{Block: p.geo.RCStart + 2*uint64(pg) + uint64(best), What: "refcount page",
+							Err: fmt.Errorf("%w: count %#x", format.ErrInvalid, c)}
+					}
+					p.rc.set(p.rc.base+uint64(pg*p.rc.perPage+off), c)
+				}
+			}
+		}
+	}
+	clear(p.rc.dirty)
+	return nil
+}
+
+// blockBuf returns a block-sized buffer aligned for direct I/O.
+func (p *Pool) blockBuf() []byte   { return *p.bufs.Get().(*[]byte) }
+func (p *Pool) putBlockBuf(b []byte) { p.bufs.Put(&b) }
+
+// checkLocked returns the error that stops any change: closed or failed. REQUIRES p.mu.
+func (p *Pool) checkLocked() error {
+	if p.closed {
+		return ErrClosed
+	}
+	if p.failed != nil {
+		return fmt.Errorf("%w: %w", ErrFailed, p.failed)
+	}
+	return nil
+}
+
+// fail records a metadata I/O error; the pool refuses changes from then on. REQUIRES p.mu.
+func (p *Pool) fail(err error) error {
+	if p.failed == nil {
+		p.failed = err
+		p.log.Error("pool failed; reopen to recover", "err", err)
+	}
+	return fmt.Errorf("%w: %w", ErrFailed, err)
+}
+
+// Recovery reports what Open replayed.
+func (p *Pool) Recovery() Recovery { return p.recovery }
+
+// BlockSize returns the pool's block size in bytes.
+func (p *Pool) BlockSize() int { return p.bs }
+
+// Stats returns the pool's space accounting.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	bs := int64(p.bs)
+	phys := int64(p.rc.n) * bs
+	used := int64(p.rc.inUse) * bs
+	st := Stats{
+		BlockSize:          p.bs,
+		PhysicalBytes:      phys,
+		UsedBytes:          used,
+		FreeBytes:          phys - used,
+		ProvisionedBytes:   int64(p.provisioned()),
+		ProvisionLimit:     int64(float64(phys) * p.overProv),
+		OverProvisionRatio: p.overProv,
+		Volumes:            len(p.vols),
+		Snapshots:          len(p.snaps),
+		LSN:                p.lsn,
+		CheckpointLSN:      p.ckptLSN,
+	}
+	st.MetadataBytes = (int64(p.nodeBlocks)+int64(len(p.catalogBlocks))+2+int64(p.geo.JournalBlocks)+2*int64(p.geo.RCPages))*bs
+	return st
+}
+
+func (p *Pool) provisioned() uint64 {
+	var s uint64
+	for _, v := range p.vols {
+		s += v.size
+	}
+	return s
+}
+
+func (p *Pool) maxHeight() uint8 {
+	h := uint8(1)
+	for _, v := range p.vols {
+		h = max(h, v.t.height)
+	}
+	return h
+}
+
+// Close checkpoints the pool and releases the file. Volumes and views of it stop working.
+func (p *Pool) Close() error {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	p.ioGate.Lock()
+	defer p.ioGate.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
+	var err error
+	if p.failed == nil {
+		err = p.checkpointLocked()
+	}
+	p.closed = true
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,236 @@
+package blockstore
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Refcounts and allocation.
+//
+// Every block of the data region has a 32-bit reference count: the number of tree entries,
+// volume/snapshot roots and catalog links that point at it. Zero means free. Two values above
+// maxRefs mark blocks that are free in the current state but may not be reused yet:
+//
+//   - pendingCommit: a data block freed by a journal record that is not yet durable. Reused only
+//     after the next journal commit (or checkpoint), so that a crash cannot let recovery find the
+//     block still mapped while it already holds another volume's data.
+//   - pendingCheckpoint: a block that the last durable checkpoint still references (a clean tree
+//     node or catalog block). Reused only after the next checkpoint is durable, since recovery
+//     reads that checkpoint.
+//
+// Refcount pages are written at checkpoints with both marks stored as zero.
+const (
+	maxRefs           = 0xFFFFFFF0
+	pendingCommit     = 0xFFFFFFFE
+	pendingCheckpoint = 0xFFFFFFFF
+)
+
+// refcounts holds the refcount of every data-region block, in pages that mirror the on-disk
+// refcount pages. All methods REQUIRE p.mu.
+type refcounts struct {
+	base    uint64     // first data-region block
+	n       uint64     // data-region blocks
+	perPage int        // counts per page
+	pages   [][]uint32 // nil: every count in the page is zero
+	used    []int32    // non-zero counts per page (marks included)
+	dirty   map[int]struct{}
+	slot    []uint8 // on-disk slot holding the durable copy of each page: 0, 1, or noSlot
+	inUse   uint64  // non-zero counts in total (marks included)
+	cursor  uint64  // next-fit allocation cursor (data-region index)
+}
+
+const noSlot = 2
+
+func newRefcounts(base, n uint64, perPage int) *refcounts {
+	pages := int((n + uint64(perPage) - 1) / uint64(perPage))
+	r := &refcounts{
+		base: base, n: n, perPage: perPage,
+		pages: make([][]uint32, pages),
+		used:  make([]int32, pages),
+		dirty: make(map[int]struct{}),
+		slot:  make([]uint8, pages),
+	}
+	for i := range r.slot {
+		r.slot[i] = noSlot
+	}
+	return r
+}
+
+func (r *refcounts) index(pbn uint64) (page, off int) {
+	i := pbn - r.base
+	return int(i / uint64(r.perPage)), int(i % uint64(r.perPage))
+}
+
+// valid reports whether pbn lies in the data region.
+func (r *refcounts) valid(pbn uint64) bool { return pbn >= r.base && pbn < r.base+r.n }
+
+func (r *refcounts) get(pbn uint64) uint32 {
+	pg, off := r.index(pbn)
+	if r.pages[pg] == nil {
+		return 0
+	}
+	return r.pages[pg][off]
+}
+
+func (r *refcounts) set(pbn uint64, v uint32) {
+	pg, off := r.index(pbn)
+	if r.pages[pg] == nil {
+		if v == 0 {
+			return
+		}
+		r.pages[pg] = make([]uint32, r.perPage)
+	}
+	old := r.pages[pg][off]
+	if old == v {
+		return
+	}
+	switch {
+	case old == 0:
+		r.used[pg]++
+		r.inUse++
+	case v == 0:
+		r.used[pg]--
+		r.inUse--
+	}
+	r.pages[pg][off] = v
+	r.dirty[pg] = struct{}{}
+}
+
+// incref adds a reference to an allocated block.
+func (p *Pool) incref(pbn uint64) error {
+	c := p.rc.get(pbn)
+	if c == 0 || c > maxRefs {
+		panic(fmt.Sprintf("blockstore: incref of block %d with refcount %#x", pbn, c))
+	}
+	if c == maxRefs {
+		return fmt.Errorf("%w: block %d already has %d references", ErrNoSpace, pbn, c)
+	}
+	p.rc.set(pbn, c+1)
+	return nil
+}
+
+// decref drops a reference to pbn and reports whether it was the last one. A block whose last
+// reference goes is marked with the given pending mark, or freed at once when mark is 0.
+func (p *Pool) decref(pbn uint64, mark uint32) (last bool) {
+	c := p.rc.get(pbn)
+	if c == 0 || c > maxRefs {
+		panic(fmt.Sprintf("blockstore: decref of block %d with refcount %#x", pbn, c))
+	}
+	if c > 1 {
+		p.rc.set(pbn, c-1)
+		return false
+	}
+	p.rc.set(pbn, mark)
+	switch mark {
+	case pendingCommit:
+		p.pendingCommit = append(p.pendingCommit, pbn)
+	case pendingCheckpoint:
+		p.pendingCheckpoint = append(p.pendingCheckpoint, pbn)
+	}
+	return true
+}
+
+// release frees blocks that were pending, punching holes for them in the pool file.
+// REQUIRES p.mu, and no I/O in flight that could still use the blocks (p.ioGate held).
+func (p *Pool) release(blocks []uint64) {
+	for _, b := range blocks {
+		if c := p.rc.get(b); c == pendingCommit || c == pendingCheckpoint {
+			p.rc.set(b, 0)
+		}
+	}
+	p.punch(blocks)
+}
+
+// punch punches holes for the given free blocks, coalescing runs.
+func (p *Pool) punch(blocks []uint64) {
+	if len(blocks) == 0 {
+		return
+	}
+	s := slices.Clone(blocks)
+	slices.Sort(s)
+	bs := int64(p.bs)
+	start, n := s[0], uint64(1)
+	flush := func() {
+		if err := p.f.PunchHole(int64(start)*bs, int64(n)*bs); err != nil {
+			p.log.Warn("punch hole failed", "block", start, "blocks", n, "err", err)
+		}
+	}
+	for _, b := range s[1:] {
+		if b == start+n {
+			n++
+			continue
+		}
+		flush()
+		start, n = b, 1
+	}
+	flush()
+}
+
+// freeBlocks returns the number of blocks that can be allocated now.
+func (p *Pool) freeBlocks() uint64 { return p.rc.n - p.rc.inUse }
+
+// reserveBlocks is the number of blocks kept back from data writes so that metadata updates
+// (copy-on-write of tree nodes, the catalog at a checkpoint) can always proceed.
+func (p *Pool) reserveBlocks() uint64 {
+	cat := uint64(len(p.vols)+len(p.snaps))*64/uint64(p.bs) + 2
+	return 2*cat + 4*uint64(p.maxHeight()) + 32
+}
+
+// allocRun allocates up to max blocks, contiguous from the first free block found, each with
+// refcount 1. data allocations leave the metadata reserve untouched.
+func (p *Pool) allocRun(max int, data bool) (start uint64, n int, err error) {
+	free := p.freeBlocks()
+	if data {
+		res := p.reserveBlocks()
+		if free <= res {
+			return 0, 0, ErrNoSpace
+		}
+		free -= res
+	}
+	if free == 0 {
+		return 0, 0, ErrNoSpace
+	}
+	max = int(min(uint64(max), free))
+	r := p.rc
+	i := r.cursor
+	for scanned := uint64(0); scanned < r.n; {
+		if i >= r.n {
+			i = 0
+		}
+		pg := int(i / uint64(r.perPage))
+		if r.pages[pg] != nil && int(r.used[pg]) == r.perPage {
+			next := uint64(pg+1) * uint64(r.perPage)
+			scanned += next - i
+			i = next
+			continue
+		}
+		pbn := r.base + i
+		if r.get(pbn) == 0 && !p.isReserved(pbn) {
+			start = pbn
+			for n < max && i < r.n && r.get(r.base+i) == 0 && !p.isReserved(r.base+i) {
+				r.set(r.base+i, 1)
+				n++
+				i++
+			}
+			r.cursor = i
+			return start, n, nil
+		}
+		i++
+		scanned++
+	}
+	return 0, 0, ErrNoSpace
+}
+
+func (p *Pool) isReserved(pbn uint64) bool {
+	if len(p.reserved) == 0 {
+		return false
+	}
+	_, ok := p.reserved[pbn]
+	return ok
+}
+
+// allocBlock allocates one metadata block.
+func (p *Pool) allocBlock() (uint64, error) {
+	b, _, err := p.allocRun(1, false)
+	return b, err
+}

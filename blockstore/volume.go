@@ -1,0 +1,242 @@
+package blockstore
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/dataimage/dataimage/blockstore/internal/format"
+)
+
+// VolumeID identifies a volume within a pool. IDs are never reused.
+type VolumeID uint64
+
+// SnapshotID identifies a snapshot within a pool. IDs are never reused.
+type SnapshotID uint64
+
+// VolumeInfo describes a volume.
+type VolumeInfo struct {
+	ID      VolumeID
+	Name    string
+	Size    int64 // bytes
+	Created time.Time
+	Origin  SnapshotID // the snapshot it was cloned from, 0 if none
+}
+
+// volState is a volume in memory. Fields other than stripes are guarded by p.mu.
+type volState struct {
+	id      VolumeID
+	name    string
+	size    uint64
+	created int64
+	origin  SnapshotID
+	t       tree
+	deleted bool
+
+	// stripes serialize writes to the same region of the volume: a write holds the stripe of
+	// every logical block it changes from looking up their mapping to installing the new one.
+	stripes [64]sync.Mutex
+}
+
+// stripeShift groups 64 consecutive logical blocks per stripe.
+const stripeShift = 6
+
+func (v *volState) info() VolumeInfo {
+	return VolumeInfo{ID: v.id, Name: v.name, Size: int64(v.size), Created: time.Unix(0, v.created), Origin: v.origin}
+}
+
+func (p *Pool) addVolume(v *volState) {
+	p.vols[v.id] = v
+	if v.name != "" {
+		p.volNames[v.name] = v.id
+	}
+}
+
+func (p *Pool) removeVolume(v *volState) {
+	delete(p.vols, v.id)
+	if v.name != "" {
+		delete(p.volNames, v.name)
+	}
+	v.deleted = true
+}
+
+func (p *Pool) volByID(id VolumeID) (*volState, error) {
+	v, ok := p.vols[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: volume %d", ErrNotFound, id)
+	}
+	return v, nil
+}
+
+func validName(kind, name string) error {
+	if len(name) > format.MaxNameLen {
+		return invalidf("%s name: %d bytes, at most %d allowed", kind, len(name), format.MaxNameLen)
+	}
+	if !utf8.ValidString(name) {
+		return invalidf("%s name %q: not valid UTF-8", kind, name)
+	}
+	return nil
+}
+
+// checkSize validates a volume size and the over-provisioning limit for growing the logical
+// total by add bytes. REQUIRES p.mu.
+func (p *Pool) checkSize(size uint64, add uint64) error {
+	if size == 0 || size%uint64(p.bs) != 0 {
+		return invalidf("size %d: must be a positive multiple of the block size %d", size, p.bs)
+	}
+	if size > uint64(p.bs)<<40 {
+		return invalidf("size %d: exceeds the largest volume, %d bytes", size, uint64(p.bs)<<40)
+	}
+	limit := uint64(float64(p.rc.n*uint64(p.bs)) * p.overProv)
+	if prov := p.provisioned(); prov+add > limit {
+		return fmt.Errorf("%w: %d bytes provisioned + %d requested > %d (%.2f × %d bytes of pool)",
+			ErrOverProvisioned, prov, add, limit, p.overProv, p.rc.n*uint64(p.bs))
+	}
+	return nil
+}
+
+// changeLocked validates and applies a change described by r, then queues its record.
+// REQUIRES p.mu.
+func (p *Pool) changeLocked(r format.Record) (uint64, error) {
+	if err := p.checkLocked(); err != nil {
+		return 0, err
+	}
+	r.LSN = p.lsn + 1
+	if err := p.apply(&r); err != nil {
+		return 0, err
+	}
+	return p.appendRecord(r), nil
+}
+
+// CreateVolume creates an empty volume of size bytes (a multiple of the block size). name may
+// be empty; a non-empty name must be unique among volumes.
+func (p *Pool) CreateVolume(name string, size int64) (VolumeInfo, error) {
+	if err := validName("volume", name); err != nil {
+		return VolumeInfo{}, err
+	}
+	if size < 0 {
+		return VolumeInfo{}, invalidf("size %d: must be positive", size)
+	}
+	var info VolumeInfo
+	err := p.durableChange(false, func() error {
+		if _, ok := p.volNames[name]; ok && name != "" {
+			return fmt.Errorf("%w: volume %q", ErrExists, name)
+		}
+		if err := p.checkSize(uint64(size), uint64(size)); err != nil {
+			return err
+		}
+		id := p.nextVol
+		if _, err := p.changeLocked(format.Record{Type: format.RecCreateVolume, Vol: id, A: uint64(size), Name: name, Time: p.now().UnixNano()}); err != nil {
+			return err
+		}
+		info = p.vols[VolumeID(id)].info()
+		return nil
+	})
+	return info, err
+}
+
+// DeleteVolume deletes a volume. Its snapshots and clones keep their data. The deletion is
+// durable when DeleteVolume returns.
+func (p *Pool) DeleteVolume(id VolumeID) error {
+	return p.durableChange(true, func() error {
+		v, err := p.volByID(id)
+		if err != nil {
+			return err
+		}
+		_, err = p.changeLocked(format.Record{Type: format.RecDeleteVolume, Vol: uint64(v.id)})
+		return err
+	})
+}
+
+// durableChange runs fn with in-flight I/O drained and commits it before returning. Changes
+// that end sharing (deletes, reverts) must be durable before any block they make private is
+// overwritten in place, or a crash could bring back a snapshot whose blocks were changed.
+//
+// With barrier unset, fn must not change what any volume or snapshot shares: I/O goes on, and
+// the change is merely made durable.
+func (p *Pool) durableChange(barrier bool, fn func() error) error {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	if barrier {
+		p.ioGate.Lock()
+		defer p.ioGate.Unlock()
+	}
+	p.mu.Lock()
+	err := p.checkLocked()
+	if err == nil {
+		err = fn()
+	}
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p.commitLocked(barrier)
+}
+
+// GrowVolume grows a volume to size bytes. Shrinking is refused.
+func (p *Pool) GrowVolume(id VolumeID, size int64) error {
+	return p.durableChange(false, func() error {
+		v, err := p.volByID(id)
+		if err != nil {
+			return err
+		}
+		if size < int64(v.size) {
+			return invalidf("size %d: volume %d is %d bytes and cannot shrink", size, id, v.size)
+		}
+		if size == int64(v.size) {
+			return nil
+		}
+		if err := p.checkSize(uint64(size), uint64(size)-v.size); err != nil {
+			return err
+		}
+		_, err = p.changeLocked(format.Record{Type: format.RecGrowVolume, Vol: uint64(id), A: uint64(size)})
+		return err
+	})
+}
+
+// Volumes lists the pool's volumes ordered by ID.
+func (p *Pool) Volumes() []VolumeInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]VolumeInfo, 0, len(p.vols))
+	for _, v := range p.vols {
+		out = append(out, v.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// VolumeInfo returns a volume's description.
+func (p *Pool) VolumeInfo(id VolumeID) (VolumeInfo, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.volByID(id)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	return v.info(), nil
+}
+
+// LookupVolume finds a volume by name.
+func (p *Pool) LookupVolume(name string) (VolumeInfo, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id, ok := p.volNames[name]
+	if !ok || name == "" {
+		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrNotFound, name)
+	}
+	return p.vols[id].info(), nil
+}
+
+// Volume returns a handle for I/O on a volume.
+func (p *Pool) Volume(id VolumeID) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.volByID(id)
+	if err != nil {
+		return nil, err
+	}
+	return &Volume{p: p, v: v}, nil
+}
