@@ -31,10 +31,10 @@ BENCH_ARGS ?=
 # binary in these packages, and a test binary stops with "flag provided but
 # not defined" if it lacks one, so every package listed here that has tests
 # must define the flags (or narrow the list, e.g. CRASH_PKGS=./blockstore).
-CRASH_PKGS ?= ./blockstore/...
+CRASH_PKGS ?= ./blockstore
 CRASH_POINTS ?= 1000
 CRASH_KILLS ?= 100
-SOAK_PKGS ?= ./blockstore/...
+SOAK_PKGS ?= ./blockstore
 MODEL_OPS ?= 1000000
 
 .DEFAULT_GOAL := build

@@ -390,7 +390,7 @@ func (p *Pool) loadRefcounts() error {
 }
 
 // blockBuf returns a block-sized buffer aligned for direct I/O.
-func (p *Pool) blockBuf() []byte   { return *p.bufs.Get().(*[]byte) }
+func (p *Pool) blockBuf() []byte     { return *p.bufs.Get().(*[]byte) }
 func (p *Pool) putBlockBuf(b []byte) { p.bufs.Put(&b) }
 
 // checkLocked returns the error that stops any change: closed or failed. REQUIRES p.mu.
@@ -439,7 +439,7 @@ func (p *Pool) Stats() Stats {
 		LSN:                p.lsn,
 		CheckpointLSN:      p.ckptLSN,
 	}
-	st.MetadataBytes = (int64(p.nodeBlocks)+int64(len(p.catalogBlocks))+2+int64(p.geo.JournalBlocks)+2*int64(p.geo.RCPages))*bs
+	st.MetadataBytes = (int64(p.nodeBlocks) + int64(len(p.catalogBlocks)) + 2 + int64(p.geo.JournalBlocks) + 2*int64(p.geo.RCPages)) * bs
 	return st
 }
 

@@ -83,7 +83,9 @@ func (p *Pool) CreateSnapshot(vol VolumeID, name string) (SnapshotInfo, error) {
 }
 
 // Snapshots lists every snapshot of the pool ordered by ID.
-func (p *Pool) Snapshots() []SnapshotInfo { return p.listSnapshots(func(*snapState) bool { return true }) }
+func (p *Pool) Snapshots() []SnapshotInfo {
+	return p.listSnapshots(func(*snapState) bool { return true })
+}
 
 // VolumeSnapshots lists the snapshots taken of a volume ordered by ID.
 func (p *Pool) VolumeSnapshots(vol VolumeID) []SnapshotInfo {

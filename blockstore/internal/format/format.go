@@ -73,7 +73,7 @@ type Superblock struct {
 	CatalogHead   uint64 // first catalog block, 0 when the catalog is empty
 	NextVolumeID  uint64
 	NextSnapID    uint64
-	Created       int64 // unix nanoseconds
+	Created       int64  // unix nanoseconds
 	OverProvision uint32 // over-provisioning ratio × 100
 	NodeBlocks    uint64 // blocks held by tree nodes
 	CatalogBlocks uint64 // blocks held by the catalog
