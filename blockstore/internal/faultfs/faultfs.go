@@ -1,0 +1,210 @@
+// Package faultfs is an in-memory file for testing the block store under power loss: it keeps
+// what was synced apart from what was merely written, can stop working at a chosen operation
+// (the machine "loses power"), and then yields the file a restarted machine would find: the
+// synced contents plus any subset of the unsynced writes, torn at block granularity.
+package faultfs
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+)
+
+// ErrCrashed is returned by every operation after the crash point.
+var ErrCrashed = errors.New("faultfs: power lost")
+
+// ErrInjected is returned by an operation chosen to fail with FailAfter.
+var ErrInjected = errors.New("faultfs: injected I/O error")
+
+// Unit is the granularity at which unsynced writes survive or vanish independently.
+const Unit = 4096
+
+type write struct {
+	off  int64
+	data []byte
+}
+
+// File is an in-memory File. It is safe for concurrent use.
+type File struct {
+	mu         sync.Mutex
+	durable    []byte  // contents as of the last Sync
+	cur        []byte  // contents including unsynced writes
+	pending    []write // writes since the last Sync, in order
+	crashAfter int     // operations (writes, syncs, punches) left before power loss; < 0: never
+	failAfter  int     // operations left before one fails with ErrInjected; < 0: never
+	crashed    bool
+	closed     bool
+	ops        int
+	syncs      int
+}
+
+// New returns a zero-filled file of size bytes.
+func New(size int64) *File {
+	return &File{durable: make([]byte, size), cur: make([]byte, size), crashAfter: -1, failAfter: -1}
+}
+
+// CrashAfter makes the file lose power after n more mutating operations: the n+1th and every
+// later operation fail with ErrCrashed and change nothing.
+func (f *File) CrashAfter(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crashAfter = n
+}
+
+// FailAfter makes the n+1th mutating operation from now fail once with ErrInjected.
+func (f *File) FailAfter(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failAfter = n
+}
+
+// Ops returns the number of mutating operations (writes, syncs, punches) so far.
+func (f *File) Ops() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ops
+}
+
+// Syncs returns the number of successful Sync calls so far.
+func (f *File) Syncs() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncs
+}
+
+// Crashed reports whether the crash point was reached.
+func (f *File) Crashed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.crashed
+}
+
+// mutate counts an operation and reports the error it must fail with, if any.
+// REQUIRES f.mu.
+func (f *File) mutate() error {
+	if f.closed {
+		return errors.New("faultfs: file closed")
+	}
+	if f.crashed {
+		return ErrCrashed
+	}
+	if f.crashAfter == 0 {
+		f.crashed = true
+		return ErrCrashed
+	}
+	if f.crashAfter > 0 {
+		f.crashAfter--
+	}
+	if f.failAfter == 0 {
+		f.failAfter = -1
+		return ErrInjected
+	}
+	if f.failAfter > 0 {
+		f.failAfter--
+	}
+	f.ops++
+	return nil
+}
+
+// ReadAt reads the current contents (unsynced writes included, as a page cache would).
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.crashed {
+		return 0, ErrCrashed
+	}
+	if off < 0 || off > int64(len(f.cur)) {
+		return 0, fmt.Errorf("faultfs: read at %d of a %d-byte file", off, len(f.cur))
+	}
+	n := copy(p, f.cur[off:])
+	if n < len(p) {
+		return n, fmt.Errorf("faultfs: read past the end at %d", off+int64(n))
+	}
+	return n, nil
+}
+
+// WriteAt writes to the current contents; the write is durable after the next Sync.
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.mutate(); err != nil {
+		return 0, err
+	}
+	if off < 0 || off+int64(len(p)) > int64(len(f.cur)) {
+		return 0, fmt.Errorf("faultfs: write of %d bytes at %d past the end of a %d-byte file", len(p), off, len(f.cur))
+	}
+	copy(f.cur[off:], p)
+	f.pending = append(f.pending, write{off: off, data: append([]byte(nil), p...)})
+	return len(p), nil
+}
+
+// Sync makes every write so far durable.
+func (f *File) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.mutate(); err != nil {
+		return err
+	}
+	for _, w := range f.pending {
+		copy(f.durable[w.off:], w.data)
+	}
+	f.pending = f.pending[:0]
+	f.syncs++
+	return nil
+}
+
+// PunchHole zeroes the range (durable after the next Sync, like a write).
+func (f *File) PunchHole(off, length int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.mutate(); err != nil {
+		return err
+	}
+	if off < 0 || off+length > int64(len(f.cur)) {
+		return fmt.Errorf("faultfs: punch of %d bytes at %d past the end", length, off)
+	}
+	z := make([]byte, length)
+	copy(f.cur[off:], z)
+	f.pending = append(f.pending, write{off: off, data: z})
+	return nil
+}
+
+// Size returns the file size.
+func (f *File) Size() (int64, error) { return int64(len(f.cur)), nil }
+
+// Close marks the file closed; Reopen or Restart gives a new handle.
+func (f *File) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+// Reopen returns a new file with the current contents, as after a clean shutdown (everything
+// written reached the disk). The old file must not be used any more.
+func (f *File) Reopen() *File {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	nf := &File{durable: append([]byte(nil), f.cur...), cur: f.cur, crashAfter: -1, failAfter: -1}
+	f.cur, f.durable, f.closed = nil, nil, true
+	return nf
+}
+
+// Restart returns the file a machine finds after losing power now: the synced contents plus,
+// for each Unit-sized piece of every unsynced write, in order, that piece with probability keep.
+// keep 0 drops every unsynced write; 1 keeps them all (a process kill, not a power loss).
+func (f *File) Restart(rng *rand.Rand, keep float64) *File {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img := append([]byte(nil), f.durable...)
+	for _, w := range f.pending {
+		for lo := 0; lo < len(w.data); lo += Unit {
+			hi := min(lo+Unit, len(w.data))
+			if keep >= 1 || (keep > 0 && rng.Float64() < keep) {
+				copy(img[w.off+int64(lo):], w.data[lo:hi])
+			}
+		}
+	}
+	return &File{durable: img, cur: append([]byte(nil), img...), crashAfter: -1, failAfter: -1}
+}
