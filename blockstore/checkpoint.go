@@ -121,6 +121,8 @@ func (p *Pool) checkpointLocked() error {
 
 	// Durable. Everything below only updates memory.
 	p.generation = gen
+	p.cutSeq++
+	p.markDurable(p.cutSeq)
 	p.ckptLSN = p.lsn
 	p.durableLSN = p.lsn
 	p.jbuf = nil

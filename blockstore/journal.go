@@ -76,12 +76,17 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 	}
 	p.jbuf = nil
 	pos := p.jpos
+	p.cutSeq++
+	seq := p.cutSeq
 	p.mu.Unlock()
 
 	if err := p.f.Sync(); err != nil {
 		return p.failLocking(fmt.Errorf("sync data: %w", err))
 	}
 	if len(recs) == 0 {
+		p.mu.Lock()
+		p.markDurable(seq)
+		p.mu.Unlock()
 		return nil
 	}
 	off := int64(p.geo.JournalStart+pos) * int64(p.bs)
@@ -99,11 +104,22 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 	defer p.mu.Unlock()
 	p.jpos = pos + uint64(len(blocks)/p.bs)
 	p.durableLSN = recs[len(recs)-1].LSN
+	p.markDurable(seq)
 	if npend > 0 {
 		p.release(p.pendingCommit[:npend])
 		p.pendingCommit = append(p.pendingCommit[:0], p.pendingCommit[npend:]...)
 	}
 	return nil
+}
+
+// markDurable records that the commit started as seq completed. REQUIRES p.mu.
+func (p *Pool) markDurable(seq uint64) {
+	p.durableSeq = max(p.durableSeq, seq)
+	for pbn, tag := range p.unshared {
+		if tag < p.durableSeq {
+			delete(p.unshared, pbn)
+		}
+	}
 }
 
 func (p *Pool) failLocking(err error) error {

@@ -79,6 +79,14 @@ type Pool struct {
 	reserved          map[uint64]struct{} // during replay: blocks later records map
 	replaying         bool
 
+	// unshared holds data blocks whose refcount dropped to 1 by a change not yet durable, with
+	// the commit sequence at the time. The holder left may not overwrite such a block in place:
+	// if the change were lost in a crash, the block would be shared again, and the other holder
+	// would read the new data. A block is unshared-but-not-durable while its tag >= durableSeq.
+	unshared   map[uint64]uint64
+	cutSeq     uint64 // commits started (a commit covers every change made before its start)
+	durableSeq uint64 // the cutSeq of the last commit that completed
+
 	nodes         map[uint64]*node // node cache: every dirty node, and clean ones up to the budget
 	dirtyNodes    int
 	cleanNodes    int
@@ -270,6 +278,7 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 		nextSnap:   sb.NextSnapID,
 		overProv:   float64(sb.OverProvision) / 100,
 		nodes:      make(map[uint64]*node),
+		unshared:   make(map[uint64]uint64),
 		generation: sb.Generation,
 		ckptLSN:    sb.CheckpointLSN,
 		lsn:        sb.CheckpointLSN,

@@ -118,6 +118,9 @@ func (p *Pool) decref(pbn uint64, mark uint32) (last bool) {
 	}
 	if c > 1 {
 		p.rc.set(pbn, c-1)
+		if c == 2 && !p.replaying {
+			p.unshared[pbn] = p.cutSeq
+		}
 		return false
 	}
 	p.rc.set(pbn, mark)
@@ -128,6 +131,13 @@ func (p *Pool) decref(pbn uint64, mark uint32) (last bool) {
 		p.pendingCheckpoint = append(p.pendingCheckpoint, pbn)
 	}
 	return true
+}
+
+// recentlyUnshared reports whether pbn became private by a change that is not durable yet.
+// REQUIRES p.mu.
+func (p *Pool) recentlyUnshared(pbn uint64) bool {
+	tag, ok := p.unshared[pbn]
+	return ok && tag >= p.durableSeq
 }
 
 // release frees blocks that were pending, punching holes for them in the pool file.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 )
 
@@ -191,19 +192,38 @@ func (f *File) Reopen() *File {
 	return nf
 }
 
-// Restart returns the file a machine finds after losing power now: the synced contents plus,
-// for each Unit-sized piece of every unsynced write, in order, that piece with probability keep.
-// keep 0 drops every unsynced write; 1 keeps them all (a process kill, not a power loss).
+// Restart returns the file a machine finds after losing power now. Unsynced writes reach the
+// disk the way a page cache writes them back: each Unit-sized page touched since the last Sync
+// holds either its synced contents or its contents as they were after one of the writes to it
+// (a page is written back whole, at some moment). keep is the chance that a page holds a later
+// version rather than the synced one: 0 drops every unsynced write, 1 keeps them all (what a
+// process kill leaves, since the page cache survives it).
 func (f *File) Restart(rng *rand.Rand, keep float64) *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	img := append([]byte(nil), f.durable...)
+	// Replay the unsynced writes on a scratch copy, recording each page's versions.
+	scratch := append([]byte(nil), f.durable...)
+	versions := map[int64][][]byte{}
 	for _, w := range f.pending {
-		for lo := 0; lo < len(w.data); lo += Unit {
-			hi := min(lo+Unit, len(w.data))
-			if keep >= 1 || (keep > 0 && rng.Float64() < keep) {
-				copy(img[w.off+int64(lo):], w.data[lo:hi])
-			}
+		copy(scratch[w.off:], w.data)
+		for pg := w.off / Unit; pg <= (w.off+int64(len(w.data))-1)/Unit; pg++ {
+			lo, hi := pg*Unit, min((pg+1)*Unit, int64(len(scratch)))
+			versions[pg] = append(versions[pg], append([]byte(nil), scratch[lo:hi]...))
+		}
+	}
+	pages := make([]int64, 0, len(versions))
+	for pg := range versions {
+		pages = append(pages, pg)
+	}
+	slices.Sort(pages) // map order is random: keep runs reproducible from the seed
+	for _, pg := range pages {
+		vs := versions[pg]
+		switch {
+		case keep >= 1:
+			copy(img[pg*Unit:], vs[len(vs)-1])
+		case keep > 0 && rng.Float64() < keep:
+			copy(img[pg*Unit:], vs[rng.IntN(len(vs))])
 		}
 	}
 	return &File{durable: img, cur: append([]byte(nil), img...), crashAfter: -1, failAfter: -1}
