@@ -132,6 +132,7 @@ func (p *Pool) failLocking(err error) error {
 // commit should be a checkpoint. REQUIRES p.mu.
 func (p *Pool) needCheckpoint() bool {
 	return p.jpos > p.geo.JournalBlocks/2 ||
+		uint64(len(p.jbuf)) > p.geo.JournalBlocks*16 ||
 		p.dirtyNodes > max(p.maxCleanNodes/2, 4096) ||
 		len(p.pendingCheckpoint) > int(p.rc.n/8)+1024
 }
