@@ -327,38 +327,34 @@ func (r *crashRun) step() error {
 		r.durable()
 	case op < 92 && len(r.snaps) > 0:
 		ids := r.snapIDs()
-		for _, sid := range ids[r.rng.IntN(len(ids)):] {
-			if err := r.p.DeleteSnapshot(sid); err != nil {
-				// Cut off: it may or may not survive.
-				r.maybe[sid] = r.snaps[sid]
-				delete(r.snaps, sid)
-				return err
-			}
+		sid := ids[r.rng.IntN(len(ids))]
+		if err := r.p.DeleteSnapshot(sid); err != nil {
+			// Cut off: it may or may not survive.
+			r.maybe[sid] = r.snaps[sid]
 			delete(r.snaps, sid)
-			break
+			return err
 		}
+		delete(r.snaps, sid)
 		r.durable()
 	case op < 95 && len(r.snaps) > 0 && len(r.vols) < 6:
 		ids := r.snapIDs()
-		for _, sid := range ids[r.rng.IntN(len(ids)):] {
-			simg := r.snaps[sid]
-			size := simg.size + r.rng.Int64N(4)*modelBS
-			cimg := simg.clone(size)
-			r.nextVol++
-			next := r.nextVol
-			r.maybeVols[next] = cimg
-			info, err := r.p.Clone(sid, "", size)
-			if err != nil {
-				return err
-			}
-			if info.ID != next {
-				r.t.Fatalf("clone ID %d, expected %d", info.ID, next)
-			}
-			delete(r.maybeVols, next)
-			r.vols[info.ID], r.allow[info.ID] = cimg, newAllowed(cimg)
-			r.origin[info.ID] = sid
-			break
+		sid := ids[r.rng.IntN(len(ids))]
+		simg := r.snaps[sid]
+		size := simg.size + r.rng.Int64N(4)*modelBS
+		cimg := simg.clone(size)
+		r.nextVol++
+		next := r.nextVol
+		r.maybeVols[next] = cimg
+		info, err := r.p.Clone(sid, "", size)
+		if err != nil {
+			return err
 		}
+		if info.ID != next {
+			r.t.Fatalf("clone ID %d, expected %d", info.ID, next)
+		}
+		delete(r.maybeVols, next)
+		r.vols[info.ID], r.allow[info.ID] = cimg, newAllowed(cimg)
+		r.origin[info.ID] = sid
 		r.durable()
 	case op < 98:
 		for _, sid := range r.snapIDs() {
