@@ -7,6 +7,7 @@
 #   make bench   block store benchmark report (hack/bench.sh)
 #   make crash   block store crash tests (kill at many points, then recover)
 #   make soak    block store model-based tests with many random operations
+#   make fuzz    run each on-disk format fuzz target for FUZZTIME (default 30s)
 #   make demo    data image from a sample backup, served as clones (not yet)
 #   make clean   remove build outputs
 
@@ -37,9 +38,14 @@ CRASH_KILLS ?= 100
 SOAK_PKGS ?= ./blockstore
 MODEL_OPS ?= 1000000
 
+# Package whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
+# the package's testdata/fuzz/ and is a regression test from then on: commit it with the fix.
+FUZZ_PKG ?= ./blockstore/internal/format
+FUZZTIME ?= 30s
+
 .DEFAULT_GOAL := build
 
-.PHONY: deps build test lint bench crash soak demo clean
+.PHONY: deps build test lint bench crash soak fuzz demo clean
 
 # Idempotent: quiet and quick when everything is already installed.
 deps:
@@ -84,6 +90,16 @@ crash:
 soak:
 	@echo "==> model tests: $(MODEL_OPS) operations"
 	$(GO) test -count=1 -run 'Model' -timeout 120m $(SOAK_PKGS) -args -model.ops=$(MODEL_OPS)
+
+# go test fuzzes one target per run, so run them one after another.
+fuzz:
+	@list="$$($(GO) test -list '^Fuzz' $(FUZZ_PKG))"; \
+	targets="$$(grep '^Fuzz' <<<"$$list" || true)"; \
+	if [ -z "$$targets" ]; then echo "no Fuzz targets in $(FUZZ_PKG)"; exit 1; fi; \
+	for t in $$targets; do \
+		echo "==> $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $(FUZZ_PKG); \
+	done
 
 # Placeholder until the image-builder issue lands.
 demo:

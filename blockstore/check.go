@@ -52,93 +52,9 @@ func (p *Pool) Check(repair bool) (*CheckReport, error) {
 		return nil, err
 	}
 	rep := &CheckReport{Volumes: len(p.vols), Snapshots: len(p.snaps)}
-	expected := make(map[uint64]uint32)
-	isNode := make(map[uint64]bool)
-	buf := make([]byte, p.bs)
-	ent := make([]uint64, 0, p.fanout)
-
-	var walk func(pbn uint64, level int, base, limit uint64)
-	walk = func(pbn uint64, level int, base, limit uint64) {
-		if !p.rc.valid(pbn) {
-			rep.Corrupt = append(rep.Corrupt, &CorruptionError{Block: pbn, What: "tree reference", Err: fmt.Errorf("%w: outside the data region", format.ErrInvalid)})
-			return
-		}
-		expected[pbn]++
-		if expected[pbn] > 1 {
-			return // children counted on the first visit
-		}
-		isNode[pbn] = true
-		rep.Nodes++
-		if _, err := p.f.ReadAt(buf, int64(pbn)*int64(p.bs)); err != nil {
-			rep.Corrupt = append(rep.Corrupt, fmt.Errorf("read tree node at block %d: %w", pbn, err))
-			return
-		}
-		lv, e, err := format.DecodeNode(buf, pbn, ent)
-		switch {
-		case err != nil:
-		case int(lv) != level:
-			err = fmt.Errorf("%w: level %d where %d belongs", format.ErrInvalid, lv, level)
-		case len(e) != p.fanout:
-			err = fmt.Errorf("%w: %d entries, pool fanout is %d", format.ErrInvalid, len(e), p.fanout)
-		}
-		if err != nil {
-			rep.Corrupt = append(rep.Corrupt, &CorruptionError{Block: pbn, What: "tree node", Err: err})
-			return
-		}
-		children := append([]uint64(nil), e...)
-		s := p.span(uint8(level))
-		for i, c := range children {
-			if c == 0 {
-				continue
-			}
-			lo := base + uint64(i)*s
-			if lo >= limit {
-				rep.Corrupt = append(rep.Corrupt, &CorruptionError{Block: pbn, What: "tree node",
-					Err: fmt.Errorf("%w: entry %d maps logical block %d past the end (%d blocks)", format.ErrInvalid, i, lo, limit)})
-				continue
-			}
-			if level > 0 {
-				walk(c, level-1, lo, limit)
-				continue
-			}
-			if !p.rc.valid(c) {
-				rep.Corrupt = append(rep.Corrupt, &CorruptionError{Block: pbn, What: "tree node",
-					Err: fmt.Errorf("%w: entry %d points outside the data region (%d)", format.ErrInvalid, i, c)})
-				continue
-			}
-			if isNode[c] {
-				rep.Corrupt = append(rep.Corrupt, &CorruptionError{Block: pbn, What: "tree node",
-					Err: fmt.Errorf("%w: entry %d maps tree node %d as data", format.ErrInvalid, i, c)})
-			}
-			if expected[c] == 0 {
-				rep.DataBlocks++
-			}
-			expected[c]++
-		}
-	}
-	root := func(t tree, size uint64) {
-		if t.root != 0 {
-			walk(t.root, int(t.height)-1, 0, p.blocksFor(size))
-		}
-	}
-	for _, v := range p.vols {
-		if p.heightFor(p.blocksFor(v.size)) > v.t.height {
-			rep.Corrupt = append(rep.Corrupt, fmt.Errorf("%w: volume %d of %d bytes has a tree of height %d", ErrCorrupt, v.id, v.size, v.t.height))
-			continue
-		}
-		root(v.t, v.size)
-	}
-	for _, s := range p.snaps {
-		root(s.t, s.size)
-	}
-	for _, b := range p.catalogBlocks {
-		expected[b]++
-		if _, err := p.f.ReadAt(buf, int64(b)*int64(p.bs)); err != nil {
-			rep.Corrupt = append(rep.Corrupt, fmt.Errorf("read catalog block %d: %w", b, err))
-		} else if _, _, err := format.DecodeCatalogBlock(buf, b); err != nil {
-			rep.Corrupt = append(rep.Corrupt, &CorruptionError{Block: b, What: "catalog block", Err: err})
-		}
-	}
+	rc := p.recount(true)
+	expected, isNode := rc.refs, rc.nodes
+	rep.Nodes, rep.DataBlocks, rep.Corrupt = uint64(len(rc.nodes)), rc.dataBlocks, rc.corrupt
 
 	// Compare with the refcounts in memory, then with the durable refcount pages.
 	if got := uint64(len(isNode)); got != p.nodeBlocks {
@@ -196,6 +112,122 @@ func (p *Pool) Check(repair bool) (*CheckReport, error) {
 		return rep, fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(rep.Corrupt...))
 	}
 	return rep, nil
+}
+
+// refCount is what recount found.
+type refCount struct {
+	refs       map[uint64]uint32 // references to each block
+	nodes      map[uint64]bool   // tree node blocks
+	dataBlocks uint64            // distinct data blocks
+	corrupt    []error
+}
+
+// recount counts every reference from the roots: volumes, snapshots and the catalog. With
+// fromDisk, tree nodes are read from disk (bypassing the cache) and catalog blocks verified;
+// otherwise through the node cache. REQUIRES p.mu; with fromDisk, no dirty node (a checkpoint
+// just ran).
+func (p *Pool) recount(fromDisk bool) *refCount {
+	rc := &refCount{refs: make(map[uint64]uint32), nodes: make(map[uint64]bool)}
+	buf := make([]byte, p.bs)
+	ent := make([]uint64, 0, p.fanout)
+	corrupt := func(pbn uint64, what string, err error) {
+		rc.corrupt = append(rc.corrupt, &CorruptionError{Block: pbn, What: what, Err: err})
+	}
+	readNode := func(pbn uint64) (uint8, []uint64, error) {
+		if !fromDisk {
+			n, err := p.getNode(pbn)
+			if err != nil {
+				return 0, nil, err
+			}
+			return n.level, n.ent, nil
+		}
+		if _, err := p.f.ReadAt(buf, int64(pbn)*int64(p.bs)); err != nil {
+			return 0, nil, fmt.Errorf("read tree node at block %d: %w", pbn, err)
+		}
+		lv, e, err := format.DecodeNode(buf, pbn, ent)
+		if err != nil {
+			return 0, nil, &CorruptionError{Block: pbn, What: "tree node", Err: err}
+		}
+		return lv, e, nil
+	}
+	var walk func(pbn uint64, level int, base, limit uint64)
+	walk = func(pbn uint64, level int, base, limit uint64) {
+		if !p.rc.valid(pbn) {
+			corrupt(pbn, "tree reference", fmt.Errorf("%w: outside the data region", format.ErrInvalid))
+			return
+		}
+		rc.refs[pbn]++
+		if rc.refs[pbn] > 1 {
+			return // children counted on the first visit
+		}
+		rc.nodes[pbn] = true
+		lv, e, err := readNode(pbn)
+		switch {
+		case err != nil:
+			rc.corrupt = append(rc.corrupt, err)
+			return
+		case int(lv) != level:
+			corrupt(pbn, "tree node", fmt.Errorf("%w: level %d where %d belongs", format.ErrInvalid, lv, level))
+			return
+		case len(e) != p.fanout:
+			corrupt(pbn, "tree node", fmt.Errorf("%w: %d entries, pool fanout is %d", format.ErrInvalid, len(e), p.fanout))
+			return
+		}
+		children := append([]uint64(nil), e...)
+		s := p.span(uint8(level))
+		for i, c := range children {
+			if c == 0 {
+				continue
+			}
+			lo := base + uint64(i)*s
+			if lo >= limit {
+				corrupt(pbn, "tree node", fmt.Errorf("%w: entry %d maps logical block %d past the end (%d blocks)", format.ErrInvalid, i, lo, limit))
+				continue
+			}
+			if level > 0 {
+				walk(c, level-1, lo, limit)
+				continue
+			}
+			if !p.rc.valid(c) {
+				corrupt(pbn, "tree node", fmt.Errorf("%w: entry %d points outside the data region (%d)", format.ErrInvalid, i, c))
+				continue
+			}
+			if rc.nodes[c] {
+				corrupt(pbn, "tree node", fmt.Errorf("%w: entry %d maps tree node %d as data", format.ErrInvalid, i, c))
+			}
+			if rc.refs[c] == 0 {
+				rc.dataBlocks++
+			}
+			rc.refs[c]++
+		}
+	}
+	root := func(t tree, size uint64) {
+		if t.root != 0 {
+			walk(t.root, int(t.height)-1, 0, p.blocksFor(size))
+		}
+	}
+	for _, v := range p.vols {
+		if p.heightFor(p.blocksFor(v.size)) > v.t.height {
+			rc.corrupt = append(rc.corrupt, fmt.Errorf("%w: volume %d of %d bytes has a tree of height %d", ErrCorrupt, v.id, v.size, v.t.height))
+			continue
+		}
+		root(v.t, v.size)
+	}
+	for _, s := range p.snaps {
+		root(s.t, s.size)
+	}
+	for _, b := range p.catalogBlocks {
+		rc.refs[b]++
+		if !fromDisk {
+			continue
+		}
+		if _, err := p.f.ReadAt(buf, int64(b)*int64(p.bs)); err != nil {
+			rc.corrupt = append(rc.corrupt, fmt.Errorf("read catalog block %d: %w", b, err))
+		} else if _, _, err := format.DecodeCatalogBlock(buf, b); err != nil {
+			corrupt(b, "catalog block", err)
+		}
+	}
+	return rc
 }
 
 // checkDurableRefcounts compares the durable refcount pages with memory (they must agree right

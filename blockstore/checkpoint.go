@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
@@ -28,7 +29,7 @@ func (p *Pool) checkpointLocked() error {
 	nblk := (len(payload) + room - 1) / room
 	newCat := make([]uint64, 0, nblk)
 	for range nblk {
-		b, err := p.allocBlock()
+		b, err := p.allocBlock(allocCatalog)
 		if err != nil {
 			for _, c := range newCat {
 				p.decref(c, 0)
@@ -106,7 +107,7 @@ func (p *Pool) checkpointLocked() error {
 	}
 	sb.NextVolumeID = p.nextVol
 	sb.NextSnapID = p.nextSnap
-	sb.OverProvision = uint32(p.overProv * 100)
+	sb.OverProvision = uint32(math.Round(p.overProv * 100))
 	sb.NodeBlocks = p.nodeBlocks
 	sb.CatalogBlocks = uint64(len(newCat))
 	clear(buf)

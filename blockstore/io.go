@@ -149,8 +149,17 @@ func (vol *Volume) WriteAt(b []byte, off int64) (int, error) {
 }
 
 func (vol *Volume) checkRange(off, n int64, op string) error {
-	size := vol.Size()
-	if off < 0 || n < 0 || off+n > size || off+n < off {
+	if off < 0 || n < 0 {
+		return invalidf("%s of %d bytes at offset %d of volume %d: negative offset or length", op, n, off, vol.v.id)
+	}
+	vol.p.mu.Lock()
+	err := vol.stateLocked()
+	size := int64(vol.v.size)
+	vol.p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if off+n > size || off+n < off {
 		return fmt.Errorf("%w: %s of %d bytes at offset %d of volume %d (%d bytes)", ErrOutOfRange, op, n, off, vol.v.id, size)
 	}
 	return nil
@@ -268,11 +277,17 @@ func (vol *Volume) write(b []byte, off int64) error {
 			need++
 		}
 	}
+	// Room for the tree nodes that mapping the new blocks may copy or create.
+	var metaNeed uint64
+	for l, k := uint8(0), uint64(need); l < v.t.height; l++ {
+		k = k/uint64(p.fanout) + 1
+		metaNeed += k + 1
+	}
 	for i := 0; need > 0; {
 		for !fresh[i] {
 			i++
 		}
-		start, n, err := p.allocRun(need, true)
+		start, n, err := p.allocRun(need, allocData, metaNeed)
 		if err != nil {
 			p.freeFresh(target, fresh)
 			p.mu.Unlock()

@@ -167,8 +167,13 @@ func (p *Pool) recover() error {
 	if err != nil {
 		return err
 	}
-	p.recovery = Recovery{CheckpointLSN: p.ckptLSN, LastLSN: p.ckptLSN}
+	p.recovery.CheckpointLSN, p.recovery.LastLSN = p.ckptLSN, p.ckptLSN
 	if len(recs) == 0 {
+		if len(p.recovery.DamagedRefcountPages) > 0 {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return p.checkpointLocked() // write the rebuilt refcounts
+		}
 		return nil
 	}
 	p.mu.Lock()

@@ -111,6 +111,10 @@ type Recovery struct {
 	Records       int           // journal records replayed
 	LastLSN       uint64        // LSN of the last record replayed (CheckpointLSN if none)
 	Duration      time.Duration // time spent replaying
+	// DamagedRefcountPages lists refcount page slots that failed verification (each a
+	// *CorruptionError naming its block). Refcounts were then rebuilt from the trees and
+	// written anew, so the pool is consistent again.
+	DamagedRefcountPages []error
 }
 
 // Stats describe a pool's space.
@@ -211,7 +215,7 @@ func CreateOn(f File, opts Options) (*Pool, error) {
 	if ratio == 0 {
 		ratio = defaultOverProvision
 	}
-	if ratio < 1 || ratio > 1000 || math.IsNaN(ratio) {
+	if !validRatio(ratio) {
 		return nil, invalidf("over-provisioning ratio %v: must be from 1 to 1000", ratio)
 	}
 	fanout := format.NodeCapacity(bs)
@@ -231,7 +235,7 @@ func CreateOn(f File, opts Options) (*Pool, error) {
 		NextVolumeID:  1,
 		NextSnapID:    1,
 		Created:       opts.now().UnixNano(),
-		OverProvision: uint32(ratio * 100),
+		OverProvision: uint32(math.Round(ratio * 100)),
 	}
 	// Zero the superblock slots, the first journal block and every refcount slot that could
 	// hold stale bytes (a reused file or device), so no old structure can pass for ours.
@@ -257,7 +261,7 @@ func CreateOn(f File, opts Options) (*Pool, error) {
 // OpenOn opens the pool stored in f. The pool owns f from then on, also when this fails.
 func OpenOn(f File, opts Options) (*Pool, error) {
 	opts.defaults()
-	sb, slot, err := readSuperblock(f)
+	sb, slot, slotErr, err := readSuperblock(f)
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +291,7 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 	}
 	p.bufs.New = func() any { b := alignedBuf(bs); return &b }
 	if opts.OverProvisionRatio != 0 {
-		if opts.OverProvisionRatio < 1 || opts.OverProvisionRatio > 1000 {
+		if !validRatio(opts.OverProvisionRatio) {
 			return nil, invalidf("over-provisioning ratio %v: must be from 1 to 1000", opts.OverProvisionRatio)
 		}
 		p.overProv = opts.OverProvisionRatio
@@ -298,7 +302,15 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 		return nil, err
 	}
 	if err := p.loadCatalog(sb.CatalogHead); err != nil {
+		if slotErr != nil {
+			return nil, fmt.Errorf("%w (the newest superblock is damaged: %v; the older one, generation %d, no longer matches the pool)", err, slotErr, sb.Generation)
+		}
 		return nil, err
+	}
+	if len(p.recovery.DamagedRefcountPages) > 0 {
+		if err := p.rebuildRefcounts(); err != nil {
+			return nil, err
+		}
 	}
 	p.log.Info("pool opened", "superblockSlot", slot, "generation", sb.Generation, "checkpointLSN", sb.CheckpointLSN,
 		"volumes", len(p.vols), "snapshots", len(p.snaps))
@@ -308,7 +320,9 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 	return p, nil
 }
 
-func readSuperblock(f File) (*format.Superblock, int, error) {
+// readSuperblock returns the valid superblock with the highest generation, its slot, and the
+// error of the other slot if that one is damaged (not merely absent).
+func readSuperblock(f File) (*format.Superblock, int, error, error) {
 	buf := make([]byte, format.MinBlockSize)
 	var best *format.Superblock
 	slot := -1
@@ -342,12 +356,18 @@ func readSuperblock(f File) (*format.Superblock, int, error) {
 		}
 	}
 	if best == nil {
-		return nil, 0, fmt.Errorf("%w: no valid superblock: %w", ErrNotPool, errors.Join(errs...))
+		return nil, 0, nil, fmt.Errorf("%w: no valid superblock: %w", ErrNotPool, errors.Join(errs...))
 	}
 	if size, err := f.Size(); err != nil || uint64(size) < best.PoolBlocks*uint64(best.BlockSize) {
-		return nil, 0, fmt.Errorf("%w: pool of %d blocks does not fit in %d bytes (%v)", ErrCorrupt, best.PoolBlocks, size, err)
+		return nil, 0, nil, fmt.Errorf("%w: pool of %d blocks does not fit in %d bytes (%v)", ErrCorrupt, best.PoolBlocks, size, err)
 	}
-	return best, slot, nil
+	var other error
+	for _, e := range errs {
+		if errors.Is(e, format.ErrChecksum) || errors.Is(e, format.ErrInvalid) {
+			other = &CorruptionError{Block: uint64(1 - slot), What: "superblock", Err: e}
+		}
+	}
+	return best, slot, other, nil
 }
 
 // loadRefcounts reads the durable copy of every refcount page.
@@ -369,7 +389,10 @@ func (p *Pool) loadRefcounts() error {
 				b := buf[(2*i+s)*bs : (2*i+s+1)*bs]
 				gen, ok, err := format.DecodeRCPage(b, uint32(pg), tmp[s])
 				if err != nil {
-					p.log.Warn("refcount page slot unreadable", "page", pg, "slot", s, "err", err)
+					blk := p.geo.RCStart + 2*uint64(pg) + uint64(s)
+					p.log.Warn("refcount page slot damaged; refcounts will be rebuilt from the trees", "page", pg, "block", blk, "err", err)
+					p.recovery.DamagedRefcountPages = append(p.recovery.DamagedRefcountPages,
+						&CorruptionError{Block: blk, What: "refcount page", Err: err})
 					continue
 				}
 				if ok && gen <= p.generation && (best < 0 || gen > bestGen) {
@@ -395,6 +418,35 @@ func (p *Pool) loadRefcounts() error {
 		}
 	}
 	clear(p.rc.dirty)
+	return nil
+}
+
+// validRatio reports whether an over-provisioning ratio is in [1, 1000] (NaN is not).
+func validRatio(r float64) bool { return r >= 1 && r <= 1000 }
+
+// rebuildRefcounts recounts every reference from the trees and the catalog and replaces the
+// refcounts loaded from disk with the result; every page is rewritten at the next checkpoint.
+// REQUIRES exclusive use (Open).
+func (p *Pool) rebuildRefcounts() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rc := p.recount(false)
+	if len(rc.corrupt) > 0 {
+		return fmt.Errorf("%w: refcount pages damaged and the trees cannot be recounted: %w",
+			ErrCorrupt, errors.Join(append(p.recovery.DamagedRefcountPages, rc.corrupt...)...))
+	}
+	slots := p.rc.slot
+	p.rc = newRefcounts(p.rc.base, p.rc.n, p.rc.perPage)
+	p.rc.slot = slots
+	for pbn, c := range rc.refs {
+		p.rc.set(pbn, c)
+	}
+	for pg := range p.rc.pages {
+		p.rc.dirty[pg] = struct{}{}
+	}
+	p.nodeBlocks = uint64(len(rc.nodes))
+	p.log.Warn("refcounts rebuilt from the trees", "damagedSlots", len(p.recovery.DamagedRefcountPages),
+		"blocks", p.rc.inUse, "nodes", p.nodeBlocks)
 	return nil
 }
 

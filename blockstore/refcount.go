@@ -3,6 +3,8 @@ package blockstore
 import (
 	"fmt"
 	"slices"
+
+	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
 // Refcounts and allocation.
@@ -100,7 +102,7 @@ func (r *refcounts) set(pbn uint64, v uint32) {
 func (p *Pool) incref(pbn uint64) error {
 	c := p.rc.get(pbn)
 	if c == 0 || c > maxRefs {
-		panic(fmt.Sprintf("blockstore: incref of block %d with refcount %#x", pbn, c))
+		return p.fail(&CorruptionError{Block: pbn, What: "refcount", Err: fmt.Errorf("%w: reference added to a block with refcount %#x", format.ErrInvalid, c)})
 	}
 	if c == maxRefs {
 		return fmt.Errorf("%w: block %d already has %d references", ErrNoSpace, pbn, c)
@@ -114,7 +116,10 @@ func (p *Pool) incref(pbn uint64) error {
 func (p *Pool) decref(pbn uint64, mark uint32) (last bool) {
 	c := p.rc.get(pbn)
 	if c == 0 || c > maxRefs {
-		panic(fmt.Sprintf("blockstore: decref of block %d with refcount %#x", pbn, c))
+		// The metadata on disk was damaged (a tree names a block its refcount says is free):
+		// stop changing the pool rather than free something twice.
+		p.fail(&CorruptionError{Block: pbn, What: "refcount", Err: fmt.Errorf("%w: reference dropped from a block with refcount %#x", format.ErrInvalid, c)})
+		return false
 	}
 	if c > 1 {
 		p.rc.set(pbn, c-1)
@@ -179,27 +184,40 @@ func (p *Pool) punch(blocks []uint64) {
 // freeBlocks returns the number of blocks that can be allocated now.
 func (p *Pool) freeBlocks() uint64 { return p.rc.n - p.rc.inUse }
 
-// reserveBlocks is the number of blocks kept back from data writes so that metadata updates
-// (copy-on-write of tree nodes, the catalog at a checkpoint) can always proceed.
-func (p *Pool) reserveBlocks() uint64 {
-	cat := uint64(len(p.vols)+len(p.snaps))*64/uint64(p.bs) + 2
-	return 2*cat + 4*uint64(p.maxHeight()) + 32
+// catalogReserve is the number of blocks a checkpoint may need for the catalog. Tree nodes are
+// never allocated into it, so a checkpoint can always run, and free what it has to free.
+func (p *Pool) catalogReserve() uint64 {
+	return 2*(uint64(len(p.vols)+len(p.snaps))*64/uint64(p.bs)+2) + 8
 }
 
+// reserveBlocks is the number of blocks kept back from data writes so that the tree updates
+// that map them, and discards on a full pool, can always proceed.
+func (p *Pool) reserveBlocks() uint64 {
+	return p.catalogReserve() + 4*uint64(p.maxHeight()) + 32
+}
+
+// Allocation classes: what an allocation may dig into.
+const (
+	allocData    = iota // data blocks: leave the whole reserve
+	allocNode           // tree nodes: leave the catalog reserve
+	allocCatalog        // the checkpoint's catalog: anything
+)
+
 // allocRun allocates up to max blocks, contiguous from the first free block found, each with
-// refcount 1. data allocations leave the metadata reserve untouched.
-func (p *Pool) allocRun(max int, data bool) (start uint64, n int, err error) {
+// refcount 1, leaving the reserve of the allocation class (plus extra blocks) untouched.
+func (p *Pool) allocRun(max int, class int, extra uint64) (start uint64, n int, err error) {
 	free := p.freeBlocks()
-	if data {
-		res := p.reserveBlocks()
-		if free <= res {
-			return 0, 0, ErrNoSpace
-		}
-		free -= res
+	var keep uint64
+	switch class {
+	case allocData:
+		keep = p.reserveBlocks() + extra
+	case allocNode:
+		keep = p.catalogReserve()
 	}
-	if free == 0 {
+	if free <= keep {
 		return 0, 0, ErrNoSpace
 	}
+	free -= keep
 	max = int(min(uint64(max), free))
 	r := p.rc
 	i := r.cursor
@@ -239,8 +257,8 @@ func (p *Pool) isReserved(pbn uint64) bool {
 	return ok
 }
 
-// allocBlock allocates one metadata block.
-func (p *Pool) allocBlock() (uint64, error) {
-	b, _, err := p.allocRun(1, false)
+// allocBlock allocates one block of a metadata class (allocNode or allocCatalog).
+func (p *Pool) allocBlock(class int) (uint64, error) {
+	b, _, err := p.allocRun(1, class, 0)
 	return b, err
 }

@@ -105,7 +105,7 @@ func (p *Pool) uncacheNode(n *node) {
 
 // newNode allocates a zeroed dirty node.
 func (p *Pool) newNode(level uint8) (*node, error) {
-	pbn, err := p.allocBlock()
+	pbn, err := p.allocBlock(allocNode)
 	if err != nil {
 		return nil, err
 	}
@@ -223,8 +223,8 @@ func (p *Pool) setEntry(t *tree, lbn, pbn uint64) (old uint64, err error) {
 			return 0, err
 		}
 	}
-	var path [16]*node
-	var slots [16]int
+	var path [format.MaxHeight]*node
+	var slots [format.MaxHeight]int
 	ref := &t.root
 	for level := int(t.height) - 1; level >= 0; level-- {
 		var n *node

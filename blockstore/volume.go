@@ -86,8 +86,8 @@ func (p *Pool) checkSize(size uint64, add uint64) error {
 	if size == 0 || size%uint64(p.bs) != 0 {
 		return invalidf("size %d: must be a positive multiple of the block size %d", size, p.bs)
 	}
-	if size > uint64(p.bs)<<40 {
-		return invalidf("size %d: exceeds the largest volume, %d bytes", size, uint64(p.bs)<<40)
+	if size > uint64(p.bs)<<40 || p.heightFor(size/uint64(p.bs)) > format.MaxHeight {
+		return invalidf("size %d: exceeds the largest volume of this pool", size)
 	}
 	limit := uint64(float64(p.rc.n*uint64(p.bs)) * p.overProv)
 	if prov := p.provisioned(); prov+add > limit {

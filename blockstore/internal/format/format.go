@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 )
 
 // Block sizes a pool may be created with.
@@ -28,6 +29,12 @@ const (
 
 // Version is the on-disk format version written into new pools.
 const Version = 1
+
+// MaxPoolBlocks bounds the size of a pool in blocks: block numbers fit in 48 bits.
+const MaxPoolBlocks = 1 << 48
+
+// MaxHeight bounds the height of a converter tree: node levels are below MaxHeight.
+const MaxHeight = 16
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -141,10 +148,13 @@ func DecodeSuperblock(b []byte) (*Superblock, error) {
 	return sb, nil
 }
 
+// validate checks the geometry. PoolBlocks is bounded first and every region size is bounded by
+// it before it appears in a sum or product, so no check can be passed by an overflow.
 func (sb *Superblock) validate() error {
 	bad := func(field, rule string) error {
 		return fmt.Errorf("superblock: %w: %s %s", ErrInvalid, field, rule)
 	}
+	bs := uint64(sb.BlockSize)
 	switch {
 	case sb.Version != Version:
 		return bad("version", fmt.Sprintf("is %d, this build reads %d", sb.Version, Version))
@@ -152,10 +162,14 @@ func (sb *Superblock) validate() error {
 		return bad("block size", fmt.Sprintf("%d is not a power of two in [%d, %d]", sb.BlockSize, MinBlockSize, MaxBlockSize))
 	case sb.Fanout < 2 || sb.Fanout > uint32(NodeCapacity(int(sb.BlockSize))):
 		return bad("fanout", fmt.Sprintf("%d is outside [2, %d]", sb.Fanout, NodeCapacity(int(sb.BlockSize))))
-	case sb.JournalStart != 2 || sb.JournalBlocks < 2:
-		return bad("journal", "region is malformed")
+	case sb.PoolBlocks > MaxPoolBlocks || sb.PoolBlocks > math.MaxInt64/bs:
+		return bad("pool blocks", fmt.Sprintf("%d exceed 2^48 blocks or 2^63 bytes", sb.PoolBlocks))
+	case sb.JournalStart != 2 || sb.JournalBlocks < 2 || sb.JournalBlocks >= sb.PoolBlocks:
+		return bad("journal", fmt.Sprintf("region (%d blocks at %d) is malformed", sb.JournalBlocks, sb.JournalStart))
 	case sb.RCStart != sb.JournalStart+sb.JournalBlocks:
 		return bad("refcount region", "does not follow the journal")
+	case sb.RCPages >= sb.PoolBlocks:
+		return bad("refcount pages", fmt.Sprintf("%d exceed the pool", sb.RCPages))
 	case sb.DataStart != sb.RCStart+2*sb.RCPages:
 		return bad("data region", "does not follow the refcount region")
 	case sb.DataStart >= sb.PoolBlocks:
@@ -164,8 +178,12 @@ func (sb *Superblock) validate() error {
 		return bad("refcount pages", "do not cover the data region")
 	case sb.CatalogHead != 0 && (sb.CatalogHead < sb.DataStart || sb.CatalogHead >= sb.PoolBlocks):
 		return bad("catalog head", "is outside the data region")
-	case sb.PoolBlocks > 1<<48:
-		return bad("pool blocks", "exceed 2^48")
+	case sb.CatalogBlocks > sb.PoolBlocks-sb.DataStart || (sb.CatalogBlocks == 0) != (sb.CatalogHead == 0):
+		return bad("catalog blocks", fmt.Sprintf("%d do not fit the data region or disagree with catalog head %d", sb.CatalogBlocks, sb.CatalogHead))
+	case sb.NextVolumeID == 0:
+		return bad("next volume ID", "is 0")
+	case sb.NextSnapID == 0:
+		return bad("next snapshot ID", "is 0")
 	}
 	return nil
 }
@@ -217,7 +235,7 @@ func DecodeNode(b []byte, pbn uint64, dst []uint64) (level uint8, entries []uint
 		return 0, nil, fmt.Errorf("node: %w: %d entries", ErrInvalid, n)
 	}
 	level = b[8]
-	if level > 16 {
+	if level >= MaxHeight {
 		return 0, nil, fmt.Errorf("node: %w: level %d", ErrInvalid, level)
 	}
 	entries = dst[:0]
@@ -287,14 +305,29 @@ func allZero(b []byte) bool {
 
 const catalogMagic = 0x54434944 // "DICT"
 
-// CatalogHeaderSize is the size of a catalog block header.
+// CatalogHeaderSize is the size of a catalog block header. Its layout:
+//
+//	 0  magic           uint32
+//	 4  checksum        uint32: CRC-32C of bytes 8 to the end of the block
+//	 8  payload length  uint16
+//	10  block number    uint16: bits 32-47 of the block the header was written for
+//	12  block number    uint32: bits 0-31
+//	16  next block      uint64: 0 for the last block
+//
+// Bytes 10-11 were the upper half of a uint32 payload length, always 0, so a block below 2^32 is
+// encoded as it always was.
 const CatalogHeaderSize = 24
 
-// EncodeCatalogBlock writes one block of the catalog byte stream: payload continues in block next
-// (0 for the last block).
+// EncodeCatalogBlock writes one block of the catalog byte stream into b (one block): payload
+// continues in block next (0 for the last block). REQUIRES len(payload) <= len(b)-CatalogHeaderSize
+// and pbn < MaxPoolBlocks.
 func EncodeCatalogBlock(b []byte, pbn, next uint64, payload []byte) {
+	if len(payload) > len(b)-CatalogHeaderSize || len(payload) > math.MaxUint16 || pbn >= MaxPoolBlocks {
+		panic(fmt.Sprintf("format: catalog block %d of %d bytes cannot hold %d payload bytes", pbn, len(b), len(payload)))
+	}
 	le.PutUint32(b[0:], catalogMagic)
-	le.PutUint32(b[8:], uint32(len(payload)))
+	le.PutUint16(b[8:], uint16(len(payload)))
+	le.PutUint16(b[10:], uint16(pbn>>32))
 	le.PutUint32(b[12:], uint32(pbn))
 	le.PutUint64(b[16:], next)
 	n := copy(b[CatalogHeaderSize:], payload)
@@ -303,6 +336,7 @@ func EncodeCatalogBlock(b []byte, pbn, next uint64, payload []byte) {
 }
 
 // DecodeCatalogBlock parses the catalog block at pbn and returns its payload and the next block.
+// The payload aliases b.
 func DecodeCatalogBlock(b []byte, pbn uint64) (payload []byte, next uint64, err error) {
 	if len(b) < MinBlockSize {
 		return nil, 0, fmt.Errorf("catalog block: %w: short buffer", ErrInvalid)
@@ -313,10 +347,10 @@ func DecodeCatalogBlock(b []byte, pbn uint64) (payload []byte, next uint64, err 
 	if le.Uint32(b[4:]) != Checksum(b[8:]) {
 		return nil, 0, fmt.Errorf("catalog block: %w", ErrChecksum)
 	}
-	if le.Uint32(b[12:]) != uint32(pbn) {
-		return nil, 0, fmt.Errorf("catalog block: %w: written for another block (misdirected write)", ErrInvalid)
+	if got := uint64(le.Uint16(b[10:]))<<32 | uint64(le.Uint32(b[12:])); got != pbn {
+		return nil, 0, fmt.Errorf("catalog block: %w: written for block %d (misdirected write)", ErrInvalid, got)
 	}
-	n := int(le.Uint32(b[8:]))
+	n := int(le.Uint16(b[8:]))
 	if n > len(b)-CatalogHeaderSize {
 		return nil, 0, fmt.Errorf("catalog block: %w: payload length %d", ErrInvalid, n)
 	}

@@ -55,8 +55,12 @@ const MaxNameLen = 255
 // MaxRecordSize bounds an encoded record.
 const MaxRecordSize = RecordHeaderSize + 6*binary.MaxVarintLen64 + binary.MaxVarintLen64 + 2 + MaxNameLen
 
-// AppendRecord appends the encoding of r to b.
+// AppendRecord appends the encoding of r to b. REQUIRES len(r.Name) <= MaxNameLen: a longer name
+// would make a record DecodeRecord rejects, which would end replay there.
 func AppendRecord(b []byte, r *Record) []byte {
+	if len(r.Name) > MaxNameLen {
+		panic(fmt.Sprintf("format: journal record name of %d bytes, at most %d allowed", len(r.Name), MaxNameLen))
+	}
 	start := len(b)
 	b = append(b, make([]byte, RecordHeaderSize)...)
 	b = binary.AppendUvarint(b, r.Vol)
@@ -77,7 +81,8 @@ func AppendRecord(b []byte, r *Record) []byte {
 }
 
 // DecodeRecord parses the record at the start of b. It returns the record and its encoded length.
-// end is true when b starts with padding (a zero magic): the rest of the journal block is unused.
+// end is true when b starts with padding (a zero magic) or is too short to hold a record header:
+// the rest of the journal block is unused.
 func DecodeRecord(b []byte) (r Record, n int, end bool, err error) {
 	if len(b) < RecordHeaderSize {
 		return r, 0, true, nil
@@ -158,11 +163,13 @@ type Catalog struct {
 
 const catalogVersion = 1
 
-// EncodeCatalog serializes c.
+// EncodeCatalog serializes c. REQUIRES every name be at most MaxNameLen bytes and every height
+// be in [1, MaxHeight]: DecodeCatalog rejects anything else.
 func EncodeCatalog(c *Catalog) []byte {
 	b := []byte{catalogVersion}
 	b = binary.AppendUvarint(b, uint64(len(c.Volumes)))
 	for _, v := range c.Volumes {
+		mustEncodable("volume", v.ID, v.Name, v.Height)
 		b = binary.AppendUvarint(b, v.ID)
 		b = appendString(b, v.Name)
 		b = binary.AppendUvarint(b, v.Size)
@@ -173,6 +180,7 @@ func EncodeCatalog(c *Catalog) []byte {
 	}
 	b = binary.AppendUvarint(b, uint64(len(c.Snapshots)))
 	for _, s := range c.Snapshots {
+		mustEncodable("snapshot", s.ID, s.Name, s.Height)
 		b = binary.AppendUvarint(b, s.ID)
 		b = appendString(b, s.Name)
 		b = binary.AppendUvarint(b, s.Volume)
@@ -183,6 +191,15 @@ func EncodeCatalog(c *Catalog) []byte {
 		b = append(b, s.Height)
 	}
 	return b
+}
+
+// mustEncodable panics on a catalog entry that DecodeCatalog would reject: writing it would
+// leave a pool that cannot be opened.
+func mustEncodable(kind string, id uint64, name string, height uint8) {
+	if len(name) > MaxNameLen || height < 1 || height > MaxHeight {
+		panic(fmt.Sprintf("format: %s %d: name of %d bytes (at most %d) or tree height %d (from 1 to %d)",
+			kind, id, len(name), MaxNameLen, height, MaxHeight))
+	}
 }
 
 func appendString(b []byte, s string) []byte {
@@ -234,6 +251,15 @@ func (d *decoder) byte() byte {
 	return c
 }
 
+// height reads a tree height, which must be in [1, MaxHeight].
+func (d *decoder) height() uint8 {
+	h := d.byte()
+	if d.err == nil && (h < 1 || h > MaxHeight) {
+		d.err = fmt.Errorf("catalog: %w: tree height %d", ErrInvalid, h)
+	}
+	return h
+}
+
 func (d *decoder) string() string {
 	n := d.uvarint()
 	if d.err != nil {
@@ -271,14 +297,14 @@ func DecodeCatalog(b []byte) (*Catalog, error) {
 	for i := 0; i < nv && d.err == nil; i++ {
 		c.Volumes = append(c.Volumes, VolumeEntry{
 			ID: d.uvarint(), Name: d.string(), Size: d.uvarint(), Root: d.uvarint(),
-			Height: d.byte(), Created: d.varint(), Origin: d.uvarint(),
+			Height: d.height(), Created: d.varint(), Origin: d.uvarint(),
 		})
 	}
 	ns := d.count(8)
 	for i := 0; i < ns && d.err == nil; i++ {
 		c.Snapshots = append(c.Snapshots, SnapshotEntry{
 			ID: d.uvarint(), Name: d.string(), Volume: d.uvarint(), LSN: d.uvarint(),
-			Created: d.varint(), Size: d.uvarint(), Root: d.uvarint(), Height: d.byte(),
+			Created: d.varint(), Size: d.uvarint(), Root: d.uvarint(), Height: d.height(),
 		})
 	}
 	if d.err == nil && len(d.b) != 0 {
