@@ -223,6 +223,12 @@ func (p *Pool) readJournal() ([]format.Record, error) {
 				if end {
 					break
 				}
+				if err == nil && r.LSN > want {
+					// Only a later checkpoint restarts the journal with later LSNs: the
+					// superblock loaded is not the newest durable one.
+					return nil, fmt.Errorf("%w: journal block %d holds LSN %d, past the checkpoint loaded (LSN %d): a newer superblock was lost",
+						ErrCorrupt, p.geo.JournalStart+b+i, r.LSN, want-1)
+				}
 				if err != nil || r.LSN != want {
 					return recs, nil // the end of the last durable commit
 				}

@@ -315,6 +315,9 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 	p.log.Info("pool opened", "superblockSlot", slot, "generation", sb.Generation, "checkpointLSN", sb.CheckpointLSN,
 		"volumes", len(p.vols), "snapshots", len(p.snaps))
 	if err := p.recover(); err != nil {
+		if slotErr != nil {
+			return nil, fmt.Errorf("%w (%w)", err, slotErr)
+		}
 		return nil, err
 	}
 	return p, nil
