@@ -64,8 +64,12 @@ func (p *Pool) Check(repair bool) (*CheckReport, error) {
 		}
 	}
 	var inUse uint64
-	for pg, page := range p.rc.pages {
-		for off, c := range page {
+	for pg := range p.rc.pages {
+		pp := p.rc.page(pg)
+		if pp == nil {
+			continue
+		}
+		for off, c := range pp.counts[:p.pageLen(pg)] {
 			if c == 0 {
 				continue
 			}
@@ -254,8 +258,10 @@ func (p *Pool) checkDurableRefcounts(rep *CheckReport) error {
 		}
 		for off := 0; off < n; off++ {
 			want := uint32(0)
-			if p.rc.pages[pg] != nil {
-				want = p.rc.pages[pg][off]
+			if pp := p.rc.pages[pg]; pp != nil {
+				want = pp.counts[off]
+			} else if p.rc.used[pg] != 0 {
+				want = counts[off] // not resident: memory is what is on disk
 			}
 			if want > maxRefs {
 				want = 0

@@ -78,7 +78,7 @@ func (p *Pool) checkpointLocked() error {
 	for pg := range p.rc.dirty {
 		clear(counts)
 		if src := p.rc.pages[pg]; src != nil {
-			for i, c := range src {
+			for i, c := range src.counts {
 				if c <= maxRefs {
 					counts[i] = c
 				}

@@ -153,6 +153,7 @@ func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
 	blockstore.SetTestFanout(&r.opts, 4)
 	r.opts.OverProvisionRatio = 100
 	r.opts.JournalSize = 16 * modelBS // small: checkpoints happen within a run
+	r.opts.RefcountCacheBytes = 1     // refcount pages evicted and reloaded
 	r.f = faultfs.New(8 << 20)
 	p, err := blockstore.CreateOn(r.f, r.opts)
 	if err != nil {

@@ -125,7 +125,8 @@ func newModel(t testing.TB, seed uint64) *model {
 	m := &model{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), ops: map[string]int{}}
 	blockstore.SetTestFanout(&m.opts, 4)
 	m.opts.OverProvisionRatio = 100
-	m.opts.NodeCacheBytes = 1 // evict clean nodes aggressively: exercise reads from disk
+	m.opts.NodeCacheBytes = 1     // evict clean nodes aggressively: exercise reads from disk
+	m.opts.RefcountCacheBytes = 1 // and refcount pages
 	m.f = faultfs.New(16 << 20)
 	p, err := blockstore.CreateOn(m.f, m.opts)
 	if err != nil {

@@ -31,6 +31,9 @@ type Options struct {
 	DirectIO bool
 	// NodeCacheBytes bounds the memory spent on clean tree nodes. Default 64 MiB.
 	NodeCacheBytes int64
+	// RefcountCacheBytes bounds the memory spent on clean refcount pages (each covers 1020
+	// blocks of 4 KiB). Default 16 MiB.
+	RefcountCacheBytes int64
 	// Logger receives structured logs. Default: discard.
 	Logger *slog.Logger
 
@@ -74,6 +77,7 @@ type Pool struct {
 	overProv  float64
 
 	rc                *refcounts
+	rcCacheBytes      int64
 	pendingCommit     []uint64            // data blocks freed since the last commit
 	pendingCheckpoint []uint64            // blocks the last checkpoint references, freed since
 	reserved          map[uint64]struct{} // during replay: blocks later records map
@@ -141,6 +145,9 @@ func (o *Options) defaults() {
 	}
 	if o.NodeCacheBytes == 0 {
 		o.NodeCacheBytes = 64 << 20
+	}
+	if o.RefcountCacheBytes == 0 {
+		o.RefcountCacheBytes = 16 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -297,7 +304,8 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 		p.overProv = opts.OverProvisionRatio
 	}
 	p.maxCleanNodes = max(int(opts.NodeCacheBytes/int64(bs+64+8*p.fanout)), 64)
-	p.rc = newRefcounts(sb.DataStart, sb.PoolBlocks-sb.DataStart, format.RCPerPage(bs))
+	p.rcCacheBytes = opts.RefcountCacheBytes
+	p.rc = p.newRefcounts(p.rcCacheBytes)
 	if err := p.loadRefcounts(); err != nil {
 		return nil, err
 	}
@@ -409,19 +417,47 @@ func (p *Pool) loadRefcounts() error {
 				continue
 			}
 			p.rc.slot[pg] = uint8(best)
-			for off, c := range tmp[best] {
-				if c != 0 {
-					if c > maxRefs {
-						return &CorruptionError{Block: p.geo.RCStart + 2*uint64(pg) + uint64(best), What: "refcount page",
-							Err: fmt.Errorf("%w: count %#x", format.ErrInvalid, c)}
-					}
-					p.rc.set(p.rc.base+uint64(pg*p.rc.perPage+off), c)
+			used := int32(0)
+			for _, c := range tmp[best][:p.pageLen(pg)] {
+				if c > maxRefs {
+					return &CorruptionError{Block: p.geo.RCStart + 2*uint64(pg) + uint64(best), What: "refcount page",
+						Err: fmt.Errorf("%w: count %#x", format.ErrInvalid, c)}
 				}
+				if c != 0 {
+					used++
+				}
+			}
+			p.rc.used[pg] = used
+			p.rc.inUse += uint64(used)
+			if used > 0 && p.rc.resident < p.rc.maxResident {
+				p.rc.insert(pg, append([]uint32(nil), tmp[best]...))
 			}
 		}
 	}
-	clear(p.rc.dirty)
 	return nil
+}
+
+// newRefcounts returns empty refcounts for this pool's data region, loading pages from their
+// durable slots on demand.
+func (p *Pool) newRefcounts(cacheBytes int64) *refcounts {
+	r := newRefcounts(p.geo.DataStart, p.geo.PoolBlocks-p.geo.DataStart, format.RCPerPage(p.bs))
+	r.maxResident = max(int(cacheBytes/int64(4*r.perPage+48)), 2)
+	buf := make([]byte, p.bs)
+	r.load = func(pg int, dst []uint32) error {
+		blk := p.geo.RCStart + 2*uint64(pg) + uint64(r.slot[pg])
+		if _, err := p.f.ReadAt(buf, int64(blk)*int64(p.bs)); err != nil {
+			return fmt.Errorf("blockstore: read refcount page %d at block %d: %w", pg, blk, err)
+		}
+		_, ok, err := format.DecodeRCPage(buf, uint32(pg), dst[:p.pageLen(pg)])
+		if err == nil && !ok {
+			err = fmt.Errorf("%w: slot is empty", format.ErrInvalid)
+		}
+		if err != nil {
+			return &CorruptionError{Block: blk, What: "refcount page", Err: err}
+		}
+		return nil
+	}
+	return r
 }
 
 // validRatio reports whether an over-provisioning ratio is in [1, 1000] (NaN is not).
@@ -439,7 +475,7 @@ func (p *Pool) rebuildRefcounts() error {
 			ErrCorrupt, errors.Join(append(p.recovery.DamagedRefcountPages, rc.corrupt...)...))
 	}
 	slots := p.rc.slot
-	p.rc = newRefcounts(p.rc.base, p.rc.n, p.rc.perPage)
+	p.rc = p.newRefcounts(p.rcCacheBytes)
 	p.rc.slot = slots
 	for pbn, c := range rc.refs {
 		p.rc.set(pbn, c)
@@ -461,6 +497,9 @@ func (p *Pool) putBlockBuf(b []byte) { p.bufs.Put(&b) }
 func (p *Pool) checkLocked() error {
 	if p.closed {
 		return ErrClosed
+	}
+	if p.failed == nil && p.rc.err != nil {
+		p.fail(p.rc.err)
 	}
 	if p.failed != nil {
 		return fmt.Errorf("%w: %w", ErrFailed, p.failed)

@@ -28,17 +28,32 @@ const (
 )
 
 // refcounts holds the refcount of every data-region block, in pages that mirror the on-disk
-// refcount pages. All methods REQUIRE p.mu.
+// refcount pages. Pages are loaded on demand and clean ones are evicted past a budget, so memory
+// does not grow with the pool: what stays resident per page is its slot and its count of
+// non-zero entries (5 bytes per 1020 blocks, about 1.3 MiB per TiB of 4 KiB blocks).
+// INVARIANT: a page that holds a pending mark or differs from its durable copy is dirty, and a
+// dirty page is never evicted. All methods REQUIRE p.mu.
 type refcounts struct {
-	base    uint64     // first data-region block
-	n       uint64     // data-region blocks
-	perPage int        // counts per page
-	pages   [][]uint32 // nil: every count in the page is zero
-	used    []int32    // non-zero counts per page (marks included)
+	base    uint64    // first data-region block
+	n       uint64    // data-region blocks
+	perPage int       // counts per page
+	pages   []*rcPage // resident pages; nil: zeros if used is 0, else on disk in slot
+	used    []int32   // non-zero counts per page (marks included), resident or not
 	dirty   map[int]struct{}
 	slot    []uint8 // on-disk slot holding the durable copy of each page: 0, 1, or noSlot
 	inUse   uint64  // non-zero counts in total (marks included)
 	cursor  uint64  // next-fit allocation cursor (data-region index)
+
+	load        func(pg int, dst []uint32) error // reads the durable copy of page pg
+	maxResident int                              // clean pages kept in memory
+	resident    int
+	hand        int   // CLOCK hand over page indices
+	err         error // sticky: a page could not be loaded
+}
+
+type rcPage struct {
+	counts []uint32
+	ref    bool // used since the CLOCK hand last passed
 }
 
 const noSlot = 2
@@ -47,10 +62,11 @@ func newRefcounts(base, n uint64, perPage int) *refcounts {
 	pages := int((n + uint64(perPage) - 1) / uint64(perPage))
 	r := &refcounts{
 		base: base, n: n, perPage: perPage,
-		pages: make([][]uint32, pages),
-		used:  make([]int32, pages),
-		dirty: make(map[int]struct{}),
-		slot:  make([]uint8, pages),
+		pages:       make([]*rcPage, pages),
+		used:        make([]int32, pages),
+		dirty:       make(map[int]struct{}),
+		slot:        make([]uint8, pages),
+		maxResident: 1 << 30,
 	}
 	for i := range r.slot {
 		r.slot[i] = noSlot
@@ -66,23 +82,79 @@ func (r *refcounts) index(pbn uint64) (page, off int) {
 // valid reports whether pbn lies in the data region.
 func (r *refcounts) valid(pbn uint64) bool { return pbn >= r.base && pbn < r.base+r.n }
 
+// page returns page pg, loading it if needed; nil if it holds only zeros (or failed to load,
+// with r.err set).
+func (r *refcounts) page(pg int) *rcPage {
+	if pp := r.pages[pg]; pp != nil {
+		pp.ref = true
+		return pp
+	}
+	if r.used[pg] == 0 || r.err != nil {
+		return nil
+	}
+	counts := make([]uint32, r.perPage)
+	if err := r.load(pg, counts); err != nil {
+		r.err = err
+		return nil
+	}
+	return r.insert(pg, counts)
+}
+
+// insert makes counts resident as page pg, evicting others first if the budget is full (so
+// the page returned stays resident until the next insert).
+func (r *refcounts) insert(pg int, counts []uint32) *rcPage {
+	if r.resident >= r.maxResident {
+		r.evict()
+	}
+	pp := &rcPage{counts: counts, ref: true}
+	r.pages[pg] = pp
+	r.resident++
+	return pp
+}
+
+// evict drops clean pages not used since the CLOCK hand last passed them.
+func (r *refcounts) evict() {
+	target := r.maxResident * 7 / 8
+	for steps := 0; r.resident > target && steps < 2*len(r.pages); steps++ {
+		r.hand = (r.hand + 1) % len(r.pages)
+		pp := r.pages[r.hand]
+		if pp == nil {
+			continue
+		}
+		if _, dirty := r.dirty[r.hand]; dirty {
+			continue
+		}
+		if pp.ref {
+			pp.ref = false
+			continue
+		}
+		r.pages[r.hand] = nil
+		r.resident--
+	}
+}
+
 func (r *refcounts) get(pbn uint64) uint32 {
 	pg, off := r.index(pbn)
-	if r.pages[pg] == nil {
+	pp := r.page(pg)
+	if pp == nil {
+		if r.err != nil {
+			return maxRefs // unknown: treat as shared and in use; the pool has failed
+		}
 		return 0
 	}
-	return r.pages[pg][off]
+	return pp.counts[off]
 }
 
 func (r *refcounts) set(pbn uint64, v uint32) {
 	pg, off := r.index(pbn)
-	if r.pages[pg] == nil {
-		if v == 0 {
+	pp := r.page(pg)
+	if pp == nil {
+		if v == 0 || r.err != nil {
 			return
 		}
-		r.pages[pg] = make([]uint32, r.perPage)
+		pp = r.insert(pg, make([]uint32, r.perPage))
 	}
-	old := r.pages[pg][off]
+	old := pp.counts[off]
 	if old == v {
 		return
 	}
@@ -94,7 +166,7 @@ func (r *refcounts) set(pbn uint64, v uint32) {
 		r.used[pg]--
 		r.inUse--
 	}
-	r.pages[pg][off] = v
+	pp.counts[off] = v
 	r.dirty[pg] = struct{}{}
 }
 
@@ -226,7 +298,7 @@ func (p *Pool) allocRun(max int, class int, extra uint64) (start uint64, n int, 
 			i = 0
 		}
 		pg := int(i / uint64(r.perPage))
-		if r.pages[pg] != nil && int(r.used[pg]) == r.perPage {
+		if int(r.used[pg]) == r.perPage {
 			next := uint64(pg+1) * uint64(r.perPage)
 			scanned += next - i
 			i = next
