@@ -1,7 +1,9 @@
 package blockstore
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"math"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
@@ -63,14 +65,8 @@ func (p *Pool) checkpointLocked() error {
 			return err
 		}
 	}
-	for _, n := range p.nodes {
-		if !n.dirty {
-			continue
-		}
-		format.EncodeNode(buf, n.pbn, n.level, n.ent)
-		if err := write(n.pbn, "tree node"); err != nil {
-			return err
-		}
+	if err := p.writeDirtyNodes(); err != nil {
+		return err
 	}
 	counts := make([]uint32, p.rc.perPage)
 	type pageSlot struct{ page, slot int }
@@ -144,6 +140,33 @@ func (p *Pool) checkpointLocked() error {
 	p.pendingCommit = p.pendingCommit[:0]
 	p.pendingCheckpoint = p.pendingCheckpoint[:0]
 	p.log.Debug("checkpoint", "generation", gen, "lsn", p.lsn, "catalogBlocks", len(newCat))
+	return nil
+}
+
+// writeDirtyNodes writes every dirty tree node, in block order, runs of consecutive blocks
+// (nodes allocated together) in one write each. REQUIRES p.mu.
+func (p *Pool) writeDirtyNodes() error {
+	dirty := make([]*node, 0, p.dirtyNodes)
+	for _, n := range p.nodes {
+		if n.dirty {
+			dirty = append(dirty, n)
+		}
+	}
+	slices.SortFunc(dirty, func(a, b *node) int { return cmp.Compare(a.pbn, b.pbn) })
+	const maxRun = 256
+	run := alignedBuf(maxRun * p.bs)
+	for i := 0; i < len(dirty); {
+		j := i
+		for j < len(dirty) && j-i < maxRun && dirty[j].pbn == dirty[i].pbn+uint64(j-i) {
+			n := dirty[j]
+			format.EncodeNode(run[(j-i)*p.bs:(j-i+1)*p.bs], n.pbn, n.level, n.ent)
+			j++
+		}
+		if _, err := p.f.WriteAt(run[:(j-i)*p.bs], int64(dirty[i].pbn)*int64(p.bs)); err != nil {
+			return p.fail(fmt.Errorf("checkpoint: write %d tree nodes at block %d: %w", j-i, dirty[i].pbn, err))
+		}
+		i = j
+	}
 	return nil
 }
 

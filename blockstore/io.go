@@ -50,53 +50,132 @@ func (vol *Volume) stateLocked() error {
 // ReadAt reads len(b) bytes at offset off. Unmapped blocks read as zeros. At the end of the
 // volume it returns fewer bytes with io.EOF.
 func (vol *Volume) ReadAt(b []byte, off int64) (int, error) {
-	p := vol.p
-	p.ioGate.RLock()
-	defer p.ioGate.RUnlock()
-	p.mu.Lock()
-	if err := vol.stateLocked(); err != nil {
-		p.mu.Unlock()
-		return 0, err
-	}
-	return p.readTreeLocked(vol.v.t, vol.v.size, b, off, fmt.Sprintf("volume %d", vol.v.id))
+	v := vol.v
+	return vol.p.readTree(func() (tree, uint64, error) {
+		if err := vol.stateLocked(); err != nil {
+			return tree{}, 0, err
+		}
+		return v.t, v.size, nil
+	}, b, off, func() string { return fmt.Sprintf("volume %d", v.id) })
 }
 
-// readTreeLocked reads from a tree of a volume or snapshot. REQUIRES p.mu (released here) and
-// p.ioGate shared.
-func (p *Pool) readTreeLocked(t tree, size uint64, b []byte, off int64, what string) (int, error) {
+// readTree reads from the tree of a volume or snapshot, which state returns (called with p.mu
+// held). Readers share p.mu as long as the tree nodes they need are cached; a miss retries with
+// p.mu held exclusively to load them.
+func (p *Pool) readTree(state func() (tree, uint64, error), b []byte, off int64, what func() string) (int, error) {
 	if off < 0 {
-		p.mu.Unlock()
-		return 0, invalidf("read of %s at offset %d: negative offset", what, off)
+		return 0, invalidf("read of %s at offset %d: negative offset", what(), off)
 	}
-	if uint64(off) >= size {
-		p.mu.Unlock()
+	p.ioGate.RLock()
+	defer p.ioGate.RUnlock()
+	var pbns []uint64
+	var first uint64
+	var eof error
+	for shared := true; ; shared = false {
+		if shared {
+			p.mu.RLock()
+		} else {
+			p.mu.Lock()
+		}
+		t, size, err := state()
+		if err == nil && uint64(off) >= size {
+			err = io.EOF
+		}
+		if err != nil {
+			p.unlockMu(shared)
+			if err == io.EOF && len(b) == 0 {
+				return 0, nil
+			}
+			return 0, err
+		}
+		if uint64(off)+uint64(len(b)) > size {
+			b = b[:size-uint64(off)]
+			eof = io.EOF
+		}
 		if len(b) == 0 {
+			p.unlockMu(shared)
 			return 0, nil
 		}
-		return 0, io.EOF
-	}
-	var eof error
-	if uint64(off)+uint64(len(b)) > size {
-		b = b[:size-uint64(off)]
-		eof = io.EOF
-	}
-	if len(b) == 0 {
+		bs := uint64(p.bs)
+		first = uint64(off) / bs
+		last := (uint64(off) + uint64(len(b)) - 1) / bs
+		if cap(pbns) < int(last-first+1) {
+			pbns = make([]uint64, last-first+1)
+		}
+		pbns = pbns[:last-first+1]
+		clear(pbns)
+		if shared {
+			ok := p.mapCached(t.root, int(t.height)-1, 0, first, last+1, pbns)
+			p.mu.RUnlock()
+			if ok {
+				break
+			}
+			continue
+		}
+		err = p.walkMapped(&t, first, last+1, func(lbn, pbn uint64) error {
+			pbns[lbn-first] = pbn
+			return nil
+		})
 		p.mu.Unlock()
-		return 0, nil
+		if err != nil {
+			return 0, err
+		}
+		break
 	}
-	bs := uint64(p.bs)
-	first := uint64(off) / bs
-	last := (uint64(off) + uint64(len(b)) - 1) / bs
-	pbns := make([]uint64, last-first+1)
-	err := p.walkMapped(&t, first, last+1, func(lbn, pbn uint64) error {
-		pbns[lbn-first] = pbn
-		return nil
-	})
-	p.mu.Unlock()
+	n, err := p.readBlocks(b, off, first, pbns, what)
 	if err != nil {
-		return 0, err
+		return n, err
 	}
+	return n, eof
+}
 
+func (p *Pool) unlockMu(shared bool) {
+	if shared {
+		p.mu.RUnlock()
+	} else {
+		p.mu.Unlock()
+	}
+}
+
+// mapCached fills pbns[lbn-from] for the mapped blocks of [from, to) under the node at pbn,
+// using cached nodes only; it reports false when a node is not cached. REQUIRES p.mu, shared
+// or exclusive: it changes nothing but atomic CLOCK bits.
+func (p *Pool) mapCached(pbn uint64, level int, base, from, to uint64, pbns []uint64) bool {
+	if pbn == 0 {
+		return true
+	}
+	n, ok := p.nodes[pbn]
+	if !ok {
+		return false
+	}
+	n.ref.Store(true)
+	s := p.span(uint8(level))
+	i := 0
+	if from > base {
+		i = int((from - base) / s)
+	}
+	for ; i < len(n.ent); i++ {
+		lo := base + uint64(i)*s
+		if lo >= to {
+			break
+		}
+		c := n.ent[i]
+		if c == 0 {
+			continue
+		}
+		if level == 0 {
+			pbns[lo-from] = c
+		} else if !p.mapCached(c, level-1, lo, from, to, pbns) {
+			return false
+		}
+	}
+	return true
+}
+
+// readBlocks reads b (volume bytes [off, off+len(b))) from the physical blocks pbns of logical
+// blocks first, first+1, ...; 0 reads as zeros. REQUIRES p.ioGate shared.
+func (p *Pool) readBlocks(b []byte, off int64, first uint64, pbns []uint64, what func() string) (int, error) {
+	bs := uint64(p.bs)
 	// b[i] is byte off+i; block lbn covers volume bytes [lbn*bs, (lbn+1)*bs).
 	for i := 0; i < len(pbns); {
 		lbn := first + uint64(i)
@@ -114,7 +193,7 @@ func (p *Pool) readTreeLocked(t tree, size uint64, b []byte, off int64, what str
 			copy(b[lo:hi], buf[inner:])
 			p.putBlockBuf(buf)
 			if err != nil {
-				return 0, fmt.Errorf("blockstore: read %s block %d: %w", what, lbn, err)
+				return 0, fmt.Errorf("blockstore: read %s block %d: %w", what(), lbn, err)
 			}
 			i++
 			continue
@@ -126,11 +205,11 @@ func (p *Pool) readTreeLocked(t tree, size uint64, b []byte, off int64, what str
 		}
 		end := lo + uint64(j-i)*bs
 		if _, err := p.f.ReadAt(b[lo:end], int64(pbns[i]*bs)); err != nil {
-			return 0, fmt.Errorf("blockstore: read %s block %d: %w", what, lbn, err)
+			return 0, fmt.Errorf("blockstore: read %s block %d: %w", what(), lbn, err)
 		}
 		i = j
 	}
-	return len(b), eof
+	return len(b), nil
 }
 
 // WriteAt writes len(b) bytes at offset off. A write that would reach past the end of the
@@ -152,10 +231,10 @@ func (vol *Volume) checkRange(off, n int64, op string) error {
 	if off < 0 || n < 0 {
 		return invalidf("%s of %d bytes at offset %d of volume %d: negative offset or length", op, n, off, vol.v.id)
 	}
-	vol.p.mu.Lock()
+	vol.p.mu.RLock()
 	err := vol.stateLocked()
 	size := int64(vol.v.size)
-	vol.p.mu.Unlock()
+	vol.p.mu.RUnlock()
 	if err != nil {
 		return err
 	}
@@ -189,9 +268,9 @@ func (p *Pool) retryNoSpace(fn func() error) error {
 
 // maybeCheckpoint takes a checkpoint when enough metadata has changed since the last one.
 func (p *Pool) maybeCheckpoint() {
-	p.mu.Lock()
+	p.mu.RLock()
 	need := p.needCheckpoint() && p.failed == nil && !p.closed
-	p.mu.Unlock()
+	p.mu.RUnlock()
 	if !need {
 		return
 	}
@@ -209,14 +288,14 @@ func (p *Pool) maybeCheckpoint() {
 
 // lockStripes locks the write stripes of logical blocks [first, last] in index order.
 func (v *volState) lockStripes(first, last uint64) (unlock func()) {
-	var set [64]bool
-	if last-first >= 64<<stripeShift {
+	var set [numStripes]bool
+	if last-first >= numStripes<<stripeShift {
 		for i := range set {
 			set[i] = true
 		}
 	} else {
 		for s := first >> stripeShift; s <= last>>stripeShift; s++ {
-			set[s%64] = true
+			set[s%numStripes] = true
 		}
 	}
 	for i := range set {
@@ -365,6 +444,8 @@ func (p *Pool) freeFresh(target []uint64, fresh []bool) {
 // writeBlocks writes the data of one WriteAt to its target blocks. Partial blocks are merged
 // with the old contents (read from old, or zeros) unless written in place.
 func (p *Pool) writeBlocks(b []byte, off int64, first uint64, old, target []uint64, fresh []bool) error {
+	// After the writes complete (a commit that swaps the flag before then does not cover them).
+	defer p.wrote.Store(true)
 	bs := uint64(p.bs)
 	end := uint64(off) + uint64(len(b))
 	for i := 0; i < len(target); {

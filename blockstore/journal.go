@@ -80,8 +80,12 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 	seq := p.cutSeq
 	p.mu.Unlock()
 
-	if err := p.f.Sync(); err != nil {
-		return p.failLocking(fmt.Errorf("sync data: %w", err))
+	// Data written since the last sync (every record's data was written before the record was
+	// appended, so before the cut above, so before this Swap) becomes durable first.
+	if p.wrote.Swap(false) {
+		if err := p.f.Sync(); err != nil {
+			return p.failLocking(fmt.Errorf("sync data: %w", err))
+		}
 	}
 	if len(recs) == 0 {
 		p.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
@@ -62,8 +63,9 @@ type Pool struct {
 	ioGate sync.RWMutex
 
 	// mu guards everything below. It is held for in-memory work and for reading tree nodes
-	// missing from the cache, never across data I/O or fsync.
-	mu sync.Mutex
+	// missing from the cache, never across data I/O or fsync. Reads of cached mappings hold it
+	// shared; everything else exclusively.
+	mu sync.RWMutex
 
 	failed error // sticky: set when a metadata write or sync fails
 	closed bool
@@ -107,6 +109,7 @@ type Pool struct {
 
 	recovery Recovery
 	bufs     sync.Pool
+	wrote    atomic.Bool // data written since the last sync
 }
 
 // Recovery reports what Open replayed from the journal.

@@ -260,19 +260,16 @@ func (sv *SnapshotView) Size() int64 { return int64(sv.s.size) }
 
 // ReadAt reads the snapshot like Volume.ReadAt reads a volume.
 func (sv *SnapshotView) ReadAt(b []byte, off int64) (int, error) {
-	p := sv.p
-	p.ioGate.RLock()
-	defer p.ioGate.RUnlock()
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return 0, ErrClosed
-	}
-	if sv.s.deleted {
-		p.mu.Unlock()
-		return 0, fmt.Errorf("%w: snapshot %d was deleted", ErrNotFound, sv.s.id)
-	}
-	return p.readTreeLocked(sv.s.t, sv.s.size, b, off, fmt.Sprintf("snapshot %d", sv.s.id))
+	s := sv.s
+	return sv.p.readTree(func() (tree, uint64, error) {
+		if sv.p.closed {
+			return tree{}, 0, ErrClosed
+		}
+		if s.deleted {
+			return tree{}, 0, fmt.Errorf("%w: snapshot %d was deleted", ErrNotFound, s.id)
+		}
+		return s.t, s.size, nil
+	}, b, off, func() string { return fmt.Sprintf("snapshot %d", s.id) })
 }
 
 // SnapshotLogBytes returns the snapshot log's size: the bytes of blocks that only this snapshot

@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
@@ -27,7 +28,7 @@ type node struct {
 	pbn   uint64   // the block it lives in (assigned at creation, written at checkpoint)
 	level uint8    // 0 for a leaf
 	dirty bool     // not yet written: created since the last checkpoint
-	ref   bool     // recently used (CLOCK bit for the node cache)
+	ref   atomic.Bool // recently used (CLOCK bit for the node cache; set by shared readers)
 	ent   []uint64 // fanout entries
 }
 
@@ -40,7 +41,7 @@ type tree struct {
 // getNode returns the node at pbn, from the cache or disk.
 func (p *Pool) getNode(pbn uint64) (*node, error) {
 	if n, ok := p.nodes[pbn]; ok {
-		n.ref = true
+		n.ref.Store(true)
 		return n, nil
 	}
 	if !p.rc.valid(pbn) {
@@ -58,7 +59,8 @@ func (p *Pool) getNode(pbn uint64) (*node, error) {
 	if err != nil {
 		return nil, &CorruptionError{Block: pbn, What: "tree node", Err: err}
 	}
-	n := &node{pbn: pbn, level: level, ent: ent, ref: true}
+	n := &node{pbn: pbn, level: level, ent: ent}
+	n.ref.Store(true)
 	p.cacheNode(n)
 	return n, nil
 }
@@ -82,8 +84,8 @@ func (p *Pool) cacheNode(n *node) {
 		if c.dirty || c == n {
 			continue
 		}
-		if c.ref {
-			c.ref = false
+		if c.ref.Load() {
+			c.ref.Store(false)
 			continue
 		}
 		delete(p.nodes, pbn)

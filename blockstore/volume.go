@@ -37,11 +37,16 @@ type volState struct {
 
 	// stripes serialize writes to the same region of the volume: a write holds the stripe of
 	// every logical block it changes from looking up their mapping to installing the new one.
-	stripes [64]sync.Mutex
+	stripes [numStripes]sync.Mutex
 }
 
-// stripeShift groups 64 consecutive logical blocks per stripe.
-const stripeShift = 6
+// Write stripes: stripe i holds the runs of 16 consecutive logical blocks whose run number is i
+// modulo numStripes. 512 stripes keep 32 random 4 KiB writers from meeting often (~6% of
+// writes wait, against ~40% with 64 stripes of 64 blocks).
+const (
+	numStripes  = 512
+	stripeShift = 4
+)
 
 func (v *volState) info() VolumeInfo {
 	return VolumeInfo{ID: v.id, Name: v.name, Size: int64(v.size), Created: time.Unix(0, v.created), Origin: v.origin}
