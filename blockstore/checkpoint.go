@@ -3,8 +3,8 @@ package blockstore
 import (
 	"cmp"
 	"fmt"
-	"slices"
 	"math"
+	"slices"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
 )

@@ -25,11 +25,11 @@ import (
 
 // node is a tree node in memory.
 type node struct {
-	pbn   uint64   // the block it lives in (assigned at creation, written at checkpoint)
-	level uint8    // 0 for a leaf
-	dirty bool     // not yet written: created since the last checkpoint
+	pbn   uint64      // the block it lives in (assigned at creation, written at checkpoint)
+	level uint8       // 0 for a leaf
+	dirty bool        // not yet written: created since the last checkpoint
 	ref   atomic.Bool // recently used (CLOCK bit for the node cache; set by shared readers)
-	ent   []uint64 // fanout entries
+	ent   []uint64    // fanout entries
 }
 
 // tree names a root: a volume's (mutable) or a snapshot's (frozen).
