@@ -457,7 +457,8 @@ func (p *Pool) writeBlocks(b []byte, off int64, first uint64, old, target []uint
 			buf := p.blockBuf()
 			var err error
 			switch {
-			case !fresh[i] && !p.direct:
+			case !fresh[i] && (!p.direct || (inner%directAlign == 0 && (hi-lo)%directAlign == 0)):
+				// In place, just the bytes written (direct I/O needs 4 KiB alignment).
 				_, err = p.f.WriteAt(b[lo:hi], int64(target[i]*bs+inner))
 				p.putBlockBuf(buf)
 				if err != nil {

@@ -230,7 +230,7 @@ func (p *Pool) release(blocks []uint64) {
 
 // punch punches holes for the given free blocks, coalescing runs.
 func (p *Pool) punch(blocks []uint64) {
-	if len(blocks) == 0 {
+	if len(blocks) == 0 || p.geo.Flags&format.FlagThick != 0 {
 		return
 	}
 	s := slices.Clone(blocks)

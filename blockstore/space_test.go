@@ -742,3 +742,35 @@ func TestSpaceConcurrentLargeWrites(t *testing.T) {
 		})
 	}
 }
+
+// A thick (preallocated) pool frees discarded blocks for reuse but keeps their space in the file,
+// across a reopen too.
+func TestThickPoolKeepsFileSpace(t *testing.T) {
+	p, path := mustCreate(t, 32<<20, blockstore.Options{Preallocate: true})
+	file0 := allocatedBytes(t, path)
+	require.GreaterOrEqual(t, file0, int64(32<<20), "preallocated")
+	info, err := p.CreateVolume("v", 16<<20)
+	require.NoError(t, err)
+	vol, err := p.Volume(info.ID)
+	require.NoError(t, err)
+	_, err = vol.WriteAt(pattern(3, 8<<20), 0)
+	require.NoError(t, err)
+	mustCheck(t, p)
+	used0 := p.Stats().UsedBytes
+	require.NoError(t, vol.Discard(0, 8<<20))
+	mustCheck(t, p)
+	assert.GreaterOrEqual(t, used0-p.Stats().UsedBytes, int64(8<<20)-64*4096, "the blocks are free in the pool")
+	assert.Equal(t, file0, allocatedBytes(t, path), "no hole punched in a thick pool")
+	require.NoError(t, p.Close())
+
+	p, err = blockstore.Open(path, blockstore.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { mustCheckClose(t, p) })
+	vol, err = p.Volume(info.ID)
+	require.NoError(t, err)
+	_, err = vol.WriteAt(pattern(4, 4<<20), 0)
+	require.NoError(t, err)
+	require.NoError(t, vol.Discard(0, 4<<20))
+	mustCheck(t, p)
+	assert.Equal(t, file0, allocatedBytes(t, path), "still thick after a reopen")
+}

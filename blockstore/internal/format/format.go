@@ -61,6 +61,14 @@ func ValidBlockSize(bs int) bool {
 
 const superMagic = 0x44494D47534250 // "DIMGSBP"
 
+// Superblock flags.
+const (
+	// FlagThick marks a pool whose file keeps all its space: freed blocks are not punched out,
+	// so writes never wait for the file system to allocate.
+	FlagThick = 1 << 0
+	knownFlags = FlagThick
+)
+
 // SuperblockSize is the number of bytes of a superblock slot that are used; the rest of the block is zero.
 const SuperblockSize = 160
 
@@ -82,6 +90,7 @@ type Superblock struct {
 	NextSnapID    uint64
 	Created       int64  // unix nanoseconds
 	OverProvision uint32 // over-provisioning ratio × 100
+	Flags         uint32 // FlagThick, ...
 	NodeBlocks    uint64 // blocks held by tree nodes
 	CatalogBlocks uint64 // blocks held by the catalog
 }
@@ -106,6 +115,7 @@ func EncodeSuperblock(b []byte, sb *Superblock) {
 	le.PutUint64(b[104:], sb.NextSnapID)
 	le.PutUint64(b[112:], uint64(sb.Created))
 	le.PutUint32(b[120:], sb.OverProvision)
+	le.PutUint32(b[124:], sb.Flags)
 	le.PutUint64(b[128:], sb.NodeBlocks)
 	le.PutUint64(b[136:], sb.CatalogBlocks)
 	le.PutUint32(b[8:], Checksum(b[12:SuperblockSize]))
@@ -139,6 +149,7 @@ func DecodeSuperblock(b []byte) (*Superblock, error) {
 		NextSnapID:    le.Uint64(b[104:]),
 		Created:       int64(le.Uint64(b[112:])),
 		OverProvision: le.Uint32(b[120:]),
+		Flags:         le.Uint32(b[124:]),
 		NodeBlocks:    le.Uint64(b[128:]),
 		CatalogBlocks: le.Uint64(b[136:]),
 	}
@@ -180,6 +191,8 @@ func (sb *Superblock) validate() error {
 		return bad("catalog head", "is outside the data region")
 	case sb.CatalogBlocks > sb.PoolBlocks-sb.DataStart || (sb.CatalogBlocks == 0) != (sb.CatalogHead == 0):
 		return bad("catalog blocks", fmt.Sprintf("%d do not fit the data region or disagree with catalog head %d", sb.CatalogBlocks, sb.CatalogHead))
+	case sb.Flags&^knownFlags != 0:
+		return bad("flags", fmt.Sprintf("%#x has bits this build does not know", sb.Flags))
 	case sb.NextVolumeID == 0:
 		return bad("next volume ID", "is 0")
 	case sb.NextSnapID == 0:
