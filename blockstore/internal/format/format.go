@@ -65,7 +65,7 @@ const superMagic = 0x44494D47534250 // "DIMGSBP"
 const (
 	// FlagThick marks a pool whose file keeps all its space: freed blocks are not punched out,
 	// so writes never wait for the file system to allocate.
-	FlagThick = 1 << 0
+	FlagThick  = 1 << 0
 	knownFlags = FlagThick
 )
 
