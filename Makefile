@@ -2,7 +2,7 @@
 #
 #   make deps    install system tools and Go tools the tests and linters need
 #   make build   compile every package; binaries from cmd/* go to bin/
-#   make test    go vet, then every test with the race detector
+#   make test    make deps and make lint, then every test with the race detector
 #   make lint    gofmt, go vet, staticcheck
 #   make bench   block store benchmark report (hack/bench.sh)
 #   make crash   block store crash tests (kill at many points, then recover)
@@ -63,9 +63,8 @@ build:
 		$(GO) build -o $(BIN_DIR)/ $$mains; \
 	fi
 
-test: deps
-	@echo "==> go vet ./..."
-	$(GO) vet ./...
+# lint first: gofmt, go vet and staticcheck are part of every test run.
+test: deps lint
 	@echo "==> go test -race ./..."
 	$(GO) test -race -count=1 -timeout 25m ./...
 
@@ -85,7 +84,8 @@ bench:
 
 crash:
 	@echo "==> crash tests: $(CRASH_POINTS) crash points, $(CRASH_KILLS) kills"
-	$(GO) test -count=1 -run 'Crash' -timeout 60m $(CRASH_PKGS) -args -crash.points=$(CRASH_POINTS) -crash.kills=$(CRASH_KILLS)
+	$(GO) test -count=1 -v -run 'Crash' -timeout 60m $(CRASH_PKGS) -args -crash.points=$(CRASH_POINTS) -crash.kills=$(CRASH_KILLS) \
+		| grep -v -E '^\s*(=== RUN|--- PASS|=== NAME|(crash|kill)_test.go:[0-9]+: (crashed|killed) after)'
 
 soak:
 	@echo "==> model tests: $(MODEL_OPS) operations"
