@@ -42,6 +42,7 @@ func (p *Pool) diffTrees(a, b tree, emit func(lbn uint64)) error {
 		if x.pbn == y.pbn {
 			return nil
 		}
+		p.diffVisits++
 		s := p.span(uint8(L))
 		for i := 0; i < p.fanout; i++ {
 			cx, err := p.child(x, L, i)

@@ -7,3 +7,21 @@ func SetTestFanout(o *Options, fanout int) { o.fanout = fanout }
 
 // SetTestClock fixes the pool's clock.
 func SetTestClock(o *Options, now func() time.Time) { o.now = now }
+
+// DiffVisits returns how many tree nodes diffs have compared so far.
+func DiffVisits(p *Pool) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.diffVisits
+}
+
+// LeakBlock gives a free data block a reference nothing holds, as a lost update would.
+func LeakBlock(p *Pool) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, err := p.allocBlock(allocNode)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

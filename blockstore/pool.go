@@ -110,9 +110,10 @@ type Pool struct {
 	generation uint64          // generation of the last durable checkpoint
 	ckptLSN    uint64
 
-	recovery Recovery
-	bufs     sync.Pool
-	wrote    atomic.Bool // data written since the last sync
+	recovery   Recovery
+	diffVisits uint64 // nodes compared by diffs (tests show diffs cost what changed)
+	bufs       sync.Pool
+	wrote      atomic.Bool // data written since the last sync
 }
 
 // Recovery reports what Open replayed from the journal.
