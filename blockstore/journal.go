@@ -49,9 +49,21 @@ func (p *Pool) appendRecord(r format.Record) uint64 {
 }
 
 // Flush makes every write and change that completed before it was called durable.
+//
+// Concurrent Flushes share commits: a Flush that waited for another commit returns at once if a
+// commit that started after it was called has completed meanwhile.
 func (p *Pool) Flush() error {
+	p.mu.RLock()
+	target := p.cutSeq + 1 // the first commit to start after this call
+	p.mu.RUnlock()
 	p.commitMu.Lock()
 	defer p.commitMu.Unlock()
+	p.mu.RLock()
+	done := p.durableSeq >= target && p.failed == nil
+	p.mu.RUnlock()
+	if done {
+		return nil
+	}
 	return p.commitLocked(false)
 }
 
