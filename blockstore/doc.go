@@ -1,0 +1,19 @@
+// Package blockstore is Dataimage's node-local thin block store: volumes, O(1) snapshots and
+// O(1) writable clones in one pool, a file or a block device carved into fixed-size blocks.
+//
+// A Pool holds volumes (writable, thin-provisioned logical disks) and snapshots (frozen
+// converter trees of a volume, each with the log position at which it was taken). A Volume reads
+// and writes like a disk (ReadAt, WriteAt, Flush, Discard, WriteZeroes); a SnapshotView reads a
+// snapshot. Clone starts a new volume from a snapshot, Revert points a volume back at one, and
+// DiffSnapshots / DiffVolume / AllocatedExtents report changed or mapped extents at a cost
+// proportional to what changed. Check verifies the whole pool (fsck).
+//
+// Crash safety: every change is described by a logical redo record in a journal and made durable
+// by Flush; checkpoints write changed metadata copy-on-write and commit it with alternating
+// checksummed superblocks; Open replays the journal (Pool.Recovery reports what). A write
+// acknowledged by Flush survives a crash; an unflushed one may be lost, never half-applied to
+// metadata. The commit order is documented in journal.go and tested by killing processes and by
+// dropping unsynced writes (crash_test.go, kill_test.go).
+//
+// The design, its invariants and its tests are described in docs/blockstore.md.
+package blockstore
