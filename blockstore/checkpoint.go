@@ -137,8 +137,12 @@ func (p *Pool) checkpointLocked() error {
 	}
 	p.release(p.pendingCommit)
 	p.release(p.pendingCheckpoint)
-	p.pendingCommit = p.pendingCommit[:0]
-	p.pendingCheckpoint = p.pendingCheckpoint[:0]
+	p.pendingCommit, p.pendingCheckpoint = nil, nil // a large delete's lists go with it
+	// What the checkpoint made clean now counts against the cache budgets.
+	p.evictNodes(nil)
+	if p.rc.resident > p.rc.maxResident {
+		p.rc.evict()
+	}
 	p.log.Debug("checkpoint", "generation", gen, "lsn", p.lsn, "catalogBlocks", len(newCat))
 	return nil
 }

@@ -2,6 +2,7 @@ package blockstore
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
@@ -123,7 +124,7 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 	p.markDurable(seq)
 	if npend > 0 {
 		p.release(p.pendingCommit[:npend])
-		p.pendingCommit = append(p.pendingCommit[:0], p.pendingCommit[npend:]...)
+		p.pendingCommit = slices.Clone(p.pendingCommit[npend:]) // not the old backing array
 	}
 	return nil
 }
@@ -148,6 +149,7 @@ func (p *Pool) failLocking(err error) error {
 // commit should be a checkpoint. REQUIRES p.mu.
 func (p *Pool) needCheckpoint() bool {
 	return p.jpos > p.geo.JournalBlocks/2 ||
+		len(p.rc.dirty) > max(p.rc.maxResident/2, 64) ||
 		uint64(len(p.jbuf)) > p.geo.JournalBlocks*16 ||
 		p.dirtyNodes > max(p.maxCleanNodes/2, 4096) ||
 		len(p.pendingCheckpoint) > int(p.rc.n/8)+1024

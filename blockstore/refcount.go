@@ -29,8 +29,9 @@ const (
 
 // refcounts holds the refcount of every data-region block, in pages that mirror the on-disk
 // refcount pages. Pages are loaded on demand and clean ones are evicted past a budget, so memory
-// does not grow with the pool: what stays resident per page is its slot and its count of
-// non-zero entries (5 bytes per 1020 blocks, about 1.3 MiB per TiB of 4 KiB blocks).
+// does not grow with what is mapped: what stays resident per page is its slot, its count of
+// non-zero entries and a pointer (13 bytes per 1020 blocks, about 3.3 MiB per TiB of pool at
+// 4 KiB blocks).
 // INVARIANT: a page that holds a pending mark or differs from its durable copy is dirty, and a
 // dirty page is never evicted. All methods REQUIRE p.mu.
 type refcounts struct {

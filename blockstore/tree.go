@@ -73,15 +73,20 @@ func (p *Pool) cacheNode(n *node) {
 		return
 	}
 	p.cleanNodes++
+	p.evictNodes(n)
+}
+
+// evictNodes drops clean nodes past the cache budget, sparing keep: a CLOCK over Go's
+// randomized map order drops nodes not used since the last sweep. REQUIRES p.mu.
+func (p *Pool) evictNodes(keep *node) {
 	if p.cleanNodes <= p.maxCleanNodes {
 		return
 	}
-	// CLOCK over Go's randomized map order: drop clean nodes not used since the last sweep.
 	for pbn, c := range p.nodes {
 		if p.cleanNodes <= p.maxCleanNodes*7/8 {
 			break
 		}
-		if c.dirty || c == n {
+		if c.dirty || c == keep {
 			continue
 		}
 		if c.ref.Load() {

@@ -6,15 +6,33 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
-// memPoint is the state after mapping some bytes.
+// Cache budgets of the pools reopened for the goal measurement. They are small so that both
+// sizes measured fill both caches (the node cache holds at most 64 nodes whatever the budget,
+// see memCachePlan), which makes the difference between the two sizes free of cache fill-up.
+const (
+	memNodeCacheBytes = 512 * kib
+	memRCCacheBytes   = 128 * kib
+	// memJournalBytes is the journal of the goal pools: small, so that writing them takes a
+	// checkpoint every few Flushes, as a long-running pool does every half journal.
+	memJournalBytes = 32 * kib
+	memFlushEvery   = 16 * mib
+	// memRereads is how many extra heap readings are taken after reading every block, each
+	// after re-reading one leaf's worth of blocks (one node cache miss).
+	memRereads = 16
+)
+
+// memPoint is the state after mapping some bytes into a pool with default options.
 type memPoint struct {
 	mapped int64 // bytes mapped in the volume
 	heap   int64 // HeapInuse growth after GC since before the pool was created
@@ -22,43 +40,123 @@ type memPoint struct {
 	meta   int64 // Stats().MetadataBytes growth since the volume was created
 }
 
+// memSize is one pool of the goal measurement: mapped, closed, reopened with small cache
+// budgets, read, then the volume deleted.
+type memSize struct {
+	mapped    int64
+	poolBytes int64
+	rcPages   uint64 // refcount pages of the pool (format.Superblock.RCPages)
+	nodes     int64  // tree node blocks of the volume (Stats().MetadataBytes growth / block size)
+
+	// While writing (small budgets, a checkpoint every few Flushes), heap growth since before
+	// Create, after the last write and Flush.
+	written     int64
+	checkpoints bool // the checkpoint LSN advanced while writing
+
+	// Heap growth since before Open.
+	open       int64   // right after Open
+	reads      []int64 // after reading every block once, then after each re-read
+	read       int64   // median of reads
+	deleted    int64   // after DeleteVolume
+	ckptAfter  int64   // after the small commits that followed, up to the first checkpoint
+	ckptLSNNew bool    // that checkpoint happened
+}
+
 type memResult struct {
-	bs        int
+	bs int
+
+	// Transient growth: a fresh pool with default options, mapped in four steps.
 	points    []memPoint
 	heapSlope float64 // bytes of heap per byte mapped (least squares over points)
 	rssSlope  float64
 	metaSlope float64
-	cold      memPoint // the pool closed and reopened: heap growth with an empty node cache
-	warm      memPoint // after reading every mapped block once (node cache warm)
-	cacheCap  int64    // Options.NodeCacheBytes in effect (default)
+
+	// The goal: two pools, mapped sizes[0] < sizes[1].
+	sizes     [2]memSize
+	slope     float64 // Δ read heap / Δ mapped
+	band      int64   // largest spread of the heap readings at one size
+	writeRate float64 // Δ written heap / Δ mapped
+	delRate   float64 // Δ (deleted − read) / Δ mapped
+
+	plan memCachePlan
 }
 
-// memory maps N GiB into one volume in four steps of 1 MiB sequential writes and records the
-// heap, RSS and metadata growth after each; then closes, reopens and reads it all.
+// memCachePlan is what the store makes of cache budgets. The formulas are the store's
+// (Pool.OpenOn: maxCleanNodes; Pool.newRefcounts: maxResident; Pool.needCheckpoint), repeated
+// here to check that the caches are full and to state the bounds.
+type memCachePlan struct {
+	fanout        int
+	perPage       int // counts per refcount page
+	maxNodes      int // clean tree nodes kept, small budget
+	maxPages      int // clean refcount pages kept, small budget
+	defMaxNodes   int // the same, default budgets
+	defMaxPages   int
+	dirtyNodesMax int // dirty nodes before needCheckpoint asks for a checkpoint, default budget
+}
+
+func newCachePlan(bs int) memCachePlan {
+	fanout := format.NodeCapacity(bs)
+	perPage := format.RCPerPage(bs)
+	nodes := func(budget int64) int { return max(int(budget/int64(bs+64+8*fanout)), 64) }
+	pages := func(budget int64) int { return max(int(budget/int64(4*perPage+48)), 2) }
+	return memCachePlan{
+		fanout: fanout, perPage: perPage,
+		maxNodes: nodes(memNodeCacheBytes), maxPages: pages(memRCCacheBytes),
+		defMaxNodes: nodes(defNodeCacheBytes), defMaxPages: pages(defRCCacheBytes),
+		dirtyNodesMax: max(nodes(defNodeCacheBytes)/2, 4096),
+	}
+}
+
+// The defaults of Options.NodeCacheBytes and Options.RefcountCacheBytes (Options.defaults).
+const (
+	defNodeCacheBytes = 64 * mib
+	defRCCacheBytes   = 16 * mib
+)
+
+// memory measures resident memory against the amount mapped: the transient growth while
+// writing a pool with default options, and the goal measurement (memGoal).
 func (b *bench) memory() (*memResult, error) {
 	const bs = 4 * kib
-	n := int64(b.memGiB) * gib
-	res := &memResult{bs: bs, cacheCap: 64 * mib}
-	path := filepath.Join(b.dir, "mem.pool")
-	defer removeFile(path)
-
-	heap0, rss0 := heapInuse(), rss()
-	p, err := blockstore.Create(path, blockstore.Options{Size: n + 2*gib, BlockSize: bs, DirectIO: true})
-	if err != nil {
+	res := &memResult{bs: bs, plan: newCachePlan(bs)}
+	if err := b.memTransient(res, min(int64(b.memGiB)*gib, 4*gib)); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if p != nil {
-			p.Close()
+	large := int64(b.memGiB) * gib
+	small := max(large/16, 256*mib)
+	for i, n := range []int64{small, large} {
+		if err := b.memGoal(&res.sizes[i], n); err != nil {
+			return nil, fmt.Errorf("%d MiB mapped: %w", n/mib, err)
 		}
-	}()
+	}
+	s0, s1 := res.sizes[0], res.sizes[1]
+	dm := float64(s1.mapped - s0.mapped)
+	res.slope = float64(s1.read-s0.read) / dm
+	res.writeRate = float64(s1.written-s0.written) / dm
+	res.delRate = float64((s1.deleted-s1.read)-(s0.deleted-s0.read)) / dm
+	for _, s := range res.sizes {
+		res.band = max(res.band, slices.Max(s.reads)-slices.Min(s.reads))
+	}
+	return res, nil
+}
+
+// memTransient maps n bytes into one volume of a fresh pool with default options, in four steps
+// of 1 MiB sequential writes, and records the heap, RSS and metadata growth after each.
+func (b *bench) memTransient(res *memResult, n int64) error {
+	path := filepath.Join(b.dir, "mem.pool")
+	defer removeFile(path)
+	heap0, rss0 := heapInuse(), rss()
+	p, err := blockstore.Create(path, blockstore.Options{Size: n + 2*gib, BlockSize: res.bs, DirectIO: true})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
 	info, err := p.CreateVolume("mem", n)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	vol, err := p.Volume(info.ID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	meta0 := p.Stats().MetadataBytes
 	point := func(mapped int64) memPoint {
@@ -70,38 +168,146 @@ func (b *bench) memory() (*memResult, error) {
 	for i := 1; i <= steps; i++ {
 		step := n / steps
 		if _, err := runLoad(newLimit(sp, step/mib), true, mib, 4, time.Hour, uint64(i)); err != nil {
-			return nil, fmt.Errorf("map step %d: %w", i, err)
+			return fmt.Errorf("map step %d: %w", i, err)
 		}
 		if err := p.Flush(); err != nil {
-			return nil, err
+			return err
 		}
 		pt := point(int64(i) * step)
 		res.points = append(res.points, pt)
-		b.logf("  mapped %d MiB: heap +%d KiB, RSS +%d KiB, metadata +%d KiB", pt.mapped/mib, pt.heap/kib, pt.rss/kib, pt.meta/kib)
+		b.logf("  default options, mapped %d MiB: heap +%d KiB, RSS +%d KiB, metadata +%d KiB", pt.mapped/mib, pt.heap/kib, pt.rss/kib, pt.meta/kib)
 	}
 	res.heapSlope = slope(res.points, func(p memPoint) int64 { return p.heap })
 	res.rssSlope = slope(res.points, func(p memPoint) int64 { return p.rss })
 	res.metaSlope = slope(res.points, func(p memPoint) int64 { return p.meta })
+	return nil
+}
 
-	if err := p.Close(); err != nil {
-		p = nil
-		return nil, err
+// memGoal maps n bytes into a pool of 1.25 n (plus 64 MiB) with the small cache budgets,
+// Flushing every memFlushEvery; closes it; reopens it with the same budgets; reads every mapped
+// block once; then deletes the volume. Heap readings along the way fill s.
+func (b *bench) memGoal(s *memSize, n int64) error {
+	path := filepath.Join(b.dir, "memgoal.pool")
+	defer removeFile(path)
+	s.mapped = n
+	s.poolBytes = n + n/4 + 64*mib
+	opts := blockstore.Options{BlockSize: 4 * kib, DirectIO: true, NodeCacheBytes: memNodeCacheBytes, RefcountCacheBytes: memRCCacheBytes}
+
+	heap0 := heapInuse()
+	create := opts
+	create.Size, create.JournalSize = s.poolBytes, memJournalBytes
+	p, err := blockstore.Create(path, create)
+	if err != nil {
+		return err
 	}
+	defer func() {
+		if p != nil {
+			p.Close()
+		}
+	}()
+	if sb := readSuperblock(path); sb != nil {
+		s.rcPages = sb.RCPages
+	}
+	info, err := p.CreateVolume("mem", n)
+	if err != nil {
+		return err
+	}
+	vol, err := p.Volume(info.ID)
+	if err != nil {
+		return err
+	}
+	st0 := p.Stats()
+	sp := newSeq(vol, n, mib, true)
+	for done := int64(0); done < n; done += memFlushEvery {
+		if _, err := runLoad(newLimit(sp, min(memFlushEvery, n-done)/mib), true, mib, 4, time.Hour, uint64(done/mib)+1); err != nil {
+			return fmt.Errorf("map: %w", err)
+		}
+		if err := p.Flush(); err != nil {
+			return err
+		}
+	}
+	st1 := p.Stats()
+	s.nodes = (st1.MetadataBytes - st0.MetadataBytes) / int64(st1.BlockSize)
+	s.checkpoints = st1.CheckpointLSN > st0.CheckpointLSN
+	s.written = heapInuse() - heap0
+	err = p.Close()
 	p = nil
-	heap1, rss1 := heapInuse(), rss()
-	if p, err = blockstore.Open(path, blockstore.Options{DirectIO: true}); err != nil {
-		return nil, err
+	if err != nil {
+		return err
 	}
-	res.cold = memPoint{mapped: n, heap: heapInuse() - heap1, rss: rss() - rss1}
+
+	heap0 = heapInuse()
+	if p, err = blockstore.Open(path, opts); err != nil {
+		return err
+	}
+	s.open = heapInuse() - heap0
 	if vol, err = p.Volume(info.ID); err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := runLoad(newSeq(vol, n, mib, true), false, mib, 4, time.Hour, 9); err != nil {
-		return nil, fmt.Errorf("read back: %w", err)
+		return fmt.Errorf("read back: %w", err)
 	}
-	res.warm = memPoint{mapped: n, heap: heapInuse() - heap1, rss: rss() - rss1}
-	b.logf("  reopened: heap +%d KiB; after reading it all: heap +%d KiB", res.cold.heap/kib, res.warm.heap/kib)
-	return res, nil
+	s.reads = append(s.reads, heapInuse()-heap0)
+	// One leaf covers fanout blocks; re-read one leaf's worth at a time from the start (long
+	// evicted), so that each re-read loads one node and the CLOCK occupancy of the node cache
+	// moves through its range.
+	leaf := int64(format.NodeCapacity(4*kib)) * 4 * kib
+	buf := alignedBuf(4 * kib)
+	for i := range int64(memRereads) {
+		if _, err := vol.ReadAt(buf, i*leaf); err != nil {
+			return fmt.Errorf("re-read: %w", err)
+		}
+		s.reads = append(s.reads, heapInuse()-heap0)
+	}
+	s.read = medianInt(s.reads)
+	b.logf("  %d MiB mapped (pool %d MiB, %d tree nodes): heap while writing +%d KiB; reopened +%d KiB; after reading it all +%d KiB (readings %d–%d KiB)",
+		n/mib, s.poolBytes/mib, s.nodes, s.written/kib, s.open/kib, s.read/kib, slices.Min(s.reads)/kib, slices.Max(s.reads)/kib)
+
+	ckpt := p.Stats().CheckpointLSN
+	if err := p.DeleteVolume(info.ID); err != nil {
+		return err
+	}
+	s.deleted = heapInuse() - heap0
+	// Small commits until one becomes a checkpoint (the journal is small: half of it fills
+	// after a few).
+	for i := 0; i < 64 && p.Stats().CheckpointLSN == ckpt; i++ {
+		vi, err := p.CreateVolume(fmt.Sprintf("ckpt-%d", i), 4*mib)
+		if err != nil {
+			return err
+		}
+		if err := p.DeleteVolume(vi.ID); err != nil {
+			return err
+		}
+	}
+	s.ckptLSNNew = p.Stats().CheckpointLSN > ckpt
+	s.ckptAfter = heapInuse() - heap0
+	b.logf("  deleted the volume: +%d KiB; after the next checkpoint (taken: %v): +%d KiB", s.deleted/kib, s.ckptLSNNew, s.ckptAfter/kib)
+	runtime.KeepAlive(vol)
+	return nil
+}
+
+// readSuperblock returns the superblock in slot 0 of a pool file, or nil.
+func readSuperblock(path string) *format.Superblock {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	buf := make([]byte, format.MinBlockSize)
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return nil
+	}
+	sb, err := format.DecodeSuperblock(buf)
+	if err != nil {
+		return nil
+	}
+	return sb
+}
+
+func medianInt(v []int64) int64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // limitPattern hands out at most left I/Os of an underlying pattern.

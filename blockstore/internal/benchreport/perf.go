@@ -5,11 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
 // cmpRow is one store-versus-raw comparison.
@@ -52,20 +53,10 @@ type poolMeta struct {
 
 // dataStart reads the pool's superblock (slot 0, fixed geometry) for its first data block.
 func dataStart(path string) uint64 {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0
+	if sb := readSuperblock(path); sb != nil {
+		return sb.DataStart
 	}
-	defer f.Close()
-	buf := make([]byte, format.MinBlockSize)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		return 0
-	}
-	sb, err := format.DecodeSuperblock(buf)
-	if err != nil {
-		return 0
-	}
-	return sb.DataStart
+	return 0
 }
 
 // perfOpts chooses which comparisons a perf run makes.
@@ -73,18 +64,53 @@ type perfOpts struct {
 	bs   int
 	qds  []int
 	full bool // every test (else the block-size subset: random read, overwrite, clone first write, sequential)
-	// prealloc: only the clone first writes, on a pool made with Options{Preallocate: true}
-	prealloc bool
+	// thick: only the clone first writes, on a thick pool (Options{Preallocate: true})
+	thick bool
 }
 
-// sparseTest names the diagnostic comparison of a prefilled raw file with a sparse one.
-const sparseTest = "diagnostic: 4K first write into holes of a sparse raw file"
+// Diagnostics on raw files alone: first writes into a sparse file (holes) and into a
+// fallocated one (unwritten extents), against the prefilled raw file.
+const (
+	sparseTest = "diagnostic: 4K first write into holes of a sparse raw file"
+	fallocTest = "diagnostic: 4K first write into a fallocated raw file"
+)
+
+// Pool kinds, as the test names of the clone first writes give them.
+const (
+	thinPool  = "thin pool (default)"
+	thickPool = "thick pool (Preallocate)"
+)
+
+// cowTest names the comparison of first writes of io bytes into clones.
+func cowTest(io int, thick bool) string {
+	kind := thinPool
+	if thick {
+		kind = thickPool
+	}
+	return fmt.Sprintf("%dK first write into a clone, %s", io/kib, kind)
+}
+
+// insertAfterCOW inserts rows (the thick pool's) after the last clone first-write row of perf
+// (the thin pool's), so that the two sit together in the report.
+func insertAfterCOW(perf, rows []cmpRow) []cmpRow {
+	at := len(perf)
+	for i, c := range perf {
+		if strings.Contains(c.test, "first write into a clone") {
+			at = i + 1
+		}
+	}
+	return slices.Insert(perf, at, rows...)
+}
 
 const (
 	kib = 1 << 10
 	mib = 1 << 20
 	gib = 1 << 30
 )
+
+// perfVolSize is the size of the volume of section 1 (and of each clone of it), and of the raw
+// file it is compared with.
+const perfVolSize = gib
 
 // perf runs the store-versus-raw comparisons on a fresh pool of block size o.bs.
 func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
@@ -93,10 +119,10 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	path := filepath.Join(b.dir, fmt.Sprintf("perf-%dk.pool", o.bs/kib))
 	defer removeFile(path)
 	poolSize := int64(16 * gib)
-	if b.quick || o.prealloc {
+	if b.quick || o.thick {
 		poolSize = 6 * gib
 	}
-	p, err := blockstore.Create(path, blockstore.Options{Size: poolSize, BlockSize: o.bs, DirectIO: true, Preallocate: o.prealloc})
+	p, err := blockstore.Create(path, blockstore.Options{Size: poolSize, BlockSize: o.bs, DirectIO: true, Preallocate: o.thick})
 	if err != nil {
 		return nil, meta, err
 	}
@@ -165,8 +191,8 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 		return func() pattern { return newSeq(t, size, int64(io), false) }
 	}
 
-	// in-place tests on the prefilled volume (not for the preallocated-pool diagnostic).
-	if !o.prealloc {
+	// in-place tests on the prefilled volume (not on the thick pool).
+	if !o.thick {
 		for _, qd := range o.qds {
 			if err := compare(cmpRow{test: "4K random read, mapped blocks", io: 4 * kib, qd: qd, goal: 0.9,
 				how: "pread vs Volume.ReadAt, uniform random 4 KiB-aligned offsets over the 1 GiB prefilled volume / raw file"},
@@ -229,7 +255,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	// snapshot, so each one allocates a block (and, for a write smaller than the block,
 	// copies the old one). A set of clones is prepared per run so the pattern does not run out.
 	cowSizes := []int{4 * kib, 8 * kib}
-	if !o.full && !o.prealloc {
+	if !o.full && !o.thick {
 		cowSizes = cowSizes[:1]
 	}
 	for _, io := range cowSizes {
@@ -252,14 +278,12 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 			unit := int64(max(o.bs, io))
 			cp := newCOW(clones, volSize, unit, int64(io), uint64(io+qd))
 			how := fmt.Sprintf("pwrite (random %d KiB-aligned overwrite of the raw file) vs Volume.WriteAt at a random not-yet-written %d KiB unit of 8 fresh clones of a snapshot of the prefilled volume (copy-on-write)", io/kib, unit/kib)
-			test := fmt.Sprintf("%dK first write into a clone", io/kib)
-			goal := 0.5
-			if o.prealloc {
-				test = fmt.Sprintf("diagnostic: %dK first write into a clone, preallocated pool", io/kib)
-				how += "; the pool file was made with Options{Preallocate: true} (fallocate), so new blocks are not holes"
-				goal = 0
+			if o.thick {
+				how += "; the pool is thick (Options{Preallocate: true}): its file was fallocated at creation and freed blocks are not punched out, so a new block is never a hole"
+			} else {
+				how += "; the pool is thin (the default): a sparse file, and freed blocks are punched out, so a block written for the first time is a hole"
 			}
-			if err := compare(cmpRow{test: test, io: io, qd: qd, goal: goal, how: how, diag: o.prealloc, exhaust: "no shared block left in the clones"},
+			if err := compare(cmpRow{test: cowTest(io, o.thick), io: io, qd: qd, goal: 0.5, how: how, exhaust: "no shared block left in the clones"},
 				rnd(raw, rawSize, io), func() pattern { return cp }, true); err != nil {
 				return rows, meta, err
 			}
@@ -303,25 +327,42 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	}
 
 	if o.full {
-		// Diagnostics on raw files alone: what the file system charges for allocating writes
-		// (which the store pays when its pool is a sparse file), and for 1 MiB I/O that is not
-		// 1 MiB-aligned in the file (the store's data blocks are not).
-		sparsePath := filepath.Join(b.dir, "sparse.raw")
-		defer removeFile(sparsePath)
-		sf, err := os.OpenFile(sparsePath, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o600)
-		if err != nil {
-			return rows, meta, err
-		}
-		defer sf.Close()
-		const sparseSize = 4 * gib
-		if err := sf.Truncate(sparseSize); err != nil {
-			return rows, meta, err
-		}
-		for _, qd := range o.qds {
-			hp := newCOW([]ioTarget{sf}, sparseSize, 4*kib, 4*kib, uint64(qd))
-			if err := compare(cmpRow{test: sparseTest, io: 4 * kib, qd: qd, diag: true, exhaust: "no hole left",
-				how: "not the store: pwrite into the prefilled raw file vs pwrite at a random not-yet-written 4 KiB block of a sparse 4 GiB raw file opened O_DIRECT on the same file system (the Store column holds the sparse file)"},
-				rnd(raw, rawSize, 4*kib), func() pattern { return hp }, true); err != nil {
+		// Diagnostics on raw files alone: what the file system charges for first writes into
+		// holes (which a thin pool pays) and into fallocated blocks (which a thick pool pays),
+		// and for 1 MiB I/O that is not 1 MiB-aligned in the file (the store's data blocks are
+		// not).
+		for _, falloc := range []bool{false, true} {
+			const holeSize = 4 * gib
+			hp := filepath.Join(b.dir, "holes.raw")
+			hf, err := os.OpenFile(hp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_DIRECT, 0o600)
+			if err != nil {
+				return rows, meta, err
+			}
+			if falloc {
+				err = syscall.Fallocate(int(hf.Fd()), 0, 0, holeSize)
+			} else {
+				err = hf.Truncate(holeSize)
+			}
+			if err != nil {
+				hf.Close()
+				removeFile(hp)
+				return rows, meta, err
+			}
+			test, what := sparseTest, "a sparse 4 GiB raw file (ftruncate: every block a hole)"
+			if falloc {
+				test, what = fallocTest, "a 4 GiB raw file made with fallocate (mode 0: every block allocated, unwritten)"
+			}
+			for _, qd := range o.qds {
+				pat := newCOW([]ioTarget{hf}, holeSize, 4*kib, 4*kib, uint64(qd))
+				if err = compare(cmpRow{test: test, io: 4 * kib, qd: qd, diag: true, exhaust: "no unwritten block left",
+					how: "not the store: pwrite into the prefilled raw file vs pwrite at a random not-yet-written 4 KiB block of " + what + ", opened O_DIRECT on the same file system (the Store column holds that file)"},
+					rnd(raw, rawSize, 4*kib), func() pattern { return pat }, true); err != nil {
+					break
+				}
+			}
+			hf.Close()
+			removeFile(hp)
+			if err != nil {
 				return rows, meta, err
 			}
 		}
