@@ -1,0 +1,348 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dataimage/dataimage/blockstore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// controllerServer is the CSI Controller service of one node's pool.
+//
+// Not implemented (and not advertised), so answered UNIMPLEMENTED by the embedded
+// UnimplementedControllerServer: ControllerPublishVolume / ControllerUnpublishVolume (a
+// node-local volume has no attach step), ControllerModifyVolume (the pool has no mutable
+// volume attributes — no QoS, no tiers — so there is nothing a VolumeAttributesClass could
+// change).
+type controllerServer struct {
+	csi.UnimplementedControllerServer
+
+	cfg   *Config
+	pool  *blockstore.Pool
+	ids   ids
+	locks *keyLocks
+	size  sizing
+}
+
+func newControllerServer(cfg *Config, pool *blockstore.Pool) *controllerServer {
+	bs := int64(pool.BlockSize())
+	return &controllerServer{
+		cfg:   cfg,
+		pool:  pool,
+		ids:   ids{tag: nodeTag(cfg.NodeID)},
+		locks: newKeyLocks(),
+		size:  sizing{blockSize: bs, maxSize: bs << 40, defaultSize: cfg.DefaultVolumeSize},
+	}
+}
+
+// controllerCapabilities is exactly what this service implements.
+var controllerCapabilities = []csi.ControllerServiceCapability_RPC_Type{
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME,
+	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+}
+
+func (c *controllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	resp := &csi.ControllerGetCapabilitiesResponse{}
+	for _, t := range controllerCapabilities {
+		resp.Capabilities = append(resp.Capabilities, &csi.ControllerServiceCapability{
+			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}},
+		})
+	}
+	return resp, nil
+}
+
+// volume is the CSI description of a volume of this pool.
+func (c *controllerServer) volume(info blockstore.VolumeInfo, src *csi.VolumeContentSource) *csi.Volume {
+	return &csi.Volume{
+		VolumeId:           c.ids.volumeID(info.ID),
+		CapacityBytes:      info.Size,
+		ContentSource:      src,
+		AccessibleTopology: c.cfg.topology(),
+	}
+}
+
+// lookupVolume finds a volume by CSI ID: NOT_FOUND for an ID that is malformed, another
+// node's, or unknown.
+func (c *controllerServer) lookupVolume(volumeID string) (blockstore.VolumeInfo, error) {
+	id, err := c.ids.parseVolumeID(volumeID)
+	if err != nil {
+		return blockstore.VolumeInfo{}, idError(err)
+	}
+	info, err := c.pool.VolumeInfo(id)
+	return info, storeError(err, "volume %s", volumeID)
+}
+
+// CreateVolume creates an empty volume, a clone of a snapshot or a clone of a volume (both
+// O(1)), idempotently by name.
+func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if err := validateName("volume", name); err != nil {
+		return nil, err
+	}
+	if err := requireSupported(req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	if err := validateParameters("parameters", req.GetParameters(), volumeParameters); err != nil {
+		return nil, err
+	}
+	if err := validateParameters("mutable_parameters", req.GetMutableParameters(), nil); err != nil {
+		return nil, err
+	}
+	if err := checkRange(req.GetCapacityRange()); err != nil {
+		return nil, err
+	}
+	src := req.GetVolumeContentSource()
+	if src != nil && src.GetSnapshot() == nil && src.GetVolume() == nil {
+		return nil, invalidf("volume_content_source: neither a snapshot nor a volume")
+	}
+	if err := c.cfg.checkTopology("volume", req.GetAccessibilityRequirements()); err != nil {
+		return nil, err
+	}
+
+	unlock, err := c.locks.lock(ctx, "volume-name/"+name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	existing, err := c.pool.LookupVolume(name)
+	if err == nil {
+		if err := c.compatible(existing, req); err != nil {
+			return nil, err
+		}
+		return &csi.CreateVolumeResponse{Volume: c.volume(existing, src)}, nil
+	}
+	if !errors.Is(err, blockstore.ErrNotFound) {
+		return nil, storeError(err, "volume name %q", name)
+	}
+
+	var info blockstore.VolumeInfo
+	switch {
+	case src.GetSnapshot() != nil:
+		snapID := src.GetSnapshot().GetSnapshotId()
+		snap, err := c.lookupSnapshot(snapID)
+		if err != nil {
+			return nil, err
+		}
+		size, err := c.size.volumeSize(req.GetCapacityRange(), snap.Size)
+		if err != nil {
+			return nil, err
+		}
+		info, err = c.pool.Clone(snap.ID, name, size)
+		if err != nil {
+			return nil, storeError(err, "volume %q from snapshot %s", name, snapID)
+		}
+	case src.GetVolume() != nil:
+		srcID := src.GetVolume().GetVolumeId()
+		vol, err := c.lookupVolume(srcID)
+		if err != nil {
+			return nil, err
+		}
+		size, err := c.size.volumeSize(req.GetCapacityRange(), vol.Size)
+		if err != nil {
+			return nil, err
+		}
+		info, err = c.pool.CloneVolume(vol.ID, name, size)
+		if err != nil {
+			return nil, storeError(err, "volume %q from volume %s", name, srcID)
+		}
+	default:
+		size, err := c.size.volumeSize(req.GetCapacityRange(), 0)
+		if err != nil {
+			return nil, err
+		}
+		info, err = c.pool.CreateVolume(name, size)
+		if err != nil {
+			return nil, storeError(err, "volume %q", name)
+		}
+	}
+	return &csi.CreateVolumeResponse{Volume: c.volume(info, src)}, nil
+}
+
+// compatible checks a volume found by name against a repeated CreateVolume: ALREADY_EXISTS
+// unless its size fits the capacity range and its content source matches. The pool stores the
+// name, size and origin snapshot of a volume, so that is what can be compared: capabilities
+// and parameters are validated but not stored (every volume supports every capability this
+// plugin accepts). A clone of a volume records the source volume's own origin, so a volume
+// source matches when the origins agree; a source volume deleted since cannot be compared and
+// is taken as matching.
+func (c *controllerServer) compatible(existing blockstore.VolumeInfo, req *csi.CreateVolumeRequest) error {
+	id := c.ids.volumeID(existing.ID)
+	if !fits(existing.Size, req.GetCapacityRange()) {
+		return status.Errorf(codes.AlreadyExists, "volume %q exists (%s) with %d bytes, outside capacity_range [%d, %d]",
+			req.GetName(), id, existing.Size, req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	}
+	src := req.GetVolumeContentSource()
+	var want blockstore.SnapshotID // the origin the request implies
+	switch {
+	case src.GetSnapshot() != nil:
+		snapID, err := c.ids.parseSnapshotID(src.GetSnapshot().GetSnapshotId())
+		if err != nil {
+			return status.Errorf(codes.AlreadyExists, "volume %q exists (%s), not cloned from snapshot %q", req.GetName(), id, src.GetSnapshot().GetSnapshotId())
+		}
+		want = snapID
+	case src.GetVolume() != nil:
+		srcID, err := c.ids.parseVolumeID(src.GetVolume().GetVolumeId())
+		if err != nil {
+			return status.Errorf(codes.AlreadyExists, "volume %q exists (%s), not cloned from volume %q", req.GetName(), id, src.GetVolume().GetVolumeId())
+		}
+		srcInfo, err := c.pool.VolumeInfo(srcID)
+		if errors.Is(err, blockstore.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return storeError(err, "volume %s", src.GetVolume().GetVolumeId())
+		}
+		want = srcInfo.Origin
+	}
+	if existing.Origin != want {
+		return status.Errorf(codes.AlreadyExists, "volume %q exists (%s) with another content source (origin snapshot %d, request implies %d)",
+			req.GetName(), id, existing.Origin, want)
+	}
+	return nil
+}
+
+// DeleteVolume deletes a volume; its snapshots and clones keep their data. Deleting a volume
+// that does not exist succeeds, and so does an ID that cannot name any volume of any node
+// (csi-sanity: "should succeed when an invalid volume id is used"). A well-formed ID of
+// another node's pool is NOT_FOUND: claiming to have deleted it would leak it.
+func (c *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	volumeID := req.GetVolumeId()
+	if volumeID == "" {
+		return nil, invalidf("volume_id is required")
+	}
+	id, err := c.ids.parseVolumeID(volumeID)
+	switch {
+	case errors.Is(err, errMalformedID):
+		return &csi.DeleteVolumeResponse{}, nil
+	case err != nil:
+		return nil, idError(err)
+	}
+	unlock, err := c.locks.lock(ctx, "volume/"+strconv.FormatUint(uint64(id), 10))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := c.pool.DeleteVolume(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+		return nil, storeError(err, "delete volume %s", volumeID)
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// ValidateVolumeCapabilities confirms capabilities, volume context and parameters a volume
+// can serve; unsupported ones leave confirmed unset and say why in message.
+func (c *controllerServer) ValidateVolumeCapabilities(_ context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidf("volume_id is required")
+	}
+	why, err := validateCapabilities(req.GetVolumeCapabilities())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.lookupVolume(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if why == "" {
+		if err := validateParameters("parameters", req.GetParameters(), volumeParameters); err != nil {
+			why = status.Convert(err).Message()
+		}
+	}
+	if why == "" {
+		if err := validateParameters("mutable_parameters", req.GetMutableParameters(), nil); err != nil {
+			why = status.Convert(err).Message()
+		}
+	}
+	if why == "" && len(req.GetVolumeContext()) > 0 {
+		// CreateVolume returns no volume context, so none can be valid.
+		why = "volume_context: this plugin returns none"
+	}
+	if why != "" {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: why}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// ControllerExpandVolume grows a volume (blockstore GrowVolume: O(1), thin). A request at or
+// below the current size succeeds with the current size (volumes never shrink). A mount
+// volume (or one whose capability the request omits) needs NodeExpandVolume to grow its file
+// system; a block volume does not.
+func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	volumeID := req.GetVolumeId()
+	if volumeID == "" {
+		return nil, invalidf("volume_id is required")
+	}
+	r := req.GetCapacityRange()
+	if r == nil {
+		return nil, invalidf("capacity_range is required")
+	}
+	if err := checkRange(r); err != nil {
+		return nil, err
+	}
+	if vc := req.GetVolumeCapability(); vc != nil {
+		if err := requireSupported([]*csi.VolumeCapability{vc}); err != nil {
+			return nil, err
+		}
+	}
+	info, err := c.lookupVolume(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := c.locks.lock(ctx, "volume/"+strconv.FormatUint(uint64(info.ID), 10))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if info, err = c.pool.VolumeInfo(info.ID); err != nil { // it may have changed while we waited
+		return nil, storeError(err, "volume %s", volumeID)
+	}
+
+	size := info.Size
+	if r.GetRequiredBytes() > size {
+		if size, err = c.size.volumeSize(r, 0); err != nil {
+			return nil, err
+		}
+		if err := c.pool.GrowVolume(info.ID, size); err != nil {
+			return nil, storeError(err, "grow volume %s to %d bytes", volumeID, size)
+		}
+	} else if r.GetLimitBytes() > 0 && size > r.GetLimitBytes() {
+		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, more than limit_bytes %d, and cannot shrink", volumeID, size, r.GetLimitBytes())
+	}
+	return &csi.ControllerExpandVolumeResponse{
+		CapacityBytes:         size,
+		NodeExpansionRequired: req.GetVolumeCapability().GetBlock() == nil,
+	}, nil
+}
+
+// ControllerGetVolume describes a volume. Status carries no published nodes
+// (LIST_VOLUMES_PUBLISHED_NODES is not advertised: there is no controller publish step), and
+// CSI 1.13 removed the volume condition: health is ControllerGetVolumeHealth's.
+func (c *controllerServer) ControllerGetVolume(_ context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidf("volume_id is required")
+	}
+	info, err := c.lookupVolume(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerGetVolumeResponse{
+		Volume: c.volume(info, nil),
+		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{},
+	}, nil
+}

@@ -1,0 +1,13 @@
+// Package driver is Dataimage's CSI driver: the Identity and Controller services (and, later,
+// the Node service) over one node-local *blockstore.Pool.
+//
+// Every node runs the controller and the node service for its own pool (like TopoLVM's
+// node-deployment mode): a volume or snapshot lives in exactly one node's pool, carries that
+// node's topology segment (Config.TopologyKey = Config.NodeID), and its CSI ID names the node
+// (see ids.go). The package validates requests, keeps CreateVolume and CreateSnapshot
+// idempotent by name (the CSI name is the block store object's unique name), serializes
+// operations per name and per ID (lock.go, never one lock around every RPC), and maps block
+// store errors to gRPC codes in one place (errors.go).
+//
+// Server registers the services on a gRPC server and serves them on a unix socket.
+package driver

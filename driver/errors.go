@@ -1,0 +1,90 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// This file is the one place where block store errors become gRPC codes:
+//
+//	blockstore.ErrNotFound                            NotFound
+//	blockstore.ErrExists                              AlreadyExists
+//	blockstore.ErrNoSpace, ErrOverProvisioned         ResourceExhausted
+//	blockstore.ErrInvalidArgument, ErrOutOfRange      InvalidArgument
+//	blockstore.ErrClosed                              Unavailable (the driver is shutting down)
+//	blockstore.ErrCorrupt, ErrFailed, anything else   Internal
+//
+// The severe conditions are tested first: a failed pool's error may wrap the I/O error that
+// failed it.
+
+// rpcError is a gRPC status that keeps the error it was made from: status.Code and
+// status.Convert see the code (GRPCStatus), errors.Is and errors.As see the chain (Unwrap).
+type rpcError struct {
+	code codes.Code
+	msg  string // names the object and the operation
+	err  error
+}
+
+func (e *rpcError) Error() string              { return e.msg + ": " + e.err.Error() }
+func (e *rpcError) Unwrap() error              { return e.err }
+func (e *rpcError) GRPCStatus() *status.Status { return status.New(e.code, e.Error()) }
+
+// storeError maps an error of the block store to its gRPC code; the message names the object
+// (format and args) before the store's own message.
+func storeError(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	return &rpcError{code: storeCode(err), msg: fmt.Sprintf(format, args...), err: err}
+}
+
+func storeCode(err error) codes.Code {
+	switch {
+	case errors.Is(err, blockstore.ErrClosed):
+		return codes.Unavailable
+	case errors.Is(err, blockstore.ErrFailed), errors.Is(err, blockstore.ErrCorrupt):
+		return codes.Internal
+	case errors.Is(err, blockstore.ErrNotFound):
+		return codes.NotFound
+	case errors.Is(err, blockstore.ErrExists):
+		return codes.AlreadyExists
+	case errors.Is(err, blockstore.ErrNoSpace), errors.Is(err, blockstore.ErrOverProvisioned):
+		return codes.ResourceExhausted
+	case errors.Is(err, blockstore.ErrInvalidArgument), errors.Is(err, blockstore.ErrOutOfRange):
+		return codes.InvalidArgument
+	default:
+		return codes.Internal
+	}
+}
+
+// unhealthyError is Probe's answer for a pool that cannot serve: FAILED_PRECONDITION ("Plugin
+// not healthy" in the spec's general error table), so that a liveness probe restarts the
+// plugin and reopening the pool recovers it.
+func unhealthyError(err error) error {
+	return &rpcError{code: codes.FailedPrecondition, msg: "pool not healthy", err: err}
+}
+
+// idError answers a lookup of an ID that cannot name an object of this pool (malformed, or
+// another node's): NOT_FOUND, as the spec's "Volume does not exist" / "Snapshot does not
+// exist" rows and csi-sanity (which sends IDs like "fake-vol-id-…" and expects NotFound) want.
+func idError(err error) error {
+	return &rpcError{code: codes.NotFound, msg: "no such object in this node's pool", err: err}
+}
+
+// tokenError answers a starting_token this plugin never issued: ABORTED, as the spec's
+// "Invalid starting_token" rows of ListVolumes, ListSnapshots and ControllerListVolumeHealth say.
+func tokenError(token string, err error) error {
+	return &rpcError{code: codes.Aborted, msg: fmt.Sprintf("starting_token %q", token), err: err}
+}
+
+// invalidf is a request validation error: INVALID_ARGUMENT.
+func invalidf(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+// ctxError turns the context's error into Canceled or DeadlineExceeded.
+func ctxError(err error) error { return status.FromContextError(err).Err() }

@@ -1,0 +1,55 @@
+package driver
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dataimage/dataimage/blockstore"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// identityServer is the CSI Identity service.
+type identityServer struct {
+	csi.UnimplementedIdentityServer
+
+	cfg  *Config
+	pool *blockstore.Pool
+}
+
+// pluginCapabilities is what the plugin offers: the controller service; topology for volumes
+// and snapshots (both live in one node's pool); online expansion (ControllerExpandVolume grows
+// a volume while it is published; the node grows the file system).
+var pluginCapabilities = []*csi.PluginCapability{
+	service(csi.PluginCapability_Service_CONTROLLER_SERVICE),
+	service(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS),
+	service(csi.PluginCapability_Service_SNAPSHOT_ACCESSIBILITY_CONSTRAINTS),
+	{Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+		Type: csi.PluginCapability_VolumeExpansion_ONLINE,
+	}}},
+}
+
+func service(t csi.PluginCapability_Service_Type) *csi.PluginCapability {
+	return &csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}}}
+}
+
+func (s *identityServer) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: s.cfg.DriverName, VendorVersion: s.cfg.Version}, nil
+}
+
+func (s *identityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: pluginCapabilities}, nil
+}
+
+// Probe reports ready while the pool works. A pool that failed (an earlier write or sync
+// failed; it refuses changes until reopened) or was closed is FAILED_PRECONDITION, not "not
+// ready": the spec's ProbeResponse keeps ready=false for a plugin still initializing and
+// wants an error for one that "is in an unhealthy state and MAY need restarting" — a restart
+// reopens the pool, and recovery restores its last durable state. The server only starts with
+// an open pool, so there is no initializing state. Probe asks the pool with Flush (see
+// poolHealth).
+func (s *identityServer) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	if err := s.pool.Flush(); err != nil {
+		return nil, unhealthyError(err)
+	}
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
+}
