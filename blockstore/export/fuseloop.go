@@ -1,0 +1,381 @@
+package export
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// fuseLoop exports a Disk as a file in a FUSE file system of its own, mounted at
+// StateDir/<id>, with a loop device in direct I/O mode on that file:
+//
+//	/dev/loopN --(direct I/O)--> StateDir/<id>/disk --(FUSE)--> diskFile --> Disk
+//
+// Export order: mount FUSE, attach the loop device. Close order: detach the loop device (which
+// ends its I/O on the file), flush the Disk, unmount FUSE, remove the directory. A step that
+// fails leaves the later steps undone so that Close can be retried.
+type fuseLoop struct {
+	opts Options
+	log  *slog.Logger
+
+	mu struct {
+		sync.Mutex
+		// devs holds the ids this Exporter serves; nil while an Export is in progress.
+		// Never held across mounts, ioctls or I/O.
+		devs map[string]*fuseDevice
+	}
+}
+
+// fuseMaxWrite is the largest FUSE read or write (the kernel may clamp it, see
+// /proc/sys/fs/fuse/max_pages_limit). Large requests cut the per-request cost of sequential I/O.
+const fuseMaxWrite = 1 << 20
+
+// fuseMaxBackground bounds the asynchronous requests the kernel keeps in flight to the server.
+// With CAP_ASYNC_DIO the loop device's direct I/O reaches FUSE asynchronously, so this is the
+// queue depth into the server. CAP_ASYNC_DIO is what matters: 4 KiB random I/O at queue depth
+// 32 on 2 cores went from 6.1k to 19.9k read IOPS and 5.5k to 17.0k write IOPS with it; 128
+// instead of the kernel default 12 measured within noise there (19.9k vs 18.9k), and is kept
+// for nodes with more cores.
+const fuseMaxBackground = 128
+
+func newFUSELoop(opts Options) (*fuseLoop, error) {
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, &Error{Op: "create state directory", Err: err}
+	}
+	// Loop devices report their backing files by resolved path.
+	dir, err := filepath.EvalSymlinks(opts.StateDir)
+	if err != nil {
+		return nil, &Error{Op: "resolve state directory", Err: err}
+	}
+	opts.StateDir = dir
+	e := &fuseLoop{opts: opts, log: opts.Logger.With("method", MethodFUSELoop)}
+	e.mu.devs = map[string]*fuseDevice{}
+	return e, nil
+}
+
+func (e *fuseLoop) Name() string { return MethodFUSELoop }
+
+func (e *fuseLoop) Export(id string, d Disk) (_ Device, err error) {
+	fail := func(op string, err error) error { return &Error{Op: op, ID: id, Err: err} }
+	if !ValidID(id) {
+		return nil, fail("export", invalidf("id %q: want 1 to 200 of [A-Za-z0-9._-], not starting with '.'", id))
+	}
+	bs := int64(e.opts.BlockSize)
+	if size := d.Size(); size <= 0 || size%bs != 0 {
+		return nil, fail("export", invalidf("disk size %d is not a positive multiple of the block size %d", size, bs))
+	}
+	e.mu.Lock()
+	if _, ok := e.mu.devs[id]; ok {
+		e.mu.Unlock()
+		return nil, fail("export", ErrExists)
+	}
+	e.mu.devs[id] = nil // reserved
+	e.mu.Unlock()
+	defer func() {
+		if err != nil {
+			e.forget(id)
+		}
+	}()
+
+	lo, err := e.leftoversOf(id)
+	if err != nil {
+		return nil, fail("look for leftovers", err)
+	}
+	if len(lo.Devices) > 0 || lo.Mounted {
+		return nil, fail("export", wrapf(ErrLeftovers, "devices %v, mounted %v: call Cleanup", lo.Devices, lo.Mounted))
+	}
+	dir := e.dir(id)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fail("create directory", err)
+	}
+
+	file := &diskFile{d: d, bs: int(bs), log: e.log.With("id", id)}
+	root := &fsRoot{file: file}
+	zero, entry := time.Duration(0), time.Hour
+	srv, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:            "dataimage:" + id,
+			Name:              "dataimage",
+			DirectMount:       true, // mount(2) as root; falls back to fusermount3
+			MaxWrite:          fuseMaxWrite,
+			MaxBackground:     fuseMaxBackground,
+			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
+			DisableXAttrs:     true,
+			Logger:            slog.NewLogLogger(file.log.Handler(), slog.LevelWarn),
+		},
+		// The size changes behind the kernel's back (Resize): no attribute caching.
+		AttrTimeout:     &zero,
+		EntryTimeout:    &entry,
+		NegativeTimeout: &zero,
+	})
+	if err != nil {
+		os.Remove(dir)
+		return nil, fail("mount FUSE at "+dir, err)
+	}
+	dev := &fuseDevice{e: e, id: id, dir: dir, loop: -1, srv: srv, file: file, log: file.log}
+
+	f, err := os.OpenFile(filepath.Join(dir, diskName), os.O_RDWR, 0)
+	if err == nil {
+		var dio bool
+		dev.loop, dio, err = loopAttach(f, int(bs))
+		f.Close()
+		if err == nil && !dio {
+			dev.log.Warn("loop device runs without direct I/O: data is cached twice", "device", dev.Path())
+		}
+	}
+	if err != nil {
+		if cerr := dev.Close(); cerr != nil {
+			dev.log.Error("tear down after failed export", "err", cerr)
+		}
+		return nil, fail("attach loop device", err)
+	}
+	e.mu.Lock()
+	e.mu.devs[id] = dev
+	e.mu.Unlock()
+	dev.log.Info("exported", "device", dev.Path(), "size", d.Size())
+	return dev, nil
+}
+
+func (e *fuseLoop) dir(id string) string { return filepath.Join(e.opts.StateDir, id) }
+
+func (e *fuseLoop) forget(id string) {
+	e.mu.Lock()
+	delete(e.mu.devs, id)
+	e.mu.Unlock()
+}
+
+// Leftovers lists the state directories, loop devices and FUSE mounts under StateDir that belong
+// to no export of this Exporter. Its reads do not touch the mounts themselves, so a dead FUSE
+// mount (ENOTCONN) is listed like any other.
+func (e *fuseLoop) Leftovers() ([]Leftover, error) {
+	all, err := e.scan()
+	if err != nil {
+		return nil, &Error{Op: "list leftovers", Err: err}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Leftover
+	for id, lo := range all {
+		if _, ok := e.mu.devs[id]; !ok {
+			out = append(out, *lo)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// scan returns the kernel state under StateDir by export id.
+func (e *fuseLoop) scan() (map[string]*Leftover, error) {
+	sd := e.opts.StateDir
+	out := map[string]*Leftover{}
+	get := func(id string) *Leftover {
+		if out[id] == nil {
+			out[id] = &Leftover{ID: id}
+		}
+		return out[id]
+	}
+	ents, err := os.ReadDir(sd) // names only: no stat of the mount points
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, de := range ents {
+		if ValidID(de.Name()) {
+			get(de.Name()).Dir = filepath.Join(sd, de.Name())
+		}
+	}
+	loops, err := loopsBacking(sd)
+	if err != nil {
+		return nil, err
+	}
+	for n, backing := range loops {
+		id, _, _ := strings.Cut(strings.TrimPrefix(backing, sd+"/"), "/")
+		lo := get(id)
+		lo.Devices = append(lo.Devices, loopPath(n))
+		sort.Strings(lo.Devices)
+	}
+	mounts, err := mountsUnder(sd)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mounts {
+		if id, ok := strings.CutPrefix(m.Point, sd+"/"); ok && !strings.Contains(id, "/") {
+			get(id).Mounted = true
+		}
+	}
+	return out, nil
+}
+
+func (e *fuseLoop) leftoversOf(id string) (Leftover, error) {
+	all, err := e.scan()
+	if err != nil {
+		return Leftover{}, err
+	}
+	if lo := all[id]; lo != nil {
+		return *lo, nil
+	}
+	return Leftover{ID: id}, nil
+}
+
+// Cleanup tears down what an earlier export of id left: loop devices on its file, the FUSE
+// mount (dead or alive) and the directory.
+func (e *fuseLoop) Cleanup(id string) error {
+	if !ValidID(id) {
+		return &Error{Op: "clean up", ID: id, Err: invalidf("id %q", id)}
+	}
+	e.mu.Lock()
+	_, ok := e.mu.devs[id]
+	if !ok {
+		e.mu.devs[id] = nil // no Export of id while we clean up
+	}
+	e.mu.Unlock()
+	if ok {
+		return &Error{Op: "clean up", ID: id, Err: wrapf(ErrExists, "served by this process: close its device")}
+	}
+	defer e.forget(id)
+	lo, err := e.leftoversOf(id)
+	if err != nil {
+		return &Error{Op: "look for leftovers", ID: id, Err: err}
+	}
+	for _, dev := range lo.Devices {
+		var n int
+		if _, err := fmt.Sscanf(dev, "/dev/loop%d", &n); err != nil {
+			continue
+		}
+		if err := loopDetach(n); err != nil {
+			return &Error{Op: "detach loop device", ID: id, Device: dev, Err: err}
+		}
+		e.log.Info("detached leftover loop device", "id", id, "device", dev)
+	}
+	dir := e.dir(id)
+	if lo.Mounted {
+		lazy, err := unmount(dir)
+		if err != nil {
+			return &Error{Op: "unmount FUSE", ID: id, Err: err}
+		}
+		e.log.Info("unmounted leftover FUSE mount", "id", id, "dir", dir, "lazy", lazy)
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return &Error{Op: "remove directory", ID: id, Err: err}
+	}
+	return nil
+}
+
+// fuseDevice is one export: a loop device on the file of a FUSE server of this process.
+type fuseDevice struct {
+	e    *fuseLoop
+	id   string
+	dir  string
+	loop int // loop device number; -1 before it is attached
+	srv  *fuse.Server
+	file *diskFile
+	log  *slog.Logger
+
+	// mu serializes Resize and Close; I/O does not take it.
+	mu struct {
+		sync.Mutex
+		detached  bool // the loop device is detached
+		flushed   bool // the Disk was flushed after the detach
+		unmounted bool // FUSE is unmounted
+		closed    bool // everything is torn down
+	}
+}
+
+func (dev *fuseDevice) Path() string {
+	if dev.loop < 0 {
+		return ""
+	}
+	return loopPath(dev.loop)
+}
+
+func (dev *fuseDevice) fail(op string, err error) error {
+	return &Error{Op: op, ID: dev.id, Device: dev.Path(), Err: err}
+}
+
+// Resize makes the FUSE file and then the loop device take the Disk's current size.
+func (dev *fuseDevice) Resize() error {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	if dev.mu.detached || dev.mu.closed {
+		return dev.fail("resize", invalidf("device is closed"))
+	}
+	size := dev.file.d.Size()
+	if bs := int64(dev.e.opts.BlockSize); size <= 0 || size%bs != 0 {
+		return dev.fail("resize", invalidf("disk size %d is not a positive multiple of the block size %d", size, bs))
+	}
+	// The loop device reads the size the kernel caches for the file: drop it (attributes are not
+	// cached, but an inode's size is refreshed only by a GETATTR), and have the kernel fetch it.
+	if errno := dev.file.NotifyContent(-1, 0); errno != 0 {
+		dev.log.Debug("notify inode", "errno", errno)
+	}
+	st, err := os.Stat(filepath.Join(dev.dir, diskName))
+	if err != nil {
+		return dev.fail("resize: stat FUSE file", err)
+	}
+	if st.Size() != size {
+		return dev.fail("resize", fmt.Errorf("FUSE file is %d bytes, disk %d", st.Size(), size))
+	}
+	if err := loopSetCapacity(dev.loop); err != nil {
+		return dev.fail("resize loop device", err)
+	}
+	if got := loopSize(dev.loop); got != size {
+		return dev.fail("resize loop device", fmt.Errorf("device is %d bytes after LOOP_SET_CAPACITY, disk %d", got, size))
+	}
+	dev.log.Info("resized", "device", dev.Path(), "size", size)
+	return nil
+}
+
+// Close detaches the loop device, flushes the Disk, unmounts FUSE (lazily if it stays busy) and
+// removes the directory.
+func (dev *fuseDevice) Close() error {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	if dev.mu.closed {
+		return nil
+	}
+	if !dev.mu.detached {
+		if dev.loop >= 0 {
+			if err := loopDetach(dev.loop); err != nil {
+				return dev.fail("detach loop device", err)
+			}
+		}
+		dev.mu.detached = true
+	}
+	if !dev.mu.flushed {
+		// Writes that reached the device without a flush request (a buffered writer's close
+		// syncs the page cache but sends no flush) become durable here.
+		if err := dev.file.d.Flush(); err != nil {
+			return dev.fail("flush disk", err)
+		}
+		dev.mu.flushed = true
+	}
+	if !dev.mu.unmounted {
+		lazy, err := unmount(dev.dir)
+		if err != nil {
+			return dev.fail("unmount FUSE at "+dev.dir, err)
+		}
+		dev.mu.unmounted = true
+		if lazy {
+			dev.log.Warn("FUSE mount stayed busy: detached lazily", "dir", dev.dir)
+		} else {
+			dev.srv.Wait() // the server's loops end once the kernel drops the connection
+		}
+	}
+	if err := os.Remove(dev.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return dev.fail("remove directory", err)
+	}
+	dev.mu.closed = true
+	if dev.loop >= 0 {
+		dev.e.forget(dev.id)
+		dev.log.Info("export closed", "device", dev.Path())
+	}
+	return nil
+}
