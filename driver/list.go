@@ -79,10 +79,9 @@ func volumeKey(v blockstore.VolumeInfo) uint64 { return uint64(v.ID) }
 // reported when the pool works; DEGRADED "PoolFailed" when an earlier write or sync failed
 // (the pool refuses changes and writes until the plugin restarts and reopens it, which
 // recovers the last durable state); INACCESSIBLE "PoolClosed" once the pool is closed. It asks
-// the pool with Flush, the one call that reports a failed pool without changing anything: it
-// commits what is waiting (usually nothing) and fails at once on a failed pool.
-func (c *controllerServer) poolHealth() []*csi.VolumeHealth_VolumeHealthEntry {
-	err := c.pool.Flush()
+// the pool's Health, which does no I/O.
+func poolHealth(pool *blockstore.Pool) []*csi.VolumeHealth_VolumeHealthEntry {
+	err := pool.Health()
 	switch {
 	case err == nil:
 		return nil
@@ -109,7 +108,7 @@ func (c *controllerServer) ControllerGetVolumeHealth(_ context.Context, req *csi
 	}
 	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{
 		VolumeId:       req.GetVolumeId(),
-		HealthStatuses: c.poolHealth(),
+		HealthStatuses: poolHealth(c.pool),
 	}}, nil
 }
 
@@ -121,7 +120,7 @@ func (c *controllerServer) ControllerListVolumeHealth(_ context.Context, req *cs
 	if err != nil {
 		return nil, err
 	}
-	health := c.poolHealth()
+	health := poolHealth(c.pool)
 	resp := &csi.ControllerListVolumeHealthResponse{}
 	if health == nil {
 		return resp, nil

@@ -1,0 +1,498 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+)
+
+// NodeConfig configures the Node service.
+type NodeConfig struct {
+	// Exporter makes volumes kernel block devices (export.Detect picks this node's).
+	Exporter export.Exporter
+	// DefaultFSType is the file system made on a blank mount volume whose capability names
+	// none: "ext4" (default) or "xfs".
+	DefaultFSType string
+}
+
+// nodeServer is the CSI Node service. NodeStageVolume exports the volume as a block device and,
+// for mount access, formats it if blank and mounts it at the staging path; NodePublishVolume
+// bind-mounts the staging path (or, for block access, the device) at the target path.
+type nodeServer struct {
+	csi.UnimplementedNodeServer
+	cfg     *Config
+	pool    *blockstore.Pool
+	ids     ids
+	exp     export.Exporter
+	mounter *mount.SafeFormatAndMount
+	fsType  string
+	locks   *keyLocks // per volume ID: stage, unstage, publish, unpublish, expand
+
+	mu        sync.Mutex
+	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
+	published map[string]map[string]bool // target paths by CSI volume ID; guarded by mu
+}
+
+// RegisterNode registers the Node service on s.
+func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
+	n, err := newNodeServer(&s.cfg, pool, nc)
+	if err != nil {
+		return err
+	}
+	csi.RegisterNodeServer(s.grpc, n)
+	return nil
+}
+
+func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServer, error) {
+	if nc.Exporter == nil {
+		return nil, errors.New("driver: node: no exporter")
+	}
+	switch nc.DefaultFSType {
+	case "":
+		nc.DefaultFSType = "ext4"
+	case "ext4", "xfs":
+	default:
+		return nil, fmt.Errorf("driver: node: default fs type %q: want ext4 or xfs", nc.DefaultFSType)
+	}
+	n := &nodeServer{
+		cfg:       cfg,
+		pool:      pool,
+		ids:       ids{tag: nodeTag(cfg.NodeID)},
+		exp:       nc.Exporter,
+		mounter:   &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()},
+		fsType:    nc.DefaultFSType,
+		locks:     newKeyLocks(),
+		devices:   make(map[string]export.Device),
+		published: make(map[string]map[string]bool),
+	}
+	// Exports an earlier run of the plugin left (it was killed while volumes were staged):
+	// their FUSE servers are gone, so they only wait to be unpublished and unstaged.
+	left, err := n.exp.Leftovers()
+	if err != nil {
+		return nil, fmt.Errorf("driver: node: find exports left by an earlier run: %w", err)
+	}
+	for _, l := range left {
+		cfg.Logger.Warn("export left by an earlier run; it serves no I/O until unstaged and staged again",
+			"volume", l.ID, "devices", l.Devices, "mounted", l.Mounted)
+	}
+	return n, nil
+}
+
+func (n *nodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             n.cfg.NodeID,
+		MaxVolumesPerNode:  int64(n.cfg.MaxVolumes),
+		AccessibleTopology: n.cfg.topology()[0],
+	}, nil
+}
+
+func (n *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// volume resolves a CSI volume ID of this node's pool: NOT_FOUND for a malformed, foreign or
+// unknown one.
+func (n *nodeServer) volume(volumeID string) (*blockstore.Volume, error) {
+	if volumeID == "" {
+		return nil, invalidf("volume_id is required")
+	}
+	id, err := n.ids.parseVolumeID(volumeID)
+	if err != nil {
+		return nil, idError(err)
+	}
+	vol, err := n.pool.Volume(id)
+	if err != nil {
+		return nil, storeError(err, "volume %s", volumeID)
+	}
+	return vol, nil
+}
+
+// nodeCapability checks one capability for a node call.
+func nodeCapability(c *csi.VolumeCapability) error {
+	if c == nil {
+		return invalidf("volume_capability is required")
+	}
+	if err := wellFormedCapability(c); err != nil {
+		return status.Errorf(codes.InvalidArgument, "volume_capability: %s", status.Convert(err).Message())
+	}
+	if why := unsupportedCapability(c); why != "" {
+		return invalidf("volume_capability: %s", why)
+	}
+	return nil
+}
+
+func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	staging, c := req.GetStagingTargetPath(), req.GetVolumeCapability()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, invalidf("volume_id is required")
+	case staging == "":
+		return nil, invalidf("staging_target_path is required")
+	}
+	if err := nodeCapability(c); err != nil {
+		return nil, err
+	}
+	vol, err := n.volume(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, ctxError(err)
+	}
+	defer unlock()
+	dev, err := n.device(req.GetVolumeId(), vol)
+	if err != nil {
+		return nil, err
+	}
+	mnt := c.GetMount()
+	if mnt == nil {
+		return &csi.NodeStageVolumeResponse{}, nil // block access: NodePublishVolume binds the device
+	}
+	if mounted, err := n.isMountPoint(staging); err != nil {
+		return nil, status.Errorf(codes.Internal, "staging_target_path %s: %v", staging, err)
+	} else if mounted {
+		return &csi.NodeStageVolumeResponse{}, nil // staged already
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging_target_path %s: %v", staging, err)
+	}
+	fsType := mnt.GetFsType()
+	if fsType == "" {
+		fsType = n.fsType
+	}
+	opts := slices.Clone(mnt.GetMountFlags())
+	if fsType == "xfs" {
+		opts = append(opts, "nouuid") // clones of one image share the file system's UUID
+	}
+	if err := n.mounter.FormatAndMount(dev.Path(), staging, fsType, opts); err != nil {
+		return nil, status.Errorf(codes.Internal, "format (if blank) and mount %s of volume %s at %s as %s: %v",
+			dev.Path(), req.GetVolumeId(), staging, fsType, err)
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// device returns the volume's export, exporting it first if needed. REQUIRES the volume's lock.
+func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Device, error) {
+	n.mu.Lock()
+	dev, ok := n.devices[volumeID]
+	n.mu.Unlock()
+	if ok {
+		return dev, nil
+	}
+	// What an earlier run left for this volume is dead: clear it first.
+	if err := n.exp.Cleanup(volumeID); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s: clear the export an earlier run left: %v", volumeID, err)
+	}
+	dev, err := n.exp.Export(volumeID, vol)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "export volume %s as a block device: %v", volumeID, err)
+	}
+	n.mu.Lock()
+	n.devices[volumeID] = dev
+	n.mu.Unlock()
+	return dev, nil
+}
+
+func (n *nodeServer) isMountPoint(path string) (bool, error) {
+	notMnt, err := n.mounter.IsLikelyNotMountPoint(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil && mount.IsCorruptedMnt(err) {
+		return true, nil // a mount whose server is gone: still a mount point, to be unmounted
+	}
+	return !notMnt, err
+}
+
+func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	volumeID := req.GetVolumeId()
+	if volumeID == "" {
+		return nil, invalidf("volume_id is required")
+	}
+	staging := req.GetStagingTargetPath()
+	if staging == "" {
+		return nil, invalidf("staging_target_path is required")
+	}
+	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
+		return nil, idError(err)
+	}
+	unlock, err := n.locks.lock(ctx, volumeID)
+	if err != nil {
+		return nil, ctxError(err)
+	}
+	defer unlock()
+	if err := mount.CleanupMountPoint(staging, n.mounter, true); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmount staging_target_path %s: %v", staging, err)
+	}
+	n.mu.Lock()
+	dev, ok := n.devices[volumeID]
+	n.mu.Unlock()
+	if ok {
+		if err := dev.Close(); err != nil {
+			return nil, status.Errorf(codes.Internal, "tear down the export of volume %s: %v", volumeID, err)
+		}
+		n.mu.Lock()
+		delete(n.devices, volumeID)
+		n.mu.Unlock()
+		return &csi.NodeUnstageVolumeResponse{}, nil
+	}
+	if err := n.exp.Cleanup(volumeID); err != nil {
+		return nil, status.Errorf(codes.Internal, "tear down the export an earlier run left for volume %s: %v", volumeID, err)
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	target, staging, c := req.GetTargetPath(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, invalidf("volume_id is required")
+	case target == "":
+		return nil, invalidf("target_path is required")
+	case staging == "":
+		return nil, invalidf("staging_target_path is required (the plugin stages volumes)")
+	}
+	if err := nodeCapability(c); err != nil {
+		return nil, err
+	}
+	if _, err := n.volume(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, ctxError(err)
+	}
+	defer unlock()
+	if mounted, err := n.isMountPoint(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "target_path %s: %v", target, err)
+	} else if mounted {
+		return &csi.NodePublishVolumeResponse{}, nil // published already
+	}
+	if c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		if other := n.publishedAt(req.GetVolumeId(), target); other != "" {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is published at %s already", req.GetVolumeId(), other)
+		}
+	}
+	opts := []string{"bind"}
+	if req.GetReadonly() || c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY {
+		opts = append(opts, "ro")
+	}
+	var source string
+	if c.GetBlock() != nil {
+		n.mu.Lock()
+		dev, ok := n.devices[req.GetVolumeId()]
+		n.mu.Unlock()
+		if !ok {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", req.GetVolumeId())
+		}
+		source = dev.Path()
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "create target_path file %s for the block device: %v", target, err)
+		}
+		f.Close()
+	} else {
+		if mounted, err := n.isMountPoint(staging); err != nil || !mounted {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), staging)
+		}
+		source = staging
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "create target_path %s: %v", target, err)
+		}
+	}
+	if err := n.mounter.Mount(source, target, "", opts); err != nil {
+		return nil, status.Errorf(codes.Internal, "bind-mount %s at target_path %s: %v", source, target, err)
+	}
+	n.mu.Lock()
+	if n.published[req.GetVolumeId()] == nil {
+		n.published[req.GetVolumeId()] = make(map[string]bool)
+	}
+	n.published[req.GetVolumeId()][target] = true
+	n.mu.Unlock()
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// publishedAt returns a target path other than target at which the volume is published, or "".
+func (n *nodeServer) publishedAt(volumeID, target string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for t := range n.published[volumeID] {
+		if t != target {
+			if mounted, _ := n.isMountPoint(t); mounted {
+				return t
+			}
+		}
+	}
+	return ""
+}
+
+func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	volumeID, target := req.GetVolumeId(), req.GetTargetPath()
+	switch {
+	case volumeID == "":
+		return nil, invalidf("volume_id is required")
+	case target == "":
+		return nil, invalidf("target_path is required")
+	}
+	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
+		return nil, idError(err)
+	}
+	unlock, err := n.locks.lock(ctx, volumeID)
+	if err != nil {
+		return nil, ctxError(err)
+	}
+	defer unlock()
+	// CleanupMountPoint unmounts (also a mount whose server is gone) and removes the directory;
+	// a block target is a file, removed below.
+	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
+		if err := n.unmountFile(target); err != nil {
+			return nil, status.Errorf(codes.Internal, "unmount target_path %s: %v", target, err)
+		}
+	}
+	n.mu.Lock()
+	delete(n.published[volumeID], target)
+	if len(n.published[volumeID]) == 0 {
+		delete(n.published, volumeID)
+	}
+	n.mu.Unlock()
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// unmountFile unmounts a bind mount on a file (a published block volume) and removes the file.
+func (n *nodeServer) unmountFile(path string) error {
+	if err := unix.Unmount(path, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	path := req.GetVolumePath()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, invalidf("volume_id is required")
+	case path == "":
+		return nil, invalidf("volume_path is required")
+	}
+	vol, err := n.volume(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", path)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume_path %s: %v", path, err)
+	}
+	if !fi.IsDir() { // a published block volume
+		return &csi.NodeGetVolumeStatsResponse{
+			Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: vol.Size()}},
+		}, nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return nil, status.Errorf(codes.Internal, "statfs volume_path %s: %v", path, err)
+	}
+	bs := int64(st.Bsize)
+	return &csi.NodeGetVolumeStatsResponse{
+		Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
+			{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
+		},
+	}, nil
+}
+
+// NodeGetVolumeHealth reports a volume's health on this node: the pool's (poolHealth), and
+// INACCESSIBLE when the path it is published at is a mount whose export is gone.
+func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if _, err := n.volume(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	health := poolHealth(n.pool)
+	if path := req.GetVolumePublishPath(); path != "" {
+		if _, err := n.mounter.IsLikelyNotMountPoint(path); err != nil && mount.IsCorruptedMnt(err) {
+			health = append(health, &csi.VolumeHealth_VolumeHealthEntry{
+				Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "ExportGone",
+				Message: fmt.Sprintf("%s is a mount whose block device lost its server (the plugin restarted): unpublish and unstage, then stage again", path),
+			})
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: req.GetVolumeId(), HealthStatuses: health}}, nil
+}
+
+func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	path := req.GetVolumePath()
+	switch {
+	case req.GetVolumeId() == "":
+		return nil, invalidf("volume_id is required")
+	case path == "":
+		return nil, invalidf("volume_path is required")
+	}
+	vol, err := n.volume(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := nodeCapability(c); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkRange(req.GetCapacityRange()); err != nil {
+		return nil, err
+	}
+	if req := req.GetCapacityRange().GetRequiredBytes(); req > vol.Size() {
+		return nil, status.Errorf(codes.OutOfRange, "capacity_range.required_bytes %d: the volume is %d bytes; expand it with ControllerExpandVolume first", req, vol.Size())
+	}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", path)
+	}
+	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, ctxError(err)
+	}
+	defer unlock()
+	n.mu.Lock()
+	dev, ok := n.devices[req.GetVolumeId()]
+	n.mu.Unlock()
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", req.GetVolumeId())
+	}
+	if err := dev.Resize(); err != nil {
+		return nil, status.Errorf(codes.Internal, "resize the block device of volume %s: %v", req.GetVolumeId(), err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		if _, err := mount.NewResizeFs(n.mounter.Exec).Resize(dev.Path(), path); err != nil {
+			return nil, status.Errorf(codes.Internal, "grow the file system of volume %s at %s: %v", req.GetVolumeId(), path, err)
+		}
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: vol.Size()}, nil
+}

@@ -1,0 +1,12 @@
+package ext4
+
+import (
+	"testing"
+
+	"github.com/dataimage/dataimage/sanity"
+)
+
+// TestSanity runs every csi-sanity spec with mount access and ext4 file systems.
+func TestSanity(t *testing.T) {
+	sanity.Run(t, sanity.Mode{AccessType: "mount", FSType: "ext4"})
+}

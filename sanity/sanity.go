@@ -1,0 +1,105 @@
+// Package sanity runs the CSI conformance suite (csi-test pkg/sanity) against the real plugin:
+// a block store pool in a file, volumes exported through this node's export method (FUSE + loop
+// device), file systems made and mounted by the Node service, all over a unix socket.
+//
+// Ginkgo runs one suite per process, so each access type has its own test package: ext4/,
+// xfs/ (mount access with that file system) and block/ (raw block access). They need root.
+package sanity
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/driver"
+)
+
+// Mode is what a sanity run exercises.
+type Mode struct {
+	AccessType string // "mount" or "block"
+	FSType     string // the node's default file system for mount access: "ext4" or "xfs"
+}
+
+// Run serves the plugin on a fresh pool and runs every csi-sanity spec against it.
+func Run(t *testing.T, m Mode) {
+	if os.Geteuid() != 0 {
+		t.Fatal("csi-sanity needs root: it attaches loop devices and mounts file systems")
+	}
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Sparse: volumes cost what is written. xfs needs 300 MiB at least.
+	pool, err := blockstore.Create(filepath.Join(dir, "pool"), blockstore.Options{Size: 8 << 30, OverProvisionRatio: 100, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, err := export.Detect(export.Options{StateDir: filepath.Join(dir, "export"), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := driver.NewServer(driver.Config{NodeID: "sanity-node", Version: "sanity", Logger: log}, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: m.FSType}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "csi.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, sock) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(time.Minute):
+			t.Error("the server did not stop")
+		}
+		left, err := exp.Leftovers()
+		if err != nil || len(left) > 0 {
+			t.Errorf("exports left behind: %v %v", left, err)
+		}
+		rep, err := pool.Check(false)
+		if err != nil || !rep.OK() {
+			t.Errorf("pool check after the suite: %v: %v", err, rep)
+		}
+		if err := pool.Close(); err != nil {
+			t.Errorf("close pool: %v", err)
+		}
+	})
+	for i := 0; i < 100; i++ { // the socket appears once Serve listens
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	cfg := sanity.NewTestConfig()
+	cfg.Address = "unix://" + sock
+	cfg.TargetPath = filepath.Join(dir, "target")
+	cfg.StagingPath = filepath.Join(dir, "staging")
+	cfg.TestVolumeAccessType = m.AccessType
+	cfg.TestVolumeSize = 512 << 20
+	cfg.TestVolumeExpandSize = 768 << 20
+	cfg.IDGen = &sanity.DefaultIDGenerator{}
+	// The one spec skipped is for a capability the plugin does advertise: csi-test v5.6.0's
+	// "should succeed when creating a snapshot with accessibility requirements" compares the
+	// snapshot's topology with NodeGetInfo's using gomega Equal (reflect.DeepEqual on protobuf
+	// messages). NodeGetInfo's message was marshalled into two requests before, which sets its
+	// internal size cache, so equal topologies compare unequal. The same property (a
+	// snapshot's topology is this node's) is asserted in driver's controller tests.
+	if err := flag.Set("ginkgo.skip", "should succeed when creating a snapshot with accessibility requirements"); err != nil {
+		t.Fatal(err)
+	}
+	sanity.Test(t, cfg)
+}
