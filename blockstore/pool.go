@@ -526,6 +526,24 @@ func (p *Pool) fail(err error) error {
 	return fmt.Errorf("%w: %w", ErrFailed, err)
 }
 
+// Health returns nil while the pool works, an error wrapping ErrClosed once it is closed, or
+// one wrapping ErrFailed once a metadata write or sync failed (reopen to recover). It changes
+// nothing and does no I/O.
+func (p *Pool) Health() error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return ErrClosed
+	}
+	if p.failed != nil {
+		return fmt.Errorf("%w: %w", ErrFailed, p.failed)
+	}
+	if p.rc.err != nil {
+		return fmt.Errorf("%w: %w", ErrFailed, p.rc.err)
+	}
+	return nil
+}
+
 // Recovery reports what Open replayed.
 func (p *Pool) Recovery() Recovery { return p.recovery }
 
