@@ -1,0 +1,204 @@
+// Package app is the dataimage-csi command: flags into a Config, then Run.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/driver"
+)
+
+// Version is the plugin's version (set at link time with -X).
+var Version = "dev"
+
+// Config is what the flags say.
+type Config struct {
+	Endpoint           string
+	NodeID             string
+	Pool               string
+	PoolSize           int64
+	Preallocate        bool
+	Export             string
+	ExportStateDir     string
+	DefaultFSType      string
+	OverProvisionRatio float64
+	MaxVolumes         int
+	Verbosity          int
+	LogFormat          string
+}
+
+// parse reads the flags into a Config.
+func parse(args []string, out io.Writer) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("dataimage-csi", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: dataimage-csi --node-id NAME --pool PATH [flags]\n\n"+
+			"The Dataimage CSI plugin: volumes, snapshots and O(1) clones of this node's block store pool,\n"+
+			"exported to the kernel as block devices. Serves CSI Identity, Controller and Node on --endpoint.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket or a path")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (required): the CSI node ID and topology value")
+	fs.StringVar(&c.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (required)")
+	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 512Mi")
+	fs.BoolVar(&c.Preallocate, "preallocate", false, "create the pool file thick (fallocated, freed blocks keep their space): faster first writes")
+	fs.StringVar(&c.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
+	fs.StringVar(&c.ExportStateDir, "export-state-dir", export.DefaultStateDir, "directory for export state (FUSE mounts); should be on tmpfs")
+	fs.StringVar(&c.DefaultFSType, "default-fstype", "ext4", "file system made on a blank volume whose capability names none: ext4 or xfs")
+	fs.Float64Var(&c.OverProvisionRatio, "overprovision-ratio", 0, "bound on the sum of volume sizes as a multiple of the pool's capacity (0 keeps the pool's, 10 for a new pool)")
+	fs.IntVar(&c.MaxVolumes, "max-volumes", 0, "volumes that can be published on this node at once (0: no limit)")
+	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if *size != "" {
+		n, err := parseSize(*size)
+		if err != nil {
+			return c, fmt.Errorf("--pool-size %q: %w", *size, err)
+		}
+		c.PoolSize = n
+	}
+	switch {
+	case c.NodeID == "":
+		return c, errors.New("--node-id is required")
+	case c.Pool == "":
+		return c, errors.New("--pool is required")
+	case c.LogFormat != "text" && c.LogFormat != "json":
+		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
+		return c, fmt.Errorf("--default-fstype %q: want ext4 or xfs", c.DefaultFSType)
+	}
+	return c, nil
+}
+
+// parseSize reads a size with an optional binary suffix (Ki, Mi, Gi, Ti).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 || fmt.Sprint(n) != s {
+		return 0, errors.New("want a positive integer with an optional Ki, Mi, Gi or Ti suffix")
+	}
+	if n > (1<<62)/mult {
+		return 0, errors.New("too large")
+	}
+	return n * mult, nil
+}
+
+// Main runs the command and returns its exit code.
+func Main(args []string, stderr io.Writer) int {
+	c, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "dataimage-csi: %v (see --help)\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := Run(ctx, c, logger(c, stderr)); err != nil {
+		fmt.Fprintf(stderr, "dataimage-csi: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func logger(c Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if c.Verbosity > 0 {
+		opts.Level = slog.LevelDebug
+	}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Run opens (or creates) the pool, serves the plugin until ctx ends, then stops gracefully and
+// closes the pool (a checkpoint).
+func Run(ctx context.Context, c Config, log *slog.Logger) error {
+	pool, err := openPool(c, log)
+	if err != nil {
+		return err
+	}
+	rec := pool.Recovery()
+	log.Info("pool open", "pool", c.Pool, "recoveredRecords", rec.Records, "checkpointLSN", rec.CheckpointLSN, "lastLSN", rec.LastLSN)
+	exp, err := export.Detect(export.Options{StateDir: c.ExportStateDir, Method: c.Export, Logger: log})
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	srv, err := driver.NewServer(driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, Logger: log}, pool)
+	if err == nil {
+		err = srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: c.DefaultFSType})
+	}
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	log.Info("serving", "endpoint", c.Endpoint, "nodeID", c.NodeID, "export", exp.Name(), "version", Version)
+	serr := srv.Serve(ctx, c.Endpoint)
+	if cerr := pool.Close(); serr == nil && cerr != nil {
+		serr = fmt.Errorf("close pool: %w", cerr)
+	}
+	log.Info("stopped")
+	return serr
+}
+
+func openPool(c Config, log *slog.Logger) (*blockstore.Pool, error) {
+	opts := blockstore.Options{OverProvisionRatio: c.OverProvisionRatio, DirectIO: true, Logger: log}
+	_, err := os.Stat(c.Pool)
+	switch {
+	case err == nil:
+		p, err := blockstore.Open(c.Pool, opts)
+		if errors.Is(err, blockstore.ErrNotPool) && isDevice(c.Pool) && c.PoolSize == 0 {
+			return nil, fmt.Errorf("%w (a blank device becomes a pool only with --pool-size, as a confirmation)", err)
+		}
+		if errors.Is(err, blockstore.ErrNotPool) && isDevice(c.Pool) {
+			return blockstore.Create(c.Pool, opts)
+		}
+		return p, err
+	case errors.Is(err, os.ErrNotExist):
+		if c.PoolSize == 0 {
+			return nil, fmt.Errorf("pool %s does not exist; give --pool-size to create it", c.Pool)
+		}
+		if err := os.MkdirAll(filepath.Dir(c.Pool), 0o750); err != nil {
+			return nil, err
+		}
+		opts.Size, opts.Preallocate = c.PoolSize, c.Preallocate
+		log.Info("creating pool", "pool", c.Pool, "size", c.PoolSize, "preallocate", c.Preallocate)
+		return blockstore.Create(c.Pool, opts)
+	default:
+		return nil, err
+	}
+}
+
+func isDevice(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&os.ModeDevice != 0
+}
