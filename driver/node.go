@@ -45,6 +45,10 @@ type nodeServer struct {
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
 	published map[string]map[string]bool // target paths by CSI volume ID; guarded by mu
+	// dead holds the volumes whose export an earlier run of the plugin left: their devices
+	// have no server, so their I/O fails (or, served from caches, seems to work and is lost)
+	// until they are unstaged. Guarded by mu.
+	dead map[string]bool
 }
 
 // RegisterNode registers the Node service on s.
@@ -78,6 +82,7 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		locks:     newKeyLocks(),
 		devices:   make(map[string]export.Device),
 		published: make(map[string]map[string]bool),
+		dead:      make(map[string]bool),
 	}
 	// Exports an earlier run of the plugin left (it was killed while volumes were staged):
 	// their FUSE servers are gone, so they only wait to be unpublished and unstaged.
@@ -86,6 +91,7 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		return nil, fmt.Errorf("driver: node: find exports left by an earlier run: %w", err)
 	}
 	for _, l := range left {
+		n.dead[l.ID] = true
 		cfg.Logger.Warn("export left by an earlier run; it serves no I/O until unstaged and staged again",
 			"volume", l.ID, "devices", l.Devices, "mounted", l.Mounted)
 	}
@@ -214,6 +220,7 @@ func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Dev
 	}
 	n.mu.Lock()
 	n.devices[volumeID] = dev
+	delete(n.dead, volumeID)
 	n.mu.Unlock()
 	return dev, nil
 }
@@ -264,6 +271,9 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	if err := n.exp.Cleanup(volumeID); err != nil {
 		return nil, status.Errorf(codes.Internal, "tear down the export an earlier run left for volume %s: %v", volumeID, err)
 	}
+	n.mu.Lock()
+	delete(n.dead, volumeID)
+	n.mu.Unlock()
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
@@ -432,19 +442,21 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 }
 
 // NodeGetVolumeHealth reports a volume's health on this node: the pool's (poolHealth), and
-// INACCESSIBLE when the path it is published at is a mount whose export is gone.
+// INACCESSIBLE while the volume's export is one an earlier run of the plugin left (its server
+// is gone; the file system on it may still answer from caches, but nothing reaches the pool).
 func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	if _, err := n.volume(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
 	health := poolHealth(n.pool)
-	if path := req.GetVolumePublishPath(); path != "" {
-		if _, err := n.mounter.IsLikelyNotMountPoint(path); err != nil && mount.IsCorruptedMnt(err) {
-			health = append(health, &csi.VolumeHealth_VolumeHealthEntry{
-				Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "ExportGone",
-				Message: fmt.Sprintf("%s is a mount whose block device lost its server (the plugin restarted): unpublish and unstage, then stage again", path),
-			})
-		}
+	n.mu.Lock()
+	dead := n.dead[req.GetVolumeId()]
+	n.mu.Unlock()
+	if dead {
+		health = append(health, &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "ExportGone",
+			Message: "the volume's block device lost its server when the plugin restarted: unpublish and unstage it, then stage it again",
+		})
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: req.GetVolumeId(), HealthStatuses: health}}, nil
 }

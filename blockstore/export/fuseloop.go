@@ -35,9 +35,10 @@ type fuseLoop struct {
 	}
 }
 
-// fuseMaxWrite is the largest FUSE read or write (the kernel may clamp it, see
-// /proc/sys/fs/fuse/max_pages_limit). Large requests cut the per-request cost of sequential I/O.
-const fuseMaxWrite = 1 << 20
+// fuseMaxWrite is the largest FUSE read or write (the kernel may clamp it). 1 MiB less one page:
+// a reply of 1 MiB plus its header would not fit a pipe of the default maximum size
+// (/proc/sys/fs/pipe-max-size), and go-fuse would give up splicing it, with a warning, every time.
+const fuseMaxWrite = 1<<20 - 4096
 
 // fuseMaxBackground bounds the asynchronous requests the kernel keeps in flight to the server.
 // With CAP_ASYNC_DIO the loop device's direct I/O reaches FUSE asynchronously, so this is the

@@ -1,0 +1,267 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/driver"
+)
+
+// required are the flags every valid command line has.
+var required = []string{"--node-id", "n1", "--pool", "/var/lib/dataimage/pool"}
+
+func TestParseDefaults(t *testing.T) {
+	var out bytes.Buffer
+	c, err := parse(required, &out)
+	require.NoError(t, err)
+	require.Equal(t, Config{
+		Endpoint:       "unix:///csi/csi.sock",
+		NodeID:         "n1",
+		Pool:           "/var/lib/dataimage/pool",
+		ExportStateDir: "/run/dataimage/export",
+		DefaultFSType:  "ext4",
+		LogFormat:      "text",
+	}, c)
+	require.Empty(t, out.String())
+}
+
+func TestParseAll(t *testing.T) {
+	c, err := parse([]string{
+		"--endpoint", "unix:///tmp/x.sock", "--node-id", "worker-3", "--pool", "/dev/vdb",
+		"--pool-size", "100Gi", "--preallocate", "--export", "fuse-loop", "--export-state-dir", "/run/x",
+		"--default-fstype", "xfs", "--overprovision-ratio", "2.5", "--max-volumes", "7", "-v", "2",
+		"--log-format", "json",
+	}, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, Config{
+		Endpoint: "unix:///tmp/x.sock", NodeID: "worker-3", Pool: "/dev/vdb", PoolSize: 100 << 30,
+		Preallocate: true, Export: "fuse-loop", ExportStateDir: "/run/x", DefaultFSType: "xfs",
+		OverProvisionRatio: 2.5, MaxVolumes: 7, Verbosity: 2, LogFormat: "json",
+	}, c)
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"1":         1,
+		"4096":      4096,
+		"1Ki":       1 << 10,
+		"512Mi":     512 << 20,
+		"100Gi":     100 << 30,
+		"2Ti":       2 << 40,
+		"4Ti":       4 << 40,
+		"4194304Ti": 1 << 62, // the largest
+	} {
+		got, err := parseSize(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, bad := range []string{
+		"", "0", "-1", "-5Gi", "0Mi", "1.5Gi", "1G", "1GB", "1gi", "Gi", "1 Gi", " 1Gi", "+1Gi",
+		"0x10", "010", "1e3", "1GiB", "1KiMi", "abc", "9223372036854775807Ki", "99999999999999999999",
+	} {
+		_, err := parseSize(bad)
+		require.Error(t, err, "%q", bad)
+	}
+}
+
+// TestMainExitCodes runs the command with bad command lines: exit code 2 and a message that
+// names what is wrong; --help is exit code 0 with the usage.
+func TestMainExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // substrings of the output
+	}{
+		{"no flags", nil, []string{"--node-id is required"}},
+		{"no node id", []string{"--pool", "/p"}, []string{"--node-id is required"}},
+		{"no pool", []string{"--node-id", "n1"}, []string{"--pool is required"}},
+		{"empty node id", []string{"--node-id=", "--pool", "/p"}, []string{"--node-id is required"}},
+		{"bad size", append([]string{"--pool-size", "12GB"}, required...), []string{"--pool-size", `"12GB"`}},
+		{"zero size", append([]string{"--pool-size", "0"}, required...), []string{"--pool-size", `"0"`}},
+		{"negative size", append([]string{"--pool-size", "-1Gi"}, required...), []string{"--pool-size", `"-1Gi"`}},
+		{"huge size", append([]string{"--pool-size", "9999999999Ti"}, required...), []string{"--pool-size", "too large"}},
+		{"log format", append([]string{"--log-format", "yaml"}, required...), []string{"--log-format", `"yaml"`}},
+		{"fs type", append([]string{"--default-fstype", "btrfs"}, required...), []string{"--default-fstype", `"btrfs"`}},
+		{"unexpected args", append(required, "extra", "more"), []string{"unexpected arguments: extra more"}},
+		{"unknown flag", append([]string{"--bogus"}, required...), []string{"flag provided but not defined: -bogus"}},
+		{"bad int", append([]string{"--max-volumes", "many"}, required...), []string{"-max-volumes", "many"}},
+		{"bad float", append([]string{"--overprovision-ratio", "x"}, required...), []string{"-overprovision-ratio"}},
+		{"missing value", append(required, "--endpoint"), []string{"flag needs an argument: -endpoint"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			code := Main(tc.args, &out)
+			require.Equal(t, 2, code, "output: %s", &out)
+			for _, w := range tc.want {
+				require.Contains(t, out.String(), w)
+			}
+			require.Contains(t, out.String(), "dataimage-csi: ")
+			require.Contains(t, out.String(), "(see --help)")
+		})
+	}
+	for _, help := range []string{"--help", "-h", "-help"} {
+		var out bytes.Buffer
+		require.Equal(t, 0, Main([]string{help}, &out), help)
+		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-pool-size", "-log-format", "-default-fstype", "-export-state-dir"} {
+			require.Contains(t, out.String(), w, help)
+		}
+	}
+}
+
+func TestLogger(t *testing.T) {
+	var text, js bytes.Buffer
+	logger(Config{LogFormat: "text"}, &text).Debug("hidden")
+	logger(Config{LogFormat: "text"}, &text).Info("shown", "k", "v")
+	require.NotContains(t, text.String(), "hidden")
+	require.Contains(t, text.String(), "msg=shown k=v")
+	logger(Config{LogFormat: "json", Verbosity: 1}, &js).Debug("debug", "k", "v")
+	require.Contains(t, js.String(), `"msg":"debug","k":"v"`)
+}
+
+// syncBuffer is a log sink safe for the plugin's goroutines.
+type syncBuffer struct {
+	mu   sync.Mutex
+	data bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.data.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.data.String()
+}
+
+// TestRun runs the plugin in-process: it creates the pool file, serves Identity and Node on a
+// unix socket, stops when its context ends, and leaves a pool that reopens clean.
+func TestRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the export needs /dev/fuse and loop devices")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "csi.sock")
+	require.Less(t, len(sock), 100, "socket path too long")
+	c := Config{
+		Endpoint:       "unix://" + sock,
+		NodeID:         "n1",
+		Pool:           filepath.Join(dir, "pools", "pool"), // its directory is created too
+		PoolSize:       512 << 20,
+		ExportStateDir: filepath.Join(dir, "export"),
+		DefaultFSType:  "ext4",
+		MaxVolumes:     3,
+		LogFormat:      "text",
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- Run(ctx, c, logger(c, logs)) }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+			<-ran
+		}
+	})
+
+	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer ccancel()
+	idc, nc := csi.NewIdentityClient(conn), csi.NewNodeClient(conn)
+
+	info, err := idc.GetPluginInfo(cctx, &csi.GetPluginInfoRequest{}, grpc.WaitForReady(true))
+	require.NoError(t, err)
+	require.Equal(t, driver.DefaultDriverName, info.GetName())
+	require.Equal(t, Version, info.GetVendorVersion())
+	probe, err := idc.Probe(cctx, &csi.ProbeRequest{})
+	require.NoError(t, err)
+	require.True(t, probe.GetReady().GetValue())
+	ni, err := nc.NodeGetInfo(cctx, &csi.NodeGetInfoRequest{})
+	require.NoError(t, err)
+	require.Equal(t, "n1", ni.GetNodeId())
+	require.Equal(t, int64(3), ni.GetMaxVolumesPerNode())
+	require.Equal(t, map[string]string{driver.DefaultTopologyKey: "n1"}, ni.GetAccessibleTopology().GetSegments())
+
+	fi, err := os.Stat(c.Pool)
+	require.NoError(t, err)
+	require.Equal(t, c.PoolSize, fi.Size())
+
+	cancel()
+	select {
+	case err := <-ran:
+		stopped = true
+		require.NoError(t, err, "logs:\n%s", logs)
+	case <-time.After(40 * time.Second):
+		t.Fatalf("Run did not return after its context ended; logs:\n%s", logs)
+	}
+	out := logs.String()
+	for _, w := range []string{"creating pool", "pool open", "serving", "stopped"} {
+		require.Contains(t, out, w)
+	}
+	_, err = os.Stat(sock)
+	require.ErrorIs(t, err, os.ErrNotExist, "the socket is removed when the server stops")
+
+	p, err := blockstore.Open(c.Pool, blockstore.Options{})
+	require.NoError(t, err)
+	defer p.Close()
+	rec := p.Recovery()
+	require.Zero(t, rec.Records, "a clean stop leaves nothing to replay: %+v", rec)
+	rep, err := p.Check(false)
+	require.NoError(t, err)
+	require.True(t, rep.OK(), "fsck: %s", rep)
+	require.NoError(t, p.Close())
+
+	// A second run opens the existing pool (no --pool-size needed) and stops again.
+	c.PoolSize = 0
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	ran2 := make(chan error, 1)
+	go func() { ran2 <- Run(ctx2, c, slog.New(slog.DiscardHandler)) }()
+	_, err = idc.Probe(cctx, &csi.ProbeRequest{}, grpc.WaitForReady(true))
+	require.NoError(t, err)
+	cancel2()
+	require.NoError(t, <-ran2)
+}
+
+// TestRunErrors: Run refuses a missing pool without --pool-size, a file that is not a pool, and
+// an unknown export method, and leaves the pool closed (a later Open works).
+func TestRunErrors(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	base := Config{Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), NodeID: "n1",
+		ExportStateDir: filepath.Join(dir, "export"), DefaultFSType: "ext4", LogFormat: "text"}
+
+	c := base
+	c.Pool = filepath.Join(dir, "missing")
+	err := Run(context.Background(), c, log)
+	require.ErrorContains(t, err, "--pool-size")
+
+	c.Pool = filepath.Join(dir, "junk")
+	require.NoError(t, os.WriteFile(c.Pool, bytes.Repeat([]byte("x"), 1<<20), 0o600))
+	err = Run(context.Background(), c, log)
+	require.ErrorIs(t, err, blockstore.ErrNotPool)
+
+	c.Pool, c.PoolSize, c.Export = filepath.Join(dir, "pool"), 64<<20, "nbd"
+	err = Run(context.Background(), c, log)
+	require.ErrorContains(t, err, `"nbd"`)
+	p, err := blockstore.Open(c.Pool, blockstore.Options{}) // created, then closed
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+}
