@@ -493,15 +493,20 @@ func TestNodeGetVolumeStats(t *testing.T) {
 	}
 }
 
-// expandOnline grows a published ext4 volume of size bytes (total bytes in its file system) by
-// 32 MiB: ControllerExpandVolume, then NodeExpandVolume grows the file system; data stays.
-func expandOnline(t *testing.T, e *nodeEnv, vol, target string, size, total int64, data []byte) {
+// expandOnline grows a published ext4 (or fsType) volume of size bytes (total bytes in its file
+// system) by 32 MiB: ControllerExpandVolume, then NodeExpandVolume grows the file system; data
+// stays.
+func expandOnline(t *testing.T, e *nodeEnv, vol, target string, size, total int64, data []byte, fsType ...string) {
 	t.Helper()
 	ctx := context.Background()
 	_, err := e.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol, CapacityRange: &csi.CapacityRange{RequiredBytes: size + 32*mib}})
 	require.NoError(t, err)
+	fs := "ext4"
+	if len(fsType) > 0 {
+		fs = fsType[0]
+	}
 	resp, err := e.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol, VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: size + 32*mib}, VolumeCapability: mountCap(rwo, "ext4")})
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size + 32*mib}, VolumeCapability: mountCap(rwo, fs)})
 	require.NoError(t, err)
 	require.Equal(t, size+32*mib, resp.GetCapacityBytes())
 	st, err := e.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol, VolumePath: target})
@@ -526,4 +531,22 @@ func hasCapability(t *testing.T, c int) bool {
 	}
 	t.Fatal("no CapEff in /proc/self/status")
 	return false
+}
+
+// Online expansion of a mounted xfs volume (xfs_growfs needs no capability beyond root's here).
+func TestNodeExpandXFSOnline(t *testing.T) {
+	e := newNodeEnv(t)
+	const size = 320 * mib // xfs needs 300 MiB
+	vol := e.createVolume(t, "xfs", size)
+	staging, target := filepath.Join(e.dir, "xfs-staging"), filepath.Join(e.dir, "xfs-target")
+	e.stage(t, vol, staging, mountCap(rwo, "xfs"))
+	e.publish(t, vol, staging, target, mountCap(rwo, "xfs"))
+	data := make([]byte, mib)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(target, "f0"), data, 0o600))
+	var st unix.Statfs_t
+	require.NoError(t, unix.Statfs(target, &st))
+	expandOnline(t, e, vol, target, size, int64(st.Blocks)*int64(st.Bsize), data, "xfs")
 }
