@@ -29,6 +29,10 @@ func (r *report) explain(id string) string {
 		return r.explainMem()
 	case "overwrite":
 		return r.explainOverwrite()
+	case "csi":
+		return r.explainCSI()
+	case "kread":
+		return r.explainKRead()
 	}
 	return ""
 }

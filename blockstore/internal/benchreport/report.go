@@ -22,6 +22,9 @@ type report struct {
 	qemuErr error
 	lat     *latResult
 	mem     *memResult
+	csi     *csiResult
+	kdev    *kdevResult
+	ext4    *ext4Result
 
 	goals []goal // filled while rendering
 }
@@ -52,13 +55,16 @@ func (r *report) markdown() string {
 	r.latSection(&body)
 	r.memSection(&body)
 	r.bsSection(&body)
+	r.csiSection(&body)
+	r.kdevSection(&body)
+	r.ext4Section(&body)
 
 	var out strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&out, format, args...) }
 	w("# Block store benchmarks\n\n")
 	w("Written by the bench report tool (`blockstore/internal/benchreport`); do not edit by hand.\n\n")
 	w("**Reproduce:** `make bench` runs `hack/bench.sh`, which runs `go run ./blockstore/internal/benchreport -write -out BENCHMARKS.md`: the full run (about %s here) rewrites this file. ", roundDur(r.elapsed))
-	w("`make bench BENCH_ARGS=-quick` is a one-minute smoke run that only prints the report; `BENCH_ARGS='-dir /path'` measures another disk (scratch files go in a temporary directory there and are removed).\n\n")
+	w("`make bench BENCH_ARGS=-quick` is a smoke run of a few minutes that only prints the report; `BENCH_ARGS='-dir /path'` measures another disk (scratch files go in a temporary directory there and are removed).\n\n")
 	mode := "full"
 	if r.cfg.quick {
 		mode = "quick (-quick: shorter runs, fewer repetitions; do not compare with full runs)"
@@ -72,6 +78,7 @@ func (r *report) markdown() string {
 	w("- Every throughput is a ratio against a baseline measured **in the same run on the same disk**: a 1 GiB raw file opened with `O_DIRECT`, prefilled, read and written with pread/pwrite (`os.File.ReadAt/WriteAt`). The pool is a file in the same directory opened with `Options{DirectIO: true}`, so neither side uses the page cache; it is thin (a sparse file, the default) except in the rows marked *thick pool* (`Options{Preallocate: true}`). Absolute numbers on this virtual disk are noisy; the ratios are what matter.\n")
 	w("- Each comparison alternates the two sides in %d rounds — raw then store, store then raw, and so on (A B B A A B B A) — each slice %s, so each side gets %s and drift of the disk hits both alike. **Ratio** is the median of the per-round ratios (store rate / raw rate of the same round), which one hiccup of the disk does not move much; *rounds* gives their range. The Raw file and Store columns are each side's I/Os (or bytes) over its total time. Queue depth N means N goroutines each with one synchronous I/O in flight. Buffers are 4 KiB-aligned. No Flush or fdatasync is issued during throughput runs on either side.\n", r.cfg.rounds, roundDur(r.cfg.dur/time.Duration(r.cfg.rounds)), roundDur(r.cfg.dur))
 	w("- The volume is 1 GiB, prefilled with 1 MiB sequential writes (so its blocks are contiguous, like the raw file's); random offsets are uniform and aligned to the I/O size.\n")
+	w("- Sections 6 to 8 go through the driver's gRPC API and the kernel (CSI calls on a unix socket; fio on exported block devices and on ext4 in clones); each says how it was measured. Their baselines are in the same run too: a bare fdatasync of the same pool file, and fio on a loop device over a raw file in the same directory, alternating with the store in rounds as above.\n")
 	w("- Latencies: %d timed repetitions (after 3 untimed) of each operation, the 1 GiB and 1 TiB volumes alternating; with %d samples, p99 is %s.\n\n", r.cfg.reps, r.cfg.reps, rankName(r.cfg.reps))
 
 	w("## Goals\n\n| Goal | Measured | Target | Met |\n|---|---|---|---|\n")
@@ -520,6 +527,9 @@ func (r *report) analysis(out *strings.Builder) {
 			if strings.HasPrefix(id, "lat") {
 				id = "lat" // one analysis for every latency miss
 			}
+			if strings.HasPrefix(id, "csi") {
+				id = "csi" // one analysis for every CSI miss
+			}
 			if _, ok := missed[id]; !ok {
 				ids = append(ids, id)
 			}
@@ -546,7 +556,7 @@ func (r *report) analysis(out *strings.Builder) {
 }
 
 func analysisOrder(id string) int {
-	return strings.Index("read seq cow lat meta mem", id)
+	return strings.Index("read seq cow lat meta mem csi kread", id)
 }
 
 // otherFindings notes results without a goal that point at the store.
