@@ -7,7 +7,7 @@
 #   make bench   block store benchmark report (hack/bench.sh)
 #   make crash   block store crash tests (kill at many points, then recover)
 #   make soak    block store model-based tests with many random operations
-#   make fuzz    run each on-disk format fuzz target for FUZZTIME (default 30s)
+#   make fuzz    run every fuzz target (parsers, decoders, validators) for FUZZTIME (default 30s)
 #   make demo    data image from a sample backup, served as clones (not yet)
 #   make clean   remove build outputs
 
@@ -38,9 +38,9 @@ CRASH_KILLS ?= 100
 SOAK_PKGS ?= ./blockstore
 MODEL_OPS ?= 1000000
 
-# Package whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
+# Packages whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
 # the package's testdata/fuzz/ and is a regression test from then on: commit it with the fix.
-FUZZ_PKG ?= ./blockstore/internal/format
+FUZZ_PKGS ?= ./blockstore/internal/format ./blockstore/export ./driver ./imagebuilder ./imagebuilder/tarx
 FUZZTIME ?= 30s
 
 .DEFAULT_GOAL := build
@@ -93,12 +93,13 @@ soak:
 
 # go test fuzzes one target per run, so run them one after another.
 fuzz:
-	@list="$$($(GO) test -list '^Fuzz' $(FUZZ_PKG))"; \
-	targets="$$(grep '^Fuzz' <<<"$$list" || true)"; \
-	if [ -z "$$targets" ]; then echo "no Fuzz targets in $(FUZZ_PKG)"; exit 1; fi; \
-	for t in $$targets; do \
-		echo "==> $$t for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $(FUZZ_PKG); \
+	@for pkg in $(FUZZ_PKGS); do \
+		targets="$$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true)"; \
+		if [ -z "$$targets" ]; then echo "no Fuzz targets in $$pkg"; exit 1; fi; \
+		for t in $$targets; do \
+			echo "==> $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
+		done; \
 	done
 
 # Placeholder until the image-builder issue lands.
