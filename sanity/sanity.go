@@ -28,34 +28,54 @@ type Mode struct {
 	FSType     string // the node's default file system for mount access: "ext4" or "xfs"
 }
 
-// Run serves the plugin on a fresh pool and runs every csi-sanity spec against it.
-func Run(t *testing.T, m Mode) {
+// Plugin is the real plugin served from this process on a fresh pool in a temp dir.
+type Plugin struct {
+	Dir      string           // the temp dir holding the pool, the socket and the export state
+	Endpoint string           // unix://.../csi.sock
+	Pool     *blockstore.Pool // the pool, for what CSI has no call for (Revert, Check)
+	StateDir string           // the export state directory
+}
+
+// StartPlugin serves the plugin with node ID nodeID on a sparse pool of poolSize bytes, making
+// blank mount volumes fsType by default. Cleanup stops the server, checks that no export is
+// left, then checks and closes the pool.
+func StartPlugin(t *testing.T, nodeID string, poolSize int64, fsType string) *Plugin {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Fatal("csi-sanity needs root: it attaches loop devices and mounts file systems")
+		t.Fatal("the plugin needs root: it attaches loop devices and mounts file systems")
 	}
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	// Sparse: volumes cost what is written. xfs needs 300 MiB at least.
-	pool, err := blockstore.Create(filepath.Join(dir, "pool"), blockstore.Options{Size: 8 << 30, OverProvisionRatio: 100, Logger: log})
+	pool, err := blockstore.Create(filepath.Join(dir, "pool"), blockstore.Options{Size: poolSize, OverProvisionRatio: 100, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp, err := export.Detect(export.Options{StateDir: filepath.Join(dir, "export"), Logger: log})
+	t.Cleanup(func() {
+		rep, err := pool.Check(false)
+		if err != nil || !rep.OK() {
+			t.Errorf("pool check: %v: %v", err, rep)
+		}
+		if err := pool.Close(); err != nil {
+			t.Errorf("close pool: %v", err)
+		}
+	})
+	stateDir := filepath.Join(dir, "export")
+	exp, err := export.Detect(export.Options{StateDir: stateDir, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := driver.NewServer(driver.Config{NodeID: "sanity-node", Version: "sanity", Logger: log}, pool)
+	srv, err := driver.NewServer(driver.Config{NodeID: nodeID, Version: "test", Logger: log}, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: m.FSType}); err != nil {
+	if err := srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: fsType}); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "csi.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, sock) }()
-	t.Cleanup(func() {
+	t.Cleanup(func() { // runs before the pool's cleanup
 		cancel()
 		select {
 		case err := <-done:
@@ -69,13 +89,6 @@ func Run(t *testing.T, m Mode) {
 		if err != nil || len(left) > 0 {
 			t.Errorf("exports left behind: %v %v", left, err)
 		}
-		rep, err := pool.Check(false)
-		if err != nil || !rep.OK() {
-			t.Errorf("pool check after the suite: %v: %v", err, rep)
-		}
-		if err := pool.Close(); err != nil {
-			t.Errorf("close pool: %v", err)
-		}
 	})
 	for i := 0; i < 100; i++ { // the socket appears once Serve listens
 		if _, err := os.Stat(sock); err == nil {
@@ -83,9 +96,17 @@ func Run(t *testing.T, m Mode) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return &Plugin{Dir: dir, Endpoint: "unix://" + sock, Pool: pool, StateDir: stateDir}
+}
+
+// Run serves the plugin on a fresh pool and runs every csi-sanity spec against it.
+func Run(t *testing.T, m Mode) {
+	// Sparse: volumes cost what is written. xfs needs 300 MiB at least.
+	p := StartPlugin(t, "sanity-node", 8<<30, m.FSType)
+	dir := p.Dir
 
 	cfg := sanity.NewTestConfig()
-	cfg.Address = "unix://" + sock
+	cfg.Address = p.Endpoint
 	cfg.TargetPath = filepath.Join(dir, "target")
 	cfg.StagingPath = filepath.Join(dir, "staging")
 	cfg.TestVolumeAccessType = m.AccessType

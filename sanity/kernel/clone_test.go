@@ -1,21 +1,17 @@
 package kernel
 
 import (
-	"context"
 	"crypto/rand"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/export"
-	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/sanity"
 )
 
 // inProcess is the plugin served from this process on a fresh pool: the test reaches the pool
@@ -26,49 +22,11 @@ type inProcess struct {
 	stateDir string
 }
 
-// startInProcess serves the plugin on a sparse 2 GiB pool in a temp dir. Cleanup stops the
-// server, then checks and closes the pool.
+// startInProcess serves the plugin on a sparse 2 GiB pool in a temp dir (sanity.StartPlugin).
 func startInProcess(t *testing.T) *inProcess {
 	t.Helper()
-	dir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool, err := blockstore.Create(filepath.Join(dir, "pool"), blockstore.Options{Size: 2 << 30, Logger: log})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		rep, err := pool.Check(false)
-		if err == nil && !rep.OK() {
-			t.Errorf("pool check: %s", rep)
-		}
-		if err := pool.Close(); err != nil {
-			t.Errorf("close pool: %v", err)
-		}
-	})
-	stateDir := filepath.Join(dir, "export")
-	exp, err := export.Detect(export.Options{StateDir: stateDir, Logger: log})
-	require.NoError(t, err)
-	srv, err := driver.NewServer(driver.Config{NodeID: "kernel-node", Version: "test", Logger: log}, pool)
-	require.NoError(t, err)
-	require.NoError(t, srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp}))
-	sock := filepath.Join(dir, "csi.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, sock) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(time.Minute):
-			t.Error("the server did not stop")
-		}
-		left, err := exp.Leftovers()
-		if err != nil || len(left) > 0 {
-			t.Errorf("exports left: %v %v", left, err)
-		}
-	})
-	return &inProcess{client: dial(t, "unix://"+sock, filepath.Join(dir, "paths"), true), pool: pool, stateDir: stateDir}
+	p := sanity.StartPlugin(t, "kernel-node", 2<<30, "")
+	return &inProcess{client: dial(t, p.Endpoint, filepath.Join(p.Dir, "paths"), true), pool: p.Pool, stateDir: p.StateDir}
 }
 
 // TestClonesThroughKernel writes files through mounted file systems and a block device, takes
