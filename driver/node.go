@@ -204,9 +204,7 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 
 // device returns the volume's export, exporting it first if needed. REQUIRES the volume's lock.
 func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Device, error) {
-	n.mu.Lock()
-	dev, ok := n.devices[volumeID]
-	n.mu.Unlock()
+	dev, ok := n.exported(volumeID)
 	if ok {
 		return dev, nil
 	}
@@ -223,6 +221,27 @@ func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Dev
 	delete(n.dead, volumeID)
 	n.mu.Unlock()
 	return dev, nil
+}
+
+// exported returns the volume's export, if this run made one.
+func (n *nodeServer) exported(volumeID string) (export.Device, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	dev, ok := n.devices[volumeID]
+	return dev, ok
+}
+
+// lockVolumeID takes the lock of a volume ID of this node's pool (NOT_FOUND for a malformed or
+// foreign one), for calls that must work also when the volume is gone from the pool.
+func (n *nodeServer) lockVolumeID(ctx context.Context, volumeID string) (unlock func(), err error) {
+	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
+		return nil, idError(err)
+	}
+	unlock, err = n.locks.lock(ctx, volumeID)
+	if err != nil {
+		return nil, ctxError(err)
+	}
+	return unlock, nil
 }
 
 func (n *nodeServer) isMountPoint(path string) (bool, error) {
@@ -245,20 +264,15 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	if staging == "" {
 		return nil, invalidf("staging_target_path is required")
 	}
-	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
-		return nil, idError(err)
-	}
-	unlock, err := n.locks.lock(ctx, volumeID)
+	unlock, err := n.lockVolumeID(ctx, volumeID)
 	if err != nil {
-		return nil, ctxError(err)
+		return nil, err
 	}
 	defer unlock()
 	if err := mount.CleanupMountPoint(staging, n.mounter, true); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount staging_target_path %s: %v", staging, err)
 	}
-	n.mu.Lock()
-	dev, ok := n.devices[volumeID]
-	n.mu.Unlock()
+	dev, ok := n.exported(volumeID)
 	if ok {
 		if err := dev.Close(); err != nil {
 			return nil, status.Errorf(codes.Internal, "tear down the export of volume %s: %v", volumeID, err)
@@ -314,9 +328,7 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	}
 	var source string
 	if c.GetBlock() != nil {
-		n.mu.Lock()
-		dev, ok := n.devices[req.GetVolumeId()]
-		n.mu.Unlock()
+		dev, ok := n.exported(req.GetVolumeId())
 		if !ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", req.GetVolumeId())
 		}
@@ -369,12 +381,9 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	case target == "":
 		return nil, invalidf("target_path is required")
 	}
-	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
-		return nil, idError(err)
-	}
-	unlock, err := n.locks.lock(ctx, volumeID)
+	unlock, err := n.lockVolumeID(ctx, volumeID)
 	if err != nil {
-		return nil, ctxError(err)
+		return nil, err
 	}
 	defer unlock()
 	// CleanupMountPoint unmounts (also a mount whose server is gone) and removes the directory;
@@ -492,9 +501,7 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	n.mu.Lock()
-	dev, ok := n.devices[req.GetVolumeId()]
-	n.mu.Unlock()
+	dev, ok := n.exported(req.GetVolumeId())
 	if !ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", req.GetVolumeId())
 	}
