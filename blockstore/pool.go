@@ -101,6 +101,7 @@ type Pool struct {
 	cleanNodes    int
 	maxCleanNodes int
 	nodeBlocks    uint64 // blocks held by tree nodes
+	maxHeight     uint8  // tallest volume tree seen since Open (sizes the metadata reserve)
 	catalogBlocks []uint64
 
 	lsn        uint64          // last LSN assigned
@@ -580,14 +581,6 @@ func (p *Pool) provisioned() uint64 {
 		s += v.size
 	}
 	return s
-}
-
-func (p *Pool) maxHeight() uint8 {
-	h := uint8(1)
-	for _, v := range p.vols {
-		h = max(h, v.t.height)
-	}
-	return h
 }
 
 // Close checkpoints the pool and releases the file. Volumes and views of it stop working.

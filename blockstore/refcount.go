@@ -266,7 +266,7 @@ func (p *Pool) catalogReserve() uint64 {
 // reserveBlocks is the number of blocks kept back from data writes so that the tree updates
 // that map them, and discards on a full pool, can always proceed.
 func (p *Pool) reserveBlocks() uint64 {
-	return p.catalogReserve() + 4*uint64(p.maxHeight()) + 32
+	return p.catalogReserve() + 4*uint64(p.maxHeight) + 32
 }
 
 // Allocation classes: what an allocation may dig into.

@@ -324,6 +324,7 @@ func (p *Pool) lift(t *tree, h uint8) error {
 		}
 		t.height++
 	}
+	p.maxHeight = max(p.maxHeight, t.height)
 	return nil
 }
 

@@ -54,6 +54,7 @@ func (v *volState) info() VolumeInfo {
 
 func (p *Pool) addVolume(v *volState) {
 	p.vols[v.id] = v
+	p.maxHeight = max(p.maxHeight, v.t.height)
 	if v.name != "" {
 		p.volNames[v.name] = v.id
 	}
