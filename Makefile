@@ -4,11 +4,13 @@
 #   make build   compile every package; binaries from cmd/* go to bin/
 #   make test    make deps and make lint, then every test with the race detector
 #   make lint    gofmt, go vet, staticcheck
-#   make bench   block store benchmark report (hack/bench.sh)
+#   make bench   benchmark report: block store, driver, data images (hack/bench.sh)
 #   make crash   block store crash tests (kill at many points, then recover)
 #   make soak    block store model-based tests with many random operations
 #   make fuzz    run every fuzz target (parsers, decoders, validators) for FUZZTIME (default 30s)
-#   make demo    data image from a sample backup, served as clones (not yet)
+#   make demo    data image from a pgbench backup, served as 3 clones (root; DEMO_SCALE=50)
+#   make manifests  regenerate the DataImage CRD and deepcopy, the chart's CRD copies, deploy/
+#   make images  OCI image archives (no container engine) of cmd/* into bin/images/
 #   make clean   remove build outputs
 
 GO ?= go
@@ -40,12 +42,13 @@ MODEL_OPS ?= 1000000
 
 # Packages whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
 # the package's testdata/fuzz/ and is a regression test from then on: commit it with the fix.
-FUZZ_PKGS ?= ./blockstore/internal/format ./blockstore/export ./driver ./imagebuilder ./imagebuilder/tarx
+FUZZ_PKGS ?= ./blockstore/internal/format ./blockstore/export ./driver ./imagebuilder ./imagebuilder/tarx \
+	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./imagebuilder/local
 FUZZTIME ?= 30s
 
 .DEFAULT_GOAL := build
 
-.PHONY: deps build test lint bench crash soak fuzz demo clean
+.PHONY: deps build test lint bench crash soak fuzz demo manifests images clean
 
 # Idempotent: quiet and quick when everything is already installed.
 deps:
@@ -102,15 +105,66 @@ fuzz:
 		done; \
 	done
 
-# Placeholder until the image-builder issue lands.
+# hack/demo.sh: a source PostgreSQL filled by pgbench (DEMO_SCALE, default 50: ~750 MB), its
+# base backup built into a data image, three clones of it; re-runnable. Needs root.
 demo:
-	@echo "make demo is not available yet; it arrives with the image-builder issue."
-	@echo "Then it will:"
-	@echo "  1. create an embedded, file-backed block store pool (no Kubernetes needed),"
-	@echo "  2. build a data image from a sample PostgreSQL backup in that pool,"
-	@echo "  3. serve thin writable clones of the image, each a PostgreSQL you can connect to,"
-	@echo "     created in milliseconds whatever the image's size."
-	@exit 1
+	GO=$(GO) hack/demo.sh
+
+# Kubernetes packaging (docs/kubernetes.md). Tools: hack/install-k8s-tools.sh.
+# manifests: controller-gen writes the deepcopy functions and the DataImage CRD (deploy/crd/,
+# copied into the chart); the snapshot CRDs are copied into the chart from the module cache at
+# the version go.mod requires; deploy/ is the chart rendered with its defaults (deploy/gen).
+SNAPSHOT_CLIENT := github.com/kubernetes-csi/external-snapshotter/client/v8
+manifests:
+	@hack/install-k8s-tools.sh
+	@echo "==> controller-gen: deepcopy and the DataImage CRD"
+	controller-gen object paths=./imagebuilder/apis/... crd:crdVersions=v1 output:crd:dir=deploy/crd
+	cp deploy/crd/dataimage.io_dataimages.yaml charts/dataimage/files/crds/
+	@echo "==> snapshot CRDs of $(SNAPSHOT_CLIENT)"
+	dir="$$($(GO) mod download -json $(SNAPSHOT_CLIENT) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')"; \
+	rm -f charts/dataimage/files/snapshot-crds/*.yaml; \
+	install -m 0644 "$$dir"/config/crd/*.storage.k8s.io_*.yaml charts/dataimage/files/snapshot-crds/
+	@echo "==> deploy/ from charts/dataimage"
+	$(GO) run ./deploy/gen -chart charts/dataimage -out deploy
+
+# images: static binaries (CGO_ENABLED=0) of whichever of the three commands have a main
+# package, each in an OCI archive built by hack/ociimage (docs/kubernetes.md, "Images"). The
+# plugin image adds the tools the plugin runs, copied from this machine with their shared
+# libraries (make deps installs them); the builder image adds cp, which its init container
+# runs; the controller image is its binary alone.
+IMAGE_REGISTRY ?= docker.io/dataimage
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/dataimage/Chart.yaml)
+IMAGES_DIR := $(BIN_DIR)/images
+IMAGE_PATH := PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+PLUGIN_HOST_FILES := /usr/sbin/mkfs.ext4 /usr/sbin/mkfs.xfs /usr/sbin/fsck /usr/sbin/fsck.ext4 \
+	/usr/sbin/fsck.xfs /usr/sbin/e2fsck /usr/sbin/resize2fs /usr/sbin/dumpe2fs /usr/sbin/tune2fs \
+	/usr/sbin/xfs_growfs /usr/sbin/xfs_io /usr/sbin/xfs_repair /usr/sbin/blkid \
+	/usr/sbin/blockdev /usr/sbin/losetup /usr/bin/mount /usr/bin/umount /usr/bin/fusermount3 \
+	/etc/mke2fs.conf /etc/fuse.conf
+IMAGE_ARGS_dataimage-csi := $(addprefix -host ,$(PLUGIN_HOST_FILES)) -dir /tmp:1777 -dir /run:0755 \
+	-symlink /etc/mtab=../proc/self/mounts -entrypoint /usr/local/bin/dataimage-csi
+IMAGE_ARGS_dataimage-builder := -host /usr/bin/cp -dir /dataimage/bin \
+	-entrypoint /usr/bin/cp -cmd /usr/local/bin/dataimage-builder -cmd /dataimage/bin/dataimage-builder
+IMAGE_ARGS_dataimage-controller := -user 65532:65532 -entrypoint /usr/local/bin/dataimage-controller
+images:
+	@mkdir -p $(IMAGES_DIR) $(BIN_DIR)/static
+	@for name in dataimage-csi dataimage-builder dataimage-controller; do \
+		if [ "$$($(GO) list -f '{{.Name}}' ./cmd/$$name 2>/dev/null)" != main ]; then \
+			echo "==> $$name: skipped, cmd/$$name has no main package yet"; continue; \
+		fi; \
+		echo "==> $$name: static binary"; \
+		CGO_ENABLED=0 $(GO) build -trimpath \
+			-ldflags "-s -w -X github.com/dataimage/dataimage/cmd/$$name/app.Version=$(IMAGE_TAG)" \
+			-o $(BIN_DIR)/static/$$name ./cmd/$$name; \
+		case $$name in \
+		dataimage-csi) args="$(IMAGE_ARGS_dataimage-csi)";; \
+		dataimage-builder) args="$(IMAGE_ARGS_dataimage-builder)";; \
+		dataimage-controller) args="$(IMAGE_ARGS_dataimage-controller)";; \
+		esac; \
+		$(GO) run ./hack/ociimage -o $(IMAGES_DIR)/$$name.tar -name $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) \
+			-file $(BIN_DIR)/static/$$name=/usr/local/bin/$$name -env $(IMAGE_PATH) \
+			-label org.opencontainers.image.version=$(IMAGE_TAG) $$args; \
+	done
 
 clean:
 	rm -rf $(BIN_DIR) coverage.out coverage.html cover.out *.coverprofile

@@ -77,7 +77,7 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		pool:      pool,
 		ids:       ids{tag: nodeTag(cfg.NodeID)},
 		exp:       nc.Exporter,
-		mounter:   &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: utilexec.New()},
+		mounter:   &mount.SafeFormatAndMount{Interface: newMounter(), Exec: utilexec.New()},
 		fsType:    nc.DefaultFSType,
 		locks:     newKeyLocks(),
 		devices:   make(map[string]export.Device),

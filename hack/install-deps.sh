@@ -5,7 +5,18 @@
 #
 #   system tools (apt, root only): mkfs.ext4 mkfs.xfs fusermount3 losetup
 #                                  qemu-img fio, and gcc for `go test -race`
+#   database engines (apt):        PostgreSQL (Debian's default, 15) and
+#                                  MariaDB (Debian's default, 10.11), server
+#                                  and client tools, for the image builder
 #   Go tools (go install):         staticcheck, pinned below
+#
+# The project runs its own database servers, on its own data directories,
+# sockets and ports. The packages' own services (Debian's "main" PostgreSQL
+# cluster, the system MariaDB on /var/lib/mysql) are kept out of the way: no
+# main cluster is created, and no service is started during the install (a
+# policy-rc.d refuses every start while apt runs, which also keeps the install
+# from failing where no init system runs, as in CI containers). Servers that
+# were already running before are left alone.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -28,7 +39,40 @@ declare -A apt_packages=(
 	[gcc]="gcc libc6-dev" # go test -race needs cgo
 )
 
+# db_packages are the database engines' packages, checked by package rather
+# than by command: the server binaries are not on PATH.
+db_packages=(postgresql postgresql-contrib postgresql-client mariadb-server mariadb-client)
+
 log() { echo "install-deps: $*" >&2; }
+
+installed() {
+	[[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+# no_service_starts keeps the packages' services from starting while apt runs:
+# postgresql-common reads createcluster.d, and every maintainer script starts
+# services through invoke-rc.d (or deb-systemd-invoke), which ask policy-rc.d.
+# An existing policy-rc.d (Docker images ship one) is left as it is.
+no_service_starts() {
+	mkdir -p /etc/postgresql-common/createcluster.d
+	printf '# written by dataimage hack/install-deps.sh: the project runs its own servers\ncreate_main_cluster = false\n' \
+		>/etc/postgresql-common/createcluster.d/dataimage.conf
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\n# dataimage hack/install-deps.sh: no service starts while it installs\nexit 101\n' \
+			>/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		trap 'exit 130' INT TERM
+	fi
+}
+
+# disable_services keeps freshly installed services from starting at the next
+# boot where systemd runs (without systemd, nothing starts them).
+disable_services() {
+	if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+		systemctl disable --now --quiet mariadb.service postgresql.service >/dev/null 2>&1 || true
+	fi
+}
 
 # System packages. Collect only the packages whose command is missing, then
 # run apt-get update and install once.
@@ -40,6 +84,17 @@ for cmd in "${!apt_packages[@]}"; do
 		missing+=(${apt_packages[$cmd]})
 	fi
 done
+missing_db=()
+if command -v dpkg-query >/dev/null 2>&1; then
+	for pkg in "${db_packages[@]}"; do
+		if ! installed "$pkg"; then
+			missing_db+=("$pkg")
+		fi
+	done
+elif ! PATH="$PATH:/usr/sbin:/sbin" command -v mariadbd >/dev/null 2>&1; then
+	missing_db=("${db_packages[@]}")
+fi
+missing+=("${missing_db[@]}")
 if ((${#missing[@]} > 0)); then
 	if [[ $(id -u) -ne 0 ]]; then
 		log "not root, skipping apt; missing packages: ${missing[*]}"
@@ -47,8 +102,22 @@ if ((${#missing[@]} > 0)); then
 		log "no apt-get, install these yourself: ${missing[*]}"
 	else
 		log "installing ${missing[*]}"
-		apt-get update -qq
-		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+		if ((${#missing_db[@]} > 0)); then
+			no_service_starts
+		fi
+		# The maintainer scripts talk a lot (locales, certificates, services not started):
+		# their output is shown only when the install fails.
+		apt_log="$(mktemp)"
+		if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$apt_log" 2>&1; then
+			cat "$apt_log" >&2
+			rm -f "$apt_log"
+			log "apt-get install failed"
+			exit 1
+		fi
+		rm -f "$apt_log"
+		if ((${#missing_db[@]} > 0)); then
+			disable_services
+		fi
 	fi
 fi
 
@@ -66,3 +135,7 @@ if ! command -v staticcheck >/dev/null 2>&1 && [[ ! -x "$gobin/staticcheck" ]]; 
 		"$GO" install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_FALLBACK"
 	fi
 fi
+
+# The Kubernetes packaging's tools (helm, controller-gen, kustomize), which the
+# deploy/ and charts/ tests run.
+"$(dirname "$0")/install-k8s-tools.sh"

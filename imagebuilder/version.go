@@ -83,3 +83,8 @@ func isDigits(s string) bool {
 	}
 	return true
 }
+
+// CompareVersions orders two engine versions the way Match does: component by component, two
+// all-digit components as numbers, others as text; a version that runs out of components first
+// is lower. The result is negative, zero or positive.
+func CompareVersions(a, b string) int { return compareVersions(a, b) }

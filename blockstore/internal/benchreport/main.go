@@ -292,13 +292,30 @@ func run(c config) error {
 	md := rep.markdown()
 	fmt.Print(md)
 	if c.write {
-		if err := writeFileAtomic(c.out, []byte(md)); err != nil {
+		if err := writeFileAtomic(c.out, []byte(md+keptPart(c.out))); err != nil {
 			return err
 		}
 		b.logf("wrote %s", c.out)
 	}
 	b.logf("done in %s", rep.elapsed.Round(time.Second))
 	return nil
+}
+
+// imageMarker starts the data image part of the report file, written by
+// imagebuilder/internal/imagebench; rewriting the block store part keeps it.
+const imageMarker = "<!-- imagebench:"
+
+// keptPart returns the data image part of the report file at path ("" if none).
+func keptPart(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	i := strings.Index(string(old), imageMarker)
+	if i < 0 {
+		return ""
+	}
+	return "\n" + string(old[i:])
 }
 
 // writeProfile writes the named runtime/pprof profile to path.

@@ -1,0 +1,173 @@
+package v1alpha1
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/dataimage/dataimage/imagebuilder"
+)
+
+// ControllerConfigKind is the kind of the DataImage controller's configuration file.
+const ControllerConfigKind = "ControllerConfig"
+
+// ControllerConfig is the DataImage controller's configuration file (its --config flag; the
+// chart writes it into a ConfigMap). It is not a served resource: apiVersion
+// dataimage.io/v1alpha1, kind ControllerConfig, decoded strictly.
+type ControllerConfig struct {
+	// APIVersion is dataimage.io/v1alpha1.
+	APIVersion string `json:"apiVersion"`
+	// Kind is ControllerConfig.
+	Kind string `json:"kind"`
+	// Engines are the engines builds can use, by engine name (postgres, mysql, mariadb).
+	Engines map[string]EngineConfig `json:"engines"`
+	// Builder is the image that supplies the builder binary to build Jobs.
+	Builder ImageConfig `json:"builder"`
+	// StorageClassName is the default class of build PVCs.
+	StorageClassName string `json:"storageClassName"`
+	// VolumeSnapshotClassName is the class of the images' VolumeSnapshots.
+	VolumeSnapshotClassName string `json:"volumeSnapshotClassName"`
+	// DefaultVolumeSize is the build volume's size when a DataImage gives none.
+	DefaultVolumeSize resource.Quantity `json:"defaultVolumeSize"`
+	// DefaultLifetime is the lifetime of images whose definition has none: "0" (never) or
+	// <n>s, <n>m, <n>h.
+	DefaultLifetime string `json:"defaultLifetime"`
+	// BuildNodeSelector and BuildTolerations place build pods on cloning nodes (the nodes that
+	// run the plugin).
+	BuildNodeSelector map[string]string   `json:"buildNodeSelector,omitempty"`
+	BuildTolerations  []corev1.Toleration `json:"buildTolerations,omitempty"`
+	// BuildResources are the build container's resources when a DataImage gives none.
+	BuildResources corev1.ResourceRequirements `json:"buildResources,omitzero"`
+	// BuildActiveDeadlineSeconds bounds a build when a DataImage gives no bound (0: none).
+	BuildActiveDeadlineSeconds int64 `json:"buildActiveDeadlineSeconds,omitempty"`
+}
+
+// EngineConfig is one engine the controller builds images with.
+type EngineConfig struct {
+	// Image is the engine's container image, with "{version}" standing for the version, e.g.
+	// "docker.io/library/postgres:{version}".
+	Image string `json:"image"`
+	// Versions are the versions definitions may name (see imagebuilder.Versions.Match): "16"
+	// matches an available "16"; list the versions whose images exist.
+	Versions []string `json:"versions"`
+}
+
+// ImageConfig is a container image and its pull policy.
+type ImageConfig struct {
+	Image      string            `json:"image"`
+	PullPolicy corev1.PullPolicy `json:"pullPolicy,omitempty"`
+}
+
+// EngineImage returns the engine image for engine and version: the Image template with
+// "{version}" replaced.
+func (c *ControllerConfig) EngineImage(engine imagebuilder.Engine, version string) (string, bool) {
+	e, ok := c.Engines[string(engine)]
+	if !ok {
+		return "", false
+	}
+	return strings.ReplaceAll(e.Image, "{version}", version), true
+}
+
+// ValidationEnv returns what DataImageSpec.Validate checks definitions against: the engines'
+// versions and the default lifetime.
+func (c *ControllerConfig) ValidationEnv() (imagebuilder.ValidationEnv, error) {
+	env := imagebuilder.ValidationEnv{Versions: imagebuilder.Versions{}}
+	for name, e := range c.Engines {
+		env.Versions[imagebuilder.Engine(name)] = append([]string(nil), e.Versions...)
+	}
+	l, err := imagebuilder.ParseLifetime(c.DefaultLifetime)
+	if err != nil {
+		return env, fmt.Errorf("v1alpha1: controller config: defaultLifetime: %w", err)
+	}
+	env.DefaultLifetime = l
+	return env, nil
+}
+
+// Validate checks the configuration and reports every problem, one per field, in field order.
+func (c *ControllerConfig) Validate() error {
+	var ps []string
+	add := func(field, format string, args ...any) {
+		ps = append(ps, field+": "+fmt.Sprintf(format, args...))
+	}
+	if c.APIVersion != SchemeGroupVersion.String() {
+		add("apiVersion", "must be %s, got %q", SchemeGroupVersion, c.APIVersion)
+	}
+	if c.Kind != ControllerConfigKind {
+		add("kind", "must be %s, got %q", ControllerConfigKind, c.Kind)
+	}
+	if len(c.Engines) == 0 {
+		add("engines", "at least one engine is required")
+	}
+	names := make([]string, 0, len(c.Engines))
+	for name := range c.Engines {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		e := c.Engines[name]
+		field := "engines." + name
+		if engine, ok := imagebuilder.ParseEngine(name); !ok || string(engine) != name {
+			add(field, "must be one of postgres, mysql, mariadb")
+		}
+		if !strings.Contains(e.Image, "{version}") {
+			add(field+".image", "must contain {version}, got %q", e.Image)
+		}
+		if len(e.Versions) == 0 {
+			add(field+".versions", "at least one version is required")
+		}
+	}
+	if c.Builder.Image == "" {
+		add("builder.image", "required")
+	}
+	switch c.Builder.PullPolicy {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		add("builder.pullPolicy", "must be Always, IfNotPresent or Never, got %q", c.Builder.PullPolicy)
+	}
+	if c.StorageClassName == "" {
+		add("storageClassName", "required")
+	}
+	if c.VolumeSnapshotClassName == "" {
+		add("volumeSnapshotClassName", "required")
+	}
+	if c.DefaultVolumeSize.Sign() <= 0 {
+		add("defaultVolumeSize", "must be positive, got %s", c.DefaultVolumeSize.String())
+	}
+	if _, err := imagebuilder.ParseLifetime(c.DefaultLifetime); err != nil {
+		add("defaultLifetime", "must be 0 or <n>s, <n>m, <n>h, got %q", c.DefaultLifetime)
+	}
+	if c.BuildActiveDeadlineSeconds < 0 {
+		add("buildActiveDeadlineSeconds", "must not be negative, got %d", c.BuildActiveDeadlineSeconds)
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, strings.Join(ps, "; "))
+}
+
+// ParseControllerConfig decodes a configuration file strictly (unknown and duplicate fields are
+// errors, field names are case-sensitive) and validates it. Errors match ErrInvalidConfig.
+func ParseControllerConfig(data []byte) (*ControllerConfig, error) {
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	var c ControllerConfig
+	strict, err := kjson.UnmarshalStrict(j, &c)
+	if err == nil && len(strict) > 0 {
+		err = errors.Join(strict...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}

@@ -1,0 +1,143 @@
+// Package builder builds a data image's content: it fills a fresh, empty file system (the root
+// of a volume) with a database instance made from an image definition, and leaves it stopped
+// cleanly, ready to be frozen as an image. It does not care where it runs: the local daemon
+// calls it on a mounted pool volume, a Kubernetes Job on a mounted PVC.
+//
+// # Steps
+//
+// A build runs these steps, each reported through Request.Progress and timed in Result.Steps:
+//
+//	empty:    init -> start -> checkpoint -> stop
+//	logical:  init -> start -> prescript -> restore -> postscript -> checkpoint -> stop
+//	physical: restore -> start -> prescript -> postscript -> checkpoint -> stop
+//
+// Logical backups (dumps) are restored through the running server, in the definition's order,
+// after the preScript, so that it can prepare the instance (roles, extensions, settings) for
+// them. A physical backup (a base backup) is the whole instance: it is restored before any
+// server can run, and the server it starts recovers it to consistency; there is nothing a script
+// could prepare that the restore would not replace, so the preScript runs once the restored
+// server is up, just before the postScript.
+//
+// # Databases and scripts
+//
+// The definition's initialDatabaseName is created at init for empty and logical builds
+// (single-database dumps are restored into it; without it, into the engine's default database).
+// When a backup makes its own databases (pg_dumpall), it is created after the restores if the
+// dumps did not make it, and for physical builds once the server is up if the backup lacks it.
+// Scripts run as the engine's administrative user in initialDatabaseName when it exists at that
+// point, else in the engine's default database; they are files under the backup root, read
+// through an os.Root so that no path or link leads out of it.
+//
+// # Failures
+//
+// Every failure of a step is a *StepError naming the step, with the tail of the server's log
+// when a server ran; all errors match ErrBuild. The server is stopped (killed past a deadline)
+// before Build returns; what is left in Root is the caller's to discard.
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb"
+	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
+)
+
+// The steps of a build, as Event.Step, StepTime.Step and StepError.Step name them.
+const (
+	StepInit       = "init"
+	StepRestore    = "restore"
+	StepStart      = "start"
+	StepPreScript  = "prescript"
+	StepPostScript = "postscript"
+	StepCheckpoint = "checkpoint"
+	StepStop       = "stop"
+)
+
+// Request is what to build and where.
+type Request struct {
+	// Definition is the image definition, already validated against Env.
+	Definition *imagebuilder.Definition
+	// Env is what the definition was validated against: the backup root its backup and
+	// script paths are relative to, the engine versions, the default lifetime.
+	Env imagebuilder.ValidationEnv
+	// Engines are the installed engines; the definition's engine and version pick one.
+	Engines engine.Set
+	// Root is the fresh, empty file system the instance is built in (a mounted volume); the
+	// engine's data directory is engine.DataDir(Root). Its parents must be traversable by the
+	// server's user.
+	Root string
+	// RuntimeDir holds the server's socket, log and generated files during the build. It is
+	// outside Root, exists or is made, and is given to the server's user; its parents must be
+	// traversable by that user, and its path short (Unix socket paths are limited to 107
+	// bytes).
+	RuntimeDir string
+	// RunAs is the OS user the server runs as ("" = the engine's default).
+	RunAs string
+	// Progress, if set, receives the build's events, from one goroutine at a time.
+	Progress func(Event)
+	// Logger receives the build's structured log (nil = none).
+	Logger *slog.Logger
+}
+
+// Event is one progress report of a build (local.BuildEvent has the same meaning).
+type Event struct {
+	// Step is the step running (StepInit, ...).
+	Step string
+	// Message says what happens, for people.
+	Message string
+	// Done and Total are the bytes of backup input restored so far and in all (Total is 0 when
+	// the event has no byte count).
+	Done, Total int64
+	// Log is one line of the server's log, when the event forwards one.
+	Log string
+}
+
+// Result describes a finished build.
+type Result struct {
+	Engine  imagebuilder.Engine
+	Version string // the engine version the image was built with
+	// DataState is the point in time the data holds: the latest a backup records.
+	DataState engine.DataState
+	Lifetime  imagebuilder.Lifetime
+	// DataBytes is the disk space the data directory takes (allocated blocks).
+	DataBytes int64
+	// Steps are the steps run, in order, with how long each took.
+	Steps []StepTime
+}
+
+// StepTime is how long one step took.
+type StepTime struct {
+	Step     string
+	Duration time.Duration
+}
+
+// Build builds the image req describes into req.Root. See the package documentation for the
+// steps and what happens on failure.
+func Build(ctx context.Context, req Request) (*Result, error) {
+	b, err := newBuild(req)
+	if err != nil {
+		return nil, err
+	}
+	return b.run(ctx)
+}
+
+// Discover returns every engine installed on this machine: the PostgreSQL and MariaDB/MySQL
+// servers the adapters find in their standard places. An installation that cannot be used is
+// skipped; the error is returned only when no engine is found at all.
+func Discover() (engine.Set, error) {
+	pg, pgErr := postgres.Discover(postgres.Options{})
+	my, myErr := mariadb.Discover(mariadb.Options{})
+	set := append(engine.Set(pg), my...)
+	if len(set) == 0 {
+		if err := errors.Join(pgErr, myErr); err != nil {
+			return nil, fmt.Errorf("builder: discover engines: %w", err)
+		}
+	}
+	return set, nil
+}

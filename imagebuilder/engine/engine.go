@@ -1,0 +1,216 @@
+// Package engine is the adapter between the image builder and a database server: one Engine per
+// engine kind and version installed on the machine (PostgreSQL 15, MariaDB 10.11, ...), found by
+// Discover. An Engine makes an empty instance (Init), starts a server on an instance's data
+// directory (Start) and restores physical backups into a data directory before the server starts
+// (RestorePhysical); a running Instance runs SQL scripts, restores logical backups, checkpoints
+// and stops cleanly.
+//
+// Every adapter runs the real server and the real client tools of its engine; nothing here
+// speaks a wire protocol. Adding an engine is implementing Engine and Instance and listing the
+// adapter in Discover.
+//
+// # Layout of an instance
+//
+// An instance lives in one directory, the root of a volume's file system: the engine's data
+// directory is DataDir(root) (root/data), owned by the user the server runs as. Everything the
+// server needs that is not data (sockets, generated access rules, the server's log, the pid
+// file) lives in a runtime directory outside the volume, given to Start, so an image holds data
+// only and each clone brings its own access rules.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dataimage/dataimage/imagebuilder"
+)
+
+// Errors. Adapters wrap them with %w and the context (engine, file, command).
+var (
+	// ErrNotFound: no installed engine matches (kind, version).
+	ErrNotFound = errors.New("engine: not installed")
+	// ErrFormat: a backup's content is not in a format the engine restores, or not the format
+	// it was said to be in.
+	ErrFormat = errors.New("engine: unrecognized backup format")
+	// ErrServer: the server failed to start, stopped unexpectedly, or refused a script. The
+	// *ServerError carrying it has the tail of the server's log.
+	ErrServer = errors.New("engine: server failed")
+)
+
+// DataDir is where an instance rooted at root keeps its data directory.
+func DataDir(root string) string { return filepath.Join(root, "data") }
+
+// Engine is one installed engine at one version.
+type Engine interface {
+	// Kind is the engine: imagebuilder.EnginePostgres, EngineMariaDB or EngineMySQL.
+	Kind() imagebuilder.Engine
+	// Version is the full version of the server binary, e.g. "15.18" or "10.11.19".
+	Version() string
+	// Init makes an empty instance under root (DataDir(root) must not exist yet): initdb or
+	// mariadb-install-db. The instance's administrative user is AdminUser.
+	Init(ctx context.Context, root string, opts InitOptions) error
+	// Detect names the format of the backup at path (a file, or a directory of files), by
+	// content, or fails with ErrFormat naming what it found.
+	Detect(path string) (imagebuilder.BackupFormat, error)
+	// Physical reports whether format restores files into the data directory before the server
+	// starts (pg_basebackup tar) rather than through a running server (dumps).
+	Physical(format imagebuilder.BackupFormat) bool
+	// RestorePhysical restores physical backups (in the order given, e.g. base.tar then
+	// pg_wal.tar) into DataDir(root), which must not exist yet, so that the next Start recovers
+	// to consistency. It records the data's point in time in the returned DataState.
+	RestorePhysical(ctx context.Context, root string, backups []BackupFile, opts RestoreOptions) (DataState, error)
+	// Start starts a server on the instance under root and waits until it accepts
+	// connections (or recovery finishes and it does). The context bounds the start only; the
+	// server runs until Instance.Stop.
+	Start(ctx context.Context, root string, opts StartOptions) (Instance, error)
+}
+
+// Instance is a running server.
+type Instance interface {
+	// Conn says how to reach the server.
+	Conn() ConnInfo
+	// Exec runs the SQL script read from r in database db ("" = the default) with the engine's
+	// client (psql -v ON_ERROR_STOP=1, mariadb), stopping at the first error.
+	Exec(ctx context.Context, db string, r io.Reader) error
+	// Query runs one SQL statement and returns its output as the client prints it unaligned
+	// and without headers (psql -At, mariadb -N -B), for checks and tests.
+	Query(ctx context.Context, db, sql string) (string, error)
+	// CreateDatabase creates database name if it does not exist.
+	CreateDatabase(ctx context.Context, name string) error
+	// RestoreLogical restores a logical backup (a dump) through the server. The data's point in
+	// time is taken from the dump when it records one.
+	RestoreLogical(ctx context.Context, b BackupFile, opts RestoreOptions) (DataState, error)
+	// SetPassword sets the password of the administrative user for TCP connections (creating
+	// the TCP account where the engine separates accounts by host).
+	SetPassword(ctx context.Context, password string) error
+	// Checkpoint makes everything written so far durable in the data files.
+	Checkpoint(ctx context.Context) error
+	// Stop shuts the server down cleanly (PostgreSQL fast shutdown, MariaDB shutdown) and
+	// waits for it; past the context's deadline it kills it and says so.
+	Stop(ctx context.Context) error
+	// Done is closed when the server process has exited, for whatever reason.
+	Done() <-chan struct{}
+	// PID is the server's process ID.
+	PID() int
+	// LogTail returns the last n lines of the server's log.
+	LogTail(n int) string
+}
+
+// ConnInfo says how to reach a running server.
+type ConnInfo struct {
+	Engine imagebuilder.Engine
+	// Host and Port of the TCP listener; Port 0 when the server listens on its socket only.
+	Host string
+	Port int
+	// Socket is the Unix socket's path (PostgreSQL: its directory).
+	Socket   string
+	User     string
+	Password string
+	Database string
+}
+
+// InitOptions are Init's options.
+type InitOptions struct {
+	// RunAs is the OS user the server runs as ("" = the engine's default, "postgres" or
+	// "mysql"; ignored unless running as root).
+	RunAs string
+	// Database is a database to create besides the engine's own ("" = none).
+	Database string
+}
+
+// StartOptions are Start's options.
+type StartOptions struct {
+	// RuntimeDir holds the socket, the generated access rules, the log and the pid file. It
+	// must exist and should be short (Unix socket paths are limited to 107 bytes).
+	RuntimeDir string
+	// RunAs: see InitOptions.
+	RunAs string
+	// ListenAddress and Port of the TCP listener; Port 0 means no TCP listener (builds).
+	ListenAddress string
+	Port          int
+	// Settings are extra server settings (name = value), e.g. shared_buffers.
+	Settings map[string]string
+	// Output, if set, receives the server's log lines as they are written (besides the log
+	// file), e.g. to stream a build's log.
+	Output io.Writer
+}
+
+// RestoreOptions are the restores' options.
+type RestoreOptions struct {
+	// RunAs: see InitOptions.
+	RunAs string
+	// Database is the database a single-database dump is restored into ("" = the engine's
+	// default database).
+	Database string
+	// Progress, if set, is called with the bytes of backup input consumed so far, at most a few
+	// times a second and once at the end.
+	Progress func(done int64)
+}
+
+// BackupFile is one backup of a definition, resolved to a path on this machine.
+type BackupFile struct {
+	Path   string
+	Format imagebuilder.BackupFormat // never FormatDetect: callers run Detect first
+	Size   int64                     // bytes (the sum of the files, for a directory)
+}
+
+// DataState is the point in time a restored backup holds.
+type DataState struct {
+	// Time is when the data was as restored (a base backup's start, a dump's creation); zero
+	// if the backup does not say.
+	Time time.Time
+	// Source says where Time came from, e.g. "backup_label START TIME".
+	Source string
+}
+
+// ServerError is a failure of the server or of a client tool, with the tail of the server's log.
+type ServerError struct {
+	Op      string // what was being done: "start", "exec", "pg_restore", ...
+	Err     error
+	LogTail string
+}
+
+func (e *ServerError) Error() string {
+	msg := e.Op + ": " + e.Err.Error()
+	if e.LogTail != "" {
+		msg += "\nserver log (last lines):\n" + e.LogTail
+	}
+	return msg
+}
+
+func (e *ServerError) Unwrap() []error { return []error{ErrServer, e.Err} }
+
+// Set is the engines installed on a machine.
+type Set []Engine
+
+// Versions lists the set's versions by engine, for imagebuilder.ValidationEnv.
+func (s Set) Versions() imagebuilder.Versions {
+	v := imagebuilder.Versions{}
+	for _, e := range s {
+		v[e.Kind()] = append(v[e.Kind()], e.Version())
+	}
+	return v
+}
+
+// Lookup returns the engine of kind that version names (see imagebuilder.Versions.Match).
+func (s Set) Lookup(kind imagebuilder.Engine, version string) (Engine, error) {
+	match, ok := s.Versions().Match(kind, version)
+	if !ok {
+		avail := s.Versions()[kind]
+		if len(avail) == 0 {
+			return nil, fmt.Errorf("%w: %s %s (no %s server on this machine)", ErrNotFound, kind, version, kind)
+		}
+		return nil, fmt.Errorf("%w: %s %s (available: %s)", ErrNotFound, kind, version, strings.Join(avail, ", "))
+	}
+	for _, e := range s {
+		if e.Kind() == kind && e.Version() == match {
+			return e, nil
+		}
+	}
+	panic("engine: Versions and the set disagree") // unreachable: Versions is built from s
+}

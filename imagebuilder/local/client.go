@@ -1,0 +1,370 @@
+package local
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/dataimage/dataimage/imagebuilder/engine"
+)
+
+// Client is Service over a daemon's socket. Its errors are *Error with the kind the daemon
+// reported, so errors.Is(err, ErrHasClones) works as it does in the daemon; a daemon that does
+// not answer is ErrUnavailable.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+var (
+	_ Service = (*Client)(nil)
+	_ Service = (*Daemon)(nil)
+)
+
+// ConnectOptions are Connect's options.
+type ConnectOptions struct {
+	// Start starts a daemon when none answers: Executable with DaemonArgs, detached (its own
+	// session), its output appended to the home's daemon.log.
+	Start bool
+	// Executable is the daemon's program ("" = this program).
+	Executable string
+	DaemonArgs []string
+	// Timeout bounds the wait for a started daemon to answer (default 60s: a daemon restarts
+	// its clones before it answers).
+	Timeout time.Duration
+}
+
+// Connect returns a client of the daemon serving home ("" = DefaultHome), starting one if asked
+// and none answers.
+func Connect(ctx context.Context, home string, opts ConnectOptions) (*Client, error) {
+	if home == "" {
+		home = DefaultHome
+	}
+	home, err := filepath.Abs(home)
+	if err != nil {
+		return nil, fmt.Errorf("local: home: %w", err)
+	}
+	c := newClient(SocketPath(home))
+	err = c.ping(ctx)
+	if err == nil || !opts.Start || !errors.Is(err, ErrUnavailable) {
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	if err := startDaemon(ctx, c, home, opts); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func newClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// Close releases the client's idle connections.
+func (c *Client) Close() error {
+	c.hc.CloseIdleConnections()
+	return nil
+}
+
+// ping asks the daemon whether it answers.
+func (c *Client) ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var h healthResponse
+	return c.do(ctx, http.MethodGet, "/v1/health", nil, &h)
+}
+
+// startDaemon starts a daemon for home and waits until it answers at c's socket. When the
+// started process exits first, another daemon that took the home's lock meanwhile (a concurrent
+// start) is waited for instead; else its log's tail says why.
+func startDaemon(ctx context.Context, c *Client, home string, opts ConnectOptions) error {
+	exe := opts.Executable
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("local: start daemon: %w", err)
+		}
+	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	if err := os.MkdirAll(home, 0o711); err != nil {
+		return fmt.Errorf("local: start daemon: %w", err)
+	}
+	logPath := LogPath(home)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("local: start daemon: %w", err)
+	}
+	cmd := exec.Command(exe, opts.DaemonArgs...)
+	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("local: start daemon %s: %w", exe, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the dataimage daemon started for %s (pid %d) did not answer within %v; its log %s ends with:\n%s",
+				home, cmd.Process.Pid, timeout, logPath, engine.TailFile(logPath, 20))}
+		case err := <-exited:
+			exited = nil
+			if !lockHeld(home) {
+				return &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the dataimage daemon started for %s exited (%v); its log %s ends with:\n%s",
+					home, err, logPath, engine.TailFile(logPath, 20))}
+			}
+			// Another daemon holds the home: wait for it to answer.
+		case <-tick.C:
+			if err := c.ping(ctx); err == nil {
+				return nil
+			}
+		}
+	}
+}
+
+// lockHeld reports whether a daemon holds home's lock.
+func lockHeld(home string) bool {
+	f, err := os.Open(filepath.Join(home, "daemon.lock"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		return errors.Is(err, syscall.EWOULDBLOCK)
+	}
+	return false
+}
+
+// do sends a request with body (JSON, if not nil) and decodes the answer into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.send(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return responseError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("local: %s %s: decode the daemon's answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("local: encode request: %w", err)
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://dataimage"+path, r)
+	if err != nil {
+		return nil, fmt.Errorf("local: %s %s: %w", method, path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("local: %s %s: %w", method, path, ctx.Err())
+		}
+		return nil, &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("no dataimage daemon answers at %s: %v", c.socket, unwrapURLError(err))}
+	}
+	return resp, nil
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// responseError decodes a failure's wireError.
+func responseError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var we wireError
+	if err := json.Unmarshal(b, &we); err != nil || we.Message == "" {
+		return fmt.Errorf("local: the daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return we.err()
+}
+
+// BuildImage implements Service.
+func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func(BuildEvent)) (*Image, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/images", req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return nil, responseError(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var line buildLine
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			return nil, fmt.Errorf("local: build: decode the daemon's stream: %w", err)
+		}
+		switch {
+		case line.Event != nil:
+			if progress != nil {
+				progress(*line.Event)
+			}
+		case line.Image != nil:
+			return line.Image, nil
+		case line.Error != nil:
+			return nil, line.Error.err()
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("local: build: %w", ctx.Err())
+		}
+		return nil, &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the daemon's build stream broke: %v", err)}
+	}
+	return nil, &Error{Kind: ErrUnavailable, Message: "the daemon's build stream ended without a result (did the daemon stop?)"}
+}
+
+// Images implements Service.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	var out []Image
+	return out, c.do(ctx, http.MethodGet, "/v1/images", nil, &out)
+}
+
+// Image implements Service.
+func (c *Client) Image(ctx context.Context, name string) (*Image, error) {
+	var out Image
+	if err := c.do(ctx, http.MethodGet, "/v1/images/"+url.PathEscape(name), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeleteImage implements Service.
+func (c *Client) DeleteImage(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/images/"+url.PathEscape(name), nil, nil)
+}
+
+// ImageFromClone implements Service.
+func (c *Client) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) (*Image, error) {
+	var out Image
+	if err := c.do(ctx, http.MethodPost, "/v1/images/from-clone", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CreateClone implements Service.
+func (c *Client) CreateClone(ctx context.Context, req CloneRequest) (*Clone, error) {
+	return c.clone(ctx, http.MethodPost, "/v1/clones", req)
+}
+
+// Clones implements Service.
+func (c *Client) Clones(ctx context.Context) ([]Clone, error) {
+	var out []Clone
+	return out, c.do(ctx, http.MethodGet, "/v1/clones", nil, &out)
+}
+
+// Clone implements Service.
+func (c *Client) Clone(ctx context.Context, name string) (*Clone, error) {
+	return c.clone(ctx, http.MethodGet, "/v1/clones/"+url.PathEscape(name), nil)
+}
+
+// DeleteClone implements Service.
+func (c *Client) DeleteClone(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/clones/"+url.PathEscape(name), nil, nil)
+}
+
+// StopClone implements Service.
+func (c *Client) StopClone(ctx context.Context, name string) (*Clone, error) {
+	return c.clone(ctx, http.MethodPost, "/v1/clones/"+url.PathEscape(name)+"/stop", nil)
+}
+
+// StartClone implements Service.
+func (c *Client) StartClone(ctx context.Context, name string) (*Clone, error) {
+	return c.clone(ctx, http.MethodPost, "/v1/clones/"+url.PathEscape(name)+"/start", nil)
+}
+
+// ResetClone implements Service.
+func (c *Client) ResetClone(ctx context.Context, name, to string) (*Clone, error) {
+	return c.clone(ctx, http.MethodPost, "/v1/clones/"+url.PathEscape(name)+"/reset", resetRequest{To: to})
+}
+
+// SaveClone implements Service.
+func (c *Client) SaveClone(ctx context.Context, name, revision string) (*Revision, error) {
+	var out Revision
+	if err := c.do(ctx, http.MethodPost, "/v1/clones/"+url.PathEscape(name)+"/save", saveRequest{Revision: revision}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func (c *Client) clone(ctx context.Context, method, path string, body any) (*Clone, error) {
+	var out Clone
+	if err := c.do(ctx, method, path, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// PoolStatus implements Service.
+func (c *Client) PoolStatus(ctx context.Context) (*PoolStatus, error) {
+	var out PoolStatus
+	if err := c.do(ctx, http.MethodGet, "/v1/pool", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CheckPool implements Service.
+func (c *Client) CheckPool(ctx context.Context, repair bool) (*CheckReport, error) {
+	var out CheckReport
+	if err := c.do(ctx, http.MethodPost, "/v1/pool/check", checkRequest{Repair: repair}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
