@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -214,7 +215,11 @@ func (b *build) buildPhysical(ctx context.Context, backups []engine.BackupFile) 
 	}
 	total := totalSize(backups)
 	err := b.do(StepRestore, fmt.Sprintf("restoring %d physical backup file(s) into %s", len(backups), engine.DataDir(b.req.Root)), func() (err error) {
-		b.report(Event{Step: StepRestore, Message: "restoring", Total: total})
+		names := make([]string, len(backups))
+		for i, bf := range backups {
+			names[i] = filepath.Base(bf.Path)
+		}
+		b.report(Event{Step: StepRestore, Message: fmt.Sprintf("extracting %s (%s)", strings.Join(names, ", "), formatSize(total)), Total: total})
 		state, err = b.eng.RestorePhysical(ctx, b.req.Root, backups, engine.RestoreOptions{
 			RunAs:    b.req.RunAs,
 			Progress: func(done int64) { b.report(Event{Step: StepRestore, Done: min(done, total), Total: total}) },
@@ -434,4 +439,18 @@ func allocatedBytes(dir string) (int64, error) {
 		return nil
 	})
 	return n, err
+}
+
+// formatSize prints a byte count in binary units, for messages.
+func formatSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, i := float64(n)/unit, 0
+	for f >= unit && i < 4 {
+		f /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %ciB", f, "KMGTP"[i])
 }
