@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -176,46 +175,9 @@ func mariaSource(t *testing.T, e engine.Engine, scripts map[string]string) *mari
 	return b
 }
 
-// mariaRecorder records a build's events.
-type mariaRecorder struct {
-	mu     sync.Mutex
-	events []Event
-}
-
-func (r *mariaRecorder) record(ev Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, ev)
-}
-
-// steps returns the steps of the events that are not log lines, without repeats.
-func (r *mariaRecorder) steps() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for _, ev := range r.events {
-		if ev.Log == "" && (len(out) == 0 || out[len(out)-1] != ev.Step) {
-			out = append(out, ev.Step)
-		}
-	}
-	return out
-}
-
-// log returns the server's log lines, each after its step.
-func (r *mariaRecorder) log() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var b strings.Builder
-	for _, ev := range r.events {
-		if ev.Log != "" {
-			b.WriteString(ev.Step + ": " + ev.Log + "\n")
-		}
-	}
-	return b.String()
-}
 
 // mariaBuild validates def against the set and backupRoot, and builds it into a new root.
-func mariaBuild(t *testing.T, set engine.Set, backupRoot, def string, rec *mariaRecorder) (*Result, string, string, error) {
+func mariaBuild(t *testing.T, set engine.Set, backupRoot, def string, rec *recorder) (*Result, string, string, error) {
 	t.Helper()
 	d, err := imagebuilder.ParseDefinition([]byte(def))
 	if err != nil {
@@ -275,11 +237,11 @@ func majorMinor(v string) string {
 func TestMariaDBBuildEmpty(t *testing.T) {
 	t.Parallel()
 	e, set := mariaEngine(t)
-	rec := &mariaRecorder{}
+	rec := &recorder{}
 	res, root, run, err := mariaBuild(t, set, "", "name: scratch\nengine: MariaDB\nversion: \""+majorMinor(e.Version())+
 		"\"\nsourceType: empty\ninitialDatabaseName: app_dev\n", rec)
 	if err != nil {
-		t.Fatalf("%v\n%s", err, rec.log())
+		t.Fatalf("%v\n%s", err, rec.logText())
 	}
 	want := []string{StepInit, StepStart, StepCheckpoint, StepStop}
 	if got := mariaSteps(res); !slices.Equal(got, want) {
@@ -291,7 +253,7 @@ func TestMariaDBBuildEmpty(t *testing.T) {
 	if res.Engine != imagebuilder.EngineMariaDB || res.Version != e.Version() || res.DataBytes < 10<<20 {
 		t.Fatalf("result = %+v", res)
 	}
-	log := rec.log()
+	log := rec.logText()
 	if !strings.Contains(log, "start: ") || !strings.Contains(log, "ready for connections") || !strings.Contains(log, "Shutdown complete") {
 		t.Fatalf("the server's log lines are not in the events:\n%s", log)
 	}
@@ -319,7 +281,7 @@ func TestMariaDBBuildDump(t *testing.T) {
 	})
 
 	t.Run("one database", func(t *testing.T) {
-		rec := &mariaRecorder{}
+		rec := &recorder{}
 		res, root, run, err := mariaBuild(t, set, b.root, `name: shop-masked
 engine: mariadb
 version: "`+majorMinor(e.Version())+`"
@@ -332,7 +294,7 @@ postScript: scripts/post.sql
 lifetime: 0
 `, rec)
 		if err != nil {
-			t.Fatalf("%v\n%s", err, rec.log())
+			t.Fatalf("%v\n%s", err, rec.logText())
 		}
 		want := []string{StepInit, StepStart, StepPreScript, StepRestore, StepPostScript, StepCheckpoint, StepStop}
 		if got := mariaSteps(res); !slices.Equal(got, want) {
@@ -376,11 +338,11 @@ lifetime: 0
 
 	t.Run("databases gzip", func(t *testing.T) {
 		// A gzip'd --databases dump makes its own database: no initial database needed.
-		rec := &mariaRecorder{}
+		rec := &recorder{}
 		res, root, _, err := mariaBuild(t, set, b.root, "name: shop-all\nengine: mariadb\nversion: \""+e.Version()+
 			"\"\nsourceType: backup\nbackups:\n  - path: all.sql.gz\n", rec)
 		if err != nil {
-			t.Fatalf("%v\n%s", err, rec.log())
+			t.Fatalf("%v\n%s", err, rec.logText())
 		}
 		if res.DataState.Time.IsZero() {
 			t.Fatalf("no data state time: %+v", res.DataState)
@@ -423,7 +385,7 @@ func TestMariaDBBuildFailures(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := &mariaRecorder{}
+			rec := &recorder{}
 			_, _, run, err := mariaBuild(t, set, b.root, "name: failing\nengine: mariadb\nversion: \""+version+"\"\nsourceType: backup\n"+tc.def, rec)
 			var se *StepError
 			if !errors.As(err, &se) || !errors.Is(err, ErrBuild) || !errors.Is(err, tc.is) {

@@ -123,9 +123,10 @@ func (r *report) markdown() string {
 		p("| pool growth running the transactions | %s | %s |\n", human(grew), human(grew/int64(s.clones)))
 		p("| rewritten by the servers (WAL + data pages) | %s | %s |\n", human(rewritten), human(rewritten/int64(s.clones)))
 		p("| clones' blocks that differ from the image | %s | %s |\n", human(s.addedBytes), human(s.addedBytes/int64(s.clones)))
-		p("\nPool growth / bytes rewritten: **%.2f**; all %d clones together cost %.1f%% of one full copy each\n",
-			float64(grew)/float64(max(rewritten, 1)), s.clones, 100*float64(s.poolAfter-s.poolBefore+s.poolCreated)/float64(max(s.imageBytes*int64(s.clones), 1)))
-		p("(%s for %d clones vs %s for %d copies).\n\n", human(s.poolAfter-s.poolBefore+s.poolCreated), s.clones, human(s.imageBytes*int64(s.clones)), s.clones)
+		all := s.poolAfter - s.poolBefore + s.poolCreated
+		p("\nPool growth / bytes rewritten: **%.2f** (a clone costs what its server writes, not its image's size).\n", float64(grew)/float64(max(rewritten, 1)))
+		p("The %d clones together took %s: %.1f%% of the %s that %d full copies of the image would take.\n\n",
+			s.clones, human(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), human(s.imageBytes*int64(s.clones)), s.clones)
 	}
 	return w.String()
 }

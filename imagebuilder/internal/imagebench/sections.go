@@ -165,17 +165,7 @@ func (b *bench) makeBackup() (string, int64, error) {
 // and a password.
 func (b *bench) startInstance(name string, init bool) (*source, error) {
 	root := filepath.Join(b.dir, name)
-	run := filepath.Join(b.dir, "run-"+name)
-	for _, d := range []string{root, run} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return nil, err
-		}
-	}
-	u, err := engine.ResolveUser("", "postgres")
-	if err != nil {
-		return nil, err
-	}
-	if err := u.MkdirAll(run, 0o700); err != nil {
+	if err := os.MkdirAll(root, 0o711); err != nil {
 		return nil, err
 	}
 	if init {
@@ -183,19 +173,7 @@ func (b *bench) startInstance(name string, init bool) (*source, error) {
 			return nil, err
 		}
 	}
-	port, err := engine.FreePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	inst, err := b.pg.Start(b.ctx, root, engine.StartOptions{RuntimeDir: run, ListenAddress: "127.0.0.1", Port: port})
-	if err != nil {
-		return nil, err
-	}
-	b.undo.push("stop "+name, func() error { return inst.Stop(context.Background()) })
-	if err := inst.SetPassword(b.ctx, "bench"); err != nil {
-		return nil, err
-	}
-	return &source{root: root, inst: inst}, nil
+	return b.startInstanceAt(root, name)
 }
 
 // connInfo returns how to reach a clone.
