@@ -234,7 +234,7 @@ lifetime: "0"
 // tars, and leaves the last extraction mounted for the TPS comparison.
 func (b *bench) buildVsTar(d *local.Daemon, backupDir string) (*buildResult, *rawSide, error) {
 	res := &buildResult{}
-	rounds := 2
+	rounds := 3
 	if b.cfg.quick {
 		rounds = 1
 	}
