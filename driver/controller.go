@@ -17,7 +17,11 @@ import (
 // UnimplementedControllerServer: ControllerPublishVolume / ControllerUnpublishVolume (a
 // node-local volume has no attach step), ControllerModifyVolume (the pool has no mutable
 // volume attributes — no QoS, no tiers — so there is nothing a VolumeAttributesClass could
-// change).
+// change), ControllerExpandVolume (expansion is node-only: NodeExpandVolume grows the volume in
+// the pool, then its file system. The external-resizer, which calls ControllerExpandVolume,
+// talks to one CSI endpoint and cannot reach the pool of each node; in Kubernetes the DataImage
+// controller's resizer updates the PV and the kubelet calls NodeExpandVolume on the volume's
+// node).
 type controllerServer struct {
 	csi.UnimplementedControllerServer
 
@@ -29,13 +33,12 @@ type controllerServer struct {
 }
 
 func newControllerServer(cfg *Config, pool *blockstore.Pool) *controllerServer {
-	bs := int64(pool.BlockSize())
 	return &controllerServer{
 		cfg:   cfg,
 		pool:  pool,
 		ids:   ids{tag: nodeTag(cfg.NodeID)},
 		locks: newKeyLocks(),
-		size:  sizing{blockSize: bs, maxSize: bs << 40, defaultSize: cfg.DefaultVolumeSize},
+		size:  newSizing(cfg, pool),
 	}
 }
 
@@ -48,7 +51,6 @@ var controllerCapabilities = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
-	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME,
 	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
@@ -277,57 +279,6 @@ func (c *controllerServer) ValidateVolumeCapabilities(_ context.Context, req *cs
 		VolumeCapabilities: req.GetVolumeCapabilities(),
 		Parameters:         req.GetParameters(),
 	}}, nil
-}
-
-// ControllerExpandVolume grows a volume (blockstore GrowVolume: O(1), thin). A request at or
-// below the current size succeeds with the current size (volumes never shrink). A mount
-// volume (or one whose capability the request omits) needs NodeExpandVolume to grow its file
-// system; a block volume does not.
-func (c *controllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	volumeID := req.GetVolumeId()
-	if volumeID == "" {
-		return nil, invalidf("volume_id is required")
-	}
-	r := req.GetCapacityRange()
-	if r == nil {
-		return nil, invalidf("capacity_range is required")
-	}
-	if err := checkRange(r); err != nil {
-		return nil, err
-	}
-	if vc := req.GetVolumeCapability(); vc != nil {
-		if err := requireSupported([]*csi.VolumeCapability{vc}); err != nil {
-			return nil, err
-		}
-	}
-	info, err := c.lookupVolume(volumeID)
-	if err != nil {
-		return nil, err
-	}
-	unlock, err := c.locks.lock(ctx, "volume/"+strconv.FormatUint(uint64(info.ID), 10))
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if info, err = c.pool.VolumeInfo(info.ID); err != nil { // it may have changed while we waited
-		return nil, storeError(err, "volume %s", volumeID)
-	}
-
-	size := info.Size
-	if r.GetRequiredBytes() > size {
-		if size, err = c.size.volumeSize(r, 0); err != nil {
-			return nil, err
-		}
-		if err := c.pool.GrowVolume(info.ID, size); err != nil {
-			return nil, storeError(err, "grow volume %s to %d bytes", volumeID, size)
-		}
-	} else if r.GetLimitBytes() > 0 && size > r.GetLimitBytes() {
-		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, more than limit_bytes %d, and cannot shrink", volumeID, size, r.GetLimitBytes())
-	}
-	return &csi.ControllerExpandVolumeResponse{
-		CapacityBytes:         size,
-		NodeExpansionRequired: req.GetVolumeCapability().GetBlock() == nil,
-	}, nil
 }
 
 // ControllerGetVolume describes a volume. Status carries no published nodes

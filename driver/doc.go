@@ -1,5 +1,6 @@
-// Package driver is Dataimage's CSI driver: the Identity and Controller services (and, later,
-// the Node service) over one node-local *blockstore.Pool.
+// Package driver is Dataimage's CSI driver: the Identity, Controller and Node services over one
+// node-local *blockstore.Pool, the kubelet's plugin registration (registration.go) and the
+// plugin's Prometheus metrics (metrics.go).
 //
 // Every node runs the controller and the node service for its own pool (like TopoLVM's
 // node-deployment mode): a volume or snapshot lives in exactly one node's pool, carries that
@@ -9,5 +10,7 @@
 // operations per name and per ID (lock.go, never one lock around every RPC), and maps block
 // store errors to gRPC codes in one place (errors.go).
 //
-// Server registers the services on a gRPC server and serves them on a unix socket.
+// Server registers the services on a gRPC server and serves them on a unix socket. Volume
+// expansion is node-only: NodeExpandVolume grows the volume in the pool, then its file system;
+// the controller service does not offer it.
 package driver

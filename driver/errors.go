@@ -9,6 +9,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// ErrRegistrationRefused: the kubelet refused the plugin's registration
+// (Server.ServeRegistration); the plugin should exit so that a new pod retries.
+var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin's registration")
+
 // This file is the one place where block store errors become gRPC codes:
 //
 //	blockstore.ErrNotFound                            NotFound

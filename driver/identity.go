@@ -17,8 +17,9 @@ type identityServer struct {
 }
 
 // pluginCapabilities is what the plugin offers: the controller service; topology for volumes
-// and snapshots (both live in one node's pool); online expansion (ControllerExpandVolume grows
-// a volume while it is published; the node grows the file system).
+// and snapshots (both live in one node's pool); online expansion, node-only: NodeExpandVolume
+// grows a staged or published volume in the pool and then its file system (the controller
+// service does not offer EXPAND_VOLUME).
 var pluginCapabilities = []*csi.PluginCapability{
 	service(csi.PluginCapability_Service_CONTROLLER_SERVICE),
 	service(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS),

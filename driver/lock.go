@@ -10,9 +10,10 @@ import (
 // parallel: there is no lock around RPCs as a whole. A waiter gives up when its context ends.
 //
 // Keys used (see the lock* helpers): "volume-name/<name>" for CreateVolume, "snapshot-name/<name>"
-// for CreateSnapshot, "volume/<id>" for DeleteVolume and ControllerExpandVolume,
-// "snapshot/<id>" for DeleteSnapshot. A lock is held across the block store call that makes the
-// change durable and nothing else slow (no exec, mount or network).
+// for CreateSnapshot, "volume/<id>" for DeleteVolume, "snapshot/<id>" for DeleteSnapshot. A lock
+// is held across the block store call that makes the change durable and nothing else slow (no
+// exec, mount or network). The Node service has its own keyLocks, by CSI volume ID: staging,
+// publishing and expanding one volume are serialized across their mounts and file system tools.
 type keyLocks struct {
 	mu   sync.Mutex          // guards keys
 	keys map[string]*keyLock // keys locked or waited for

@@ -40,7 +40,9 @@ type nodeServer struct {
 	exp     export.Exporter
 	mounter *mount.SafeFormatAndMount
 	fsType  string
-	locks   *keyLocks // per volume ID: stage, unstage, publish, unpublish, expand
+	size    sizing
+	locks   *keyLocks   // per volume ID: stage, unstage, publish, unpublish, expand
+	io      *ioCounters // the I/O of every export, for the metrics
 
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
@@ -58,6 +60,7 @@ func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
 		return err
 	}
 	csi.RegisterNodeServer(s.grpc, n)
+	s.metrics.reg.MustRegister(n.io)
 	return nil
 }
 
@@ -79,11 +82,17 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		exp:       nc.Exporter,
 		mounter:   &mount.SafeFormatAndMount{Interface: newMounter(), Exec: utilexec.New()},
 		fsType:    nc.DefaultFSType,
+		size:      newSizing(cfg, pool),
 		locks:     newKeyLocks(),
 		devices:   make(map[string]export.Device),
 		published: make(map[string]map[string]bool),
 		dead:      make(map[string]bool),
 	}
+	n.io = &ioCounters{exported: func() int {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return len(n.devices)
+	}}
 	// Exports an earlier run of the plugin left (it was killed while volumes were staged):
 	// their FUSE servers are gone, so they only wait to be unpublished and unstaged.
 	left, err := n.exp.Leftovers()
@@ -212,7 +221,7 @@ func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Dev
 	if err := n.exp.Cleanup(volumeID); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s: clear the export an earlier run left: %v", volumeID, err)
 	}
-	dev, err := n.exp.Export(volumeID, vol)
+	dev, err := n.exp.Export(volumeID, countingDisk{Volume: vol, c: n.io})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "export volume %s as a block device: %v", volumeID, err)
 	}
@@ -470,16 +479,25 @@ func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolu
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: req.GetVolumeId(), HealthStatuses: health}}, nil
 }
 
+// NodeExpandVolume grows a staged volume: in the pool first (GrowVolume: O(1), thin) when
+// capacity_range.required_bytes is above its size, then its block device, then — for a mount
+// volume (its capability says so; without one, a volume_path that is a directory) — its file
+// system (resize2fs, xfs_growfs), online.
+// Expansion is node-only (the controller service does not offer it), so this is where the
+// volume grows. A pool whose over-provisioning bound refuses the new size answers
+// RESOURCE_EXHAUSTED; sizes are rounded up to whole blocks; volumes never shrink (a limit_bytes
+// below the size is OUT_OF_RANGE). Repeating a call, or calling it after a failure half-way,
+// finishes what is left: a volume at the size already is not grown again, and growing a device
+// or a file system that has its size is a no-op.
 func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	path := req.GetVolumePath()
+	path, volumeID := req.GetVolumePath(), req.GetVolumeId()
 	switch {
-	case req.GetVolumeId() == "":
+	case volumeID == "":
 		return nil, invalidf("volume_id is required")
 	case path == "":
 		return nil, invalidf("volume_path is required")
 	}
-	vol, err := n.volume(req.GetVolumeId())
-	if err != nil {
+	if _, err := n.volume(volumeID); err != nil {
 		return nil, err
 	}
 	if c := req.GetVolumeCapability(); c != nil {
@@ -487,31 +505,59 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 			return nil, err
 		}
 	}
-	if err := checkRange(req.GetCapacityRange()); err != nil {
+	r := req.GetCapacityRange()
+	if err := checkRange(r); err != nil {
 		return nil, err
 	}
-	if req := req.GetCapacityRange().GetRequiredBytes(); req > vol.Size() {
-		return nil, status.Errorf(codes.OutOfRange, "capacity_range.required_bytes %d: the volume is %d bytes; expand it with ControllerExpandVolume first", req, vol.Size())
-	}
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", path)
+	} else if err != nil {
+		return nil, status.Errorf(codes.Internal, "volume_path %s: %v", path, err)
 	}
-	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	// The file system grows for a mount volume: the capability says which (the kubelet sends
+	// it), else the path does (a mount volume's is a directory, a block volume's the device).
+	growFS := fi.IsDir()
+	if c := req.GetVolumeCapability(); c != nil {
+		growFS = c.GetMount() != nil
+	}
+	if growFS && !fi.IsDir() {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_path %s of mount volume %s is not a directory", path, volumeID)
+	}
+	unlock, err := n.locks.lock(ctx, volumeID)
 	if err != nil {
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	dev, ok := n.exported(req.GetVolumeId())
+	dev, ok := n.exported(volumeID)
 	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", req.GetVolumeId())
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", volumeID)
+	}
+	vol, err := n.volume(volumeID) // its size may have changed while we waited
+	if err != nil {
+		return nil, err
+	}
+	old := vol.Size()
+	size := old
+	switch {
+	case r.GetRequiredBytes() > size:
+		if size, err = n.size.volumeSize(r, 0); err != nil {
+			return nil, err
+		}
+		if err := n.pool.GrowVolume(vol.ID(), size); err != nil {
+			return nil, storeError(err, "grow volume %s from %d to %d bytes", volumeID, old, size)
+		}
+		n.cfg.Logger.Info("volume grown in the pool", "volume", volumeID, "from", old, "to", size)
+	case r.GetLimitBytes() > 0 && size > r.GetLimitBytes():
+		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, more than limit_bytes %d, and cannot shrink", volumeID, size, r.GetLimitBytes())
 	}
 	if err := dev.Resize(); err != nil {
-		return nil, status.Errorf(codes.Internal, "resize the block device of volume %s: %v", req.GetVolumeId(), err)
+		return nil, status.Errorf(codes.Internal, "resize the block device %s of volume %s to %d bytes: %v", dev.Path(), volumeID, size, err)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+	if growFS {
 		if _, err := mount.NewResizeFs(n.mounter.Exec).Resize(dev.Path(), path); err != nil {
-			return nil, status.Errorf(codes.Internal, "grow the file system of volume %s at %s: %v", req.GetVolumeId(), path, err)
+			return nil, status.Errorf(codes.Internal, "grow the file system of volume %s on %s mounted at %s: %v", volumeID, dev.Path(), path, err)
 		}
 	}
-	return &csi.NodeExpandVolumeResponse{CapacityBytes: vol.Size()}, nil
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 }

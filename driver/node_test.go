@@ -198,6 +198,8 @@ func TestNodeValidationCodes(t *testing.T) {
 	foreign := ids{tag: nodeTag(otherNode)}.volumeID(1)
 	unknown := e.n.ids.volumeID(999)
 	staging, target := filepath.Join(e.dir, "staging"), filepath.Join(e.dir, "target")
+	aFile := filepath.Join(e.dir, "a-file")
+	require.NoError(t, os.WriteFile(aFile, nil, 0o600))
 	noMode := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}}
 	noType := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: rwo}}
 	multiNode := mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "ext4")
@@ -247,7 +249,6 @@ func TestNodeValidationCodes(t *testing.T) {
 			return err
 		}
 	}
-	above := &csi.CapacityRange{RequiredBytes: 16*mib + 4096}
 
 	for _, tc := range []struct {
 		name string
@@ -303,11 +304,14 @@ func TestNodeValidationCodes(t *testing.T) {
 		{"expand: malformed ID", expand(malformed, published, nil, nil), codes.NotFound},
 		{"expand: foreign ID", expand(foreign, published, nil, nil), codes.NotFound},
 		{"expand: unknown ID", expand(unknown, published, nil, nil), codes.NotFound},
-		{"expand: above the volume size", expand(staged, published, above, nil), codes.OutOfRange},
+		{"expand: past the over-provisioning bound", expand(staged, published, &csi.CapacityRange{RequiredBytes: 64 << 30}, nil), codes.ResourceExhausted},
+		{"expand: past the largest volume", expand(staged, published, &csi.CapacityRange{RequiredBytes: 1 << 62}, nil), codes.OutOfRange},
+		{"expand: limit below the size", expand(staged, published, &csi.CapacityRange{RequiredBytes: mib, LimitBytes: 2 * mib}, nil), codes.OutOfRange},
 		{"expand: negative bytes", expand(staged, published, &csi.CapacityRange{RequiredBytes: -1}, nil), codes.InvalidArgument},
 		{"expand: limit below required", expand(staged, published, &csi.CapacityRange{RequiredBytes: 2 * mib, LimitBytes: mib}, nil), codes.InvalidArgument},
 		{"expand: unsupported capability", expand(staged, published, nil, multiNode), codes.InvalidArgument},
 		{"expand: no such path", expand(staged, filepath.Join(e.dir, "nowhere"), nil, nil), codes.NotFound},
+		{"expand: mount volume at a file", expand(staged, aFile, nil, ext4), codes.InvalidArgument},
 		{"expand: not staged", expand(cold, e.dir, nil, nil), codes.FailedPrecondition},
 
 		{"health: no volume_id", health(""), codes.InvalidArgument},
@@ -494,27 +498,37 @@ func TestNodeGetVolumeStats(t *testing.T) {
 }
 
 // expandOnline grows a published ext4 (or fsType) volume of size bytes (total bytes in its file
-// system) by 32 MiB: ControllerExpandVolume, then NodeExpandVolume grows the file system; data
-// stays.
+// system) by 32 MiB with NodeExpandVolume alone (expansion is node-only): the volume grows in
+// the pool, then the file system; data stays. Repeating the call, or asking for less, changes
+// nothing.
 func expandOnline(t *testing.T, e *nodeEnv, vol, target string, size, total int64, data []byte, fsType ...string) {
 	t.Helper()
 	ctx := context.Background()
-	_, err := e.c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol, CapacityRange: &csi.CapacityRange{RequiredBytes: size + 32*mib}})
-	require.NoError(t, err)
 	fs := "ext4"
 	if len(fsType) > 0 {
 		fs = fsType[0]
 	}
-	resp, err := e.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol, VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: size + 32*mib}, VolumeCapability: mountCap(rwo, fs)})
-	require.NoError(t, err)
-	require.Equal(t, size+32*mib, resp.GetCapacityBytes())
-	st, err := e.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol, VolumePath: target})
-	require.NoError(t, err)
-	require.Greater(t, st.GetUsage()[0].GetTotal(), total+24*mib, "the file system grew")
-	got, err := os.ReadFile(filepath.Join(target, "f0"))
-	require.NoError(t, err)
-	require.Equal(t, data, got)
+	grown := size + 32*mib
+	expand := func(required int64) {
+		t.Helper()
+		resp, err := e.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol, VolumePath: target,
+			CapacityRange: &csi.CapacityRange{RequiredBytes: required}, VolumeCapability: mountCap(rwo, fs)})
+		require.NoError(t, err)
+		require.Equal(t, grown, resp.GetCapacityBytes())
+		got, err := e.c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: vol})
+		require.NoError(t, err)
+		require.Equal(t, grown, got.GetVolume().GetCapacityBytes(), "the volume grew in the pool")
+		st, err := e.n.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol, VolumePath: target})
+		require.NoError(t, err)
+		require.Greater(t, st.GetUsage()[0].GetTotal(), total+24*mib, "the file system grew")
+		require.LessOrEqual(t, st.GetUsage()[0].GetTotal(), grown)
+		b, err := os.ReadFile(filepath.Join(target, "f0"))
+		require.NoError(t, err)
+		require.Equal(t, data, b)
+	}
+	expand(grown)
+	expand(grown) // again: nothing to do
+	expand(size)  // less: the volume keeps its size
 }
 
 // hasCapability reports whether the process has capability c in its effective set.

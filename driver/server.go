@@ -21,13 +21,14 @@ const gracePeriod = 30 * time.Second
 // Server serves the CSI services of one node's pool on a gRPC server. The caller opens the
 // pool before and closes it after the server stops.
 type Server struct {
-	cfg  Config
-	grpc *grpc.Server
+	cfg     Config
+	grpc    *grpc.Server
+	metrics *metrics
 }
 
 // NewServer checks cfg (filling in defaults) and registers the Identity and Controller
-// services for pool on a new gRPC server with the logging interceptor first in the chain.
-// Register the Node service on GRPC() before calling Serve.
+// services for pool on a new gRPC server with the logging and the metrics interceptors first in
+// the chain. Register the Node service (RegisterNode) before calling Serve.
 func NewServer(cfg Config, pool *blockstore.Pool, opts ...grpc.ServerOption) (*Server, error) {
 	cfg, err := cfg.complete()
 	if err != nil {
@@ -37,7 +38,8 @@ func NewServer(cfg Config, pool *blockstore.Pool, opts ...grpc.ServerOption) (*S
 		return nil, errors.New("driver: no pool")
 	}
 	s := &Server{cfg: cfg}
-	opts = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls(cfg.Logger))}, opts...)
+	s.metrics = newMetrics(&s.cfg, pool)
+	opts = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls(cfg.Logger), s.metrics.observeCalls())}, opts...)
 	s.grpc = grpc.NewServer(opts...)
 	csi.RegisterIdentityServer(s.grpc, &identityServer{cfg: &s.cfg, pool: pool})
 	csi.RegisterControllerServer(s.grpc, newControllerServer(&s.cfg, pool))
@@ -50,25 +52,48 @@ func (s *Server) Config() Config { return s.cfg }
 // GRPC returns the gRPC server, to register more services (Node) before Serve.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
-// Serve listens on endpoint — "unix:///path/csi.sock" or a plain path — and serves until ctx
-// ends, then stops gracefully: no new calls, calls in flight get gracePeriod to finish. A
-// stale socket file at the path is removed first (a previous run that died leaves one).
-// Serve returns nil after a stop caused by ctx.
+// Serve listens on endpoint (Listen) and serves on it (ServeListener) until ctx ends.
 func (s *Server) Serve(ctx context.Context, endpoint string) error {
-	path, err := socketPath(endpoint)
+	lis, err := s.Listen(endpoint)
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("driver: remove stale socket: %w", err)
-		}
+	return s.ServeListener(ctx, lis)
+}
+
+// Listen listens on endpoint — "unix:///path/csi.sock" or a plain path. A stale socket file at
+// the path is removed first (a previous run that died leaves one). Once Listen returns, clients
+// can connect: their calls wait for ServeListener.
+func (s *Server) Listen(endpoint string) (net.Listener, error) {
+	path, err := socketPath(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
 	}
 	lis, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("driver: listen: %w", err)
+		return nil, fmt.Errorf("driver: listen on %s: %w", path, err)
 	}
-	s.cfg.Logger.Info("serving CSI", "endpoint", path, "driver", s.cfg.DriverName,
+	return lis, nil
+}
+
+// removeStaleSocket removes a socket file at path; anything else there is left for Listen to
+// fail on.
+func removeStaleSocket(path string) error {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("driver: remove stale socket %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// ServeListener serves the CSI services on lis until ctx ends, then stops gracefully: no new
+// calls, calls in flight get gracePeriod to finish. It returns nil after a stop caused by ctx.
+func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
+	s.cfg.Logger.Info("serving CSI", "endpoint", lis.Addr().String(), "driver", s.cfg.DriverName,
 		"version", s.cfg.Version, "node", s.cfg.NodeID)
 
 	parent := ctx
@@ -91,7 +116,7 @@ func (s *Server) Serve(ctx context.Context, endpoint string) error {
 			<-done
 		}
 	}()
-	err = s.grpc.Serve(lis)
+	err := s.grpc.Serve(lis)
 	cancel()
 	<-stopped
 	if parent.Err() != nil {

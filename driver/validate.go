@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dataimage/dataimage/blockstore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -181,6 +182,11 @@ type sizing struct {
 	blockSize   int64
 	maxSize     int64 // largest volume the pool can hold
 	defaultSize int64 // size when neither the request nor a source gives one
+}
+
+func newSizing(cfg *Config, pool *blockstore.Pool) sizing {
+	bs := int64(pool.BlockSize())
+	return sizing{blockSize: bs, maxSize: bs << 40, defaultSize: cfg.DefaultVolumeSize}
 }
 
 // volumeSize picks the size of a new volume: required_bytes (or, when 0, the source's size, or

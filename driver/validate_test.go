@@ -162,17 +162,8 @@ func TestValidationCodes(t *testing.T) {
 		{"validate: other node's ID", validate(foreignVol, mountCap(rwo, "")), codes.NotFound},
 		{"validate: unknown ID", validate(unknownVol, mountCap(rwo, "")), codes.NotFound},
 
-		// ControllerExpandVolume.
-		{"expand: missing ID", expand("", &csi.CapacityRange{RequiredBytes: 8 * mib}, nil), codes.InvalidArgument},
-		{"expand: missing capacity range", expand(vol.GetVolumeId(), nil, nil), codes.InvalidArgument},
-		{"expand: limit below required", expand(vol.GetVolumeId(), &csi.CapacityRange{RequiredBytes: 8 * mib, LimitBytes: 6 * mib}, nil), codes.InvalidArgument},
-		{"expand: bad capability", expand(vol.GetVolumeId(), &csi.CapacityRange{RequiredBytes: 8 * mib}, mode(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)), codes.InvalidArgument},
-		{"expand: limit below current size", expand(vol.GetVolumeId(), &csi.CapacityRange{RequiredBytes: mib, LimitBytes: 2 * mib}, nil), codes.OutOfRange},
-		{"expand: past the largest volume", expand(vol.GetVolumeId(), &csi.CapacityRange{RequiredBytes: 1 << 62}, nil), codes.OutOfRange},
-		{"expand: past the over-provisioning limit", expand(vol.GetVolumeId(), &csi.CapacityRange{RequiredBytes: 64 << 30}, nil), codes.ResourceExhausted},
-		{"expand: malformed ID", expand("fake-vol-id", &csi.CapacityRange{RequiredBytes: 8 * mib}, nil), codes.NotFound},
-		{"expand: other node's ID", expand(foreignVol, &csi.CapacityRange{RequiredBytes: 8 * mib}, nil), codes.NotFound},
-		{"expand: unknown ID", expand(unknownVol, &csi.CapacityRange{RequiredBytes: 8 * mib}, nil), codes.NotFound},
+		// ControllerExpandVolume: expansion is node-only (NodeExpandVolume), so it is not offered.
+		{"expand: not offered", expand(vol.GetVolumeId(), &csi.CapacityRange{RequiredBytes: 8 * mib}, nil), codes.Unimplemented},
 
 		// ControllerGetVolume and health.
 		{"get volume: missing ID", getVol(""), codes.InvalidArgument},

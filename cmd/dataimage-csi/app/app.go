@@ -8,11 +8,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
@@ -36,6 +40,13 @@ type Config struct {
 	MaxVolumes         int
 	Verbosity          int
 	LogFormat          string
+	// PluginRegistrationPath is the kubelet's plugin registration directory as mounted in the
+	// plugin's container; empty: no registration (the kubelet is not told of the plugin).
+	PluginRegistrationPath string
+	// KubeletRegistrationPath is the CSI socket's path as the kubelet sees it on the host.
+	KubeletRegistrationPath string
+	// MetricsAddress is the TCP address of the Prometheus endpoint (/metrics); empty: none.
+	MetricsAddress string
 }
 
 // parse reads the flags into a Config.
@@ -46,7 +57,11 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: dataimage-csi --node-id NAME --pool PATH [flags]\n\n"+
 			"The Dataimage CSI plugin: volumes, snapshots and O(1) clones of this node's block store pool,\n"+
-			"exported to the kernel as block devices. Serves CSI Identity, Controller and Node on --endpoint.\n\nFlags:\n")
+			"exported to the kernel as block devices. Serves CSI Identity, Controller and Node on --endpoint.\n\n"+
+			"With --plugin-registration-path it registers itself with the kubelet (no node-driver-registrar),\n"+
+			"serving the kubelet's plugin registration API on <path>/csi.dataimage.io-reg.sock; it exits with\n"+
+			"code 1 if the kubelet refuses the registration. With --metrics-address it serves Prometheus\n"+
+			"metrics at /metrics.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket or a path")
@@ -61,6 +76,9 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.MaxVolumes, "max-volumes", 0, "volumes that can be published on this node at once (0: no limit)")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.PluginRegistrationPath, "plugin-registration-path", "", "the kubelet's plugin registration directory (<kubelet dir>/plugins_registry) as mounted here; empty: do not register with the kubelet")
+	fs.StringVar(&c.KubeletRegistrationPath, "kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it on the host, e.g. /var/lib/kubelet/plugins/csi.dataimage.io/csi.sock (with --plugin-registration-path)")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", "", "TCP address to serve Prometheus metrics on at /metrics, e.g. :9090; empty: no metrics endpoint")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -83,6 +101,12 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
 	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
 		return c, fmt.Errorf("--default-fstype %q: want ext4 or xfs", c.DefaultFSType)
+	case c.PluginRegistrationPath != "" && c.KubeletRegistrationPath == "":
+		return c, errors.New("--plugin-registration-path needs --kubelet-registration-path (the CSI socket as the kubelet sees it)")
+	case c.KubeletRegistrationPath != "" && c.PluginRegistrationPath == "":
+		return c, errors.New("--kubelet-registration-path is only used with --plugin-registration-path")
+	case c.KubeletRegistrationPath != "" && !filepath.IsAbs(c.KubeletRegistrationPath):
+		return c, fmt.Errorf("--kubelet-registration-path %q: want an absolute path", c.KubeletRegistrationPath)
 	}
 	return c, nil
 }
@@ -162,12 +186,70 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		return err
 	}
 	log.Info("serving", "endpoint", c.Endpoint, "nodeID", c.NodeID, "export", exp.Name(), "version", Version)
-	serr := srv.Serve(ctx, c.Endpoint)
+	serr := serve(ctx, c, srv, log)
 	if cerr := pool.Close(); serr == nil && cerr != nil {
 		serr = fmt.Errorf("close pool: %w", cerr)
 	}
 	log.Info("stopped")
 	return serr
+}
+
+// serve runs the CSI server, and the metrics endpoint and the kubelet registration when
+// configured, until ctx ends or one of them fails (a refused registration included); then it
+// stops them all and returns the first error. The registration starts once the CSI socket
+// listens: the kubelet calls NodeGetInfo on it as soon as it sees the registration socket.
+func serve(ctx context.Context, c Config, srv *driver.Server, log *slog.Logger) error {
+	lis, err := srv.Listen(c.Endpoint)
+	if err != nil {
+		return err
+	}
+	var metrics *http.Server
+	var metricsLis net.Listener
+	if c.MetricsAddress != "" {
+		if metricsLis, err = net.Listen("tcp", c.MetricsAddress); err != nil {
+			lis.Close()
+			return fmt.Errorf("metrics endpoint: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	run := func(what string, fn func() error) {
+		wg.Go(func() {
+			if err := fn(); err != nil {
+				errs <- fmt.Errorf("%s: %w", what, err)
+				cancel()
+			}
+		})
+	}
+	run("CSI server", func() error { return srv.ServeListener(ctx, lis) })
+	if metrics != nil {
+		log.Info("serving metrics", "address", metricsLis.Addr().String(), "path", "/metrics")
+		run("metrics endpoint", func() error {
+			if err := metrics.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		wg.Go(func() {
+			<-ctx.Done()
+			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer scancel()
+			_ = metrics.Shutdown(sctx)
+		})
+	}
+	if c.PluginRegistrationPath != "" {
+		run("kubelet registration", func() error {
+			return srv.ServeRegistration(ctx, c.PluginRegistrationPath, c.KubeletRegistrationPath)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs // the first error, or nil
 }
 
 func openPool(c Config, log *slog.Logger) (*blockstore.Pool, error) {

@@ -3,9 +3,12 @@ package app
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/driver"
@@ -42,13 +46,17 @@ func TestParseAll(t *testing.T) {
 		"--endpoint", "unix:///tmp/x.sock", "--node-id", "worker-3", "--pool", "/dev/vdb",
 		"--pool-size", "100Gi", "--preallocate", "--export", "fuse-loop", "--export-state-dir", "/run/x",
 		"--default-fstype", "xfs", "--overprovision-ratio", "2.5", "--max-volumes", "7", "-v", "2",
-		"--log-format", "json",
+		"--log-format", "json", "--plugin-registration-path", "/registration",
+		"--kubelet-registration-path", "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock", "--metrics-address", ":9090",
 	}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
 		Endpoint: "unix:///tmp/x.sock", NodeID: "worker-3", Pool: "/dev/vdb", PoolSize: 100 << 30,
 		Preallocate: true, Export: "fuse-loop", ExportStateDir: "/run/x", DefaultFSType: "xfs",
 		OverProvisionRatio: 2.5, MaxVolumes: 7, Verbosity: 2, LogFormat: "json",
+		PluginRegistrationPath:  "/registration",
+		KubeletRegistrationPath: "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock",
+		MetricsAddress:          ":9090",
 	}, c)
 }
 
@@ -99,6 +107,9 @@ func TestMainExitCodes(t *testing.T) {
 		{"bad int", append([]string{"--max-volumes", "many"}, required...), []string{"-max-volumes", "many"}},
 		{"bad float", append([]string{"--overprovision-ratio", "x"}, required...), []string{"-overprovision-ratio"}},
 		{"missing value", append(required, "--endpoint"), []string{"flag needs an argument: -endpoint"}},
+		{"registration without endpoint", append([]string{"--plugin-registration-path", "/registration"}, required...), []string{"--plugin-registration-path needs --kubelet-registration-path"}},
+		{"endpoint without registration", append([]string{"--kubelet-registration-path", "/k/csi.sock"}, required...), []string{"--kubelet-registration-path is only used with --plugin-registration-path"}},
+		{"relative kubelet path", append([]string{"--plugin-registration-path", "/r", "--kubelet-registration-path", "k/csi.sock"}, required...), []string{`--kubelet-registration-path "k/csi.sock"`, "absolute"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -114,7 +125,8 @@ func TestMainExitCodes(t *testing.T) {
 	for _, help := range []string{"--help", "-h", "-help"} {
 		var out bytes.Buffer
 		require.Equal(t, 0, Main([]string{help}, &out), help)
-		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-pool-size", "-log-format", "-default-fstype", "-export-state-dir"} {
+		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-pool-size", "-log-format", "-default-fstype", "-export-state-dir",
+			"-plugin-registration-path", "-kubelet-registration-path", "-metrics-address", "csi.dataimage.io-reg.sock", "/metrics"} {
 			require.Contains(t, out.String(), w, help)
 		}
 	}
@@ -157,15 +169,20 @@ func TestRun(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "csi.sock")
 	require.Less(t, len(sock), 100, "socket path too long")
+	reg := filepath.Join(dir, "registration")
+	require.NoError(t, os.Mkdir(reg, 0o700))
 	c := Config{
-		Endpoint:       "unix://" + sock,
-		NodeID:         "n1",
-		Pool:           filepath.Join(dir, "pools", "pool"), // its directory is created too
-		PoolSize:       512 << 20,
-		ExportStateDir: filepath.Join(dir, "export"),
-		DefaultFSType:  "ext4",
-		MaxVolumes:     3,
-		LogFormat:      "text",
+		Endpoint:                "unix://" + sock,
+		NodeID:                  "n1",
+		Pool:                    filepath.Join(dir, "pools", "pool"), // its directory is created too
+		PoolSize:                512 << 20,
+		ExportStateDir:          filepath.Join(dir, "export"),
+		DefaultFSType:           "ext4",
+		MaxVolumes:              3,
+		LogFormat:               "text",
+		PluginRegistrationPath:  reg,
+		KubeletRegistrationPath: "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock",
+		MetricsAddress:          "127.0.0.1:0",
 	}
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -204,6 +221,32 @@ func TestRun(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, c.PoolSize, fi.Size())
 
+	// The kubelet's registration: the plugin names its driver and the kubelet's endpoint.
+	regSock := filepath.Join(reg, "csi.dataimage.io-reg.sock")
+	rconn, err := grpc.NewClient("unix://"+regSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer rconn.Close()
+	rc := registerapi.NewRegistrationClient(rconn)
+	pi, err := rc.GetInfo(cctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true))
+	require.NoError(t, err)
+	require.Equal(t, driver.DefaultDriverName, pi.GetName())
+	require.Equal(t, c.KubeletRegistrationPath, pi.GetEndpoint())
+	_, err = rc.NotifyRegistrationStatus(cctx, &registerapi.RegistrationStatus{PluginRegistered: true})
+	require.NoError(t, err)
+
+	// The metrics endpoint, on the port the log names: the pool and the calls made above.
+	addr := regexp.MustCompile(`msg="serving metrics" address=(\S+)`).FindStringSubmatch(logs.String())
+	require.NotNil(t, addr, "logs:\n%s", logs)
+	resp, err := http.Get("http://" + addr[1] + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), `dataimage_pool_capacity_bytes `)
+	require.Contains(t, string(body), `dataimage_csi_operations_total{code="OK",method="/csi.v1.Node/NodeGetInfo"} 1`)
+	require.Contains(t, string(body), `dataimage_csi_info{driver="csi.dataimage.io",node="n1",version="`+Version+`"} 1`)
+
 	cancel()
 	select {
 	case err := <-ran:
@@ -218,6 +261,10 @@ func TestRun(t *testing.T) {
 	}
 	_, err = os.Stat(sock)
 	require.ErrorIs(t, err, os.ErrNotExist, "the socket is removed when the server stops")
+	_, err = os.Stat(regSock)
+	require.ErrorIs(t, err, os.ErrNotExist, "the registration socket too")
+	_, err = http.Get("http://" + addr[1] + "/metrics")
+	require.Error(t, err, "the metrics endpoint is closed")
 
 	p, err := blockstore.Open(c.Pool, blockstore.Options{})
 	require.NoError(t, err)
@@ -230,7 +277,7 @@ func TestRun(t *testing.T) {
 	require.NoError(t, p.Close())
 
 	// A second run opens the existing pool (no --pool-size needed) and stops again.
-	c.PoolSize = 0
+	c.PoolSize, c.PluginRegistrationPath, c.KubeletRegistrationPath, c.MetricsAddress = 0, "", "", ""
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	ran2 := make(chan error, 1)
 	go func() { ran2 <- Run(ctx2, c, slog.New(slog.DiscardHandler)) }()
@@ -263,5 +310,54 @@ func TestRunErrors(t *testing.T) {
 	require.ErrorContains(t, err, `"nbd"`)
 	p, err := blockstore.Open(c.Pool, blockstore.Options{}) // created, then closed
 	require.NoError(t, err)
+	require.NoError(t, p.Close())
+}
+
+// TestMainRegistrationRefused runs the command as the DaemonSet does and plays the kubelet:
+// GetInfo on the registration socket, NodeGetInfo on the CSI endpoint, then a refusal. The
+// plugin exits with code 1 and says why, so that the pod restarts and registers again.
+func TestMainRegistrationRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the export needs /dev/fuse and loop devices")
+	}
+	dir, err := os.MkdirTemp("", "csi") // short: socket paths are limited to 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	reg := filepath.Join(dir, "registration")
+	require.NoError(t, os.Mkdir(reg, 0o700))
+	sock := filepath.Join(dir, "csi.sock")
+	args := []string{"--node-id", "n1", "--pool", filepath.Join(dir, "pool"), "--pool-size", "64Mi",
+		"--endpoint", "unix://" + sock, "--export-state-dir", filepath.Join(dir, "export"),
+		"--plugin-registration-path", reg, "--kubelet-registration-path", sock}
+	stderr := &syncBuffer{}
+	code := make(chan int, 1)
+	go func() { code <- Main(args, stderr) }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rconn, err := grpc.NewClient("unix://"+filepath.Join(reg, "csi.dataimage.io-reg.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer rconn.Close()
+	rc := registerapi.NewRegistrationClient(rconn)
+	info, err := rc.GetInfo(ctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true))
+	require.NoError(t, err)
+	conn, err := grpc.NewClient("unix://"+info.GetEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	ni, err := csi.NewNodeClient(conn).NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
+	require.NoError(t, err, "the CSI endpoint listens before the registration socket appears")
+	require.Equal(t, "n1", ni.GetNodeId())
+	_, err = rc.NotifyRegistrationStatus(ctx, &registerapi.RegistrationStatus{PluginRegistered: false, Error: "RegisterPlugin error -- no handler registered for plugin type: CSIPlugin"})
+	require.NoError(t, err)
+	select {
+	case c := <-code:
+		require.Equal(t, 1, c, "stderr:\n%s", stderr)
+	case <-time.After(40 * time.Second):
+		t.Fatalf("the plugin did not exit after a refused registration; stderr:\n%s", stderr)
+	}
+	require.Contains(t, stderr.String(), "kubelet registration: driver: the kubelet refused the plugin's registration: RegisterPlugin error")
+	p, err := blockstore.Open(filepath.Join(dir, "pool"), blockstore.Options{}) // closed cleanly
+	require.NoError(t, err)
+	require.Zero(t, p.Recovery().Records)
 	require.NoError(t, p.Close())
 }

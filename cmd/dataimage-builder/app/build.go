@@ -1,0 +1,244 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/local"
+)
+
+// Steps of the builder besides builder.Build's.
+const (
+	// StepValidate reads and validates the definition and checks the root: a failure here
+	// starts nothing.
+	StepValidate = "validate"
+	// StepSync flushes the root's file system to the volume after the server stopped.
+	StepSync = "sync"
+)
+
+// Run validates and builds the image c describes, reporting progress through event (called
+// from one goroutine at a time), and returns the outcome. A failure before the build starts
+// is an outcome with Step StepValidate.
+func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.Logger) builder.Outcome {
+	refused := func(err error) builder.Outcome {
+		return builder.Outcome{Step: StepValidate, Message: err.Error()}
+	}
+	def, env, engines, err := validate(c)
+	if err != nil {
+		return refused(err)
+	}
+	version, _ := def.ResolveVersion(env) // Validate checked it
+	what := fmt.Sprintf("%s %s (%s), source %s", def.NormalizedEngine(), def.Version, version, def.NormalizedSourceType())
+	if n := len(def.Backups); n > 0 {
+		what += fmt.Sprintf(", %d backup(s) under %s", n, env.BackupRoot)
+	}
+	runtimeDir, cleanup, err := runtimeDir(c.RuntimeDir)
+	if err != nil {
+		return refused(err)
+	}
+	defer cleanup()
+	if err := prepareRoot(c.Root, runtimeDir, def.NormalizedEngine(), c.RunAs); err != nil {
+		return refused(err)
+	}
+	event(local.BuildEvent{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
+
+	log.Info("image build started", "image", def.Name, "engine", def.NormalizedEngine(), "version", version, "root", c.Root, "runtimeDir", runtimeDir)
+	res, err := builder.Build(ctx, builder.Request{
+		Definition: def,
+		Env:        env,
+		Engines:    engines,
+		Root:       c.Root,
+		RuntimeDir: runtimeDir,
+		RunAs:      c.RunAs,
+		Progress: func(ev builder.Event) {
+			event(local.BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
+		},
+		Logger: log,
+	})
+	if err == nil {
+		event(local.BuildEvent{Step: StepSync, Message: "flushing the file system to the volume"})
+		if err = syncFS(c.Root); err != nil {
+			err = &builder.StepError{Step: StepSync, Err: err}
+		}
+	}
+	return builder.OutcomeOf(res, err) // the builder logged a failure already
+}
+
+// validate reads the definition and validates it against the engines installed here, the
+// backup root and the default lifetime.
+func validate(c Config) (*imagebuilder.Definition, imagebuilder.ValidationEnv, engine.Set, error) {
+	env := imagebuilder.ValidationEnv{DefaultLifetime: c.DefaultLifetime, BackupRoot: c.BackupRoot}
+	def, err := readDefinition(c)
+	if err != nil {
+		return nil, env, nil, err
+	}
+	if !filepath.IsAbs(c.Root) {
+		return nil, env, nil, fmt.Errorf("dataimage-builder: root %q: want an absolute path", c.Root)
+	}
+	env.CheckPaths = len(def.Backups) > 0 || def.PreScript != "" || def.PostScript != ""
+	if env.CheckPaths && c.BackupRoot == "" {
+		return nil, env, nil, ErrNoBackupRoot
+	}
+	engines, err := builder.Discover()
+	if err != nil {
+		return nil, env, nil, fmt.Errorf("dataimage-builder: no database engine found on this machine: %w", err)
+	}
+	env.Versions = engines.Versions()
+	if err := def.Validate(env); err != nil {
+		var de *imagebuilder.DefinitionError
+		if errors.As(err, &de) && c.DefinitionFile != "" {
+			de.Path = c.DefinitionFile
+		}
+		return nil, env, nil, err
+	}
+	return def, env, engines, nil
+}
+
+// prepareRoot makes the root if it does not exist, refuses one that holds an instance, and —
+// running as root, with the server running as another user — makes sure that user can reach
+// the root and the runtime directory: a fresh file system's root directory may be 0700, and
+// every parent must be traversable.
+func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string) error {
+	data := engine.DataDir(root)
+	if _, err := os.Lstat(data); err == nil {
+		return fmt.Errorf("%w: %s exists (build into a fresh volume)", ErrRootInUse, data)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("dataimage-builder: root: %w", err)
+	}
+	var u *engine.User // the server's user, when it needs the directories opened to it
+	if os.Geteuid() == 0 {
+		var err error
+		if u, err = engine.ResolveUser(runAs, defaultUser(kind)); err != nil {
+			return fmt.Errorf("dataimage-builder: %w", err)
+		}
+		if u.UID == 0 {
+			u = nil
+		}
+	}
+	if u != nil {
+		for _, dir := range []string{root, runtimeDir} {
+			if err := traversable(filepath.Dir(dir), u.Name); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return fmt.Errorf("dataimage-builder: root: %w", err)
+	}
+	if u == nil {
+		return nil
+	}
+	fi, err := os.Stat(root)
+	if err != nil {
+		return fmt.Errorf("dataimage-builder: root: %w", err)
+	}
+	if fi.Mode().Perm()&0o001 == 0 {
+		if err := os.Chmod(root, fi.Mode().Perm()|0o011); err != nil {
+			return fmt.Errorf("dataimage-builder: make root %s traversable for %s: %w", root, u.Name, err)
+		}
+	}
+	return nil
+}
+
+// traversable checks that dir and its parents that exist can be traversed by others.
+func traversable(dir, user string) error {
+	for ; ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// made later, traversable (0755 or the user's own)
+		case err != nil:
+			return fmt.Errorf("dataimage-builder: %w", err)
+		case fi.Mode().Perm()&0o001 == 0:
+			return fmt.Errorf("%w: %s is %s, not traversable by %s (make it 0711 or 0755)", ErrUnreachable, dir, fi.Mode().Perm(), user)
+		}
+		if dir == filepath.Dir(dir) {
+			return nil
+		}
+	}
+}
+
+// defaultUser is the OS user the servers of an engine run as by default.
+func defaultUser(kind imagebuilder.Engine) string {
+	if kind == imagebuilder.EnginePostgres {
+		return "postgres"
+	}
+	return "mysql"
+}
+
+// runtimeDir returns the server's runtime directory: dir when given (the build makes it), else
+// a fresh directory with a short path under /run (or the temporary directory where /run is not
+// writable), which cleanup removes.
+func runtimeDir(dir string) (_ string, cleanup func(), err error) {
+	if dir != "" {
+		if !filepath.IsAbs(dir) {
+			return "", nil, fmt.Errorf("dataimage-builder: runtime directory %q: want an absolute path", dir)
+		}
+		return dir, func() {}, nil
+	}
+	for _, parent := range []string{"/run", os.TempDir()} {
+		if dir, err = os.MkdirTemp(parent, "dataimage-build-"); err == nil {
+			return dir, func() { _ = os.RemoveAll(dir) }, nil
+		}
+	}
+	return "", nil, fmt.Errorf("dataimage-builder: make a runtime directory: %w", err)
+}
+
+// syncFS flushes the file system holding root (syncfs): the server stopped cleanly, and what
+// it and the build wrote reaches the volume before the volume is snapshotted.
+func syncFS(root string) error {
+	f, err := os.Open(root)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", root, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", root, err)
+	}
+	return nil
+}
+
+// readDefinition parses the definition of --definition (YAML) or --definition-json.
+func readDefinition(c Config) (*imagebuilder.Definition, error) {
+	if c.DefinitionFile != "" {
+		data, err := os.ReadFile(c.DefinitionFile)
+		if err != nil {
+			return nil, fmt.Errorf("dataimage-builder: read the definition: %w", err)
+		}
+		def, err := imagebuilder.ParseDefinition(data)
+		var de *imagebuilder.DefinitionError
+		if errors.As(err, &de) {
+			de.Path = c.DefinitionFile
+		}
+		return def, err
+	}
+	return parseDefinitionJSON([]byte(c.DefinitionJSON))
+}
+
+// describe is a one-line account of an outcome, for people.
+func describe(o builder.Outcome) string {
+	if !o.OK {
+		msg := fmt.Sprintf("build failed at step %s: %s", o.Step, o.Message)
+		if tail := strings.TrimSpace(o.LogTail); tail != "" && !strings.Contains(o.Message, tail) {
+			msg += "\nengine log (last lines):\n" + tail
+		}
+		return msg
+	}
+	msg := fmt.Sprintf("image built: %s %s, %s of data", o.Engine, o.EngineVersion, formatBytes(o.DataBytes))
+	if !o.DataStateTime.IsZero() {
+		msg += ", data as of " + o.DataStateTime.UTC().Format(time.RFC3339)
+	}
+	return msg
+}

@@ -1,0 +1,241 @@
+package driver
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+)
+
+// The plugin's Prometheus metrics, in a registry of its own (Server.MetricsHandler):
+//
+//	dataimage_csi_info{driver,version,node}                  1
+//	dataimage_csi_operations_total{method,code}              CSI calls by full gRPC method and code
+//	dataimage_csi_operation_duration_seconds{method}         their latency (histogram)
+//	dataimage_pool_{capacity,used,free,provisioned,provision_limit,metadata}_bytes
+//	dataimage_pool_volumes, dataimage_pool_snapshots         objects in the pool
+//	dataimage_pool_healthy                                   1, or 0 once the pool failed or closed
+//	dataimage_export_volumes                                 volumes exported as block devices
+//	dataimage_export_io_bytes_total{op}                      bytes read and written through exports
+//	dataimage_export_io_operations_total{op}                 read, write, flush, discard, write_zeroes
+//	dataimage_export_io_errors_total{op}                     of those, the ones that failed
+//
+// plus the Go runtime's and the process's collectors. The pool's figures are read at scrape
+// time (Pool.Stats: one short lock, no I/O); the export counters are atomics bumped by every
+// I/O of the kernel's block devices, counted where the export calls the volume (countingDisk).
+// Images are not counted apart from snapshots: the pool does not know which snapshots are
+// images (in Kubernetes an image is a VolumeSnapshot like any other).
+type metrics struct {
+	reg      *prometheus.Registry
+	calls    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// callBuckets cover CSI calls from a capability query (well under a millisecond) to the
+// staging of a large volume (mkfs, fsck: minutes).
+var callBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+
+func newMetrics(cfg *Config, pool *blockstore.Pool) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dataimage_csi_operations_total",
+			Help: "CSI calls served, by full gRPC method and gRPC status code.",
+		}, []string{"method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "dataimage_csi_operation_duration_seconds",
+			Help:    "Time taken to serve CSI calls, by full gRPC method.",
+			Buckets: callBuckets,
+		}, []string{"method"}),
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "dataimage_csi_info",
+		Help:        "The plugin: driver name, version and node ID (always 1).",
+		ConstLabels: prometheus.Labels{"driver": cfg.DriverName, "version": cfg.Version, "node": cfg.NodeID},
+	})
+	info.Set(1)
+	m.reg.MustRegister(m.calls, m.duration, info, poolCollector{pool: pool},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// handler serves the registry in the Prometheus exposition formats.
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// MetricsHandler returns the HTTP handler that serves the plugin's Prometheus metrics (mount it
+// at /metrics). The metrics are recorded whether or not it is served.
+func (s *Server) MetricsHandler() http.Handler { return s.metrics.handler() }
+
+// observeCalls returns a unary interceptor that counts every call by method and code and
+// records its latency.
+func (m *metrics) observeCalls() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		m.duration.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+		m.calls.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+		return resp, err
+	}
+}
+
+// poolCollector reads the pool's space and objects at each scrape.
+type poolCollector struct{ pool *blockstore.Pool }
+
+var (
+	poolCapacityDesc = poolDesc("capacity_bytes", "Bytes of the pool's data region: what volumes and metadata can use.")
+	poolUsedDesc     = poolDesc("used_bytes", "Bytes of the pool held by data, tree nodes and the catalog.")
+	poolFreeDesc     = poolDesc("free_bytes", "Bytes of the pool free for new writes.")
+	poolProvDesc     = poolDesc("provisioned_bytes", "Sum of the sizes of the pool's volumes (thin: not all written).")
+	poolLimitDesc    = poolDesc("provision_limit_bytes", "Bound on provisioned_bytes: capacity times the over-provisioning ratio.")
+	poolMetaDesc     = poolDesc("metadata_bytes", "Bytes of metadata: tree nodes, catalog, refcount pages, journal, superblocks.")
+	poolVolumesDesc  = poolDesc("volumes", "Volumes in the pool (clones included).")
+	poolSnapsDesc    = poolDesc("snapshots", "Snapshots in the pool (images included).")
+	poolHealthyDesc  = poolDesc("healthy", "1 while the pool serves writes; 0 once it failed (until the plugin restarts) or closed.")
+)
+
+func poolDesc(name, help string) *prometheus.Desc {
+	return prometheus.NewDesc("dataimage_pool_"+name, help, nil, nil)
+}
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolCapacityDesc, poolUsedDesc, poolFreeDesc, poolProvDesc,
+		poolLimitDesc, poolMetaDesc, poolVolumesDesc, poolSnapsDesc, poolHealthyDesc} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.pool.Stats()
+	healthy := 0.0
+	if c.pool.Health() == nil {
+		healthy = 1
+	}
+	for _, v := range []struct {
+		desc *prometheus.Desc
+		val  float64
+	}{
+		{poolCapacityDesc, float64(st.PhysicalBytes)},
+		{poolUsedDesc, float64(st.UsedBytes)},
+		{poolFreeDesc, float64(st.FreeBytes)},
+		{poolProvDesc, float64(st.ProvisionedBytes)},
+		{poolLimitDesc, float64(st.ProvisionLimit)},
+		{poolMetaDesc, float64(st.MetadataBytes)},
+		{poolVolumesDesc, float64(st.Volumes)},
+		{poolSnapsDesc, float64(st.Snapshots)},
+		{poolHealthyDesc, healthy},
+	} {
+		ch <- prometheus.MustNewConstMetric(v.desc, prometheus.GaugeValue, v.val)
+	}
+}
+
+// The I/O operations an export makes on a volume.
+const (
+	ioRead = iota
+	ioWrite
+	ioFlush
+	ioDiscard
+	ioWriteZeroes
+	ioOps
+)
+
+var ioOpNames = [ioOps]string{"read", "write", "flush", "discard", "write_zeroes"}
+
+// ioCounters count the I/O of every export of a node: operations, errors and bytes, by
+// operation. Atomics only, so that counting costs the I/O path next to nothing.
+type ioCounters struct {
+	ops, errs, bytes [ioOps]atomic.Uint64
+	// exported counts the volumes exported right now.
+	exported func() int
+}
+
+var (
+	ioBytesDesc = prometheus.NewDesc("dataimage_export_io_bytes_total",
+		"Bytes read and written by the kernel through the exported volumes' block devices.", []string{"op"}, nil)
+	ioOpsDesc = prometheus.NewDesc("dataimage_export_io_operations_total",
+		"I/O operations on exported volumes: read, write, flush, discard, write_zeroes.", []string{"op"}, nil)
+	ioErrsDesc = prometheus.NewDesc("dataimage_export_io_errors_total",
+		"I/O operations on exported volumes that failed (the kernel got an I/O error).", []string{"op"}, nil)
+	exportedDesc = prometheus.NewDesc("dataimage_export_volumes",
+		"Volumes exported as kernel block devices (staged) by this run of the plugin.", nil, nil)
+)
+
+func (c *ioCounters) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ioBytesDesc
+	ch <- ioOpsDesc
+	ch <- ioErrsDesc
+	ch <- exportedDesc
+}
+
+func (c *ioCounters) Collect(ch chan<- prometheus.Metric) {
+	for op := range ioOps {
+		ch <- prometheus.MustNewConstMetric(ioOpsDesc, prometheus.CounterValue, float64(c.ops[op].Load()), ioOpNames[op])
+		ch <- prometheus.MustNewConstMetric(ioErrsDesc, prometheus.CounterValue, float64(c.errs[op].Load()), ioOpNames[op])
+		if op == ioRead || op == ioWrite {
+			ch <- prometheus.MustNewConstMetric(ioBytesDesc, prometheus.CounterValue, float64(c.bytes[op].Load()), ioOpNames[op])
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(c.exported()))
+}
+
+// count records one operation that moved n bytes and returned err.
+func (c *ioCounters) count(op int, n int, err error) {
+	c.ops[op].Add(1)
+	if n > 0 {
+		c.bytes[op].Add(uint64(n))
+	}
+	if err != nil {
+		c.errs[op].Add(1)
+	}
+}
+
+// countingDisk is a volume as its export sees it, counting what the export does with it.
+type countingDisk struct {
+	*blockstore.Volume
+	c *ioCounters
+}
+
+var (
+	_ export.Disk        = countingDisk{}
+	_ export.WriteZeroer = countingDisk{}
+)
+
+func (d countingDisk) ReadAt(b []byte, off int64) (int, error) {
+	n, err := d.Volume.ReadAt(b, off)
+	d.c.count(ioRead, n, err)
+	return n, err
+}
+
+func (d countingDisk) WriteAt(b []byte, off int64) (int, error) {
+	n, err := d.Volume.WriteAt(b, off)
+	d.c.count(ioWrite, n, err)
+	return n, err
+}
+
+func (d countingDisk) Flush() error {
+	err := d.Volume.Flush()
+	d.c.count(ioFlush, 0, err)
+	return err
+}
+
+func (d countingDisk) Discard(off, n int64) error {
+	err := d.Volume.Discard(off, n)
+	d.c.count(ioDiscard, 0, err)
+	return err
+}
+
+func (d countingDisk) WriteZeroes(off, n int64) error {
+	err := d.Volume.WriteZeroes(off, n)
+	d.c.count(ioWriteZeroes, 0, err)
+	return err
+}
