@@ -55,3 +55,4 @@ if ! has kustomize "$KUSTOMIZE_VERSION" version; then
 	GOBIN="$gobin" "$GO" install -ldflags "-X sigs.k8s.io/kustomize/api/provenance.version=$KUSTOMIZE_VERSION" \
 		"sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 fi
+"$(dirname "$0")/install-envtest.sh"

@@ -1,0 +1,303 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/dataimage/dataimage/deploy/manifest"
+)
+
+// envtestAssets is where hack/install-envtest.sh installs kube-apiserver and etcd; the tests
+// use it when KUBEBUILDER_ASSETS is unset.
+const envtestAssets = "/usr/local/lib/dataimage/envtest/v1.36.1"
+
+var env struct {
+	skip       string
+	cfg        *rest.Config
+	kubeconfig []byte
+}
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+func runTests(m *testing.M) int {
+	flag.Parse()
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		os.Setenv("KUBEBUILDER_ASSETS", envtestAssets)
+	}
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	var te *envtest.Environment
+	for _, bin := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
+			env.skip = fmt.Sprintf("no %s in KUBEBUILDER_ASSETS=%s", bin, assets)
+		}
+	}
+	if env.skip == "" {
+		te = &envtest.Environment{
+			CRDDirectoryPaths:     []string{"../../../deploy/crd", "../../../charts/dataimage/files/snapshot-crds"},
+			ErrorIfCRDPathMissing: true,
+		}
+		cfg, err := te.Start()
+		if err != nil {
+			env.skip = fmt.Sprintf("start kube-apiserver and etcd: %v", err)
+			te = nil
+		} else {
+			env.cfg, env.kubeconfig = cfg, te.KubeConfig
+		}
+	}
+	if env.skip != "" && os.Getenv("CI") == "true" {
+		fmt.Fprintf(os.Stderr, "envtest: %s (CI=true: the envtest binaries must be installed)\n", env.skip)
+		return 1
+	}
+	code := m.Run()
+	if te != nil {
+		if err := te.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "envtest: stop: %v\n", err)
+		}
+	}
+	return code
+}
+
+// chartArgs returns the controller container's arguments in deploy/ (the chart with its
+// defaults).
+func chartArgs(t *testing.T) []string {
+	t.Helper()
+	docs, err := manifest.ReadFile("../../../deploy/controller-deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := manifest.DecodeAll(manifest.Scheme(), docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if d, ok := o.Value.(*appsv1.Deployment); ok {
+			for _, c := range d.Spec.Template.Spec.Containers {
+				if c.Name == "controller" {
+					return append(c.Command, c.Args...)
+				}
+			}
+		}
+	}
+	t.Fatal("no controller container in deploy/controller-deployment.yaml")
+	return nil
+}
+
+// chartConfig returns the ControllerConfig file of deploy/'s ConfigMap.
+func chartConfig(t *testing.T) string {
+	t.Helper()
+	docs, err := manifest.ReadFile("../../../deploy/controller-config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := manifest.DecodeAll(manifest.Scheme(), docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if cm, ok := o.Value.(*corev1.ConfigMap); ok && cm.Data["config.yaml"] != "" {
+			return cm.Data["config.yaml"]
+		}
+	}
+	t.Fatal("no config.yaml in deploy/controller-config.yaml")
+	return ""
+}
+
+func TestChartArgs(t *testing.T) {
+	args := chartArgs(t)
+	c, err := parse(args, io.Discard)
+	if err != nil {
+		t.Fatalf("the chart's arguments %q: %v", args, err)
+	}
+	want := Config{ConfigFile: "/etc/dataimage/config.yaml", LeaderElect: true, MetricsAddr: ":8080", ProbeAddr: ":8081",
+		ProgressInterval: 3 * time.Second, Verbosity: 0, LogFormat: "json"}
+	if c != want {
+		t.Errorf("the chart's arguments give %+v, want %+v", c, want)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--config is required"},
+		{[]string{"--config=c", "--log-format=xml"}, "--log-format must be text or json"},
+		{[]string{"--config=c", "--v=-1"}, "--v must not be negative"},
+		{[]string{"--config=c", "--progress-interval=0s"}, "--progress-interval must be positive"},
+		{[]string{"--config=c", "extra"}, "unexpected arguments: extra"},
+		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+	} {
+		_, err := parse(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parse(%q) = %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	var out bytes.Buffer
+	if code := Main([]string{"--log-format=xml", "--config=c"}, &out); code != 2 || !strings.Contains(out.String(), "dataimage-controller: --log-format") {
+		t.Errorf("Main with a bad flag: code %d, output %q", code, out.String())
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	if code := Main([]string{"--help"}, &out); code != 0 {
+		t.Errorf("--help exits %d", code)
+	}
+	for _, want := range []string{"Usage: dataimage-controller --config FILE", "VolumeSnapshot", "-config", "-leader-elect",
+		"-metrics-bind-address", "-health-probe-bind-address", "-v ", "-log-format", "-kubeconfig"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestRunBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte("apiVersion: dataimage.io/v1alpha1\nkind: ControllerConfig\nengines: {}\nbogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Run(t.Context(), Config{ConfigFile: path}, NewLogger(Config{}, io.Discard))
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("Run with a bad configuration: %v", err)
+	}
+	err = Run(t.Context(), Config{ConfigFile: filepath.Join(dir, "missing.yaml")}, NewLogger(Config{}, io.Discard))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Run without a configuration file: %v", err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestRun(t *testing.T) {
+	// The whole command against a real API server: the chart's configuration, leader election,
+	// probes and metrics.
+	if env.skip != "" {
+		t.Skipf("envtest: %s (run hack/install-envtest.sh)", env.skip)
+	}
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	config := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(kubeconfig, env.kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(config, []byte(chartConfig(t)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metrics, probes := freePort(t), freePort(t)
+	args := []string{"--config=" + config, "--kubeconfig=" + kubeconfig, "--leader-elect", "--leader-election-namespace=default",
+		"--metrics-bind-address=" + metrics, "--health-probe-bind-address=" + probes, "--v=1", "--log-format=json"}
+	c, err := parse(args, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, c, NewLogger(c, &logs)) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+	}
+	defer stop()
+
+	get := func(url string) (int, string) {
+		resp, err := http.Get(url)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		for {
+			code, body := get("http://" + probes + path)
+			if code == http.StatusOK {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d %s\nlogs:\n%s", path, code, body, logs.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	admin, err := client.New(env.cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := &coordinationv1.Lease{}
+	for {
+		err := admin.Get(ctx, client.ObjectKey{Namespace: "default", Name: LeaderElectionID}, lease)
+		if err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no leader: %v\nlogs:\n%s", err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	code, body := get("http://" + metrics + "/metrics")
+	for _, want := range []string{`dataimage_controller_images{phase="Ready"} 0`, `dataimage_controller_builds_started_total{engine="postgres"} 0`,
+		`dataimage_controller_images_expired_total 0`, `controller_runtime_reconcile_total{controller="dataimage"`} {
+		if code != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("/metrics (%d) lacks %s", code, want)
+		}
+	}
+	stop()
+	if out := logs.String(); !strings.Contains(out, `"msg":"dataimage-controller starting"`) || !strings.Contains(out, `"leaderElection":true`) {
+		t.Errorf("logs are not JSON with the start message:\n%s", out)
+	}
+}
