@@ -175,7 +175,6 @@ func mariaSource(t *testing.T, e engine.Engine, scripts map[string]string) *mari
 	return b
 }
 
-
 // mariaBuild validates def against the set and backupRoot, and builds it into a new root.
 func mariaBuild(t *testing.T, set engine.Set, backupRoot, def string, rec *recorder) (*Result, string, string, error) {
 	t.Helper()
