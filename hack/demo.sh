@@ -74,7 +74,7 @@ seconds_since() {
 DEMO_START=$(now_ms)
 
 section "Dependencies (hack/install-deps.sh) and bin/dataimage"
-run hack/install-deps.sh
+run env DATAIMAGE_DEPS=local hack/install-deps.sh
 mkdir -p bin
 run "$GO" build -o bin/dataimage ./cmd/dataimage
 

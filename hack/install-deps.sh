@@ -9,6 +9,8 @@
 #                                  MariaDB (Debian's default, 10.11), server
 #                                  and client tools, for the image builder
 #   Go tools (go install):         staticcheck, pinned below
+#   Kubernetes tools:              hack/install-k8s-tools.sh (skipped with
+#                                  DATAIMAGE_DEPS=local, as make demo does)
 #
 # The project runs its own database servers, on its own data directories,
 # sockets and ports. The packages' own services (Debian's "main" PostgreSQL
@@ -136,6 +138,9 @@ if ! command -v staticcheck >/dev/null 2>&1 && [[ ! -x "$gobin/staticcheck" ]]; 
 	fi
 fi
 
-# The Kubernetes packaging's tools (helm, controller-gen, kustomize), which the
-# deploy/ and charts/ tests run.
-"$(dirname "$0")/install-k8s-tools.sh"
+# The Kubernetes packaging's tools (helm, controller-gen, kustomize, and the
+# envtest API server), which the deploy/, charts/ and controller tests run.
+# `make demo` needs none of them: it runs with DATAIMAGE_DEPS=local.
+if [[ "${DATAIMAGE_DEPS:-all}" != local ]]; then
+	"$(dirname "$0")/install-k8s-tools.sh"
+fi
