@@ -323,6 +323,11 @@ func TestGetCapacity(t *testing.T) {
 	require.Equal(t, want, capacity(&csi.GetCapacityRequest{AccessibleTopology: here,
 		VolumeCapabilities: []*csi.VolumeCapability{mountCap(rwo, "xfs"), blockCap(rwo)},
 		Parameters:         map[string]string{"csi.storage.k8s.io/pvc/name": "x"}}).GetAvailableCapacity())
+	// The capacity controller of csi-provisioner passes the StorageClass's parameters as they are.
+	require.Equal(t, want, capacity(&csi.GetCapacityRequest{AccessibleTopology: here,
+		Parameters: map[string]string{"csi.storage.k8s.io/fstype": "ext4"}}).GetAvailableCapacity())
+	_, err := c.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"fstype": "ext4"}})
+	requireCode(t, codes.InvalidArgument, err)
 	// Another node's segment, a segment with other keys, capabilities no volume here can have: 0.
 	for _, r := range []*csi.GetCapacityRequest{
 		{AccessibleTopology: &csi.Topology{Segments: map[string]string{DefaultTopologyKey: otherNode}}},
@@ -330,6 +335,7 @@ func TestGetCapacity(t *testing.T) {
 		{AccessibleTopology: &csi.Topology{}},
 		{VolumeCapabilities: []*csi.VolumeCapability{mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, "")}},
 		{VolumeCapabilities: []*csi.VolumeCapability{mountCap(rwo, "btrfs")}},
+		{Parameters: map[string]string{"csi.storage.k8s.io/fstype": "btrfs"}},
 	} {
 		require.Zero(t, capacity(r).GetAvailableCapacity(), "%v", r)
 	}
@@ -342,7 +348,7 @@ func TestGetCapacity(t *testing.T) {
 	require.Equal(t, left, after.GetAvailableCapacity())
 	require.Equal(t, left/4096*4096, after.GetMaximumVolumeSize().GetValue())
 	// What GetCapacity reports as the largest volume can be created; one more block cannot.
-	_, err := c.CreateVolume(ctx, createReq("too-big", after.GetMaximumVolumeSize().GetValue()+4096))
+	_, err = c.CreateVolume(ctx, createReq("too-big", after.GetMaximumVolumeSize().GetValue()+4096))
 	requireCode(t, codes.ResourceExhausted, err)
 	mustCreateVolume(t, c, "fits", after.GetMaximumVolumeSize().GetValue())
 	require.Zero(t, capacity(&csi.GetCapacityRequest{}).GetAvailableCapacity())

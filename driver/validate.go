@@ -26,6 +26,15 @@ var volumeParameters = []string{
 	"csi.storage.k8s.io/pvc/namespace",
 }
 
+// fsTypeParameter is the StorageClass parameter that names the file system. The provisioner
+// turns it into VolumeCapability.mount.fs_type for CreateVolume, but its capacity controller
+// passes the StorageClass's parameters to GetCapacity as they are (external-provisioner v6.3.0
+// pkg/capacity/capacity.go), so GetCapacity accepts it too.
+const fsTypeParameter = "csi.storage.k8s.io/fstype"
+
+// capacityParameters are the keys GetCapacity accepts.
+var capacityParameters = append([]string{fsTypeParameter}, volumeParameters...)
+
 // Parameter keys accepted by CreateSnapshot: the ones the external-snapshotter adds with
 // --extra-create-metadata.
 var snapshotParameters = []string{
