@@ -11,6 +11,7 @@
 #   make demo    data image from a pgbench backup, served as 3 clones (root; DEMO_SCALE=50)
 #   make manifests  regenerate the DataImage CRD and deepcopy, the chart's CRD copies, deploy/
 #   make images  OCI image archives (no container engine) of cmd/* into bin/images/
+#   make e2e     a real single-node Kubernetes on this machine runs the user story (root; docs/e2e.md)
 #   make clean   remove build outputs
 
 GO ?= go
@@ -43,12 +44,12 @@ MODEL_OPS ?= 1000000
 # Packages whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
 # the package's testdata/fuzz/ and is a regression test from then on: commit it with the fix.
 FUZZ_PKGS ?= ./blockstore/internal/format ./blockstore/export ./driver ./imagebuilder ./imagebuilder/tarx \
-	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./imagebuilder/local
+	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./imagebuilder/local ./imagebuilder/controller
 FUZZTIME ?= 30s
 
 .DEFAULT_GOAL := build
 
-.PHONY: deps build test lint bench crash soak fuzz demo manifests images clean
+.PHONY: deps build test lint bench crash soak fuzz demo manifests images e2e clean
 
 # Idempotent: quiet and quick when everything is already installed.
 deps:
@@ -165,6 +166,9 @@ images:
 			-file $(BIN_DIR)/static/$$name=/usr/local/bin/$$name -env $(IMAGE_PATH) \
 			-label org.opencontainers.image.version=$(IMAGE_TAG) $$args; \
 	done
+
+e2e:
+	GO=$(GO) hack/e2e/e2e.sh $(E2E_PHASES)
 
 clean:
 	rm -rf $(BIN_DIR) coverage.out coverage.html cover.out *.coverprofile

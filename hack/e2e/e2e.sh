@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# e2e.sh [PHASE...]: `make e2e`, a real single-node Kubernetes cluster built on this machine runs
+# Dataimage's user story (docs/e2e.md). Phases, each timed:
+#
+#   install  apt packages; Kubernetes and the CSI sidecars built from the Go module proxy (install.sh)
+#   images   OCI archives: pause, busybox, sidecars, Debian PostgreSQL, the project's (images.sh)
+#   up       the cluster: PKI, etcd, control plane, containerd, kubelet, CNI, snapshot API (cluster.sh up)
+#   chart    Dataimage from charts/dataimage with helm (chart.sh)
+#   test     go test -tags e2e ./sanity/e2e/... against the cluster
+#   down     everything stopped by PID, mounts, loop devices, links, cgroups released (cluster.sh down)
+#
+# Without arguments: install, images, up, chart, test, and down at the end whatever happened
+# (also on failure or interrupt), unless E2E_KEEP=1 keeps the cluster for a look (then
+# `hack/e2e/e2e.sh down`). With arguments: only those phases, in the order given, and nothing
+# stopped unless `down` is one of them. E2E_TEST_RUN is passed to go test -run.
+set -euo pipefail
+# shellcheck source=hack/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+
+run_tests() {
+	local args=(-tags e2e -count=1 -v -timeout "${E2E_TEST_TIMEOUT:-45m}")
+	if [[ -n ${E2E_TEST_RUN:-} ]]; then args+=(-run "$E2E_TEST_RUN"); fi
+	(cd "$REPO" && env KUBECONFIG="$E2E_RUN/kubeconfig" \
+		E2E_KUBECTL="$E2E_BIN/kubectl" E2E_NODE_NAME="$NODE_NAME" \
+		E2E_NAMESPACE="$DATAIMAGE_NAMESPACE" E2E_RELEASE="$DATAIMAGE_RELEASE" \
+		E2E_POSTGRES_IMAGE="$POSTGRES_IMAGE_REPO:$POSTGRES_VERSION" E2E_POSTGRES_VERSION="$POSTGRES_VERSION" \
+		E2E_BUSYBOX_IMAGE="$BUSYBOX_IMAGE" E2E_STATE="$E2E_STATE" E2E_RUN="$E2E_RUN" \
+		E2E_KUBELET_DIR="$KUBELET_DIR" E2E_POOL_PATH="$POOL_PATH" E2E_EXPORT_STATE_DIR="$EXPORT_STATE_DIR" \
+		"$GO" test "${args[@]}" ./sanity/e2e/...)
+}
+
+# Each phase runs as a background job in its own process group (job control is on), waited
+# for: a signal then reaches this script at once (bash runs traps only between foreground
+# commands), and stopping the phase stops all of it (go test and its test binary, kubectl...).
+set -m
+phase_pid=""
+background() {
+	"$@" &
+	phase_pid=$!
+	local rc=0
+	wait "$phase_pid" || rc=$?
+	phase_pid=""
+	return $rc
+}
+
+# stop_phase: the running phase's process group, SIGTERM then SIGKILL.
+stop_phase() {
+	[[ -n $phase_pid ]] || return 0
+	e2e_log "stopping the running phase (process group $phase_pid)"
+	kill -TERM -- "-$phase_pid" 2>/dev/null || true
+	local i
+	for ((i = 0; i < 20; i++)); do
+		kill -0 -- "-$phase_pid" 2>/dev/null || break
+		sleep 0.5
+	done
+	kill -KILL -- "-$phase_pid" 2>/dev/null || true
+	wait "$phase_pid" 2>/dev/null || true
+	phase_pid=""
+}
+
+phase() {
+	case $1 in
+	install) e2e_phase install background "$HERE/install.sh" ;;
+	images) e2e_phase images background "$HERE/images.sh" ;;
+	up) e2e_phase up background "$HERE/cluster.sh" up ;;
+	smoke) e2e_phase smoke background "$HERE/cluster.sh" smoke ;;
+	chart) e2e_phase chart background "$HERE/chart.sh" ;;
+	test) e2e_phase test background run_tests ;;
+	down) e2e_phase down background "$HERE/cluster.sh" down ;;
+	*) e2e_die "unknown phase $1 (install images up smoke chart test down)" ;;
+	esac
+}
+
+summary() {
+	e2e_log "timings:"
+	printf '%s' "$E2E_TIMINGS" >&2
+}
+
+e2e_require_root
+start=$SECONDS
+if [[ $# -gt 0 ]]; then
+	trap 'stop_phase; exit 130' INT TERM
+	rc=0
+	for p in "$@"; do
+		phase "$p" || {
+			rc=$?
+			break
+		}
+	done
+	summary
+	exit $rc
+fi
+
+finish() {
+	local rc=$?
+	trap - EXIT INT TERM
+	stop_phase
+	if [[ ${E2E_KEEP:-0} == 1 ]]; then
+		e2e_log "E2E_KEEP=1: the cluster stays up (KUBECONFIG=$E2E_RUN/kubeconfig); stop it with hack/e2e/e2e.sh down"
+	else
+		phase down || rc=1
+	fi
+	summary
+	e2e_log "total $((SECONDS - start)) s"
+	if ((rc == 0)); then e2e_log "make e2e: PASS"; else e2e_log "make e2e: FAIL"; fi
+	exit $rc
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+phase install
+phase images
+phase up
+phase smoke
+phase chart
+phase test

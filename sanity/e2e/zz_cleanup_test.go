@@ -1,0 +1,215 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/dataimage/dataimage/blockstore"
+	dataimagev1 "github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+)
+
+// TestZZLeavesNothing runs last (go test runs the tests of a package in the order of their
+// files, and this file sorts last): once every test's namespace is gone, deleting everything
+// must have left no volume, snapshot or DataImage in the cluster, nothing mounted on the node
+// (no CSI mount, loop device over an exported volume, or FUSE export), and a pool that passes
+// the block store's check with no volume and no snapshot in it. For the check the node plugin
+// is stopped (the pool is opened here, by this process), then started again.
+func TestZZLeavesNothing(t *testing.T) {
+	needCluster(t)
+	waitFor(t, defaultWait, "every test namespace to be deleted", func(c context.Context) (bool, string, error) {
+		var list corev1.NamespaceList
+		if err := kube.List(c, &list, client.HasLabels{namespaceLabel}); err != nil {
+			return false, "", err
+		}
+		var names []string
+		for _, ns := range list.Items {
+			names = append(names, ns.Name)
+		}
+		return len(names) == 0, strings.Join(names, ", "), nil
+	})
+	waitFor(t, defaultWait, "no volume, snapshot or DataImage of the driver left", func(c context.Context) (bool, string, error) {
+		left, err := driverObjects(c)
+		return len(left) == 0, strings.Join(left, ", "), err
+	})
+	if m := leftoverMounts(t); len(m) > 0 {
+		t.Errorf("left on the node with the plugin running:\n%s", strings.Join(m, "\n"))
+	}
+
+	stopPlugin(t)
+	if m := leftoverMounts(t); len(m) > 0 {
+		t.Errorf("left on the node after the plugin stopped:\n%s", strings.Join(m, "\n"))
+	}
+	pool, err := blockstore.Open(cfg.poolPath, blockstore.Options{})
+	if err != nil {
+		t.Fatalf("open the node's pool %s: %v", cfg.poolPath, err)
+	}
+	report, err := pool.Check(false)
+	var vols []string
+	for _, v := range pool.Volumes() {
+		vols = append(vols, v.Name)
+	}
+	var snaps []string
+	for _, s := range pool.Snapshots() {
+		snaps = append(snaps, s.Name)
+	}
+	if cerr := pool.Close(); cerr != nil {
+		t.Errorf("close the pool: %v", cerr)
+	}
+	if err != nil {
+		t.Fatalf("check of the pool %s: %v", cfg.poolPath, err)
+	}
+	t.Logf("pool check: %s", report)
+	if !report.OK() {
+		t.Errorf("the pool check found problems: %s", report)
+	}
+	if report.Volumes != 0 || report.Snapshots != 0 {
+		t.Errorf("the pool still holds %d volumes %v and %d snapshots %v after everything was deleted",
+			report.Volumes, vols, report.Snapshots, snaps)
+	}
+}
+
+// driverObjects lists what the cluster still holds of the driver: PVs, VolumeSnapshotContents,
+// DataImages.
+func driverObjects(c context.Context) ([]string, error) {
+	var left []string
+	var pvs corev1.PersistentVolumeList
+	if err := kube.List(c, &pvs); err != nil {
+		return nil, err
+	}
+	for _, pv := range pvs.Items {
+		if pv.Spec.CSI != nil && pv.Spec.CSI.Driver == driverName {
+			left = append(left, "PersistentVolume "+pv.Name)
+		}
+	}
+	var contents snapshotv1.VolumeSnapshotContentList
+	if err := kube.List(c, &contents); err != nil {
+		return nil, err
+	}
+	for _, vsc := range contents.Items {
+		if vsc.Spec.Driver == driverName {
+			left = append(left, "VolumeSnapshotContent "+vsc.Name)
+		}
+	}
+	var images dataimagev1.DataImageList
+	if err := kube.List(c, &images); err != nil {
+		return nil, err
+	}
+	for _, di := range images.Items {
+		left = append(left, "DataImage "+di.Namespace+"/"+di.Name)
+	}
+	return left, nil
+}
+
+// leftoverMounts lists the node's mounts and loop devices that belong to Dataimage volumes:
+// CSI staging and publishing mounts under the kubelet's directory, FUSE exports and anything
+// else under the plugin's export directory, and loop devices over exported files.
+func leftoverMounts(t *testing.T) []string {
+	t.Helper()
+	var left []string
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		fields := strings.Fields(line)
+		sep := slices.Index(fields, "-")
+		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
+			continue
+		}
+		point := strings.ReplaceAll(fields[4], `\040`, " ")
+		fstype, source := fields[sep+1], fields[sep+2]
+		switch {
+		case strings.Contains(point, "/kubernetes.io~csi/"),
+			strings.HasPrefix(point, filepath.Join(cfg.kubeletDir, "plugins/kubernetes.io/csi")+"/"),
+			strings.HasPrefix(point, cfg.exportDir+"/"),
+			strings.HasPrefix(fstype, "fuse") && strings.HasPrefix(point, filepath.Dir(cfg.exportDir)+"/"):
+			left = append(left, fmt.Sprintf("mount %s (%s from %s)", point, fstype, source))
+		}
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range loops {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		back := strings.TrimSpace(string(b))
+		if strings.HasPrefix(back, cfg.exportDir+"/") || strings.HasPrefix(back, cfg.state+"/") {
+			dev := filepath.Base(filepath.Dir(filepath.Dir(f)))
+			left = append(left, fmt.Sprintf("loop device /dev/%s over %s", dev, back))
+		}
+	}
+	return left
+}
+
+// stopPlugin stops the node plugin (its DaemonSet selects no node for a while) and starts it
+// again, registered with the kubelet, when t ends.
+func stopPlugin(t *testing.T) {
+	t.Helper()
+	const pause = "e2e.dataimage.io/plugin-stopped"
+	key := client.ObjectKey{Namespace: cfg.namespace, Name: cfg.release + "-node"}
+	setSelector := func(c context.Context, on bool) error {
+		var ds appsv1.DaemonSet
+		if err := kube.Get(c, key, &ds); err != nil {
+			return err
+		}
+		patch := client.MergeFrom(ds.DeepCopy())
+		if on {
+			if ds.Spec.Template.Spec.NodeSelector == nil {
+				ds.Spec.Template.Spec.NodeSelector = map[string]string{}
+			}
+			ds.Spec.Template.Spec.NodeSelector[pause] = "true"
+		} else {
+			delete(ds.Spec.Template.Spec.NodeSelector, pause)
+		}
+		return kube.Patch(c, &ds, patch)
+	}
+	if err := setSelector(ctx(t), true); err != nil {
+		t.Fatalf("stop the node plugin (DaemonSet %s): %v", key, err)
+	}
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(context.Background(), defaultWait)
+		defer cancel()
+		if err := setSelector(c, false); err != nil {
+			t.Errorf("start the node plugin again (DaemonSet %s): %v", key, err)
+			return
+		}
+		if err := poll(c, func(c context.Context) (bool, string, error) {
+			var node storagev1.CSINode
+			if err := kube.Get(c, client.ObjectKey{Name: cfg.node}, &node); err != nil {
+				return false, "", err
+			}
+			for _, d := range node.Spec.Drivers {
+				if d.Name == driverName {
+					return true, "", nil
+				}
+			}
+			return false, "not registered with the kubelet", nil
+		}); err != nil {
+			t.Errorf("the node plugin did not come back: %v", err)
+		}
+	})
+	waitFor(t, defaultWait, "the node plugin to stop", func(c context.Context) (bool, string, error) {
+		var pods corev1.PodList
+		if err := kube.List(c, &pods, client.InNamespace(cfg.namespace), client.MatchingLabels{"app.kubernetes.io/component": "node"}); err != nil {
+			return false, "", err
+		}
+		var names []string
+		for _, p := range pods.Items {
+			names = append(names, p.Name+" "+string(p.Status.Phase))
+		}
+		return len(names) == 0, strings.Join(names, ", "), nil
+	})
+}
