@@ -67,7 +67,8 @@ binary: the Job runs it in the engine's own container image (e.g. postgres:16) a
 runs the database server and its tools as the engine's OS user (--run-as).
 
 Steps: validate, then the builder's (init, restore, start, prescript, postscript, checkpoint,
-stop, as the source type needs), then sync. Validation checks the definition against the
+stop, as the source type needs; stop ends with a syncfs of the root, so the data is on the
+volume when the Job ends). Validation checks the definition against the
 engine versions installed here and, when it names backups or scripts, that they exist under
 --backup-root; a root that already holds an instance (<root>/data exists) is refused.
 

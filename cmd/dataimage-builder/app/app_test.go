@@ -81,7 +81,7 @@ func TestMainBadFlags(t *testing.T) {
 		require.Equal(t, 0, Main([]string{help}, &stdout, &stderr))
 		for _, w := range []string{"Usage: dataimage-builder", "-definition-json", "-definition ", "-root", "-backup-root",
 			"-runtime-dir", "-run-as", "-default-lifetime", "-output", "-termination-log", "-verbose",
-			"BuildEvent", "builder.Outcome", "Exit codes", "validate", "sync"} {
+			"BuildEvent", "builder.Outcome", "Exit codes", "validate", "syncfs"} {
 			require.Contains(t, stderr.String(), w, help)
 		}
 	}

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -24,8 +22,6 @@ const (
 	// StepValidate reads and validates the definition and checks the root: a failure here
 	// starts nothing.
 	StepValidate = "validate"
-	// StepSync flushes the root's file system to the volume after the server stopped.
-	StepSync = "sync"
 )
 
 // Run validates and builds the image c describes, reporting progress through event (called
@@ -67,12 +63,8 @@ func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.
 		},
 		Logger: log,
 	})
-	if err == nil {
-		event(local.BuildEvent{Step: StepSync, Message: "flushing the file system to the volume"})
-		if err = syncFS(c.Root); err != nil {
-			err = &builder.StepError{Step: StepSync, Err: err}
-		}
-	}
+	// builder.Build syncs the root's file system in its stop step: the data is on the volume
+	// when it returns, before anyone snapshots it.
 	return builder.OutcomeOf(res, err) // the builder logged a failure already
 }
 
@@ -194,20 +186,6 @@ func runtimeDir(dir string) (_ string, cleanup func(), err error) {
 		}
 	}
 	return "", nil, fmt.Errorf("dataimage-builder: make a runtime directory: %w", err)
-}
-
-// syncFS flushes the file system holding root (syncfs): the server stopped cleanly, and what
-// it and the build wrote reaches the volume before the volume is snapshotted.
-func syncFS(root string) error {
-	f, err := os.Open(root)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", root, err)
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", root, err)
-	}
-	return nil
 }
 
 // readDefinition parses the definition of --definition (YAML) or --definition-json.

@@ -149,7 +149,7 @@ func TestBuildEmpty(t *testing.T) {
 	require.Equal(t, imagebuilder.EnginePostgres, o.Engine)
 	require.Equal(t, pg.Version(), o.EngineVersion)
 	require.Positive(t, o.DataBytes)
-	require.Equal(t, []string{StepValidate, builder.StepInit, builder.StepStart, builder.StepCheckpoint, builder.StepStop, StepSync},
+	require.Equal(t, []string{StepValidate, builder.StepInit, builder.StepStart, builder.StepCheckpoint, builder.StepStop},
 		steps(events(t, stdout)))
 	require.Contains(t, stderr, "image built: postgres "+pg.Version())
 	require.Equal(t, before, runtimeLeftovers(t), "the runtime directory is removed")
@@ -201,7 +201,7 @@ postScript: post.sql
 	require.Equal(t, pg.Version(), o.EngineVersion)
 	require.False(t, o.DataStateTime.IsZero(), "a custom dump records its time")
 	require.WithinDuration(t, time.Now(), o.DataStateTime, 10*time.Minute)
-	for _, w := range []string{"validate   image shop", "restore", "postscript", "sync", "image built: postgres " + pg.Version()} {
+	for _, w := range []string{"validate   image shop", "restore", "postscript", "stop", "image built: postgres " + pg.Version()} {
 		require.Contains(t, stderr, w)
 	}
 	require.Equal(t, "300|done", query(t, pg, root, "shop", "SELECT count(*) || '|' || max(note) FROM items, post"))
