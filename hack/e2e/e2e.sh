@@ -19,6 +19,7 @@ source "$(dirname "$0")/lib.sh"
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+TEST_LOG="$E2E_STATE/logs/go-test.log"
 
 run_tests() {
 	local args=(-tags e2e -count=1 -v -timeout "${E2E_TEST_TIMEOUT:-45m}")
@@ -29,7 +30,21 @@ run_tests() {
 		E2E_POSTGRES_IMAGE="$POSTGRES_IMAGE_REPO:$POSTGRES_VERSION" E2E_POSTGRES_VERSION="$POSTGRES_VERSION" \
 		E2E_BUSYBOX_IMAGE="$BUSYBOX_IMAGE" E2E_STATE="$E2E_STATE" E2E_RUN="$E2E_RUN" \
 		E2E_KUBELET_DIR="$KUBELET_DIR" E2E_POOL_PATH="$POOL_PATH" E2E_EXPORT_STATE_DIR="$EXPORT_STATE_DIR" \
-		"$GO" test "${args[@]}" ./sanity/e2e/...)
+		"$GO" test "${args[@]}" ./sanity/e2e/... 2>&1) | tee "$TEST_LOG"
+}
+
+# test_counts: "N passed, N failed" of the last test phase's top-level tests (and skips).
+test_counts() {
+	[[ -f $TEST_LOG ]] || return 0
+	local passed failed skipped
+	passed=$(grep -c '^--- PASS' "$TEST_LOG" || true)
+	failed=$(grep -c '^--- FAIL' "$TEST_LOG" || true)
+	skipped=$(grep -c '^--- SKIP' "$TEST_LOG" || true)
+	if ((skipped > 0)); then
+		echo "e2e: $passed passed, $failed failed, $skipped skipped"
+	else
+		echo "e2e: $passed passed, $failed failed"
+	fi
 }
 
 # Each phase runs as a background job in its own process group (job control is on), waited
@@ -68,7 +83,11 @@ phase() {
 	up) e2e_phase up background "$HERE/cluster.sh" up ;;
 	smoke) e2e_phase smoke background "$HERE/cluster.sh" smoke ;;
 	chart) e2e_phase chart background "$HERE/chart.sh" ;;
-	test) e2e_phase test background run_tests ;;
+	test)
+		mkdir -p "$(dirname "$TEST_LOG")"
+		rm -f "$TEST_LOG"
+		e2e_phase test background run_tests
+		;;
 	down) e2e_phase down background "$HERE/cluster.sh" down ;;
 	*) e2e_die "unknown phase $1 (install images up smoke chart test down)" ;;
 	esac
@@ -77,6 +96,11 @@ phase() {
 summary() {
 	e2e_log "timings:"
 	printf '%s' "$E2E_TIMINGS" >&2
+}
+
+# closing: the test counts as the output's last line, when tests ran.
+closing() {
+	if [[ $E2E_TIMINGS == *$'\n'"test "* || $E2E_TIMINGS == "test "* ]]; then test_counts; fi
 }
 
 e2e_require_root
@@ -91,6 +115,7 @@ if [[ $# -gt 0 ]]; then
 		}
 	done
 	summary
+	closing
 	exit $rc
 fi
 
@@ -106,6 +131,7 @@ finish() {
 	summary
 	e2e_log "total $((SECONDS - start)) s"
 	if ((rc == 0)); then e2e_log "make e2e: PASS"; else e2e_log "make e2e: FAIL"; fi
+	closing
 	exit $rc
 }
 trap finish EXIT
