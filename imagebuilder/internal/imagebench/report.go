@@ -147,10 +147,10 @@ func (r *report) analysis(p func(string, ...any)) {
 			"exported volume) varies between rounds of one run far more than the baseline's whole tar -x does (see "+
 			"its row): the extraction is throttled by the writeback of what it has already written, and that "+
 			"writeback runs through loop → FUSE → the pool, where the raw side's goes through loop → a file. The "+
-			"stop step's syncfs, which writes the rest, shows the same path's cost. The build itself is not the "+
-			"bottleneck: with the data cached and nothing else running, whole builds took 1.3–1.6 s against "+
-			"1.2–1.5 s for the baseline (0.8–0.96× in earlier runs of this tool). The way to the goal is the "+
-			"export's write path (NBD or ublk where the kernel has them, or a FUSE export with writeback caching).")
+			"stop step's syncfs, which writes the rest, shows the same path's cost. The ratio moves with that "+
+			"variance from run to run (`go run ./imagebuilder/internal/imagebench -only build` gave 0.82× and "+
+			"0.98× in two runs the day this was written). The way to the goal is the export's write path (NBD "+
+			"or ublk where the kernel has them, or a FUSE export with writeback caching).")
 	}
 	if t := r.tps; t != nil && median(t.clone)/median(t.raw) < 0.8 {
 		misses = append(misses, "- **pgbench.** Each commit's fdatasync travels ext4 → loop (flush) → FUSE (fsync) → the "+
