@@ -34,6 +34,14 @@ if ! mkdir -p "$ENVTEST_DIR" 2>/dev/null || [[ ! -w "$ENVTEST_DIR" ]]; then
 	exit 0
 fi
 
+# Concurrent runs (two test runs on one machine) wait for each other instead of racing on the
+# same temporary files; the one that waited finds the binaries and has nothing to do.
+exec 9>"$ENVTEST_DIR/.install.lock"
+flock 9
+if [[ -x "$ENVTEST_DIR/kube-apiserver" && -x "$ENVTEST_DIR/etcd" ]]; then
+	exit 0
+fi
+
 start=$SECONDS
 
 # etcd: Debian's package. Its service must not start (the tests run their own etcd), so a
