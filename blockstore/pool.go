@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -358,8 +359,8 @@ func readSuperblock(f File) (*format.Superblock, int, error, error) {
 	buf := make([]byte, format.MinBlockSize)
 	var best *format.Superblock
 	slot := -1
-	var errs []error
-	damaged := false
+	var errs []error    // every slot's error, for the error of the other slot
+	var damaged []error // slots that hold something of a superblock, but no valid one
 	for s := range 2 {
 		// A slot lives at the start of block s; block size is unknown until one is read, so
 		// slot B is looked for at every possible block size.
@@ -375,13 +376,15 @@ func readSuperblock(f File) (*format.Superblock, int, error, error) {
 				if !errors.Is(err, io.EOF) {
 					return nil, 0, nil, fmt.Errorf("blockstore: read superblock slot %d at byte %d: %w", s, off, err)
 				}
-				errs = append(errs, fmt.Errorf("slot %d at byte %d: %w", s, off, err)) // past the end
-				continue
+				continue // past the end
 			}
 			sb, err := format.DecodeSuperblock(buf)
 			if err != nil {
-				damaged = damaged || !errors.Is(err, format.ErrMagic)
-				errs = append(errs, fmt.Errorf("slot %d: %w", s, err))
+				err = fmt.Errorf("slot %d at byte %d: %w", s, off, err)
+				if !errors.Is(err, format.ErrMagic) {
+					damaged = append(damaged, err)
+				}
+				errs = append(errs, err)
 				continue
 			}
 			if s == 1 && int64(sb.BlockSize) != off {
@@ -392,11 +395,15 @@ func readSuperblock(f File) (*format.Superblock, int, error, error) {
 			}
 		}
 	}
-	if best == nil && damaged {
-		return nil, 0, nil, fmt.Errorf("%w: no valid superblock, and a damaged one: %w", ErrCorrupt, errors.Join(errs...))
+	if best == nil && len(damaged) > 0 {
+		msgs := make([]string, len(damaged))
+		for i, e := range damaged {
+			msgs[i] = e.Error()
+		}
+		return nil, 0, nil, fmt.Errorf("%w: no valid superblock, and a damaged one: %s", ErrCorrupt, strings.Join(msgs, "; "))
 	}
 	if best == nil {
-		return nil, 0, nil, fmt.Errorf("%w: no valid superblock: %w", ErrNotPool, errors.Join(errs...))
+		return nil, 0, nil, fmt.Errorf("%w: neither superblock slot holds a superblock", ErrNotPool)
 	}
 	if size, err := f.Size(); err != nil || uint64(size) < best.PoolBlocks*uint64(best.BlockSize) {
 		return nil, 0, nil, fmt.Errorf("%w: pool of %d blocks does not fit in %d bytes (%v)", ErrCorrupt, best.PoolBlocks, size, err)
