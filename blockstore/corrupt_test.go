@@ -631,7 +631,8 @@ func TestCorruptBothSuperblocks(t *testing.T) {
 		p.Close()
 		t.Fatal("a pool with no valid superblock opened")
 	}
-	assert.True(t, errors.Is(err, blockstore.ErrNotPool) || errors.Is(err, blockstore.ErrCorrupt), "%v", err)
+	assert.ErrorIs(t, err, blockstore.ErrCorrupt, "damaged superblocks are a damaged pool, not \"not a pool\"")
+	assert.NotErrorIs(t, err, blockstore.ErrNotPool)
 	assert.Contains(t, err.Error(), "superblock")
 }
 

@@ -28,7 +28,9 @@ var (
 	// ErrFailed: an earlier write or sync of the pool failed; the pool refuses further changes
 	// until it is reopened (recovery then restores the last durable state).
 	ErrFailed = errors.New("blockstore: pool failed")
-	// ErrNotPool: the file does not hold a Dataimage pool.
+	// ErrNotPool: neither superblock slot of the file holds anything of a Dataimage pool. Damaged
+	// superblocks are ErrCorrupt, and a read error is neither: only ErrNotPool says that the
+	// file holds no pool (Traces looks further before a pool is made over it).
 	ErrNotPool = errors.New("blockstore: not a pool")
 )
 

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 	"unsafe"
 
@@ -27,6 +29,55 @@ type File interface {
 	// Size returns the size of the storage in bytes.
 	Size() (int64, error)
 	Close() error
+}
+
+// createFile makes a new pool file at path atomically (see Create).
+func createFile(path string, opts Options) (*Pool, error) {
+	fail := func(err error) (*Pool, error) { return nil, fmt.Errorf("blockstore: create pool %s: %w", path, err) }
+	if _, err := os.Lstat(path); err == nil {
+		return fail(fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".creating")
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	f, err := openOSFile(tmp, true, opts.Size, opts.Preallocate, opts.DirectIO)
+	if err != nil {
+		return fail(err)
+	}
+	p, err := CreateOn(f, opts)
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	// link(2), unlike rename(2), never replaces what is at path.
+	if err := os.Link(tmp, path); err != nil {
+		p.Close()
+		os.Remove(tmp)
+		return fail(err)
+	}
+	if err := os.Remove(tmp); err != nil {
+		p.Close()
+		return fail(err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		p.Close()
+		return fail(err)
+	}
+	return p, nil
+}
+
+// syncDir makes the entries of directory dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // osFile is a File on a regular file or block device.
@@ -54,16 +105,24 @@ func aligned(p []byte) bool {
 	return len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))&(directAlign-1) == 0
 }
 
-// openOSFile opens path, creating a file of size bytes when create is set.
+// openOSFile opens path, creating a file of size bytes when create is set. A block device is
+// opened exclusively (O_EXCL): the open fails with EBUSY while a file system on it is mounted or
+// something else claims it (device-mapper, md, swap, another exclusive opener), and while the
+// pool is open nobody can mount it or claim it.
 func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*osFile, error) {
 	flags := os.O_RDWR
 	if create {
 		flags |= os.O_CREATE | os.O_EXCL
+	} else if isDevice(path) {
+		flags |= os.O_EXCL
 	}
 	if direct {
 		flags |= unix.O_DIRECT
 	}
 	f, err := os.OpenFile(path, flags, 0o600)
+	if errors.Is(err, unix.EBUSY) && !create {
+		return nil, fmt.Errorf("%w (the device is in use: mounted, or held by device-mapper, md, swap or another exclusive opener)", err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -3,8 +3,10 @@ package blockstore
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,9 +168,16 @@ func (o *Options) defaults() {
 }
 
 // Create makes a new pool at path: a new file of opts.Size bytes, or an existing block device,
-// whose previous contents are lost.
+// whose previous contents are lost. Create does not look at what a device holds: callers check
+// that it is blank first (package provision does). A file is made atomically: it is formatted
+// under a temporary name beside path (".<name>.creating", which a crash may leave and the next
+// Create replaces) and appears at path only once its superblock is durable; an existing path is
+// never replaced.
 func Create(path string, opts Options) (*Pool, error) {
-	f, err := openOSFile(path, !isDevice(path), opts.Size, opts.Preallocate, opts.DirectIO)
+	if !isDevice(path) {
+		return createFile(path, opts)
+	}
+	f, err := openOSFile(path, false, 0, false, opts.DirectIO)
 	if err != nil {
 		return nil, fmt.Errorf("blockstore: create pool %s: %w", path, err)
 	}
@@ -343,12 +352,15 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 }
 
 // readSuperblock returns the valid superblock with the highest generation, its slot, and the
-// error of the other slot if that one is damaged (not merely absent).
+// error of the other slot if that one is damaged (not merely absent). With no valid superblock it
+// fails with ErrCorrupt when a slot holds a damaged one, and with ErrNotPool only when neither
+// slot holds anything of a pool. A read error is returned as such: never taken for "not a pool".
 func readSuperblock(f File) (*format.Superblock, int, error, error) {
 	buf := make([]byte, format.MinBlockSize)
 	var best *format.Superblock
 	slot := -1
-	var errs []error
+	var errs []error    // every slot's error, for the error of the other slot
+	var damaged []error // slots that hold something of a superblock, but no valid one
 	for s := range 2 {
 		// A slot lives at the start of block s; block size is unknown until one is read, so
 		// slot B is looked for at every possible block size.
@@ -361,12 +373,18 @@ func readSuperblock(f File) (*format.Superblock, int, error, error) {
 		}
 		for _, off := range offs {
 			if _, err := f.ReadAt(buf, off); err != nil {
-				errs = append(errs, err)
-				continue
+				if !errors.Is(err, io.EOF) {
+					return nil, 0, nil, fmt.Errorf("blockstore: read superblock slot %d at byte %d: %w", s, off, err)
+				}
+				continue // past the end
 			}
 			sb, err := format.DecodeSuperblock(buf)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("slot %d: %w", s, err))
+				err = fmt.Errorf("slot %d at byte %d: %w", s, off, err)
+				if !errors.Is(err, format.ErrMagic) {
+					damaged = append(damaged, err)
+				}
+				errs = append(errs, err)
 				continue
 			}
 			if s == 1 && int64(sb.BlockSize) != off {
@@ -377,8 +395,15 @@ func readSuperblock(f File) (*format.Superblock, int, error, error) {
 			}
 		}
 	}
+	if best == nil && len(damaged) > 0 {
+		msgs := make([]string, len(damaged))
+		for i, e := range damaged {
+			msgs[i] = e.Error()
+		}
+		return nil, 0, nil, fmt.Errorf("%w: no valid superblock, and a damaged one: %s", ErrCorrupt, strings.Join(msgs, "; "))
+	}
 	if best == nil {
-		return nil, 0, nil, fmt.Errorf("%w: no valid superblock: %w", ErrNotPool, errors.Join(errs...))
+		return nil, 0, nil, fmt.Errorf("%w: neither superblock slot holds a superblock", ErrNotPool)
 	}
 	if size, err := f.Size(); err != nil || uint64(size) < best.PoolBlocks*uint64(best.BlockSize) {
 		return nil, 0, nil, fmt.Errorf("%w: pool of %d blocks does not fit in %d bytes (%v)", ErrCorrupt, best.PoolBlocks, size, err)

@@ -4,7 +4,8 @@
 # prints nothing.
 #
 #   system tools (apt, root only): mkfs.ext4 mkfs.xfs fusermount3 losetup
-#                                  qemu-img fio, and gcc for `go test -race`
+#                                  blkid wipefs sfdisk qemu-img fio, and gcc
+#                                  for `go test -race`
 #   database engines (apt):        PostgreSQL (Debian's default, 15) and
 #                                  MariaDB (Debian's default, 10.11), server
 #                                  and client tools, for the image builder
@@ -36,6 +37,9 @@ declare -A apt_packages=(
 	[mkfs.xfs]=xfsprogs
 	[fusermount3]=fuse3
 	[losetup]=util-linux
+	[blkid]=util-linux  # provision's blank check of pool devices (blkid -p)
+	[wipefs]=util-linux # provision's tests: a mounted device with its signature wiped
+	[sfdisk]=fdisk      # provision's tests: devices with a partition table
 	[qemu-img]=qemu-utils
 	[fio]=fio
 	[gcc]="gcc libc6-dev" # go test -race needs cgo

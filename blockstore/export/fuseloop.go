@@ -9,9 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
@@ -100,24 +98,7 @@ func (e *fuseLoop) Export(id string, d Disk) (_ Device, err error) {
 	}
 
 	file := &diskFile{d: d, bs: int(bs), log: e.log.With("id", id)}
-	root := &fsRoot{file: file}
-	zero, entry := time.Duration(0), time.Hour
-	srv, err := fs.Mount(dir, root, &fs.Options{
-		MountOptions: fuse.MountOptions{
-			FsName:            "dataimage:" + id,
-			Name:              "dataimage",
-			DirectMount:       true, // mount(2) as root; falls back to fusermount3
-			MaxWrite:          fuseMaxWrite,
-			MaxBackground:     fuseMaxBackground,
-			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
-			DisableXAttrs:     true,
-			Logger:            slog.NewLogLogger(file.log.Handler(), slog.LevelWarn),
-		},
-		// The size changes behind the kernel's back (Resize): no attribute caching.
-		AttrTimeout:     &zero,
-		EntryTimeout:    &entry,
-		NegativeTimeout: &zero,
-	})
+	srv, err := serveFUSE(dir, id, &fsRoot{file: file}, file.log)
 	if err != nil {
 		os.Remove(dir)
 		return nil, fail("mount FUSE at "+dir, err)

@@ -100,6 +100,11 @@ var combinations = []struct {
 			if strings.HasPrefix(a, "--preallocate") || strings.Contains(a, "pool.img") {
 				t.Errorf("a block device pool has %s", a)
 			}
+			// Formatting over a device that is not blank is an admin's deliberate act, by
+			// hand: no value of the chart renders it.
+			if strings.HasPrefix(a, "--pool-format-nonblank") {
+				t.Errorf("formatBlankDevice renders %s", a)
+			}
 		}
 		for _, v := range r.daemonSet(t).Spec.Template.Spec.Volumes {
 			if v.Name == "pool-dir" {

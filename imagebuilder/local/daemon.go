@@ -15,6 +15,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/blockstore/provision"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -174,28 +175,21 @@ func makeHome(s *settings) error {
 }
 
 // openPool opens the home's pool, or creates it (sparse, PoolSize) when it does not exist yet.
+// An existing file that is not a pool is never overwritten (package provision, which the CSI
+// plugin uses too).
 func openPool(s *settings) (created bool, p *blockstore.Pool, err error) {
-	opts := blockstore.Options{DirectIO: true, OverProvisionRatio: DefaultOverProvisionRatio, Logger: s.Logger}
+	opts := blockstore.Options{DirectIO: true, OverProvisionRatio: DefaultOverProvisionRatio, Logger: s.Logger,
+		Size: s.PoolSize, Preallocate: s.Preallocate}
 	path := s.poolPath()
-	if _, err := os.Stat(path); err == nil {
-		p, err := blockstore.Open(path, opts)
-		if err != nil {
-			return false, nil, fmt.Errorf("local: open pool: %w", err)
-		}
-		rec := p.Recovery()
-		s.Logger.Info("pool open", "pool", path, "recoveredRecords", rec.Records, "lastLSN", rec.LastLSN)
-		return false, p, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	p, created, err = provision.Open(path, provision.Options{Pool: opts, Create: true})
+	if err != nil {
 		return false, nil, fmt.Errorf("local: pool: %w", err)
 	}
-	opts.Size, opts.Preallocate = s.PoolSize, s.Preallocate
-	s.Logger.Info("creating pool", "pool", path, "size", s.PoolSize, "preallocate", s.Preallocate)
-	p, err = blockstore.Create(path, opts)
-	if err != nil {
-		os.Remove(path)
-		return false, nil, fmt.Errorf("local: create pool: %w", err)
+	if !created {
+		rec := p.Recovery()
+		s.Logger.Info("pool open", "pool", path, "recoveredRecords", rec.Records, "lastLSN", rec.LastLSN)
 	}
-	return true, p, nil
+	return created, p, nil
 }
 
 // loadCatalog reads the catalog. A new pool gets an empty catalog written at once; an existing

@@ -280,6 +280,47 @@ func TestDaemonMissingCatalog(t *testing.T) {
 	requireNothingLeft(t, cfg.Home)
 }
 
+// TestDaemonKeepsForeignPoolFile: a home whose pool.img is not a pool (junk, or a pool whose
+// superblocks are both damaged) is refused at start, naming the file and what it holds, and the
+// file is left as it was: the daemon makes a pool only where no file is.
+func TestDaemonKeepsForeignPoolFile(t *testing.T) {
+	needKernel(t)
+	for name, setup := range map[string]func(t *testing.T, path string){
+		"junk": func(t *testing.T, path string) {
+			require.NoError(t, os.WriteFile(path, []byte(strings.Repeat("precious data\n", 1000)), 0o600))
+		},
+		"damaged pool": func(t *testing.T, path string) {
+			p, err := blockstore.Create(path, blockstore.Options{Size: 64 << 20})
+			require.NoError(t, err)
+			require.NoError(t, p.Close())
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			require.NoError(t, err)
+			for _, off := range []int64{20, 4096 + 20} {
+				_, err = f.WriteAt([]byte{0xff}, off)
+				require.NoError(t, err)
+			}
+			require.NoError(t, f.Close())
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := testDir(t)
+			cfg := testConfig(filepath.Join(dir, "home"), testLog(t, dir))
+			require.NoError(t, os.Mkdir(cfg.Home, 0o711))
+			path := filepath.Join(cfg.Home, "pool.img")
+			setup(t, path)
+			before, err := os.ReadFile(path)
+			require.NoError(t, err)
+			_, err = NewDaemon(cfg)
+			require.Error(t, err)
+			require.ErrorContains(t, err, path)
+			t.Log(err)
+			after, err := os.ReadFile(path)
+			require.NoError(t, err)
+			require.Equal(t, before, after, "the file is left as it was")
+		})
+	}
+}
+
 // TestDaemonHomeNotTraversable: a home the servers' users cannot reach is refused at start.
 func TestDaemonHomeNotTraversable(t *testing.T) {
 	needKernel(t)

@@ -1,9 +1,12 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	mount "k8s.io/mount-utils"
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -144,6 +148,217 @@ func TestDaemonKilled(t *testing.T) {
 
 	require.NoError(t, c2.DeleteClone(ctx, cl.Name))
 	require.NoError(t, c2.DeleteImage(ctx, "pg"))
+}
+
+// TestDaemonKilledFailsCloneIO: while a clone runs, the daemon (a process of its own, started by
+// Connect) is the only process of the clone's tree that holds /dev/fuse: neither the clone's
+// server nor any process under it, nor any other process the daemon started. So when the daemon
+// is killed (SIGKILL), the kernel aborts the FUSE connections it served, and I/O on the clone,
+// through its file system and through its block device, fails at once instead of blocking in D
+// state forever; the next daemon cleans up (kills the server, unmounts, detaches the loop device)
+// and the home can be removed. The reads run in processes of their own with a deadline, so that
+// a regression fails the test (and its cleanup aborts the connections) instead of hanging it.
+func TestDaemonKilledFailsCloneIO(t *testing.T) {
+	eng := needEngine(t, imagebuilder.EnginePostgres)
+	dir := testDir(t)
+	home := filepath.Join(dir, "home")
+	t.Setenv(daemonChildEnv, home)
+	ctx := context.Background()
+	connect := func() *Client {
+		t.Helper()
+		c, err := Connect(ctx, home, ConnectOptions{Start: true, Executable: os.Args[0], DaemonArgs: []string{"-test.run=^$"}, Timeout: 2 * time.Minute})
+		require.NoError(t, err)
+		return c
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			abortFUSEUnder(t, home) // a connection nobody serves would hang everything below
+		}
+		stopChildDaemon(t, home)
+		if t.Failed() {
+			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
+			cleanHome(t, home)
+		}
+	})
+
+	c := connect()
+	defer c.Close()
+	build(t, c, pgDefinition(eng, "pg", "sourceType: empty\n"), "")
+	cl, err := c.CreateClone(ctx, CloneRequest{Image: "pg", Name: "io"})
+	require.NoError(t, err)
+	sql(t, cl, "CREATE TABLE t (v int); INSERT INTO t VALUES (1); CHECKPOINT")
+
+	daemonPID := lockPID(t, home)
+	cat, err := loadCatalog(filepath.Join(home, "catalog.json"))
+	require.NoError(t, err)
+	serverPID := cat.Clones[cl.Name].PID
+	require.Positive(t, serverPID)
+	mnt := filepath.Join(home, "mnt", cl.Name)
+	require.Contains(t, cmdline(serverPID), mnt, "the recorded pid is the clone's server")
+
+	// (i) Only the daemon holds /dev/fuse.
+	tree := descendants(daemonPID, serverPID)
+	require.Greater(t, len(tree), 2, "the clone's server and its processes: %v", tree)
+	var holders []string
+	for _, pid := range tree {
+		if pid != daemonPID && holdsDevFUSE(pid) {
+			holders = append(holders, fmt.Sprintf("%d (%s)", pid, cmdline(pid)))
+		}
+	}
+	require.Empty(t, holders, "processes of the clone's tree that hold /dev/fuse (only the daemon %d may)", daemonPID)
+	require.True(t, holdsDevFUSE(daemonPID), "the daemon serves the clone's export")
+
+	// (ii) Killing the daemon makes the clone's I/O fail promptly.
+	loops := loopsUnder(t, filepath.Join(home, "export"))
+	require.NotEmpty(t, loops, "the clone's loop device")
+	require.NoError(t, syscall.Kill(daemonPID, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon exits")
+	start := time.Now()
+	for _, path := range append([]string{filepath.Join(mnt, "data", "global", "pg_control")}, loops...) {
+		out, err := directReadWithin(path, 10*time.Second)
+		require.Error(t, err, "an O_DIRECT read of %s after the daemon's death", path)
+		require.NotErrorIs(t, err, errDeadline, "an O_DIRECT read of %s after the daemon's death", path)
+		t.Logf("O_DIRECT read of %s after the daemon's death: %v: %s", path, err, strings.TrimSpace(out))
+	}
+	t.Logf("the reads failed %v after the daemon's exit", time.Since(start).Round(time.Millisecond))
+
+	// The next daemon cleans up and serves again; then everything goes and the home is removed.
+	c2 := connect()
+	defer c2.Close()
+	got, err := c2.Clone(ctx, cl.Name)
+	require.NoError(t, err)
+	require.Equal(t, CloneRunning, got.State, got.Message)
+	require.Equal(t, "1", sql(t, got, "SELECT v FROM t"), "committed data survives the kill")
+	require.NoError(t, c2.DeleteClone(ctx, cl.Name))
+	require.NoError(t, c2.DeleteImage(ctx, "pg"))
+	stopChildDaemon(t, home)
+	requireNothingLeft(t, home)
+	removed := make(chan error, 1)
+	go func() { removed <- os.RemoveAll(home) }()
+	select {
+	case err := <-removed:
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatalf("rm -rf %s did not finish within a minute", home)
+	}
+}
+
+// descendants returns the processes under the given ones (by parent pid), them included.
+func descendants(roots ...int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], pid)
+	}
+	seen := map[int]bool{}
+	var out []int
+	for queue := roots; len(queue) > 0; queue = queue[1:] {
+		pid := queue[0]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		queue = append(queue, children[pid]...)
+	}
+	return out
+}
+
+// holdsDevFUSE reports whether process pid has /dev/fuse open.
+func holdsDevFUSE(pid int) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if target, _ := os.Readlink(filepath.Join(dir, e.Name())); target == "/dev/fuse" {
+			return true
+		}
+	}
+	return false
+}
+
+// loopsUnder returns the loop devices whose backing files lie under dir.
+func loopsUnder(t testing.TB, dir string) []string {
+	t.Helper()
+	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	require.NoError(t, err)
+	var out []string
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); strings.HasPrefix(string(b), dir+"/") {
+			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return out
+}
+
+var errDeadline = errors.New("no answer before the deadline")
+
+// directReadWithin reads the first 4 KiB of path with O_DIRECT in a process of its own (dd),
+// and returns its output and how it ended: errDeadline if it had not within d (a read blocked in
+// D state cannot be killed: the process is left to the test's cleanup, which aborts the FUSE
+// connections).
+func directReadWithin(path string, d time.Duration) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.Command("dd", "if="+path, "of=/dev/null", "bs=4096", "count=1", "iflag=direct")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(d):
+		return "", errDeadline
+	}
+}
+
+// abortFUSEUnder aborts, through fusectl, the FUSE connections mounted under dir, so that what
+// blocks on them fails (ENOTCONN) and can be cleaned up.
+func abortFUSEUnder(t testing.TB, dir string) {
+	t.Helper()
+	const ctl = "/sys/fs/fuse/connections"
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		t.Errorf("abort FUSE connections: %v", err)
+		return
+	}
+	mounted := false
+	for _, mi := range infos {
+		mounted = mounted || mi.FsType == "fusectl"
+	}
+	if !mounted {
+		if err := syscall.Mount("fusectl", ctl, "fusectl", 0, ""); err != nil {
+			t.Errorf("mount fusectl: %v", err)
+			return
+		}
+		defer syscall.Unmount(ctl, 0)
+	}
+	for _, mi := range infos {
+		if !strings.HasPrefix(mi.FsType, "fuse.") || !strings.HasPrefix(mi.MountPoint, dir+"/") {
+			continue
+		}
+		abort := filepath.Join(ctl, strconv.Itoa(mi.Minor), "abort")
+		if err := os.WriteFile(abort, []byte("1"), 0o200); err != nil {
+			t.Errorf("abort the FUSE connection of %s: %v", mi.MountPoint, err)
+			continue
+		}
+		t.Logf("aborted the FUSE connection of %s (%s)", mi.MountPoint, abort)
+	}
 }
 
 // lockPID returns the pid of the daemon holding home's lock.

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/blockstore/provision"
 	"github.com/dataimage/dataimage/driver"
 )
 
@@ -28,11 +28,14 @@ var Version = "dev"
 
 // Config is what the flags say.
 type Config struct {
-	Endpoint           string
-	NodeID             string
-	Pool               string
-	PoolSize           int64
-	Preallocate        bool
+	Endpoint    string
+	NodeID      string
+	Pool        string
+	PoolSize    int64
+	Preallocate bool
+	// PoolFormatNonBlank makes a new pool on a device that is not blank (what it holds is lost);
+	// never on a device in use or one that fails reads.
+	PoolFormatNonBlank bool
 	Export             string
 	ExportStateDir     string
 	DefaultFSType      string
@@ -66,8 +69,9 @@ func parse(args []string, out io.Writer) (Config, error) {
 	}
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket or a path")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (required): the CSI node ID and topology value")
-	fs.StringVar(&c.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (required)")
-	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 512Mi")
+	fs.StringVar(&c.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (made a pool with --pool-size only if blank) (required)")
+	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 512Mi; for a device, the confirmation that it may be made a pool if it is blank")
+	fs.BoolVar(&c.PoolFormatNonBlank, "pool-format-nonblank", false, "with --pool-size: make a pool on a device that is not blank, destroying what it holds (file systems, partition tables, RAID/LVM metadata, a damaged pool); never on a device in use or one that fails reads")
 	fs.BoolVar(&c.Preallocate, "preallocate", false, "create the pool file thick (fallocated, freed blocks keep their space): faster first writes")
 	fs.StringVar(&c.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
 	fs.StringVar(&c.ExportStateDir, "export-state-dir", export.DefaultStateDir, "directory for export state (FUSE mounts); should be on tmpfs")
@@ -97,6 +101,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, errors.New("--node-id is required")
 	case c.Pool == "":
 		return c, errors.New("--pool is required")
+	case c.PoolFormatNonBlank && c.PoolSize == 0:
+		return c, errors.New("--pool-format-nonblank needs --pool-size (it applies only when a pool is made)")
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
 	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
@@ -252,35 +258,17 @@ func serve(ctx context.Context, c Config, srv *driver.Server, log *slog.Logger) 
 	return <-errs // the first error, or nil
 }
 
+// openPool opens the pool, making it only where that destroys nothing (package provision): a
+// file that does not exist, or a blank device, and only with --pool-size.
 func openPool(c Config, log *slog.Logger) (*blockstore.Pool, error) {
-	opts := blockstore.Options{OverProvisionRatio: c.OverProvisionRatio, DirectIO: true, Logger: log}
-	_, err := os.Stat(c.Pool)
+	opts := blockstore.Options{OverProvisionRatio: c.OverProvisionRatio, DirectIO: true, Logger: log,
+		Size: c.PoolSize, Preallocate: c.Preallocate}
+	p, _, err := provision.Open(c.Pool, provision.Options{Pool: opts, Create: c.PoolSize > 0, FormatNonBlank: c.PoolFormatNonBlank})
 	switch {
-	case err == nil:
-		p, err := blockstore.Open(c.Pool, opts)
-		if errors.Is(err, blockstore.ErrNotPool) && isDevice(c.Pool) && c.PoolSize == 0 {
-			return nil, fmt.Errorf("%w (a blank device becomes a pool only with --pool-size, as a confirmation)", err)
-		}
-		if errors.Is(err, blockstore.ErrNotPool) && isDevice(c.Pool) {
-			return blockstore.Create(c.Pool, opts)
-		}
-		return p, err
-	case errors.Is(err, os.ErrNotExist):
-		if c.PoolSize == 0 {
-			return nil, fmt.Errorf("pool %s does not exist; give --pool-size to create it", c.Pool)
-		}
-		if err := os.MkdirAll(filepath.Dir(c.Pool), 0o750); err != nil {
-			return nil, err
-		}
-		opts.Size, opts.Preallocate = c.PoolSize, c.Preallocate
-		log.Info("creating pool", "pool", c.Pool, "size", c.PoolSize, "preallocate", c.Preallocate)
-		return blockstore.Create(c.Pool, opts)
-	default:
-		return nil, err
+	case errors.Is(err, provision.ErrNoPool):
+		return nil, fmt.Errorf("%w (a pool is made only with --pool-size: a new file of that size, or the whole blank device)", err)
+	case errors.Is(err, provision.ErrNotBlank) && !errors.Is(err, provision.ErrInUse) && !c.PoolFormatNonBlank:
+		return nil, fmt.Errorf("%w (erase it first, e.g. wipefs --all %s for the signatures blkid knows, or give --pool-format-nonblank to make it a pool anyway)", err, c.Pool)
 	}
-}
-
-func isDevice(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode()&os.ModeDevice != 0
+	return p, err
 }

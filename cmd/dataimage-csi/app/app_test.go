@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,7 +46,7 @@ func TestParseDefaults(t *testing.T) {
 func TestParseAll(t *testing.T) {
 	c, err := parse([]string{
 		"--endpoint", "unix:///tmp/x.sock", "--node-id", "worker-3", "--pool", "/dev/vdb",
-		"--pool-size", "100Gi", "--preallocate", "--export", "fuse-loop", "--export-state-dir", "/run/x",
+		"--pool-size", "100Gi", "--pool-format-nonblank", "--preallocate", "--export", "fuse-loop", "--export-state-dir", "/run/x",
 		"--default-fstype", "xfs", "--overprovision-ratio", "2.5", "--max-volumes", "7", "-v", "2",
 		"--log-format", "json", "--plugin-registration-path", "/registration",
 		"--kubelet-registration-path", "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock", "--metrics-address", ":9090",
@@ -52,7 +54,7 @@ func TestParseAll(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, Config{
 		Endpoint: "unix:///tmp/x.sock", NodeID: "worker-3", Pool: "/dev/vdb", PoolSize: 100 << 30,
-		Preallocate: true, Export: "fuse-loop", ExportStateDir: "/run/x", DefaultFSType: "xfs",
+		PoolFormatNonBlank: true, Preallocate: true, Export: "fuse-loop", ExportStateDir: "/run/x", DefaultFSType: "xfs",
 		OverProvisionRatio: 2.5, MaxVolumes: 7, Verbosity: 2, LogFormat: "json",
 		PluginRegistrationPath:  "/registration",
 		KubeletRegistrationPath: "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock",
@@ -100,6 +102,7 @@ func TestMainExitCodes(t *testing.T) {
 		{"zero size", append([]string{"--pool-size", "0"}, required...), []string{"--pool-size", `"0"`}},
 		{"negative size", append([]string{"--pool-size", "-1Gi"}, required...), []string{"--pool-size", `"-1Gi"`}},
 		{"huge size", append([]string{"--pool-size", "9999999999Ti"}, required...), []string{"--pool-size", "too large"}},
+		{"format without size", append([]string{"--pool-format-nonblank"}, required...), []string{"--pool-format-nonblank needs --pool-size"}},
 		{"log format", append([]string{"--log-format", "yaml"}, required...), []string{"--log-format", `"yaml"`}},
 		{"fs type", append([]string{"--default-fstype", "btrfs"}, required...), []string{"--default-fstype", `"btrfs"`}},
 		{"unexpected args", append(required, "extra", "more"), []string{"unexpected arguments: extra more"}},
@@ -125,7 +128,7 @@ func TestMainExitCodes(t *testing.T) {
 	for _, help := range []string{"--help", "-h", "-help"} {
 		var out bytes.Buffer
 		require.Equal(t, 0, Main([]string{help}, &out), help)
-		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-pool-size", "-log-format", "-default-fstype", "-export-state-dir",
+		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-pool-size", "-pool-format-nonblank", "-log-format", "-default-fstype", "-export-state-dir",
 			"-plugin-registration-path", "-kubelet-registration-path", "-metrics-address", "csi.dataimage.io-reg.sock", "/metrics"} {
 			require.Contains(t, out.String(), w, help)
 		}
@@ -360,4 +363,99 @@ func TestMainRegistrationRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, p.Recovery().Records)
 	require.NoError(t, p.Close())
+}
+
+// TestMainRefusesNonBlankDevices runs the command on devices that must never be made a pool,
+// with --pool-size: one with a file system, one with a pool whose superblocks are both damaged,
+// one that fails reads past 8 MiB (a loop device over a truncated file) and one mounted. It
+// exits with code 1 at once, the message names the device and what it found, and the device is
+// unchanged. A blank device without --pool-size is refused too (the size is the confirmation).
+func TestMainRefusesNonBlankDevices(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices")
+	}
+	for _, tool := range []string{"losetup", "blkid", "mkfs.ext4", "mount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (make deps)", tool)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, dev, backing string)
+		args  []string
+		want  []string
+	}{
+		{"ext4", func(t *testing.T, dev, _ string) { mustRun(t, "mkfs.ext4", "-q", dev) },
+			[]string{"--pool-size", "64Mi"}, []string{"is not blank: it holds an ext4 file system", "--pool-format-nonblank"}},
+		{"damaged pool", func(t *testing.T, dev, _ string) {
+			p, err := blockstore.Create(dev, blockstore.Options{})
+			require.NoError(t, err)
+			require.NoError(t, p.Close())
+			f, err := os.OpenFile(dev, os.O_RDWR, 0)
+			require.NoError(t, err)
+			for _, off := range []int64{20, 4096 + 20} {
+				_, err = f.WriteAt([]byte{0xff}, off)
+				require.NoError(t, err)
+			}
+			require.NoError(t, f.Close())
+		}, []string{"--pool-size", "64Mi"}, []string{"corrupt", "superblock"}},
+		{"read errors", func(t *testing.T, _, backing string) { require.NoError(t, os.Truncate(backing, 8<<20)) },
+			[]string{"--pool-size", "64Mi"}, []string{"input/output error"}},
+		{"mounted", func(t *testing.T, dev, _ string) {
+			mustRun(t, "mkfs.ext4", "-q", dev)
+			mnt := t.TempDir()
+			mustRun(t, "mount", "-o", "ro", dev, mnt)
+			t.Cleanup(func() { mustRun(t, "umount", mnt) })
+		}, []string{"--pool-size", "64Mi"}, []string{"in use", "mounted at"}},
+		{"blank, no size", func(t *testing.T, _, _ string) {}, nil, []string{"no pool at", "the device is blank", "--pool-size"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dev, backing := loopDevice(t, 64<<20)
+			tc.setup(t, dev, backing)
+			before, err := os.ReadFile(backing)
+			require.NoError(t, err)
+			dir := t.TempDir()
+			var out syncBuffer
+			exited := make(chan int, 1)
+			go func() {
+				exited <- Main(append([]string{"--node-id", "n1", "--pool", dev, "--endpoint", "unix://" + filepath.Join(dir, "csi.sock"),
+					"--export-state-dir", filepath.Join(dir, "export")}, tc.args...), &out)
+			}()
+			var code int
+			select {
+			case code = <-exited:
+			case <-time.After(time.Minute):
+				t.Fatalf("the plugin did not exit: it serves a pool it made on %s; output:\n%s", dev, out.String())
+			}
+			require.Equal(t, 1, code, "output: %s", out.String())
+			t.Logf("%s", out.String())
+			require.Contains(t, out.String(), "dataimage-csi: ")
+			require.Contains(t, out.String(), dev)
+			for _, w := range tc.want {
+				require.Contains(t, out.String(), w)
+			}
+			after, err := os.ReadFile(backing)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(before, after), "the device is unchanged")
+		})
+	}
+}
+
+func mustRun(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	require.NoError(t, err, "%s %v: %s", name, args, out)
+	return string(out)
+}
+
+// loopDevice attaches a loop device to a new sparse file of size bytes; it is detached at
+// cleanup.
+func loopDevice(t testing.TB, size int64) (dev, backing string) {
+	t.Helper()
+	backing = filepath.Join(t.TempDir(), "disk")
+	require.NoError(t, os.WriteFile(backing, nil, 0o600))
+	require.NoError(t, os.Truncate(backing, size))
+	dev = strings.TrimSpace(mustRun(t, "losetup", "--find", "--show", backing))
+	t.Cleanup(func() { mustRun(t, "losetup", "--detach", dev) })
+	return dev, backing
 }
