@@ -56,7 +56,12 @@ func TestProbeWhilePoolStalls(t *testing.T) {
 		}
 		return err
 	}
-	require.NoError(t, probe()) // connected
+	// Connected first: a client that dialled before the socket existed backs off for a second.
+	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+	_, err = idc.Probe(cctx, &csi.ProbeRequest{}, grpc.WaitForReady(true))
+	ccancel()
+	require.NoError(t, err)
+	require.NoError(t, probe())
 
 	info, err := pool.CreateVolume("v", mib)
 	require.NoError(t, err)
