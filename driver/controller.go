@@ -85,7 +85,7 @@ func (c *controllerServer) lookupVolume(volumeID string) (blockstore.VolumeInfo,
 		return blockstore.VolumeInfo{}, idError(err)
 	}
 	info, err := c.pool.VolumeInfo(id)
-	return info, storeError(err, "volume %s", volumeID)
+	return info, mapError(err, "volume %s", volumeID)
 }
 
 // CreateVolume creates an empty volume, a clone of a snapshot or a clone of a volume (both
@@ -129,7 +129,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return &csi.CreateVolumeResponse{Volume: c.volume(existing, src)}, nil
 	}
 	if !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, storeError(err, "volume name %q", name)
+		return nil, mapError(err, "volume name %q", name)
 	}
 
 	var info blockstore.VolumeInfo
@@ -146,7 +146,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		info, err = c.pool.Clone(snap.ID, name, size)
 		if err != nil {
-			return nil, storeError(err, "volume %q from snapshot %s", name, snapID)
+			return nil, mapError(err, "volume %q from snapshot %s", name, snapID)
 		}
 	case src.GetVolume() != nil:
 		srcID := src.GetVolume().GetVolumeId()
@@ -160,7 +160,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		info, err = c.pool.CloneVolume(vol.ID, name, size)
 		if err != nil {
-			return nil, storeError(err, "volume %q from volume %s", name, srcID)
+			return nil, mapError(err, "volume %q from volume %s", name, srcID)
 		}
 	default:
 		size, err := c.size.volumeSize(req.GetCapacityRange(), 0)
@@ -169,7 +169,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		info, err = c.pool.CreateVolume(name, size)
 		if err != nil {
-			return nil, storeError(err, "volume %q", name)
+			return nil, mapError(err, "volume %q", name)
 		}
 	}
 	return &csi.CreateVolumeResponse{Volume: c.volume(info, src)}, nil
@@ -207,7 +207,7 @@ func (c *controllerServer) compatible(existing blockstore.VolumeInfo, req *csi.C
 			return nil
 		}
 		if err != nil {
-			return storeError(err, "volume %s", src.GetVolume().GetVolumeId())
+			return mapError(err, "volume %s", src.GetVolume().GetVolumeId())
 		}
 		want = srcInfo.Origin
 	}
@@ -240,7 +240,7 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	}
 	defer unlock()
 	if err := c.pool.DeleteVolume(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, storeError(err, "delete volume %s", volumeID)
+		return nil, mapError(err, "delete volume %s", volumeID)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
