@@ -171,6 +171,10 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := nodeCapability(c); err != nil {
 		return nil, err
 	}
+	fsType, err := n.stageFSType(c, req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
 	vol, err := n.volume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -196,10 +200,6 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		return nil, mapError(err, "create staging_target_path %s", staging)
 	}
-	fsType := mnt.GetFsType()
-	if fsType == "" {
-		fsType = n.fsType
-	}
 	opts := slices.Clone(mnt.GetMountFlags())
 	if fsType == "xfs" {
 		opts = append(opts, "nouuid") // clones of one image share the file system's UUID
@@ -209,6 +209,29 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 			dev.Path(), req.GetVolumeId(), staging, fsType)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stageFSType picks the file system made on a blank mount volume: the capability's fs_type,
+// else the one CreateVolume's parameters named (csi.storage.k8s.io/fstype, passed on in the
+// volume context), else the node's default. INVALID_ARGUMENT for a volume context that names
+// another file system than ext4 or xfs, or one that the capability contradicts.
+func (n *nodeServer) stageFSType(c *csi.VolumeCapability, vc map[string]string) (string, error) {
+	ctxFS, err := contextFSType(vc)
+	if err != nil {
+		return "", err
+	}
+	fsType := c.GetMount().GetFsType()
+	switch {
+	case c.GetMount() == nil:
+		return "", nil // block access: no file system
+	case fsType != "" && ctxFS != "" && fsType != ctxFS:
+		return "", invalidf("volume_context: %s %q contradicts volume_capability.mount.fs_type %q", volumeContextFSType, ctxFS, fsType)
+	case fsType != "":
+		return fsType, nil
+	case ctxFS != "":
+		return ctxFS, nil
+	}
+	return n.fsType, nil
 }
 
 // device returns the volume's export, exporting it first if needed. REQUIRES the volume's lock.

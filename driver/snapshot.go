@@ -46,7 +46,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if srcID == "" {
 		return nil, invalidf("source_volume_id is required")
 	}
-	if err := validateParameters("parameters", req.GetParameters(), snapshotParameters); err != nil {
+	if err := validateParameters("parameters", req.GetParameters(), snapshotParameters, snapshotParametersRule); err != nil {
 		return nil, err
 	}
 	if err := c.cfg.checkTopology("snapshot", req.GetAccessibilityRequirements()); err != nil {
