@@ -43,6 +43,7 @@ type nodeServer struct {
 	size    sizing
 	locks   *keyLocks   // per volume ID: stage, unstage, publish, unpublish, expand
 	io      *ioCounters // the I/O of every export, for the metrics
+	gate    *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
 
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
@@ -61,6 +62,7 @@ func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
 	}
 	csi.RegisterNodeServer(s.grpc, n)
 	s.metrics.reg.MustRegister(n.io)
+	s.node = n
 	return nil
 }
 
@@ -84,6 +86,7 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		fsType:    nc.DefaultFSType,
 		size:      newSizing(cfg, pool),
 		locks:     newKeyLocks(),
+		gate:      newIOGate(),
 		devices:   make(map[string]export.Device),
 		published: make(map[string]map[string]bool),
 		dead:      make(map[string]bool),
@@ -248,7 +251,7 @@ func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Dev
 		}
 		return nil, mapError(err, "volume %s: clear the export an earlier run left (unpublish and unstage the volume first)", volumeID)
 	}
-	dev, err := n.exp.Export(volumeID, countingDisk{Volume: vol, c: n.io})
+	dev, err := n.exp.Export(volumeID, exportDisk{Volume: vol, c: n.io, gate: n.gate})
 	if err != nil {
 		return nil, mapError(err, "export volume %s as a block device", volumeID)
 	}
