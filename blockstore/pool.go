@@ -75,6 +75,13 @@ type Pool struct {
 	failed error // sticky: set when a metadata write or sync fails
 	closed bool
 
+	// health is Health's answer, kept apart from mu so that Health neither waits for nor
+	// blocks a checkpoint or a Check (both hold mu across their writes and syncs): nil while
+	// the pool works, else the error wrapping ErrClosed or ErrFailed. Written by
+	// publishHealthLocked (fail, Close, the end of Open) and by a refcount page that fails to
+	// load; read without a lock.
+	health atomic.Pointer[error]
+
 	vols      map[VolumeID]*volState
 	volNames  map[string]VolumeID
 	snaps     map[SnapshotID]*snapState
@@ -348,6 +355,7 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 		}
 		return nil, err
 	}
+	p.publishHealthLocked()
 	return p, nil
 }
 
@@ -493,6 +501,15 @@ func (p *Pool) newRefcounts(cacheBytes int64) *refcounts {
 		}
 		return nil
 	}
+	load := r.load
+	r.load = func(pg int, dst []uint32) error {
+		err := load(pg, dst)
+		if err != nil { // r.err is set from it: Health reports the pool failed from now on
+			failed := fmt.Errorf("%w: %w", ErrFailed, err)
+			p.health.CompareAndSwap(nil, &failed)
+		}
+		return err
+	}
 	return r
 }
 
@@ -548,16 +565,33 @@ func (p *Pool) fail(err error) error {
 	if p.failed == nil {
 		p.failed = err
 		p.log.Error("pool failed; reopen to recover", "err", err)
+		p.publishHealthLocked()
 	}
 	return fmt.Errorf("%w: %w", ErrFailed, err)
 }
 
 // Health returns nil while the pool works, an error wrapping ErrClosed once it is closed, or
 // one wrapping ErrFailed once a metadata write or sync failed (reopen to recover). It changes
-// nothing and does no I/O.
+// nothing, does no I/O and takes no lock: it answers at once also while a flush, a checkpoint
+// or a Check is under way (a failure shows once the write or sync that failed returned).
 func (p *Pool) Health() error {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
+	if err := p.health.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
+// publishHealthLocked makes Health answer what the pool's state says. REQUIRES p.mu.
+func (p *Pool) publishHealthLocked() {
+	if err := p.healthLocked(); err != nil {
+		p.health.Store(&err)
+	} else {
+		p.health.Store(nil)
+	}
+}
+
+// healthLocked is Health's answer from the state. REQUIRES p.mu.
+func (p *Pool) healthLocked() error {
 	if p.closed {
 		return ErrClosed
 	}
@@ -624,6 +658,7 @@ func (p *Pool) Close() error {
 		err = p.checkpointLocked()
 	}
 	p.closed = true
+	p.publishHealthLocked()
 	if cerr := p.f.Close(); err == nil {
 		err = cerr
 	}

@@ -18,12 +18,12 @@ import (
 //
 // accessible_topology other than this node's segment gets 0 (the segment is another node's,
 // served by that node's plugin). Parameters are validated like CreateVolume's (unknown keys
-// are INVALID_ARGUMENT), plus the StorageClass's csi.storage.k8s.io/fstype, which the
-// provisioner's capacity controller passes on as it is (a file system other than ext4 or xfs
-// gets 0); capabilities this plugin cannot serve (multi-node access modes, other
-// file systems) get 0, since no volume with them can be provisioned anywhere here.
+// are INVALID_ARGUMENT; the provisioner's capacity controller passes the StorageClass's on as
+// they are), except that a csi.storage.k8s.io/fstype other than ext4 or xfs gets 0, and so do
+// capabilities this plugin cannot serve (multi-node access modes, other file systems): no
+// volume with them can be provisioned anywhere here.
 func (c *controllerServer) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	if err := validateParameters("parameters", req.GetParameters(), capacityParameters); err != nil {
+	if err := validateParameters("parameters", req.GetParameters(), volumeParameters, volumeParametersRule); err != nil {
 		return nil, err
 	}
 	if fs, ok := req.GetParameters()[fsTypeParameter]; ok && !slices.Contains(fsTypes, fs) {

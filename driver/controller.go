@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -67,11 +68,12 @@ func (c *controllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 	return resp, nil
 }
 
-// volume is the CSI description of a volume of this pool.
-func (c *controllerServer) volume(info blockstore.VolumeInfo, src *csi.VolumeContentSource) *csi.Volume {
+// volume is the CSI description of a volume of this pool, with the volume context vc.
+func (c *controllerServer) volume(info blockstore.VolumeInfo, src *csi.VolumeContentSource, vc map[string]string) *csi.Volume {
 	return &csi.Volume{
 		VolumeId:           c.ids.volumeID(info.ID),
 		CapacityBytes:      info.Size,
+		VolumeContext:      vc,
 		ContentSource:      src,
 		AccessibleTopology: c.cfg.topology(),
 	}
@@ -85,11 +87,13 @@ func (c *controllerServer) lookupVolume(volumeID string) (blockstore.VolumeInfo,
 		return blockstore.VolumeInfo{}, idError(err)
 	}
 	info, err := c.pool.VolumeInfo(id)
-	return info, storeError(err, "volume %s", volumeID)
+	return info, mapError(err, "volume %s", volumeID)
 }
 
 // CreateVolume creates an empty volume, a clone of a snapshot or a clone of a volume (both
-// O(1)), idempotently by name.
+// O(1)), idempotently by name. Parameters that name a file system (csi.storage.k8s.io/fstype)
+// come back in the volume context, for NodeStageVolume; the pool does not store them, so a
+// repeated call answers with its own.
 func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	if err := validateName("volume", name); err != nil {
@@ -98,10 +102,15 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err := requireSupported(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if err := validateParameters("parameters", req.GetParameters(), volumeParameters); err != nil {
+	if err := validateParameters("parameters", req.GetParameters(), volumeParameters, volumeParametersRule); err != nil {
 		return nil, err
 	}
-	if err := validateParameters("mutable_parameters", req.GetMutableParameters(), nil); err != nil {
+	fsType, err := parameterFSType(req.GetParameters(), req.GetVolumeCapabilities())
+	if err != nil {
+		return nil, err
+	}
+	vc := volumeContext(fsType)
+	if err := validateParameters("mutable_parameters", req.GetMutableParameters(), nil, noMutableParameters); err != nil {
 		return nil, err
 	}
 	if err := checkRange(req.GetCapacityRange()); err != nil {
@@ -126,10 +135,10 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		if err := c.compatible(existing, req); err != nil {
 			return nil, err
 		}
-		return &csi.CreateVolumeResponse{Volume: c.volume(existing, src)}, nil
+		return &csi.CreateVolumeResponse{Volume: c.volume(existing, src, vc)}, nil
 	}
 	if !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, storeError(err, "volume name %q", name)
+		return nil, mapError(err, "volume name %q", name)
 	}
 
 	var info blockstore.VolumeInfo
@@ -146,7 +155,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		info, err = c.pool.Clone(snap.ID, name, size)
 		if err != nil {
-			return nil, storeError(err, "volume %q from snapshot %s", name, snapID)
+			return nil, mapError(err, "volume %q from snapshot %s", name, snapID)
 		}
 	case src.GetVolume() != nil:
 		srcID := src.GetVolume().GetVolumeId()
@@ -160,7 +169,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		info, err = c.pool.CloneVolume(vol.ID, name, size)
 		if err != nil {
-			return nil, storeError(err, "volume %q from volume %s", name, srcID)
+			return nil, mapError(err, "volume %q from volume %s", name, srcID)
 		}
 	default:
 		size, err := c.size.volumeSize(req.GetCapacityRange(), 0)
@@ -169,10 +178,10 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		info, err = c.pool.CreateVolume(name, size)
 		if err != nil {
-			return nil, storeError(err, "volume %q", name)
+			return nil, mapError(err, "volume %q", name)
 		}
 	}
-	return &csi.CreateVolumeResponse{Volume: c.volume(info, src)}, nil
+	return &csi.CreateVolumeResponse{Volume: c.volume(info, src, vc)}, nil
 }
 
 // compatible checks a volume found by name against a repeated CreateVolume: ALREADY_EXISTS
@@ -207,7 +216,7 @@ func (c *controllerServer) compatible(existing blockstore.VolumeInfo, req *csi.C
 			return nil
 		}
 		if err != nil {
-			return storeError(err, "volume %s", src.GetVolume().GetVolumeId())
+			return mapError(err, "volume %s", src.GetVolume().GetVolumeId())
 		}
 		want = srcInfo.Origin
 	}
@@ -240,7 +249,7 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	}
 	defer unlock()
 	if err := c.pool.DeleteVolume(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, storeError(err, "delete volume %s", volumeID)
+		return nil, mapError(err, "delete volume %s", volumeID)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
@@ -259,26 +268,50 @@ func (c *controllerServer) ValidateVolumeCapabilities(_ context.Context, req *cs
 		return nil, err
 	}
 	if why == "" {
-		if err := validateParameters("parameters", req.GetParameters(), volumeParameters); err != nil {
-			why = status.Convert(err).Message()
-		}
-	}
-	if why == "" {
-		if err := validateParameters("mutable_parameters", req.GetMutableParameters(), nil); err != nil {
-			why = status.Convert(err).Message()
-		}
-	}
-	if why == "" && len(req.GetVolumeContext()) > 0 {
-		// CreateVolume returns no volume context, so none can be valid.
-		why = "volume_context: this plugin returns none"
+		why = c.whyNotConfirmed(req)
 	}
 	if why != "" {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: why}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
 		VolumeCapabilities: req.GetVolumeCapabilities(),
 		Parameters:         req.GetParameters(),
 	}}, nil
+}
+
+// whyNotConfirmed checks ValidateVolumeCapabilities' parameters and volume context: what
+// CreateVolume accepts and returns (the file system of csi.storage.k8s.io/fstype, in the
+// context as csi.dataimage.io/fstype), agreeing with each other and the capabilities. It says
+// why not, or "".
+func (c *controllerServer) whyNotConfirmed(req *csi.ValidateVolumeCapabilitiesRequest) string {
+	if err := validateParameters("parameters", req.GetParameters(), volumeParameters, volumeParametersRule); err != nil {
+		return status.Convert(err).Message()
+	}
+	fsType, err := parameterFSType(req.GetParameters(), req.GetVolumeCapabilities())
+	if err != nil {
+		return status.Convert(err).Message()
+	}
+	if err := validateParameters("mutable_parameters", req.GetMutableParameters(), nil, noMutableParameters); err != nil {
+		return status.Convert(err).Message()
+	}
+	vc := req.GetVolumeContext()
+	if err := validateParameters("volume_context", vc, []string{volumeContextFSType}, "CreateVolume returns only "+volumeContextFSType); err != nil {
+		return status.Convert(err).Message()
+	}
+	ctxFS, err := contextFSType(vc)
+	if err != nil {
+		return status.Convert(err).Message()
+	}
+	if ctxFS != "" && fsType != "" && ctxFS != fsType {
+		return fmt.Sprintf("volume_context: %s %q contradicts parameters: %s %q", volumeContextFSType, ctxFS, fsTypeParameter, fsType)
+	}
+	for i, vcap := range req.GetVolumeCapabilities() {
+		if want := vcap.GetMount().GetFsType(); ctxFS != "" && want != "" && want != ctxFS {
+			return fmt.Sprintf("volume_context: %s %q contradicts volume_capabilities[%d].mount.fs_type %q", volumeContextFSType, ctxFS, i, want)
+		}
+	}
+	return ""
 }
 
 // ControllerGetVolume describes a volume. Status carries no published nodes
@@ -293,7 +326,7 @@ func (c *controllerServer) ControllerGetVolume(_ context.Context, req *csi.Contr
 		return nil, err
 	}
 	return &csi.ControllerGetVolumeResponse{
-		Volume: c.volume(info, nil),
+		Volume: c.volume(info, nil, nil),
 		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{},
 	}, nil
 }

@@ -3,7 +3,6 @@ package driver
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -427,7 +426,8 @@ func TestLockWaitEndsWithContext(t *testing.T) {
 	require.Zero(t, l.held())
 }
 
-// TestStoreErrors: block store errors keep their chain under the gRPC code.
+// TestStoreErrors: a block store error keeps its chain under the gRPC code (every code:
+// TestErrorCodes).
 func TestStoreErrors(t *testing.T) {
 	c, _ := newTestController(t)
 	_, err := c.lookupVolume(c.ids.volumeID(77))
@@ -435,28 +435,6 @@ func TestStoreErrors(t *testing.T) {
 	require.ErrorIs(t, err, blockstore.ErrNotFound)
 	require.Contains(t, status.Convert(err).Message(), c.ids.volumeID(77))
 
-	for _, tc := range []struct {
-		err  error
-		want codes.Code
-	}{
-		{blockstore.ErrNotFound, codes.NotFound},
-		{blockstore.ErrExists, codes.AlreadyExists},
-		{blockstore.ErrNoSpace, codes.ResourceExhausted},
-		{blockstore.ErrOverProvisioned, codes.ResourceExhausted},
-		{blockstore.ErrInvalidArgument, codes.InvalidArgument},
-		{blockstore.ErrOutOfRange, codes.InvalidArgument},
-		{blockstore.ErrCorrupt, codes.Internal},
-		{&blockstore.CorruptionError{Block: 9, What: "tree node", Err: errors.New("bad crc")}, codes.Internal},
-		{fmt.Errorf("%w: %w", blockstore.ErrFailed, blockstore.ErrNoSpace), codes.Internal},
-		{blockstore.ErrClosed, codes.Unavailable},
-		{errors.New("other"), codes.Internal},
-	} {
-		err := storeError(fmt.Errorf("wrapped: %w", tc.err), "volume %s", "dv-x")
-		requireCode(t, tc.want, err)
-		require.ErrorIs(t, err, tc.err)
-		require.Contains(t, status.Convert(err).Message(), "volume dv-x: wrapped: ")
-	}
-	require.NoError(t, storeError(nil, "nothing"))
 }
 
 // TestFailedPool: once the pool fails, Probe is FAILED_PRECONDITION, volumes report DEGRADED,

@@ -3,8 +3,10 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -13,17 +15,30 @@ import (
 // (Server.ServeRegistration); the plugin should exit so that a new pod retries.
 var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin's registration")
 
-// This file is the one place where block store errors become gRPC codes:
+// This file is the one place where errors become gRPC codes (codeOf), for the controller and
+// the node alike:
 //
+//	blockstore.ErrClosed                              Unavailable (the driver is shutting down)
+//	blockstore.ErrCorrupt, ErrFailed                  Internal
 //	blockstore.ErrNotFound                            NotFound
 //	blockstore.ErrExists                              AlreadyExists
 //	blockstore.ErrNoSpace, ErrOverProvisioned         ResourceExhausted
 //	blockstore.ErrInvalidArgument, ErrOutOfRange      InvalidArgument
-//	blockstore.ErrClosed                              Unavailable (the driver is shutting down)
-//	blockstore.ErrCorrupt, ErrFailed, anything else   Internal
+//	export.ErrLeftovers (the export is gone)          FailedPrecondition: an earlier run's export,
+//	                                                  whose server died with it, is in the way
+//	                                                  until the volume is unstaged
+//	export.ErrBusy, EBUSY (the device is busy)        FailedPrecondition: something holds the
+//	                                                  device or mount; retry once it lets go
+//	export.ErrUnsupported                             Unimplemented: this node lacks what the
+//	                                                  export method needs
+//	export.ErrExists                                  Aborted: another operation on the volume's
+//	                                                  export is under way
+//	anything else (export.ErrInvalid, mount and       Internal
+//	file system errors)
 //
 // The severe conditions are tested first: a failed pool's error may wrap the I/O error that
-// failed it.
+// failed it. Every error keeps its chain (rpcError): tests and callers use errors.Is through
+// the gRPC error, and status.Code for the code.
 
 // rpcError is a gRPC status that keeps the error it was made from: status.Code and
 // status.Convert see the code (GRPCStatus), errors.Is and errors.As see the chain (Unwrap).
@@ -37,16 +52,18 @@ func (e *rpcError) Error() string              { return e.msg + ": " + e.err.Err
 func (e *rpcError) Unwrap() error              { return e.err }
 func (e *rpcError) GRPCStatus() *status.Status { return status.New(e.code, e.Error()) }
 
-// storeError maps an error of the block store to its gRPC code; the message names the object
-// (format and args) before the store's own message.
-func storeError(err error, format string, args ...any) error {
+// mapError turns an error of the block store, an export, a mount or the file system into a
+// gRPC error with its code (codeOf); the message names the object and the operation (format
+// and args) before the error's own message.
+func mapError(err error, format string, args ...any) error {
 	if err == nil {
 		return nil
 	}
-	return &rpcError{code: storeCode(err), msg: fmt.Sprintf(format, args...), err: err}
+	return &rpcError{code: codeOf(err), msg: fmt.Sprintf(format, args...), err: err}
 }
 
-func storeCode(err error) codes.Code {
+// codeOf is the gRPC code of an error (the table above).
+func codeOf(err error) codes.Code {
 	switch {
 	case errors.Is(err, blockstore.ErrClosed):
 		return codes.Unavailable
@@ -60,6 +77,12 @@ func storeCode(err error) codes.Code {
 		return codes.ResourceExhausted
 	case errors.Is(err, blockstore.ErrInvalidArgument), errors.Is(err, blockstore.ErrOutOfRange):
 		return codes.InvalidArgument
+	case errors.Is(err, export.ErrLeftovers), errors.Is(err, export.ErrBusy), errors.Is(err, syscall.EBUSY):
+		return codes.FailedPrecondition
+	case errors.Is(err, export.ErrUnsupported):
+		return codes.Unimplemented
+	case errors.Is(err, export.ErrExists):
+		return codes.Aborted
 	default:
 		return codes.Internal
 	}

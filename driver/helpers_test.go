@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,10 +24,33 @@ const (
 	mib        = int64(1 << 20)
 )
 
-// failFile is a pool file that starts failing writes and syncs when fail is set.
+// failFile is a pool file that starts failing writes and syncs when fail is set, and whose
+// next Sync can be made to stall (stallSync).
 type failFile struct {
 	*os.File
 	fail atomic.Bool
+
+	mu    sync.Mutex
+	stall *stall // the next Sync's, if armed; guarded by mu
+}
+
+// stall holds one Sync: entered is closed when it begins, release lets it go on.
+type stall struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (s *stall) let() { s.once.Do(func() { close(s.release) }) }
+
+// stallSync makes the next Sync wait until release is called (the test's cleanup calls it
+// too); entered is closed once that Sync has begun: a flush or checkpoint stuck in fdatasync.
+func (f *failFile) stallSync(t *testing.T) (entered <-chan struct{}, release func()) {
+	s := &stall{entered: make(chan struct{}), release: make(chan struct{})}
+	f.mu.Lock()
+	f.stall = s
+	f.mu.Unlock()
+	t.Cleanup(s.let)
+	return s.entered, s.let
 }
 
 func (f *failFile) WriteAt(b []byte, off int64) (int, error) {
@@ -37,6 +61,14 @@ func (f *failFile) WriteAt(b []byte, off int64) (int, error) {
 }
 
 func (f *failFile) Sync() error {
+	f.mu.Lock()
+	s := f.stall
+	f.stall = nil
+	f.mu.Unlock()
+	if s != nil {
+		close(s.entered)
+		<-s.release
+	}
 	if f.fail.Load() {
 		return syscall.EIO
 	}

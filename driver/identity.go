@@ -46,10 +46,14 @@ func (s *identityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCa
 // ready": the spec's ProbeResponse keeps ready=false for a plugin still initializing and
 // wants an error for one that "is in an unhealthy state and MAY need restarting" — a restart
 // reopens the pool, and recovery restores its last durable state. The server only starts with
-// an open pool, so there is no initializing state. Probe asks the pool with Flush (see
-// poolHealth).
+// an open pool, so there is no initializing state.
+//
+// The answer comes from the pool's state (Pool.Health: no I/O, no lock), so Probe — and the
+// livenessprobe sidecar's /healthz that calls it — answers at once also while a flush, a
+// checkpoint or a Check holds the pool. It does not test the device: a pool whose device
+// stopped working shows as failed once a write or sync of its own has failed.
 func (s *identityServer) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	if err := s.pool.Flush(); err != nil {
+	if err := s.pool.Health(); err != nil {
 		return nil, unhealthyError(err)
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil

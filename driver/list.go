@@ -65,7 +65,7 @@ func (c *controllerServer) ListVolumes(_ context.Context, req *csi.ListVolumesRe
 	items, next := page(c.pool.Volumes(), volumeKey, start, req.GetMaxEntries())
 	resp := &csi.ListVolumesResponse{}
 	for _, v := range items {
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: c.volume(v, nil)})
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: c.volume(v, nil, nil)})
 	}
 	if next != 0 {
 		resp.NextToken = c.ids.volumeID(blockstore.VolumeID(next))

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/export"
 )
 
 // The plugin's Prometheus metrics, in a registry of its own (Server.MetricsHandler):
@@ -31,7 +30,7 @@ import (
 //
 // plus the Go runtime's and the process's collectors. The pool's figures are read at scrape
 // time (Pool.Stats: one short lock, no I/O); the export counters are atomics bumped by every
-// I/O of the kernel's block devices, counted where the export calls the volume (countingDisk).
+// I/O of the kernel's block devices, counted where the export calls the volume (exportDisk).
 // Images are not counted apart from snapshots: the pool does not know which snapshots are
 // images (in Kubernetes an image is a VolumeSnapshot like any other).
 type metrics struct {
@@ -197,45 +196,4 @@ func (c *ioCounters) count(op int, n int, err error) {
 	if err != nil {
 		c.errs[op].Add(1)
 	}
-}
-
-// countingDisk is a volume as its export sees it, counting what the export does with it.
-type countingDisk struct {
-	*blockstore.Volume
-	c *ioCounters
-}
-
-var (
-	_ export.Disk        = countingDisk{}
-	_ export.WriteZeroer = countingDisk{}
-)
-
-func (d countingDisk) ReadAt(b []byte, off int64) (int, error) {
-	n, err := d.Volume.ReadAt(b, off)
-	d.c.count(ioRead, n, err)
-	return n, err
-}
-
-func (d countingDisk) WriteAt(b []byte, off int64) (int, error) {
-	n, err := d.Volume.WriteAt(b, off)
-	d.c.count(ioWrite, n, err)
-	return n, err
-}
-
-func (d countingDisk) Flush() error {
-	err := d.Volume.Flush()
-	d.c.count(ioFlush, 0, err)
-	return err
-}
-
-func (d countingDisk) Discard(off, n int64) error {
-	err := d.Volume.Discard(off, n)
-	d.c.count(ioDiscard, 0, err)
-	return err
-}
-
-func (d countingDisk) WriteZeroes(off, n int64) error {
-	err := d.Volume.WriteZeroes(off, n)
-	d.c.count(ioWriteZeroes, 0, err)
-	return err
 }

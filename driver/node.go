@@ -43,6 +43,7 @@ type nodeServer struct {
 	size    sizing
 	locks   *keyLocks   // per volume ID: stage, unstage, publish, unpublish, expand
 	io      *ioCounters // the I/O of every export, for the metrics
+	gate    *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
 
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
@@ -61,6 +62,7 @@ func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
 	}
 	csi.RegisterNodeServer(s.grpc, n)
 	s.metrics.reg.MustRegister(n.io)
+	s.node = n
 	return nil
 }
 
@@ -84,6 +86,7 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		fsType:    nc.DefaultFSType,
 		size:      newSizing(cfg, pool),
 		locks:     newKeyLocks(),
+		gate:      newIOGate(),
 		devices:   make(map[string]export.Device),
 		published: make(map[string]map[string]bool),
 		dead:      make(map[string]bool),
@@ -141,7 +144,7 @@ func (n *nodeServer) volume(volumeID string) (*blockstore.Volume, error) {
 	}
 	vol, err := n.pool.Volume(id)
 	if err != nil {
-		return nil, storeError(err, "volume %s", volumeID)
+		return nil, mapError(err, "volume %s", volumeID)
 	}
 	return vol, nil
 }
@@ -171,6 +174,10 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := nodeCapability(c); err != nil {
 		return nil, err
 	}
+	fsType, err := n.stageFSType(c, req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
 	vol, err := n.volume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
@@ -189,26 +196,45 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return &csi.NodeStageVolumeResponse{}, nil // block access: NodePublishVolume binds the device
 	}
 	if mounted, err := n.isMountPoint(staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "staging_target_path %s: %v", staging, err)
+		return nil, mapError(err, "staging_target_path %s", staging)
 	} else if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil // staged already
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "create staging_target_path %s: %v", staging, err)
-	}
-	fsType := mnt.GetFsType()
-	if fsType == "" {
-		fsType = n.fsType
+		return nil, mapError(err, "create staging_target_path %s", staging)
 	}
 	opts := slices.Clone(mnt.GetMountFlags())
 	if fsType == "xfs" {
 		opts = append(opts, "nouuid") // clones of one image share the file system's UUID
 	}
 	if err := n.mounter.FormatAndMount(dev.Path(), staging, fsType, opts); err != nil {
-		return nil, status.Errorf(codes.Internal, "format (if blank) and mount %s of volume %s at %s as %s: %v",
-			dev.Path(), req.GetVolumeId(), staging, fsType, err)
+		return nil, mapError(err, "format (if blank) and mount %s of volume %s at %s as %s",
+			dev.Path(), req.GetVolumeId(), staging, fsType)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stageFSType picks the file system made on a blank mount volume: the capability's fs_type,
+// else the one CreateVolume's parameters named (csi.storage.k8s.io/fstype, passed on in the
+// volume context), else the node's default. INVALID_ARGUMENT for a volume context that names
+// another file system than ext4 or xfs, or one that the capability contradicts.
+func (n *nodeServer) stageFSType(c *csi.VolumeCapability, vc map[string]string) (string, error) {
+	ctxFS, err := contextFSType(vc)
+	if err != nil {
+		return "", err
+	}
+	fsType := c.GetMount().GetFsType()
+	switch {
+	case c.GetMount() == nil:
+		return "", nil // block access: no file system
+	case fsType != "" && ctxFS != "" && fsType != ctxFS:
+		return "", invalidf("volume_context: %s %q contradicts volume_capability.mount.fs_type %q", volumeContextFSType, ctxFS, fsType)
+	case fsType != "":
+		return fsType, nil
+	case ctxFS != "":
+		return ctxFS, nil
+	}
+	return n.fsType, nil
 }
 
 // device returns the volume's export, exporting it first if needed. REQUIRES the volume's lock.
@@ -217,13 +243,17 @@ func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Dev
 	if ok {
 		return dev, nil
 	}
-	// What an earlier run left for this volume is dead: clear it first.
+	// What an earlier run left for this volume is dead (its server is gone): clear it first.
+	// It stays in the way while a file system on it is mounted (the staging path of that run).
 	if err := n.exp.Cleanup(volumeID); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s: clear the export an earlier run left: %v", volumeID, err)
+		if !errors.Is(err, export.ErrLeftovers) {
+			err = fmt.Errorf("%w: %w", export.ErrLeftovers, err)
+		}
+		return nil, mapError(err, "volume %s: clear the export an earlier run left (unpublish and unstage the volume first)", volumeID)
 	}
-	dev, err := n.exp.Export(volumeID, countingDisk{Volume: vol, c: n.io})
+	dev, err := n.exp.Export(volumeID, exportDisk{Volume: vol, c: n.io, gate: n.gate})
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "export volume %s as a block device: %v", volumeID, err)
+		return nil, mapError(err, "export volume %s as a block device", volumeID)
 	}
 	n.mu.Lock()
 	n.devices[volumeID] = dev
@@ -279,12 +309,12 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	}
 	defer unlock()
 	if err := mount.CleanupMountPoint(staging, n.mounter, true); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmount staging_target_path %s: %v", staging, err)
+		return nil, mapError(err, "unmount staging_target_path %s", staging)
 	}
 	dev, ok := n.exported(volumeID)
 	if ok {
 		if err := dev.Close(); err != nil {
-			return nil, status.Errorf(codes.Internal, "tear down the export of volume %s: %v", volumeID, err)
+			return nil, mapError(err, "tear down the export of volume %s", volumeID)
 		}
 		n.mu.Lock()
 		delete(n.devices, volumeID)
@@ -292,7 +322,7 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return &csi.NodeUnstageVolumeResponse{}, nil
 	}
 	if err := n.exp.Cleanup(volumeID); err != nil {
-		return nil, status.Errorf(codes.Internal, "tear down the export an earlier run left for volume %s: %v", volumeID, err)
+		return nil, mapError(err, "tear down the export an earlier run left for volume %s", volumeID)
 	}
 	n.mu.Lock()
 	delete(n.dead, volumeID)
@@ -322,7 +352,7 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	}
 	defer unlock()
 	if mounted, err := n.isMountPoint(target); err != nil {
-		return nil, status.Errorf(codes.Internal, "target_path %s: %v", target, err)
+		return nil, mapError(err, "target_path %s", target)
 	} else if mounted {
 		return &csi.NodePublishVolumeResponse{}, nil // published already
 	}
@@ -344,7 +374,7 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		source = dev.Path()
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "create target_path file %s for the block device: %v", target, err)
+			return nil, mapError(err, "create target_path file %s for the block device", target)
 		}
 		f.Close()
 	} else {
@@ -353,11 +383,11 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		}
 		source = staging
 		if err := os.MkdirAll(target, 0o750); err != nil {
-			return nil, status.Errorf(codes.Internal, "create target_path %s: %v", target, err)
+			return nil, mapError(err, "create target_path %s", target)
 		}
 	}
 	if err := n.mounter.Mount(source, target, "", opts); err != nil {
-		return nil, status.Errorf(codes.Internal, "bind-mount %s at target_path %s: %v", source, target, err)
+		return nil, mapError(err, "bind-mount %s at target_path %s", source, target)
 	}
 	n.mu.Lock()
 	if n.published[req.GetVolumeId()] == nil {
@@ -399,7 +429,7 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	// a block target is a file, removed below.
 	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
 		if err := n.unmountFile(target); err != nil {
-			return nil, status.Errorf(codes.Internal, "unmount target_path %s: %v", target, err)
+			return nil, mapError(err, "unmount target_path %s", target)
 		}
 	}
 	n.mu.Lock()
@@ -439,7 +469,7 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", path)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume_path %s: %v", path, err)
+		return nil, mapError(err, "volume_path %s", path)
 	}
 	if !fi.IsDir() { // a published block volume
 		return &csi.NodeGetVolumeStatsResponse{
@@ -448,7 +478,7 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
-		return nil, status.Errorf(codes.Internal, "statfs volume_path %s: %v", path, err)
+		return nil, mapError(err, "statfs volume_path %s", path)
 	}
 	bs := int64(st.Bsize)
 	return &csi.NodeGetVolumeStatsResponse{
@@ -513,7 +543,7 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", path)
 	} else if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume_path %s: %v", path, err)
+		return nil, mapError(err, "volume_path %s", path)
 	}
 	// The file system grows for a mount volume: the capability says which (the kubelet sends
 	// it), else the path does (a mount volume's is a directory, a block volume's the device).
@@ -545,18 +575,18 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 			return nil, err
 		}
 		if err := n.pool.GrowVolume(vol.ID(), size); err != nil {
-			return nil, storeError(err, "grow volume %s from %d to %d bytes", volumeID, old, size)
+			return nil, mapError(err, "grow volume %s from %d to %d bytes", volumeID, old, size)
 		}
 		n.cfg.Logger.Info("volume grown in the pool", "volume", volumeID, "from", old, "to", size)
 	case r.GetLimitBytes() > 0 && size > r.GetLimitBytes():
 		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, more than limit_bytes %d, and cannot shrink", volumeID, size, r.GetLimitBytes())
 	}
 	if err := dev.Resize(); err != nil {
-		return nil, status.Errorf(codes.Internal, "resize the block device %s of volume %s to %d bytes: %v", dev.Path(), volumeID, size, err)
+		return nil, mapError(err, "resize the block device %s of volume %s to %d bytes", dev.Path(), volumeID, size)
 	}
 	if growFS {
 		if _, err := mount.NewResizeFs(n.mounter.Exec).Resize(dev.Path(), path); err != nil {
-			return nil, status.Errorf(codes.Internal, "grow the file system of volume %s on %s mounted at %s: %v", volumeID, dev.Path(), path, err)
+			return nil, mapError(err, "grow the file system of volume %s on %s mounted at %s", volumeID, dev.Path(), path)
 		}
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil

@@ -22,8 +22,10 @@ const gracePeriod = 30 * time.Second
 // pool before and closes it after the server stops.
 type Server struct {
 	cfg     Config
+	pool    *blockstore.Pool
 	grpc    *grpc.Server
 	metrics *metrics
+	node    *nodeServer // nil until RegisterNode
 }
 
 // NewServer checks cfg (filling in defaults) and registers the Identity and Controller
@@ -37,7 +39,7 @@ func NewServer(cfg Config, pool *blockstore.Pool, opts ...grpc.ServerOption) (*S
 	if pool == nil {
 		return nil, errors.New("driver: no pool")
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, pool: pool}
 	s.metrics = newMetrics(&s.cfg, pool)
 	opts = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls(cfg.Logger), s.metrics.observeCalls())}, opts...)
 	s.grpc = grpc.NewServer(opts...)
@@ -92,6 +94,7 @@ func removeStaleSocket(path string) error {
 
 // ServeListener serves the CSI services on lis until ctx ends, then stops gracefully: no new
 // calls, calls in flight get gracePeriod to finish. It returns nil after a stop caused by ctx.
+// The exports' I/O goes on: at the end of the process, DrainIO drains it.
 func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	s.cfg.Logger.Info("serving CSI", "endpoint", lis.Addr().String(), "driver", s.cfg.DriverName,
 		"version", s.cfg.Version, "node", s.cfg.NodeID)

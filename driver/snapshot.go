@@ -33,7 +33,7 @@ func (c *controllerServer) lookupSnapshot(snapshotID string) (blockstore.Snapsho
 		return blockstore.SnapshotInfo{}, idError(err)
 	}
 	info, err := c.pool.SnapshotInfo(id)
-	return info, storeError(err, "snapshot %s", snapshotID)
+	return info, mapError(err, "snapshot %s", snapshotID)
 }
 
 // CreateSnapshot freezes a volume in O(1), idempotently by name: the same name and source
@@ -46,7 +46,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if srcID == "" {
 		return nil, invalidf("source_volume_id is required")
 	}
-	if err := validateParameters("parameters", req.GetParameters(), snapshotParameters); err != nil {
+	if err := validateParameters("parameters", req.GetParameters(), snapshotParameters, snapshotParametersRule); err != nil {
 		return nil, err
 	}
 	if err := c.cfg.checkTopology("snapshot", req.GetAccessibilityRequirements()); err != nil {
@@ -68,7 +68,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return &csi.CreateSnapshotResponse{Snapshot: c.snapshot(existing)}, nil
 	}
 	if !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, storeError(err, "snapshot name %q", name)
+		return nil, mapError(err, "snapshot name %q", name)
 	}
 	vol, err := c.ids.parseVolumeID(srcID)
 	if err != nil {
@@ -76,7 +76,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	}
 	info, err := c.pool.CreateSnapshot(vol, name)
 	if err != nil {
-		return nil, storeError(err, "snapshot %q of volume %s", name, srcID)
+		return nil, mapError(err, "snapshot %q of volume %s", name, srcID)
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: c.snapshot(info)}, nil
 }
@@ -102,7 +102,7 @@ func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	}
 	defer unlock()
 	if err := c.pool.DeleteSnapshot(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
-		return nil, storeError(err, "delete snapshot %s", snapshotID)
+		return nil, mapError(err, "delete snapshot %s", snapshotID)
 	}
 	return &csi.DeleteSnapshotResponse{}, nil
 }

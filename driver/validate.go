@@ -3,7 +3,6 @@ package driver
 import (
 	"fmt"
 	"slices"
-	"strings"
 	"unicode/utf8"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -16,35 +15,115 @@ import (
 // to it must work (csi-sanity creates volumes and snapshots with 128-byte names).
 const maxStringLen = 128
 
-// Parameter keys accepted by CreateVolume and GetCapacity: the ones the external-provisioner
-// adds with --extra-create-metadata. The StorageClass has no parameters of its own: the file
-// system type reaches the driver as VolumeCapability.mount.fs_type (the provisioner turns
-// csi.storage.k8s.io/fstype into it).
-var volumeParameters = []string{
-	"csi.storage.k8s.io/pv/name",
-	"csi.storage.k8s.io/pvc/name",
-	"csi.storage.k8s.io/pvc/namespace",
+// The parameters of CreateVolume, ValidateVolumeCapabilities and GetCapacity are a
+// StorageClass's, as the CO passes them. Kubernetes' external-provisioner strips the reserved
+// csi.storage.k8s.io/ keys it understands (the file system type, which it turns into
+// VolumeCapability.mount.fs_type, and the secret references) and adds the PV/PVC metadata
+// keys (--extra-create-metadata); its capacity controller passes the StorageClass's parameters
+// to GetCapacity as they are; other COs pass them as given. So the plugin accepts every
+// reserved key a CO may pass — the keys external-provisioner's removePrefixedParameters
+// accepts (kubernetes-csi/external-provisioner pkg/controller/controller.go) and the metadata
+// keys — honours the file system type, ignores the others (the plugin takes no secrets and
+// needs no names), and refuses every other key, naming it.
+const (
+	// fsTypeParameter names the file system made on a blank mount volume whose capability
+	// names none: ext4 or xfs.
+	fsTypeParameter = "csi.storage.k8s.io/fstype"
+	// reservedPrefix starts the keys Kubernetes reserves for the CO's own parameters.
+	reservedPrefix = "csi.storage.k8s.io/"
+)
+
+// volumeParameters are the keys CreateVolume, ValidateVolumeCapabilities and GetCapacity
+// accept: the file system type, the PV/PVC metadata and the secret references.
+var volumeParameters = append([]string{
+	fsTypeParameter,
+	reservedPrefix + "pv/name",
+	reservedPrefix + "pvc/name",
+	reservedPrefix + "pvc/namespace",
+}, secretReferences(
+	"", // the default secret: csi.storage.k8s.io/secret-name, -namespace
+	"provisioner-",
+	"controller-publish-",
+	"node-stage-",
+	"node-publish-",
+	"controller-expand-",
+	"node-expand-",
+)...)
+
+// volumeParametersRule describes volumeParameters in refusals.
+const volumeParametersRule = "accepted: " + fsTypeParameter + " (ext4 or xfs), the metadata keys " +
+	reservedPrefix + "pv/name, pvc/name, pvc/namespace, and the secret references " +
+	reservedPrefix + "[provisioner-|controller-publish-|node-stage-|node-publish-|controller-expand-|node-expand-]secret-name and -namespace"
+
+// snapshotParameters are the keys CreateSnapshot accepts: the ones the external-snapshotter
+// adds with --extra-create-metadata, and the secret references it strips (which other COs may
+// pass as given).
+var snapshotParameters = append([]string{
+	reservedPrefix + "volumesnapshot/name",
+	reservedPrefix + "volumesnapshot/namespace",
+	reservedPrefix + "volumesnapshotcontent/name",
+}, secretReferences("snapshotter-", "snapshotter-list-")...)
+
+// snapshotParametersRule describes snapshotParameters in refusals.
+const snapshotParametersRule = "accepted: the metadata keys " + reservedPrefix +
+	"volumesnapshot/name, volumesnapshot/namespace, volumesnapshotcontent/name, and the secret references " +
+	reservedPrefix + "snapshotter-[list-]secret-name and -namespace"
+
+// secretReferences returns the keys csi.storage.k8s.io/<kind>secret-name and -namespace.
+func secretReferences(kinds ...string) []string {
+	var keys []string
+	for _, k := range kinds {
+		keys = append(keys, reservedPrefix+k+"secret-name", reservedPrefix+k+"secret-namespace")
+	}
+	return keys
 }
 
-// fsTypeParameter is the StorageClass parameter that names the file system. The provisioner
-// turns it into VolumeCapability.mount.fs_type for CreateVolume, but its capacity controller
-// passes the StorageClass's parameters to GetCapacity as they are (external-provisioner v6.3.0
-// pkg/capacity/capacity.go), so GetCapacity accepts it too.
-const fsTypeParameter = "csi.storage.k8s.io/fstype"
-
-// capacityParameters are the keys GetCapacity accepts.
-var capacityParameters = append([]string{fsTypeParameter}, volumeParameters...)
-
-// Parameter keys accepted by CreateSnapshot: the ones the external-snapshotter adds with
-// --extra-create-metadata.
-var snapshotParameters = []string{
-	"csi.storage.k8s.io/volumesnapshot/name",
-	"csi.storage.k8s.io/volumesnapshot/namespace",
-	"csi.storage.k8s.io/volumesnapshotcontent/name",
-}
+// noMutableParameters is the rule for mutable_parameters (ControllerModifyVolume is not
+// offered: the pool has no mutable volume attributes).
+const noMutableParameters = "this plugin has no mutable parameters"
 
 // fsTypes are the file systems a mount volume may ask for ("" lets the node choose).
 var fsTypes = []string{"", "ext4", "xfs"}
+
+// volumeContextFSType is the key of the volume context CreateVolume returns when its parameters
+// name a file system (fsTypeParameter): the CO passes the volume context to NodeStageVolume,
+// which makes that file system on a blank volume whose capability names none.
+const volumeContextFSType = "csi.dataimage.io/fstype"
+
+// parameterFSType returns the file system that CreateVolume's parameters name ("" for none),
+// checking it against the mount capabilities: INVALID_ARGUMENT for a file system other than
+// ext4 or xfs, or one that a capability's fs_type contradicts.
+func parameterFSType(params map[string]string, caps []*csi.VolumeCapability) (string, error) {
+	fs := params[fsTypeParameter]
+	if !slices.Contains(fsTypes, fs) {
+		return "", invalidf("parameters: %s %q: want ext4 or xfs", fsTypeParameter, fs)
+	}
+	for i, c := range caps {
+		if want := c.GetMount().GetFsType(); fs != "" && want != "" && want != fs {
+			return "", invalidf("parameters: %s %q contradicts volume_capabilities[%d].mount.fs_type %q", fsTypeParameter, fs, i, want)
+		}
+	}
+	return fs, nil
+}
+
+// volumeContext is the volume context of a volume created with a file system named in its
+// parameters (nil without one).
+func volumeContext(fsType string) map[string]string {
+	if fsType == "" {
+		return nil
+	}
+	return map[string]string{volumeContextFSType: fsType}
+}
+
+// contextFSType returns the file system a volume context names ("" for none): INVALID_ARGUMENT
+// for one other than ext4 or xfs. Other keys are left alone: a CO may add its own.
+func contextFSType(vc map[string]string) (string, error) {
+	fs := vc[volumeContextFSType]
+	if !slices.Contains(fsTypes, fs) {
+		return "", invalidf("volume_context: %s %q: want ext4 or xfs", volumeContextFSType, fs)
+	}
+	return fs, nil
+}
 
 // validateName checks a CreateVolume or CreateSnapshot name: required, at most 128 bytes of
 // UTF-8, none of the control characters the spec bans (CreateVolumeRequest.name).
@@ -65,8 +144,9 @@ func validateName(kind, name string) error {
 	return nil
 }
 
-// validateParameters rejects keys not in allowed, naming the first (in sorted order).
-func validateParameters(field string, params map[string]string, allowed []string) error {
+// validateParameters rejects keys not in allowed, naming the first (in sorted order) and the
+// rule (what is accepted).
+func validateParameters(field string, params map[string]string, allowed []string, rule string) error {
 	var unknown []string
 	for k := range params {
 		if !slices.Contains(allowed, k) {
@@ -75,7 +155,7 @@ func validateParameters(field string, params map[string]string, allowed []string
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return invalidf("%s: unknown key %q (accepted: %s)", field, unknown[0], strings.Join(allowed, ", "))
+		return invalidf("%s: unknown key %q (%s)", field, unknown[0], rule)
 	}
 	return nil
 }

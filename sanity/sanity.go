@@ -12,13 +12,17 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
@@ -29,6 +33,12 @@ import (
 type Mode struct {
 	AccessType string // "mount" or "block"
 	FSType     string // the node's default file system for mount access: "ext4" or "xfs"
+	// Parameters are the parameters of every CreateVolume of the run (csi-sanity's
+	// --csi.testvolumeparameters): StorageClass-like, as a CO passes them.
+	Parameters map[string]string
+	// WantFSType, for mount access, is the file system every volume the run stages must be
+	// mounted with (checked after each NodeStageVolume that succeeded).
+	WantFSType string
 }
 
 // Plugin is the real plugin served from this process on a fresh pool in a temp dir.
@@ -40,9 +50,9 @@ type Plugin struct {
 }
 
 // StartPlugin serves the plugin with node ID nodeID on a sparse pool of poolSize bytes, making
-// blank mount volumes fsType by default. Cleanup stops the server, checks that no export is
-// left, then checks and closes the pool.
-func StartPlugin(t *testing.T, nodeID string, poolSize int64, fsType string) *Plugin {
+// blank mount volumes fsType by default; opts go to its gRPC server. Cleanup stops the server,
+// checks that no export is left, then checks and closes the pool.
+func StartPlugin(t *testing.T, nodeID string, poolSize int64, fsType string, opts ...grpc.ServerOption) *Plugin {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the plugin needs root: it attaches loop devices and mounts file systems")
@@ -67,7 +77,7 @@ func StartPlugin(t *testing.T, nodeID string, poolSize int64, fsType string) *Pl
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := driver.NewServer(driver.Config{NodeID: nodeID, Version: "test", Logger: log}, pool)
+	srv, err := driver.NewServer(driver.Config{NodeID: nodeID, Version: "test", Logger: log}, pool, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +115,8 @@ func StartPlugin(t *testing.T, nodeID string, poolSize int64, fsType string) *Pl
 // Run serves the plugin on a fresh pool and runs every csi-sanity spec against it.
 func Run(t *testing.T, m Mode) {
 	// Sparse: volumes cost what is written. xfs needs 300 MiB at least.
-	p := StartPlugin(t, "sanity-node", 8<<30, m.FSType)
+	staged := &stagedFSTypes{}
+	p := StartPlugin(t, "sanity-node", 8<<30, m.FSType, grpc.ChainUnaryInterceptor(staged.record))
 	dir := p.Dir
 
 	cfg := sanity.NewTestConfig()
@@ -116,6 +127,7 @@ func Run(t *testing.T, m Mode) {
 	cfg.TestVolumeSize = 512 << 20
 	cfg.TestVolumeExpandSize = 768 << 20
 	cfg.IDGen = &sanity.DefaultIDGenerator{}
+	cfg.TestVolumeParameters = m.Parameters
 	// A spec skipped for a capability the plugin does advertise: csi-test v5.6.0's
 	// "should succeed when creating a snapshot with accessibility requirements" compares the
 	// snapshot's topology with NodeGetInfo's using gomega Equal (reflect.DeepEqual on protobuf
@@ -128,7 +140,11 @@ func Run(t *testing.T, m Mode) {
 	// a privileged plugin pod has and some sandboxes lack; there the ext4 run cannot pass
 	// "should work if node-expand is called after node-publish". The block and xfs runs keep it,
 	// and driver's tests grow ext4 online where the capability is there.
-	if m.AccessType == "mount" && m.FSType == "ext4" && !hasCapSysResource() {
+	fsType := m.FSType // the file system the run's mount volumes get
+	if m.WantFSType != "" {
+		fsType = m.WantFSType
+	}
+	if m.AccessType == "mount" && fsType == "ext4" && !hasCapSysResource() {
 		t.Log("no CAP_SYS_RESOURCE: skipping the online ext4 node expansion spec")
 		skip = append(skip, "should work if node-expand is called after node-publish")
 	}
@@ -136,6 +152,68 @@ func Run(t *testing.T, m Mode) {
 		t.Fatal(err)
 	}
 	sanity.Test(t, cfg)
+	if m.WantFSType != "" {
+		staged.check(t, m.WantFSType)
+	}
+}
+
+// stagedFSTypes records the file system of every mount volume the plugin stages.
+type stagedFSTypes struct {
+	mu  sync.Mutex
+	got []staged // guarded by mu
+}
+
+// staged is one NodeStageVolume of a mount volume that succeeded.
+type staged struct{ path, fsType string }
+
+// record is a gRPC interceptor: after a NodeStageVolume of a mount volume that succeeded, it
+// reads the file system mounted at the staging path.
+func (s *stagedFSTypes) record(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	stage, ok := req.(*csi.NodeStageVolumeRequest)
+	if err != nil || !ok || stage.GetVolumeCapability().GetMount() == nil {
+		return resp, err
+	}
+	fs := mountedFSType(stage.GetStagingTargetPath())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, staged{stage.GetStagingTargetPath(), fs})
+	return resp, err
+}
+
+// check fails the test unless at least one mount volume was staged and every one was want.
+func (s *stagedFSTypes) check(t *testing.T, want string) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.got) == 0 {
+		t.Errorf("no mount volume was staged: the file system (want %s) was never checked", want)
+	}
+	for _, st := range s.got {
+		if st.fsType != want {
+			t.Errorf("staged at %s with file system %q, want %q", st.path, st.fsType, want)
+		}
+	}
+	t.Logf("%d stagings of mount volumes, all %s", len(s.got), want)
+}
+
+// mountedFSType returns the file system type of the mount at path (/proc/self/mountinfo), or
+// "" if none.
+func mountedFSType(path string) string {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(mi), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[4] != path {
+			continue
+		}
+		if i := slices.Index(f, "-"); i > 0 && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return ""
 }
 
 // hasCapSysResource reports whether the process has CAP_SYS_RESOURCE in its effective set.

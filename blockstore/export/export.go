@@ -64,6 +64,11 @@ type Device interface {
 	Path() string
 	// Resize makes the device follow the Disk's size after it grew.
 	Resize() error
+	// Drain returns once every I/O request submitted to the block device before the call has
+	// been answered (through the Disk); requests submitted meanwhile wait in the kernel until
+	// it returns, then go on. It changes nothing. A clean stop drains before it stops serving,
+	// so that nothing submitted earlier is still queued in the kernel.
+	Drain() error
 	// Close tears the export down: the block device, then what served it. It fails with
 	// ErrBusy, changing nothing, while the block device is in use (a file system on it is
 	// mounted). Close is idempotent, and may be retried after an error.

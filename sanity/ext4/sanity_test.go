@@ -6,7 +6,9 @@ import (
 	"github.com/dataimage/dataimage/sanity"
 )
 
-// TestSanity runs every csi-sanity spec with mount access and ext4 file systems.
+// TestSanity runs every csi-sanity spec with mount access and ext4 file systems, the node's
+// default: capabilities name no file system and CreateVolume has no parameters. Every volume
+// the run stages must be ext4.
 func TestSanity(t *testing.T) {
-	sanity.Run(t, sanity.Mode{AccessType: "mount", FSType: "ext4"})
+	sanity.Run(t, sanity.Mode{AccessType: "mount", FSType: "ext4", WantFSType: "ext4"})
 }

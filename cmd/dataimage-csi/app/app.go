@@ -169,8 +169,16 @@ func logger(c Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// Run opens (or creates) the pool, serves the plugin until ctx ends, then stops gracefully and
-// closes the pool (a checkpoint).
+// drainTimeout bounds how long the drain at the end waits for the exports' I/O in flight
+// (Server.DrainIO). With the CSI calls' grace period (30 s) and the checkpoint it fits the
+// chart's terminationGracePeriodSeconds (60).
+const drainTimeout = 20 * time.Second
+
+// Run opens (or creates) the pool, serves the plugin until ctx ends, then stops: CSI calls in
+// flight finish (driver.Server.ServeListener), the exports' I/O drains (new I/O waits, the I/O
+// in flight completes and the pool is flushed: Server.DrainIO), and the pool is closed (a
+// checkpoint). Nothing is unmounted or detached: the exports' kernel state outlives the
+// process, and their I/O fails once it has exited (docs/driver.md, "Stopping").
 func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	pool, err := openPool(c, log)
 	if err != nil {
@@ -193,6 +201,14 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	}
 	log.Info("serving", "endpoint", c.Endpoint, "nodeID", c.NodeID, "export", exp.Name(), "version", Version)
 	serr := serve(ctx, c, srv, log)
+	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	if derr := srv.DrainIO(dctx); derr != nil {
+		log.Error("drain", "err", derr)
+		if serr == nil {
+			serr = derr
+		}
+	}
+	cancel()
 	if cerr := pool.Close(); serr == nil && cerr != nil {
 		serr = fmt.Errorf("close pool: %w", cerr)
 	}

@@ -1,0 +1,104 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+)
+
+// TestErrorCodes: every sentinel of the table in errors.go gets its code, under any wrapping,
+// and keeps its chain and message.
+func TestErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{blockstore.ErrNotFound, codes.NotFound},
+		{blockstore.ErrExists, codes.AlreadyExists},
+		{blockstore.ErrNoSpace, codes.ResourceExhausted},
+		{blockstore.ErrOverProvisioned, codes.ResourceExhausted},
+		{blockstore.ErrInvalidArgument, codes.InvalidArgument},
+		{blockstore.ErrOutOfRange, codes.InvalidArgument},
+		{blockstore.ErrCorrupt, codes.Internal},
+		{&blockstore.CorruptionError{Block: 9, What: "tree node", Err: errors.New("bad crc")}, codes.Internal},
+		{fmt.Errorf("%w: %w", blockstore.ErrFailed, blockstore.ErrNoSpace), codes.Internal},
+		{blockstore.ErrClosed, codes.Unavailable},
+		{export.ErrLeftovers, codes.FailedPrecondition},
+		{fmt.Errorf("%w: %w", export.ErrLeftovers, export.ErrBusy), codes.FailedPrecondition},
+		{&export.Error{Op: "detach loop device", ID: "dv-x", Device: "/dev/loop9", Err: export.ErrBusy}, codes.FailedPrecondition},
+		{&os.PathError{Op: "unmount", Path: "/x", Err: syscall.EBUSY}, codes.FailedPrecondition},
+		{&export.Error{Op: "detect fuse-loop", Err: export.ErrUnsupported}, codes.Unimplemented},
+		{export.ErrExists, codes.Aborted},
+		{export.ErrInvalid, codes.Internal},
+		{&os.PathError{Op: "mkdir", Path: "/x", Err: syscall.EACCES}, codes.Internal},
+		{errors.New("other"), codes.Internal},
+	} {
+		err := mapError(fmt.Errorf("wrapped: %w", tc.err), "volume %s", "dv-x")
+		requireCode(t, tc.want, err)
+		require.ErrorIs(t, err, tc.err)
+		require.Contains(t, status.Convert(err).Message(), "volume dv-x: wrapped: "+tc.err.Error())
+	}
+	require.NoError(t, mapError(nil, "nothing"))
+}
+
+// TestNodeExportErrors: export errors reach the Node service's callers with their own codes and
+// their chain (errors.Is through the gRPC error): a node that cannot export is UNIMPLEMENTED, a
+// device that something holds is FAILED_PRECONDITION (busy), and so is a volume whose export an
+// earlier run left, still mounted there (gone).
+func TestNodeExportErrors(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := context.Background()
+
+	// Unsupported: this node's exporter cannot export.
+	vol := e.createVolume(t, "v", 16*mib)
+	n, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: fakeExporter{}})
+	require.NoError(t, err)
+	_, err = n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: filepath.Join(e.dir, "unsupported"), VolumeCapability: blockCap(rwo)})
+	requireCode(t, codes.Unimplemented, err)
+	require.ErrorIs(t, err, export.ErrUnsupported)
+
+	// Busy: unstaging a block volume whose device another opener holds exclusively.
+	staging := filepath.Join(e.dir, "block-staging")
+	e.stage(t, vol, staging, blockCap(rwo))
+	dev, ok := e.n.exported(vol)
+	require.True(t, ok)
+	holder, err := os.OpenFile(dev.Path(), os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	_, err = e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	requireCode(t, codes.FailedPrecondition, err)
+	require.ErrorIs(t, err, export.ErrBusy)
+	require.Contains(t, err.Error(), dev.Path())
+	require.NoError(t, holder.Close())
+	_, err = e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	require.NoError(t, err, "once the holder let go")
+
+	// Gone: a second run of the plugin (another exporter on the same state directory) finds
+	// the first run's export, whose file system is mounted at the first run's staging path.
+	// Staging the volume there fails until that is unstaged.
+	mounted := e.createVolume(t, "mounted", 16*mib)
+	first := filepath.Join(e.dir, "first-staging")
+	e.stage(t, mounted, first, mountCap(rwo, "ext4"))
+	exp2, err := export.Detect(export.Options{StateDir: e.stateDir})
+	require.NoError(t, err)
+	second, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: exp2})
+	require.NoError(t, err)
+	require.True(t, second.dead[mounted], "the second run sees the first run's export as left behind")
+	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: mounted, StagingTargetPath: filepath.Join(e.dir, "second-staging"), VolumeCapability: mountCap(rwo, "ext4")})
+	requireCode(t, codes.FailedPrecondition, err)
+	require.ErrorIs(t, err, export.ErrLeftovers)
+	require.ErrorIs(t, err, export.ErrBusy)
+	require.Contains(t, status.Convert(err).Message(), "unpublish and unstage the volume first")
+}
