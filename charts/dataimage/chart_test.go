@@ -58,6 +58,16 @@ var combinations = []struct {
 		if sc.Annotations["storageclass.kubernetes.io/is-default-class"] != "" {
 			t.Error("the StorageClass is the default class by default")
 		}
+		// Safe by default: no host path, no image but the chart's own, builds as 999:999.
+		cfg := r.controllerConfig(t, "dataimage-controller")
+		if len(cfg.AllowedHostPaths) != 0 || len(cfg.AllowedImages) != 0 {
+			t.Errorf("the chart allows host paths %v and images %v by default", cfg.AllowedHostPaths, cfg.AllowedImages)
+		}
+		for name, e := range cfg.Engines {
+			if e.RunAsUser != 999 || e.RunAsGroup != 999 {
+				t.Errorf("engine %s builds as %d:%d, want the official images' 999:999", name, e.RunAsUser, e.RunAsGroup)
+			}
+		}
 	}},
 	{"podMonitor", []string{"metrics.podMonitor.enabled=true", "metrics.podMonitor.labels.release=prom"}, func(t *testing.T, r *rendered) {
 		pm := r.get(t, "PodMonitor", "dataimage").(*monitoringv1.PodMonitor)
@@ -129,6 +139,8 @@ var combinations = []struct {
 		"node.tolerations[0].operator=Exists", "node.pool.overprovisionRatio=4", "node.export=fuse-loop",
 		"controller.buildActiveDeadlineSeconds=3600", "controller.buildResources.limits.memory=2Gi",
 		"images.plugin.tag=dev", "images.plugin.pullPolicy=Never", "imagePullSecrets[0].name=regcred",
+		"controller.allowedHostPaths[0]=/srv/backups", "controller.allowedImages[0]=registry.example/dba/*",
+		"controller.engines.postgres.runAsUser=70", "controller.engines.postgres.runAsGroup=70",
 	}, func(t *testing.T, r *rendered) {
 		r.none(t, "CustomResourceDefinition")
 		if r.container(t, "livenessprobe") != nil || r.container(t, "plugin").LivenessProbe != nil {
@@ -153,6 +165,10 @@ var combinations = []struct {
 		if cfg.StorageClassName != "fast" || cfg.VolumeSnapshotClassName != "snap" || cfg.BuildActiveDeadlineSeconds != 3600 ||
 			cfg.BuildResources.Limits.Memory().String() != "2Gi" {
 			t.Errorf("controller config %+v", cfg)
+		}
+		if !slices.Equal(cfg.AllowedHostPaths, []string{"/srv/backups"}) || !slices.Equal(cfg.AllowedImages, []string{"registry.example/dba/*"}) ||
+			cfg.Engines["postgres"].RunAsUser != 70 || cfg.Engines["postgres"].RunAsGroup != 70 || cfg.Engines["mysql"].RunAsUser != 999 {
+			t.Errorf("controller config: allowedHostPaths %v, allowedImages %v, engines %+v", cfg.AllowedHostPaths, cfg.AllowedImages, cfg.Engines)
 		}
 		r.get(t, "DaemonSet", "di-node")
 	}},

@@ -3,8 +3,9 @@
 # cluster with the project's own chart (charts/dataimage, through helm), with values for this
 # cluster only: the images imported by `cluster.sh up` (pullPolicy Never), the kubelet's root
 # directory and the pool under $E2E_STATE, the export state under $E2E_RUN, no livenessprobe
-# sidecar (its module is not on the Go module proxy, so there is no image), and the Debian
-# PostgreSQL image of images.sh as the postgres engine's image. Then waits until the node plugin
+# sidecar (its module is not on the Go module proxy, so there is no image), the Debian
+# PostgreSQL image of images.sh as the postgres engine's image (its postgres user is 999:999, the
+# chart's default), and the tests' backup directory as the one host path DataImages may use. Then waits until the node plugin
 # has registered with the kubelet and the controller is available.
 set -euo pipefail
 # shellcheck source=hack/e2e/lib.sh
@@ -36,6 +37,8 @@ controller:
     postgres:
       image: "$POSTGRES_IMAGE_REPO:{version}"
       versions: ["$POSTGRES_VERSION"]
+  # The tests' backups are host directories under \$E2E_STATE/backups (sanity/e2e).
+  allowedHostPaths: ["$E2E_STATE/backups"]
 EOF
 }
 

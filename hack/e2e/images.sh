@@ -10,7 +10,9 @@
 #               only pullPolicy Never)
 #   postgres    $POSTGRES_IMAGE_REPO:$POSTGRES_VERSION: a Debian bookworm root file system with
 #               postgresql-$POSTGRES_VERSION, made by debootstrap (kept in $E2E_CACHE/rootfs);
-#               the engine image of build Jobs and the image of the tests' StatefulSets
+#               the engine image of build Jobs and the image of the tests' StatefulSets. Its
+#               postgres user is uid 999, gid 999, as in the official image: build Jobs run as
+#               the uid the chart gives the engine (controller.engines.postgres.runAsUser)
 #   project     `make images` (bin/images: dataimage-csi, -builder, -controller)
 #
 # Idempotent: an archive is rebuilt only when it is older than what it is made of.
@@ -78,7 +80,7 @@ debian_mirror() {
 
 # rootfs_postgres: $E2E_CACHE/rootfs/postgres-$POSTGRES_VERSION.tar, a bookworm minbase with
 # PostgreSQL (no cluster created, no service started), as an uncompressed tar with numeric owners.
-ROOTFS_RECIPE="bookworm minbase postgresql-$POSTGRES_VERSION postgresql-client-$POSTGRES_VERSION v1"
+ROOTFS_RECIPE="bookworm minbase postgres=999:999 postgresql-$POSTGRES_VERSION postgresql-client-$POSTGRES_VERSION v2"
 rootfs_postgres() {
 	local out="$E2E_CACHE/rootfs/postgres-$POSTGRES_VERSION.tar"
 	if [[ -f $out && -f $out.stamp && "$(cat "$out.stamp")" == "$ROOTFS_RECIPE" ]]; then
@@ -100,6 +102,11 @@ deb $mirror bookworm-updates main
 deb ${mirror%/debian}/debian-security bookworm-security main
 EOF
 	cp /etc/resolv.conf "$dir/etc/resolv.conf"
+	# The postgres user before the package makes one (its postinst keeps an existing system
+	# user): uid and gid 999, as the official image has them and the chart's default says.
+	chroot "$dir" groupadd --system --gid 999 postgres
+	chroot "$dir" useradd --system --uid 999 --gid 999 --home-dir /var/lib/postgresql --no-create-home \
+		--shell /bin/bash --comment "PostgreSQL administrator" postgres
 	mount -t proc proc "$dir/proc"
 	local rc=0
 	{ e2e_quiet "$LOGS/debootstrap-apt.log" chroot "$dir" apt-get update -qq &&

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -18,7 +20,10 @@ import (
 
 // The build pod's layout (docs/kubernetes.md, "How an image is built"): the builder binary is
 // copied by the init container into builder-bin, and the build container runs it in the
-// engine's image with the build PVC at /data and the backups at /backups.
+// engine's image with the build PVC at /data and the backups at /backups. The root file system
+// is read-only: what the build writes besides /data goes to two empty directories, tmp (the
+// temporary directory of the builder and the engine's tools) and run (the server's runtime
+// directory: socket, log, pid file, access rules).
 const (
 	initContainerName  = "install-builder"
 	buildContainerName = "build"
@@ -29,6 +34,13 @@ const (
 	dataDir            = "/data"
 	backupsVolume      = "backups"
 	backupsDir         = "/backups"
+	tmpVolume          = "tmp"
+	tmpDir             = "/tmp"
+	runVolume          = "run"
+	runDir             = "/run/dataimage"
+	// runtimeDir is the builder's --runtime-dir, made by the builder (as the engine's user)
+	// in the run volume.
+	runtimeDir = runDir + "/build"
 	// buildSuffix names the build PVC and Job after the DataImage: <name>-build.
 	buildSuffix = "-build"
 	// maxImageName keeps <name>-build within 63 characters: the Job's name is a label value
@@ -52,12 +64,55 @@ type plan struct {
 	deadline      *int64
 	resources     corev1.ResourceRequirements
 	definitionArg string // the definition as JSON, for --definition-json
+	// runAsUser and runAsGroup are the engine's server user in its image: the build runs as
+	// them.
+	runAsUser, runAsGroup int64
 }
 
-// makePlan validates the spec (with the same code as a definition file) and resolves what
-// the build needs. Its error lists every problem and matches imagebuilder.ErrInvalidDefinition
-// for a spec error.
+// refusedError is a spec that the controller's configuration does not allow: each value
+// refused (*v1alpha1.NotAllowedError), and the spec's own problems when it has some too. It
+// matches v1alpha1.ErrNotAllowed.
+type refusedError struct {
+	notAllowed []*v1alpha1.NotAllowedError
+	spec       *imagebuilder.DefinitionError // nil when the spec is otherwise valid
+}
+
+func (e *refusedError) Error() string {
+	msgs := make([]string, 0, len(e.notAllowed)+1)
+	for _, na := range e.notAllowed {
+		msgs = append(msgs, na.Error())
+	}
+	if e.spec != nil {
+		msgs = append(msgs, e.spec.Error())
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e *refusedError) Unwrap() error { return v1alpha1.ErrNotAllowed }
+
+// notes are the Events of a refusal: one per reason (an Event with the reason of an earlier
+// one about the same DataImage is only counted by the events API, its note dropped), each
+// naming the rule and every value it refuses.
+func (e *refusedError) notes() []note {
+	var notes []note
+	for _, na := range e.notAllowed {
+		i := slices.IndexFunc(notes, func(n note) bool { return n.reason == na.Reason })
+		if i < 0 {
+			notes = append(notes, note{reason: na.Reason, text: na.Error()})
+			continue
+		}
+		notes[i].text += "; " + na.Error()
+	}
+	return notes
+}
+
+// makePlan checks the spec against what the configuration allows (v1alpha1.ControllerConfig.Admit),
+// validates it (with the same code as a definition file) and resolves what the build needs.
+// A value the configuration does not allow is a *refusedError (which lists the spec's other
+// problems too); a spec error alone matches imagebuilder.ErrInvalidDefinition and lists every
+// problem.
 func (r *reconciler) makePlan(di *v1alpha1.DataImage) (*plan, error) {
+	notAllowed := r.cfg.Admit(&di.Spec)
 	var ps []*imagebuilder.FieldError
 	if err := di.Spec.Validate(r.env); err != nil {
 		var de *imagebuilder.DefinitionError
@@ -70,8 +125,15 @@ func (r *reconciler) makePlan(di *v1alpha1.DataImage) (*plan, error) {
 		ps = append(ps, &imagebuilder.FieldError{Field: "metadata.name",
 			Rule: fmt.Sprintf("must be at most %d characters (the build Job is named <name>%s), got %d", maxImageName, buildSuffix, len(di.Name))})
 	}
+	var specErr *imagebuilder.DefinitionError
 	if len(ps) > 0 {
-		return nil, &imagebuilder.DefinitionError{Problems: ps}
+		specErr = &imagebuilder.DefinitionError{Problems: ps}
+	}
+	switch {
+	case len(notAllowed) > 0:
+		return nil, &refusedError{notAllowed: notAllowed, spec: specErr}
+	case specErr != nil:
+		return nil, specErr
 	}
 	s := &di.Spec
 	p := &plan{engine: s.NormalizedEngine(), builderImage: r.cfg.Builder.Image, builderPull: r.cfg.Builder.PullPolicy,
@@ -83,6 +145,8 @@ func (r *reconciler) makePlan(di *v1alpha1.DataImage) (*plan, error) {
 	}
 	p.version = v
 	p.engineImage, _ = r.cfg.EngineImage(p.engine, v)
+	e := r.cfg.Engines[string(p.engine)] // Validate checked that the engine is served
+	p.runAsUser, p.runAsGroup = e.RunAsUser, e.RunAsGroup
 	if r.cfg.BuildActiveDeadlineSeconds > 0 {
 		p.deadline = ptr.To(r.cfg.BuildActiveDeadlineSeconds)
 	}
@@ -144,9 +208,37 @@ func buildClaim(di *v1alpha1.DataImage, p *plan) *corev1.PersistentVolumeClaim {
 }
 
 // builderArgs are the arguments of dataimage-builder in the build container, agreed with
-// cmd/dataimage-builder: the definition as JSON, the data root, the backup root, JSON events.
+// cmd/dataimage-builder: the definition as JSON, the data root, the backup root, the runtime
+// directory, JSON events.
 func builderArgs(p *plan) []string {
-	return []string{"--definition-json", p.definitionArg, "--root", dataDir, "--backup-root", backupsDir, "--output", "json"}
+	return []string{"--definition-json", p.definitionArg, "--root", dataDir, "--backup-root", backupsDir,
+		"--runtime-dir", runtimeDir, "--output", "json"}
+}
+
+// podSecurity is the build pod's security context: the engine's server user, never root, with
+// the build volume (and the empty directories) given to its group by the kubelet (fsGroup;
+// the CSIDriver's fsGroupPolicy is File), and the runtime's default seccomp profile.
+func podSecurity(p *plan) *corev1.PodSecurityContext {
+	return &corev1.PodSecurityContext{
+		RunAsNonRoot:        ptr.To(true),
+		RunAsUser:           ptr.To(p.runAsUser),
+		RunAsGroup:          ptr.To(p.runAsGroup),
+		FSGroup:             ptr.To(p.runAsGroup),
+		FSGroupChangePolicy: ptr.To(corev1.FSGroupChangeOnRootMismatch),
+		SeccompProfile:      &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// containerSecurity is the security context of both containers of the build pod: no
+// capability, no privilege escalation (setuid binaries of the engine's image do nothing), a
+// read-only root file system.
+func containerSecurity() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		RunAsNonRoot:             ptr.To(true),
+		AllowPrivilegeEscalation: ptr.To(false),
+		ReadOnlyRootFilesystem:   ptr.To(true),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+	}
 }
 
 // backupsSource is the volume mounted read-only at /backups: the backup source, or an empty
@@ -198,10 +290,13 @@ func (r *reconciler) buildJob(di *v1alpha1.DataImage, p *plan) *batchv1.Job {
 					AutomountServiceAccountToken:  ptr.To(false),
 					EnableServiceLinks:            ptr.To(false),
 					TerminationGracePeriodSeconds: ptr.To[int64](60),
+					SecurityContext:               podSecurity(p),
 					Volumes: []corev1.Volume{
 						{Name: builderBinVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 						{Name: dataVolume, VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: buildName(di)}}},
 						{Name: backupsVolume, VolumeSource: backupsSource(di)},
+						{Name: tmpVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+						{Name: runVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
 					},
 					InitContainers: []corev1.Container{{
 						// The builder image's default command copies its static binary into
@@ -209,6 +304,7 @@ func (r *reconciler) buildJob(di *v1alpha1.DataImage, p *plan) *batchv1.Job {
 						Name:            initContainerName,
 						Image:           p.builderImage,
 						ImagePullPolicy: p.builderPull,
+						SecurityContext: containerSecurity(),
 						VolumeMounts:    []corev1.VolumeMount{{Name: builderBinVolume, MountPath: builderBinDir}},
 					}},
 					Containers: []corev1.Container{{
@@ -216,8 +312,9 @@ func (r *reconciler) buildJob(di *v1alpha1.DataImage, p *plan) *batchv1.Job {
 						Image:   p.engineImage,
 						Command: []string{builderBinary},
 						Args:    builderArgs(p),
-						// Root: the builder starts the server as the engine's own user.
-						SecurityContext:          &corev1.SecurityContext{RunAsUser: ptr.To[int64](0), RunAsNonRoot: ptr.To(false)},
+						// The engine's user, as the pod: the builder runs the server and its
+						// tools as itself.
+						SecurityContext:          containerSecurity(),
 						Resources:                p.resources,
 						TerminationMessagePath:   corev1.TerminationMessagePathDefault,
 						TerminationMessagePolicy: corev1.TerminationMessageReadFile,
@@ -225,6 +322,8 @@ func (r *reconciler) buildJob(di *v1alpha1.DataImage, p *plan) *batchv1.Job {
 							{Name: builderBinVolume, MountPath: builderBinDir, ReadOnly: true},
 							{Name: dataVolume, MountPath: dataDir},
 							{Name: backupsVolume, MountPath: backupsDir, ReadOnly: true},
+							{Name: tmpVolume, MountPath: tmpDir},
+							{Name: runVolume, MountPath: runDir},
 						},
 					}},
 				},

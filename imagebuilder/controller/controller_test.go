@@ -159,10 +159,11 @@ func checkJob(t *testing.T, h *harness, job *batchv1.Job) {
 	if c.Name != "build" || c.Image != "registry.example/postgres:16" || !reflect.DeepEqual(c.Command, []string{"/dataimage/bin/dataimage-builder"}) {
 		t.Errorf("build container name %q image %q command %v", c.Name, c.Image, c.Command)
 	}
-	if len(c.Args) != 8 {
+	if len(c.Args) != 10 {
 		t.Fatalf("build args %q", c.Args)
 	}
-	wantArgs := []string{"--definition-json", c.Args[1], "--root", "/data", "--backup-root", "/backups", "--output", "json"}
+	wantArgs := []string{"--definition-json", c.Args[1], "--root", "/data", "--backup-root", "/backups",
+		"--runtime-dir", "/run/dataimage/build", "--output", "json"}
 	if !reflect.DeepEqual(c.Args, wantArgs) {
 		t.Errorf("build args %q, want %q", c.Args, wantArgs)
 	}
@@ -173,9 +174,7 @@ func checkJob(t *testing.T, h *harness, job *batchv1.Job) {
 	if want := h.image("sales").Spec.Definition; !reflect.DeepEqual(def, want) {
 		t.Errorf("--definition-json is %+v, want %+v", def, want)
 	}
-	if c.SecurityContext == nil || c.SecurityContext.RunAsUser == nil || *c.SecurityContext.RunAsUser != 0 {
-		t.Errorf("build container security context %+v, want root", c.SecurityContext)
-	}
+	checkSecurity(t, ps, 999, 998)
 	if got := c.Resources.Requests[corev1.ResourceMemory]; got.Cmp(resource.MustParse("256Mi")) != 0 {
 		t.Errorf("build resources %+v", c.Resources)
 	}
@@ -192,12 +191,20 @@ func checkJob(t *testing.T, h *harness, job *batchv1.Job) {
 	if m := mounts["builder-bin"]; m.MountPath != "/dataimage/bin" {
 		t.Errorf("builder-bin mount %+v", m)
 	}
+	if m := mounts["tmp"]; m.MountPath != "/tmp" || m.ReadOnly {
+		t.Errorf("tmp mount %+v", m)
+	}
+	if m := mounts["run"]; m.MountPath != "/run/dataimage" || m.ReadOnly {
+		t.Errorf("run mount %+v", m)
+	}
 	vols := map[string]corev1.Volume{}
 	for _, v := range ps.Volumes {
 		vols[v.Name] = v
 	}
-	if v := vols["builder-bin"]; v.EmptyDir == nil {
-		t.Errorf("builder-bin volume %+v", v)
+	for _, name := range []string{"builder-bin", "tmp", "run"} {
+		if v := vols[name]; v.EmptyDir == nil {
+			t.Errorf("%s volume %+v, want an empty directory", name, v)
+		}
 	}
 	if v := vols["data"]; v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != "sales-build" {
 		t.Errorf("data volume %+v", v)

@@ -5,11 +5,14 @@
 // Setup adds two reconcilers to a controller-runtime manager:
 //
 //   - DataImages. A new DataImage gets the dataimage.io/clones finalizer, then its spec is
-//     validated (the image definition's own validation); an invalid spec ends in phase Failed
-//     with Valid=False and nothing created. A valid one gets a build PVC and a build Job
-//     (<name>-build, owned by the DataImage); phase Building follows the Job's pod: progress from
-//     the last JSON build event in its log (LogReader), the result from its termination message
-//     (builder.Outcome). A failure is written to status (Failed, Built=False reason BuildFailed
+//     validated (the image definition's own validation) and checked against what the
+//     configuration allows (v1alpha1.ControllerConfig.Admit: host paths, images); an invalid or
+//     refused spec ends in phase Failed with Valid=False (reason InvalidSpec, HostPathNotAllowed
+//     or ImageNotAllowed) and nothing created. A valid one gets a build PVC and a build Job
+//     (<name>-build, owned by the DataImage), whose pod runs as the engine's server user with
+//     no capability and a read-only root file system; phase Building follows the Job's pod:
+//     progress from the last JSON build event in its log (LogReader), the result from its
+//     termination message (builder.Outcome). A failure is written to status (Failed, Built=False reason BuildFailed
 //     with the step and the engine's log tail) before the Job and PVC are deleted. A success is
 //     written to status (Built=True, builtAt, engine version, data-state time) before the
 //     VolumeSnapshot <name> is created; once it is ready to use the Job and PVC are deleted and

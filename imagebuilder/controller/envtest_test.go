@@ -206,9 +206,13 @@ engines:
   postgres:
     image: registry.example/postgres:{version}
     versions: ["15", "16"]
+    runAsUser: 999
+    runAsGroup: 998
   mariadb:
     image: registry.example/mariadb:{version}
     versions: ["10.11"]
+    runAsUser: 1001
+    runAsGroup: 1002
 builder:
   image: registry.example/dataimage-builder:test
   pullPolicy: IfNotPresent
@@ -226,6 +230,11 @@ buildResources:
   requests:
     memory: 256Mi
 buildActiveDeadlineSeconds: 3600
+allowedHostPaths: [/srv/backups, /mnt/nightly]
+allowedImages:
+  - registry.example/team/*
+  - docker.io/mirror/*
+  - quay.example/tools/builder:*
 `
 
 func testConfig(t *testing.T) *v1alpha1.ControllerConfig {
@@ -237,12 +246,28 @@ func testConfig(t *testing.T) *v1alpha1.ControllerConfig {
 	return cfg
 }
 
+// harnessOption changes a harness's configuration or namespace before they are used.
+type harnessOption func(h *harness, ns *corev1.Namespace)
+
+// withConfig runs the controller with cfg instead of testConfigYAML's.
+func withConfig(cfg *v1alpha1.ControllerConfig) harnessOption {
+	return func(h *harness, _ *corev1.Namespace) { h.config = cfg }
+}
+
+// withNamespaceLabels labels the test's namespace (e.g. a Pod Security Standard to enforce).
+func withNamespaceLabels(l map[string]string) harnessOption {
+	return func(_ *harness, ns *corev1.Namespace) { ns.Labels = l }
+}
+
 // newHarness makes a namespace and starts a controller that watches it.
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, opts ...harnessOption) *harness {
 	t.Helper()
 	needEnv(t)
 	h := &harness{t: t, ctx: t.Context(), admin: env.admin, logs: &cannedLogs{}, config: testConfig(t)}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "di-test-"}}
+	for _, o := range opts {
+		o(h, ns)
+	}
 	if err := h.admin.Create(h.ctx, ns); err != nil {
 		t.Fatal(err)
 	}

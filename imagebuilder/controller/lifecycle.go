@@ -59,11 +59,15 @@ func (r *reconciler) start(ctx context.Context, st *state) (ctrl.Result, error) 
 		di.Status.Phase = v1alpha1.PhasePending
 	}
 	p, err := r.makePlan(di)
-	if errors.Is(err, imagebuilder.ErrInvalidDefinition) {
-		r.invalid(st, err)
+	var refused *refusedError
+	switch {
+	case errors.As(err, &refused):
+		r.invalid(st, refused.notAllowed[0].Reason, err.Error(), refused.notes())
 		return ctrl.Result{}, nil
-	}
-	if err != nil {
+	case errors.Is(err, imagebuilder.ErrInvalidDefinition):
+		r.invalid(st, v1alpha1.ReasonInvalidSpec, err.Error(), []note{{reason: v1alpha1.ReasonInvalidSpec, text: err.Error()}})
+		return ctrl.Result{}, nil
+	case err != nil:
 		return ctrl.Result{}, err
 	}
 	di.Status.ObservedGeneration = di.Generation
@@ -110,21 +114,33 @@ func (r *reconciler) start(ctx context.Context, st *state) (ctrl.Result, error) 
 	return r.requeue(), nil
 }
 
-// invalid records a spec that does not validate: phase Failed, Valid=False with every problem.
-// Nothing is created; a new generation of the spec is validated again.
-func (r *reconciler) invalid(st *state, err error) {
+// note is the reason and text of an Event.
+type note struct{ reason, text string }
+
+// invalid records a spec that is not built: phase Failed, Valid=False with reason and every
+// problem in msg, and (once, when the condition changes) a Warning Event for each of notes:
+// InvalidSpec, or one per rule of the configuration that refuses values (HostPathNotAllowed,
+// ImageNotAllowed), naming the rule and the values. Nothing is created; a new generation of the
+// spec is checked again.
+func (r *reconciler) invalid(st *state, reason, msg string, notes []note) {
 	di := st.di
-	msg := err.Error()
-	if c := meta.FindStatusCondition(di.Status.Conditions, v1alpha1.ConditionValid); c == nil || c.Status != metav1.ConditionFalse || c.Message != truncate(msg) {
+	if c := meta.FindStatusCondition(di.Status.Conditions, v1alpha1.ConditionValid); c == nil || c.Status != metav1.ConditionFalse ||
+		c.Reason != reason || c.Message != truncate(msg) {
 		st.afterSave(func() {
-			r.event(di, true, v1alpha1.ReasonInvalidSpec, "Validate", msg)
-			st.log.Info("invalid spec", "problems", msg)
+			for _, n := range notes {
+				r.event(di, true, n.reason, "Validate", n.text)
+			}
+			st.log.Info("spec refused", "reason", reason, "problems", msg)
 		})
 	}
 	di.Status.Phase = v1alpha1.PhaseFailed
 	di.Status.ObservedGeneration = di.Generation
-	setCondition(di, v1alpha1.ConditionValid, metav1.ConditionFalse, v1alpha1.ReasonInvalidSpec, msg)
-	setCondition(di, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonInvalidSpec, "the spec is invalid: nothing is built")
+	setCondition(di, v1alpha1.ConditionValid, metav1.ConditionFalse, reason, msg)
+	ready := "the spec is invalid: nothing is built"
+	if reason != v1alpha1.ReasonInvalidSpec {
+		ready = "the spec names what the cluster's configuration does not allow: nothing is built"
+	}
+	setCondition(di, v1alpha1.ConditionReady, metav1.ConditionFalse, reason, ready)
 	meta.RemoveStatusCondition(&di.Status.Conditions, v1alpha1.ConditionBuilt)
 	setMessage(di, "%s", msg)
 }

@@ -116,8 +116,15 @@ func makeBackup(t *testing.T, name string) string {
 	asPostgres(t, "pg_basebackup", "-h", run, "-p", "5432", "-U", "postgres", "-D", backup, "-Ft", "-X", "stream", "--checkpoint=fast")
 	stop()
 	for _, f := range []string{"base.tar", "pg_wal.tar"} {
-		if _, err := os.Stat(filepath.Join(backup, f)); err != nil {
+		p := filepath.Join(backup, f)
+		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("pg_basebackup -Ft wrote no %s: %v", f, err)
+		}
+		// pg_basebackup writes 0600 files of the node's postgres user; the build Job runs as
+		// the engine image's postgres user (uid 999), not root, and must be able to read them
+		// (docs/kubernetes.md, "What an admin allows").
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
 	if err := os.RemoveAll(data); err != nil {

@@ -63,8 +63,10 @@ const usage = `Usage: dataimage-builder (--definition FILE | --definition-json J
 Builds one data image's content: a database instance made from an image definition, in a fresh
 volume mounted at --root (the instance's data directory is <root>/data), left cleanly stopped
 and flushed to the volume, ready to be snapshotted as the image. It is the image-builder Job's
-binary: the Job runs it in the engine's own container image (e.g. postgres:16) as root, and it
-runs the database server and its tools as the engine's OS user (--run-as).
+binary: the Job runs it in the engine's own container image (e.g. postgres:16) as the engine's
+OS user (uid 999 in the official images), with no capability and a read-only root file system,
+and it runs the database server and its tools as itself. Run as root (locally), it runs them as
+the engine's OS user instead (--run-as).
 
 Steps: validate, then the builder's (init, restore, start, prescript, postscript, checkpoint,
 stop, as the source type needs; stop ends with a syncfs of the root, so the data is on the

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +20,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -214,23 +218,74 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// installRBAC creates the chart's ServiceAccount, roles and bindings of the controller
+// (deploy/controller-rbac.yaml) and their namespace, and returns a kubeconfig that impersonates
+// the ServiceAccount, and its namespace.
+func installRBAC(t *testing.T) ([]byte, string) {
+	t.Helper()
+	docs, err := manifest.ReadFile("../../../deploy/controller-rbac.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := manifest.DecodeAll(manifest.Scheme(), docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := client.New(env.cfg, client.Options{Scheme: manifest.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sa *corev1.ServiceAccount
+	for _, o := range objs {
+		obj := o.Value.(client.Object)
+		if s, ok := obj.(*corev1.ServiceAccount); ok {
+			sa = s
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.Namespace}}
+			if err := admin.Create(t.Context(), ns); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatal(err)
+			}
+		}
+		if err := admin.Create(t.Context(), obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("create %s: %v", o, err)
+		}
+	}
+	if sa == nil {
+		t.Fatal("deploy/controller-rbac.yaml has no ServiceAccount")
+	}
+	kc, err := clientcmd.Load(env.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range kc.AuthInfos {
+		ai.Impersonate = "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
+		ai.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + sa.Namespace, "system:authenticated"}
+	}
+	b, err := clientcmd.Write(*kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, sa.Namespace
+}
+
 func TestRun(t *testing.T) {
-	// The whole command against a real API server: the chart's configuration, leader election,
-	// probes and metrics.
+	// The whole command against a real API server, as the chart runs it: the chart's
+	// configuration, and only the chart's RBAC (the command impersonates the controller's
+	// ServiceAccount), with leader election in the chart's namespace; probes and metrics.
 	if env.skip != "" {
 		t.Skipf("envtest: %s (run hack/install-envtest.sh)", env.skip)
 	}
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	config := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(kubeconfig, env.kubeconfig, 0o600); err != nil {
+	asController, namespace := installRBAC(t)
+	if err := os.WriteFile(kubeconfig, asController, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(config, []byte(chartConfig(t)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	metrics, probes := freePort(t), freePort(t)
-	args := []string{"--config=" + config, "--kubeconfig=" + kubeconfig, "--leader-elect", "--leader-election-namespace=default",
+	args := []string{"--config=" + config, "--kubeconfig=" + kubeconfig, "--leader-elect", "--leader-election-namespace=" + namespace,
 		"--metrics-bind-address=" + metrics, "--health-probe-bind-address=" + probes, "--v=1", "--log-format=json"}
 	c, err := parse(args, io.Discard)
 	if err != nil {
@@ -280,7 +335,7 @@ func TestRun(t *testing.T) {
 	}
 	lease := &coordinationv1.Lease{}
 	for {
-		err := admin.Get(ctx, client.ObjectKey{Namespace: "default", Name: LeaderElectionID}, lease)
+		err := admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: LeaderElectionID}, lease)
 		if err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
 			break
 		}
@@ -288,6 +343,24 @@ func TestRun(t *testing.T) {
 			t.Fatalf("no leader: %v\nlogs:\n%s", err, logs.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The leader election's Event about the Lease (core Events, in the controller's namespace:
+	// the Role grants them there).
+	for {
+		var events corev1.EventList
+		err := admin.List(ctx, &events, client.InNamespace(namespace))
+		if err == nil && slices.ContainsFunc(events.Items, func(e corev1.Event) bool {
+			return e.Reason == "LeaderElection" && e.InvolvedObject.Name == LeaderElectionID
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no LeaderElection Event in %s (%v)\nlogs:\n%s", namespace, err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out := logs.String(); strings.Contains(out, "forbidden") {
+		t.Errorf("the controller was refused something under the chart's RBAC:\n%s", out)
 	}
 	code, body := get("http://" + metrics + "/metrics")
 	for _, want := range []string{`dataimage_controller_images{phase="Ready"} 0`, `dataimage_controller_builds_started_total{engine="postgres"} 0`,

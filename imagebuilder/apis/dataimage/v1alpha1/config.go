@@ -3,9 +3,11 @@ package v1alpha1
 import (
 	"errors"
 	"fmt"
+	"path"
 	"sort"
 	"strings"
 
+	"github.com/distribution/reference"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	kjson "sigs.k8s.io/json"
@@ -46,6 +48,14 @@ type ControllerConfig struct {
 	BuildResources corev1.ResourceRequirements `json:"buildResources,omitzero"`
 	// BuildActiveDeadlineSeconds bounds a build when a DataImage gives no bound (0: none).
 	BuildActiveDeadlineSeconds int64 `json:"buildActiveDeadlineSeconds,omitempty"`
+	// AllowedHostPaths are the host directories (each with everything under it) that a
+	// DataImage's backupSource.hostPath may name: absolute, clean, not "/". Empty: hostPath
+	// sources are refused. See Admit.
+	AllowedHostPaths []string `json:"allowedHostPaths,omitempty"`
+	// AllowedImages are the images a DataImage's builder.image and builder.engineImage may
+	// name besides the controller's own (Builder.Image and each engine's Image at each of its
+	// Versions): exact references, "NAME:*" or "REGISTRY/PATH/*". See Admit.
+	AllowedImages []string `json:"allowedImages,omitempty"`
 }
 
 // EngineConfig is one engine the controller builds images with.
@@ -56,6 +66,11 @@ type EngineConfig struct {
 	// Versions are the versions definitions may name (see imagebuilder.Versions.Match): "16"
 	// matches an available "16"; list the versions whose images exist.
 	Versions []string `json:"versions"`
+	// RunAsUser and RunAsGroup are the uid and gid of the engine's server user in Image
+	// (postgres, mysql: 999 and 999 in the official images): the build Job runs as them, never
+	// as root, and the build volume is given to the group (fsGroup). Both required, not 0.
+	RunAsUser  int64 `json:"runAsUser"`
+	RunAsGroup int64 `json:"runAsGroup"`
 }
 
 // ImageConfig is a container image and its pull policy.
@@ -121,9 +136,23 @@ func (c *ControllerConfig) Validate() error {
 		if len(e.Versions) == 0 {
 			add(field+".versions", "at least one version is required")
 		}
+		for _, v := range e.Versions {
+			img := strings.ReplaceAll(e.Image, "{version}", v)
+			if _, err := reference.ParseDockerRef(img); err != nil && strings.Contains(e.Image, "{version}") {
+				add(field+".image", "with version %q, %q is not a valid image reference: %v", v, img, err)
+			}
+		}
+		if e.RunAsUser <= 0 {
+			add(field+".runAsUser", "must be the uid of the engine's server user in its image (999 in the official images), not root, got %d", e.RunAsUser)
+		}
+		if e.RunAsGroup <= 0 {
+			add(field+".runAsGroup", "must be the gid of the engine's server user in its image (999 in the official images), not root, got %d", e.RunAsGroup)
+		}
 	}
 	if c.Builder.Image == "" {
 		add("builder.image", "required")
+	} else if _, err := reference.ParseDockerRef(c.Builder.Image); err != nil {
+		add("builder.image", "%q is not a valid image reference: %v", c.Builder.Image, err)
 	}
 	switch c.Builder.PullPolicy {
 	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
@@ -144,6 +173,20 @@ func (c *ControllerConfig) Validate() error {
 	}
 	if c.BuildActiveDeadlineSeconds < 0 {
 		add("buildActiveDeadlineSeconds", "must not be negative, got %d", c.BuildActiveDeadlineSeconds)
+	}
+	for i, p := range c.AllowedHostPaths {
+		field := fmt.Sprintf("allowedHostPaths[%d]", i)
+		switch {
+		case !path.IsAbs(p) || path.Clean(p) != p:
+			add(field, "must be an absolute, clean path, got %q", p)
+		case p == "/":
+			add(field, `must not be "/": that would allow every directory of the node`)
+		}
+	}
+	for i, img := range c.AllowedImages {
+		if _, err := parseImagePattern(img); err != nil {
+			add(fmt.Sprintf("allowedImages[%d]", i), "%v", err)
+		}
 	}
 	if len(ps) == 0 {
 		return nil

@@ -92,7 +92,9 @@ type BackupSource struct {
 	// NFS is an NFS share that holds the backups.
 	// +optional
 	NFS *NFSBackupSource `json:"nfs,omitempty"`
-	// HostPath is a directory on a cloning node that holds the backups.
+	// HostPath is a directory on a cloning node that holds the backups. It must be under one
+	// of the directories the controller's configuration allows (allowedHostPaths; none by
+	// default).
 	// +optional
 	HostPath *HostPathBackupSource `json:"hostPath,omitempty"`
 }
@@ -133,14 +135,17 @@ type HostPathBackupSource struct {
 }
 
 // BuilderSpec overrides the build Job of one image. The build runs in the engine's container
-// image, with the builder binary copied in by an init container from the builder image.
+// image, with the builder binary copied in by an init container from the builder image, as the
+// engine's server user of the controller's configuration (never root).
 type BuilderSpec struct {
 	// EngineImage is the container image the build runs in. Default: the controller's image
-	// for the engine and the resolved version (--engine-image), e.g. postgres:16.
+	// for the engine and the resolved version, e.g. docker.io/library/postgres:16. It must be
+	// one of the controller's own images or match its allowedImages, and have the engine's
+	// server user at the uid the controller's configuration gives the engine.
 	// +optional
 	EngineImage string `json:"engineImage,omitempty"`
-	// Image is the image that supplies the builder binary. Default: the controller's
-	// (--builder-image).
+	// Image is the image that supplies the builder binary. Default: the controller's. It must
+	// be the controller's own or match its allowedImages.
 	// +optional
 	Image string `json:"image,omitempty"`
 	// Resources of the build container. Default: the controller's.
@@ -189,7 +194,14 @@ const (
 
 // Reasons used in the conditions.
 const (
-	ReasonInvalidSpec     = "InvalidSpec"
+	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonHostPathNotAllowed (Valid=False, and the Event): backupSource.hostPath.path is not
+	// under the controller's allowedHostPaths.
+	ReasonHostPathNotAllowed = "HostPathNotAllowed"
+	// ReasonImageNotAllowed (Valid=False, and the Event): builder.image or builder.engineImage
+	// is neither one of the controller's own images nor in its allowedImages.
+	ReasonImageNotAllowed = "ImageNotAllowed"
+
 	ReasonBuilding        = "Building"
 	ReasonBuildFailed     = "BuildFailed"
 	ReasonSnapshotPending = "SnapshotPending"
