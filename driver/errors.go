@@ -18,6 +18,7 @@ var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin'
 //	blockstore.ErrNotFound                            NotFound
 //	blockstore.ErrExists                              AlreadyExists
 //	blockstore.ErrNoSpace, ErrOverProvisioned         ResourceExhausted
+//	  (ErrHostFull, the file system under the pool file is full, is a kind of ErrNoSpace)
 //	blockstore.ErrInvalidArgument, ErrOutOfRange      InvalidArgument
 //	blockstore.ErrClosed                              Unavailable (the driver is shutting down)
 //	blockstore.ErrCorrupt, ErrFailed, anything else   Internal

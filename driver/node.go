@@ -44,6 +44,8 @@ type nodeServer struct {
 	locks   *keyLocks   // per volume ID: stage, unstage, publish, unpublish, expand
 	io      *ioCounters // the I/O of every export, for the metrics
 
+	checker *poolChecker // the periodic pool check, for volume health; nil: none
+
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
 	published map[string]map[string]bool // target paths by CSI volume ID; guarded by mu
@@ -59,6 +61,7 @@ func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
 	if err != nil {
 		return err
 	}
+	n.checker = s.checker
 	csi.RegisterNodeServer(s.grpc, n)
 	s.metrics.reg.MustRegister(n.io)
 	return nil
@@ -466,7 +469,7 @@ func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolu
 	if _, err := n.volume(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	health := poolHealth(n.pool)
+	health := poolHealth(n.pool, n.checker)
 	n.mu.Lock()
 	dead := n.dead[req.GetVolumeId()]
 	n.mu.Unlock()
