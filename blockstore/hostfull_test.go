@@ -166,6 +166,12 @@ func TestHostFullIsTransient(t *testing.T) {
 		requireHostFull(t, m.write(t, pattern(byte(3+i), 64<<10), 12<<20+int64(i)*(64<<10)))
 		require.NoError(t, p.Health())
 	}
+	// Space freed inside the pool file counts: a discard's blocks are punched out when it is
+	// committed, which a write that meets a full file system does before it tries again.
+	require.NoError(t, vol.Discard(1<<20, 256<<10))
+	clear(m.want[1<<20 : 1<<20+256<<10])
+	require.NoError(t, m.write(t, pattern(8, 256<<10), 12<<20), "written into the space the discard freed")
+	requireHostFull(t, m.write(t, pattern(8, 64<<10), 13<<20))
 	// What is there reads back; blocks the volume owns are overwritten in place.
 	m.verify(t, vol, "after ENOSPC")
 	require.NoError(t, m.write(t, pattern(9, 1<<20), 0))

@@ -246,20 +246,30 @@ func (vol *Volume) checkRange(off, n int64, op string) error {
 }
 
 // retryNoSpace runs fn and, if the pool was full, makes pending frees reusable and tries once
-// more.
+// more. If the file system under the pool was full, a commit frees the blocks waiting for one
+// and punches their space out of the pool file (a checkpoint would need space to write).
 func (p *Pool) retryNoSpace(fn func() error) error {
 	err := fn()
 	if !errors.Is(err, ErrNoSpace) {
 		return err
 	}
+	host := errors.Is(err, ErrHostFull)
 	p.mu.Lock()
-	pending := len(p.pendingCommit) + len(p.pendingCheckpoint)
+	pending := len(p.pendingCommit)
+	if !host {
+		pending += len(p.pendingCheckpoint)
+	}
 	p.mu.Unlock()
 	if pending == 0 {
 		return err
 	}
 	p.commitMu.Lock()
-	cerr := p.checkpoint()
+	var cerr error
+	if host {
+		cerr = p.commitLocked(false)
+	} else {
+		cerr = p.checkpoint()
+	}
 	p.commitMu.Unlock()
 	if cerr != nil {
 		return cerr
