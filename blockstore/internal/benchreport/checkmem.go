@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ type childResult struct {
 	RSSOpen    int64
 	Peak       int64
 	Seconds    float64
+	CPUSeconds float64
 	Passes     int
 	Nodes      uint64
 	DataBlocks uint64
@@ -63,6 +65,7 @@ type checkResult struct {
 	build      time.Duration
 	oldCommit  string
 	commitNote string
+	loadavg    string // /proc/loadavg when the Checks ran
 	runs       []checkRun
 }
 
@@ -92,6 +95,11 @@ func (b *bench) checkMemory() (*checkResult, error) {
 		return nil, fmt.Errorf("build checkchild: %v: %s", err, out)
 	}
 	oldErr := b.buildOldChild(res, oldBin)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(la)); len(f) >= 3 {
+			res.loadavg = strings.Join(f[:3], " ")
+		}
+	}
 
 	res.runs = []checkRun{
 		{name: "before: exclusive Check (a map of every used block)", build: "old", mode: "exclusive"},
@@ -126,11 +134,13 @@ func (b *bench) checkMemory() (*checkResult, error) {
 		if r.res.Err != "" || !r.res.OK {
 			r.err = fmt.Errorf("check: ok=%v %s", r.res.OK, r.res.Err)
 		}
-		b.logf("    peak RSS %s (after Open %s), %s, %d passes, %d nodes, %d data blocks",
-			fmtSize(r.res.Peak), fmtSize(r.res.RSSOpen), roundDur(time.Duration(r.res.Seconds*float64(time.Second))), r.res.Passes, r.res.Nodes, r.res.DataBlocks)
+		b.logf("    peak RSS %s (after Open %s), %s (CPU %s), %d passes, %d nodes, %d data blocks",
+			fmtSize(r.res.Peak), fmtSize(r.res.RSSOpen), roundDur(secs(r.res.Seconds)), roundDur(secs(r.res.CPUSeconds)), r.res.Passes, r.res.Nodes, r.res.DataBlocks)
 	}
 	return res, nil
 }
+
+func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // buildCheckPool maps base bytes into an image volume, snapshots it, and makes two clones that
 // each rewrite clone bytes, 1 MiB at a time spread over the whole volume.
@@ -352,23 +362,24 @@ func (r *report) checkSection(w0 *strings.Builder) {
 	} else {
 		w("\n\n")
 	}
-	w("| Check | peak RSS | RSS after Open | during Check | passes | time | nodes | data blocks |\n|---|---|---|---|---|---|---|---|\n")
+	w("| Check | peak RSS | RSS after Open | during Check | passes | CPU time | wall time | nodes | data blocks |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, run := range c.runs {
 		switch {
 		case run.skipped != "":
-			w("| %s | not measured: %s | | | | | | |\n", run.name, run.skipped)
+			w("| %s | not measured: %s | | | | | | | |\n", run.name, run.skipped)
 		case run.err != nil && run.res.Peak == 0:
-			w("| %s | failed: %v | | | | | | |\n", run.name, run.err)
+			w("| %s | failed: %v | | | | | | | |\n", run.name, run.err)
 		default:
 			note := ""
 			if run.err != nil {
 				note = fmt.Sprintf(" (**%v**)", run.err)
 			}
-			w("| %s%s | %s | %s | **%s** | %d | %s | %d | %d |\n", run.name, note, fmtMiB(float64(run.res.Peak)), fmtMiB(float64(run.res.RSSOpen)),
-				fmtMiB(float64(run.res.Peak-run.res.RSSOpen)), run.res.Passes, roundDur(time.Duration(run.res.Seconds*float64(time.Second))), run.res.Nodes, run.res.DataBlocks)
+			w("| %s%s | %s | %s | **%s** | %d | %s | %s | %d | %d |\n", run.name, note, fmtMiB(float64(run.res.Peak)), fmtMiB(float64(run.res.RSSOpen)),
+				fmtMiB(float64(run.res.Peak-run.res.RSSOpen)), run.res.Passes, roundDur(secs(run.res.CPUSeconds)), roundDur(secs(run.res.Seconds)), run.res.Nodes, run.res.DataBlocks)
 		}
 	}
-	w("\nThe old Check's memory grows with the blocks in use (a Go map entry per block); the streaming Check's with its budget (4 bytes per block of a window) plus one bit per block of the pool for the tree nodes a pass has reached, whatever is mapped. A smaller budget costs passes: each pass reads every tree node again.\n%s\n\n", checkEnd)
+	w("\nCPU time is the child's user and system time during the Check; wall time depends on what else the machine ran (load average when the Checks started: %s, on %d CPUs).\n\n", c.loadavg, runtime.NumCPU())
+	w("The old Check's memory grows with the blocks in use (a Go map entry per block); the streaming Check's with its budget (4 bytes per block of a window) plus one bit per block of the pool for the tree nodes a pass has reached, whatever is mapped. A smaller budget costs passes: each pass reads every tree node again.\n%s\n\n", checkEnd)
 }
 
 // spliceCheckSection replaces the check section of the report file at path with section (or

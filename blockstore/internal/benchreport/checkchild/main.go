@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
@@ -26,6 +27,7 @@ type result struct {
 	RSSOpen    int64 // VmRSS after Open, right before the Check (bytes)
 	Peak       int64 // VmHWM during the Check (bytes): the peak since the reset before it
 	Seconds    float64
+	CPUSeconds float64 // user and system time the process spent in the Check
 	Passes     int
 	Nodes      uint64
 	DataBlocks uint64
@@ -64,9 +66,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "checkchild: reset peak RSS:", err)
 		os.Exit(1)
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	s, err := check(p, os.Args[2], budget)
-	res.Seconds = time.Since(start).Seconds()
+	res.Seconds, res.CPUSeconds = time.Since(start).Seconds(), (cpuTime() - cpu0).Seconds()
 	res.Peak = status("VmHWM")
 	res.Passes, res.Nodes, res.DataBlocks, res.Used, res.OK = s.passes, s.nodes, s.data, s.used, s.ok
 	if err != nil {
@@ -75,6 +77,15 @@ func main() {
 	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
 		os.Exit(1)
 	}
+}
+
+// cpuTime returns the user and system time the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // status returns a size field of /proc/self/status in bytes.
