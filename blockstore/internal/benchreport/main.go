@@ -11,7 +11,9 @@
 //
 //	go run ./blockstore/internal/benchreport [-quick] [-write] [-dir /var/tmp]
 //
-// The default run takes about 12 minutes; -quick about 2 minutes. Sections 6 to 8 (csi, kdev,
+// The default run takes about 12 minutes plus the Check memory section (-only check: about
+// 10 minutes on a loaded 2-CPU machine, most of it the old Check; it needs git history and the
+// Go toolchain to build the old Check); -quick about 2 minutes. Sections 6 to 8 (csi, kdev,
 // ext4) need root, fio, mkfs.ext4, losetup, /dev/fuse and loop devices; whatever they set up
 // (loop devices, mounts, exports) is torn down on return, on errors and on a signal. Scratch files live in a
 // temporary directory under -dir, removed at the end (also on Ctrl-C).
