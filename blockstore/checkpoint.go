@@ -11,10 +11,19 @@ import (
 
 // checkpoint takes a checkpoint. REQUIRES p.commitMu, and neither p.ioGate nor p.mu.
 func (p *Pool) checkpoint() error {
+	// Wait for read-only Checks without holding ioGate, so that I/O goes on meanwhile; none
+	// starts until this checkpoint holds p.mu again.
+	p.mu.Lock()
+	p.ckptWaiting++
+	for p.checks > 0 {
+		p.unpinned.Wait()
+	}
+	p.mu.Unlock()
 	p.ioGate.Lock()
 	defer p.ioGate.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.ckptDone()
 	if err := p.checkLocked(); err != nil {
 		return err
 	}
@@ -24,7 +33,14 @@ func (p *Pool) checkpoint() error {
 // checkpointLocked writes every change since the last checkpoint and commits it with a new
 // superblock (order: journal.go). REQUIRES p.commitMu (or exclusive use during Open), p.ioGate
 // exclusively (no data write is between allocating and mapping its blocks), p.mu.
+//
+// A write before the superblock's that fails for lack of space in the file system holding the
+// pool (a tree node or catalog block going to a hole of a sparse pool file) fails the
+// checkpoint with ErrHostFull and leaves the pool working: it wrote only blocks and refcount
+// slots that no durable state points at, and its changes in memory are undone. Every other
+// write or sync error fails the pool.
 func (p *Pool) checkpointLocked() error {
+	p.waitChecksLocked()
 	// The catalog, in new blocks; the old ones go once this checkpoint is durable.
 	payload := format.EncodeCatalog(p.catalog())
 	room := p.bs - format.CatalogHeaderSize
@@ -40,17 +56,34 @@ func (p *Pool) checkpointLocked() error {
 		}
 		newCat = append(newCat, b)
 	}
-	for _, b := range p.catalogBlocks {
+	oldCat, npc := p.catalogBlocks, len(p.pendingCheckpoint)
+	for _, b := range oldCat {
 		p.decref(b, pendingCheckpoint)
 	}
 	p.catalogBlocks = newCat
+	// failed handles a failed write of this checkpoint before its superblock's.
+	failed := func(err error) error {
+		if !isHostFull(err) {
+			return p.fail(err)
+		}
+		for _, b := range newCat {
+			p.decref(b, 0) // never part of a durable state
+		}
+		for _, b := range oldCat {
+			p.rc.set(b, 1)
+		}
+		p.pendingCheckpoint = p.pendingCheckpoint[:npc]
+		p.catalogBlocks = oldCat
+		p.hostFull = true
+		return fmt.Errorf("%w: %w", ErrHostFull, err)
+	}
 
 	gen := p.generation + 1
 	buf := p.blockBuf()
 	defer p.putBlockBuf(buf)
 	write := func(pbn uint64, what string) error {
 		if _, err := p.f.WriteAt(buf, int64(pbn)*int64(p.bs)); err != nil {
-			return p.fail(fmt.Errorf("checkpoint: write %s at block %d: %w", what, pbn, err))
+			return failed(fmt.Errorf("checkpoint: write %s at block %d: %w", what, pbn, err))
 		}
 		return nil
 	}
@@ -66,7 +99,7 @@ func (p *Pool) checkpointLocked() error {
 		}
 	}
 	if err := p.writeDirtyNodes(); err != nil {
-		return err
+		return failed(err)
 	}
 	counts := make([]uint32, p.rc.perPage)
 	type pageSlot struct{ page, slot int }
@@ -118,6 +151,7 @@ func (p *Pool) checkpointLocked() error {
 
 	// Durable. Everything below only updates memory.
 	p.generation = gen
+	p.hostFull = false
 	p.cutSeq++
 	p.markDurable(p.cutSeq)
 	p.ckptLSN = p.lsn
@@ -148,7 +182,7 @@ func (p *Pool) checkpointLocked() error {
 }
 
 // writeDirtyNodes writes every dirty tree node, in block order, runs of consecutive blocks
-// (nodes allocated together) in one write each. REQUIRES p.mu.
+// (nodes allocated together) in one write each; the caller handles an error. REQUIRES p.mu.
 func (p *Pool) writeDirtyNodes() error {
 	dirty := make([]*node, 0, p.dirtyNodes)
 	for _, n := range p.nodes {
@@ -167,7 +201,7 @@ func (p *Pool) writeDirtyNodes() error {
 			j++
 		}
 		if _, err := p.f.WriteAt(run[:(j-i)*p.bs], int64(dirty[i].pbn)*int64(p.bs)); err != nil {
-			return p.fail(fmt.Errorf("checkpoint: write %d tree nodes at block %d: %w", j-i, dirty[i].pbn, err))
+			return fmt.Errorf("checkpoint: write %d tree nodes at block %d: %w", j-i, dirty[i].pbn, err)
 		}
 		i = j
 	}
@@ -193,31 +227,16 @@ func (p *Pool) catalog() *format.Catalog {
 	return c
 }
 
-// loadCatalog reads the catalog chain starting at head.
+// loadCatalog loads the catalog chain starting at head: the volumes and snapshots of the
+// checkpoint being opened.
 func (p *Pool) loadCatalog(head uint64) error {
-	buf := make([]byte, p.bs)
-	var payload []byte
-	for b, seen := head, 0; b != 0; seen++ {
-		if !p.rc.valid(b) || seen > int(p.geo.CatalogBlocks) {
-			return &CorruptionError{Block: b, What: "catalog block", Err: fmt.Errorf("%w: chain leaves the catalog", format.ErrInvalid)}
-		}
-		if _, err := p.f.ReadAt(buf, int64(b)*int64(p.bs)); err != nil {
-			return fmt.Errorf("blockstore: read catalog block %d: %w", b, err)
-		}
-		part, next, err := format.DecodeCatalogBlock(buf, b)
-		if err != nil {
-			return &CorruptionError{Block: b, What: "catalog block", Err: err}
-		}
-		payload = append(payload, part...)
-		p.catalogBlocks = append(p.catalogBlocks, b)
-		b = next
-	}
-	if head == 0 {
-		return nil
-	}
-	c, err := format.DecodeCatalog(payload)
+	c, blocks, err := p.readCatalog(head, p.geo.CatalogBlocks)
 	if err != nil {
-		return &CorruptionError{Block: head, What: "catalog", Err: err}
+		return err
+	}
+	p.catalogBlocks = blocks
+	if c == nil {
+		return nil
 	}
 	for _, v := range c.Volumes {
 		p.addVolume(&volState{id: VolumeID(v.ID), name: v.Name, size: v.Size, created: v.Created,
@@ -228,4 +247,36 @@ func (p *Pool) loadCatalog(head uint64) error {
 			created: s.Created, size: s.Size, t: tree{root: s.Root, height: s.Height}})
 	}
 	return nil
+}
+
+// readCatalog reads the catalog chain starting at head, which the superblock says has
+// nblocks blocks, from disk: the catalog (nil when head is 0) and its blocks. It uses only
+// what is fixed at Open, so read-only Checks call it without p.mu.
+func (p *Pool) readCatalog(head, nblocks uint64) (*format.Catalog, []uint64, error) {
+	buf := make([]byte, p.bs)
+	var payload []byte
+	var blocks []uint64
+	for b, seen := head, 0; b != 0; seen++ {
+		if !p.rc.valid(b) || seen > int(nblocks) {
+			return nil, nil, &CorruptionError{Block: b, What: "catalog block", Err: fmt.Errorf("%w: chain leaves the catalog", format.ErrInvalid)}
+		}
+		if _, err := p.f.ReadAt(buf, int64(b)*int64(p.bs)); err != nil {
+			return nil, nil, fmt.Errorf("blockstore: read catalog block %d: %w", b, err)
+		}
+		part, next, err := format.DecodeCatalogBlock(buf, b)
+		if err != nil {
+			return nil, nil, &CorruptionError{Block: b, What: "catalog block", Err: err}
+		}
+		payload = append(payload, part...)
+		blocks = append(blocks, b)
+		b = next
+	}
+	if head == 0 {
+		return nil, nil, nil
+	}
+	c, err := format.DecodeCatalog(payload)
+	if err != nil {
+		return nil, nil, &CorruptionError{Block: head, What: "catalog", Err: err}
+	}
+	return c, blocks, nil
 }

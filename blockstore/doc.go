@@ -6,7 +6,8 @@
 // and writes like a disk (ReadAt, WriteAt, Flush, Discard, WriteZeroes); a SnapshotView reads a
 // snapshot. Clone starts a new volume from a snapshot, Revert points a volume back at one, and
 // DiffSnapshots / DiffVolume / AllocatedExtents report changed or mapped extents at a cost
-// proportional to what changed. Check verifies the whole pool (fsck).
+// proportional to what changed. Check verifies a checkpoint of the pool (fsck) in memory
+// bounded by a budget: holding the pool, or read-only while I/O goes on (CheckOptions).
 //
 // Crash safety: every change is described by a logical redo record in a journal and made durable
 // by Flush; checkpoints write changed metadata copy-on-write and commit it with alternating

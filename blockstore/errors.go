@@ -14,6 +14,11 @@ var (
 	ErrExists = errors.New("blockstore: already exists")
 	// ErrNoSpace: the pool has no free block left. It also matches syscall.ENOSPC.
 	ErrNoSpace = fmt.Errorf("blockstore: pool is full: %w", syscall.ENOSPC)
+	// ErrHostFull: the file system holding the pool file had no space (ENOSPC) or quota
+	// (EDQUOT) left for a block the pool wrote. It is a kind of ErrNoSpace (errors.Is matches
+	// ErrNoSpace and syscall.ENOSPC too) and as transient: the write or commit that met it did
+	// nothing durable, and the pool serves again once space is freed on that file system.
+	ErrHostFull error = hostFullError{}
 	// ErrOverProvisioned: the request would take the logical size of all volumes past the
 	// pool's over-provisioning limit.
 	ErrOverProvisioned = errors.New("blockstore: over-provisioning limit reached")
@@ -47,6 +52,21 @@ func (e *CorruptionError) Error() string {
 
 // Unwrap returns ErrCorrupt and the decoder's error.
 func (e *CorruptionError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }
+
+type hostFullError struct{}
+
+func (hostFullError) Error() string {
+	return "blockstore: the file system holding the pool file is full"
+}
+
+// Is makes ErrHostFull match ErrNoSpace and syscall.ENOSPC.
+func (hostFullError) Is(target error) bool { return target == ErrNoSpace || target == syscall.ENOSPC }
+
+// isHostFull reports whether an error of the pool's File says that its file system has no
+// space or quota left (not to be called on errors that may wrap ErrNoSpace).
+func isHostFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
 
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidArgument}, args...)...)

@@ -25,3 +25,27 @@ func LeakBlock(p *Pool) uint64 {
 	}
 	return b
 }
+
+// SetRefcount overwrites the refcount of a data-region block, as a lost or doubled update
+// would; the next checkpoint makes it durable.
+func SetRefcount(p *Pool, pbn uint64, c uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rc.set(pbn, c)
+}
+
+// MappedBlock returns the physical block that logical block lbn of a volume maps to (0 if
+// unmapped).
+func MappedBlock(p *Pool, id VolumeID, lbn uint64) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.volByID(id)
+	if err != nil {
+		panic(err)
+	}
+	pbn, _, err := p.lookup(&v.t, lbn)
+	if err != nil {
+		panic(err)
+	}
+	return pbn
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
@@ -245,20 +246,30 @@ func (vol *Volume) checkRange(off, n int64, op string) error {
 }
 
 // retryNoSpace runs fn and, if the pool was full, makes pending frees reusable and tries once
-// more.
+// more. If the file system under the pool was full, a commit frees the blocks waiting for one
+// and punches their space out of the pool file (a checkpoint would need space to write).
 func (p *Pool) retryNoSpace(fn func() error) error {
 	err := fn()
 	if !errors.Is(err, ErrNoSpace) {
 		return err
 	}
+	host := errors.Is(err, ErrHostFull)
 	p.mu.Lock()
-	pending := len(p.pendingCommit) + len(p.pendingCheckpoint)
+	pending := len(p.pendingCommit)
+	if !host {
+		pending += len(p.pendingCheckpoint)
+	}
 	p.mu.Unlock()
 	if pending == 0 {
 		return err
 	}
 	p.commitMu.Lock()
-	cerr := p.checkpoint()
+	var cerr error
+	if host {
+		cerr = p.commitLocked(false)
+	} else {
+		cerr = p.checkpoint()
+	}
 	p.commitMu.Unlock()
 	if cerr != nil {
 		return cerr
@@ -385,6 +396,9 @@ func (vol *Volume) write(b []byte, off int64) error {
 	if err := p.writeBlocks(b, off, first, old, target, fresh); err != nil {
 		p.mu.Lock()
 		p.freeFresh(target, fresh)
+		if errors.Is(err, ErrHostFull) {
+			p.hostFull = true
+		}
 		p.mu.Unlock()
 		return err
 	}
@@ -394,6 +408,9 @@ func (vol *Volume) write(b []byte, off int64) error {
 	if err := vol.stateLocked(); err != nil {
 		p.freeFresh(target, fresh)
 		return err
+	}
+	if p.hostFull && slices.Contains(fresh, true) {
+		p.hostFull = false // new blocks found room in the file system again
 	}
 	var rec format.Record
 	flushRec := func() {
@@ -462,7 +479,7 @@ func (p *Pool) writeBlocks(b []byte, off int64, first uint64, old, target []uint
 				_, err = p.f.WriteAt(b[lo:hi], int64(target[i]*bs+inner))
 				p.putBlockBuf(buf)
 				if err != nil {
-					return fmt.Errorf("blockstore: write block %d: %w", target[i], err)
+					return writeError(target[i], err)
 				}
 				i++
 				continue
@@ -471,13 +488,15 @@ func (p *Pool) writeBlocks(b []byte, off int64, first uint64, old, target []uint
 			default:
 				clear(buf)
 			}
-			if err == nil {
-				copy(buf[inner:], b[lo:hi])
-				_, err = p.f.WriteAt(buf, int64(target[i]*bs))
+			if err != nil {
+				p.putBlockBuf(buf)
+				return fmt.Errorf("blockstore: write block %d: read block %d to merge: %w", target[i], old[i], err)
 			}
+			copy(buf[inner:], b[lo:hi])
+			_, err = p.f.WriteAt(buf, int64(target[i]*bs))
 			p.putBlockBuf(buf)
 			if err != nil {
-				return fmt.Errorf("blockstore: write block %d: %w", target[i], err)
+				return writeError(target[i], err)
 			}
 			i++
 			continue
@@ -488,11 +507,21 @@ func (p *Pool) writeBlocks(b []byte, off int64, first uint64, old, target []uint
 		}
 		hiRun := lo + uint64(j-i)*bs
 		if _, err := p.f.WriteAt(b[lo:hiRun], int64(target[i]*bs)); err != nil {
-			return fmt.Errorf("blockstore: write block %d: %w", target[i], err)
+			return writeError(target[i], err)
 		}
 		i = j
 	}
 	return nil
+}
+
+// writeError describes a failed write of data to block pbn. The write mapped nothing, so the
+// pool stays healthy whatever the error; a file system without space or quota left for the
+// block (a hole of a sparse pool file) makes it ErrHostFull, which ends once space is freed.
+func writeError(pbn uint64, err error) error {
+	if isHostFull(err) {
+		return fmt.Errorf("%w: write block %d: %w", ErrHostFull, pbn, err)
+	}
+	return fmt.Errorf("blockstore: write block %d: %w", pbn, err)
 }
 
 // Discard unmaps the range: afterwards it reads as zeros, and blocks no one else holds are

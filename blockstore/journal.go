@@ -1,6 +1,7 @@
 package blockstore
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -70,22 +71,39 @@ func (p *Pool) Flush() error {
 
 // commitLocked commits the waiting records. REQUIRES p.commitMu; p.ioGate held exclusively
 // when gateHeld.
+//
+// A commit becomes a checkpoint when the records do not fit in the journal, or when
+// needCheckpoint asks for one; if that checkpoint fails for lack of space (ErrNoSpace,
+// ErrHostFull: nothing durable changed) and the records fit, they are committed to the journal.
 func (p *Pool) commitLocked(gateHeld bool) error {
-	p.mu.Lock()
-	if err := p.checkLocked(); err != nil {
-		p.mu.Unlock()
-		return err
-	}
-	recs := p.jbuf
-	npend := len(p.pendingCommit)
-	blocks := encodeRecords(recs, p.bs)
-	if uint64(len(blocks)/p.bs) > p.geo.JournalBlocks-p.jpos || p.needCheckpoint() {
-		if gateHeld {
-			defer p.mu.Unlock()
-			return p.checkpointLocked()
+	var recs []format.Record
+	var npend int
+	var blocks []byte
+	for attempt := 0; ; attempt++ {
+		p.mu.Lock()
+		if err := p.checkLocked(); err != nil {
+			p.mu.Unlock()
+			return err
 		}
-		p.mu.Unlock()
-		return p.checkpoint()
+		recs = p.jbuf
+		npend = len(p.pendingCommit)
+		blocks = encodeRecords(recs, p.bs)
+		fits := uint64(len(blocks)/p.bs) <= p.geo.JournalBlocks-p.jpos
+		if fits && (attempt > 0 || !p.needCheckpoint()) {
+			break // p.mu held
+		}
+		var err error
+		if gateHeld {
+			err = p.checkpointLocked()
+			p.mu.Unlock()
+		} else {
+			p.mu.Unlock()
+			err = p.checkpoint()
+		}
+		if err == nil || !fits || attempt > 0 || !errors.Is(err, ErrNoSpace) {
+			return err
+		}
+		p.log.Warn("checkpoint failed for lack of space; committing to the journal", "err", err)
 	}
 	p.jbuf = nil
 	pos := p.jpos
@@ -148,6 +166,9 @@ func (p *Pool) failLocking(err error) error {
 // needCheckpoint reports whether enough has changed since the last checkpoint that the next
 // commit should be a checkpoint. REQUIRES p.mu.
 func (p *Pool) needCheckpoint() bool {
+	if p.checks > 0 || p.hostFull {
+		return false // a read-only Check reads the last one; or no room to write one
+	}
 	return p.jpos > p.geo.JournalBlocks/2 ||
 		len(p.rc.dirty) > max(p.rc.maxResident/2, 64) ||
 		uint64(len(p.jbuf)) > p.geo.JournalBlocks*16 ||
@@ -190,7 +211,7 @@ func (p *Pool) recover() error {
 		if len(p.recovery.DamagedRefcountPages) > 0 {
 			p.mu.Lock()
 			defer p.mu.Unlock()
-			return p.checkpointLocked() // write the rebuilt refcounts
+			return p.recoveryCheckpoint() // write the rebuilt refcounts
 		}
 		return nil
 	}
@@ -218,7 +239,7 @@ func (p *Pool) recover() error {
 	p.recovery.LastLSN = p.lsn
 	p.recovery.Duration = time.Since(start)
 	p.log.Info("journal replayed", "records", len(recs), "fromLSN", p.ckptLSN+1, "toLSN", p.lsn, "duration", p.recovery.Duration)
-	return p.checkpointLocked()
+	return p.recoveryCheckpoint()
 }
 
 // readJournal reads the records of the current epoch: from the first journal block, while each

@@ -82,6 +82,21 @@ type Pool struct {
 	// load; read without a lock.
 	health atomic.Pointer[error]
 
+	// hostFull is set when a write met a file system without space or quota left for it
+	// (ErrHostFull), and cleared when new blocks could be written again, a checkpoint
+	// succeeded or freed blocks were punched out. While set, commits skip the checkpoints they
+	// may take (needCheckpoint) and take only those they must (the journal is full).
+	hostFull bool
+
+	// checks counts read-only Checks in progress. While it is non-zero no checkpoint
+	// completes, so the last one stays on disk as they read it: commits skip the checkpoints
+	// they may take, and those that must happen wait (ckptWaiting counts them; no read-only
+	// Check starts while one waits). unpinned is broadcast on mu when either drops to 0.
+	// See check.go.
+	checks      int
+	ckptWaiting int
+	unpinned    *sync.Cond
+
 	vols      map[VolumeID]*volState
 	volNames  map[string]VolumeID
 	snaps     map[SnapshotID]*snapState
@@ -324,6 +339,7 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 		nodeBlocks: sb.NodeBlocks,
 	}
 	p.bufs.New = func() any { b := alignedBuf(bs); return &b }
+	p.unpinned = sync.NewCond(&p.mu)
 	if opts.OverProvisionRatio != 0 {
 		if !validRatio(opts.OverProvisionRatio) {
 			return nil, invalidf("over-provisioning ratio %v: must be from 1 to 1000", opts.OverProvisionRatio)
@@ -516,32 +532,6 @@ func (p *Pool) newRefcounts(cacheBytes int64) *refcounts {
 // validRatio reports whether an over-provisioning ratio is in [1, 1000] (NaN is not).
 func validRatio(r float64) bool { return r >= 1 && r <= 1000 }
 
-// rebuildRefcounts recounts every reference from the trees and the catalog and replaces the
-// refcounts loaded from disk with the result; every page is rewritten at the next checkpoint.
-// REQUIRES exclusive use (Open).
-func (p *Pool) rebuildRefcounts() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	rc := p.recount(false)
-	if len(rc.corrupt) > 0 {
-		return fmt.Errorf("%w: refcount pages damaged and the trees cannot be recounted: %w",
-			ErrCorrupt, errors.Join(append(p.recovery.DamagedRefcountPages, rc.corrupt...)...))
-	}
-	slots := p.rc.slot
-	p.rc = p.newRefcounts(p.rcCacheBytes)
-	p.rc.slot = slots
-	for pbn, c := range rc.refs {
-		p.rc.set(pbn, c)
-	}
-	for pg := range p.rc.pages {
-		p.rc.dirty[pg] = struct{}{}
-	}
-	p.nodeBlocks = uint64(len(rc.nodes))
-	p.log.Warn("refcounts rebuilt from the trees", "damagedSlots", len(p.recovery.DamagedRefcountPages),
-		"blocks", p.rc.inUse, "nodes", p.nodeBlocks)
-	return nil
-}
-
 // blockBuf returns a block-sized buffer aligned for direct I/O.
 func (p *Pool) blockBuf() []byte     { return *p.bufs.Get().(*[]byte) }
 func (p *Pool) putBlockBuf(b []byte) { p.bufs.Put(&b) }
@@ -653,6 +643,7 @@ func (p *Pool) Close() error {
 	if p.closed {
 		return ErrClosed
 	}
+	p.waitChecksLocked() // read-only Checks read the file
 	var err error
 	if p.failed == nil {
 		err = p.checkpointLocked()
@@ -661,6 +652,21 @@ func (p *Pool) Close() error {
 	p.publishHealthLocked()
 	if cerr := p.f.Close(); err == nil {
 		err = cerr
+	}
+	return err
+}
+
+// recoveryCheckpoint takes the checkpoint that ends Open's recovery. When the file system
+// holding the pool file has no room for it (ErrHostFull), Open goes on without it: the
+// journal keeps the records just replayed and counts as full, so the next commit must take the
+// checkpoint, and fails with ErrHostFull until space is freed, while reads and writes into
+// blocks that have their space go on. REQUIRES exclusive use (Open).
+func (p *Pool) recoveryCheckpoint() error {
+	err := p.checkpointLocked()
+	if errors.Is(err, ErrHostFull) {
+		p.jpos = p.geo.JournalBlocks
+		p.log.Warn("pool opened without its recovery checkpoint: the file system holding it is full; commits fail until space is freed", "err", err)
+		return nil
 	}
 	return err
 }

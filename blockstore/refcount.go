@@ -234,6 +234,7 @@ func (p *Pool) punch(blocks []uint64) {
 	if len(blocks) == 0 || p.geo.Flags&format.FlagThick != 0 {
 		return
 	}
+	p.hostFull = false // space returns to the file system: checkpoints may fit again
 	s := slices.Clone(blocks)
 	slices.Sort(s)
 	bs := int64(p.bs)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"time"
 )
 
 // Defaults for Config fields left zero.
@@ -36,6 +37,10 @@ type Config struct {
 	// DefaultVolumeSize is the size of a new empty volume when the request names none.
 	// Default DefaultVolumeSize.
 	DefaultVolumeSize int64
+	// PoolCheckInterval is how often the plugin verifies its pool with a read-only Check
+	// (which does not stop I/O); volume health (DEGRADED "PoolCheckFailed") and the metrics
+	// report what the last one found. 0: never.
+	PoolCheckInterval time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -71,6 +76,8 @@ func (c Config) complete() (Config, error) {
 		return c, fmt.Errorf("driver: config: max volumes %d: must not be negative", c.MaxVolumes)
 	case c.DefaultVolumeSize < 0:
 		return c, fmt.Errorf("driver: config: default volume size %d: must not be negative", c.DefaultVolumeSize)
+	case c.PoolCheckInterval < 0:
+		return c, fmt.Errorf("driver: config: pool check interval %s: must not be negative", c.PoolCheckInterval)
 	}
 	return c, nil
 }

@@ -26,11 +26,12 @@ import (
 type controllerServer struct {
 	csi.UnimplementedControllerServer
 
-	cfg   *Config
-	pool  *blockstore.Pool
-	ids   ids
-	locks *keyLocks
-	size  sizing
+	cfg     *Config
+	pool    *blockstore.Pool
+	ids     ids
+	locks   *keyLocks
+	size    sizing
+	checker *poolChecker // the periodic pool check, for volume health; nil: none
 }
 
 func newControllerServer(cfg *Config, pool *blockstore.Pool) *controllerServer {

@@ -23,6 +23,7 @@ var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin'
 //	blockstore.ErrNotFound                            NotFound
 //	blockstore.ErrExists                              AlreadyExists
 //	blockstore.ErrNoSpace, ErrOverProvisioned         ResourceExhausted
+//	  (ErrHostFull, the file system under the pool file is full, is a kind of ErrNoSpace)
 //	blockstore.ErrInvalidArgument, ErrOutOfRange      InvalidArgument
 //	export.ErrLeftovers (the export is gone)          FailedPrecondition: an earlier run's export,
 //	                                                  whose server died with it, is in the way

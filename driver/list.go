@@ -78,12 +78,16 @@ func volumeKey(v blockstore.VolumeInfo) uint64 { return uint64(v.ID) }
 // poolHealth is the health every volume of the pool shares, as the controller sees it: none
 // reported when the pool works; DEGRADED "PoolFailed" when an earlier write or sync failed
 // (the pool refuses changes and writes until the plugin restarts and reopens it, which
-// recovers the last durable state); INACCESSIBLE "PoolClosed" once the pool is closed. It asks
-// the pool's Health, which does no I/O.
-func poolHealth(pool *blockstore.Pool) []*csi.VolumeHealth_VolumeHealthEntry {
+// recovers the last durable state); INACCESSIBLE "PoolClosed" once the pool is closed;
+// DEGRADED "PoolCheckFailed" when the last periodic check of the pool found problems (chk, nil
+// if none runs). It asks the pool's Health and the last check's outcome, and does no I/O.
+func poolHealth(pool *blockstore.Pool, chk *poolChecker) []*csi.VolumeHealth_VolumeHealthEntry {
 	err := pool.Health()
 	switch {
 	case err == nil:
+		if h := chk.health(); h != nil {
+			return []*csi.VolumeHealth_VolumeHealthEntry{h}
+		}
 		return nil
 	case errors.Is(err, blockstore.ErrClosed):
 		return []*csi.VolumeHealth_VolumeHealthEntry{{
@@ -108,7 +112,7 @@ func (c *controllerServer) ControllerGetVolumeHealth(_ context.Context, req *csi
 	}
 	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{
 		VolumeId:       req.GetVolumeId(),
-		HealthStatuses: poolHealth(c.pool),
+		HealthStatuses: poolHealth(c.pool, c.checker),
 	}}, nil
 }
 
@@ -120,7 +124,7 @@ func (c *controllerServer) ControllerListVolumeHealth(_ context.Context, req *cs
 	if err != nil {
 		return nil, err
 	}
-	health := poolHealth(c.pool)
+	health := poolHealth(c.pool, c.checker)
 	resp := &csi.ControllerListVolumeHealthResponse{}
 	if health == nil {
 		return resp, nil

@@ -23,6 +23,8 @@ import (
 //	dataimage_pool_{capacity,used,free,provisioned,provision_limit,metadata}_bytes
 //	dataimage_pool_volumes, dataimage_pool_snapshots         objects in the pool
 //	dataimage_pool_healthy                                   1, or 0 once the pool failed or closed
+//	dataimage_pool_check_problems                            problems the last periodic pool check found
+//	dataimage_pool_check_timestamp_seconds                   when it ran (both absent before the first)
 //	dataimage_export_volumes                                 volumes exported as block devices
 //	dataimage_export_io_bytes_total{op}                      bytes read and written through exports
 //	dataimage_export_io_operations_total{op}                 read, write, flush, discard, write_zeroes
@@ -43,7 +45,7 @@ type metrics struct {
 // staging of a large volume (mkfs, fsck: minutes).
 var callBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
 
-func newMetrics(cfg *Config, pool *blockstore.Pool) *metrics {
+func newMetrics(cfg *Config, pool *blockstore.Pool, chk *poolChecker) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -62,7 +64,7 @@ func newMetrics(cfg *Config, pool *blockstore.Pool) *metrics {
 		ConstLabels: prometheus.Labels{"driver": cfg.DriverName, "version": cfg.Version, "node": cfg.NodeID},
 	})
 	info.Set(1)
-	m.reg.MustRegister(m.calls, m.duration, info, poolCollector{pool: pool},
+	m.reg.MustRegister(m.calls, m.duration, info, poolCollector{pool: pool, checker: chk},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -89,7 +91,10 @@ func (m *metrics) observeCalls() grpc.UnaryServerInterceptor {
 }
 
 // poolCollector reads the pool's space and objects at each scrape.
-type poolCollector struct{ pool *blockstore.Pool }
+type poolCollector struct {
+	pool    *blockstore.Pool
+	checker *poolChecker // nil: no periodic check
+}
 
 var (
 	poolCapacityDesc = poolDesc("capacity_bytes", "Bytes of the pool's data region: what volumes and metadata can use.")
@@ -101,6 +106,8 @@ var (
 	poolVolumesDesc  = poolDesc("volumes", "Volumes in the pool (clones included).")
 	poolSnapsDesc    = poolDesc("snapshots", "Snapshots in the pool (images included).")
 	poolHealthyDesc  = poolDesc("healthy", "1 while the pool serves writes; 0 once it failed (until the plugin restarts) or closed.")
+	poolCheckDesc    = poolDesc("check_problems", "Problems (corrupt metadata, refcount errors, leaked blocks) the last periodic read-only check of the pool found.")
+	poolCheckAtDesc  = poolDesc("check_timestamp_seconds", "When the last periodic read-only check of the pool started (Unix time).")
 )
 
 func poolDesc(name, help string) *prometheus.Desc {
@@ -109,7 +116,7 @@ func poolDesc(name, help string) *prometheus.Desc {
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolCapacityDesc, poolUsedDesc, poolFreeDesc, poolProvDesc,
-		poolLimitDesc, poolMetaDesc, poolVolumesDesc, poolSnapsDesc, poolHealthyDesc} {
+		poolLimitDesc, poolMetaDesc, poolVolumesDesc, poolSnapsDesc, poolHealthyDesc, poolCheckDesc, poolCheckAtDesc} {
 		ch <- d
 	}
 }
@@ -135,6 +142,12 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		{poolHealthyDesc, healthy},
 	} {
 		ch <- prometheus.MustNewConstMetric(v.desc, prometheus.GaugeValue, v.val)
+	}
+	if c.checker != nil {
+		if o := c.checker.last.Load(); o != nil {
+			ch <- prometheus.MustNewConstMetric(poolCheckDesc, prometheus.GaugeValue, float64(o.problems))
+			ch <- prometheus.MustNewConstMetric(poolCheckAtDesc, prometheus.GaugeValue, float64(o.at.UnixNano())/1e9)
+		}
 	}
 }
 

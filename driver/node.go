@@ -45,6 +45,8 @@ type nodeServer struct {
 	io      *ioCounters // the I/O of every export, for the metrics
 	gate    *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
 
+	checker *poolChecker // the periodic pool check, for volume health; nil: none
+
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
 	published map[string]map[string]bool // target paths by CSI volume ID; guarded by mu
@@ -60,6 +62,7 @@ func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
 	if err != nil {
 		return err
 	}
+	n.checker = s.checker
 	csi.RegisterNodeServer(s.grpc, n)
 	s.metrics.reg.MustRegister(n.io)
 	s.node = n
@@ -496,7 +499,7 @@ func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolu
 	if _, err := n.volume(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	health := poolHealth(n.pool)
+	health := poolHealth(n.pool, n.checker)
 	n.mu.Lock()
 	dead := n.dead[req.GetVolumeId()]
 	n.mu.Unlock()

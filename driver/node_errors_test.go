@@ -29,12 +29,17 @@ func TestErrorCodes(t *testing.T) {
 		{blockstore.ErrNotFound, codes.NotFound},
 		{blockstore.ErrExists, codes.AlreadyExists},
 		{blockstore.ErrNoSpace, codes.ResourceExhausted},
+		// The file system under the pool file is full: transient, like a full pool.
+		{blockstore.ErrHostFull, codes.ResourceExhausted},
+		{fmt.Errorf("%w: write block 7: %w", blockstore.ErrHostFull, &os.PathError{Op: "write", Path: "pool", Err: syscall.EDQUOT}), codes.ResourceExhausted},
 		{blockstore.ErrOverProvisioned, codes.ResourceExhausted},
 		{blockstore.ErrInvalidArgument, codes.InvalidArgument},
 		{blockstore.ErrOutOfRange, codes.InvalidArgument},
 		{blockstore.ErrCorrupt, codes.Internal},
 		{&blockstore.CorruptionError{Block: 9, What: "tree node", Err: errors.New("bad crc")}, codes.Internal},
 		{fmt.Errorf("%w: %w", blockstore.ErrFailed, blockstore.ErrNoSpace), codes.Internal},
+		// A sync that failed for lack of space failed the pool: that is not transient.
+		{fmt.Errorf("%w: sync data: %w", blockstore.ErrFailed, syscall.ENOSPC), codes.Internal},
 		{blockstore.ErrClosed, codes.Unavailable},
 		{export.ErrLeftovers, codes.FailedPrecondition},
 		{fmt.Errorf("%w: %w", export.ErrLeftovers, export.ErrBusy), codes.FailedPrecondition},

@@ -26,6 +26,7 @@ type Server struct {
 	grpc    *grpc.Server
 	metrics *metrics
 	node    *nodeServer // nil until RegisterNode
+	checker *poolChecker
 }
 
 // NewServer checks cfg (filling in defaults) and registers the Identity and Controller
@@ -40,11 +41,14 @@ func NewServer(cfg Config, pool *blockstore.Pool, opts ...grpc.ServerOption) (*S
 		return nil, errors.New("driver: no pool")
 	}
 	s := &Server{cfg: cfg, pool: pool}
-	s.metrics = newMetrics(&s.cfg, pool)
+	s.checker = newPoolChecker(&s.cfg, pool)
+	s.metrics = newMetrics(&s.cfg, pool, s.checker)
 	opts = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls(cfg.Logger), s.metrics.observeCalls())}, opts...)
 	s.grpc = grpc.NewServer(opts...)
 	csi.RegisterIdentityServer(s.grpc, &identityServer{cfg: &s.cfg, pool: pool})
-	csi.RegisterControllerServer(s.grpc, newControllerServer(&s.cfg, pool))
+	cs := newControllerServer(&s.cfg, pool)
+	cs.checker = s.checker
+	csi.RegisterControllerServer(s.grpc, cs)
 	return s, nil
 }
 
@@ -95,6 +99,7 @@ func removeStaleSocket(path string) error {
 // ServeListener serves the CSI services on lis until ctx ends, then stops gracefully: no new
 // calls, calls in flight get gracePeriod to finish. It returns nil after a stop caused by ctx.
 // The exports' I/O goes on: at the end of the process, DrainIO drains it.
+// Meanwhile it checks the pool every Config.PoolCheckInterval (a read-only Check).
 func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	s.cfg.Logger.Info("serving CSI", "endpoint", lis.Addr().String(), "driver", s.cfg.DriverName,
 		"version", s.cfg.Version, "node", s.cfg.NodeID)
@@ -102,6 +107,12 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		s.checker.run(ctx)
+	}()
+	defer func() { <-checked }() // the caller closes the pool after this returns
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

@@ -5,7 +5,7 @@
 # creation time, space of many clones). Arguments go to the block store tool
 # (make bench BENCH_ARGS='...'); IMAGEBENCH_ARGS go to the data image tool.
 #
-# With no arguments it runs both in full (about 20 minutes) and rewrites
+# With no arguments it runs both in full (about 30 minutes) and rewrites
 # BENCHMARKS.md at the repository root: the block store part, then the data
 # image part after its marker line (each tool keeps the other's part). With arguments it runs exactly what
 # they say and only prints the report unless -write is among them, e.g.

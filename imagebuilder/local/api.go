@@ -54,7 +54,8 @@ type Service interface {
 
 	// PoolStatus reports the pool's capacity and use.
 	PoolStatus(ctx context.Context) (*PoolStatus, error)
-	// CheckPool runs the block store's consistency check (fsck), repairing leaks when repair.
+	// CheckPool runs the block store's consistency check (fsck): read-only while clones run, or,
+	// with repair, holding the pool to free leaked blocks.
 	CheckPool(ctx context.Context, repair bool) (*CheckReport, error)
 }
 

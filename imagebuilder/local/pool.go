@@ -52,9 +52,11 @@ func (d *Daemon) PoolStatus(ctx context.Context) (*PoolStatus, error) {
 	return ps, nil
 }
 
-// CheckPool runs the block store's consistency check (it holds the pool exclusively meanwhile:
-// the clones' I/O waits, and nothing else is needed to quiesce it), and checks that every image,
-// clone and revision of the catalog has its object in the pool.
+// CheckPool runs the block store's consistency check, and checks that every image, clone and
+// revision of the catalog has its object in the pool. Without repair the check is read-only: it
+// verifies the pool's last checkpoint while the clones' I/O goes on, and writes nothing. With
+// repair it holds the pool exclusively (the clones' I/O waits), checkpoints, verifies that
+// checkpoint and frees leaked blocks.
 func (d *Daemon) CheckPool(ctx context.Context, repair bool) (*CheckReport, error) {
 	_, end, err := d.begin(ctx)
 	if err != nil {
@@ -62,11 +64,15 @@ func (d *Daemon) CheckPool(ctx context.Context, repair bool) (*CheckReport, erro
 	}
 	defer end()
 	start := time.Now()
-	rep, err := d.pool.Check(repair)
-	if err != nil {
+	rep, err := d.pool.CheckWith(blockstore.CheckOptions{ReadOnly: !repair, Repair: repair})
+	if err != nil && (rep == nil || !errors.Is(err, blockstore.ErrCorrupt)) {
 		return nil, fmt.Errorf("local: check pool: %w", err)
 	}
-	out := &CheckReport{Summary: rep.String()}
+	mode := "read-only check"
+	if repair {
+		mode = "check and repair"
+	}
+	out := &CheckReport{Summary: fmt.Sprintf("%s of checkpoint %d: %s", mode, rep.Generation, rep.String())}
 	for _, e := range rep.Corrupt {
 		out.Problems = append(out.Problems, e.Error())
 	}

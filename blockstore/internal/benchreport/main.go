@@ -11,7 +11,9 @@
 //
 //	go run ./blockstore/internal/benchreport [-quick] [-write] [-dir /var/tmp]
 //
-// The default run takes about 12 minutes; -quick about 2 minutes. Sections 6 to 8 (csi, kdev,
+// The default run takes about 12 minutes plus the Check memory section (-only check: about
+// 10 minutes on a loaded 2-CPU machine, most of it the old Check; it needs git history and the
+// Go toolchain to build the old Check); -quick about 2 minutes. Sections 6 to 8 (csi, kdev,
 // ext4) need root, fio, mkfs.ext4, losetup, /dev/fuse and loop devices; whatever they set up
 // (loop devices, mounts, exports) is torn down on return, on errors and on a signal. Scratch files live in a
 // temporary directory under -dir, removed at the end (also on Ctrl-C).
@@ -35,22 +37,24 @@ import (
 
 // config holds the command-line settings.
 type config struct {
-	dir      string
-	quick    bool
-	write    bool
-	out      string
-	dur      time.Duration
-	reps     int
-	noQEMU   bool
-	bsSweep  bool
-	memGiB   int
-	verbose  bool
-	fillLeaf int // 1 TiB volume: leaf regions given one block each
-	rounds   int
-	only     string
-	cpuProf  string
-	blkProf  string
-	mtxProf  string
+	dir       string
+	quick     bool
+	write     bool
+	out       string
+	dur       time.Duration
+	reps      int
+	noQEMU    bool
+	bsSweep   bool
+	memGiB    int
+	verbose   bool
+	fillLeaf  int // 1 TiB volume: leaf regions given one block each
+	rounds    int
+	only      string
+	cpuProf   string
+	blkProf   string
+	mtxProf   string
+	checkGiB  int    // Check memory: GiB mapped
+	checkBase string // Check memory: the commit of the old Check ("" finds it in git history)
 }
 
 // runs reports whether a section is part of this run (-only).
@@ -93,7 +97,9 @@ func main() {
 	flag.IntVar(&c.memGiB, "memgib", 0, "GiB mapped by the larger pool of the memory goal (the smaller maps 1/16 of it, at least 256 MiB; the transient table at most 4 GiB); default 16, 1 with -quick")
 	flag.IntVar(&c.fillLeaf, "fillleaves", 0, "1 TiB volume: 2 MiB regions given one 4 KiB block each; default 16384, 2048 with -quick")
 	flag.BoolVar(&c.verbose, "v", true, "progress on stderr")
-	flag.StringVar(&c.only, "only", "", "comma-separated sections to run: perf, thick, qemu, lat, mem, bs, csi, kdev, ext4 (default all; a partial report cannot be written)")
+	flag.StringVar(&c.only, "only", "", "comma-separated sections to run: perf, thick, qemu, lat, mem, bs, csi, kdev, ext4, check (default all; a partial report cannot be written, except -only check, which replaces its section of -out)")
+	flag.IntVar(&c.checkGiB, "checkgib", 0, "GiB mapped by the pool of the Check memory measurement; default 64, 4 with -quick")
+	flag.StringVar(&c.checkBase, "checkbase", "", "commit whose Check is measured as the old one (default: the parent of the commit that introduced CheckWith)")
 	flag.StringVar(&c.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&c.blkProf, "blockprofile", "", "write a goroutine blocking profile of the whole run to this file")
 	flag.StringVar(&c.mtxProf, "mutexprofile", "", "write a mutex contention profile of the whole run to this file")
@@ -129,8 +135,14 @@ func main() {
 			c.fillLeaf = 2048
 		}
 	}
-	if c.only != "" && c.write {
-		fmt.Fprintln(os.Stderr, "benchreport: -write needs every section; drop -only")
+	if c.checkGiB == 0 {
+		c.checkGiB = 64
+		if c.quick {
+			c.checkGiB = 4
+		}
+	}
+	if c.only != "" && c.only != "check" && c.write {
+		fmt.Fprintln(os.Stderr, "benchreport: -write needs every section (or -only check); drop -only")
 		os.Exit(2)
 	}
 	if err := run(c); err != nil {
@@ -288,7 +300,28 @@ func run(c config) error {
 		rep.ext4 = res
 	}
 
+	if c.runs("check") {
+		b.logf("Check (fsck) memory on a pool with %d GiB mapped", c.checkGiB)
+		res, err := b.checkMemory()
+		if err != nil {
+			return fmt.Errorf("check memory: %w", err)
+		}
+		rep.check = res
+	}
+
 	rep.elapsed = time.Since(b.start)
+	if c.only == "check" {
+		var section strings.Builder
+		rep.checkSection(&section)
+		fmt.Print(section.String())
+		if c.write {
+			if err := spliceCheckSection(c.out, section.String()); err != nil {
+				return fmt.Errorf("write %s: %w", c.out, err)
+			}
+			b.logf("replaced the check section of %s", c.out)
+		}
+		return nil
+	}
 	md := rep.markdown()
 	fmt.Print(md)
 	if c.write {

@@ -25,6 +25,7 @@ type report struct {
 	csi     *csiResult
 	kdev    *kdevResult
 	ext4    *ext4Result
+	check   *checkResult
 
 	goals []goal // filled while rendering
 }
@@ -58,6 +59,7 @@ func (r *report) markdown() string {
 	r.csiSection(&body)
 	r.kdevSection(&body)
 	r.ext4Section(&body)
+	r.checkSection(&body)
 
 	var out strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&out, format, args...) }

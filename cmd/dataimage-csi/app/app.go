@@ -50,6 +50,8 @@ type Config struct {
 	KubeletRegistrationPath string
 	// MetricsAddress is the TCP address of the Prometheus endpoint (/metrics); empty: none.
 	MetricsAddress string
+	// PoolCheckInterval is how often the pool is verified with a read-only Check; 0: never.
+	PoolCheckInterval time.Duration
 }
 
 // parse reads the flags into a Config.
@@ -78,6 +80,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.DefaultFSType, "default-fstype", "ext4", "file system made on a blank volume whose capability names none: ext4 or xfs")
 	fs.Float64Var(&c.OverProvisionRatio, "overprovision-ratio", 0, "bound on the sum of volume sizes as a multiple of the pool's capacity (0 keeps the pool's, 10 for a new pool)")
 	fs.IntVar(&c.MaxVolumes, "max-volumes", 0, "volumes that can be published on this node at once (0: no limit)")
+	fs.DurationVar(&c.PoolCheckInterval, "pool-check-interval", 12*time.Hour, "how often to verify the pool with a read-only check (no I/O stops; volume health and metrics report problems); 0: never")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.PluginRegistrationPath, "plugin-registration-path", "", "the kubelet's plugin registration directory (<kubelet dir>/plugins_registry) as mounted here; empty: do not register with the kubelet")
@@ -105,6 +108,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, errors.New("--pool-format-nonblank needs --pool-size (it applies only when a pool is made)")
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	case c.PoolCheckInterval < 0:
+		return c, fmt.Errorf("--pool-check-interval %s: must not be negative", c.PoolCheckInterval)
 	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
 		return c, fmt.Errorf("--default-fstype %q: want ext4 or xfs", c.DefaultFSType)
 	case c.PluginRegistrationPath != "" && c.KubeletRegistrationPath == "":
@@ -191,7 +196,7 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 		pool.Close()
 		return err
 	}
-	srv, err := driver.NewServer(driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, Logger: log}, pool)
+	srv, err := driver.NewServer(driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, PoolCheckInterval: c.PoolCheckInterval, Logger: log}, pool)
 	if err == nil {
 		err = srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: c.DefaultFSType})
 	}

@@ -39,6 +39,8 @@ func TestParseDefaults(t *testing.T) {
 		ExportStateDir: "/run/dataimage/export",
 		DefaultFSType:  "ext4",
 		LogFormat:      "text",
+
+		PoolCheckInterval: 12 * time.Hour,
 	}, c)
 	require.Empty(t, out.String())
 }
@@ -50,6 +52,7 @@ func TestParseAll(t *testing.T) {
 		"--default-fstype", "xfs", "--overprovision-ratio", "2.5", "--max-volumes", "7", "-v", "2",
 		"--log-format", "json", "--plugin-registration-path", "/registration",
 		"--kubelet-registration-path", "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock", "--metrics-address", ":9090",
+		"--pool-check-interval", "30m",
 	}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -59,6 +62,7 @@ func TestParseAll(t *testing.T) {
 		PluginRegistrationPath:  "/registration",
 		KubeletRegistrationPath: "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock",
 		MetricsAddress:          ":9090",
+		PoolCheckInterval:       30 * time.Minute,
 	}, c)
 }
 
@@ -105,6 +109,7 @@ func TestMainExitCodes(t *testing.T) {
 		{"format without size", append([]string{"--pool-format-nonblank"}, required...), []string{"--pool-format-nonblank needs --pool-size"}},
 		{"log format", append([]string{"--log-format", "yaml"}, required...), []string{"--log-format", `"yaml"`}},
 		{"fs type", append([]string{"--default-fstype", "btrfs"}, required...), []string{"--default-fstype", `"btrfs"`}},
+		{"negative check interval", append([]string{"--pool-check-interval", "-1h"}, required...), []string{"--pool-check-interval -1h0m0s", "negative"}},
 		{"unexpected args", append(required, "extra", "more"), []string{"unexpected arguments: extra more"}},
 		{"unknown flag", append([]string{"--bogus"}, required...), []string{"flag provided but not defined: -bogus"}},
 		{"bad int", append([]string{"--max-volumes", "many"}, required...), []string{"-max-volumes", "many"}},

@@ -52,8 +52,9 @@ func (c *cli) poolCheckCmd() *cobra.Command {
 		Use:   "check [--repair]",
 		Short: "Check the pool's consistency (exit status 1 on problems)",
 		Long: `Check the pool's consistency: every tree, refcount and free block (the block store's fsck).
-With --repair, leaked blocks are freed. The exit status is 1 when problems were found, repaired
-or not.`,
+The check is read-only: it verifies the pool's last checkpoint while clones keep running, and
+writes nothing. With --repair it holds the pool (clones' I/O waits), checkpoints, checks and
+frees leaked blocks. The exit status is 1 when problems were found, repaired or not.`,
 		Example: `  dataimage pool check
   dataimage pool check --repair`,
 		Args: noArgs,
