@@ -181,7 +181,7 @@ func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
 	}
 	// Power is lost: the machine restarts with the synced contents and some of the rest.
 	keep := []float64{0, 1, r.rng.Float64()}[r.rng.IntN(3)]
-	f2 := r.f.Restart(r.rng, keep)
+	f2 := r.f.Restart(r.rng, faultfs.Loss{Keep: keep})
 	p2, err := blockstore.OpenOn(f2, r.opts)
 	if err != nil {
 		t.Fatalf("recovery (keep %.2f of unsynced writes): %v", keep, err)
