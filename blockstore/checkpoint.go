@@ -71,7 +71,14 @@ func (p *Pool) checkpointLocked() error {
 	counts := make([]uint32, p.rc.perPage)
 	type pageSlot struct{ page, slot int }
 	written := make([]pageSlot, 0, len(p.rc.dirty))
+	// In page order: the writes a checkpoint issues do not depend on map order, so a crash test
+	// that cuts it at its nth write reproduces from its seed.
+	dirtyPages := make([]int, 0, len(p.rc.dirty))
 	for pg := range p.rc.dirty {
+		dirtyPages = append(dirtyPages, pg)
+	}
+	slices.Sort(dirtyPages)
+	for _, pg := range dirtyPages {
 		clear(counts)
 		if src := p.rc.pages[pg]; src != nil {
 			for i, c := range src.counts {
@@ -95,6 +102,7 @@ func (p *Pool) checkpointLocked() error {
 	}
 
 	sb := p.geo
+	sb.Version = format.Version // a pool of an older version is upgraded here
 	sb.Generation = gen
 	sb.CheckpointLSN = p.lsn
 	sb.CatalogHead = 0
@@ -117,6 +125,7 @@ func (p *Pool) checkpointLocked() error {
 	}
 
 	// Durable. Everything below only updates memory.
+	p.geo.Version = format.Version
 	p.generation = gen
 	p.cutSeq++
 	p.markDurable(p.cutSeq)
@@ -190,6 +199,9 @@ func (p *Pool) catalog() *format.Catalog {
 		c.Snapshots = append(c.Snapshots, format.SnapshotEntry{ID: uint64(s.id), Name: s.name, Volume: uint64(s.vol),
 			LSN: s.lsn, Created: s.created, Size: s.size, Root: s.t.root, Height: s.t.height})
 	}
+	// In ID order: the same state always makes the same catalog bytes.
+	slices.SortFunc(c.Volumes, func(a, b format.VolumeEntry) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(c.Snapshots, func(a, b format.SnapshotEntry) int { return cmp.Compare(a.ID, b.ID) })
 	return c
 }
 
