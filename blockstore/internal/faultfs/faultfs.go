@@ -52,34 +52,53 @@ type Loss struct {
 	Torn bool
 }
 
-type write struct {
-	off  int64
-	data []byte
-}
-
 // File is an in-memory File. It is safe for concurrent use.
+//
+// Contents are kept as pages of Unit bytes; a stored page is never changed (writes replace it),
+// so the disk, the cache and the versions of a page share buffers, and copying a File costs
+// what it holds, not its size.
 type File struct {
 	mu         sync.Mutex
-	durable    []byte     // what the disk holds
-	cur        []byte     // what reads return: the disk as the page cache shows it
-	pending    []write    // writes since the last Sync (dirty data), in order
-	rng        *rand.Rand // outcomes of injected failures
-	crashAfter int        // operations (writes, syncs, punches) left before power loss; < 0: never
-	failAfter  int        // operations left before one fails with ErrInjected; < 0: never
-	injected   string     // the kind of operation that failed with ErrInjected, "" if none
+	size       int64
+	durable    pages              // what the disk holds
+	cur        pages              // what reads return: the disk as the page cache shows it
+	dirty      map[int64][][]byte // pages written since the last Sync: their contents after each write
+	rng        *rand.Rand         // outcomes of injected failures
+	crashAfter int                // operations (writes, syncs, punches) left before power loss; < 0: never
+	crashSyncs int                // syncs left before power loss; < 0: never
+	failAfter  int                // operations left before one fails with ErrInjected; < 0: never
+	injected   string             // the kind of operation that failed with ErrInjected, "" if none
+	injectedAt int64              // and its offset (-1 for a sync)
 	crashed    bool
 	closed     bool
 	ops        int
 	syncs      int
 }
 
-// New returns a zero-filled file of size bytes.
-func New(size int64) *File {
-	return newFile(make([]byte, size), make([]byte, size))
+// pages maps a page number to its contents (Unit bytes); a missing page holds zeros.
+type pages map[int64][]byte
+
+func (ps pages) clone() pages {
+	c := make(pages, len(ps))
+	for pg, b := range ps {
+		c[pg] = b
+	}
+	return c
 }
 
-func newFile(durable, cur []byte) *File {
-	return &File{durable: durable, cur: cur, crashAfter: -1, failAfter: -1, rng: rand.New(rand.NewPCG(1, 2))}
+// page returns a new buffer holding page pg.
+func (ps pages) page(pg int64) []byte {
+	b := make([]byte, Unit)
+	copy(b, ps[pg])
+	return b
+}
+
+// New returns a zero-filled file of size bytes.
+func New(size int64) *File { return newFile(size, pages{}, pages{}) }
+
+func newFile(size int64, durable, cur pages) *File {
+	return &File{size: size, durable: durable, cur: cur, dirty: map[int64][][]byte{},
+		crashAfter: -1, crashSyncs: -1, failAfter: -1, rng: rand.New(rand.NewPCG(1, 2))}
 }
 
 // Seed makes the outcomes of injected failures (which sectors of a failed write or fsync
@@ -98,6 +117,14 @@ func (f *File) CrashAfter(n int) {
 	f.crashAfter = n
 }
 
+// CrashAtSync makes the file lose power at the n+1th Sync from now, before it makes anything
+// durable: that Sync and every later operation fail with ErrCrashed.
+func (f *File) CrashAtSync(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crashSyncs = n
+}
+
 // FailAfter makes the n+1th mutating operation from now fail once with ErrInjected, with the
 // effects described in the package comment.
 func (f *File) FailAfter(n int) {
@@ -107,11 +134,11 @@ func (f *File) FailAfter(n int) {
 }
 
 // Injected returns the kind of operation ("write", "sync" or "punch") that failed with
-// ErrInjected, or "" if none did yet.
-func (f *File) Injected() string {
+// ErrInjected and its offset (-1 for a sync), or "" if none did yet.
+func (f *File) Injected() (kind string, off int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.injected
+	return f.injected, f.injectedAt
 }
 
 // Ops returns the number of mutating operations (writes, syncs, punches) so far, the one that
@@ -136,18 +163,21 @@ func (f *File) Crashed() bool {
 	return f.crashed
 }
 
-// mutate counts an operation of the given kind and reports the error it must fail with, if
-// any. REQUIRES f.mu.
-func (f *File) mutate(kind string) error {
+// mutate counts an operation of the given kind at off and reports the error it must fail
+// with, if any. REQUIRES f.mu.
+func (f *File) mutate(kind string, off int64) error {
 	if f.closed {
 		return errors.New("faultfs: file closed")
 	}
 	if f.crashed {
 		return ErrCrashed
 	}
-	if f.crashAfter == 0 {
+	if f.crashAfter == 0 || (kind == "sync" && f.crashSyncs == 0) {
 		f.crashed = true
 		return ErrCrashed
+	}
+	if kind == "sync" && f.crashSyncs > 0 {
+		f.crashSyncs--
 	}
 	if f.crashAfter > 0 {
 		f.crashAfter--
@@ -155,7 +185,7 @@ func (f *File) mutate(kind string) error {
 	f.ops++
 	if f.failAfter == 0 {
 		f.failAfter = -1
-		f.injected = kind
+		f.injected, f.injectedAt = kind, off
 		return ErrInjected
 	}
 	if f.failAfter > 0 {
@@ -171,10 +201,20 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if f.crashed {
 		return 0, ErrCrashed
 	}
-	if off < 0 || off > int64(len(f.cur)) {
-		return 0, fmt.Errorf("faultfs: read at %d of a %d-byte file", off, len(f.cur))
+	if off < 0 || off > f.size {
+		return 0, fmt.Errorf("faultfs: read at %d of a %d-byte file", off, f.size)
 	}
-	n := copy(p, f.cur[off:])
+	n := int(min(int64(len(p)), f.size-off))
+	for i := 0; i < n; {
+		pg, inner := (off+int64(i))/Unit, int((off+int64(i))%Unit)
+		k := min(Unit-inner, n-i)
+		if b := f.cur[pg]; b != nil {
+			copy(p[i:i+k], b[inner:])
+		} else {
+			clear(p[i : i+k])
+		}
+		i += k
+	}
 	if n < len(p) {
 		return n, fmt.Errorf("faultfs: read past the end at %d", off+int64(n))
 	}
@@ -185,32 +225,45 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	err := f.mutate("write")
+	err := f.mutate("write", off)
 	if err != nil && !errors.Is(err, ErrInjected) {
 		return 0, err
 	}
-	if off < 0 || off+int64(len(p)) > int64(len(f.cur)) {
-		return 0, fmt.Errorf("faultfs: write of %d bytes at %d past the end of a %d-byte file", len(p), off, len(f.cur))
+	if off < 0 || off+int64(len(p)) > f.size {
+		return 0, fmt.Errorf("faultfs: write of %d bytes at %d past the end of a %d-byte file", len(p), off, f.size)
 	}
 	if err == nil {
-		f.apply(p, off)
+		f.apply(p, off, nil)
 		return len(p), nil
 	}
 	// A failed write: each sector it covers may or may not hold the new bytes.
-	for lo := int64(0); lo < int64(len(p)); {
-		hi := min(int64(len(p)), (off+lo)/Sector*Sector+Sector-off)
-		if f.rng.IntN(2) == 0 {
-			f.apply(p[lo:hi], off+lo)
-		}
-		lo = hi
-	}
+	f.apply(p, off, func() bool { return f.rng.IntN(2) == 0 })
 	return 0, err
 }
 
-// apply writes p at off into the cache and queues it for write-back. REQUIRES f.mu.
-func (f *File) apply(p []byte, off int64) {
-	copy(f.cur[off:], p)
-	f.pending = append(f.pending, write{off: off, data: append([]byte(nil), p...)})
+// apply writes p at off into the cache and records the new versions of the pages it changes.
+// With keep set, each sector-aligned piece of p is written only if keep says so. REQUIRES f.mu.
+func (f *File) apply(p []byte, off int64, keep func() bool) {
+	for i := int64(0); i < int64(len(p)); {
+		pg, inner := (off+i)/Unit, (off+i)%Unit
+		k := min(Unit-inner, int64(len(p))-i)
+		var nb []byte
+		for lo := inner; lo < inner+k; {
+			hi := min(inner+k, lo/Sector*Sector+Sector)
+			if keep == nil || keep() {
+				if nb == nil {
+					nb = f.cur.page(pg)
+				}
+				copy(nb[lo:hi], p[i+lo-inner:])
+			}
+			lo = hi
+		}
+		if nb != nil {
+			f.cur[pg] = nb
+			f.dirty[pg] = append(f.dirty[pg], nb)
+		}
+		i += k
+	}
 }
 
 // Sync makes every write so far durable. An injected failure leaves each sector written since
@@ -218,70 +271,56 @@ func (f *File) apply(p []byte, off int64) {
 func (f *File) Sync() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	err := f.mutate("sync")
+	err := f.mutate("sync", -1)
 	if err != nil && !errors.Is(err, ErrInjected) {
 		return err
 	}
 	if err == nil {
-		for _, w := range f.pending {
-			copy(f.durable[w.off:], w.data)
+		for pg, vs := range f.dirty {
+			f.durable[pg] = vs[len(vs)-1]
 		}
-		f.pending = f.pending[:0]
+		clear(f.dirty)
 		f.syncs++
 		return nil
 	}
-	pages := f.writeBack(f.rng, Loss{Keep: 0.5, Torn: true})
-	f.pending = f.pending[:0]
-	for _, pg := range pages {
-		lo, hi := pg*Unit, min((pg+1)*Unit, int64(len(f.cur)))
+	for _, pg := range f.writeBack(f.durable, f.rng, Loss{Keep: 0.5, Torn: true}) {
 		if f.rng.IntN(2) == 0 {
-			copy(f.cur[lo:hi], f.durable[lo:hi]) // evicted: reads go to the disk
+			f.cur[pg] = f.durable[pg] // evicted: reads go to the disk
 		}
 	}
+	clear(f.dirty)
 	return err
 }
 
-// writeBack writes the pending writes to f.durable as a power loss leaves them (see Loss) and
-// returns the pages they touch, in order. It leaves f.pending alone. REQUIRES f.mu.
-func (f *File) writeBack(rng *rand.Rand, loss Loss) []int64 {
-	// Replay the unsynced writes on a scratch copy, recording each page's versions.
-	scratch := append([]byte(nil), f.durable...)
-	versions := map[int64][][]byte{}
-	for _, w := range f.pending {
-		copy(scratch[w.off:], w.data)
-		for pg := w.off / Unit; pg <= (w.off+int64(len(w.data))-1)/Unit; pg++ {
-			lo, hi := pg*Unit, min((pg+1)*Unit, int64(len(scratch)))
-			versions[pg] = append(versions[pg], append([]byte(nil), scratch[lo:hi]...))
-		}
+// writeBack writes the dirty pages into dst (a copy of the disk) as a power loss leaves them
+// (see Loss) and returns them, in order. REQUIRES f.mu.
+func (f *File) writeBack(dst pages, rng *rand.Rand, loss Loss) []int64 {
+	dirty := make([]int64, 0, len(f.dirty))
+	for pg := range f.dirty {
+		dirty = append(dirty, pg)
 	}
-	pages := make([]int64, 0, len(versions))
-	for pg := range versions {
-		pages = append(pages, pg)
-	}
-	slices.Sort(pages) // map order is random: keep runs reproducible from the seed
-	for _, pg := range pages {
-		vs := versions[pg]
-		if loss.Keep >= 1 {
-			copy(f.durable[pg*Unit:], vs[len(vs)-1])
-			continue
-		}
-		if loss.Keep <= 0 {
-			continue
-		}
-		if !loss.Torn {
+	slices.Sort(dirty) // map order is random: keep runs reproducible from the seed
+	for _, pg := range dirty {
+		vs := f.dirty[pg]
+		switch {
+		case loss.Keep >= 1:
+			dst[pg] = vs[len(vs)-1]
+		case loss.Keep <= 0:
+		case !loss.Torn:
 			if rng.Float64() < loss.Keep {
-				copy(f.durable[pg*Unit:], vs[rng.IntN(len(vs))])
+				dst[pg] = vs[rng.IntN(len(vs))]
 			}
-			continue
-		}
-		for s := 0; s < len(vs[0]); s += Sector {
-			if rng.Float64() < loss.Keep {
-				v := vs[rng.IntN(len(vs))]
-				copy(f.durable[pg*Unit+int64(s):], v[s:min(s+Sector, len(v))])
+		default:
+			nb := dst.page(pg)
+			for s := 0; s < Unit; s += Sector {
+				if rng.Float64() < loss.Keep {
+					copy(nb[s:s+Sector], vs[rng.IntN(len(vs))][s:])
+				}
 			}
+			dst[pg] = nb
 		}
 	}
-	return pages
+	return dirty
 }
 
 // PunchHole zeroes the range (durable after the next Sync, like a write). An injected failure
@@ -289,13 +328,13 @@ func (f *File) writeBack(rng *rand.Rand, loss Loss) []int64 {
 func (f *File) PunchHole(off, length int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.mutate("punch"); err != nil {
+	if err := f.mutate("punch", off); err != nil {
 		return err
 	}
-	if off < 0 || off+length > int64(len(f.cur)) {
+	if off < 0 || off+length > f.size {
 		return fmt.Errorf("faultfs: punch of %d bytes at %d past the end", length, off)
 	}
-	f.apply(make([]byte, length), off)
+	f.apply(make([]byte, length), off, nil)
 	return nil
 }
 
@@ -307,15 +346,15 @@ func (f *File) DropCache() error {
 	if f.crashed {
 		return ErrCrashed
 	}
-	copy(f.cur, f.durable)
-	for _, w := range f.pending {
-		copy(f.cur[w.off:], w.data)
+	f.cur = f.durable.clone()
+	for pg, vs := range f.dirty {
+		f.cur[pg] = vs[len(vs)-1]
 	}
 	return nil
 }
 
 // Size returns the file size.
-func (f *File) Size() (int64, error) { return int64(len(f.cur)), nil }
+func (f *File) Size() (int64, error) { return f.size, nil }
 
 // Close marks the file closed; Reopen, AfterKill or Restart gives a new handle.
 func (f *File) Close() error {
@@ -330,8 +369,8 @@ func (f *File) Close() error {
 func (f *File) Reopen() *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	nf := newFile(append([]byte(nil), f.cur...), f.cur)
-	f.cur, f.durable, f.closed = nil, nil, true
+	nf := newFile(f.size, f.cur.clone(), f.cur)
+	f.cur, f.durable, f.dirty, f.closed = nil, nil, nil, true
 	return nf
 }
 
@@ -341,9 +380,9 @@ func (f *File) Reopen() *File {
 func (f *File) AfterKill() *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	nf := newFile(f.durable, f.cur)
-	nf.pending = f.pending
-	f.cur, f.durable, f.pending, f.closed = nil, nil, nil, true
+	nf := newFile(f.size, f.durable, f.cur)
+	nf.dirty = f.dirty
+	f.cur, f.durable, f.dirty, f.closed = nil, nil, nil, true
 	return nf
 }
 
@@ -352,12 +391,9 @@ func (f *File) AfterKill() *File {
 func (f *File) Restart(rng *rand.Rand, loss Loss) *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	durable := f.durable
-	f.durable = append([]byte(nil), durable...)
-	f.writeBack(rng, loss)
-	img := f.durable
-	f.durable = durable
-	return newFile(img, append([]byte(nil), img...))
+	img := f.durable.clone()
+	f.writeBack(img, rng, loss)
+	return newFile(f.size, img, img.clone())
 }
 
 // RestartKeeping is Restart with the choice made by keep: each page (by its offset) written
@@ -365,20 +401,11 @@ func (f *File) Restart(rng *rand.Rand, loss Loss) *File {
 func (f *File) RestartKeeping(keep func(pageOff int64) bool) *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	img := append([]byte(nil), f.durable...)
-	scratch := append([]byte(nil), f.durable...)
-	touched := map[int64]bool{}
-	for _, w := range f.pending {
-		copy(scratch[w.off:], w.data)
-		for pg := w.off / Unit; pg <= (w.off+int64(len(w.data))-1)/Unit; pg++ {
-			touched[pg] = true
-		}
-	}
-	for pg := range touched {
+	img := f.durable.clone()
+	for pg, vs := range f.dirty {
 		if keep(pg * Unit) {
-			lo, hi := pg*Unit, min((pg+1)*Unit, int64(len(img)))
-			copy(img[lo:hi], scratch[lo:hi])
+			img[pg] = vs[len(vs)-1]
 		}
 	}
-	return newFile(img, append([]byte(nil), img...))
+	return newFile(f.size, img, img.clone())
 }
