@@ -167,7 +167,7 @@ func (p *Pool) writeDirtyNodes() error {
 	}
 	slices.SortFunc(dirty, func(a, b *node) int { return cmp.Compare(a.pbn, b.pbn) })
 	const maxRun = 256
-	run := alignedBuf(maxRun * p.bs)
+	run := alignedBuf(min(maxRun, max(len(dirty), 1)) * p.bs)
 	for i := 0; i < len(dirty); {
 		j := i
 		for j < len(dirty) && j-i < maxRun && dirty[j].pbn == dirty[i].pbn+uint64(j-i) {

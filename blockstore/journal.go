@@ -254,8 +254,8 @@ func (p *Pool) readJournal() ([]format.Record, error) {
 	}
 	var recs []format.Record
 	want := p.ckptLSN + 1
-	const chunk = 256
-	buf := make([]byte, chunk*p.bs)
+	chunk := min(256, p.geo.JournalBlocks)
+	buf := make([]byte, chunk*uint64(p.bs))
 	for b := uint64(0); b < p.geo.JournalBlocks; b += chunk {
 		n := min(chunk, p.geo.JournalBlocks-b)
 		if _, err := p.f.ReadAt(buf[:n*uint64(p.bs)], int64(p.geo.JournalStart+b)*int64(p.bs)); err != nil {
