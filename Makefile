@@ -39,6 +39,7 @@ CRASH_PKGS ?= ./blockstore
 CRASH_POINTS ?= 1000
 CRASH_KILLS ?= 100
 CRASH_SEQUENCES ?= 2000
+CRASH_IOERRORS ?= 60
 SOAK_PKGS ?= ./blockstore
 MODEL_OPS ?= 1000000
 
@@ -87,11 +88,12 @@ bench:
 	@echo "==> hack/bench.sh $(BENCH_ARGS)"
 	GO=$(GO) hack/bench.sh $(BENCH_ARGS)
 
-# Each test prints its count: "crash points: ...", "crash sequences: ...", "crash kills: ...".
+# Each test prints its count: "crash points: ...", "crash sequences: ...", "crash I/O errors: ...",
+# "crash kills: ...".
 crash:
-	@echo "==> crash tests: $(CRASH_POINTS) crash points, $(CRASH_SEQUENCES) sequences of crashes, $(CRASH_KILLS) kills"
+	@echo "==> crash tests: $(CRASH_POINTS) crash points, $(CRASH_SEQUENCES) sequences of crashes, $(CRASH_IOERRORS) workloads with I/O errors, $(CRASH_KILLS) kills"
 	$(GO) test -count=1 -v -run 'Crash' -timeout 60m $(CRASH_PKGS) -args -crash.points=$(CRASH_POINTS) -crash.kills=$(CRASH_KILLS) \
-		-crash.sequences=$(CRASH_SEQUENCES) \
+		-crash.sequences=$(CRASH_SEQUENCES) -crash.ioerrors=$(CRASH_IOERRORS) \
 		| grep -v -E '^\s*(=== RUN|--- PASS|=== NAME|(crash|kill)_test.go:[0-9]+: (crashed|killed) after)'
 
 soak:

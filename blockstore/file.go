@@ -141,6 +141,17 @@ func (o *osFile) PunchHole(off, length int64) error {
 	return err
 }
 
+// DropCache evicts the file's clean pages from the page cache (posix_fadvise DONTNEED), so that
+// reads return what the disk holds. After a failed fdatasync, Linux may keep pages it could not
+// write back marked clean, showing data the disk does not have; a pool opened afterwards must not
+// build on them. With O_DIRECT there is no cache to drop.
+func (o *osFile) DropCache() error {
+	if o.direct {
+		return nil
+	}
+	return unix.Fadvise(int(o.f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}
+
 func (o *osFile) Size() (int64, error) {
 	if o.block {
 		return o.f.Seek(0, io.SeekEnd)

@@ -283,6 +283,13 @@ func OpenOn(f File, opts Options) (*Pool, error) { return openOn(f, opts, false)
 // nothing but zeros and recovery need not start a new epoch.
 func openOn(f File, opts Options, fresh bool) (*Pool, error) {
 	opts.defaults()
+	// Recovery reads what the disk holds, not pages that a failed write-back left in the cache
+	// marked clean (see osFile.DropCache); a File without a cache of its own need not do this.
+	if d, ok := f.(interface{ DropCache() error }); ok {
+		if err := d.DropCache(); err != nil {
+			opts.Logger.Warn("dropping the pool's cached pages failed; recovery may read pages a failed write-back left in the cache", "err", err)
+		}
+	}
 	sb, slot, slotErr, err := readSuperblock(f)
 	if err != nil {
 		return nil, err
