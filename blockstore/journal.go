@@ -16,7 +16,8 @@ import (
 //
 // The journal is divided into epochs: epoch G holds the records committed after the checkpoint
 // of generation G, and every record carries its epoch. A checkpoint starts a new epoch (the
-// journal restarts at its first block), and so does every Open.
+// journal restarts at its first block), and so does every Open (but the one within CreateOn,
+// whose journal holds only zeros).
 //
 // Commit (Flush), in this order:
 //  1. fdatasync: data blocks written so far are durable (a record's data is always written
@@ -29,7 +30,8 @@ import (
 //
 // A failed write or fdatasync of a commit or a checkpoint fails the pool (ErrFailed): after a
 // failed fdatasync nothing is known of what reached the disk, so nothing is acknowledged any
-// more; reopening recovers the last acknowledged state.
+// more; reopening recovers the last acknowledged state. (A failed data write fails its WriteAt
+// only: the blocks it covers hold old or new data.)
 //
 // Checkpoint (checkpoint.go), when the journal or the dirty metadata grows large and at Close:
 //  1. new blocks for the catalog; dirty tree nodes, catalog blocks and dirty refcount pages
@@ -40,18 +42,21 @@ import (
 //  5. the journal restarts at its first block, in epoch generation+1; blocks the previous
 //     checkpoint referenced and every pending free become reusable.
 //
-// Recovery (Open) loads the superblock with the highest valid generation G, its refcount pages
-// and catalog, then replays journal records from the first journal block for as long as each
-// record is intact (its checksum holds), belongs to epoch G and has the LSN that follows the
-// previous one. Then it takes a checkpoint, always: that starts epoch G+1, so whatever the
-// journal holds past the last record replayed (the rest of a commit cut short, whose blocks
-// reached the disk in any order and any subset) stays in an old epoch and is never replayed,
-// however later commits of the new epoch come to lie next to it. Within one epoch the journal
-// is only appended to, and a commit starts only after the previous one is durable, so replay
-// stops exactly at the end of the last durable commit: a torn or lost block of the commit cut
-// short fails its checksum or holds an older epoch's records (or none). A record of a newer
-// epoch than G means the superblock that started it was lost: Open fails with ErrCorrupt
-// rather than go back to an older checkpoint.
+// Recovery (Open) first drops the file's clean cached pages (osFile.DropCache), so that it
+// reads what the disk holds. It loads the superblock with the highest valid generation G, its
+// refcount pages and catalog, then replays journal records from the first journal block for as
+// long as each record is intact (its checksum holds), belongs to epoch G and has the LSN that
+// follows the previous one. Then it takes a checkpoint, always: that starts epoch G+1, so
+// whatever the journal holds past the last record replayed (the rest of a commit cut short,
+// whose blocks reached the disk in any order and any subset) stays in an old epoch and is never
+// replayed, however later commits of the new epoch come to lie next to it. Within one epoch the
+// journal is only appended to, and a commit starts only after the previous one is durable, so
+// replay stops exactly at the end of the last durable commit: a torn or lost block of the
+// commit cut short fails its checksum or holds an older epoch's records (or none). A record of
+// a newer epoch than G means the superblock that started it was lost: Open fails with
+// ErrCorrupt rather than go back to an older checkpoint. Recovery writes nothing before its
+// checkpoint, and the checkpoint commits with its superblock, so a crash during recovery leaves
+// the durable state as it was: the next Open recovers the same way.
 //
 // A pool of format version 1 (records without epochs) is replayed by LSN alone, as that version
 // was, and its first checkpoint makes it version 2.
