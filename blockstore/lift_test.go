@@ -10,9 +10,9 @@ import (
 
 // TestFullPoolLiftLeaksNothing: growing a tree by more than one level (a grow, a clone larger
 // than its snapshot, a revert to a snapshot of a smaller size) allocates one new root per level.
-// When the pool has room for only the first, the operation fails with ErrNoSpace and leaves
-// nothing behind: Check without repair finds no leak, and once space is back the same operation
-// succeeds.
+// When the pool is full (data up to its reserve, the rest held so that one tree node fits), the
+// operation fails with ErrNoSpace and leaves nothing behind: Check without repair finds no leak,
+// the space used is as before, and once space is freed the same operation succeeds.
 func TestFullPoolLiftLeaksNothing(t *testing.T) {
 	const small = 4 * modelBS  // one leaf of fanout 4: a tree of height 1
 	const large = 64 * modelBS // height 3: lifting a height-1 tree takes two new nodes
@@ -55,6 +55,20 @@ func TestFullPoolLiftLeaksNothing(t *testing.T) {
 				_, err = vol.WriteAt(pattern(8, modelBS), large-modelBS)
 				require.NoError(t, err)
 			}
+			// Fill the pool with data until it is full, then hold what is left for tree nodes
+			// but one block.
+			fill, err := p.CreateVolume("fill", 1024*modelBS)
+			require.NoError(t, err)
+			fv, err := p.Volume(fill.ID)
+			require.NoError(t, err)
+			for off := int64(0); ; off += 16 * modelBS {
+				_, err := fv.WriteAt(pattern(9, 16*modelBS), off)
+				if err != nil {
+					require.ErrorIs(t, err, blockstore.ErrNoSpace)
+					break
+				}
+				require.Less(t, off, int64(1024*modelBS), "the pool never filled up")
+			}
 			mustCheck(t, p)
 			before := p.Stats()
 
@@ -79,6 +93,7 @@ func TestFullPoolLiftLeaksNothing(t *testing.T) {
 			mustEqual(t, mustRead(t, vol, 0, small), want, "volume")
 
 			// With space back, the same operation works.
+			require.NoError(t, p.DeleteVolume(fill.ID))
 			require.NoError(t, tc.op(p, info.ID, snap.ID))
 			mustCheck(t, p)
 		})
