@@ -15,7 +15,12 @@ import (
 // it, so tests can substitute one that injects crashes, errors and latency.
 //
 // ReadAt and WriteAt follow io.ReaderAt and io.WriterAt and may be called concurrently. The pool
-// only issues I/O whose offset and length are multiples of its block size.
+// issues I/O in whole blocks, except for an overwrite in place of part of a block, which writes
+// just those bytes (with DirectIO only when they are 4 KiB-aligned; otherwise the whole block).
+//
+// A File that reads through a cache of its own may also have a method DropCache() error that
+// evicts the cache's clean contents; Open calls it first, so that recovery reads what the
+// storage holds (after a failed Sync, a cache may show writes that never reached it).
 type File interface {
 	io.ReaderAt
 	io.WriterAt

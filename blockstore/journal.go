@@ -239,8 +239,9 @@ func (p *Pool) recover(fresh bool) error {
 		p.recovery.Duration = time.Since(start)
 		p.log.Info("journal replayed", "records", len(recs), "fromLSN", p.ckptLSN+1, "toLSN", p.lsn, "duration", p.recovery.Duration)
 	}
-	// Always, also with nothing replayed: a new epoch, so that no record left past the end of
-	// the replay can ever be taken for one of the commits that follow (journal.go).
+	// A new epoch, also with nothing replayed, so that no record left past the end of the
+	// replay can ever be taken for one of the commits that follow (see the top of this file).
+	// A pool just formatted has nothing past it.
 	if fresh && len(recs) == 0 && len(p.recovery.DamagedRefcountPages) == 0 {
 		return nil
 	}

@@ -284,8 +284,8 @@ func OpenOn(f File, opts Options) (*Pool, error) { return openOn(f, opts, false)
 func openOn(f File, opts Options, fresh bool) (*Pool, error) {
 	opts.defaults()
 	// Recovery reads what the disk holds, not pages that a failed write-back left in the cache
-	// marked clean (see osFile.DropCache); a File without a cache of its own need not do this.
-	if d, ok := f.(interface{ DropCache() error }); ok {
+	// marked clean (see File and osFile.DropCache). CreateOn has just written and synced all.
+	if d, ok := f.(interface{ DropCache() error }); ok && !fresh {
 		if err := d.DropCache(); err != nil {
 			opts.Logger.Warn("dropping the pool's cached pages failed; recovery may read pages a failed write-back left in the cache", "err", err)
 		}
