@@ -5,7 +5,7 @@
 #   make test    make deps and make lint, then every test with the race detector
 #   make lint    gofmt, go vet, staticcheck
 #   make bench   benchmark report: block store, driver, data images (hack/bench.sh)
-#   make crash   block store crash tests (kill at many points, then recover)
+#   make crash   block store crash tests (power losses, torn sectors, I/O errors, kills; then recover)
 #   make soak    block store model-based tests with many random operations
 #   make fuzz    run every fuzz target (parsers, decoders, validators) for FUZZTIME (default 30s)
 #   make demo    data image from a pgbench backup, served as 3 clones (root; DEMO_SCALE=50)
@@ -38,6 +38,8 @@ BENCH_ARGS ?=
 CRASH_PKGS ?= ./blockstore
 CRASH_POINTS ?= 1000
 CRASH_KILLS ?= 100
+CRASH_SEQUENCES ?= 2000
+CRASH_IOERRORS ?= 60
 SOAK_PKGS ?= ./blockstore
 MODEL_OPS ?= 1000000
 
@@ -86,9 +88,12 @@ bench:
 	@echo "==> hack/bench.sh $(BENCH_ARGS)"
 	GO=$(GO) hack/bench.sh $(BENCH_ARGS)
 
+# Each test prints its count: "crash points: ...", "crash sequences: ...", "crash I/O errors: ...",
+# "crash kills: ...".
 crash:
-	@echo "==> crash tests: $(CRASH_POINTS) crash points, $(CRASH_KILLS) kills"
+	@echo "==> crash tests: $(CRASH_POINTS) crash points, $(CRASH_SEQUENCES) sequences of crashes, $(CRASH_IOERRORS) workloads with I/O errors, $(CRASH_KILLS) kills"
 	$(GO) test -count=1 -v -run 'Crash' -timeout 60m $(CRASH_PKGS) -args -crash.points=$(CRASH_POINTS) -crash.kills=$(CRASH_KILLS) \
+		-crash.sequences=$(CRASH_SEQUENCES) -crash.ioerrors=$(CRASH_IOERRORS) \
 		| grep -v -E '^\s*(=== RUN|--- PASS|=== NAME|(crash|kill)_test.go:[0-9]+: (crashed|killed) after)'
 
 soak:

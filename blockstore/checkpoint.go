@@ -104,7 +104,14 @@ func (p *Pool) checkpointLocked() error {
 	counts := make([]uint32, p.rc.perPage)
 	type pageSlot struct{ page, slot int }
 	written := make([]pageSlot, 0, len(p.rc.dirty))
+	// In page order: the writes a checkpoint issues do not depend on map order, so a crash test
+	// that cuts it at its nth write reproduces from its seed.
+	dirtyPages := make([]int, 0, len(p.rc.dirty))
 	for pg := range p.rc.dirty {
+		dirtyPages = append(dirtyPages, pg)
+	}
+	slices.Sort(dirtyPages)
+	for _, pg := range dirtyPages {
 		clear(counts)
 		if src := p.rc.pages[pg]; src != nil {
 			for i, c := range src.counts {
@@ -128,6 +135,7 @@ func (p *Pool) checkpointLocked() error {
 	}
 
 	sb := p.geo
+	sb.Version = format.Version // a pool of an older version is upgraded here
 	sb.Generation = gen
 	sb.CheckpointLSN = p.lsn
 	sb.CatalogHead = 0
@@ -150,6 +158,7 @@ func (p *Pool) checkpointLocked() error {
 	}
 
 	// Durable. Everything below only updates memory.
+	p.geo.Version = format.Version
 	p.generation = gen
 	p.hostFull = false
 	p.cutSeq++
@@ -192,7 +201,7 @@ func (p *Pool) writeDirtyNodes() error {
 	}
 	slices.SortFunc(dirty, func(a, b *node) int { return cmp.Compare(a.pbn, b.pbn) })
 	const maxRun = 256
-	run := alignedBuf(maxRun * p.bs)
+	run := alignedBuf(min(maxRun, max(len(dirty), 1)) * p.bs)
 	for i := 0; i < len(dirty); {
 		j := i
 		for j < len(dirty) && j-i < maxRun && dirty[j].pbn == dirty[i].pbn+uint64(j-i) {
@@ -224,6 +233,9 @@ func (p *Pool) catalog() *format.Catalog {
 		c.Snapshots = append(c.Snapshots, format.SnapshotEntry{ID: uint64(s.id), Name: s.name, Volume: uint64(s.vol),
 			LSN: s.lsn, Created: s.created, Size: s.size, Root: s.t.root, Height: s.t.height})
 	}
+	// In ID order: the same state always makes the same catalog bytes.
+	slices.SortFunc(c.Volumes, func(a, b format.VolumeEntry) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(c.Snapshots, func(a, b format.SnapshotEntry) int { return cmp.Compare(a.ID, b.ID) })
 	return c
 }
 

@@ -2,6 +2,7 @@ package blockstore_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -48,9 +49,19 @@ func (a *allowed) add(img *image, off, n int64) {
 	}
 }
 
+// verify checks that every block of r holds one of its allowed contents.
 func (a *allowed) verify(t testing.TB, r interface {
 	ReadAt([]byte, int64) (int, error)
 }, what string) {
+	t.Helper()
+	a.verifyUnits(t, r, what, modelBS)
+}
+
+// verifyUnits checks every unit-sized piece of every block on its own: after torn writes a
+// block may hold a different allowed content in each sector.
+func (a *allowed) verifyUnits(t testing.TB, r interface {
+	ReadAt([]byte, int64) (int, error)
+}, what string, unit int64) {
 	t.Helper()
 	buf := make([]byte, a.size)
 	if n, err := r.ReadAt(buf, 0); err != nil || n != len(buf) {
@@ -58,32 +69,39 @@ func (a *allowed) verify(t testing.TB, r interface {
 	}
 	zero := make([]byte, modelBS)
 	for lbn := int64(0); lbn < a.size/modelBS; lbn++ {
-		got := buf[lbn*modelBS : (lbn+1)*modelBS]
-		ok := false
-		for _, w := range a.blocks[lbn] {
-			if w == nil {
-				w = zero
-			}
-			if bytes.Equal(got, w) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			var cands []string
+		for u := int64(0); u < modelBS; u += unit {
+			got := buf[lbn*modelBS+u : lbn*modelBS+u+unit]
+			ok := false
 			for _, w := range a.blocks[lbn] {
 				if w == nil {
 					w = zero
 				}
-				cands = append(cands, fmt.Sprintf("%x", w[:8]))
+				if bytes.Equal(got, w[u:u+unit]) {
+					ok = true
+					break
+				}
 			}
-			t.Fatalf("%s: block %d holds neither its durable content nor anything written since: %x, candidates %v", what, lbn, got[:8], cands)
+			if !ok {
+				var cands []string
+				for _, w := range a.blocks[lbn] {
+					if w == nil {
+						w = zero
+					}
+					i := 0
+					for i < len(got) && got[i] == w[u+int64(i)] {
+						i++
+					}
+					cands = append(cands, fmt.Sprintf("%x (differs from byte %d)", w[u:u+8], i))
+				}
+				t.Fatalf("%s: block %d (bytes %d-%d) holds neither its durable content nor anything written since: %x, candidates %v",
+					what, lbn, u, u+unit-1, got[:8], cands)
+			}
 		}
 	}
 }
 
-// crashRun is one power-loss scenario: a workload on a fresh pool until the file loses power
-// after a random number of operations, then recovery and verification.
+// crashRun is a power-loss scenario: a workload on a pool on a faultfs file until it loses
+// power, then recovery and verification, possibly several times in a row.
 type crashRun struct {
 	t         testing.TB
 	rng       *rand.Rand
@@ -93,12 +111,16 @@ type crashRun struct {
 	vols      map[blockstore.VolumeID]*image
 	allow     map[blockstore.VolumeID]*allowed
 	snaps     map[blockstore.SnapshotID]*image
-	maybe     map[blockstore.SnapshotID]*image // snapshots whose creation was cut off
-	maybeVols map[blockstore.VolumeID]*image
+	maybe     map[blockstore.SnapshotID]*image // snapshots whose creation or deletion was cut off
+	maybeVols map[blockstore.VolumeID]*image   // clones whose creation was cut off
 	snapVol   map[blockstore.SnapshotID]blockstore.VolumeID
 	origin    map[blockstore.VolumeID]blockstore.SnapshotID
-	nextSnap  blockstore.SnapshotID // IDs are handed out in order and never reused
+	nextSnap  blockstore.SnapshotID // the last ID handed out: IDs are handed out in order
 	nextVol   blockstore.VolumeID
+	cutSnap   blockstore.SnapshotID // the ID of a snapshot whose creation was cut off, 0 if none
+	cutVol    blockstore.VolumeID   // the same for a clone
+	torn      bool                  // a restart since the last durable point tore sectors
+	log       []string              // what happened, printed if the run fails
 }
 
 // snapIDs returns the durable snapshots in ID order (map order would break reproducibility).
@@ -138,7 +160,8 @@ func TestCrashPowerLoss(t *testing.T) {
 	fmt.Printf("crash points: %d power losses recovered and verified (%d with journal replay)\n", crashed, replayed)
 }
 
-func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
+// newCrashRun makes a pool of three volumes on a faultfs file.
+func newCrashRun(t testing.TB, seed uint64) *crashRun {
 	r := &crashRun{
 		t:         t,
 		rng:       rand.New(rand.NewPCG(seed, ^seed)),
@@ -170,44 +193,63 @@ func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
 		r.vols[info.ID], r.allow[info.ID] = img, newAllowed(img)
 		r.nextVol = info.ID
 	}
-	r.f.CrashAfter(1 + r.rng.IntN(600))
+	return r
+}
+
+func (r *crashRun) logf(format string, args ...any) {
+	r.log = append(r.log, fmt.Sprintf(format, args...))
+}
+
+// untilCrash runs the workload until the file loses power (after the crash point was set).
+func (r *crashRun) untilCrash() {
 	for step := 0; step < 5000; step++ {
 		if err := r.step(); err != nil {
 			if !errors.Is(err, faultfs.ErrCrashed) {
-				t.Fatalf("step %d: %v", step, err)
+				r.t.Fatalf("step %d: %v", step, err)
 			}
-			break
+			return
 		}
 	}
-	// Power is lost: the machine restarts with the synced contents and some of the rest.
-	keep := []float64{0, 1, r.rng.Float64()}[r.rng.IntN(3)]
-	f2 := r.f.Restart(r.rng, keep)
-	p2, err := blockstore.OpenOn(f2, r.opts)
+	r.t.Fatalf("no crash after 5000 steps")
+}
+
+// open opens the pool on f and checks it.
+func (r *crashRun) open(f *faultfs.File) *blockstore.Pool {
+	r.t.Helper()
+	p, err := blockstore.OpenOn(f, r.opts)
 	if err != nil {
-		t.Fatalf("recovery (keep %.2f of unsynced writes): %v", keep, err)
+		r.t.Fatalf("recovery: %v", err)
 	}
-	defer p2.Close()
-	rec := p2.Recovery()
-	t.Logf("crashed after %d file operations (%d syncs); kept %.2f of unsynced writes; recovery %+v", r.f.Ops(), r.f.Syncs(), keep, rec)
-	rep, err := p2.Check(false)
+	rep, err := p.Check(false)
 	if err != nil || !rep.OK() {
-		t.Fatalf("check after recovery: %v: %v %v", err, rep, rep.RefcountErrors)
+		r.t.Fatalf("check after recovery: %v: %v %v", err, rep, rep.RefcountErrors)
+	}
+	return p
+}
+
+// verify compares a recovered pool with what the model allows.
+func (r *crashRun) verify(p *blockstore.Pool) {
+	t := r.t
+	t.Helper()
+	unit := int64(modelBS)
+	if r.torn {
+		unit = faultfs.Sector
 	}
 	for id, a := range r.allow {
-		v, err := p2.Volume(id)
+		v, err := p.Volume(id)
 		if err != nil {
 			t.Fatalf("volume %d lost: %v", id, err)
 		}
-		a.verify(t, v, fmt.Sprintf("volume %d", id))
+		a.verifyUnits(t, v, fmt.Sprintf("volume %d", id), unit)
 	}
 	for id, img := range r.snaps {
-		sv, err := p2.SnapshotView(id)
+		sv, err := p.SnapshotView(id)
 		if err != nil {
 			t.Fatalf("durable snapshot %d lost: %v", id, err)
 		}
 		newAllowed(img).verify(t, sv, fmt.Sprintf("snapshot %d", id))
 	}
-	for _, s := range p2.Snapshots() {
+	for _, s := range p.Snapshots() {
 		if r.snaps[s.ID] != nil {
 			continue
 		}
@@ -215,10 +257,10 @@ func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
 		if img == nil {
 			t.Fatalf("snapshot %d appeared from nowhere", s.ID)
 		}
-		sv, _ := p2.SnapshotView(s.ID)
-		newAllowed(img).verify(t, sv, fmt.Sprintf("snapshot %d (cut off while being taken)", s.ID))
+		sv, _ := p.SnapshotView(s.ID)
+		newAllowed(img).verify(t, sv, fmt.Sprintf("snapshot %d (cut off while being taken or deleted)", s.ID))
 	}
-	for _, v := range p2.Volumes() {
+	for _, v := range p.Volumes() {
 		if r.allow[v.ID] != nil {
 			continue
 		}
@@ -226,9 +268,60 @@ func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
 		if img == nil {
 			t.Fatalf("volume %d appeared from nowhere", v.ID)
 		}
-		vol, _ := p2.Volume(v.ID)
+		vol, _ := p.Volume(v.ID)
 		newAllowed(img).verify(t, vol, fmt.Sprintf("clone %d (cut off while being made)", v.ID))
 	}
+}
+
+// adopt makes the recovered pool p on f the run's pool, and what it holds the model: Open ended
+// with a checkpoint, so it is all durable.
+func (r *crashRun) adopt(f *faultfs.File, p *blockstore.Pool) {
+	r.f, r.p, r.torn = f, p, false
+	clear(r.vols)
+	clear(r.allow)
+	for _, v := range p.Volumes() {
+		vol, _ := p.Volume(v.ID)
+		img := &image{size: v.Size, blocks: map[int64][]byte{}}
+		img.write(0, mustRead(r.t, vol, 0, int(v.Size)))
+		r.vols[v.ID], r.allow[v.ID] = img, newAllowed(img)
+		if r.maybeVols[v.ID] != nil {
+			r.origin[v.ID] = v.Origin
+		}
+	}
+	clear(r.snaps)
+	for _, s := range p.Snapshots() {
+		sv, _ := p.SnapshotView(s.ID)
+		img := &image{size: s.Size, blocks: map[int64][]byte{}}
+		img.write(0, mustRead(r.t, sv, 0, int(s.Size)))
+		r.snaps[s.ID] = img
+		r.snapVol[s.ID] = s.Volume
+	}
+	// The ID of a snapshot or clone whose creation was lost is handed out again.
+	if r.cutSnap != 0 && r.snaps[r.cutSnap] == nil {
+		r.nextSnap = r.cutSnap - 1
+	}
+	if r.cutVol != 0 && r.vols[r.cutVol] == nil {
+		r.nextVol = r.cutVol - 1
+	}
+	r.cutSnap, r.cutVol = 0, 0
+	clear(r.maybe)
+	clear(r.maybeVols)
+}
+
+func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
+	r := newCrashRun(t, seed)
+	defer r.printLogOnFailure()
+	r.f.CrashAfter(1 + r.rng.IntN(600))
+	r.untilCrash()
+	// Power is lost: the machine restarts with the synced contents and some of the rest.
+	loss := r.randomLoss()
+	f2 := r.f.Restart(r.rng, loss)
+	r.logf("crashed after %d file operations (%d syncs); %+v", r.f.Ops(), r.f.Syncs(), loss)
+	p2 := r.open(f2)
+	defer p2.Close()
+	rec := p2.Recovery()
+	r.logf("recovery %+v", rec)
+	r.verify(p2)
 	// The recovered pool works: write everywhere, flush, reopen, compare.
 	for id, a := range r.allow {
 		v, _ := p2.Volume(id)
@@ -242,6 +335,32 @@ func runCrash(t *testing.T, seed uint64) blockstore.Recovery {
 		t.Fatalf("check after writing to the recovered pool: %v: %v %v", err, rep, rep.RefcountErrors)
 	}
 	return rec
+}
+
+// randomLoss picks what a power loss keeps of the unsynced writes: nothing (a quarter of the
+// cases), everything (a quarter), or a random part, torn at sectors half of the time.
+func (r *crashRun) randomLoss() faultfs.Loss {
+	keep := r.rng.Float64()
+	switch r.rng.IntN(4) {
+	case 0:
+		keep = 0
+	case 1:
+		keep = 1
+	}
+	loss := faultfs.Loss{Keep: keep, Torn: r.rng.IntN(2) == 0}
+	if loss.Torn && loss.Keep > 0 && loss.Keep < 1 {
+		r.torn = true
+	}
+	return loss
+}
+
+// printLogOnFailure prints what the run did if the test failed.
+func (r *crashRun) printLogOnFailure() {
+	if r.t.Failed() {
+		for _, l := range r.log {
+			r.t.Log(l)
+		}
+	}
 }
 
 func (r *crashRun) pick() blockstore.VolumeID {
@@ -266,12 +385,78 @@ func (r *crashRun) tracef(format string, args ...any) {
 	}
 }
 
+// randomBytes returns n random bytes (one ChaCha8 stream per call, seeded from the run's rng:
+// cheap under the race detector, unlike a byte at a time).
+func (r *crashRun) randomBytes(n int64) []byte {
+	var seed [32]byte
+	for i := range 4 {
+		binary.LittleEndian.PutUint64(seed[8*i:], r.rng.Uint64())
+	}
+	b := make([]byte, n)
+	rand.NewChaCha8(seed).Read(b)
+	return b
+}
+
+func (r *crashRun) write(id blockstore.VolumeID, off int64, data []byte) error {
+	img := r.vols[id]
+	img.write(off, data)
+	r.allow[id].add(img, off, int64(len(data)))
+	r.tracef("write [%d, %d) blocks %d-%d data %x", off, off+int64(len(data)), off/modelBS, (off+int64(len(data))-1)/modelBS, data[:min(8, len(data))])
+	v, err := r.p.Volume(id)
+	if err != nil {
+		return err
+	}
+	_, err = v.WriteAt(data, off)
+	return err
+}
+
+func (r *crashRun) discard(id blockstore.VolumeID, off, n int64) error {
+	img := r.vols[id]
+	img.zero(off, n)
+	r.allow[id].add(img, off, n)
+	r.tracef("discard [%d, %d) blocks %d-%d", off, off+n, off/modelBS, (off+n-1)/modelBS)
+	v, err := r.p.Volume(id)
+	if err != nil {
+		return err
+	}
+	return v.Discard(off, n)
+}
+
+func (r *crashRun) flush() error {
+	if err := r.p.Flush(); err != nil {
+		return err
+	}
+	r.durable()
+	return nil
+}
+
 func (r *crashRun) step() error {
 	id := r.pick()
 	img := r.vols[id]
 	op := r.rng.IntN(100)
 	r.tracef("volume %d op %d", id, op)
 	switch {
+	case op < 2:
+		// A burst: many one-block changes far apart (a journal record each), then one Flush,
+		// so that a commit spans several journal blocks; half the time power is lost at the
+		// fdatasync that would make those blocks durable (the second of the commit).
+		cut := r.rng.IntN(2) == 0
+		for range 40 + r.rng.IntN(140) {
+			lbn := r.rng.Int64N(img.size / modelBS)
+			var err error
+			if r.rng.IntN(3) == 0 {
+				err = r.discard(id, lbn*modelBS, modelBS)
+			} else {
+				err = r.write(id, lbn*modelBS, r.randomBytes(modelBS))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if cut {
+			r.f.CrashAtSync(1)
+		}
+		return r.flush()
 	case op < 60:
 		var off, n int64
 		if r.rng.IntN(2) == 0 {
@@ -281,40 +466,18 @@ func (r *crashRun) step() error {
 			off = r.rng.Int64N(img.size)
 			n = 1 + r.rng.Int64N(min(img.size-off, 3*modelBS))
 		}
-		data := make([]byte, n)
-		for i := range data {
-			data[i] = byte(r.rng.Uint32())
-		}
-		img.write(off, data)
-		r.allow[id].add(img, off, n)
-		r.tracef("write [%d, %d) blocks %d-%d data %x", off, off+n, off/modelBS, (off+n-1)/modelBS, data[:min(8, len(data))])
-		v, err := r.p.Volume(id)
-		if err != nil {
-			return err
-		}
-		_, err = v.WriteAt(data, off)
-		return err
+		return r.write(id, off, r.randomBytes(n))
 	case op < 70:
 		off := r.rng.Int64N(img.size)
 		n := 1 + r.rng.Int64N(min(img.size-off, 6*modelBS))
-		img.zero(off, n)
-		r.allow[id].add(img, off, n)
-		r.tracef("discard [%d, %d) blocks %d-%d", off, off+n, off/modelBS, (off+n-1)/modelBS)
-		v, err := r.p.Volume(id)
-		if err != nil {
-			return err
-		}
-		return v.Discard(off, n)
+		return r.discard(id, off, n)
 	case op < 82:
-		if err := r.p.Flush(); err != nil {
-			return err
-		}
-		r.durable()
+		return r.flush()
 	case op < 88:
 		snapImg := img.clone(img.size)
 		r.nextSnap++
 		next := r.nextSnap
-		r.maybe[next] = snapImg
+		r.maybe[next], r.snapVol[next], r.cutSnap = snapImg, id, next
 		info, err := r.p.CreateSnapshot(id, "")
 		if err != nil {
 			return err
@@ -323,8 +486,8 @@ func (r *crashRun) step() error {
 			r.t.Fatalf("snapshot ID %d, expected %d", info.ID, next)
 		}
 		delete(r.maybe, next)
+		r.cutSnap = 0
 		r.snaps[info.ID] = snapImg
-		r.snapVol[info.ID] = id
 		r.durable()
 	case op < 92 && len(r.snaps) > 0:
 		ids := r.snapIDs()
@@ -345,7 +508,7 @@ func (r *crashRun) step() error {
 		cimg := simg.clone(size)
 		r.nextVol++
 		next := r.nextVol
-		r.maybeVols[next] = cimg
+		r.maybeVols[next], r.cutVol = cimg, next
 		info, err := r.p.Clone(sid, "", size)
 		if err != nil {
 			return err
@@ -354,6 +517,7 @@ func (r *crashRun) step() error {
 			r.t.Fatalf("clone ID %d, expected %d", info.ID, next)
 		}
 		delete(r.maybeVols, next)
+		r.cutVol = 0
 		r.vols[info.ID], r.allow[info.ID] = cimg, newAllowed(cimg)
 		r.origin[info.ID] = sid
 		r.durable()

@@ -11,10 +11,13 @@
 //
 // Crash safety: every change is described by a logical redo record in a journal and made durable
 // by Flush; checkpoints write changed metadata copy-on-write and commit it with alternating
-// checksummed superblocks; Open replays the journal (Pool.Recovery reports what). A write
-// acknowledged by Flush survives a crash; an unflushed one may be lost, never half-applied to
-// metadata. The commit order is documented in journal.go and tested by killing processes and by
-// dropping unsynced writes (crash_test.go, kill_test.go).
+// checksummed superblocks; Open replays the journal (Pool.Recovery reports what) and starts a
+// new journal epoch. A write acknowledged by Flush survives a crash; an unflushed one may be
+// lost, never half-applied to metadata. A failed write or fdatasync of metadata fails the pool
+// (ErrFailed) until it is reopened. The commit order is documented in journal.go and tested by
+// killing processes, by dropping or tearing unsynced writes, several crashes in a row and
+// crashes during recovery, and by failing each file operation in turn (crash_test.go,
+// crashseq_test.go, crashio_test.go, kill_test.go).
 //
 // The design, its invariants and its tests are described in docs/blockstore.md.
 package blockstore

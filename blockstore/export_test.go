@@ -1,6 +1,9 @@
 package blockstore
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // SetTestFanout makes new pools use fewer entries per tree node, so small volumes get deep trees.
 func SetTestFanout(o *Options, fanout int) { o.fanout = fanout }
@@ -48,4 +51,29 @@ func MappedBlock(p *Pool, id VolumeID, lbn uint64) uint64 {
 		panic(err)
 	}
 	return pbn
+}
+
+// HoldNodeBlocks allocates free blocks, as new tree nodes would, until exactly leave more can be
+// allocated for tree nodes; release frees them again.
+func HoldNodeBlocks(p *Pool, leave int) (release func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var held []uint64
+	for p.freeBlocks() > p.catalogReserve()+uint64(leave) {
+		b, err := p.allocBlock(allocNode)
+		if err != nil {
+			panic(err)
+		}
+		held = append(held, b)
+	}
+	if p.freeBlocks() != p.catalogReserve()+uint64(leave) {
+		panic(fmt.Sprintf("blockstore: %d blocks free, %d reserved for the catalog: cannot leave %d", p.freeBlocks(), p.catalogReserve(), leave))
+	}
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, b := range held {
+			p.decref(b, 0)
+		}
+	}
 }

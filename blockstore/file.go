@@ -17,7 +17,12 @@ import (
 // it, so tests can substitute one that injects crashes, errors and latency.
 //
 // ReadAt and WriteAt follow io.ReaderAt and io.WriterAt and may be called concurrently. The pool
-// only issues I/O whose offset and length are multiples of its block size.
+// issues I/O in whole blocks, except for an overwrite in place of part of a block, which writes
+// just those bytes (with DirectIO only when they are 4 KiB-aligned; otherwise the whole block).
+//
+// A File that reads through a cache of its own may also have a method DropCache() error that
+// evicts the cache's clean contents; Open calls it first, so that recovery reads what the
+// storage holds (after a failed Sync, a cache may show writes that never reached it).
 type File interface {
 	io.ReaderAt
 	io.WriterAt
@@ -198,6 +203,17 @@ func (o *osFile) PunchHole(off, length int64) error {
 		return nil // the storage cannot punch holes; the blocks stay allocated there
 	}
 	return err
+}
+
+// DropCache evicts the file's clean pages from the page cache (posix_fadvise DONTNEED), so that
+// reads return what the disk holds. After a failed fdatasync, Linux may keep pages it could not
+// write back marked clean, showing data the disk does not have; a pool opened afterwards must not
+// build on them. With O_DIRECT there is no cache to drop.
+func (o *osFile) DropCache() error {
+	if o.direct {
+		return nil
+	}
+	return unix.Fadvise(int(o.f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
 func (o *osFile) Size() (int64, error) {

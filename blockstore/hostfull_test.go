@@ -96,7 +96,7 @@ func (h *hostFile) restart(rng *rand.Rand, keep float64) *hostFile {
 	for u := range h.alloc {
 		alloc[u] = true
 	}
-	return &hostFile{File: h.File.Restart(rng, keep), alloc: alloc, capacity: h.capacity}
+	return &hostFile{File: h.File.Restart(rng, faultfs.Loss{Keep: keep}), alloc: alloc, capacity: h.capacity}
 }
 
 func requireHostFull(t *testing.T, err error) {

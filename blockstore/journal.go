@@ -15,13 +15,24 @@ import (
 // logical redo record (format.Record) with the next log position (LSN). Records wait in p.jbuf
 // until a commit; tree nodes and refcount pages changed since the last checkpoint stay in memory.
 //
+// The journal is divided into epochs: epoch G holds the records committed after the checkpoint
+// of generation G, and every record carries its epoch. A checkpoint starts a new epoch (the
+// journal restarts at its first block), and so does every Open (but the one within CreateOn,
+// whose journal holds only zeros).
+//
 // Commit (Flush), in this order:
 //  1. fdatasync: data blocks written so far are durable (a record's data is always written
 //     before the record is appended);
-//  2. the waiting records are written to the journal region after the last committed ones,
-//     packed into whole blocks (a record never straddles a block), each with its CRC-32C;
+//  2. the waiting records, tagged with the current epoch, are written to the journal region
+//     after the last committed ones, packed into whole blocks (a record never straddles a
+//     block), each with its CRC-32C;
 //  3. fdatasync: the records are durable; Flush returns.
 //  4. data blocks freed by the committed records become reusable.
+//
+// A failed write or fdatasync of a commit or a checkpoint fails the pool (ErrFailed): after a
+// failed fdatasync nothing is known of what reached the disk, so nothing is acknowledged any
+// more; reopening recovers the last acknowledged state. (A failed data write fails its WriteAt
+// only: the blocks it covers hold old or new data.)
 //
 // Checkpoint (checkpoint.go), when the journal or the dirty metadata grows large and at Close:
 //  1. new blocks for the catalog; dirty tree nodes, catalog blocks and dirty refcount pages
@@ -29,14 +40,27 @@ import (
 //  2. fdatasync;
 //  3. the superblock, generation+1 with the checkpoint's LSN, is written to the other slot;
 //  4. fdatasync: the checkpoint is durable;
-//  5. the journal restarts at its first block; blocks the previous checkpoint referenced and
-//     every pending free become reusable.
+//  5. the journal restarts at its first block, in epoch generation+1; blocks the previous
+//     checkpoint referenced and every pending free become reusable.
 //
-// Recovery (Open) loads the superblock with the highest valid generation, its refcount pages
-// and catalog, then replays journal records from the first journal block for as long as each
-// record's checksum holds and its LSN follows the previous one. Records of older epochs have
-// smaller LSNs, and a torn write fails its checksum, so replay stops exactly at the end of the
-// last durable commit. Then it takes a checkpoint.
+// Recovery (Open) first drops the file's clean cached pages (osFile.DropCache), so that it
+// reads what the disk holds. It loads the superblock with the highest valid generation G, its
+// refcount pages and catalog, then replays journal records from the first journal block for as
+// long as each record is intact (its checksum holds), belongs to epoch G and has the LSN that
+// follows the previous one. Then it takes a checkpoint, always: that starts epoch G+1, so
+// whatever the journal holds past the last record replayed (the rest of a commit cut short,
+// whose blocks reached the disk in any order and any subset) stays in an old epoch and is never
+// replayed, however later commits of the new epoch come to lie next to it. Within one epoch the
+// journal is only appended to, and a commit starts only after the previous one is durable, so
+// replay stops exactly at the end of the last durable commit: a torn or lost block of the
+// commit cut short fails its checksum or holds an older epoch's records (or none). A record of
+// a newer epoch than G means the superblock that started it was lost: Open fails with
+// ErrCorrupt rather than go back to an older checkpoint. Recovery writes nothing before its
+// checkpoint, and the checkpoint commits with its superblock, so a crash during recovery leaves
+// the durable state as it was: the next Open recovers the same way.
+//
+// A pool of format version 1 (records without epochs) is replayed by LSN alone, as that version
+// was, and its first checkpoint makes it version 2.
 
 // appendRecord assigns the next LSN to r and queues it for the next commit. During replay it
 // only advances the LSN. REQUIRES p.mu.
@@ -87,7 +111,7 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 		}
 		recs = p.jbuf
 		npend = len(p.pendingCommit)
-		blocks = encodeRecords(recs, p.bs)
+		blocks = encodeRecords(recs, p.generation, p.bs)
 		fits := uint64(len(blocks)/p.bs) <= p.geo.JournalBlocks-p.jpos
 		if fits && (attempt > 0 || !p.needCheckpoint()) {
 			break // p.mu held
@@ -176,8 +200,8 @@ func (p *Pool) needCheckpoint() bool {
 		len(p.pendingCheckpoint) > int(p.rc.n/8)+1024
 }
 
-// encodeRecords packs records into whole blocks.
-func encodeRecords(recs []format.Record, bs int) []byte {
+// encodeRecords packs records of the given epoch into whole blocks.
+func encodeRecords(recs []format.Record, epoch uint64, bs int) []byte {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -185,6 +209,7 @@ func encodeRecords(recs []format.Record, bs int) []byte {
 	blockStart := 0
 	for i := range recs {
 		mark := len(out)
+		recs[i].Epoch = epoch
 		out = format.AppendRecord(out, &recs[i])
 		if len(out)-blockStart > bs {
 			// Does not fit: pad the block and start the record in the next one.
@@ -199,56 +224,65 @@ func encodeRecords(recs []format.Record, bs int) []byte {
 	return append(out, make([]byte, pad)...)
 }
 
-// recover replays the journal after the checkpoint that was loaded. REQUIRES nothing (Open).
-func (p *Pool) recover() error {
+// recover replays the journal after the checkpoint that was loaded, then takes a checkpoint,
+// which starts a new epoch; fresh skips it for a pool just formatted (whose journal holds only
+// zeros) unless refcounts were rebuilt. REQUIRES nothing (Open).
+func (p *Pool) recover(fresh bool) error {
 	start := time.Now()
 	recs, err := p.readJournal()
 	if err != nil {
 		return err
 	}
 	p.recovery.CheckpointLSN, p.recovery.LastLSN = p.ckptLSN, p.ckptLSN
-	if len(recs) == 0 {
-		if len(p.recovery.DamagedRefcountPages) > 0 {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			return p.recoveryCheckpoint() // write the rebuilt refcounts
-		}
-		return nil
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.replaying = true
-	p.reserved = make(map[uint64]struct{})
-	for _, r := range recs {
-		if r.Type == format.RecMap {
-			for i := uint64(0); i < r.C; i++ {
-				p.reserved[r.B+i] = struct{}{}
+	if len(recs) > 0 {
+		p.replaying = true
+		p.reserved = make(map[uint64]struct{})
+		for _, r := range recs {
+			if r.Type == format.RecMap {
+				for i := uint64(0); i < r.C; i++ {
+					p.reserved[r.B+i] = struct{}{}
+				}
 			}
 		}
-	}
-	for _, r := range recs {
-		if err := p.apply(&r); err != nil {
-			return fmt.Errorf("blockstore: replay %s record at LSN %d: %w", r.Type, r.LSN, err)
+		for _, r := range recs {
+			if err := p.apply(&r); err != nil {
+				return fmt.Errorf("blockstore: replay %s record at LSN %d: %w", r.Type, r.LSN, err)
+			}
+			p.lsn = r.LSN
 		}
-		p.lsn = r.LSN
+		p.replaying = false
+		p.reserved = nil
+		p.durableLSN = p.lsn
+		p.recovery.Records = len(recs)
+		p.recovery.LastLSN = p.lsn
+		p.recovery.Duration = time.Since(start)
+		p.log.Info("journal replayed", "records", len(recs), "fromLSN", p.ckptLSN+1, "toLSN", p.lsn, "duration", p.recovery.Duration)
 	}
-	p.replaying = false
-	p.reserved = nil
-	p.durableLSN = p.lsn
-	p.recovery.Records = len(recs)
-	p.recovery.LastLSN = p.lsn
-	p.recovery.Duration = time.Since(start)
-	p.log.Info("journal replayed", "records", len(recs), "fromLSN", p.ckptLSN+1, "toLSN", p.lsn, "duration", p.recovery.Duration)
-	return p.recoveryCheckpoint()
+	// A new epoch, also with nothing replayed, so that no record left past the end of the
+	// replay can ever be taken for one of the commits that follow (see the top of this file).
+	// A pool just formatted has nothing past it.
+	if fresh && len(recs) == 0 && len(p.recovery.DamagedRefcountPages) == 0 {
+		return nil
+	}
+	if err := p.recoveryCheckpoint(); err != nil {
+		return fmt.Errorf("blockstore: checkpoint after recovery: %w", err)
+	}
+	return nil
 }
 
 // readJournal reads the records of the current epoch: from the first journal block, while each
-// record is intact and has the next LSN.
+// record is intact, belongs to the epoch and has the next LSN.
 func (p *Pool) readJournal() ([]format.Record, error) {
+	decode := format.DecodeRecord
+	if p.geo.Version == 1 {
+		decode = format.DecodeRecordV1
+	}
 	var recs []format.Record
 	want := p.ckptLSN + 1
-	const chunk = 256
-	buf := make([]byte, chunk*p.bs)
+	chunk := min(256, p.geo.JournalBlocks)
+	buf := make([]byte, chunk*uint64(p.bs))
 	for b := uint64(0); b < p.geo.JournalBlocks; b += chunk {
 		n := min(chunk, p.geo.JournalBlocks-b)
 		if _, err := p.f.ReadAt(buf[:n*uint64(p.bs)], int64(p.geo.JournalStart+b)*int64(p.bs)); err != nil {
@@ -258,18 +292,18 @@ func (p *Pool) readJournal() ([]format.Record, error) {
 			blk := buf[i*uint64(p.bs) : (i+1)*uint64(p.bs)]
 			sawRecord := false
 			for off := 0; off < len(blk); {
-				r, k, end, err := format.DecodeRecord(blk[off:])
+				r, k, end, err := decode(blk[off:])
 				if end {
 					break
 				}
-				if err == nil && r.LSN > want {
-					// Only a later checkpoint restarts the journal with later LSNs: the
-					// superblock loaded is not the newest durable one.
-					return nil, fmt.Errorf("%w: journal block %d holds LSN %d, past the checkpoint loaded (LSN %d): a newer superblock was lost",
-						ErrCorrupt, p.geo.JournalStart+b+i, r.LSN, want-1)
-				}
-				if err != nil || r.LSN != want {
+				if err != nil {
 					return recs, nil // the end of the last durable commit
+				}
+				if err := p.checkEpoch(&r, want, p.geo.JournalStart+b+i); err != nil {
+					return nil, err
+				}
+				if (p.geo.Version > 1 && r.Epoch != p.generation) || r.LSN != want {
+					return recs, nil // an older epoch's record: the end of the last durable commit
 				}
 				sawRecord = true
 				recs = append(recs, r)
@@ -282,6 +316,25 @@ func (p *Pool) readJournal() ([]format.Record, error) {
 		}
 	}
 	return recs, nil
+}
+
+// checkEpoch reports a journal record that only a checkpoint newer than the one loaded can have
+// written: the superblock loaded is not the newest durable one. want is the next LSN replay
+// expects; blk is the record's block.
+func (p *Pool) checkEpoch(r *format.Record, want, blk uint64) error {
+	var newer bool
+	if p.geo.Version == 1 {
+		// Version 1 records have no epoch; later checkpoints restart the journal with later
+		// LSNs.
+		newer = r.LSN > want
+	} else {
+		newer = r.Epoch > p.generation
+	}
+	if !newer {
+		return nil
+	}
+	return fmt.Errorf("%w: journal block %d holds LSN %d of epoch %d, past the checkpoint loaded (generation %d, LSN %d): a newer superblock was lost",
+		ErrCorrupt, blk, r.LSN, r.Epoch, p.generation, want-1)
 }
 
 // apply performs one record's change on the in-memory state; used both live (after the caller

@@ -183,7 +183,7 @@ func killOnce(t *testing.T, path string, seed uint64) blockstore.Recovery {
 	if !strings.HasPrefix(first, "start ") {
 		t.Fatalf("child said %q", first)
 	}
-	delay := time.Duration(5+rand.N(300)) * time.Millisecond
+	delay := time.Duration(5+rand.New(rand.NewPCG(seed, seed+2)).IntN(300)) * time.Millisecond
 	timer := time.After(delay)
 	parse := func(l string) {
 		f := strings.Fields(l)

@@ -304,12 +304,23 @@ func CreateOn(f File, opts Options) (*Pool, error) {
 		return nil, fmt.Errorf("blockstore: sync new pool: %w", err)
 	}
 	opts.Logger.Info("pool created", "blockSize", bs, "blocks", blocks, "journalBlocks", jblocks, "dataBlocks", blocks-sb.DataStart)
-	return OpenOn(f, opts)
+	return openOn(f, opts, true)
 }
 
 // OpenOn opens the pool stored in f. The pool owns f from then on, also when this fails.
-func OpenOn(f File, opts Options) (*Pool, error) {
+func OpenOn(f File, opts Options) (*Pool, error) { return openOn(f, opts, false) }
+
+// openOn opens the pool in f; fresh says that CreateOn just formatted it, so its journal holds
+// nothing but zeros and recovery need not start a new epoch.
+func openOn(f File, opts Options, fresh bool) (*Pool, error) {
 	opts.defaults()
+	// Recovery reads what the disk holds, not pages that a failed write-back left in the cache
+	// marked clean (see File and osFile.DropCache). CreateOn has just written and synced all.
+	if d, ok := f.(interface{ DropCache() error }); ok && !fresh {
+		if err := d.DropCache(); err != nil {
+			opts.Logger.Warn("dropping the pool's cached pages failed; recovery may read pages a failed write-back left in the cache", "err", err)
+		}
+	}
 	sb, slot, slotErr, err := readSuperblock(f)
 	if err != nil {
 		return nil, err
@@ -365,7 +376,7 @@ func OpenOn(f File, opts Options) (*Pool, error) {
 	}
 	p.log.Info("pool opened", "superblockSlot", slot, "generation", sb.Generation, "checkpointLSN", sb.CheckpointLSN,
 		"volumes", len(p.vols), "snapshots", len(p.snaps))
-	if err := p.recover(); err != nil {
+	if err := p.recover(fresh); err != nil {
 		if slotErr != nil {
 			return nil, fmt.Errorf("%w (%w)", err, slotErr)
 		}

@@ -311,16 +311,27 @@ func (p *Pool) dataFreeMark() uint32 {
 	return pendingCommit
 }
 
-// lift raises a tree to height h, putting the old root under slot 0 of new roots.
+// lift raises a tree to height h, putting the old root under slot 0 of new roots, one per
+// level added. It does all or nothing: when a new root cannot be allocated (a full pool), the
+// roots already made are freed and the tree is left as it was.
 func (p *Pool) lift(t *tree, h uint8) error {
+	orig := *t
+	var made []*node
 	for t.height < h {
 		if t.root != 0 {
 			n, err := p.newNode(t.height)
 			if err != nil {
+				// Each new root holds the reference to the one below; the tree's reference
+				// goes back to its old root.
+				for _, m := range made {
+					p.freeNodeBlock(m)
+				}
+				*t = orig
 				return err
 			}
 			n.ent[0] = t.root // the new node takes over the tree's reference
 			t.root = n.pbn
+			made = append(made, n)
 		}
 		t.height++
 	}

@@ -27,8 +27,20 @@ const (
 	DefaultBlockSize = 4096
 )
 
-// Version is the on-disk format version written into new pools.
-const Version = 1
+// On-disk format versions. A pool records its version in the superblock.
+//
+//	1  the first format.
+//	2  journal records carry the generation of the checkpoint they follow (Record.Epoch) and
+//	   have their own magic; replay takes only the loaded checkpoint's epoch.
+//
+// A build writes Version into new pools and opens pools from MinVersion to Version. A pool of
+// an older version is read as it is (its journal with the old record format) and upgraded by the
+// checkpoint that recovery takes: from then on it has Version, and builds older than Version
+// refuse it (the superblock's version check names both).
+const (
+	Version    = 2
+	MinVersion = 1
+)
 
 // MaxPoolBlocks bounds the size of a pool in blocks: block numbers fit in 48 bits.
 const MaxPoolBlocks = 1 << 48
@@ -167,8 +179,8 @@ func (sb *Superblock) validate() error {
 	}
 	bs := uint64(sb.BlockSize)
 	switch {
-	case sb.Version != Version:
-		return bad("version", fmt.Sprintf("is %d, this build reads %d", sb.Version, Version))
+	case sb.Version < MinVersion || sb.Version > Version:
+		return bad("version", fmt.Sprintf("is %d, this build reads %d to %d", sb.Version, MinVersion, Version))
 	case !ValidBlockSize(int(sb.BlockSize)):
 		return bad("block size", fmt.Sprintf("%d is not a power of two in [%d, %d]", sb.BlockSize, MinBlockSize, MaxBlockSize))
 	case sb.Fanout < 2 || sb.Fanout > uint32(NodeCapacity(int(sb.BlockSize))):

@@ -224,6 +224,18 @@ func TestSuperblockRejectsWrongMagicAndChecksum(t *testing.T) {
 	require.ErrorIs(t, err, ErrChecksum, "reserved byte changed")
 }
 
+// A pool of any version from MinVersion to Version opens (older ones are upgraded by their first
+// checkpoint); others are refused, naming the version.
+func TestSuperblockVersions(t *testing.T) {
+	for v := uint32(MinVersion); v <= Version; v++ {
+		sb := testSuperblock()
+		sb.Version = v
+		got, err := DecodeSuperblock(encodeSuperblock(sb))
+		require.NoError(t, err, "version %d", v)
+		require.Equal(t, v, got.Version)
+	}
+}
+
 func TestSuperblockInconsistentGeometry(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -231,7 +243,7 @@ func TestSuperblockInconsistentGeometry(t *testing.T) {
 		field  string // must be named in the error
 	}{
 		{"version 0", func(sb *Superblock) { sb.Version = 0 }, "version"},
-		{"version 2", func(sb *Superblock) { sb.Version = Version + 1 }, "version"},
+		{"version past this build's", func(sb *Superblock) { sb.Version = Version + 1 }, "version"},
 		{"block size 0", func(sb *Superblock) { sb.BlockSize = 0 }, "block size"},
 		{"block size 2048", func(sb *Superblock) { sb.BlockSize = 2048 }, "block size"},
 		{"block size not a power of two", func(sb *Superblock) { sb.BlockSize = 12288 }, "block size"},

@@ -317,6 +317,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	recs := testRecords()
 	two := AppendRecord(AppendRecord(nil, &recs[0]), &recs[1])
 	f.Add(two, false)
+	f.Add(appendRecordV1(nil, &recs[1]), false)  // format version 1
 	f.Add(make([]byte, RecordHeaderSize), false) // padding
 	f.Add([]byte{}, false)
 
@@ -329,6 +330,17 @@ func FuzzDecodeRecord(f *testing.F) {
 		var n int
 		var end bool
 		var err error
+		// The version 1 decoder holds to the same bounds, and never takes a current record.
+		decodeUnchanged(t, b, func() { r, n, end, err = DecodeRecordV1(b) })
+		if err == nil && !end {
+			require.GreaterOrEqual(t, n, recordHeaderSizeV1)
+			require.LessOrEqual(t, n, len(b))
+			require.LessOrEqual(t, len(r.Name), MaxNameLen)
+			require.Zero(t, r.Epoch)
+			again, _, _, err := DecodeRecordV1(appendRecordV1(nil, &r))
+			require.NoError(t, err)
+			require.Equal(t, r, again)
+		}
 		decodeUnchanged(t, b, func() { r, n, end, err = DecodeRecord(b) })
 		if end {
 			require.NoError(t, err)

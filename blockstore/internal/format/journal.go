@@ -35,6 +35,11 @@ func (t RecordType) String() string {
 
 // Record is one journal record.
 type Record struct {
+	// Epoch is the generation of the checkpoint the record follows: replay takes only records
+	// of the loaded checkpoint's generation, so records left in the journal by an older epoch
+	// (a commit cut short by a crash, whose first block was lost) are never replayed. Records
+	// of format version 1 have none (DecodeRecordV1 returns 0).
+	Epoch   uint64
 	LSN     uint64
 	Type    RecordType
 	Vol     uint64
@@ -44,10 +49,28 @@ type Record struct {
 	Name    string
 }
 
-const recordMagic = 0x524A4944 // "DIJR"
+// Record magics: each format version's records have their own, so a record of one version is
+// never taken for one of another.
+const (
+	recordMagic   = 0x324A4944 // "DIJ2": format version 2
+	recordMagicV1 = 0x524A4944 // "DIJR": format version 1
+)
 
-// RecordHeaderSize is the fixed part of an encoded record.
-const RecordHeaderSize = 20
+// RecordHeaderSize is the fixed part of an encoded record. Its layout:
+//
+//	 0  magic           uint32
+//	 4  checksum        uint32: CRC-32C of bytes 8 to the end of the record
+//	 8  LSN             uint64
+//	16  payload length  uint16
+//	18  type            uint16
+//	20  epoch           uint64 (format version 2; a version 1 header ends at 20)
+//
+// The payload follows: Vol, Snap, A, B, C as uvarints, Time as a varint, then the name's
+// length (uvarint) and bytes.
+const RecordHeaderSize = 28
+
+// recordHeaderSizeV1 is the header size of format version 1 records (no epoch).
+const recordHeaderSizeV1 = 20
 
 // MaxNameLen bounds volume and snapshot names.
 const MaxNameLen = 255
@@ -55,8 +78,9 @@ const MaxNameLen = 255
 // MaxRecordSize bounds an encoded record.
 const MaxRecordSize = RecordHeaderSize + 6*binary.MaxVarintLen64 + binary.MaxVarintLen64 + 2 + MaxNameLen
 
-// AppendRecord appends the encoding of r to b. REQUIRES len(r.Name) <= MaxNameLen: a longer name
-// would make a record DecodeRecord rejects, which would end replay there.
+// AppendRecord appends the encoding of r (in the current format) to b. REQUIRES
+// len(r.Name) <= MaxNameLen: a longer name would make a record DecodeRecord rejects, which would
+// end replay there.
 func AppendRecord(b []byte, r *Record) []byte {
 	if len(r.Name) > MaxNameLen {
 		panic(fmt.Sprintf("format: journal record name of %d bytes, at most %d allowed", len(r.Name), MaxNameLen))
@@ -76,26 +100,38 @@ func AppendRecord(b []byte, r *Record) []byte {
 	le.PutUint64(h[8:], r.LSN)
 	le.PutUint16(h[16:], uint16(len(h)-RecordHeaderSize))
 	le.PutUint16(h[18:], uint16(r.Type))
+	le.PutUint64(h[20:], r.Epoch)
 	le.PutUint32(h[4:], Checksum(h[8:]))
 	return b
 }
 
-// DecodeRecord parses the record at the start of b. It returns the record and its encoded length.
-// end is true when b starts with padding (a zero magic) or is too short to hold a record header:
-// the rest of the journal block is unused.
+// DecodeRecord parses the record (in the current format) at the start of b. It returns the
+// record and its encoded length. end is true when b starts with padding (a zero magic) or is too
+// short to hold a record header: the rest of the journal block is unused. A record of format
+// version 1 fails with ErrMagic.
 func DecodeRecord(b []byte) (r Record, n int, end bool, err error) {
-	if len(b) < RecordHeaderSize {
+	return decodeRecord(b, recordMagic, RecordHeaderSize)
+}
+
+// DecodeRecordV1 is DecodeRecord for the records of format version 1, which a pool of that
+// version holds until its first checkpoint by this build. The record's Epoch is 0.
+func DecodeRecordV1(b []byte) (r Record, n int, end bool, err error) {
+	return decodeRecord(b, recordMagicV1, recordHeaderSizeV1)
+}
+
+func decodeRecord(b []byte, wantMagic uint32, hdr int) (r Record, n int, end bool, err error) {
+	if len(b) < hdr {
 		return r, 0, true, nil
 	}
 	magic := le.Uint32(b[0:])
 	if magic == 0 {
 		return r, 0, true, nil
 	}
-	if magic != recordMagic {
+	if magic != wantMagic {
 		return r, 0, false, fmt.Errorf("journal record: %w", ErrMagic)
 	}
 	plen := int(le.Uint16(b[16:]))
-	n = RecordHeaderSize + plen
+	n = hdr + plen
 	if n > len(b) || n > MaxRecordSize {
 		return r, 0, false, fmt.Errorf("journal record: %w: length %d", ErrInvalid, plen)
 	}
@@ -107,7 +143,10 @@ func DecodeRecord(b []byte) (r Record, n int, end bool, err error) {
 	if r.Type == 0 || r.Type > recTypeMax {
 		return r, 0, false, fmt.Errorf("journal record: %w: type %d", ErrInvalid, r.Type)
 	}
-	p := b[RecordHeaderSize:n]
+	if hdr == RecordHeaderSize {
+		r.Epoch = le.Uint64(b[20:])
+	}
+	p := b[hdr:n]
 	var fields [5]uint64
 	for i := range fields {
 		v, k := binary.Uvarint(p)

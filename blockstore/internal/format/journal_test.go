@@ -127,7 +127,7 @@ func TestCatalogEncodeRejectsUndecodableEntries(t *testing.T) {
 func testRecords() []Record {
 	return []Record{
 		{LSN: 1, Type: RecCreateVolume, Vol: 1, A: 10 << 30, Time: 1_700_000_000_000_000_000, Name: "pg-main"},
-		{LSN: 2, Type: RecMap, Vol: 1, A: 100, B: 5000, C: 16},
+		{Epoch: 7, LSN: 2, Type: RecMap, Vol: 1, A: 100, B: 5000, C: 16},
 		{LSN: 3, Type: RecUnmap, Vol: 1, A: 100, C: 1},
 		{LSN: 4, Type: RecGrowVolume, Vol: 1, A: 20 << 30},
 		{LSN: 5, Type: RecCreateSnapshot, Vol: 1, Snap: 1, Time: -5, Name: "nightly"},
@@ -136,7 +136,7 @@ func testRecords() []Record {
 		{LSN: 8, Type: RecRevert, Vol: 1, Snap: 1},
 		{LSN: 9, Type: RecDeleteSnapshot, Snap: 1},
 		{LSN: 10, Type: RecDeleteVolume, Vol: 3},
-		{LSN: math.MaxUint64, Type: RecCreateVolume, Vol: math.MaxUint64, Snap: math.MaxUint64, A: math.MaxUint64,
+		{Epoch: math.MaxUint64, LSN: math.MaxUint64, Type: RecCreateVolume, Vol: math.MaxUint64, Snap: math.MaxUint64, A: math.MaxUint64,
 			B: math.MaxUint64, C: math.MaxUint64, Time: math.MinInt64, Name: strings.Repeat("n", MaxNameLen)},
 		{LSN: 0, Type: RecMap, Time: math.MaxInt64},
 	}
@@ -274,6 +274,55 @@ func TestRecordRejectsBadFields(t *testing.T) {
 			require.ErrorIs(t, err, tc.want)
 			require.False(t, end)
 		})
+	}
+}
+
+// appendRecordV1 appends r in the record format of format version 1 (no epoch), as a pool of
+// that version holds them.
+func appendRecordV1(b []byte, r *Record) []byte {
+	v2 := AppendRecord(nil, r)
+	start := len(b)
+	b = append(b, v2[:recordHeaderSizeV1]...)
+	b = append(b, v2[RecordHeaderSize:]...)
+	h := b[start:]
+	le.PutUint32(h[0:], recordMagicV1)
+	le.PutUint32(h[4:], Checksum(h[8:]))
+	return b
+}
+
+// Records of format version 1 decode with DecodeRecordV1 only, and current ones with
+// DecodeRecord only: neither is ever taken for the other.
+func TestRecordVersion1(t *testing.T) {
+	recs := testRecords()
+	var v1 []byte
+	for i := range recs {
+		v1 = appendRecordV1(v1, &recs[i])
+	}
+	v1 = append(v1, make([]byte, 64)...)
+	for off, i := 0, 0; ; i++ {
+		r, n, end, err := DecodeRecordV1(v1[off:])
+		require.NoError(t, err)
+		if end {
+			require.Equal(t, len(recs), i)
+			break
+		}
+		want := recs[i]
+		want.Epoch = 0 // version 1 records have none
+		require.Equal(t, want, r)
+		_, _, end, err = DecodeRecord(v1[off:])
+		require.ErrorIs(t, err, ErrMagic, "a version 1 record read as a current one")
+		require.False(t, end)
+		off += n
+	}
+	for _, r := range recs {
+		_, _, end, err := DecodeRecordV1(AppendRecord(nil, &r))
+		require.ErrorIs(t, err, ErrMagic, "a current record read as a version 1 one")
+		require.False(t, end)
+		for n := range recordHeaderSizeV1 {
+			_, _, end, err := DecodeRecordV1(appendRecordV1(nil, &r)[:n])
+			require.NoError(t, err)
+			require.True(t, end)
+		}
 	}
 }
 
