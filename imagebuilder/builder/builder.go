@@ -24,9 +24,12 @@
 // (single-database dumps are restored into it; without it, into the engine's default database).
 // When a backup makes its own databases (pg_dumpall), it is created after the restores if the
 // dumps did not make it, and for physical builds once the server is up if the backup lacks it.
-// Scripts run as the engine's administrative user in initialDatabaseName when it exists at that
-// point, else in the engine's default database; they are files under the backup root, read
-// through an os.Root so that no path or link leads out of it.
+// Scripts run in initialDatabaseName when it exists at that point, else in the engine's default
+// database, through engine.Instance.RunScript: the engine's wire protocol, no client commands,
+// as an account made for the script that can change the image's data and schema but not reach
+// the server's files, programs or accounts. They are files under the backup root, read through
+// an os.Root so that no path or link leads out of it, at most engine.MaxScriptSize each; a
+// failed statement fails the step with the script, the line and the statement.
 //
 // # Failures
 //
