@@ -31,6 +31,15 @@
 // an os.Root so that no path or link leads out of it, at most engine.MaxScriptSize each; a
 // failed statement fails the step with the script, the line and the statement.
 //
+// # Limits
+//
+// A physical restore writes at most Request.MaxRestoreBytes (by default the size of the volume
+// built into) and at most Request.MaxArchiveMembers files, directories and links (by default
+// DefaultMaxArchiveMembers); a backup past either (a tar bomb) fails the restore step with
+// engine.ErrRestoreLimit, naming the archive, the member and the limit, before that member is
+// written. Logical restores and scripts write through the server, into the volume's file
+// system, which is as large as the volume.
+//
 // # Failures
 //
 // Every failure of a step is a *StepError naming the step, with the tail of the server's log
@@ -82,11 +91,23 @@ type Request struct {
 	RuntimeDir string
 	// RunAs is the OS user the server runs as ("" = the engine's default).
 	RunAs string
+	// MaxRestoreBytes bounds what a physical restore (a base backup's archives) writes: the
+	// total size of its files, a sparse file counting its holes. Zero means the size of the
+	// file system that holds Root (the volume's); negative, no limit.
+	MaxRestoreBytes int64
+	// MaxArchiveMembers bounds the members (files, directories, links) a physical restore's
+	// archives hold together. Zero means DefaultMaxArchiveMembers; negative, no limit.
+	MaxArchiveMembers int64
 	// Progress, if set, receives the build's events, from one goroutine at a time.
 	Progress func(Event)
 	// Logger receives the build's structured log (nil = none).
 	Logger *slog.Logger
 }
+
+// DefaultMaxArchiveMembers is Request.MaxArchiveMembers's default: far more than the files of
+// a PostgreSQL instance with tens of thousands of tables (each has three or four), and about
+// 120 MiB of the builder's memory at most (what the restore keeps per member).
+const DefaultMaxArchiveMembers = 1_000_000
 
 // Event is one progress report of a build (local.BuildEvent has the same meaning).
 type Event struct {

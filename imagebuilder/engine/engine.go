@@ -41,6 +41,9 @@ var (
 	// ErrServer: the server failed to start, stopped unexpectedly, or refused a script. The
 	// *ServerError carrying it has the tail of the server's log.
 	ErrServer = errors.New("engine: server failed")
+	// ErrRestoreLimit: a physical backup would restore more bytes or more files than
+	// RestoreOptions allows (an archive that expands beyond its volume: a tar bomb).
+	ErrRestoreLimit = errors.New("engine: backup exceeds the restore's limits")
 )
 
 // DataDir is where an instance rooted at root keeps its data directory.
@@ -162,6 +165,13 @@ type RestoreOptions struct {
 	// Progress, if set, is called with the bytes of backup input consumed so far, at most a few
 	// times a second and once at the end.
 	Progress func(done int64)
+	// MaxBytes bounds what a physical restore writes: the total size of the files it restores
+	// from all the backups (a sparse file counts its holes), e.g. the size of the volume
+	// restored into. MaxMembers bounds the number of archive members (files, directories,
+	// links) it restores from all of them. A backup past either fails the restore with
+	// ErrRestoreLimit before the member that passes it is written. Zero or negative: no limit.
+	MaxBytes   int64
+	MaxMembers int64
 }
 
 // BackupFile is one backup of a definition, resolved to a path on this machine.
