@@ -30,7 +30,8 @@ import (
 //     superuser, CREATEROLE or REPLICATION role, not (through any chain of memberships) a
 //     member of one, nor of pg_execute_server_program, pg_read_server_files,
 //     pg_write_server_files or pg_create_subscription, and without EXECUTE on the functions
-//     that reach the server's files (serverFileFunctions). So the script has its owners'
+//     that reach the server's files (serverFileFunctions) in the script's database (function
+//     privileges are per database, and the script reaches no other). So the script has its owners'
 //     rights on everything such roles own: TRUNCATE, ALTER, DROP, CREATE INDEX, triggers,
 //     ALTER ... OWNER TO, SET ROLE;
 //   - CONNECT, CREATE and TEMPORARY on its database and USAGE and CREATE on its schemas when
@@ -229,14 +230,15 @@ func setupScriptRole(ctx context.Context, admin *pgx.Conn, role string) error {
 	}
 	if len(unsafe) > 0 {
 		return fmt.Errorf("postgres: the script's role would have %s, which reach the server's files or programs: "+
-			"the image grants them to PUBLIC or to every role; the script is not run", strings.Join(unsafe, ", "))
+			"the image grants them to PUBLIC or to every role; the script is not run", summary(unsafe))
 	}
 	return nil
 }
 
 // dropScriptRole ends role's sessions, rolls back the transactions it prepared, gives what it
 // owns in admin's database to scriptOwnerRole, revokes what was granted to it and drops it. A
-// prepared transaction it left fails the script (name names it).
+// prepared transaction it left fails the script (name names it); so does a scriptOwnerRole
+// that is not safe, and then what the script made is dropped with its role.
 func dropScriptRole(ctx context.Context, admin *pgx.Conn, role, name string) error {
 	fail := func(what string, err error) error {
 		return fmt.Errorf("postgres: drop script role %s: %s: %w", role, what, err)
@@ -288,19 +290,25 @@ func dropScriptRole(ctx context.Context, admin *pgx.Conn, role, name string) err
 		  AND s.deptype = 'o')`, role).Scan(&owns); err != nil {
 		return fail("list what it owns", err)
 	}
+	var ownerErr error
 	if owns {
-		if err := ensureScriptOwner(ctx, admin); err != nil {
-			return fail("give what it created to "+scriptOwnerRole, err)
+		ownerErr = ensureScriptOwner(ctx, admin)
+		if ownerErr == nil {
+			_, ownerErr = admin.Exec(ctx, "REASSIGN OWNED BY "+quoteIdent(role)+" TO "+quoteIdent(scriptOwnerRole))
 		}
-		if _, err := admin.Exec(ctx, "REASSIGN OWNED BY "+quoteIdent(role)+" TO "+quoteIdent(scriptOwnerRole)); err != nil {
-			return fail("give what it created to "+scriptOwnerRole, err)
+		if ownerErr != nil {
+			// What the script made is dropped with its role below: the build fails.
+			ownerErr = fail("give what it created to "+scriptOwnerRole, ownerErr)
 		}
 	}
 	if _, err := admin.Exec(ctx, "DROP OWNED BY "+quoteIdent(role)); err != nil {
-		return fail("revoke its privileges", err)
+		return errors.Join(ownerErr, fail("revoke its privileges", err))
 	}
 	if _, err := admin.Exec(ctx, "DROP ROLE "+quoteIdent(role)); err != nil {
-		return fail("drop it", err)
+		return errors.Join(ownerErr, fail("drop it", err))
+	}
+	if ownerErr != nil {
+		return errors.Join(leftErr, ownerErr)
 	}
 	// scriptOwnerRole goes too once nothing in any database depends on it (pg_shdepend is
 	// shared): a later script dropped what the earlier ones made.
@@ -327,9 +335,12 @@ func ensureScriptOwner(ctx context.Context, admin *pgx.Conn) error {
 END$$`); err != nil {
 		return err
 	}
-	var login bool
-	if err := admin.QueryRow(ctx, "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1", scriptOwnerRole).Scan(&login); err != nil {
+	var super, login bool
+	if err := admin.QueryRow(ctx, "SELECT rolsuper, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1", scriptOwnerRole).Scan(&super, &login); err != nil {
 		return err
+	}
+	if super {
+		return fmt.Errorf("the instance's role %s is a superuser: it cannot own what a script made", scriptOwnerRole)
 	}
 	unsafe, err := queryStrings(ctx, admin, unsafeRightsSQL, scriptOwnerRole, unsafeRoles, serverFileFunctions)
 	if err != nil {
@@ -339,9 +350,18 @@ END$$`); err != nil {
 		unsafe = append(unsafe, "LOGIN")
 	}
 	if len(unsafe) > 0 {
-		return fmt.Errorf("the instance's role %s has %s: it cannot own what a script made", scriptOwnerRole, strings.Join(unsafe, ", "))
+		return fmt.Errorf("the instance's role %s has %s: it cannot own what a script made", scriptOwnerRole, summary(unsafe))
 	}
 	return nil
+}
+
+// summary joins the first few of list with commas, saying how many more there are.
+func summary(list []string) string {
+	const show = 4
+	if len(list) <= show {
+		return strings.Join(list, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(list[:show], ", "), len(list)-show)
 }
 
 // queryStrings runs a query whose rows are one text column.

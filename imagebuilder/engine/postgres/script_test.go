@@ -21,9 +21,13 @@ CREATE ROLE alice NOLOGIN;
 CREATE ROLE bob NOLOGIN;
 CREATE ROLE ops NOLOGIN;
 GRANT pg_execute_server_program TO ops;
+CREATE ROLE reader NOLOGIN;
+CREATE ROLE admin_of_ops NOLOGIN;
+GRANT ops TO admin_of_ops;
 CREATE DATABASE app;
 CREATE DATABASE shop OWNER alice;
 \connect app
+GRANT EXECUTE ON FUNCTION pg_read_file(text) TO reader;
 CREATE TABLE people (id int PRIMARY KEY, name text, email text);
 ALTER TABLE people OWNER TO alice;
 INSERT INTO people VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');
@@ -130,6 +134,8 @@ func TestRunScriptRefusesEscapes(t *testing.T) {
 		{"become superuser", `ALTER ROLE CURRENT_USER SUPERUSER`, "must be superuser to alter superuser roles"},
 		{"set role to the superuser", `SET ROLE postgres`, `permission denied to set role "postgres"`},
 		{"set role to a role that runs programs", `SET ROLE ops`, `permission denied to set role "ops"`},
+		{"set role to a member of a role that runs programs", `SET ROLE admin_of_ops`, `permission denied to set role "admin_of_ops"`},
+		{"set role to a role that reads files", `SET ROLE reader`, `permission denied to set role "reader"`},
 		{"session authorization", `SET SESSION AUTHORIZATION postgres`, "permission denied to set session authorization"},
 		{"grant program execution", `GRANT pg_execute_server_program TO CURRENT_USER`, `must have admin option on role "pg_execute_server_program"`},
 		{"create a superuser", `CREATE ROLE evil SUPERUSER LOGIN`, "must be superuser to create superusers"},
@@ -140,6 +146,7 @@ func TestRunScriptRefusesEscapes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			script := "INSERT INTO audit VALUES ('ran');\n" + tc.stmt + ";\nINSERT INTO audit VALUES ('after');\n"
 			err := inst.RunScript(ctx, "app", engine.Script{Name: "preScript evil.sql", SQL: []byte(script)})
+			t.Log(err)
 			var se *engine.ScriptError
 			require.ErrorAs(t, err, &se)
 			require.ErrorIs(t, err, engine.ErrScript)
@@ -186,4 +193,34 @@ func TestRunScriptFailures(t *testing.T) {
 		})
 	}
 	require.Equal(t, "Ada,Grace", query(t, inst, "app", "SELECT string_agg(name, ',' ORDER BY id) FROM people"), "the open transaction was rolled back")
+}
+
+// A script that leaves a prepared transaction fails; the transaction is rolled back.
+func TestRunScriptPreparedTransaction(t *testing.T) {
+	inst := newInstance(t, pgEngine(t), engine.StartOptions{Settings: map[string]string{"max_prepared_transactions": "2"}})
+	exec(t, inst, "", "CREATE TABLE t (x int);\n")
+	err := inst.RunScript(testCtx(t), "", engine.Script{Name: "postScript p.sql", SQL: []byte("BEGIN;\nINSERT INTO t VALUES (1);\nPREPARE TRANSACTION 'left';\n")})
+	var se *engine.ScriptError
+	require.ErrorAs(t, err, &se)
+	require.ErrorContains(t, err, "postScript p.sql: the script left prepared transaction(s) left, rolled back")
+	require.Equal(t, "0|0", query(t, inst, "", "SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM pg_prepared_xacts)"))
+	requireNoScriptRole(t, inst)
+}
+
+// An instance whose PUBLIC may read the server's files runs no script; one whose role
+// dataimage_script is a superuser keeps nothing a script made.
+func TestRunScriptUnsafeInstance(t *testing.T) {
+	inst, _ := scriptInstance(t)
+	ctx := testCtx(t)
+	exec(t, inst, "app", "GRANT EXECUTE ON FUNCTION pg_read_file(text) TO PUBLIC;\n")
+	err := inst.RunScript(ctx, "app", engine.Script{Name: "preScript p.sql", SQL: []byte("INSERT INTO audit VALUES ('ran');\n")})
+	require.ErrorContains(t, err, "the script's role would have EXECUTE on pg_read_file(text)")
+	require.ErrorContains(t, err, "the script is not run")
+	require.Equal(t, "0", query(t, inst, "app", "SELECT count(*) FROM audit WHERE what = 'ran'"))
+	requireNoScriptRole(t, inst)
+	exec(t, inst, "app", "REVOKE EXECUTE ON FUNCTION pg_read_file(text) FROM PUBLIC;\nCREATE ROLE dataimage_script SUPERUSER NOLOGIN;\n")
+	err = inst.RunScript(ctx, "app", engine.Script{Name: "preScript p.sql", SQL: []byte("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';\n")})
+	require.ErrorContains(t, err, "give what it created to dataimage_script: the instance's role dataimage_script is a superuser")
+	require.Equal(t, "0", query(t, inst, "app", "SELECT count(*) FROM pg_proc WHERE proname = 'f'"), "what the script made is dropped")
+	requireNoScriptRole(t, inst)
 }
