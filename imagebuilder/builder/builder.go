@@ -24,9 +24,21 @@
 // (single-database dumps are restored into it; without it, into the engine's default database).
 // When a backup makes its own databases (pg_dumpall), it is created after the restores if the
 // dumps did not make it, and for physical builds once the server is up if the backup lacks it.
-// Scripts run as the engine's administrative user in initialDatabaseName when it exists at that
-// point, else in the engine's default database; they are files under the backup root, read
-// through an os.Root so that no path or link leads out of it.
+// Scripts run in initialDatabaseName when it exists at that point, else in the engine's default
+// database, through engine.Instance.RunScript: the engine's wire protocol, no client commands,
+// as an account made for the script that can change the image's data and schema but not reach
+// the server's files, programs or accounts. They are files under the backup root, read through
+// an os.Root so that no path or link leads out of it, at most engine.MaxScriptSize each; a
+// failed statement fails the step with the script, the line and the statement.
+//
+// # Limits
+//
+// A physical restore writes at most Request.MaxRestoreBytes (by default the size of the volume
+// built into) and at most Request.MaxArchiveMembers files, directories and links (by default
+// DefaultMaxArchiveMembers); a backup past either (a tar bomb) fails the restore step with
+// engine.ErrRestoreLimit, naming the archive, the member and the limit, before that member is
+// written. Logical restores and scripts write through the server, into the volume's file
+// system, which is as large as the volume.
 //
 // # Failures
 //
@@ -79,11 +91,23 @@ type Request struct {
 	RuntimeDir string
 	// RunAs is the OS user the server runs as ("" = the engine's default).
 	RunAs string
+	// MaxRestoreBytes bounds what a physical restore (a base backup's archives) writes: the
+	// total size of its files, a sparse file counting its holes. Zero means the size of the
+	// file system that holds Root (the volume's); negative, no limit.
+	MaxRestoreBytes int64
+	// MaxArchiveMembers bounds the members (files, directories, links) a physical restore's
+	// archives hold together. Zero means DefaultMaxArchiveMembers; negative, no limit.
+	MaxArchiveMembers int64
 	// Progress, if set, receives the build's events, from one goroutine at a time.
 	Progress func(Event)
 	// Logger receives the build's structured log (nil = none).
 	Logger *slog.Logger
 }
+
+// DefaultMaxArchiveMembers is Request.MaxArchiveMembers's default: far more than the files of
+// a PostgreSQL instance with tens of thousands of tables (each has three or four), and about
+// 120 MiB of the builder's memory at most (what the restore keeps per member).
+const DefaultMaxArchiveMembers = 1_000_000
 
 // Event is one progress report of a build (local.BuildEvent has the same meaning).
 type Event struct {

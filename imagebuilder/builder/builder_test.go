@@ -268,7 +268,7 @@ lifetime: 72h
 
 func TestBuildPgDumpCustom(t *testing.T) {
 	e := newEnv(t, map[string]string{
-		"pre.sql":  "CREATE ROLE alice LOGIN;\nCREATE EXTENSION IF NOT EXISTS plpgsql;\n",
+		"pre.sql":  "CREATE EXTENSION IF NOT EXISTS plpgsql;\nCREATE TABLE pre_marker AS SELECT current_database() AS db;\n",
 		"post.sql": "UPDATE items SET name = 'item ' || (id * 2) WHERE id <= 10;\n",
 	})
 	rec := &recorder{}
@@ -293,9 +293,11 @@ lifetime: 0
 
 	inst := e.restart(t, root)
 	require.Equal(t, "1000|item 20", query(t, inst, "shop", "SELECT count(*), max(name) FILTER (WHERE id = 10) FROM items"))
-	require.Equal(t, "alice|t|bob|f", query(t, inst, "shop", `SELECT tableowner, (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'alice'),
+	require.Equal(t, "alice|f|bob|f", query(t, inst, "shop", `SELECT tableowner, (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'alice'),
 		(SELECT rolname FROM pg_roles WHERE rolname = 'bob'), (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'bob')
-		FROM pg_tables WHERE tablename = 'items'`), "alice comes from the preScript (LOGIN), bob was made for the dump (NOLOGIN)")
+		FROM pg_tables WHERE tablename = 'items'`), "alice and bob were made for the dump (NOLOGIN): scripts cannot make roles")
+	require.Equal(t, "shop|dataimage_script", query(t, inst, "shop", "SELECT db, (SELECT tableowner FROM pg_tables WHERE tablename = 'pre_marker') FROM pre_marker"),
+		"the preScript ran in the initial database; what it made belongs to the scripts' owner role")
 }
 
 func TestBuildPlainSQLAndDumpAll(t *testing.T) {
@@ -357,7 +359,7 @@ func TestBuildFailures(t *testing.T) {
 		{
 			name: "failing postScript",
 			def:  "backups:\n  - path: app.dump\npostScript: bad.sql\n",
-			step: StepPostScript, is: engine.ErrServer, msg: "<stdin>:2: ERROR:  division by zero",
+			step: StepPostScript, is: engine.ErrScript, msg: "postScript bad.sql line 2: SELECT 1/0: ERROR: division by zero (SQLSTATE 22012)",
 			logTail: "ERROR:  division by zero",
 		},
 	} {
@@ -399,7 +401,7 @@ func TestBuildRefusesPathsOutOfTheRoot(t *testing.T) {
 	var se *StepError
 	require.ErrorAs(t, err, &se)
 	require.Equal(t, StepPostScript, se.Step)
-	require.ErrorContains(t, err, "script escape.sql: openat escape.sql: path escapes from parent")
+	require.ErrorContains(t, err, "postScript escape.sql: openat escape.sql: path escapes from parent")
 	require.Empty(t, serversUsing(t, run))
 
 	// A backup behind a link out of the root.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -93,7 +94,8 @@ func resolve(root *os.Root, rootPath, rel string) (string, int64, error) {
 }
 
 // script runs the script at rel (under the backup root; "" = none) as step, in database db
-// ("" = the engine's default).
+// ("" = the engine's default), through the engine's RunScript: as an account that cannot
+// reach the server's files, programs or accounts, without client commands.
 func (b *build) script(ctx context.Context, step, rel, db string) error {
 	if rel == "" {
 		return nil
@@ -102,22 +104,39 @@ func (b *build) script(ctx context.Context, step, rel, db string) error {
 	if db != "" {
 		where = "database " + db
 	}
+	field := "preScript"
+	if step == StepPostScript {
+		field = "postScript"
+	}
 	return b.do(step, fmt.Sprintf("running %s in %s", rel, where), func() error {
-		root, err := b.openBackupRoot()
+		text, err := b.readScript(rel)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s %s: %w", field, rel, err)
 		}
-		defer root.Close()
-		f, err := root.Open(rel)
-		if err != nil {
-			return fmt.Errorf("script %s: %w", rel, err)
-		}
-		defer f.Close()
-		if err := b.inst.Exec(ctx, db, f); err != nil {
-			return fmt.Errorf("script %s: %w", rel, err)
-		}
-		return nil
+		return b.inst.RunScript(ctx, db, engine.Script{Name: field + " " + rel, SQL: text})
 	})
+}
+
+// readScript reads the script at rel under the backup root, up to engine.MaxScriptSize.
+func (b *build) readScript(rel string) ([]byte, error) {
+	root, err := b.openBackupRoot()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.Open(rel)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	text, err := io.ReadAll(io.LimitReader(f, engine.MaxScriptSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(text) > engine.MaxScriptSize {
+		return nil, fmt.Errorf("the script is larger than %s, the most a script may hold", formatSize(engine.MaxScriptSize))
+	}
+	return text, nil
 }
 
 // lineWriter calls emit with each complete line written to it, without the newline; a line

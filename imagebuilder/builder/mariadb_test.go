@@ -380,7 +380,7 @@ func TestMariaDBBuildFailures(t *testing.T) {
 		{
 			name: "failing postScript",
 			def:  "backups:\n  - path: shop.sql\ninitialDatabaseName: shop\npostScript: bad.sql\n",
-			step: StepPostScript, is: engine.ErrServer, msg: "ERROR 1146 (42S02) at line 2: Table 'shop.nosuch' doesn't exist",
+			step: StepPostScript, is: engine.ErrScript, msg: "postScript bad.sql line 2: SELECT * FROM nosuch: Error 1146 (42S02): Table 'shop.nosuch' doesn't exist",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

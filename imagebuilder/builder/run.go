@@ -215,14 +215,21 @@ func (b *build) buildPhysical(ctx context.Context, backups []engine.BackupFile) 
 	}
 	total := totalSize(backups)
 	err := b.do(StepRestore, fmt.Sprintf("restoring %d physical backup file(s) into %s", len(backups), engine.DataDir(b.req.Root)), func() (err error) {
+		maxBytes, maxMembers, err := b.restoreLimits()
+		if err != nil {
+			return err
+		}
 		names := make([]string, len(backups))
 		for i, bf := range backups {
 			names[i] = filepath.Base(bf.Path)
 		}
 		b.report(Event{Step: StepRestore, Message: fmt.Sprintf("extracting %s (%s)", strings.Join(names, ", "), formatSize(total)), Total: total})
+		b.log.Info("restore limits", "maxBytes", maxBytes, "maxMembers", maxMembers)
 		state, err = b.eng.RestorePhysical(ctx, b.req.Root, backups, engine.RestoreOptions{
-			RunAs:    b.req.RunAs,
-			Progress: func(done int64) { b.report(Event{Step: StepRestore, Done: min(done, total), Total: total}) },
+			RunAs:      b.req.RunAs,
+			Progress:   func(done int64) { b.report(Event{Step: StepRestore, Done: min(done, total), Total: total}) },
+			MaxBytes:   maxBytes,
+			MaxMembers: maxMembers,
 		})
 		if err == nil {
 			// The engine may skip files it does not restore (a backup manifest).
@@ -330,6 +337,26 @@ func totalSize(backups []engine.BackupFile) int64 {
 		n += b.Size
 	}
 	return n
+}
+
+// restoreLimits returns the limits of a physical restore (see Request): 0 means none.
+func (b *build) restoreLimits() (maxBytes, maxMembers int64, err error) {
+	maxBytes, maxMembers = b.req.MaxRestoreBytes, b.req.MaxArchiveMembers
+	if maxBytes == 0 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(b.req.Root, &st); err != nil {
+			return 0, 0, fmt.Errorf("the size of the file system of %s, the restore's byte limit: %w", b.req.Root, err)
+		}
+		bsize := st.Frsize
+		if bsize == 0 {
+			bsize = st.Bsize
+		}
+		maxBytes = int64(st.Blocks) * bsize
+	}
+	if maxMembers == 0 {
+		maxMembers = DefaultMaxArchiveMembers
+	}
+	return max(maxBytes, 0), max(maxMembers, 0), nil
 }
 
 // init is the init step: an empty instance, with database db when not empty.

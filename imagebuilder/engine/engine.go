@@ -5,8 +5,9 @@
 // (RestorePhysical); a running Instance runs SQL scripts, restores logical backups, checkpoints
 // and stops cleanly.
 //
-// Every adapter runs the real server and the real client tools of its engine; nothing here
-// speaks a wire protocol. Adding an engine is implementing Engine and Instance and listing the
+// Every adapter runs the real server and the real client tools of its engine, and speaks the
+// engine's wire protocol (pgx, go-sql-driver/mysql) only for a definition's scripts, which must
+// not reach a client's commands (see RunScript). Adding an engine is implementing Engine and Instance and listing the
 // adapter in Discover.
 //
 // # Layout of an instance
@@ -40,6 +41,9 @@ var (
 	// ErrServer: the server failed to start, stopped unexpectedly, or refused a script. The
 	// *ServerError carrying it has the tail of the server's log.
 	ErrServer = errors.New("engine: server failed")
+	// ErrRestoreLimit: a physical backup would restore more bytes or more files than
+	// RestoreOptions allows (an archive that expands beyond its volume: a tar bomb).
+	ErrRestoreLimit = errors.New("engine: backup exceeds the restore's limits")
 )
 
 // DataDir is where an instance rooted at root keeps its data directory.
@@ -75,8 +79,19 @@ type Instance interface {
 	// Conn says how to reach the server.
 	Conn() ConnInfo
 	// Exec runs the SQL script read from r in database db ("" = the default) with the engine's
-	// client (psql -v ON_ERROR_STOP=1, mariadb), stopping at the first error.
+	// client (psql -v ON_ERROR_STOP=1, mariadb), as the administrative user, stopping at the
+	// first error. It is for the adapters' own SQL and for tests: a definition's scripts go
+	// through RunScript.
 	Exec(ctx context.Context, db string, r io.Reader) error
+	// RunScript runs a definition's script (preScript, postScript) in database db ("" = the
+	// default) through the engine's wire protocol, one statement at a time, stopping at the
+	// first error, as an account made for the script: it can read and change the image's data
+	// and schema, but not the server's files, programs, settings or accounts (see the
+	// adapter). The account cannot log in once RunScript returns. Client commands (psql's
+	// backslash commands, the mariadb client's system, source, ...) are refused before any
+	// statement runs. A failed or refused statement is a *ScriptError naming the script, the
+	// line and the statement.
+	RunScript(ctx context.Context, db string, s Script) error
 	// Query runs one SQL statement and returns its output as the client prints it unaligned
 	// and without headers (psql -At, mariadb -N -B), for checks and tests.
 	Query(ctx context.Context, db, sql string) (string, error)
@@ -150,6 +165,13 @@ type RestoreOptions struct {
 	// Progress, if set, is called with the bytes of backup input consumed so far, at most a few
 	// times a second and once at the end.
 	Progress func(done int64)
+	// MaxBytes bounds what a physical restore writes: the total size of the files it restores
+	// from all the backups (a sparse file counts its holes), e.g. the size of the volume
+	// restored into. MaxMembers bounds the number of archive members (files, directories,
+	// links) it restores from all of them. A backup past either fails the restore with
+	// ErrRestoreLimit before the member that passes it is written. Zero or negative: no limit.
+	MaxBytes   int64
+	MaxMembers int64
 }
 
 // BackupFile is one backup of a definition, resolved to a path on this machine.

@@ -45,8 +45,11 @@ type Config struct {
 	// ReapInterval is how often Serve deletes expired clones and images (DefaultReapInterval).
 	ReapInterval time.Duration
 	// VolumeSize is the size of the thin volume an image is built in, and so of its clones
-	// (DefaultVolumeSize).
+	// (DefaultVolumeSize). A physical restore writes at most this much.
 	VolumeSize int64
+	// MaxArchiveMembers bounds the files, directories and links a physical restore's archives
+	// hold (0: builder.DefaultMaxArchiveMembers; negative: no limit).
+	MaxArchiveMembers int64
 	// Engines are the database engines builds and clones use (nil: builder.Discover, once).
 	Engines engine.Set
 	// Logger receives structured logs (default: discard).

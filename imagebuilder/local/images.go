@@ -94,6 +94,10 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		Engines:    engines,
 		Root:       mnt,
 		RuntimeDir: d.cfg.buildRun(name),
+		// A tar bomb fails the build once it passes the volume's size or the member limit;
+		// the volume is deleted with the failed build, and the pool gets its space back.
+		MaxRestoreBytes:   d.cfg.VolumeSize,
+		MaxArchiveMembers: d.cfg.MaxArchiveMembers,
 		Progress: func(ev builder.Event) {
 			report(BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
 		},

@@ -16,6 +16,9 @@ var ErrUnsafeMember = errors.New("tarx: unsafe member")
 // past Options.MaxBytes.
 var ErrTooLarge = errors.New("tarx: archive expands beyond the size limit")
 
+// ErrTooManyMembers matches the *MemberError of the member past Options.MaxMembers.
+var ErrTooManyMembers = errors.New("tarx: archive has more members than the limit")
+
 // ErrInvalidArchive matches errors for input that is not a readable tar stream: empty input, a
 // broken tar header, a corrupt or truncated gzip stream, or data after the end-of-archive marker.
 var ErrInvalidArchive = errors.New("tarx: invalid archive")
@@ -34,8 +37,8 @@ type MemberError struct {
 	// Rule says what is wrong, e.g. `path contains a ".." component` or `symbolic link target
 	// "../x" leaves the destination`.
 	Rule string
-	// Err is ErrUnsafeMember or ErrTooLarge for a refused member, or the error of the file
-	// system operation or read that failed.
+	// Err is ErrUnsafeMember, ErrTooLarge or ErrTooManyMembers for a refused member, or the
+	// error of the file system operation or read that failed.
 	Err error
 }
 
@@ -43,7 +46,7 @@ type MemberError struct {
 // package's sentinel errors.
 func (e *MemberError) Error() string {
 	s := fmt.Sprintf("tarx: member %d %q: %s", e.Index, e.Name, e.Rule)
-	if e.Err != nil && e.Err != ErrUnsafeMember && e.Err != ErrTooLarge {
+	if e.Err != nil && e.Err != ErrUnsafeMember && e.Err != ErrTooLarge && e.Err != ErrTooManyMembers {
 		s += ": " + e.Err.Error()
 	}
 	return s

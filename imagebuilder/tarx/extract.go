@@ -125,6 +125,11 @@ func (x *extractor) run() error {
 		}
 		x.index++
 		x.hdrName = hdr.Name
+		if max := x.opts.MaxMembers; max > 0 && x.opts.Restored.Members+int64(x.index) > max {
+			return &MemberError{Index: x.index, Name: hdr.Name, Err: ErrTooManyMembers, Rule: fmt.Sprintf(
+				"the archive has more members than the limit of %d (MaxMembers; %d restored before this archive)", max, x.opts.Restored.Members)}
+		}
+		x.stats.Members = int64(x.index)
 		if err := x.member(tr, hdr); err != nil {
 			return err
 		}
@@ -261,10 +266,10 @@ func (x *extractor) dir(hdr *tar.Header, name string) error {
 }
 
 func (x *extractor) file(tr *tar.Reader, hdr *tar.Header, name string) error {
-	if max := x.opts.MaxBytes; max > 0 && hdr.Size > max-x.stats.Bytes {
+	if max := x.opts.MaxBytes; max > 0 && hdr.Size > max-x.opts.Restored.Bytes-x.stats.Bytes {
 		return &MemberError{Index: x.index, Name: hdr.Name, Err: ErrTooLarge, Rule: fmt.Sprintf(
-			"its %d bytes would take the restored files past MaxBytes (%d bytes, %d already restored)",
-			hdr.Size, max, x.stats.Bytes)}
+			"its %d bytes would take the restored files past the limit of %d bytes (MaxBytes; %d already restored)",
+			hdr.Size, max, x.opts.Restored.Bytes+x.stats.Bytes)}
 	}
 	if _, err := x.prepare(name, false); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"math/rand/v2"
@@ -51,7 +52,7 @@ func TestExtractHappyPath(t *testing.T) {
 			s := newSandbox(t)
 			st, err := s.extract(t, buildTar(t, gz, pgLike()...), Options{})
 			require.NoError(t, err)
-			assert.Equal(t, Stats{Files: 6, Dirs: 6, Links: 3, Bytes: 3 + 30 + 8192 + 7 + 10 + 1}, st)
+			assert.Equal(t, Stats{Files: 6, Dirs: 6, Links: 3, Bytes: 3 + 30 + 8192 + 7 + 10 + 1, Members: 15}, st)
 			s.assertUntouched(t)
 
 			d := s.dest
@@ -231,7 +232,7 @@ func TestExtractSkipsGlobalHeader(t *testing.T) {
 	st, err := s.extract(t, buildTar(t, true, global, file("a", "a", 0o600), symlink("/abs", "a")), Options{})
 	require.ErrorIs(t, err, ErrUnsafeMember)
 	assertMemberError(t, err, 3, "/abs") // the global header counts
-	assert.Equal(t, Stats{Files: 1, Bytes: 1}, st)
+	assert.Equal(t, Stats{Files: 1, Bytes: 1, Members: 3}, st)
 }
 
 func TestExtractKeepsExistingContent(t *testing.T) {
@@ -251,7 +252,7 @@ func TestExtractMaxBytes(t *testing.T) {
 			Options{MaxBytes: 250})
 		require.ErrorIs(t, err, ErrTooLarge)
 		assertMemberError(t, err, 3, "c")
-		assert.Equal(t, `tarx: member 3 "c": its 100 bytes would take the restored files past MaxBytes (250 bytes, 200 already restored)`, err.Error())
+		assert.Equal(t, `tarx: member 3 "c": its 100 bytes would take the restored files past the limit of 250 bytes (MaxBytes; 200 already restored)`, err.Error())
 		assert.Equal(t, int64(200), st.Bytes)
 		assert.NoFileExists(t, filepath.Join(s.dest, "c"))
 	})
@@ -268,6 +269,44 @@ func TestExtractMaxBytes(t *testing.T) {
 		s := newSandbox(t)
 		_, err := s.extract(t, buildTar(t, false, file("a", "12345", 0o600), file("b", "67890", 0o600)), Options{MaxBytes: 10})
 		require.NoError(t, err)
+	})
+	t.Run("shared with earlier archives", func(t *testing.T) {
+		s := newSandbox(t)
+		_, err := s.extract(t, buildTar(t, false, file("a", "12345", 0o600)), Options{MaxBytes: 10, Restored: Stats{Bytes: 6}})
+		require.ErrorIs(t, err, ErrTooLarge)
+		assert.Equal(t, `tarx: member 1 "a": its 5 bytes would take the restored files past the limit of 10 bytes (MaxBytes; 6 already restored)`, err.Error())
+	})
+}
+
+func TestExtractMaxMembers(t *testing.T) {
+	t.Run("many tiny members", func(t *testing.T) {
+		s := newSandbox(t)
+		var members []member
+		for i := range 50 {
+			members = append(members, file(fmt.Sprintf("f%02d", i), "", 0o600))
+		}
+		data := buildTar(t, true, members...)
+		st, err := s.extract(t, data, Options{MaxMembers: 20})
+		require.ErrorIs(t, err, ErrTooManyMembers)
+		assertMemberError(t, err, 21, "f20")
+		assert.Equal(t, `tarx: member 21 "f20": the archive has more members than the limit of 20 (MaxMembers; 0 restored before this archive)`, err.Error())
+		assert.Equal(t, int64(20), st.Files)
+		assert.Equal(t, int64(20), st.Members)
+		assert.NoFileExists(t, filepath.Join(s.dest, "f20"))
+	})
+	t.Run("directories and links count", func(t *testing.T) {
+		s := newSandbox(t)
+		_, err := s.extract(t, buildTar(t, false, dir("d", 0o700), file("d/a", "x", 0o600), symlink("l", "d/a")), Options{MaxMembers: 2})
+		require.ErrorIs(t, err, ErrTooManyMembers)
+		assertMemberError(t, err, 3, "l")
+	})
+	t.Run("exactly at the limit, shared", func(t *testing.T) {
+		s := newSandbox(t)
+		st, err := s.extract(t, buildTar(t, false, file("a", "1", 0o600), file("b", "2", 0o600)), Options{MaxMembers: 5, Restored: Stats{Members: 3}})
+		require.NoError(t, err)
+		assert.Equal(t, int64(2), st.Members)
+		_, err = newSandbox(t).extract(t, buildTar(t, false, file("a", "1", 0o600)), Options{MaxMembers: 5, Restored: Stats{Members: 5}})
+		require.ErrorIs(t, err, ErrTooManyMembers)
 	})
 }
 

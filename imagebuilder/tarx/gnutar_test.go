@@ -104,7 +104,7 @@ func TestExtractGNUTarTree(t *testing.T) {
 	s := newSandbox(t)
 	st, err := s.extract(t, gzipBytes(t, data), Options{})
 	require.NoError(t, err)
-	assert.Equal(t, Stats{Files: 2, Dirs: 3, Links: 2, Bytes: 7}, st)
+	assert.Equal(t, Stats{Files: 2, Dirs: 3, Links: 2, Bytes: 7, Members: 7}, st)
 	assertFile(t, filepath.Join(s.dest, "base/5", long), "rel", 0o600, mtime)
 	assertFile(t, filepath.Join(s.dest, "postgresql.auto.conf"), "# x\n", 0o640, mtime)
 	assertDir(t, filepath.Join(s.dest, "base"), 0o700, mtime)

@@ -29,6 +29,13 @@
 // Regular files are created with O_EXCL after removing what an earlier member left, so a file
 // member never writes through a symbolic link.
 //
+// # Limits
+//
+// Options.MaxBytes and Options.MaxMembers bound what an archive may make of its destination
+// (a tar bomb: a sparse member of a terabyte, millions of tiny members): the member that would
+// pass a limit is refused, with ErrTooLarge or ErrTooManyMembers, before anything of it is
+// written. Options.Restored makes the archives of one restore share one budget.
+//
 // # Metadata
 //
 // Permission bits are restored as in the archive, without setuid and setgid unless
@@ -75,6 +82,16 @@ type Options struct {
 	// sparse file counts its holes). The member that would pass it is refused with
 	// ErrTooLarge before any of it is written. Zero or negative means no limit.
 	MaxBytes int64
+	// MaxMembers bounds the number of members read (every header but the PAX and GNU
+	// long-name headers that belong to a member: files, directories, links, PAX global
+	// headers), and so the memory Extract keeps per member and the inodes it makes. The member
+	// that would pass it is refused with ErrTooManyMembers before anything of it is written.
+	// Zero or negative means no limit.
+	MaxMembers int64
+	// Restored is what earlier Extract calls of the same restore restored (their Stats,
+	// added up): it counts against MaxBytes and MaxMembers, so that the archives of one
+	// restore (a base backup and its WAL) share one budget.
+	Restored Stats
 	// Progress, when set, is called with the bytes of input read from r so far (compressed
 	// bytes for a gzip archive) and the input size: InputSize, else the remaining size of r
 	// when it is a regular *os.File, else -1. It is called at most once every ProgressEvery
@@ -97,6 +114,13 @@ type Stats struct {
 	Files, Dirs, Links int64
 	// Bytes is the total logical size of the regular files written.
 	Bytes int64
+	// Members counts the members read, as Options.MaxMembers counts them.
+	Members int64
+}
+
+// Add returns the sum of s and t.
+func (s Stats) Add(t Stats) Stats {
+	return Stats{Files: s.Files + t.Files, Dirs: s.Dirs + t.Dirs, Links: s.Links + t.Links, Bytes: s.Bytes + t.Bytes, Members: s.Members + t.Members}
 }
 
 // Extract restores the tar archive read from r, plain or gzip-compressed, into the existing

@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder"
 )
 
 // Version is the builder's version (set at link time with -X).
@@ -56,6 +58,10 @@ type Config struct {
 	TerminationLogSet bool
 	// Verbose logs the builder's steps and, with text output, the engine's log lines.
 	Verbose bool
+	// MaxArchiveMembers bounds the files, directories and links a base backup's archives hold
+	// (builder.Request.MaxArchiveMembers); a restore also writes at most the size of Root's
+	// file system.
+	MaxArchiveMembers int64
 }
 
 const usage = `Usage: dataimage-builder (--definition FILE | --definition-json JSON) [flags]
@@ -111,6 +117,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.Output, "output", OutputJSON, "progress format: json (events on stdout) or text (for people, on stderr)")
 	fs.StringVar(&c.TerminationLog, "termination-log", DefaultTerminationLog, "file the outcome is written to at the end (empty: none)")
 	fs.BoolVar(&c.Verbose, "verbose", false, "log the builder's steps and, with text output, the engine's log lines")
+	fs.Int64Var(&c.MaxArchiveMembers, "max-archive-members", 0, "most files, directories and links a base backup's archives may hold (0: "+strconv.Itoa(builder.DefaultMaxArchiveMembers)+"; negative: no limit); a restore also writes at most the size of --root's file system")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -42,12 +42,12 @@ func TestParseDefaults(t *testing.T) {
 func TestParseAll(t *testing.T) {
 	c, err := parse([]string{"--definition", "/defs/d.yaml", "--root", "/vol", "--backup-root", "/b",
 		"--runtime-dir", "/run/x", "--run-as", "pg", "--default-lifetime", "72h", "--output", "text",
-		"--termination-log", "/tmp/t", "--verbose"}, &bytes.Buffer{})
+		"--termination-log", "/tmp/t", "--verbose", "--max-archive-members", "5000"}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
 		DefinitionFile: "/defs/d.yaml", Root: "/vol", BackupRoot: "/b", RuntimeDir: "/run/x", RunAs: "pg",
 		DefaultLifetime: imagebuilder.Lifetime{Duration: 72 * time.Hour}, Output: OutputText,
-		TerminationLog: "/tmp/t", TerminationLogSet: true, Verbose: true,
+		TerminationLog: "/tmp/t", TerminationLogSet: true, Verbose: true, MaxArchiveMembers: 5000,
 	}, c)
 }
 

@@ -58,6 +58,8 @@ func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.
 		Root:       c.Root,
 		RuntimeDir: runtimeDir,
 		RunAs:      c.RunAs,
+		// A physical restore writes at most the size of the root's file system (the PVC's).
+		MaxArchiveMembers: c.MaxArchiveMembers,
 		Progress: func(ev builder.Event) {
 			event(local.BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
 		},

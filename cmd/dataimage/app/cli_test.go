@@ -314,12 +314,12 @@ func TestDaemonFlagsForwarded(t *testing.T) {
 	h := newHarness(t)
 	code := h.run("--pool-size", "1.5Gi", "image", "build", "-f", "testdata/definition.yaml", "--backup-root", "/b",
 		"--preallocate", "--clone-lifetime=2h", "--reap-interval", "1m", "--listen-address", "0.0.0.0",
-		"--image-lifetime", "0", "--volume-size", "8Gi", "--home", "/srv/di")
+		"--image-lifetime", "0", "--volume-size", "8Gi", "--home", "/srv/di", "--max-archive-members", "5000")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, h.stderr.String())
 	}
 	want := []string{"--pool-size=1536Mi", "--preallocate=true", "--volume-size=8Gi", "--listen-address=0.0.0.0",
-		"--image-lifetime=0", "--clone-lifetime=2h", "--reap-interval=1m0s"}
+		"--image-lifetime=0", "--clone-lifetime=2h", "--reap-interval=1m0s", "--max-archive-members=5000"}
 	if len(h.connects) != 1 || h.connects[0].home != "/srv/di" || !reflect.DeepEqual(h.connects[0].daemonArgs, want) {
 		t.Errorf("connections %+v, want one to /srv/di with daemon flags %q", h.connects, want)
 	}
@@ -441,9 +441,9 @@ func TestDaemonConfig(t *testing.T) {
 	}{
 		{nil, local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval}},
 		{[]string{"--home", "/srv/di", "--pool-size", "200Gi", "--preallocate", "--volume-size", "1T", "--listen-address", "0.0.0.0",
-			"--backup-root", "/backups", "--image-lifetime", "72h", "--clone-lifetime", "8h", "--reap-interval", "5s"},
+			"--backup-root", "/backups", "--image-lifetime", "72h", "--clone-lifetime", "8h", "--reap-interval", "5s", "--max-archive-members", "-1"},
 			local.Config{Home: "/srv/di", PoolSize: 200 << 30, Preallocate: true, VolumeSize: 1e12, ListenAddress: "0.0.0.0",
-				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second}},
+				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second, MaxArchiveMembers: -1}},
 	} {
 		c := &cli{env: h.env}
 		root := c.newRoot()

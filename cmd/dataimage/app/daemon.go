@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/local"
 )
 
@@ -28,10 +29,11 @@ type daemonOptions struct {
 	imageLifetime lifetimeFlag
 	cloneLifetime lifetimeFlag
 	reapInterval  time.Duration
+	maxMembers    int64
 }
 
 // daemonFlagNames are the daemon's flags, in the order they are forwarded.
-var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "listen-address", "backup-root", "image-lifetime", "clone-lifetime", "reap-interval"}
+var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "listen-address", "backup-root", "image-lifetime", "clone-lifetime", "reap-interval", "max-archive-members"}
 
 // addFlags defines the daemon's flags in fs, hidden ones for the commands that only forward them.
 func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
@@ -43,6 +45,7 @@ func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
 	fs.Var(&d.imageLifetime, "image-lifetime", `lifetime of images whose definition names none: "0" (never, the default) or <n>s, <n>m, <n>h`)
 	fs.Var(&d.cloneLifetime, "clone-lifetime", `lifetime of clones made without --lifetime: "0" (never, the default) or <n>s, <n>m, <n>h`)
 	fs.DurationVar(&d.reapInterval, "reap-interval", local.DefaultReapInterval, "how often expired clones and images are deleted")
+	fs.Int64Var(&d.maxMembers, "max-archive-members", 0, fmt.Sprintf("most files, directories and links a base backup's archives may hold (0: %d; negative: no limit); a build also writes at most --volume-size", builder.DefaultMaxArchiveMembers))
 	if hidden {
 		for _, name := range daemonFlagNames {
 			if err := fs.MarkHidden(name); err != nil {
@@ -78,6 +81,7 @@ func (c *cli) config() local.Config {
 		DefaultCloneLifetime: string(d.cloneLifetime),
 		ReapInterval:         d.reapInterval,
 		VolumeSize:           int64(d.volumeSize),
+		MaxArchiveMembers:    d.maxMembers,
 		Logger:               c.logger(),
 	}
 }

@@ -39,10 +39,12 @@
 // one database (no USE or CREATE DATABASE before its first table) restores into
 // RestoreOptions.Database, created if need be, and fails with ErrNoDatabase when that is empty,
 // for MariaDB has no default database. The data's time is the dump's "-- Dump completed on"
-// trailer, read as UTC. Scripts (Exec) with no database name run with none selected: they name
-// their tables' databases or USE one. Dumps and scripts run in the client's binary mode and
-// without LOAD DATA LOCAL: the client's own commands (source, system, \!) are refused, so
-// that what a dump holds reaches the server only, never the builder's files or shell.
+// trailer, read as UTC. Dumps (and Exec's scripts) run in the client's binary mode and without
+// LOAD DATA LOCAL: the client's own commands (source, system, \!) are refused, so that what a
+// dump holds reaches the server only, never the builder's files or shell. A definition's
+// scripts do not use the client at all: RunScript (script.go) sends them through the driver as
+// an account without FILE or any other global privilege; with no database name they run with
+// none selected, and name their tables' databases or USE one.
 //
 // # Images
 //

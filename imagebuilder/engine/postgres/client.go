@@ -45,9 +45,10 @@ func (i *instance) serverError(op string, err error) error {
 }
 
 // Exec runs the SQL script read from r in database db ("" = postgres) with psql
-// (ON_ERROR_STOP=1, so the first error stops it). The script may use psql's meta-commands,
-// \connect included. A failure is a *engine.ServerError whose message has psql's error (with
-// the script's line) and the server log's tail.
+// (ON_ERROR_STOP=1, so the first error stops it), as AdminUser: for the adapter's own SQL and
+// tests, never for a definition's scripts (RunScript). The script may use psql's
+// meta-commands, \connect included. A failure is a *engine.ServerError whose message has
+// psql's error (with the script's line) and the server log's tail.
 func (i *instance) Exec(ctx context.Context, db string, r io.Reader) error {
 	defer i.flushLog()
 	cmd := i.psql(ctx, db, "-f", "-")
@@ -92,7 +93,10 @@ func (i *instance) CreateDatabase(ctx context.Context, name string) error {
 	if err := checkName("database", name); err != nil {
 		return fmt.Errorf("postgres: create database: %w", err)
 	}
-	const script = `SELECT format('CREATE DATABASE %I', :'name')
+	// Qualified, and with search_path pg_catalog: a script that ran in this database before
+	// may have made functions (a public.format) that a superuser must not call.
+	const script = `SET search_path = pg_catalog;
+SELECT pg_catalog.format('CREATE DATABASE %I', :'name')
 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = :'name') \gexec
 `
 	return i.execVars(ctx, "create database "+name, "", script, map[string]string{"name": name})

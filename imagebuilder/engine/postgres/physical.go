@@ -131,6 +131,10 @@ const minimalConf = `# Written by dataimage: the base backup had no postgresql.c
 // recovery.signal are removed, and so are primary_conninfo and primary_slot_name from
 // postgresql.auto.conf. A backup without postgresql.conf (a Debian cluster's) gets a minimal
 // one. The data's point in time is the backup's START TIME in backup_label.
+//
+// opts.MaxBytes and opts.MaxMembers bound what all the archives restore together; an archive
+// that passes one (a tar bomb) fails the restore with engine.ErrRestoreLimit, naming the
+// archive, the member and the limit, before that member is written.
 func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []engine.BackupFile, opts engine.RestoreOptions) (engine.DataState, error) {
 	var state engine.DataState
 	if len(backups) == 0 {
@@ -159,6 +163,7 @@ func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []e
 	for _, a := range archives {
 		total += a.size
 	}
+	var restored tarx.Stats // by the archives so far: they share the limits
 	for _, a := range archives {
 		dest := dataDir
 		if a.kind == kindWAL {
@@ -167,9 +172,11 @@ func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []e
 				return state, fmt.Errorf("postgres: restore WAL archive %s: %w", a.path, err)
 			}
 		}
-		if err := extract(ctx, u, a, dest, offset, opts.Progress); err != nil {
+		st, err := extract(ctx, u, a, dest, offset, opts, restored)
+		if err != nil {
 			return state, err
 		}
+		restored = restored.Add(st)
 		offset += a.size
 	}
 	if opts.Progress != nil {
@@ -197,21 +204,31 @@ func ensureDir(u *engine.User, dir string) error {
 }
 
 // extract restores one archive into dest, reporting progress as offset plus the archive's
-// bytes read.
-func extract(ctx context.Context, u *engine.User, a archive, dest string, offset int64, progress func(int64)) error {
+// bytes read, within the restore's limits (opts.MaxBytes, opts.MaxMembers) less what the
+// archives before it restored.
+func extract(ctx context.Context, u *engine.User, a archive, dest string, offset int64, opts engine.RestoreOptions, restored tarx.Stats) (tarx.Stats, error) {
 	f, err := os.Open(a.path)
 	if err != nil {
-		return fmt.Errorf("postgres: restore %s: %w", a.kind, err)
+		return tarx.Stats{}, fmt.Errorf("postgres: restore %s: %w", a.kind, err)
 	}
 	defer f.Close()
-	opts := tarx.Options{Owner: &tarx.Owner{UID: u.UID, GID: u.GID}, InputSize: a.size}
-	if progress != nil {
-		opts.Progress = func(done, _ int64) { progress(offset + done) }
+	topts := tarx.Options{Owner: &tarx.Owner{UID: u.UID, GID: u.GID}, InputSize: a.size,
+		MaxBytes: opts.MaxBytes, MaxMembers: opts.MaxMembers, Restored: restored}
+	if opts.Progress != nil {
+		topts.Progress = func(done, _ int64) { opts.Progress(offset + done) }
 	}
-	if _, err := tarx.Extract(ctx, f, dest, opts); err != nil {
-		return fmt.Errorf("postgres: restore %s %s into %s: %w", a.kind, a.path, dest, err)
+	st, err := tarx.Extract(ctx, f, dest, topts)
+	switch {
+	case errors.Is(err, tarx.ErrTooLarge):
+		return st, fmt.Errorf("postgres: restore %s %s: %w: the backup's files would take more than %d bytes, the restore's byte limit (the size of the volume restored into): %w",
+			a.kind, a.path, engine.ErrRestoreLimit, opts.MaxBytes, err)
+	case errors.Is(err, tarx.ErrTooManyMembers):
+		return st, fmt.Errorf("postgres: restore %s %s: %w: the backup has more than %d members (files, directories, links), the restore's member limit: %w",
+			a.kind, a.path, engine.ErrRestoreLimit, opts.MaxMembers, err)
+	case err != nil:
+		return st, fmt.Errorf("postgres: restore %s %s into %s: %w", a.kind, a.path, dest, err)
 	}
-	return nil
+	return st, nil
 }
 
 // finishDataDir makes a restored data directory ready for a start that recovers to a primary.
