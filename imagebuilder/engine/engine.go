@@ -67,6 +67,13 @@ type Engine interface {
 	// Start starts a server on the instance under root and waits until it accepts
 	// connections (or recovery finishes and it does). The context bounds the start only; the
 	// server runs until Instance.Stop.
+	//
+	// Every server Start runs is isolated, for builds and clones alike: it archives, streams
+	// and replays no WAL or binary log to or from anywhere, follows no primary, applies no
+	// subscription, starts no replication of its own, and makes no commit wait for a standby,
+	// whatever the data directory's configuration says (the adapter overrides it on the
+	// server's command line and removes the replication state it finds; see the adapters). With
+	// a TCP listener, it admits nobody over TCP until Instance.SetPassword.
 	Start(ctx context.Context, root string, opts StartOptions) (Instance, error)
 }
 
@@ -86,8 +93,18 @@ type Instance interface {
 	// time is taken from the dump when it records one.
 	RestoreLogical(ctx context.Context, b BackupFile, opts RestoreOptions) (DataState, error)
 	// SetPassword sets the password of the administrative user for TCP connections (creating
-	// the TCP account where the engine separates accounts by host).
+	// the TCP account where the engine separates accounts by host) and admits that user, with
+	// that password, over TCP: the one login a server started with a TCP listener accepts over
+	// TCP. It returns once new connections are admitted.
 	SetPassword(ctx context.Context, password string) error
+	// PrepareImage makes the data safe to freeze as an image that clones start from: it removes
+	// what links the data to servers outside the instance (replica configuration, subscriptions
+	// that own a slot on their publisher) and writes the isolation settings into the data's own
+	// configuration where the engine keeps one, so that a server started on the image by other
+	// means than Start is isolated too; the image carries no password of the administrative
+	// user's and no account that logs in over TCP. The builder runs it after the scripts, before
+	// the last checkpoint.
+	PrepareImage(ctx context.Context) error
 	// Checkpoint makes everything written so far durable in the data files.
 	Checkpoint(ctx context.Context) error
 	// Stop shuts the server down cleanly (PostgreSQL fast shutdown, MariaDB shutdown) and
