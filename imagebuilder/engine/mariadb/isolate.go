@@ -151,7 +151,9 @@ func (in *instance) PrepareImage(ctx context.Context) error {
 	if err := in.resetReplicas(ctx); err != nil {
 		return err
 	}
-	return in.execSQL(ctx, "prepare image", "", lockTCPAccountsSQL)
+	// A dump of the mysql schema replaces the grant tables without telling the server: the
+	// accounts are read again first, so that ALTER USER sees those the tables hold.
+	return in.execSQL(ctx, "prepare image", "", "FLUSH PRIVILEGES;\n"+lockTCPAccountsSQL)
 }
 
 // replicaStartRE matches a statement that starts replication, alone on its line, as
