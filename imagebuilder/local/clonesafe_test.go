@@ -18,7 +18,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/imagebuilder/internal/conncount"
+	"github.com/dataimage/dataimage/internal/conncount"
 )
 
 // These tests build images from backups of servers wired to the outside world (a PostgreSQL

@@ -13,7 +13,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb/internal/mariadbtest"
-	"github.com/dataimage/dataimage/imagebuilder/internal/conncount"
+	"github.com/dataimage/dataimage/internal/conncount"
 )
 
 // primaries returns two counting listeners that stand for primaries (a connection attempt is

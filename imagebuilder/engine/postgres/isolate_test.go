@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/imagebuilder/internal/conncount"
 	"github.com/dataimage/dataimage/imagebuilder/internal/pgtest"
+	"github.com/dataimage/dataimage/internal/conncount"
 )
 
 // isolationSQL reads the settings Start overrides, in a fixed order.
