@@ -16,6 +16,14 @@
 // server needs that is not data (sockets, generated access rules, the server's log, the pid
 // file) lives in a runtime directory outside the volume, given to Start, so an image holds data
 // only and each clone brings its own access rules.
+//
+// # Isolation
+//
+// A server Start runs reaches nothing outside its instance: no WAL or binary log archived,
+// streamed or replayed, no primary followed, no subscription applied, no standby waited for, and
+// over TCP no login but the administrative user's with the password SetPassword gave. The
+// builder calls Instance.PrepareImage last, so that the image itself carries the same (for a
+// server started on it by other means) and no password of its source.
 package engine
 
 import (
