@@ -154,6 +154,11 @@ func runScript(t *testing.T, ex example, conf string, env ...string) string {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(conf, "set-password.sh"))
 	cmd.Env = append(os.Environ(), append(env, "CLONE_PASSWORD_FILE="+file)...)
+	// Past the deadline the script's clients go too (a commit waiting for a standby would hold
+	// the output open).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "set-password.sh: %s", out)
 	return password
