@@ -27,15 +27,14 @@ const (
 	failureStopTimeout = 30 * time.Second
 )
 
-// buildSettings are server settings for the build only, by engine. PostgreSQL: a base backup's
-// configuration may archive WAL (archive_command) to a place that means something only on its
-// source; a build must not write there. Nothing needs to reach the disk before the build ends
-// (fsync off, which also skips the fsync of every file of the data directory that crash
-// recovery starts with: a second per GiB restored through a volume): the build ends with a
-// checkpoint, a clean shutdown and a sync of the whole file system (the stop step), and a build
-// that crashes is discarded.
+// buildSettings are server settings for the build only, by engine. PostgreSQL: nothing needs to
+// reach the disk before the build ends (fsync off, which also skips the fsync of every file of
+// the data directory that crash recovery starts with: a second per GiB restored through a
+// volume): the build ends with a checkpoint, a clean shutdown and a sync of the whole file
+// system (the stop step), and a build that crashes is discarded. (That the server archives and
+// replicates nothing is the engine's own: engine.Engine.Start.)
 var buildSettings = map[imagebuilder.Engine]map[string]string{
-	imagebuilder.EnginePostgres: {"archive_mode": "off", "synchronous_commit": "off", "fsync": "off"},
+	imagebuilder.EnginePostgres: {"synchronous_commit": "off", "fsync": "off"},
 }
 
 // build is one run of Build.
@@ -392,9 +391,13 @@ func (b *build) start(ctx context.Context, db string) error {
 	})
 }
 
-// checkpoint is the checkpoint step.
+// checkpoint is the checkpoint step: the data is made safe to clone (engine.Instance.PrepareImage:
+// no replication, archiving or TCP login travels with the image), then durable.
 func (b *build) checkpoint(ctx context.Context) error {
-	return b.do(StepCheckpoint, "making every change durable in the data files", func() error {
+	return b.do(StepCheckpoint, "detaching the data from its sources, then making every change durable in the data files", func() error {
+		if err := b.inst.PrepareImage(ctx); err != nil {
+			return err
+		}
 		return b.inst.Checkpoint(ctx)
 	})
 }

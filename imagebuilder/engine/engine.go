@@ -17,6 +17,14 @@
 // server needs that is not data (sockets, generated access rules, the server's log, the pid
 // file) lives in a runtime directory outside the volume, given to Start, so an image holds data
 // only and each clone brings its own access rules.
+//
+// # Isolation
+//
+// A server Start runs reaches nothing outside its instance: no WAL or binary log archived,
+// streamed or replayed, no primary followed, no subscription applied, no standby waited for, and
+// over TCP no login but the administrative user's with the password SetPassword gave. The
+// builder calls Instance.PrepareImage last, so that the image itself carries the same (for a
+// server started on it by other means) and no password of its source.
 package engine
 
 import (
@@ -71,6 +79,13 @@ type Engine interface {
 	// Start starts a server on the instance under root and waits until it accepts
 	// connections (or recovery finishes and it does). The context bounds the start only; the
 	// server runs until Instance.Stop.
+	//
+	// Every server Start runs is isolated, for builds and clones alike: it archives, streams
+	// and replays no WAL or binary log to or from anywhere, follows no primary, applies no
+	// subscription, starts no replication of its own, and makes no commit wait for a standby,
+	// whatever the data directory's configuration says (the adapter overrides it on the
+	// server's command line and removes the replication state it finds; see the adapters). With
+	// a TCP listener, it admits nobody over TCP until Instance.SetPassword.
 	Start(ctx context.Context, root string, opts StartOptions) (Instance, error)
 }
 
@@ -101,8 +116,18 @@ type Instance interface {
 	// time is taken from the dump when it records one.
 	RestoreLogical(ctx context.Context, b BackupFile, opts RestoreOptions) (DataState, error)
 	// SetPassword sets the password of the administrative user for TCP connections (creating
-	// the TCP account where the engine separates accounts by host).
+	// the TCP account where the engine separates accounts by host) and admits that user, with
+	// that password, over TCP: the one login a server started with a TCP listener accepts over
+	// TCP. It returns once new connections are admitted.
 	SetPassword(ctx context.Context, password string) error
+	// PrepareImage makes the data safe to freeze as an image that clones start from: it removes
+	// what links the data to servers outside the instance (replica configuration, subscriptions
+	// that own a slot on their publisher) and writes the isolation settings into the data's own
+	// configuration where the engine keeps one, so that a server started on the image by other
+	// means than Start is isolated too; the image carries no password of the administrative
+	// user's and no account that logs in over TCP. The builder runs it after the scripts, before
+	// the last checkpoint.
+	PrepareImage(ctx context.Context) error
 	// Checkpoint makes everything written so far durable in the data files.
 	Checkpoint(ctx context.Context) error
 	// Stop shuts the server down cleanly (PostgreSQL fast shutdown, MariaDB shutdown) and

@@ -250,10 +250,11 @@ func (in *instance) CreateDatabase(ctx context.Context, name string) error {
 	return nil
 }
 
-// SetPassword lets root log in over TCP with password: root@'%' is created (or altered) with it
-// and all privileges, and root@localhost takes it besides its socket authentication. The
-// password travels to the client on its standard input, never on a command line, and errors do
-// not repeat it.
+// SetPassword lets root log in over TCP with password, and nobody else: every account a TCP
+// client could log in with is locked (again: Start's init file did it already), then root@'%' is
+// created (or altered) with the password and all privileges, and unlocked; root@localhost takes
+// the password besides its socket authentication. The password travels to the client on its
+// standard input, never on a command line, and errors do not repeat it.
 func (in *instance) SetPassword(ctx context.Context, password string) error {
 	if password == "" {
 		return fmt.Errorf("%s: set password: empty password", in.srv.kind)
@@ -261,8 +262,9 @@ func (in *instance) SetPassword(ctx context.Context, password string) error {
 	pw := quoteString(password)
 	var sql strings.Builder
 	sql.WriteString("SET SESSION sql_mode = '';\n") // quoteString's escapes need backslashes on
+	sql.WriteString(lockTCPAccountsSQL)
 	fmt.Fprintf(&sql, "CREATE USER IF NOT EXISTS 'root'@'%%' IDENTIFIED BY %s;\n", pw)
-	fmt.Fprintf(&sql, "ALTER USER 'root'@'%%' IDENTIFIED BY %s;\n", pw)
+	fmt.Fprintf(&sql, "ALTER USER 'root'@'%%' IDENTIFIED BY %s ACCOUNT UNLOCK;\n", pw)
 	sql.WriteString("GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;\n")
 	if in.srv.mariaDB() {
 		fmt.Fprintf(&sql, "ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(%s);\n", pw)

@@ -183,7 +183,7 @@ func TestServerArgs(t *testing.T) {
 	want := []string{
 		"--no-defaults", "--basedir=/usr", "--datadir=/i/data", "--socket=/run/x/mysqld.sock",
 		"--pid-file=/run/x/mysqld.pid", "--log-error=/run/x/server.log", "--skip-name-resolve",
-		"--port=3307", "--bind-address=127.0.0.1",
+		"--skip-log-bin", "--skip-slave-start", "--port=3307", "--bind-address=127.0.0.1",
 		"--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
 		"--innodb-buffer-pool-size=256M", "--max-allowed-packet=64M", "--tmpdir=/run/x/tmp",
 	}
@@ -195,10 +195,17 @@ func TestServerArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(args, "--skip-networking") || !slices.Contains(args, "--mysqlx=OFF") || slices.Contains(args, "--character-set-server=utf8mb4") {
+	if !slices.Contains(args, "--skip-networking") || !slices.Contains(args, "--mysqlx=OFF") || slices.Contains(args, "--character-set-server=utf8mb4") ||
+		!slices.Contains(args, "--skip-log-bin") || !slices.Contains(args, "--skip-replica-start") {
 		t.Errorf("MySQL serverArgs = %q", args)
 	}
-	for _, bad := range []map[string]string{{"datadir": "/x"}, {"LOOSE-PID_FILE": "x"}, {"a b": "1"}, {"x": "a\nb"}, {"": "1"}} {
+	old := &server{kind: imagebuilder.EngineMySQL, version: "8.0.25", bin: "/usr/sbin/mysqld"}
+	if args, err = old.serverArgs("/i/data", "/run/x", engine.StartOptions{}); err != nil || !slices.Contains(args, "--skip-slave-start") {
+		t.Errorf("MySQL 8.0.25 serverArgs = %q, %v; want --skip-slave-start", args, err)
+	}
+	// The isolation options are the adapter's: no setting turns them off.
+	for _, bad := range []map[string]string{{"datadir": "/x"}, {"LOOSE-PID_FILE": "x"}, {"a b": "1"}, {"x": "a\nb"}, {"": "1"},
+		{"log_bin": "mysql-bin"}, {"skip-slave-start": "0"}, {"loose-skip-replica-start": "OFF"}, {"init_file": "/tmp/x.sql"}} {
 		if _, err := s.serverArgs("/i/data", "/run/x", engine.StartOptions{Settings: bad}); !errors.Is(err, ErrSetting) {
 			t.Errorf("serverArgs(%v) = %v, want ErrSetting", bad, err)
 		}

@@ -38,7 +38,9 @@ var systemDatabases = map[string]bool{
 // them, and opts.Database is not used; any other dump (mariadb-dump of one database) restores
 // into opts.Database, created if need be, and fails with ErrNoDatabase when that is empty.
 // Client commands in the dump (source, system, ...) are refused, and so is LOAD DATA LOCAL: a
-// dump cannot reach the builder's files. Progress counts the bytes of the file (compressed, for
+// dump cannot reach the builder's files. The replica start statements of a dump of a replica
+// (--apply-slave-statements) are not run (skipReplicaStarts): its CHANGE MASTER is, and
+// PrepareImage removes what it configured. Progress counts the bytes of the file (compressed, for
 // a gzip'd dump). The data's time is the dump's "-- Dump completed on" trailer, when it has one.
 func (in *instance) RestoreLogical(ctx context.Context, b engine.BackupFile, opts engine.RestoreOptions) (engine.DataState, error) {
 	if b.Format != imagebuilder.FormatSQL {
@@ -79,7 +81,7 @@ func (in *instance) RestoreLogical(ctx context.Context, b engine.BackupFile, opt
 	}
 	trailer := &tailWriter{max: trailerSize}
 	cmd := in.client(ctx, db)
-	cmd.Stdin = io.TeeReader(br, trailer)
+	cmd.Stdin = io.TeeReader(skipReplicaStarts(br), trailer)
 	if _, err := engine.Run(cmd); err != nil {
 		into := "the databases it creates"
 		if db != "" {

@@ -25,7 +25,19 @@
 // the process is root, and as the current OS user with the MariaDB user of the same name
 // otherwise (a container that runs everything as mysql). MySQL's --initialize-insecure makes
 // root@localhost with an empty password instead. SetPassword adds root@'%' with the password
-// for TCP clients and lets root@localhost log in with it too, keeping socket logins.
+// for TCP clients and lets root@localhost log in with it too, keeping socket logins. Every other
+// account TCP clients could log in with (any host but localhost) is locked: by the init file of
+// a server with a TCP listener, before its first connection, by SetPassword, and in the image by
+// PrepareImage; over TCP a server admits root@'%' with the password SetPassword gave, and
+// nobody before.
+//
+// # Isolation
+//
+// Every server runs without a binary log (--skip-log-bin) and without starting its replica
+// threads (--skip-slave-start); a replica configuration found in the data directory is removed
+// once the server is up (RESET SLAVE ... ALL for every connection), as PrepareImage does for the
+// image. A dump's replica start statements are not run (see RestoreLogical). read_only is left
+// alone.
 //
 // A dump of the mysql schema (mariadb-dump --all-databases) replaces these accounts with the
 // source's when the restored server next starts; its root@localhost must then still let the OS

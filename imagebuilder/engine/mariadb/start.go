@@ -45,11 +45,24 @@ var reservedOptions = map[string]bool{
 	"defaults-group-suffix": true, "print-defaults": true, "mysqlx": true,
 }
 
+func init() {
+	for _, o := range isolationOptions {
+		reservedOptions[o] = true
+	}
+}
+
 var settingNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
 
 // Start starts mariadbd (mysqld) on DataDir(root), as the server's OS user, and waits until a
 // client connects through the socket. The server's log goes to RuntimeDir/server.log (appended
-// to) and, line by line, to opts.Output.
+// to) and, line by line, to opts.Output. The runtime directory, which holds the socket, becomes
+// the server user's with mode 0700.
+//
+// The server is isolated (see isolate.go): no binary log, no replica thread started at startup,
+// and a replica configuration found in the data directory is removed once the server is up
+// (RESET SLAVE ... ALL). A server with a TCP listener locks every account TCP clients could log
+// in with before it accepts any connection (--init-file), so that it admits nobody over TCP
+// until SetPassword; Start checks that they are locked and fails (stopping the server) if not.
 func (s *server) Start(ctx context.Context, root string, opts engine.StartOptions) (engine.Instance, error) {
 	u, err := s.user(opts.RunAs)
 	if err != nil {
@@ -104,6 +117,24 @@ func (s *server) Start(ctx context.Context, root string, opts engine.StartOption
 			return nil, fmt.Errorf("%s: start: runtime directory: %w", s.kind, err)
 		}
 	}
+	// The socket lets OS users in by name (unix_socket): only the server's user and root may
+	// reach it.
+	if err := os.Chmod(runtimeDir, 0o700); err != nil {
+		return nil, fmt.Errorf("%s: start: runtime directory: %w", s.kind, err)
+	}
+	readySQL := "SELECT 1"
+	if opts.Port > 0 {
+		initFile, err := writeInitFile(u, runtimeDir)
+		if err != nil {
+			return nil, fmt.Errorf("%s: start: init file: %w", s.kind, err)
+		}
+		args = append(args, "--init-file="+initFile)
+		readySQL = s.openTCPAccountsSQL()
+	}
+	replicas, err := s.hasReplicaConfig(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: start: %w", s.kind, err)
+	}
 	if err := u.MkdirAll(filepath.Join(runtimeDir, tmpDirName), 0o700); err != nil {
 		return nil, fmt.Errorf("%s: start: temporary directory: %w", s.kind, err)
 	}
@@ -145,8 +176,19 @@ func (s *server) Start(ctx context.Context, root string, opts engine.StartOption
 	}
 	go in.wait()
 	go in.follow(opts.Output)
-	if err := in.waitReady(ctx); err != nil {
+	out, err := in.waitReady(ctx, readySQL)
+	if err != nil {
 		return nil, err
+	}
+	if opts.Port > 0 && strings.TrimSpace(out) != "0" {
+		in.terminate(stopGrace)
+		return nil, in.serverError("start", fmt.Errorf("%s account(s) that TCP clients could log in with are not locked after the init file (see the log): the server was stopped", strings.TrimSpace(out)))
+	}
+	if replicas {
+		if err := in.resetReplicas(ctx); err != nil {
+			in.terminate(stopGrace)
+			return nil, err
+		}
 	}
 	in.flushLog() // the start's lines reach Output before Start returns
 	slog.Debug("mariadb: server accepts connections", "engine", s.kind, "version", s.version,
@@ -166,6 +208,7 @@ func (s *server) serverArgs(dataDir, runtimeDir string, opts engine.StartOptions
 		"--log-error=" + filepath.Join(runtimeDir, logFileName),
 		"--skip-name-resolve",
 	}
+	args = append(args, s.isolationArgs()...)
 	if opts.Port == 0 {
 		args = append(args, "--skip-networking")
 	} else {
@@ -251,9 +294,10 @@ func (s *server) clientUser() (*engine.User, string, error) {
 	return u, u.Name, nil
 }
 
-// waitReady waits until the server answers a query through its socket, the server exits, or
-// ctx ends; in the last two cases the server is stopped and the error has the log's tail.
-func (in *instance) waitReady(ctx context.Context) error {
+// waitReady waits until the server answers query through its socket, the server exits, or
+// ctx ends, and returns the answer; in the last two cases the server is stopped and the error
+// has the log's tail.
+func (in *instance) waitReady(ctx context.Context, query string) (string, error) {
 	start := time.Now()
 	bin := filepath.Base(in.srv.bin)
 	tick := time.NewTicker(readyPoll)
@@ -262,13 +306,13 @@ func (in *instance) waitReady(ctx context.Context) error {
 		select {
 		case <-in.exited:
 			<-in.done
-			return in.serverError("start", fmt.Errorf("%s exited before accepting connections: %w", bin, in.exitError()))
+			return "", in.serverError("start", fmt.Errorf("%s exited before accepting connections: %w", bin, in.exitError()))
 		default:
 		}
 		if _, err := os.Stat(in.socket); err == nil {
-			_, err := in.query(ctx, "", "SELECT 1")
+			out, err := in.query(ctx, "", query)
 			if err == nil {
-				return nil
+				return out, nil
 			}
 			if !retryable(err) && ctx.Err() == nil {
 				select {
@@ -277,7 +321,7 @@ func (in *instance) waitReady(ctx context.Context) error {
 				default:
 				}
 				in.terminate(stopGrace)
-				return in.serverError("start", fmt.Errorf("%s runs, but the client cannot connect: %w", bin, err))
+				return "", in.serverError("start", fmt.Errorf("%s runs, but the client cannot connect: %w", bin, err))
 			}
 		}
 		select {
@@ -287,7 +331,7 @@ func (in *instance) waitReady(ctx context.Context) error {
 			if killed {
 				err = fmt.Errorf("%w (and it did not stop within %s of SIGTERM: killed)", err, stopGrace)
 			}
-			return in.serverError("start", err)
+			return "", in.serverError("start", err)
 		case <-in.exited:
 		case <-tick.C:
 		}

@@ -102,9 +102,11 @@ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = :'name') \g
 	return i.execVars(ctx, "create database "+name, "", script, map[string]string{"name": name})
 }
 
-// SetPassword sets AdminUser's password (stored as a scram-sha-256 verifier), for TCP
-// connections. The password goes to psql on its standard input, not its command line, and the
-// statement is kept out of the server's log.
+// SetPassword sets AdminUser's password (stored as a scram-sha-256 verifier) and opens TCP to
+// that role: until the first SetPassword a server admits nobody over TCP, afterwards AdminUser
+// only, with this password (see hbaRules). It returns once new TCP connections get these rules.
+// The password goes to psql on its standard input, not its command line, and the statement is
+// kept out of the server's log.
 func (i *instance) SetPassword(ctx context.Context, password string) error {
 	defer i.flushLog()
 	if password == "" || strings.ContainsRune(password, 0) {
@@ -115,10 +117,8 @@ func (i *instance) SetPassword(ctx context.Context, password string) error {
 		"SET log_min_duration_statement = -1;\n" +
 		"SET password_encryption = 'scram-sha-256';\n" +
 		"ALTER ROLE " + quoteIdent(AdminUser) + " WITH LOGIN PASSWORD " + quoteLiteral(password) + ";\n"
-	cmd := i.psql(ctx, "", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if _, err := engine.Run(cmd); err != nil {
-		return i.serverError("set password", err)
+	if err := i.setPasswordOpenTCP(ctx, script); err != nil {
+		return err
 	}
 	i.mu.Lock()
 	i.mu.conn.Password = password

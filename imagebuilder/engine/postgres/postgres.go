@@ -12,6 +12,16 @@
 // hba_file / ident_file), the pid file and server.log, the server's standard error. The data
 // directory only holds data, so an image carries no access rules of its own.
 //
+// # Isolation
+//
+// Every server Start runs, for a build or a clone, is isolated (isolate.go): the settings that
+// archive, restore or stream WAL, apply subscriptions or wait for a synchronous standby are
+// overridden on its command line, the recovery signal files are removed, subscriptions are
+// disabled and detached from their publishers' slots, and over TCP it admits nobody until
+// SetPassword, then the administrative role with that password only (no other role, no
+// replication). PrepareImage writes the same settings into the image's postgresql.auto.conf and
+// leaves the administrative role without a password.
+//
 // # Backups
 //
 // Detect tells the formats apart by content: pg_dump custom archives ("PGDMP"), plain SQL from

@@ -126,7 +126,8 @@ func (b *bench) pgBin(name string) string {
 }
 
 // makeBackup starts a source instance, fills it with pgbench -i at the configured scale while
-// nothing else runs, and takes pg_basebackup -Ft -X stream of it into backups/large/.
+// nothing else runs, and takes pg_basebackup -Ft -X stream of it (through its Unix socket) into
+// backups/large/.
 func (b *bench) makeBackup() (string, int64, error) {
 	src, err := b.startInstance("source", true)
 	if err != nil {
@@ -146,7 +147,9 @@ func (b *bench) makeBackup() (string, int64, error) {
 		return "", 0, err
 	}
 	b.logf("pg_basebackup -Ft -X stream")
-	if _, err := b.cmd(c, b.pgBin("pg_basebackup"), "-Ft", "-X", "stream", "-c", "fast", "-D", dir); err != nil {
+	// Through the server's socket: servers admit no replication connection over TCP.
+	sock := engine.ConnInfo{Host: c.Socket, Port: c.Port, User: c.User}
+	if _, err := b.cmd(sock, b.pgBin("pg_basebackup"), "-Ft", "-X", "stream", "-c", "fast", "-D", dir); err != nil {
 		return "", 0, err
 	}
 	var size int64
