@@ -379,6 +379,35 @@ EOF
 		--cert-dir="$E2E_STATE/kubelet-pki" --node-ip="$NODE_IP" --hostname-override="$NODE_NAME" --v=2
 }
 
+# The host-wide kernel settings the kubelet sets at its start (setupKernelTunables in
+# pkg/kubelet/cm/container_manager_linux.go): not per namespace, so `down` puts back the values
+# saved here before the kubelet starts.
+KUBELET_TUNABLES=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+	kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+TUNABLES_BEFORE="$E2E_RUN/kernel-tunables.before"
+
+save_tunables() {
+	local k
+	for k in "${KUBELET_TUNABLES[@]}"; do echo "$k=$(sysctl -n "$k")"; done >"$TUNABLES_BEFORE.tmp"
+	mv "$TUNABLES_BEFORE.tmp" "$TUNABLES_BEFORE"
+}
+
+# restore_tunables: the kernel settings of save_tunables, once the kubelet is stopped; fails
+# when one cannot be put back.
+restore_tunables() {
+	[[ -f $TUNABLES_BEFORE ]] || return 0
+	local kv k v changed=()
+	while IFS= read -r kv; do
+		k=${kv%%=*} v=${kv#*=}
+		if [[ "$(sysctl -n "$k")" != "$v" ]]; then
+			sysctl -qw "$k=$v" || e2e_die "cannot put back $k=$v"
+			changed+=("$k=$v")
+		fi
+	done <"$TUNABLES_BEFORE"
+	rm -f "$TUNABLES_BEFORE"
+	if ((${#changed[@]} > 0)); then e2e_log "put back the kernel settings the kubelet changed: ${changed[*]}"; fi
+}
+
 node_ready() {
 	[[ "$(e2e_kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }
@@ -427,6 +456,7 @@ up() {
 	start_controllers
 	start_containerd
 	import_images
+	save_tunables
 	start_kubelet
 	install_snapshot_api
 	e2e_wait 120 "node $NODE_NAME Ready" node_ready || {
@@ -636,6 +666,7 @@ down() {
 	kill_cgroup_procs
 	stop_test_servers
 	kill_netns_procs
+	restore_tunables
 	release_mounts
 	release_netns
 	release_cgroups
