@@ -118,7 +118,8 @@ closing() {
 }
 
 e2e_require_root
-start=$SECONDS
+# (Not `start`: finish may run inside e2e_phase, whose local `start` would shadow it.)
+e2e_start=$SECONDS
 if [[ $# -gt 0 ]]; then
 	trap 'stop_phase; exit 130' INT TERM
 	rc=0
@@ -144,7 +145,7 @@ finish() {
 		phase down || rc=1
 	fi
 	summary
-	e2e_log "total $((SECONDS - start)) s"
+	e2e_log "total $((SECONDS - e2e_start)) s"
 	if ((rc == 0)); then e2e_log "make e2e: PASS"; else e2e_log "make e2e: FAIL"; fi
 	closing
 	exit $rc
