@@ -5,8 +5,9 @@
 # directory and the pool under $E2E_STATE, the export state under $E2E_RUN, no livenessprobe
 # sidecar (its module is not on the Go module proxy, so there is no image), the Debian
 # PostgreSQL image of images.sh as the postgres engine's image (its postgres user is 999:999, the
-# chart's default), and the tests' backup directory as the one host path DataImages may use. Then waits until the node plugin
-# has registered with the kubelet and the controller is available.
+# chart's default), and the tests' backup directory as the one host path DataImages may use. Then
+# waits until the node plugin has registered with the kubelet and the controller is available.
+# helm, like kubectl, runs in the client's network namespace (lib.sh).
 set -euo pipefail
 # shellcheck source=hack/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -74,7 +75,7 @@ main() {
 	[[ -x $helm ]] || e2e_die "helm is missing (hack/install-k8s-tools.sh)"
 	write_values
 	e2e_log "helm upgrade --install $DATAIMAGE_RELEASE charts/dataimage -n $DATAIMAGE_NAMESPACE -f $E2E_STATE/values.yaml"
-	e2e_quiet "$E2E_STATE/logs/helm.log" "$helm" --kubeconfig "$KUBECONFIG_ADMIN" upgrade --install \
+	e2e_quiet "$E2E_STATE/logs/helm.log" in_netns "$CLIENT_NS" "$helm" --kubeconfig "$KUBECONFIG_ADMIN" upgrade --install \
 		"$DATAIMAGE_RELEASE" "$REPO/charts/dataimage" --namespace "$DATAIMAGE_NAMESPACE" --create-namespace \
 		-f "$E2E_STATE/values.yaml"
 	if ! e2e_kubectl -n "$DATAIMAGE_NAMESPACE" rollout status "daemonset/$DATAIMAGE_RELEASE-node" --timeout=120s >&2 ||

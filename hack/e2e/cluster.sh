@@ -2,44 +2,41 @@
 # cluster.sh up|down|smoke: phase 3 (and 6) of the e2e harness (docs/e2e.md). `up` starts a
 # single-node Kubernetes cluster on this machine from the binaries of install.sh and the images
 # of images.sh; `down` stops everything that `up` started, by PID, and releases what it left
-# (mounts, loop devices, FUSE mounts, network namespaces, links, cgroups), whatever state it is
-# in; `smoke` runs a busybox pod to completion. Both up and down are idempotent: `up` runs `down`
-# first.
+# (mounts, loop devices, FUSE mounts, network namespaces, cgroups), whatever state it is in, and
+# checks that the host's network namespace is as it was before (rootns.sh); `smoke` runs a
+# busybox pod to completion. Both up and down are idempotent: `up` runs `down` first.
 #
-# Layout: the node has a bridge of its own ($NODE_BRIDGE) with $NODE_IP/32, on which the
-# apiserver and the kubelet listen; pods get addresses of $POD_CIDR on a second bridge
-# ($POD_BRIDGE, through the CNI bridge plugin). No kube-proxy and no DNS: pods reach the
-# apiserver through the `kubernetes` Service's address, which the node also holds, and a socat
-# process there forwards it to the apiserver.
+# Network: nothing in the host's network namespace. The bridge, the control plane, the node and
+# the client (kubectl, helm, the tests) each have a network namespace of their own, made here and
+# deleted by `down` (the layout is in lib.sh and docs/e2e.md). Processes enter only the network
+# namespace (nsenter --net): they share the host's mount namespace, so that the CSI plugin's
+# Bidirectional mounts reach the kubelet and the tests.
 set -euo pipefail
 # shellcheck source=hack/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
 PKI="$E2E_STATE/pki"
 LOGS="$E2E_STATE/logs"
 PIDS="$E2E_RUN/pids"
 CGROUP_NAME="dataimage-e2e"
 CONTAINERD_SOCK="$E2E_RUN/containerd/containerd.sock"
-# The first address of the service range (given by its network address): the `kubernetes`
-# Service's.
-SERVICE_NET="${SERVICE_CIDR%/*}"
-SERVICE_IP="${SERVICE_NET%.*}.$((${SERVICE_NET##*.} + 1))"
 
 # Components in start order; `down` stops them in the reverse order.
-COMPONENTS=(etcd kube-apiserver apiserver-proxy kube-controller-manager kube-scheduler containerd kubelet snapshot-controller)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet snapshot-controller)
 
 # ---------------------------------------------------------------- processes
 
-# start NAME CMD...: starts CMD in its own session, output in $LOGS/NAME.log, PID and
-# executable in $PIDS/NAME.pid.
+# start NS NAME CMD...: starts CMD in network namespace NS (nsenter execs it: the PID is CMD's)
+# and its own session, output in $LOGS/NAME.log, PID and executable in $PIDS/NAME.pid.
 start() {
-	local name=$1
-	shift
-	setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+	local ns=$1 name=$2
+	shift 2
+	setsid nsenter --net="$(netns_path "$ns")" -- "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
 	local pid=$!
 	echo "$pid $(readlink -f "$(command -v "$1")")" >"$PIDS/$name.pid"
-	e2e_log "started $name (pid $pid, log $LOGS/$name.log)"
+	e2e_log "started $name in $ns (pid $pid, log $LOGS/$name.log)"
 }
 
 # alive NAME: whether the process of $PIDS/NAME.pid runs, and is still the program it was.
@@ -73,7 +70,13 @@ stop() {
 
 # expect_alive NAME: fails, with the log's tail, when NAME has exited.
 expect_alive() {
-	alive "$1" && return 0
+	local i
+	# Until nsenter has exec'ed the command, the PID's executable is nsenter.
+	for ((i = 0; i < 10; i++)); do
+		alive "$1" && return 0
+		[[ -f $PIDS/$1.pid && "$(readlink -f "/proc/$(cut -d' ' -f1 "$PIDS/$1.pid")/exe" 2>/dev/null)" == */nsenter ]] || break
+		sleep 0.2
+	done
 	tail -n 30 "$LOGS/$1.log" >&2 || true
 	e2e_die "$1 exited (log: $LOGS/$1.log)"
 }
@@ -96,7 +99,7 @@ cert() {
 	rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
 
-# kubeconfig NAME: $PKI/NAME.kubeconfig with NAME's certificate, for the apiserver on the node IP.
+# kubeconfig NAME: $PKI/NAME.kubeconfig with NAME's certificate, for the apiserver at $CP_IP.
 kubeconfig() {
 	local name=$1
 	cat >"$PKI/$name.kubeconfig" <<EOF
@@ -105,7 +108,7 @@ kind: Config
 clusters:
 - name: dataimage-e2e
   cluster:
-    server: https://$NODE_IP:$APISERVER_PORT
+    server: $APISERVER_URL
     certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
 users:
 - name: $name
@@ -128,7 +131,7 @@ make_pki() {
 		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
 		-out "$PKI/ca.crt" 2>/dev/null
 	cert apiserver kube-apiserver "" serverAuth \
-		"IP:$NODE_IP,IP:$SERVICE_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
+		"IP:$CP_IP,IP:$SERVICE_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
 	cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters clientAuth
 	cert admin dataimage-e2e-admin system:masters clientAuth
 	cert controller-manager system:kube-controller-manager "" clientAuth
@@ -152,18 +155,57 @@ shared_bind() {
 	mount --make-rshared "$1"
 }
 
+# netns_add NS: a new network namespace, kept by a bind mount on /run/netns/NS (so `ip -n NS`
+# and `ip netns` know it), its loopback up. Made with unshare, not `ip netns add`, which would
+# also turn /run/netns into a shared bind mount of its own and leave that behind.
+netns_add() {
+	local p
+	p="$(netns_path "$1")"
+	[[ ! -e $p ]] || e2e_die "network namespace $1 exists already ($p): run hack/e2e/cluster.sh down"
+	touch "$p"
+	unshare --net="$p" true
+	ip -n "$1" link set lo up
+}
+
+# attach NS IP: a new network namespace NS, plugged into the bridge by a veth pair (eth0 in NS
+# with IP/$NET_CIDR_PREFIXLEN; the bridge's port is named after NS's role), made in those
+# namespaces directly: neither end ever exists in the host's.
+attach() {
+	local ns=$1 ip=$2 port=${1#"$E2E_NETNS_PREFIX"-}
+	netns_add "$ns"
+	ip -n "$NET_NS" link add "$port" type veth peer name eth0 netns "$ns"
+	ip -n "$NET_NS" link set "$port" master "$NET_BRIDGE" up
+	ip -n "$ns" addr add "$ip/$NET_CIDR_PREFIXLEN" dev eth0
+	ip -n "$ns" link set eth0 up
+}
+
 setup_network() {
-	if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
-		ip link add "$NODE_BRIDGE" type bridge
+	# /run/netns, when this makes it, goes again with the cluster (down).
+	if [[ ! -d /run/netns ]]; then
+		mkdir -p /run/netns
+		touch "$E2E_RUN/netns-dir.made"
 	fi
-	ip addr replace "$NODE_IP/32" dev "$NODE_BRIDGE"
-	ip addr replace "$SERVICE_IP/32" dev "$NODE_BRIDGE"
-	ip link set "$NODE_BRIDGE" up
-	# Network namespaces present before the cluster: `down` removes only the others.
+	# Network namespaces present before the cluster: `down` removes only the others (the pods').
 	local n
 	for n in /run/netns/*; do
 		if [[ -e $n ]]; then basename "$n"; fi
 	done >"$E2E_RUN/netns.before"
+	netns_add "$NET_NS"
+	ip -n "$NET_NS" link add "$NET_BRIDGE" type bridge
+	ip -n "$NET_NS" link set "$NET_BRIDGE" up
+	attach "$CP_NS" "$CP_IP"
+	attach "$CLIENT_NS" "$CLIENT_IP"
+	attach "$NODE_NS" "$NODE_IP"
+	# The control plane holds the `kubernetes` Service's address (there is no kube-proxy), and
+	# routes each node's pods back to their node.
+	ip -n "$CP_NS" addr add "$SERVICE_IP/32" dev lo
+	ip -n "$CP_NS" route add "$POD_CIDR" via "$NODE_IP"
+	# The node routes between its pods and the bridge (also set by the CNI bridge plugin: both
+	# in the node's namespace, where the sysctl is the namespace's own), and sends the service
+	# range to the control plane.
+	in_netns "$NODE_NS" sysctl -qw net.ipv4.ip_forward=1
+	ip -n "$NODE_NS" route add "$SERVICE_CIDR" via "$CP_IP"
+	e2e_log "network: bridge $NET_BRIDGE in $NET_NS; $CP_NS $CP_IP (+ $SERVICE_IP), $CLIENT_NS $CLIENT_IP, $NODE_NS $NODE_IP (pods $POD_CIDR)"
 }
 
 # setup_cgroups: the kubelet's cgroup root in every v1 hierarchy (cpuset needs its cpus and
@@ -185,20 +227,22 @@ setup_cgroups() {
 # ---------------------------------------------------------------- components
 
 start_etcd() {
-	start etcd /usr/bin/etcd --name e2e --data-dir "$E2E_STATE/etcd" \
+	start "$CP_NS" etcd /usr/bin/etcd --name e2e --data-dir "$E2E_STATE/etcd" \
 		--listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
 		--advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
 		--listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
 		--initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
 		--initial-cluster "e2e=http://127.0.0.1:$ETCD_PEER_PORT" \
 		--listen-metrics-urls "" --log-level warn
-	e2e_wait 30 "etcd" curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health" || expect_alive etcd
+	e2e_wait 30 "etcd" in_netns "$CP_NS" curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health" || expect_alive etcd
 	expect_alive etcd
 }
 
 start_apiserver() {
-	start kube-apiserver "$E2E_BIN/kube-apiserver" \
-		--advertise-address="$NODE_IP" --bind-address="$NODE_IP" --secure-port="$APISERVER_PORT" \
+	# On every address of its namespace: $CP_IP and the `kubernetes` Service's $SERVICE_IP, both
+	# on the Service's port, so that pods reach it without a proxy.
+	start "$CP_NS" kube-apiserver "$E2E_BIN/kube-apiserver" \
+		--advertise-address="$CP_IP" --bind-address=0.0.0.0 --secure-port="$APISERVER_PORT" \
 		--etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
 		--service-cluster-ip-range="$SERVICE_CIDR" \
 		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -212,18 +256,15 @@ start_apiserver() {
 		--allow-privileged=true --profiling=false --cert-dir="$E2E_STATE/apiserver"
 	e2e_wait 60 "kube-apiserver /readyz" e2e_kubectl get --raw /readyz || expect_alive kube-apiserver
 	expect_alive kube-apiserver
-	# Pods reach the apiserver at the `kubernetes` Service's address (in-cluster config), which
-	# nothing routes without kube-proxy: the node holds that address and forwards its port 443.
-	start apiserver-proxy socat "TCP-LISTEN:443,bind=$SERVICE_IP,fork,reuseaddr" "TCP:$NODE_IP:$APISERVER_PORT"
 }
 
 start_controllers() {
-	start kube-controller-manager "$E2E_BIN/kube-controller-manager" \
+	start "$CP_NS" kube-controller-manager "$E2E_BIN/kube-controller-manager" \
 		--kubeconfig="$PKI/controller-manager.kubeconfig" --secure-port=0 --leader-elect=false \
 		--use-service-account-credentials=true --service-account-private-key-file="$PKI/sa.key" \
 		--root-ca-file="$PKI/ca.crt" --cluster-signing-cert-file="$PKI/ca.crt" \
 		--cluster-signing-key-file="$PKI/ca.key" --service-cluster-ip-range="$SERVICE_CIDR"
-	start kube-scheduler "$E2E_BIN/kube-scheduler" \
+	start "$CP_NS" kube-scheduler "$E2E_BIN/kube-scheduler" \
 		--kubeconfig="$PKI/scheduler.kubeconfig" --secure-port=0 --leader-elect=false
 }
 
@@ -272,14 +313,14 @@ EOF
       "ipam": {
         "type": "host-local",
         "ranges": [[{"subnet": "$POD_CIDR"}]],
-        "routes": [{"dst": "$SERVICE_CIDR"}, {"dst": "$NODE_IP/32"}],
+        "routes": [{"dst": "$CLUSTER_CIDR"}],
         "dataDir": "$E2E_STATE/cni/ipam"
       }
     }
   ]
 }
 EOF
-	start containerd /usr/bin/containerd --config "$E2E_STATE/containerd.toml"
+	start "$NODE_NS" containerd /usr/bin/containerd --config "$E2E_STATE/containerd.toml"
 	e2e_wait 30 "containerd" ctr --address "$CONTAINERD_SOCK" version || expect_alive containerd
 	expect_alive containerd
 }
@@ -333,9 +374,38 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 maxPods: 50
 EOF
-	start kubelet "$E2E_BIN/kubelet" --config="$E2E_STATE/kubelet.yaml" \
+	start "$NODE_NS" kubelet "$E2E_BIN/kubelet" --config="$E2E_STATE/kubelet.yaml" \
 		--kubeconfig="$PKI/kubelet.kubeconfig" --root-dir="$KUBELET_DIR" \
 		--cert-dir="$E2E_STATE/kubelet-pki" --node-ip="$NODE_IP" --hostname-override="$NODE_NAME" --v=2
+}
+
+# The host-wide kernel settings the kubelet sets at its start (setupKernelTunables in
+# pkg/kubelet/cm/container_manager_linux.go): not per namespace, so `down` puts back the values
+# saved here before the kubelet starts.
+KUBELET_TUNABLES=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+	kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+TUNABLES_BEFORE="$E2E_RUN/kernel-tunables.before"
+
+save_tunables() {
+	local k
+	for k in "${KUBELET_TUNABLES[@]}"; do echo "$k=$(sysctl -n "$k")"; done >"$TUNABLES_BEFORE.tmp"
+	mv "$TUNABLES_BEFORE.tmp" "$TUNABLES_BEFORE"
+}
+
+# restore_tunables: the kernel settings of save_tunables, once the kubelet is stopped; fails
+# when one cannot be put back.
+restore_tunables() {
+	[[ -f $TUNABLES_BEFORE ]] || return 0
+	local kv k v changed=()
+	while IFS= read -r kv; do
+		k=${kv%%=*} v=${kv#*=}
+		if [[ "$(sysctl -n "$k")" != "$v" ]]; then
+			sysctl -qw "$k=$v" || e2e_die "cannot put back $k=$v"
+			changed+=("$k=$v")
+		fi
+	done <"$TUNABLES_BEFORE"
+	rm -f "$TUNABLES_BEFORE"
+	if ((${#changed[@]} > 0)); then e2e_log "put back the kernel settings the kubelet changed: ${changed[*]}"; fi
 }
 
 node_ready() {
@@ -349,7 +419,7 @@ install_snapshot_api() {
 		-f "$REPO/charts/dataimage/files/snapshot-crds/"
 	e2e_quiet "$LOGS/snapshot-crds.log" e2e_kubectl wait --for condition=established --timeout=60s \
 		-f "$REPO/charts/dataimage/files/snapshot-crds/"
-	start snapshot-controller "$E2E_BIN/snapshot-controller" --kubeconfig="$PKI/admin.kubeconfig" \
+	start "$CP_NS" snapshot-controller "$E2E_BIN/snapshot-controller" --kubeconfig="$PKI/admin.kubeconfig" \
 		--leader-election=false --enable-distributed-snapshotting --v=2
 }
 
@@ -359,7 +429,7 @@ up() {
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl snapshot-controller; do
 		[[ -x "$E2E_BIN/$b" ]] || e2e_die "$E2E_BIN/$b is missing: run hack/e2e/install.sh"
 	done
-	down
+	down cleanup
 	local t0=$SECONDS left
 	# Never remove through a mount that `down` could not release (a bind mount of a host path
 	# would have its files deleted).
@@ -370,6 +440,13 @@ up() {
 	shared_bind "$E2E_STATE"
 	shared_bind "$E2E_RUN"
 	mkdir -p "$LOGS" "$PIDS"
+	# The host's network namespace as it is before the cluster, for `down` to compare with
+	# (e2e.sh takes it before its first phase instead, and says so).
+	if [[ ${E2E_ROOTNS_TAKEN:-0} != 1 || ! -d $ROOTNS_BEFORE ]]; then
+		rm -rf "$ROOTNS_BEFORE"
+		"$HERE/rootns.sh" snapshot "$ROOTNS_BEFORE" "before up" ||
+			e2e_die "no snapshot of the host's network namespace (hack/e2e/rootns.sh snapshot)"
+	fi
 	make_pki
 	setup_network
 	setup_cgroups
@@ -379,6 +456,7 @@ up() {
 	start_controllers
 	start_containerd
 	import_images
+	save_tunables
 	start_kubelet
 	install_snapshot_api
 	e2e_wait 120 "node $NODE_NAME Ready" node_ready || {
@@ -473,18 +551,68 @@ release_mounts() {
 	done
 }
 
-release_netns() {
-	local p n
+# netns_inode NS: the inode of network namespace NS (the same for every process in it).
+netns_inode() { stat -L -c %i "$(netns_path "$1")" 2>/dev/null; }
+
+# cluster_netns: the network namespaces of this cluster that exist: the run's own and the pods'
+# (cni-*, made by containerd since `up`).
+cluster_netns() {
+	local ns p n
+	for ns in "${E2E_NETNS[@]}"; do
+		if [[ -e "$(netns_path "$ns")" ]]; then echo "$ns"; fi
+	done
 	for p in /run/netns/cni-*; do
 		[[ -e $p ]] || continue
 		n=$(basename "$p")
 		if [[ -f $E2E_RUN/netns.before ]] && grep -qxF "$n" "$E2E_RUN/netns.before"; then
 			continue
 		fi
-		e2e_log "removing network namespace $n"
-		umount "/run/netns/$n" 2>/dev/null || umount -l "/run/netns/$n" 2>/dev/null || true
-		rm -f "/run/netns/$n"
+		echo "$n"
 	done
+}
+
+# kill_netns_procs: SIGKILL to every process still in one of the cluster's network namespaces
+# once its components are stopped (a shell opened with ns.sh included): then nothing holds a
+# namespace once its mount is gone.
+kill_netns_procs() {
+	local inodes=() ns i p pid found
+	while read -r ns; do
+		[[ -n $ns ]] && inodes+=("net:[$(netns_inode "$ns")]")
+	done < <(cluster_netns)
+	((${#inodes[@]} > 0)) || return 0
+	for ((i = 0; i < 10; i++)); do
+		found=""
+		for p in /proc/[0-9]*; do
+			pid=${p#/proc/}
+			[[ $pid != "$$" && $pid != "$BASHPID" ]] || continue
+			ns="$(readlink "$p/ns/net" 2>/dev/null)" || continue
+			if [[ " ${inodes[*]} " == *" $ns "* ]]; then
+				e2e_log "killing pid $pid ($(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | cut -c1-100)), left in the cluster's network namespace $ns"
+				kill -KILL "$pid" 2>/dev/null || true
+				found=1
+			fi
+		done
+		[[ -n $found ]] || return 0
+		sleep 0.5
+	done
+	e2e_log "processes are still in the cluster's network namespaces"
+}
+
+# release_netns: every network namespace of the cluster unmounted and removed (veths go with
+# them), the node's first, the bridge's last; /run/netns too when `up` made it and it is empty.
+release_netns() {
+	local ns p
+	while read -r ns; do
+		[[ -n $ns ]] || continue
+		p="$(netns_path "$ns")"
+		e2e_log "removing network namespace $ns"
+		umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true
+		rm -f "$p"
+	done < <(cluster_netns | tac)
+	if [[ -f $E2E_RUN/netns-dir.made ]]; then
+		rmdir /run/netns 2>/dev/null || true
+		rm -f "$E2E_RUN/netns-dir.made"
+	fi
 }
 
 # stop_test_servers: the PostgreSQL servers that tests run on the node to make backups (under
@@ -516,8 +644,13 @@ release_cgroups() {
 	return 0
 }
 
+# down [cleanup]: stops the cluster and releases everything it held. Then, when `up` took a
+# snapshot of the host's network namespace, compares the namespace with it (rootns.sh; the
+# result also in $ROOTNS_REPORT) and fails when they differ. `down cleanup`, which `up` runs
+# first, only stops and releases: it leaves the snapshot alone.
 down() {
 	e2e_require_root
+	local mode=${1:-}
 	[[ -d $E2E_RUN ]] || [[ -d $E2E_STATE ]] || return 0
 	mkdir -p "$PIDS"
 	drain_pods
@@ -532,15 +665,19 @@ down() {
 	kill_shims
 	kill_cgroup_procs
 	stop_test_servers
+	kill_netns_procs
+	restore_tunables
 	release_mounts
 	release_netns
-	local l
-	for l in "$POD_BRIDGE" "$NODE_BRIDGE"; do
-		if ip link show "$l" >/dev/null 2>&1; then ip link del "$l"; fi
-	done
 	release_cgroups
 	rm -rf "$PIDS" "$E2E_RUN/containerd" "$E2E_RUN/kubeconfig" "$E2E_RUN/netns.before"
 	e2e_log "cluster down"
+	[[ $mode != cleanup && -d $ROOTNS_BEFORE ]] || return 0
+	local rc=0
+	mkdir -p "$(dirname "$ROOTNS_REPORT")"
+	"$HERE/rootns.sh" compare "$ROOTNS_BEFORE" "after down" "$ROOTNS_REPORT" >&2 || rc=$?
+	rm -rf "$ROOTNS_BEFORE"
+	return $rc
 }
 
 # smoke: a busybox pod runs to completion and its log comes back.

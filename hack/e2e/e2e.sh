@@ -6,13 +6,17 @@
 #   images   OCI archives: pause, busybox, sidecars, Debian PostgreSQL, the project's (images.sh)
 #   up       the cluster: PKI, etcd, control plane, containerd, kubelet, CNI, snapshot API (cluster.sh up)
 #   chart    Dataimage from charts/dataimage with helm (chart.sh)
-#   test     go test -tags e2e ./sanity/e2e/... against the cluster
-#   down     everything stopped by PID, mounts, loop devices, links, cgroups released (cluster.sh down)
+#   test     go test -tags e2e ./sanity/e2e/... against the cluster (the test binary in the
+#            client's network namespace)
+#   rootns   the host's network namespace compared with its snapshot (rootns.sh): identical
+#   down     everything stopped by PID, mounts, loop devices, network namespaces, cgroups
+#            released, then the host's network namespace compared again (cluster.sh down)
 #
-# Without arguments: install, images, up, chart, test, and down at the end whatever happened
-# (also on failure or interrupt), unless E2E_KEEP=1 keeps the cluster for a look (then
-# `hack/e2e/e2e.sh down`). With arguments: only those phases, in the order given, and nothing
-# stopped unless `down` is one of them. E2E_TEST_RUN is passed to go test -run.
+# Without arguments: a snapshot of the host's network namespace, then install, images, up,
+# smoke, chart, test, and at the end whatever happened (also on failure or interrupt) rootns
+# and down, unless E2E_KEEP=1 keeps the cluster for a look (then `hack/e2e/e2e.sh down`). With
+# arguments: only those phases, in the order given, and nothing stopped unless `down` is one of
+# them (the snapshot is then `up`'s). E2E_TEST_RUN is passed to go test -run.
 set -euo pipefail
 # shellcheck source=hack/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -24,6 +28,9 @@ TEST_LOG="$E2E_STATE/logs/go-test.log"
 run_tests() {
 	local args=(-tags e2e -count=1 -v -timeout "${E2E_TEST_TIMEOUT:-45m}")
 	if [[ -n ${E2E_TEST_RUN:-} ]]; then args+=(-run "$E2E_TEST_RUN"); fi
+	# Built and run by go test here; the test binary (and the kubectl, psql... it starts) in the
+	# client's network namespace.
+	args+=(-exec "nsenter --net=$(netns_path "$CLIENT_NS") --")
 	(cd "$REPO" && env KUBECONFIG="$E2E_RUN/kubeconfig" \
 		E2E_KUBECTL="$E2E_BIN/kubectl" E2E_NODE_NAME="$NODE_NAME" \
 		E2E_NAMESPACE="$DATAIMAGE_NAMESPACE" E2E_RELEASE="$DATAIMAGE_RELEASE" \
@@ -88,14 +95,21 @@ phase() {
 		rm -f "$TEST_LOG"
 		e2e_phase test background run_tests
 		;;
+	rootns) e2e_phase rootns background "$HERE/rootns.sh" compare "$ROOTNS_BEFORE" "with the cluster up" "$ROOTNS_REPORT" ;;
 	down) e2e_phase down background "$HERE/cluster.sh" down ;;
-	*) e2e_die "unknown phase $1 (install images up smoke chart test down)" ;;
+	*) e2e_die "unknown phase $1 (install images up smoke chart test rootns down)" ;;
 	esac
 }
 
 summary() {
 	e2e_log "timings:"
 	printf '%s' "$E2E_TIMINGS" >&2
+	# The comparisons of this invocation (phases rootns, down).
+	local t=$'\n'$E2E_TIMINGS
+	if [[ -s $ROOTNS_REPORT && ($t == *$'\n'"rootns "* || $t == *$'\n'"down "*) ]]; then
+		e2e_log "the host's network namespace (hack/e2e/rootns.sh):"
+		cat "$ROOTNS_REPORT" >&2
+	fi
 }
 
 # closing: the test counts as the output's last line, when tests ran.
@@ -104,7 +118,8 @@ closing() {
 }
 
 e2e_require_root
-start=$SECONDS
+# (Not `start`: finish may run inside e2e_phase, whose local `start` would shadow it.)
+e2e_start=$SECONDS
 if [[ $# -gt 0 ]]; then
 	trap 'stop_phase; exit 130' INT TERM
 	rc=0
@@ -123,19 +138,33 @@ finish() {
 	local rc=$?
 	trap - EXIT INT TERM
 	stop_phase
+	if [[ -d $ROOTNS_BEFORE ]]; then phase rootns || rc=1; fi
 	if [[ ${E2E_KEEP:-0} == 1 ]]; then
-		e2e_log "E2E_KEEP=1: the cluster stays up (KUBECONFIG=$E2E_RUN/kubeconfig); stop it with hack/e2e/e2e.sh down"
+		e2e_log "E2E_KEEP=1: the cluster stays up; kubectl: hack/e2e/ns.sh client kubectl get pods -A; stop it with hack/e2e/e2e.sh down"
 	else
 		phase down || rc=1
 	fi
 	summary
-	e2e_log "total $((SECONDS - start)) s"
+	e2e_log "total $((SECONDS - e2e_start)) s"
 	if ((rc == 0)); then e2e_log "make e2e: PASS"; else e2e_log "make e2e: FAIL"; fi
 	closing
 	exit $rc
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
+
+# The host's network namespace before anything: up, rootns and down compare with it. rootns.sh
+# needs jq, which a fresh machine gets here rather than in phase install (too late).
+if ! command -v jq >/dev/null 2>&1; then
+	e2e_log "apt-get install jq (hack/e2e/rootns.sh)"
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jq >/dev/null
+fi
+mkdir -p "$E2E_RUN" "$E2E_STATE"
+rm -rf "$ROOTNS_BEFORE" "$ROOTNS_REPORT"
+"$HERE/rootns.sh" snapshot "$ROOTNS_BEFORE" "before make e2e" ||
+	e2e_die "no snapshot of the host's network namespace (hack/e2e/rootns.sh snapshot)"
+export E2E_ROOTNS_TAKEN=1
 
 phase install
 phase images

@@ -6,7 +6,7 @@
 #
 #   deps: hack/install-deps.sh (the project's: file system tools, fuse3, PostgreSQL, ...)
 #   apt:  containerd, runc, containernetworking-plugins, etcd-server, openssl, busybox-static,
-#         debootstrap, iproute2, util-linux, mount, socat, curl
+#         debootstrap, iproute2, util-linux (nsenter, unshare), mount, curl, jq
 #   Go:   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
 #         (k8s.io/kubernetes $K8S_VERSION, its staging modules replaced by their published
 #         v0.<minor>.<patch>), csi-provisioner (external-provisioner/v6), csi-snapshotter and
@@ -23,7 +23,7 @@ e2e_require_root
 export DEBIAN_FRONTEND=noninteractive
 
 apt_packages=(containerd runc containernetworking-plugins etcd-server openssl busybox-static
-	debootstrap iproute2 util-linux mount socat curl tar ca-certificates)
+	debootstrap iproute2 util-linux mount curl jq tar ca-certificates)
 
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
 

@@ -22,17 +22,67 @@ K8S_VERSION="${K8S_VERSION:-v1.36.1}"
 PROVISIONER_VERSION="${PROVISIONER_VERSION:-v6.3.0}"
 SNAPSHOTTER_VERSION="${SNAPSHOTTER_VERSION:-v8.7.0}"
 
-# The cluster's addresses: a bridge of its own with a /32 for the node, a /24 for pods, a
-# service range nothing routes (no kube-proxy: the tests reach pods by exec, not by service).
-NODE_IP="${E2E_NODE_IP:-10.99.0.1}"
-NODE_BRIDGE="${E2E_NODE_BRIDGE:-di-e2e0}"
-POD_BRIDGE="${E2E_POD_BRIDGE:-di-e2e-pods}"
-POD_CIDR="${E2E_POD_CIDR:-10.99.1.0/24}"
-SERVICE_CIDR="${E2E_SERVICE_CIDR:-10.99.128.0/20}"
+# The cluster's network (docs/e2e.md, "Network"): nothing of it is in the host's root network
+# namespace. Every component runs in a network namespace the run creates (/run/netns/NAME,
+# entered with `nsenter --net` only: the mount namespace stays the host's, for mount
+# propagation), each attached by a veth pair to a bridge that lives in a namespace of its own:
+#
+#   $NET_NS     the bridge $NET_BRIDGE (no address: a switch), one port per namespace below
+#   $CP_NS      etcd (127.0.0.1), kube-apiserver ($CP_IP:443 and the `kubernetes` Service's
+#               $SERVICE_IP:443), controller-manager, scheduler, snapshot-controller
+#   node_ns N   node N: containerd and its shims, the kubelet ($(node_ip N)), the CNI bridge
+#               $POD_BRIDGE with the pods of $(pod_cidr N); hostNetwork pods
+#   $CLIENT_NS  the tests (go test -exec), kubectl, helm: a workstation
+#
+# Addresses: $E2E_SUBNET.0.0/16, private, and routed nowhere outside those namespaces. Node N's
+# pods route the whole /16 to their node; the nodes route the service range to the control plane,
+# which routes each node's pod range back to it. No kube-proxy, no NAT, no DNS.
+E2E_SUBNET="${E2E_SUBNET:-10.99}"
+E2E_NETNS_PREFIX="${E2E_NETNS_PREFIX:-dataimage-e2e}"
+CLUSTER_CIDR="$E2E_SUBNET.0.0/16"
+NET_CIDR_PREFIXLEN=24 # the bridge's network: $E2E_SUBNET.0.0/24
+NET_NS="$E2E_NETNS_PREFIX-net"
+NET_BRIDGE=br0
+CP_NS="$E2E_NETNS_PREFIX-cp"
+CP_IP="$E2E_SUBNET.0.2"
+CLIENT_NS="$E2E_NETNS_PREFIX-client"
+CLIENT_IP="$E2E_SUBNET.0.3"
+SERVICE_CIDR="$E2E_SUBNET.128.0/20"
+SERVICE_IP="$E2E_SUBNET.128.1" # the `kubernetes` Service's, held by $CP_NS
+POD_BRIDGE=cni0
+APISERVER_PORT=443 # the Service's port: in-cluster clients reach the apiserver without a proxy
+APISERVER_URL="https://$CP_IP:$APISERVER_PORT"
+ETCD_CLIENT_PORT=2379
+ETCD_PEER_PORT=2380
+
+# Node N (1, 2, ...): its network namespace, address on the bridge, and pod range.
+node_ns() { echo "$E2E_NETNS_PREFIX-node$1"; }
+node_ip() { echo "$E2E_SUBNET.0.$((10 + $1))"; }
+pod_cidr() { echo "$E2E_SUBNET.$1.0/24"; }
+
+# The single node of today's cluster.
+NODE_NS="$(node_ns 1)"
+NODE_IP="$(node_ip 1)"
+POD_CIDR="$(pod_cidr 1)"
 NODE_NAME="${E2E_NODE_NAME:-dataimage-e2e}"
-APISERVER_PORT="${E2E_APISERVER_PORT:-6443}"
-ETCD_CLIENT_PORT="${E2E_ETCD_PORT:-2479}"
-ETCD_PEER_PORT="${E2E_ETCD_PEER_PORT:-2480}"
+
+# Every network namespace of the run, in the order they are made (the bridge's first).
+E2E_NETNS=("$NET_NS" "$CP_NS" "$CLIENT_NS" "$NODE_NS")
+
+netns_path() { echo "/run/netns/$1"; }
+
+# in_netns NS CMD...: CMD in network namespace NS, and nothing else of it changed (the mount
+# namespace stays the host's: `ip netns exec` would also unshare it and remount /sys).
+in_netns() {
+	local ns=$1
+	shift
+	nsenter --net="$(netns_path "$ns")" -- "$@"
+}
+
+# The host's network namespace before the cluster (rootns.sh snapshot), and what each comparison
+# with it found (printed in e2e.sh's summary).
+ROOTNS_BEFORE="$E2E_RUN/rootns.before"
+ROOTNS_REPORT="$E2E_STATE/rootns.txt"
 
 E2E_BIN="$E2E_CACHE/bin"
 KUBECONFIG_ADMIN="$E2E_STATE/pki/admin.kubeconfig"
@@ -100,7 +150,8 @@ e2e_wait() {
 	done
 }
 
-e2e_kubectl() { "$E2E_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+# e2e_kubectl: kubectl as the cluster's admin, from the client's network namespace.
+e2e_kubectl() { in_netns "$CLIENT_NS" "$E2E_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
 e2e_require_root() {
 	[[ $(id -u) -eq 0 ]] || e2e_die "the e2e harness needs root (containerd, kubelet, mounts)"
