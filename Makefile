@@ -55,7 +55,7 @@ FUZZTIME ?= 30s
 
 # Idempotent: quiet and quick when everything is already installed.
 deps:
-	@hack/install-deps.sh
+	@t0=$$SECONDS; hack/install-deps.sh; echo "==> deps: $$((SECONDS - t0)) s"
 
 # Build everything, then one binary per main package under cmd/ (none until
 # the driver issue lands, which is fine).
@@ -72,17 +72,19 @@ build:
 # lint first: gofmt, go vet and staticcheck are part of every test run.
 test: deps lint
 	@echo "==> go test -race ./..."
-	$(GO) test -race -count=1 -timeout 25m ./...
+	@t0=$$SECONDS; $(GO) test -race -count=1 -timeout 25m ./...; echo "==> go test: $$((SECONDS - t0)) s"
 
 lint:
-	@echo "==> gofmt -l"
-	@out="$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -print0 | xargs -0 -r gofmt -l)"; \
-	if [ -n "$$out" ]; then echo "not gofmt-ed (run gofmt -w):"; echo "$$out"; exit 1; fi
-	@echo "==> go vet ./..."
-	$(GO) vet ./...
-	@echo "==> staticcheck ./..."
-	@command -v staticcheck >/dev/null || { echo "staticcheck not found: run make deps"; exit 1; }
-	staticcheck ./...
+	@t0=$$SECONDS; \
+	echo "==> gofmt -l"; \
+	out="$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -print0 | xargs -0 -r gofmt -l)"; \
+	if [ -n "$$out" ]; then echo "not gofmt-ed (run gofmt -w):"; echo "$$out"; exit 1; fi; \
+	echo "==> go vet ./..."; \
+	$(GO) vet ./...; \
+	echo "==> staticcheck ./..."; \
+	command -v staticcheck >/dev/null || { echo "staticcheck not found: run make deps"; exit 1; }; \
+	staticcheck ./...; \
+	echo "==> lint: $$((SECONDS - t0)) s"
 
 bench:
 	@echo "==> hack/bench.sh $(BENCH_ARGS)"
