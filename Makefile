@@ -46,7 +46,7 @@ MODEL_OPS ?= 1000000
 # Packages whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
 # the package's testdata/fuzz/ and is a regression test from then on: commit it with the fix.
 FUZZ_PKGS ?= ./blockstore/internal/format ./blockstore/export ./driver ./imagebuilder ./imagebuilder/tarx \
-	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./imagebuilder/local ./imagebuilder/controller
+	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./local ./controllers/dataimage
 FUZZTIME ?= 30s
 
 .DEFAULT_GOAL := build
@@ -126,7 +126,7 @@ SNAPSHOT_CLIENT := github.com/kubernetes-csi/external-snapshotter/client/v8
 manifests:
 	@hack/install-k8s-tools.sh
 	@echo "==> controller-gen: deepcopy and the DataImage CRD"
-	controller-gen object paths=./imagebuilder/apis/... crd:crdVersions=v1 output:crd:dir=deploy/crd
+	controller-gen object paths=./apis/... crd:crdVersions=v1 output:crd:dir=deploy/crd
 	cp deploy/crd/dataimage.io_dataimages.yaml charts/dataimage/files/crds/
 	@echo "==> snapshot CRDs of $(SNAPSHOT_CLIENT)"
 	dir="$$($(GO) mod download -json $(SNAPSHOT_CLIENT) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')"; \

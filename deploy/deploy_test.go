@@ -21,7 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/dataimage/dataimage/deploy/manifest"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // tool finds a tool of hack/install-k8s-tools.sh, or skips without it except in CI.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install-envtest.sh provides the two binaries that controller-runtime's envtest starts for the
-# DataImage controller's tests (imagebuilder/controller): kube-apiserver and etcd. There is no
+# DataImage controller's tests (controllers/dataimage): kube-apiserver and etcd. There is no
 # binary download (setup-envtest needs the internet):
 #
 #   etcd            Debian's etcd-server package (3.4.23 on bookworm, which kube-apiserver 1.36

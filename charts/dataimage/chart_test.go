@@ -28,7 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/dataimage/dataimage/deploy/manifest"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 const namespace = "storage"

@@ -33,7 +33,7 @@ import (
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
-	dataimagev1alpha1 "github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	dataimagev1alpha1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // Errors.

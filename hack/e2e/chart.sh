@@ -38,7 +38,7 @@ controller:
     postgres:
       image: "$POSTGRES_IMAGE_REPO:{version}"
       versions: ["$POSTGRES_VERSION"]
-  # The tests' backups are host directories under \$E2E_STATE/backups (sanity/e2e).
+  # The tests' backups are host directories under \$E2E_STATE/backups (e2e).
   allowedHostPaths: ["$E2E_STATE/backups"]
 EOF
 }

@@ -6,7 +6,7 @@
 #   images   OCI archives: pause, busybox, sidecars, Debian PostgreSQL, the project's (images.sh)
 #   up       the cluster: PKI, etcd, control plane, containerd, kubelet, CNI, snapshot API (cluster.sh up)
 #   chart    Dataimage from charts/dataimage with helm (chart.sh)
-#   test     go test -tags e2e ./sanity/e2e/... against the cluster (the test binary in the
+#   test     go test -tags e2e ./e2e/... against the cluster (the test binary in the
 #            client's network namespace)
 #   rootns   the host's network namespace compared with its snapshot (rootns.sh): identical
 #   down     everything stopped by PID, mounts, loop devices, network namespaces, cgroups
@@ -37,7 +37,7 @@ run_tests() {
 		E2E_POSTGRES_IMAGE="$POSTGRES_IMAGE_REPO:$POSTGRES_VERSION" E2E_POSTGRES_VERSION="$POSTGRES_VERSION" \
 		E2E_BUSYBOX_IMAGE="$BUSYBOX_IMAGE" E2E_STATE="$E2E_STATE" E2E_RUN="$E2E_RUN" \
 		E2E_KUBELET_DIR="$KUBELET_DIR" E2E_POOL_PATH="$POOL_PATH" E2E_EXPORT_STATE_DIR="$EXPORT_STATE_DIR" \
-		"$GO" test "${args[@]}" ./sanity/e2e/... 2>&1) | tee "$TEST_LOG"
+		"$GO" test "${args[@]}" ./e2e/... 2>&1) | tee "$TEST_LOG"
 }
 
 # test_counts: "N passed, N failed" of the last test phase's top-level tests (and skips).

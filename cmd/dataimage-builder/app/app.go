@@ -82,7 +82,7 @@ engine versions installed here and, when it names backups or scripts, that they 
 
 Output (--output):
   json  one build event per line on stdout: {"step", "message", "done", "total", "log"}, the
-        JSON of imagebuilder/local.BuildEvent (done/total: bytes of backup restored; log: a
+        JSON of local.BuildEvent (done/total: bytes of backup restored; log: a
         line of the engine's log). Logs go to stderr, as text.
   text  progress for people on stderr.
 

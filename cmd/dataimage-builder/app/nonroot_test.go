@@ -22,7 +22,7 @@ import (
 )
 
 // The build Job runs the builder as the engine's server user, with no capability, no privilege
-// escalation and a read-only root file system (imagebuilder/controller, build.go). These tests
+// escalation and a read-only root file system (controllers/dataimage, build.go). These tests
 // run the static builder binary the same way on this machine, without a cluster: in a mount
 // namespace of its own where the root file system is read-only and only the pod's writable
 // places are writable (the build volume, a fresh /tmp, the runtime directory, the termination

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // progress shows a build's events and, at the end, its outcome.

@@ -24,8 +24,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
-	"github.com/dataimage/dataimage/imagebuilder/controller"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/controllers/dataimage"
 )
 
 // Version is the controller's version (set at link time with -X).
@@ -74,7 +74,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: the pod's own)")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "listen address of the Prometheus /metrics endpoint (\"0\" turns it off)")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz (\"0\" turns them off)")
-	fs.DurationVar(&c.ProgressInterval, "progress-interval", controller.DefaultProgressInterval, "how often a running build's progress is read from its pod's log")
+	fs.DurationVar(&c.ProgressInterval, "progress-interval", dataimage.DefaultProgressInterval, "how often a running build's progress is read from its pod's log")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -146,14 +146,14 @@ func Run(ctx context.Context, c Config, logger *slog.Logger) error {
 	}
 	restCfg.UserAgent = "dataimage-controller/" + Version
 
-	scheme, err := controller.NewScheme()
+	scheme, err := dataimage.NewScheme()
 	if err != nil {
 		return err
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                        scheme,
 		Logger:                        lr,
-		Cache:                         controller.CacheOptions(),
+		Cache:                         dataimage.CacheOptions(),
 		Metrics:                       metricsserver.Options{BindAddress: c.MetricsAddr},
 		HealthProbeBindAddress:        c.ProbeAddr,
 		LeaderElection:                c.LeaderElect,
@@ -164,11 +164,11 @@ func Run(ctx context.Context, c Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	logs, err := controller.NewPodLogReader(restCfg)
+	logs, err := dataimage.NewPodLogReader(restCfg)
 	if err != nil {
 		return err
 	}
-	if err := controller.Setup(mgr, controller.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval}); err != nil {
+	if err := dataimage.Setup(mgr, dataimage.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // execEnv makes the test binary the dataimage command: the daemon that the end-to-end test's

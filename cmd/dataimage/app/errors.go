@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // Errors of the command itself; the daemon's are local's (local.ErrNotFound, ...).

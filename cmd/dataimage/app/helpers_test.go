@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // progress shows an image build's events for people. On a terminal, each step (and each new

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // timedEvent is a build event at a time since the build's start.

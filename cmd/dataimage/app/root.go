@@ -1,5 +1,5 @@
 // Package app is the dataimage command: data images built from database backups and writable
-// clones of them, served by a daemon on this machine (package imagebuilder/local). Every verb
+// clones of them, served by a daemon on this machine (package local). Every verb
 // but `daemon` talks to the daemon of the data home, starting it when it is not running.
 package app
 
@@ -20,7 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // Exit statuses.

@@ -8,7 +8,7 @@
 //  4. space: N clones each running the same pgbench transactions: pool growth vs the bytes the
 //     transactions rewrote.
 //
-// Everything runs against the real daemon code (imagebuilder/local, in process) and the real
+// Everything runs against the real daemon code (local, in process) and the real
 // PostgreSQL of this machine; the baselines use the same PostgreSQL, data and settings. Scratch
 // files go in a temporary directory under -dir and are removed at the end.
 package main

@@ -63,7 +63,7 @@ func (r *report) markdown() string {
 	p("%s\n\n# Data image benchmarks\n\n", reportMarker)
 	p("Written by `make bench` (`go run ./imagebuilder/internal/imagebench -write`, %s in all; `-quick` for a smoke run).\n", r.elapsed.Round(time.Second))
 	p("PostgreSQL %s, Go %s, %d CPUs. Every comparison runs both sides in the same run on the same disk;\n", r.pgVersion, runtime.Version(), runtime.NumCPU())
-	p("the store side is the real daemon code (imagebuilder/local, in process: a sparse pool file with\n")
+	p("the store side is the real daemon code (local, in process: a sparse pool file with\n")
 	p("O_DIRECT, volumes exported through FUSE + a loop device, ext4 made by k8s.io/mount-utils) and the\n")
 	p("baseline is ext4 (mkfs.ext4 -F -m0, as mount-utils makes it) on a loop device with direct I/O over a\n")
 	p("raw sparse file of the same size. The data: `pgbench -i -s %d`, then `pg_basebackup -Ft -X stream -c fast` (base.tar +\n", r.cfg.scale)

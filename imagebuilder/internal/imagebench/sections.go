@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // report is everything measured.

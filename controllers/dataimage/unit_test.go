@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"errors"
@@ -16,9 +16,9 @@ import (
 
 	"github.com/dataimage/dataimage/driver"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 func TestConstantsMatchDriver(t *testing.T) {

@@ -53,14 +53,14 @@ func TestGeneratedFilesCurrent(t *testing.T) {
 	cg := tool(t, "controller-gen")
 	root := moduleRoot(t)
 	out := t.TempDir()
-	cmd := exec.Command(cg, "object", "paths=./imagebuilder/apis/...", "crd:crdVersions=v1",
+	cmd := exec.Command(cg, "object", "paths=./apis/...", "crd:crdVersions=v1",
 		"output:object:dir="+filepath.Join(out, "object"), "output:crd:dir="+filepath.Join(out, "crd"))
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("controller-gen: %v\n%s", err, b)
 	}
 	for _, c := range []struct{ generated, committed string }{
-		{"object/zz_generated.deepcopy.go", "imagebuilder/apis/dataimage/v1alpha1/zz_generated.deepcopy.go"},
+		{"object/zz_generated.deepcopy.go", "apis/dataimage/v1alpha1/zz_generated.deepcopy.go"},
 		{"crd/dataimage.io_dataimages.yaml", "deploy/crd/dataimage.io_dataimages.yaml"},
 		{"crd/dataimage.io_dataimages.yaml", "charts/dataimage/files/crds/dataimage.io_dataimages.yaml"},
 	} {

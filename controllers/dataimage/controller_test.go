@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"encoding/json"
@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 )
 

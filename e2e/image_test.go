@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	dataimagev1 "github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	dataimagev1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // buildWait bounds a DataImage build: a small base backup restored by a Job.

@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 const (

@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	dataimagev1 "github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	dataimagev1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // config is the cluster the harness started, from the environment.

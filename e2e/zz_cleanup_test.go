@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dataimage/dataimage/blockstore"
-	dataimagev1 "github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	dataimagev1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // TestZZLeavesNothing runs last (go test runs the tests of a package in the order of their

@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // live follows a built image (phase Ready or Expired): its lifetime, its clones, its snapshot.

@@ -27,4 +27,4 @@
 // its Job, pod, PVCs and snapshot from the cluster and carries on from there, so a restarted or
 // newly elected controller resumes any build. Every side effect that would lose information
 // (deleting a finished Job) comes after the status that records it is written.
-package controller
+package dataimage

@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/local"
 )
 
 // LogReader reads the end of a container's log. The controller reads a running build's

@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"slices"
@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dataimage/dataimage/deploy/manifest"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // What a cluster's admin allows DataImages (v1alpha1.ControllerConfig.Admit) and the least

@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ import (
 
 	"github.com/dataimage/dataimage/deploy/manifest"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 )
 

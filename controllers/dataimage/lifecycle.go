@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"context"
@@ -19,8 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
-	"github.com/dataimage/dataimage/imagebuilder/local"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/local"
 )
 
 // build runs the build part of the life: validate and start, follow the Job, record the result,

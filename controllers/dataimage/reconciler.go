@@ -1,4 +1,4 @@
-package controller
+package dataimage
 
 import (
 	"context"
@@ -27,7 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 )
 
 // reconciler drives DataImages: validation, build, publication as a VolumeSnapshot, lifetime
