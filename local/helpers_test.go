@@ -23,6 +23,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -221,7 +222,7 @@ func tryBuild(s Service, def, root string) (*Image, []string, error) {
 	var mu sync.Mutex
 	var steps []string
 	img, err := s.BuildImage(context.Background(), BuildRequest{Definition: []byte(def), DefinitionPath: "test.yaml", BackupRoot: root},
-		func(ev BuildEvent) {
+		func(ev wire.Event) {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(steps) == 0 || steps[len(steps)-1] != ev.Step {

@@ -17,6 +17,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -25,14 +26,14 @@ import (
 // snapshot image/<name>. Progress: the steps volume and filesystem, the builder's steps, then
 // freeze. A failed build leaves no image and no volume, and fails with ErrBuildFailed naming the
 // step, with the tail of the engine's log.
-func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func(BuildEvent)) (*Image, error) {
+func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func(wire.Event)) (*Image, error) {
 	ctx, end, err := d.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
 	var progressMu sync.Mutex // the builder may report from several goroutines
-	report := func(ev BuildEvent) {
+	report := func(ev wire.Event) {
 		if progress != nil {
 			progressMu.Lock()
 			defer progressMu.Unlock()
@@ -52,7 +53,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	start := time.Now()
 	log.Info("image build started", "engine", def.NormalizedEngine(), "version", def.Version, "sourceType", def.NormalizedSourceType())
 
-	report(BuildEvent{Step: "volume", Message: fmt.Sprintf("creating a %s thin volume", formatBytes(d.cfg.VolumeSize))})
+	report(wire.Event{Step: "volume", Message: fmt.Sprintf("creating a %s thin volume", formatBytes(d.cfg.VolumeSize))})
 	vol, err := d.newVolume(buildPrefix+name, d.cfg.VolumeSize)
 	if err != nil {
 		return nil, fmt.Errorf("local: build image %s: create its volume: %w", name, err)
@@ -80,7 +81,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		return nil, err
 	}
 
-	report(BuildEvent{Step: "filesystem", Message: "making an ext4 file system"})
+	report(wire.Event{Step: "filesystem", Message: "making an ext4 file system"})
 	dev, err = d.attach(exportID, vol.ID, mnt, true)
 	if err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
@@ -98,16 +99,14 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		// the volume is deleted with the failed build, and the pool gets its space back.
 		MaxRestoreBytes:   d.cfg.VolumeSize,
 		MaxArchiveMembers: d.cfg.MaxArchiveMembers,
-		Progress: func(ev builder.Event) {
-			report(BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
-		},
-		Logger: d.log,
+		Progress:          report,
+		Logger:            d.log,
 	})
 	if err != nil {
 		return failed(buildFailed(name, err))
 	}
 
-	report(BuildEvent{Step: "freeze", Message: "unmounting and freezing the volume as the image"})
+	report(wire.Event{Step: "freeze", Message: "unmounting and freezing the volume as the image"})
 	if err := d.detach(exportID, dev, mnt); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}

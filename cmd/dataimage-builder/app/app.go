@@ -16,6 +16,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // Version is the builder's version (set at link time with -X).
@@ -81,13 +82,14 @@ engine versions installed here and, when it names backups or scripts, that they 
 --backup-root; a root that already holds an instance (<root>/data exists) is refused.
 
 Output (--output):
-  json  one build event per line on stdout: {"step", "message", "done", "total", "log"}, the
-        JSON of local.BuildEvent (done/total: bytes of backup restored; log: a
-        line of the engine's log). Logs go to stderr, as text.
+  json  one build event per line on stdout, in the builder's wire format
+        (imagebuilder/builder/wire.Event, versioned): {"buildEvent": "` + wire.EventVersion + `", "step",
+        "message", "done", "total", "log"} (done/total: bytes of backup restored; log: a line
+        of the engine's log). Logs go to stderr, as text.
   text  progress for people on stderr.
 
 Result: at the end, success or failure, the outcome is written to --termination-log as one JSON
-document of at most 4096 bytes (imagebuilder/builder.Outcome: ok, engine, engineVersion,
+document of at most 4096 bytes (imagebuilder/builder/wire.Outcome: ok, engine, engineVersion,
 dataStateTime, dataBytes; or the failed step, the message and the tail of the engine's log). The
 default path is written only when it exists (the kubelet makes it); a path whose directory is
 missing is skipped with a warning.

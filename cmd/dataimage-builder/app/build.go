@@ -14,7 +14,6 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/local"
 )
 
 // Steps of the builder besides builder.Build's.
@@ -27,7 +26,7 @@ const (
 // Run validates and builds the image c describes, reporting progress through event (called
 // from one goroutine at a time), and returns the outcome. A failure before the build starts
 // is an outcome with Step StepValidate.
-func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.Logger) builder.Outcome {
+func Run(ctx context.Context, c Config, event func(builder.Event), log *slog.Logger) builder.Outcome {
 	refused := func(err error) builder.Outcome {
 		return builder.Outcome{Step: StepValidate, Message: err.Error()}
 	}
@@ -48,7 +47,7 @@ func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.
 	if err := prepareRoot(c.Root, runtimeDir, def.NormalizedEngine(), c.RunAs); err != nil {
 		return refused(err)
 	}
-	event(local.BuildEvent{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
+	event(builder.Event{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
 
 	log.Info("image build started", "image", def.Name, "engine", def.NormalizedEngine(), "version", version, "root", c.Root, "runtimeDir", runtimeDir)
 	res, err := builder.Build(ctx, builder.Request{
@@ -60,10 +59,8 @@ func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.
 		RunAs:      c.RunAs,
 		// A physical restore writes at most the size of the root's file system (the PVC's).
 		MaxArchiveMembers: c.MaxArchiveMembers,
-		Progress: func(ev builder.Event) {
-			event(local.BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
-		},
-		Logger: log,
+		Progress:          event,
+		Logger:            log,
 	})
 	// builder.Build syncs the root's file system in its stop step: the data is on the volume
 	// when it returns, before anyone snapshots it.

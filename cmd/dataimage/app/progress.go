@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dataimage/dataimage/local"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // progress shows an image build's events for people. On a terminal, each step (and each new
@@ -70,7 +70,7 @@ func newProgress(w io.Writer, tty bool, width int, verbose bool, now func() time
 }
 
 // event shows one build event.
-func (p *progress) event(e local.BuildEvent) {
+func (p *progress) event(e wire.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
