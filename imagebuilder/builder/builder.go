@@ -72,7 +72,8 @@ const (
 	StepStop       = "stop"
 )
 
-// Request is what to build and where.
+// Request is what to build and where. Prepare makes one from a definition as written, with
+// Definition, Env and Engines set.
 type Request struct {
 	// Definition is the image definition, already validated against Env.
 	Definition *imagebuilder.Definition

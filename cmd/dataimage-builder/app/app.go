@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,7 +113,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.DefinitionFile, "definition", "", "the image definition: a YAML file (for local use)")
 	fs.StringVar(&c.DefinitionJSON, "definition-json", "", "the image definition as JSON: an imagebuilder.Definition, or a DataImage spec (its fields other than the definition's are ignored)")
 	fs.StringVar(&c.Root, "root", "/data", "the mounted build volume: the instance is built under it")
-	fs.StringVar(&c.BackupRoot, "backup-root", "/backups", "the directory the definition's backup and script paths are relative to")
+	fs.StringVar(&c.BackupRoot, "backup-root", "/backups", "the directory the definition's backup and script paths are relative to (a relative path is resolved against the working directory)")
 	fs.StringVar(&c.RuntimeDir, "runtime-dir", "", "the server's runtime directory (socket, log) during the build; empty: a fresh one under /run or the temporary directory, removed at the end")
 	fs.StringVar(&c.RunAs, "run-as", "", "the OS user the database server runs as when the builder runs as root (empty: the engine's, postgres or mysql)")
 	lifetime := fs.String("default-lifetime", "0", "lifetime of an image whose definition gives none: 0 (never) or <n>s, <n>m, <n>h")
@@ -126,6 +127,15 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.Visit(func(f *flag.Flag) { c.TerminationLogSet = c.TerminationLogSet || f.Name == "termination-log" })
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	// The backup root is resolved here, against the working directory of whoever runs the
+	// command: a build's preparation takes absolute backup roots only (builder.Prepare).
+	if c.BackupRoot != "" {
+		abs, err := filepath.Abs(c.BackupRoot)
+		if err != nil {
+			return c, fmt.Errorf("--backup-root %q: %w", c.BackupRoot, err)
+		}
+		c.BackupRoot = abs
 	}
 	l, err := imagebuilder.ParseLifetime(*lifetime)
 	if err != nil {

@@ -51,6 +51,19 @@ func TestParseAll(t *testing.T) {
 	}, c)
 }
 
+// TestParseRelativeBackupRoot: a relative --backup-root names a directory under the working
+// directory (a build's preparation takes absolute backup roots only).
+func TestParseRelativeBackupRoot(t *testing.T) {
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	c, err := parse([]string{"--definition-json", emptyJSON, "--backup-root", "b/../backups"}, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(wd, "backups"), c.BackupRoot)
+	c, err = parse([]string{"--definition-json", emptyJSON, "--backup-root", ""}, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Empty(t, c.BackupRoot, "no backup root")
+}
+
 // TestMainBadFlags: bad command lines exit with code 2 and say what is wrong; --help exits 0
 // and describes every flag, the output and the outcome.
 func TestMainBadFlags(t *testing.T) {
@@ -85,6 +98,16 @@ func TestMainBadFlags(t *testing.T) {
 			require.Contains(t, stderr.String(), w, help)
 		}
 	}
+}
+
+// parseDefinitionJSON parses --definition-json as a build does: definitionJSON, then the
+// definition's parser (in builder.Prepare).
+func parseDefinitionJSON(data []byte) (*imagebuilder.Definition, error) {
+	data, err := definitionJSON(data)
+	if err != nil {
+		return nil, err
+	}
+	return imagebuilder.ParseDefinition(data)
 }
 
 // TestDefinitionJSON: a definition as JSON, or a whole DataImage spec, parses as strictly as a
