@@ -105,6 +105,15 @@ func TestParseSizeErrors(t *testing.T) {
 	}
 }
 
+func TestExamples(t *testing.T) {
+	for _, e := range Examples {
+		n, err := ParseSize(e.Text)
+		if e.Rule == "" && (err != nil || n != e.Bytes) || e.Rule != "" && (err == nil || !strings.Contains(err.Error(), e.Rule)) {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d or %q", e.Text, n, err, e.Bytes, e.Rule)
+		}
+	}
+}
+
 func TestFormatSize(t *testing.T) {
 	for _, tc := range []struct {
 		in   int64
