@@ -662,8 +662,8 @@ func TestForeignBuildClaim(t *testing.T) {
 func TestPodLogReaderError(t *testing.T) {
 	// The real LogReader against the API server: without a kubelet it cannot read a log, and
 	// says which pod and container.
-	needEnv(t)
-	r, err := NewPodLogReader(env.adminCfg)
+	env.Need(t)
+	r, err := NewPodLogReader(env.AdminConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

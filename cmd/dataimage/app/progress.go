@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // progress shows an image build's events for people. On a terminal, each step (and each new
@@ -146,9 +147,9 @@ func (p *progress) countsLocked(now time.Time) string {
 	if p.done < p.total {
 		pct = p.done * 100 / p.total
 	}
-	s := fmt.Sprintf("%s / %s  %3d%%", formatBytes(p.done), formatBytes(p.total), pct)
+	s := fmt.Sprintf("%s / %s  %3d%%", units.FormatBytes(p.done), units.FormatBytes(p.total), pct)
 	if r, ok := p.rateLocked(); ok {
-		s += "  " + formatBytes(int64(r)) + "/s"
+		s += "  " + units.FormatBytes(int64(r)) + "/s"
 	}
 	return s
 }
