@@ -18,6 +18,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/keylock"
 )
 
 // NodeConfig configures the Node service.
@@ -41,11 +42,14 @@ type nodeServer struct {
 	mounter *mount.SafeFormatAndMount
 	fsType  string
 	size    sizing
-	locks   *keyLocks   // per volume ID: stage, unstage, publish, unpublish, expand
 	io      *ioCounters // the I/O of every export, for the metrics
 	gate    *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
 
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
+
+	// locks serializes stage, unstage, publish, unpublish and expand per CSI volume ID, across
+	// their mounts and file system tools.
+	locks keylock.Locks
 
 	mu        sync.Mutex
 	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
@@ -88,7 +92,6 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 		mounter:   &mount.SafeFormatAndMount{Interface: newMounter(), Exec: utilexec.New()},
 		fsType:    nc.DefaultFSType,
 		size:      newSizing(cfg, pool),
-		locks:     newKeyLocks(),
 		gate:      newIOGate(),
 		devices:   make(map[string]export.Device),
 		published: make(map[string]map[string]bool),
@@ -185,7 +188,7 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	unlock, err := n.locks.Lock(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, ctxError(err)
 	}
@@ -279,7 +282,7 @@ func (n *nodeServer) lockVolumeID(ctx context.Context, volumeID string) (unlock 
 	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
 		return nil, idError(err)
 	}
-	unlock, err = n.locks.lock(ctx, volumeID)
+	unlock, err = n.locks.Lock(ctx, volumeID)
 	if err != nil {
 		return nil, ctxError(err)
 	}
@@ -349,7 +352,7 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if _, err := n.volume(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	unlock, err := n.locks.Lock(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, ctxError(err)
 	}
@@ -557,7 +560,7 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if growFS && !fi.IsDir() {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_path %s of mount volume %s is not a directory", path, volumeID)
 	}
-	unlock, err := n.locks.lock(ctx, volumeID)
+	unlock, err := n.locks.Lock(ctx, volumeID)
 	if err != nil {
 		return nil, ctxError(err)
 	}

@@ -336,7 +336,7 @@ func TestNodeValidationCodes(t *testing.T) {
 	// Other modes publish at several targets.
 	e.publish(t, staged, stagedAt, published, ext4)
 	e.publish(t, staged, stagedAt, target, ext4)
-	require.Zero(t, e.n.locks.held())
+	require.Zero(t, e.n.locks.Held())
 }
 
 // TestNodeIdempotent stages, publishes, unpublishes and unstages a mount and a block volume
@@ -398,7 +398,7 @@ func TestNodeIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	_, err = e.n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: e.n.ids.volumeID(999), TargetPath: filepath.Join(e.dir, "never")})
 	require.NoError(t, err)
-	require.Zero(t, e.n.locks.held())
+	require.Zero(t, e.n.locks.Held())
 }
 
 func mountinfo(t *testing.T) string {

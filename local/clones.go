@@ -45,7 +45,7 @@ func (d *Daemon) CreateClone(ctx context.Context, req CloneRequest) (*Clone, err
 		return nil, err
 	}
 	defer d.unreserveClone(name)
-	unlock, err := d.locks.lock(ctx, cloneObject(name))
+	unlock, err := d.locks.Lock(ctx, cloneObject(name))
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +252,7 @@ func (d *Daemon) lockClone(ctx context.Context, name string) (*cloneRecord, cont
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	unlock, err := d.locks.lock(ctx, cloneObject(name))
+	unlock, err := d.locks.Lock(ctx, cloneObject(name))
 	if err != nil {
 		end()
 		return nil, nil, nil, err
@@ -273,7 +273,7 @@ func (d *Daemon) DeleteClone(ctx context.Context, name string) error {
 		return err
 	}
 	defer end()
-	unlock, err := d.locks.lock(ctx, cloneObject(name))
+	unlock, err := d.locks.Lock(ctx, cloneObject(name))
 	if err != nil {
 		return err
 	}

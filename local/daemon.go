@@ -19,6 +19,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/keylock"
 )
 
 // Daemon owns a home's pool and serves its images and clones: it implements Service in-process,
@@ -42,11 +43,14 @@ import (
 // guards nothing else; per-name locks (d.locks) serialize the operations on one image or clone,
 // and are held across what those operations run (exec, mount, builds, servers).
 type Daemon struct {
-	cfg   *settings
-	log   *slog.Logger
-	pool  *blockstore.Pool
-	exp   export.Exporter
-	locks *keyLocks
+	cfg  *settings
+	log  *slog.Logger
+	pool *blockstore.Pool
+	exp  export.Exporter
+	// locks serializes the operations on one image or clone, by name, and lets operations on
+	// different names run side by side. Keys: "image/<name>", "clone/<name>" (the pool object
+	// names).
+	locks keylock.Locks
 
 	// ctx ends when Close starts: every operation's context ends with it.
 	ctx    context.Context
@@ -108,7 +112,6 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 		cfg:     s,
 		log:     log,
 		pool:    pool,
-		locks:   newKeyLocks(),
 		engines: s.Engines,
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())

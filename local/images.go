@@ -354,7 +354,7 @@ func (d *Daemon) DeleteImage(ctx context.Context, name string) error {
 		return err
 	}
 	defer end()
-	unlock, err := d.locks.lock(ctx, imageObject(name))
+	unlock, err := d.locks.Lock(ctx, imageObject(name))
 	if err != nil {
 		return err
 	}
@@ -419,7 +419,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 			return nil, err
 		}
 	}
-	unlock, err := d.locks.lock(ctx, cloneObject(req.Clone))
+	unlock, err := d.locks.Lock(ctx, cloneObject(req.Clone))
 	if err != nil {
 		return nil, err
 	}
