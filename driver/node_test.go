@@ -267,6 +267,8 @@ func TestNodeValidationCodes(t *testing.T) {
 		{"stage: multi-node block mode", stage(cold, staging, readerMany), codes.InvalidArgument},
 		{"stage: unknown mode", stage(cold, staging, unknownMode), codes.InvalidArgument},
 		{"stage: btrfs", stage(cold, staging, btrfs), codes.InvalidArgument},
+		{"stage: staged at another path", stage(staged, staging, mountCap(snsw, "ext4")), codes.AlreadyExists},
+		{"stage: staged for mount, now block", stage(staged, stagedAt, blockCap(snsw)), codes.AlreadyExists},
 
 		{"publish: no volume_id", publish("", staging, target, ext4), codes.InvalidArgument},
 		{"publish: no target path", publish(cold, staging, "", ext4), codes.InvalidArgument},
@@ -324,9 +326,7 @@ func TestNodeValidationCodes(t *testing.T) {
 	// Nothing the refused calls touched is mounted or exported.
 	require.False(t, isMounted(t, staging))
 	require.False(t, isMounted(t, target))
-	e.n.mu.Lock()
-	require.Len(t, e.n.devices, 1, "only the staged volume is exported")
-	e.n.mu.Unlock()
+	require.Equal(t, 1, e.n.vols.Len(), "only the staged volume is exported")
 
 	// A single-writer volume moves to another target once unpublished from the first.
 	require.NoError(t, publish(staged, stagedAt, published, mountCap(snsw, "ext4"))(), "again at the same target")
@@ -387,8 +387,8 @@ func TestNodeIdempotent(t *testing.T) {
 				require.NoError(t, err)
 				require.False(t, isMounted(t, staging))
 			}
+			require.Zero(t, e.n.vols.Len())
 			e.n.mu.Lock()
-			require.Empty(t, e.n.devices)
 			require.Empty(t, e.n.published)
 			e.n.mu.Unlock()
 		})

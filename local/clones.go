@@ -10,6 +10,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // CreateClone makes a thin clone of an image's snapshot (O(1): nothing is copied), exports and
@@ -520,7 +521,7 @@ func (d *Daemon) quiesced(ctx context.Context, name string, fn func() error) err
 	if !mounted {
 		return fn()
 	}
-	thaw, err := freeze(d.cfg.cloneMount(name))
+	thaw, err := nodevolume.Freeze(d.cfg.cloneMount(name))
 	if err != nil {
 		return err
 	}
