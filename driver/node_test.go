@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // nodeEnv is a Node service on a real pool and this node's export (FUSE + loop devices), with
@@ -31,19 +31,7 @@ type nodeEnv struct {
 // needKernel skips unless the test can attach loop devices, mount FUSE and make ext4.
 func needKernel(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mounts")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, tool := range []string{"mkfs.ext4", "blkid", "resize2fs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	nodetest.Need(t, "mkfs.ext4", "blkid", "resize2fs")
 }
 
 // newNodeEnv makes a nodeEnv; cleanup (after the unpublish and unstage cleanups that stage and
@@ -60,32 +48,8 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 	cfg.MaxVolumes = 5
 	n, err := newNodeServer(cfg, pool, NodeConfig{Exporter: exp})
 	require.NoError(t, err)
-	t.Cleanup(func() { requireNoExports(t, exp, dir, stateDir) })
+	t.Cleanup(func() { nodetest.RequireNothingLeft(t, dir, stateDir) })
 	return &nodeEnv{n: n, c: newControllerServer(cfg, pool), pool: pool, dir: dir, stateDir: stateDir}
-}
-
-// requireNoExports checks that nothing of an export is left: no leftovers, no mount under dir,
-// no loop device backed by a file under stateDir, no entry in stateDir.
-func requireNoExports(t *testing.T, exp export.Exporter, dir, stateDir string) {
-	t.Helper()
-	left, err := exp.Leftovers()
-	require.NoError(t, err)
-	require.Empty(t, left)
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	for _, line := range strings.Split(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 {
-			require.False(t, strings.HasPrefix(f[4], dir+"/"), "mount left: %s", line)
-		}
-	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		require.False(t, strings.HasPrefix(string(b), stateDir+"/"), "%s backs onto %s", f, b)
-	}
-	ents, err := os.ReadDir(stateDir)
-	require.NoError(t, err)
-	require.Empty(t, ents, "entries left in the export state directory")
 }
 
 func (e *nodeEnv) createVolume(t *testing.T, name string, size int64) string {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // TestAttachFileSystem: a blank volume gets a file system and is mounted; detached, nothing of
@@ -46,14 +46,14 @@ func TestAttachFileSystem(t *testing.T) {
 			require.Same(t, at, got)
 			require.Equal(t, 1, e.a.Len())
 			data := pattern(int(mib), 1)
-			writeSynced(t, filepath.Join(mnt, "f"), data)
+			nodetest.WriteSynced(t, filepath.Join(mnt, "f"), data)
 
 			require.NoError(t, e.a.Detach(ctx, "v", mnt))
 			require.False(t, isMounted(t, mnt))
 			_, err = os.Stat(mnt)
 			require.ErrorIs(t, err, os.ErrNotExist, "the mount point is removed")
 			require.Zero(t, e.a.Len())
-			requireNothingLeft(t, e.dir, e.stateDir)
+			nodetest.RequireNothingLeft(t, e.dir, e.stateDir)
 			require.NoError(t, e.a.Detach(ctx, "v", mnt), "detaching again changes nothing")
 
 			spec.Format = false
@@ -74,7 +74,7 @@ func TestAttachXFSClones(t *testing.T) {
 	mnt := filepath.Join(e.dir, "src")
 	_, err := e.a.Attach(ctx, Spec{ID: "src", Disk: src, MountPoint: mnt, FSType: "xfs", Format: true})
 	require.NoError(t, err)
-	writeSynced(t, filepath.Join(mnt, "f"), []byte("image"))
+	nodetest.WriteSynced(t, filepath.Join(mnt, "f"), []byte("image"))
 	require.NoError(t, e.a.Detach(ctx, "src", mnt))
 	snap, err := e.pool.CreateSnapshot(src.ID(), "image")
 	require.NoError(t, err)
@@ -89,7 +89,7 @@ func TestAttachXFSClones(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(cm, "f"))
 		require.NoError(t, err)
 		require.Equal(t, "image", string(b))
-		writeSynced(t, filepath.Join(cm, "own"), []byte(name))
+		nodetest.WriteSynced(t, filepath.Join(cm, "own"), []byte(name))
 	}
 	for i := range 2 {
 		b, err := os.ReadFile(filepath.Join(e.dir, fmt.Sprintf("clone-%d", i), "own"))
@@ -153,7 +153,7 @@ func TestAttachAgain(t *testing.T) {
 	again, err := e.a.Attach(ctx, spec)
 	require.NoError(t, err)
 	require.Same(t, at, again)
-	require.Equal(t, 1, countMounts(t, mnt), "mounted once")
+	require.Equal(t, 1, mountCount(t, mnt), "mounted once")
 
 	for _, other := range []Spec{
 		{ID: "v", Disk: vol, MountPoint: mnt + "-2", FSType: "ext4", Format: true},
@@ -192,17 +192,6 @@ func TestAttachAgain(t *testing.T) {
 	require.Equal(t, 1, e.a.Len())
 }
 
-func countMounts(t *testing.T, path string) int {
-	t.Helper()
-	n := 0
-	for _, line := range strings.Split(mountinfo(t), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
-			n++
-		}
-	}
-	return n
-}
-
 // TestAttachFailureLeavesNothing: an Attach that fails leaves no export, and removes the mount
 // point it made (not one that was there).
 func TestAttachFailureLeavesNothing(t *testing.T) {
@@ -216,7 +205,7 @@ func TestAttachFailureLeavesNothing(t *testing.T) {
 	require.Zero(t, e.a.Len())
 	_, err = os.Stat(mnt)
 	require.ErrorIs(t, err, os.ErrNotExist, "the mount point Attach made is removed")
-	requireNothingLeft(t, e.dir, e.stateDir)
+	nodetest.RequireNothingLeft(t, e.dir, e.stateDir)
 
 	kept := filepath.Join(e.dir, "kept")
 	require.NoError(t, os.Mkdir(kept, 0o700))
@@ -224,7 +213,7 @@ func TestAttachFailureLeavesNothing(t *testing.T) {
 	require.Error(t, err)
 	_, err = os.Stat(kept)
 	require.NoError(t, err, "a mount point that was there stays")
-	requireNothingLeft(t, e.dir, e.stateDir)
+	nodetest.RequireNothingLeft(t, e.dir, e.stateDir)
 
 	// The id attaches fine afterwards.
 	e.attach(t, Spec{ID: "blank", Disk: vol, MountPoint: mnt, FSType: "ext4", Format: true})
@@ -268,8 +257,8 @@ func TestConcurrentAttach(t *testing.T) {
 		}
 		devices[got[i][0].DevicePath()] = true
 		if s.MountPoint != "" {
-			require.Equal(t, 1, countMounts(t, s.MountPoint), "%s mounted once", s.ID)
-			writeSynced(t, filepath.Join(s.MountPoint, "f"), []byte(s.ID))
+			require.Equal(t, 1, mountCount(t, s.MountPoint), "%s mounted once", s.ID)
+			nodetest.WriteSynced(t, filepath.Join(s.MountPoint, "f"), []byte(s.ID))
 		}
 	}
 	require.Len(t, devices, n, "one device per id")

@@ -3,81 +3,47 @@ package nodevolume
 import (
 	"bytes"
 	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 const mib = int64(1) << 20
 
-// needKernel skips unless the test can attach loop devices, mount FUSE and make ext4 and xfs.
+// needKernel skips unless the test can attach loop devices, mount FUSE, and make and grow ext4
+// and xfs.
 func needKernel(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mounts")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, tool := range []string{"mkfs.ext4", "mkfs.xfs", "blkid", "resize2fs", "xfs_growfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	nodetest.Need(t, "mkfs.ext4", "mkfs.xfs", "blkid", "resize2fs", "xfs_growfs")
 }
 
-// env is an Attacher on a real pool and this node's exporter, all in a temporary directory.
+// env is an Attacher on a real pool (2 GiB, sparse) and this node's exporter, all in a
+// temporary directory.
 type env struct {
 	a        *Attacher
 	pool     *blockstore.Pool
-	poolPath string
 	dir      string // mount points go here
 	stateDir string // the exporter's state directory
 }
 
 // newEnv makes an env. Cleanup (after the test's own cleanups, which detach) checks that nothing
-// is left: no export, no loop device on the state directory, no mount under dir; then checks
+// is left (no export, no loop device on the state directory, no mount under dir), then checks
 // the pool (fsck) and closes it.
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	needKernel(t)
 	e := &env{dir: t.TempDir()}
-	e.poolPath = filepath.Join(e.dir, "pool")
 	e.stateDir = filepath.Join(e.dir, "export")
-	e.pool = mustCreatePool(t, e.poolPath)
+	e.pool = nodetest.Pool(t, filepath.Join(e.dir, "pool"), 2<<30)
 	e.a = newAttacher(t, e.stateDir)
-	t.Cleanup(func() { requireNothingLeft(t, e.dir, e.stateDir) })
+	t.Cleanup(func() { nodetest.RequireNothingLeft(t, e.dir, e.stateDir) })
 	return e
-}
-
-// mustCreatePool creates a 2 GiB (sparse) pool; cleanup checks and closes it unless the test
-// closed it.
-func mustCreatePool(t *testing.T, path string) *blockstore.Pool {
-	t.Helper()
-	p, err := blockstore.Create(path, blockstore.Options{Size: 2 << 30})
-	require.NoError(t, err)
-	t.Cleanup(func() { checkAndClose(t, p) })
-	return p
-}
-
-func checkAndClose(t *testing.T, p *blockstore.Pool) {
-	t.Helper()
-	rep, err := p.Check(false)
-	if err != nil {
-		require.ErrorIs(t, err, blockstore.ErrClosed)
-		return
-	}
-	require.True(t, rep.OK(), "fsck: %s", rep)
-	require.NoError(t, p.Close())
 }
 
 // newAttacher detects this node's exporter on stateDir and makes an Attacher on it.
@@ -90,42 +56,20 @@ func newAttacher(t *testing.T, stateDir string) *Attacher {
 	return a
 }
 
-// requireNothingLeft checks that no export, loop device or mount is left under dir and stateDir.
-func requireNothingLeft(t *testing.T, dir, stateDir string) {
+// mountCount returns how many times something is mounted at path.
+func mountCount(t *testing.T, path string) int {
 	t.Helper()
-	exp, err := export.Detect(export.Options{StateDir: stateDir})
-	require.NoError(t, err)
-	left, err := exp.Leftovers()
-	require.NoError(t, err)
-	require.Empty(t, left, "exports left")
-	for _, line := range strings.Split(mountinfo(t), "\n") {
-		if f := strings.Fields(line); len(f) > 4 {
-			require.False(t, strings.HasPrefix(f[4], dir+"/"), "mount left: %s", line)
+	n := 0
+	for _, p := range nodetest.Mounts(t, path) {
+		if p == path {
+			n++
 		}
 	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		require.False(t, strings.HasPrefix(string(b), stateDir+"/"), "%s backs onto %s", f, b)
-	}
+	return n
 }
 
-func mountinfo(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	return string(b)
-}
-
-// isMounted reports whether path is a mount point in the mount table.
 func isMounted(t *testing.T, path string) bool {
-	t.Helper()
-	for _, line := range strings.Split(mountinfo(t), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(nodetest.Mounts(t, path), path)
 }
 
 // volume creates a pool volume and opens it.
@@ -156,15 +100,4 @@ func pattern(n int, seed byte) []byte {
 		b[i] ^= byte(i * 31)
 	}
 	return b
-}
-
-// writeSynced writes a file and fsyncs it.
-func writeSynced(t *testing.T, path string, data []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	require.NoError(t, err)
-	_, err = f.Write(data)
-	require.NoError(t, err)
-	require.NoError(t, f.Sync())
-	require.NoError(t, f.Close())
 }

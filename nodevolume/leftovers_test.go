@@ -16,6 +16,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // earlierRunEnv, set, makes TestEarlierRunHelper the earlier run of TestLeftovers: its value is
@@ -41,17 +42,11 @@ func TestEarlierRunHelper(t *testing.T) {
 	pool, err := blockstore.Open(filepath.Join(dir, "pool"), blockstore.Options{})
 	require.NoError(t, err)
 	a := newAttacher(t, filepath.Join(dir, "export"))
-	open := func(name string) *blockstore.Volume {
-		info, err := pool.LookupVolume(name)
-		require.NoError(t, err)
-		v, err := pool.Volume(info.ID)
-		require.NoError(t, err)
-		return v
-	}
+	open := func(name string) *blockstore.Volume { return openVolume(t, pool, name) }
 	mnt := filepath.Join(dir, fsMnt)
 	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: mnt, FSType: "ext4", Format: true})
 	require.NoError(t, err)
-	writeSynced(t, filepath.Join(mnt, "before"), []byte("written before the kill"))
+	nodetest.WriteSynced(t, filepath.Join(mnt, "before"), []byte("written before the kill"))
 	blk, err := a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
 	require.NoError(t, err)
 	target := filepath.Join(dir, blkTarget)
@@ -121,8 +116,10 @@ func TestLeftovers(t *testing.T) {
 	require.True(t, isMounted(t, fsMount), "the killed run's mounts stay")
 	require.True(t, isMounted(t, target))
 
-	pool = mustOpenPool(t, filepath.Join(dir, "pool"))
-	t.Cleanup(func() { requireNothingLeft(t, dir, stateDir) }) // before the pool's cleanup
+	pool, err = blockstore.Open(filepath.Join(dir, "pool"), blockstore.Options{}) // recovers it
+	require.NoError(t, err)
+	t.Cleanup(func() { nodetest.CloseChecked(t, pool) })
+	t.Cleanup(func() { nodetest.RequireNothingLeft(t, dir, stateDir) }) // before the pool's cleanup
 	a := newAttacher(t, stateDir)
 	left := a.Leftovers()
 	require.Len(t, left, 2)
@@ -137,13 +134,7 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, left[1], l)
 
 	ctx := context.Background()
-	open := func(name string) *blockstore.Volume {
-		info, err := pool.LookupVolume(name)
-		require.NoError(t, err)
-		v, err := pool.Volume(info.ID)
-		require.NoError(t, err)
-		return v
-	}
+	open := func(name string) *blockstore.Volume { return openVolume(t, pool, name) }
 	// In use: Attach leaves the leftovers alone.
 	_, err = a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
 	require.ErrorIs(t, err, export.ErrLeftovers)
@@ -187,11 +178,12 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, "written before the kill", string(b))
 }
 
-// mustOpenPool opens the pool at path (recovering it); cleanup checks and closes it.
-func mustOpenPool(t *testing.T, path string) *blockstore.Pool {
+// openVolume opens the pool's volume name.
+func openVolume(t *testing.T, pool *blockstore.Pool, name string) *blockstore.Volume {
 	t.Helper()
-	p, err := blockstore.Open(path, blockstore.Options{})
+	info, err := pool.LookupVolume(name)
 	require.NoError(t, err)
-	t.Cleanup(func() { checkAndClose(t, p) })
-	return p
+	v, err := pool.Volume(info.ID)
+	require.NoError(t, err)
+	return v
 }
