@@ -32,9 +32,10 @@ type env struct {
 	stateDir string // the exporter's state directory
 }
 
-// newEnv makes an env. Cleanup (after the test's own cleanups, which detach) checks that nothing
-// is left (no export, no loop device on the state directory, no mount under dir), then checks
-// the pool (fsck) and closes it.
+// newEnv makes an env. Cleanup (after the test's own cleanups, which detach) fails the test if
+// an attachment is left, and detaches it, so that a test that failed half-way leaves nothing in
+// the kernel either; then it checks that nothing is left (no export, no loop device on the
+// state directory, no mount under dir), checks the pool (fsck) and closes it.
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	needKernel(t)
@@ -43,6 +44,16 @@ func newEnv(t *testing.T) *env {
 	e.pool = nodetest.Pool(t, filepath.Join(e.dir, "pool"), 2<<30)
 	e.a = newAttacher(t, e.stateDir)
 	t.Cleanup(func() { nodetest.RequireNothingLeft(t, e.dir, e.stateDir) })
+	t.Cleanup(func() {
+		for _, at := range e.a.All() {
+			if !t.Failed() {
+				t.Errorf("%s is still attached at the end of the test", at.ID())
+			}
+			if err := e.a.Detach(context.Background(), at.ID(), ""); err != nil {
+				t.Errorf("cleanup: detach %s: %v", at.ID(), err)
+			}
+		}
+	})
 	return e
 }
 

@@ -27,9 +27,9 @@ type key struct {
 }
 
 // Lock locks key and returns the function that unlocks it (calls after the first do nothing).
-// A free key is locked
-// at once, even when ctx has ended already; a held one is waited for until it is unlocked or ctx
-// ends, and then Lock fails with an error that wraps ctx.Err() and names the key.
+// A free key is locked at once, even when ctx has ended already; a held one is waited for until
+// it is unlocked or ctx ends, and then Lock fails with an error that wraps ctx.Err() and names
+// the key.
 func (l *Locks) Lock(ctx context.Context, k string) (unlock func(), err error) {
 	l.mu.Lock()
 	if l.keys == nil {
