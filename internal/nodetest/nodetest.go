@@ -1,8 +1,8 @@
 // Package nodetest holds what the tests of the node's data path share (packages nodevolume,
-// driver, sanity/kernel): Need skips a test that cannot attach loop devices, mount FUSE or run
-// the file system tools; Pool makes a pool that is checked (fsck) and closed at cleanup; Mounts,
-// LoopDevicesOn and RequireNothingLeft find what a test left in the kernel; WriteSynced writes a
-// file durably. It is for tests only.
+// driver, local, sanity/kernel, blockstore/export): Need skips a test that cannot attach loop
+// devices, mount FUSE or run the file system tools; Pool makes a pool that is checked (fsck) and
+// closed at cleanup; Mounts, LoopDevicesOn and RequireNothingLeft find what a test left in the
+// kernel; WriteSynced writes a file durably. It is for tests only.
 package nodetest
 
 import (
@@ -75,7 +75,7 @@ func Mounts(t testing.TB, dir string) []string {
 	return out
 }
 
-// LoopDevicesOn returns the loop devices (e.g. "loop3") whose backing file is under dir.
+// LoopDevicesOn returns the loop devices (e.g. "/dev/loop3") whose backing file is under dir.
 func LoopDevicesOn(t testing.TB, dir string) []string {
 	t.Helper()
 	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
@@ -87,7 +87,7 @@ func LoopDevicesOn(t testing.TB, dir string) []string {
 			continue // detached meanwhile
 		}
 		if strings.HasPrefix(strings.TrimSpace(string(b)), dir+"/") {
-			out = append(out, strings.Split(f, "/")[3])
+			out = append(out, "/dev/"+strings.Split(f, "/")[3])
 		}
 	}
 	return out
