@@ -22,8 +22,8 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 )
 
 // daemonChildEnv makes the test binary run a daemon (RunDaemon) for the home it names instead
@@ -105,7 +105,7 @@ var discovered struct {
 func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 	t.Helper()
 	needKernel(t)
-	discovered.once.Do(func() { discovered.set, discovered.err = builder.Discover() })
+	discovered.once.Do(func() { discovered.set, discovered.err = registry.Discover() })
 	for _, e := range discovered.set {
 		if e.Kind() == kind {
 			return e
@@ -308,17 +308,24 @@ func sourceServer(t testing.TB, eng engine.Engine, setup string) (engine.Instanc
 	return inst, run
 }
 
+// serverUser is the OS user the servers of kind run as.
+func serverUser(t testing.TB, kind imagebuilder.Engine) *engine.User {
+	t.Helper()
+	u, err := needEngine(t, kind).User("")
+	require.NoError(t, err)
+	return u
+}
+
 // serverUserCommand runs a tool as the servers' OS user, writing its standard output to stdout
 // (a file root opens) when not nil.
 func serverUserCommand(t testing.TB, kind imagebuilder.Engine, stdout *os.File, name string, args ...string) {
 	t.Helper()
-	u, err := engine.ResolveUser("", serverUser(kind))
-	require.NoError(t, err)
+	u := serverUser(t, kind)
 	cmd := u.Command(context.Background(), "", name, args)
 	if stdout != nil {
 		cmd.Stdout = stdout
 	}
-	_, err = engine.Run(cmd)
+	_, err := engine.Run(cmd)
 	require.NoError(t, err)
 }
 
