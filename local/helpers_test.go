@@ -23,6 +23,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 )
 
@@ -115,15 +116,11 @@ func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 	return nil
 }
 
-// testDir returns a new directory that the database servers' users can traverse (t.TempDir is
-// 0700, and so is its parent).
+// testDir returns a new directory that the database servers' users can traverse (see
+// enginetest.Root).
 func testDir(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		require.NoError(t, os.Chmod(d, 0o711))
-	}
-	return dir
+	return enginetest.Root(t)
 }
 
 // testLog returns a logger writing to a file, whose content is printed when the test fails.

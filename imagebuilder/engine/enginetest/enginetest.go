@@ -94,7 +94,7 @@ func testLifecycle(t *testing.T, eng engine.Engine) {
 	root := Root(t)
 	require.NoError(t, eng.Init(ctx(t), root, engine.InitOptions{}))
 	run := RuntimeDir(t)
-	inst := Start(t, eng, root, engine.StartOptions{RuntimeDir: run, Volatile: true})
+	inst := start(t, eng, root, engine.StartOptions{RuntimeDir: run, Volatile: true})
 	u, err := eng.User("")
 	require.NoError(t, err)
 	st, err := os.Stat(run)
@@ -110,7 +110,7 @@ func testLifecycle(t *testing.T, eng engine.Engine) {
 		t.Fatal("Done not closed after Stop")
 	}
 
-	again := Start(t, eng, root, engine.StartOptions{RuntimeDir: run})
+	again := start(t, eng, root, engine.StartOptions{RuntimeDir: run})
 	requireFilled(t, again)
 }
 
@@ -120,7 +120,7 @@ func testLifecycle(t *testing.T, eng engine.Engine) {
 func testClone(t *testing.T, a engine.Adapter, eng engine.Engine) {
 	root := Root(t)
 	require.NoError(t, eng.Init(ctx(t), root, engine.InitOptions{}))
-	orig := Start(t, eng, root, engine.StartOptions{})
+	orig := start(t, eng, root, engine.StartOptions{})
 	fill(t, orig)
 	require.NoError(t, orig.Checkpoint(ctx(t)))
 
@@ -131,7 +131,7 @@ func testClone(t *testing.T, a engine.Adapter, eng engine.Engine) {
 
 	port, err := engine.FreePort("127.0.0.1")
 	require.NoError(t, err)
-	inst := Start(t, eng, clone, engine.StartOptions{ListenAddress: "127.0.0.1", Port: port})
+	inst := start(t, eng, clone, engine.StartOptions{ListenAddress: "127.0.0.1", Port: port})
 	requireFilled(t, inst)
 	require.NoError(t, inst.SetPassword(ctx(t), "conformance"))
 	c := inst.Conn()
@@ -186,7 +186,7 @@ func copyFrozen(t *testing.T, inst engine.Instance, src, dst string) {
 
 // Root returns an empty directory for an instance that the server's OS user can reach:
 // t.TempDir and its parent are 0700, so both become 0711.
-func Root(t *testing.T) string {
+func Root(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{filepath.Dir(dir), dir} {
@@ -196,19 +196,19 @@ func Root(t *testing.T) string {
 }
 
 // RuntimeDir returns a new runtime directory with a short path (a Unix socket's path must fit
-// 107 bytes), removed when the test ends.
-func RuntimeDir(t *testing.T) string {
+// 107 bytes) that the server's OS user can reach, removed when the test ends.
+func RuntimeDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "et-")
+	dir, err := os.MkdirTemp("", "rt-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	require.NoError(t, os.Chmod(dir, 0o711))
 	return dir
 }
 
-// Start starts a server on the instance under root (in a new runtime directory unless opts
+// start starts a server on the instance under root (in a new runtime directory unless opts
 // names one) and stops it when the test ends, unless the test did.
-func Start(t *testing.T, eng engine.Engine, root string, opts engine.StartOptions) engine.Instance {
+func start(t *testing.T, eng engine.Engine, root string, opts engine.StartOptions) engine.Instance {
 	t.Helper()
 	if opts.RuntimeDir == "" {
 		opts.RuntimeDir = RuntimeDir(t)
