@@ -371,7 +371,7 @@ func (b *bench) tarX(backupDir string, i int) (string, time.Duration, error) {
 		return "", 0, err
 	}
 	dur := time.Since(t0)
-	u, err := engine.ResolveUser("", "postgres")
+	u, err := b.pg.User("")
 	if err != nil {
 		return "", 0, err
 	}
@@ -442,7 +442,7 @@ func (b *bench) tps(d *local.Daemon, raw *rawSide) (*tpsResult, error) {
 // base backup) with a TCP listener and the bench's password.
 func (b *bench) startInstanceAt(root, name string) (*source, error) {
 	run := filepath.Join(b.dir, "run-"+name)
-	u, err := engine.ResolveUser("", "postgres")
+	u, err := b.pg.User("")
 	if err != nil {
 		return nil, err
 	}
