@@ -85,7 +85,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
 	attached = true
-	if err := runtimeDir(d.cfg.buildRun(name), def.NormalizedEngine()); err != nil {
+	if err := runtimeDir(d.cfg.buildRun(name)); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
 	breq.Root, breq.RuntimeDir = mnt, d.cfg.buildRun(name)

@@ -13,8 +13,8 @@ import (
 
 	builderapp "github.com/dataimage/dataimage/cmd/dataimage-builder/app"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 )
 
 // TestPrepareSameVerdicts runs the same definitions, with the same backup roots, through the
@@ -34,7 +34,7 @@ import (
 //     against its working directory (its command line now makes it absolute first).
 //   - "backups without a backup root": the same refusal in other words.
 func TestPrepareSameVerdicts(t *testing.T) {
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	var major string
 	for _, e := range set {
 		if e.Kind() == imagebuilder.EnginePostgres {

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/units"
 )
 
@@ -46,7 +46,11 @@ func Run(ctx context.Context, c Config, event func(builder.Event), log *slog.Log
 		return refused(err)
 	}
 	defer cleanup()
-	if err := prepareRoot(c.Root, runtimeDir, def.NormalizedEngine(), c.RunAs); err != nil {
+	eng, err := req.Engines.Lookup(def.NormalizedEngine(), version)
+	if err != nil {
+		return refused(err)
+	}
+	if err := prepareRoot(c.Root, runtimeDir, eng, c.RunAs); err != nil {
 		return refused(err)
 	}
 	event(builder.Event{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
@@ -78,7 +82,7 @@ func prepare(c Config) (builder.Request, error) {
 		BackupRoot:      c.BackupRoot,
 		DefaultLifetime: c.DefaultLifetime,
 		Engines: func() (engine.Set, error) {
-			set, err := builder.Discover()
+			set, err := registry.Discover()
 			if err != nil {
 				return nil, fmt.Errorf("dataimage-builder: no database engine found on this machine: %w", err)
 			}
@@ -91,7 +95,7 @@ func prepare(c Config) (builder.Request, error) {
 // running as root, with the server running as another user — makes sure that user can reach
 // the root and the runtime directory: a fresh file system's root directory may be 0700, and
 // every parent must be traversable.
-func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string) error {
+func prepareRoot(root, runtimeDir string, eng engine.Engine, runAs string) error {
 	data := engine.DataDir(root)
 	if _, err := os.Lstat(data); err == nil {
 		return fmt.Errorf("%w: %s exists (build into a fresh volume)", ErrRootInUse, data)
@@ -101,7 +105,7 @@ func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string
 	var u *engine.User // the server's user, when it needs the directories opened to it
 	if os.Geteuid() == 0 {
 		var err error
-		if u, err = engine.ResolveUser(runAs, defaultUser(kind)); err != nil {
+		if u, err = eng.User(runAs); err != nil {
 			return fmt.Errorf("dataimage-builder: %w", err)
 		}
 		if u.UID == 0 {
@@ -149,14 +153,6 @@ func traversable(dir, user string) error {
 			return nil
 		}
 	}
-}
-
-// defaultUser is the OS user the servers of an engine run as by default.
-func defaultUser(kind imagebuilder.Engine) string {
-	if kind == imagebuilder.EnginePostgres {
-		return "postgres"
-	}
-	return "mysql"
 }
 
 // runtimeDir returns the server's runtime directory: dir when given (the build makes it), else

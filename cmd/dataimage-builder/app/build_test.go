@@ -17,13 +17,14 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 )
 
 // requirePostgres returns the installed PostgreSQL engine, or skips the test (fails it when CI
 // is "true": CI installs PostgreSQL, and a skip would hide a broken install).
 func requirePostgres(t *testing.T) engine.Engine {
 	t.Helper()
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	var pg engine.Engine
 	if err == nil {
 		for _, e := range set {

@@ -225,14 +225,14 @@ type rawSide struct {
 // definition returns the image definition of a large image called name.
 func (b *bench) definition(name string) []byte {
 	return fmt.Appendf(nil, `name: %s
-engine: postgres
+engine: %s
 version: %q
 sourceType: backup
 backups:
   - path: large/base.tar
   - path: large/pg_wal.tar
 lifetime: "0"
-`, name, b.pg.Version())
+`, name, b.pg.Kind(), b.pg.Version())
 }
 
 // buildVsTar alternates plain tar -x onto ext4 on a raw loop file with image builds of the same
@@ -372,7 +372,7 @@ func (b *bench) tarX(backupDir string, i int) (string, time.Duration, error) {
 		return "", 0, err
 	}
 	dur := time.Since(t0)
-	u, err := engine.ResolveUser("", "postgres")
+	u, err := b.pg.User("")
 	if err != nil {
 		return "", 0, err
 	}
@@ -443,7 +443,7 @@ func (b *bench) tps(d *local.Daemon, raw *rawSide) (*tpsResult, error) {
 // base backup) with a TCP listener and the bench's password.
 func (b *bench) startInstanceAt(root, name string) (*source, error) {
 	run := filepath.Join(b.dir, "run-"+name)
-	u, err := engine.ResolveUser("", "postgres")
+	u, err := b.pg.User("")
 	if err != nil {
 		return nil, err
 	}
@@ -468,7 +468,7 @@ func (b *bench) startInstanceAt(root, name string) (*source, error) {
 // createTimes builds a small (empty) image and measures creating clones of it and of the large
 // image: request to accepting connections.
 func (b *bench) createTimes(d *local.Daemon) (*createResult, error) {
-	small := fmt.Sprintf("name: small\nengine: postgres\nversion: %q\nsourceType: empty\n", b.pg.Version())
+	small := fmt.Sprintf("name: small\nengine: %s\nversion: %q\nsourceType: empty\n", b.pg.Kind(), b.pg.Version())
 	if _, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: []byte(small)}, nil); err != nil {
 		return nil, err
 	}
