@@ -53,7 +53,7 @@ type Pool struct {
 	f      File
 	bs     int
 	fanout int
-	geo    format.Superblock // geometry of the pool (fields fixed at creation)
+	geo    format.Superblock // geometry of the pool: fixed at creation, but Version (REQUIRES p.mu)
 	log    *slog.Logger
 	now    func() time.Time
 	direct bool // O_DIRECT: no sub-block writes
@@ -167,6 +167,33 @@ type Stats struct {
 	Snapshots          int
 	LSN                uint64 // last log position assigned
 	CheckpointLSN      uint64 // log position of the last checkpoint
+}
+
+// Geometry is how a pool is laid out, fixed when it was created. It explains what Stats
+// reports (MetadataBytes is 2 superblocks, the journal, 2 slots per refcount page and the tree
+// nodes and catalog blocks; PhysicalBytes is the data region) and what a tree costs: a leaf maps
+// NodeEntries blocks, an inner node NodeEntries children.
+type Geometry struct {
+	BlockSize        int    // bytes per block
+	NodeEntries      int    // entries per tree node
+	RefcountsPerPage int    // data blocks whose refcounts one refcount page holds
+	RefcountPages    uint64 // refcount pages, each kept in two slots (blocks)
+	JournalBlocks    uint64 // blocks of the journal region
+	DataStart        uint64 // first block of the data region: blocks before it are the fixed regions
+	Blocks           uint64 // blocks of the pool, fixed regions included
+}
+
+// Geometry returns the pool's layout. It takes no lock: the layout never changes.
+func (p *Pool) Geometry() Geometry {
+	return Geometry{
+		BlockSize:        p.bs,
+		NodeEntries:      p.fanout,
+		RefcountsPerPage: format.RCPerPage(p.bs),
+		RefcountPages:    p.geo.RCPages,
+		JournalBlocks:    p.geo.JournalBlocks,
+		DataStart:        p.geo.DataStart,
+		Blocks:           p.geo.PoolBlocks,
+	}
 }
 
 const defaultOverProvision = 10

@@ -64,8 +64,8 @@ func (r *report) markdown() string {
 	var out strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&out, format, args...) }
 	w("# Block store benchmarks\n\n")
-	w("Written by the bench report tool (`blockstore/internal/benchreport`); do not edit by hand.\n\n")
-	w("**Reproduce:** `make bench` runs `hack/bench.sh`, which runs `go run ./blockstore/internal/benchreport -write -out BENCHMARKS.md`: the full run (about %s here) rewrites this file. ", roundDur(r.elapsed))
+	w("Written by the bench report tool (`bench/storebench`); do not edit by hand.\n\n")
+	w("**Reproduce:** `make bench` runs `hack/bench.sh`, which runs `go run ./bench/storebench -write -out BENCHMARKS.md`: the full run (about %s here) rewrites this file. ", roundDur(r.elapsed))
 	w("`make bench BENCH_ARGS=-quick` is a smoke run of a few minutes that only prints the report; `BENCH_ARGS='-dir /path'` measures another disk (scratch files go in a temporary directory there and are removed).\n\n")
 	mode := "full"
 	if r.cfg.quick {

@@ -9,8 +9,12 @@ import (
 )
 
 // reportMarker starts the data image part of BENCHMARKS.md; everything from it to the end of
-// the file is this tool's (the block store report keeps it when it rewrites the file).
-const reportMarker = "<!-- imagebench: the data image part, written by make bench (imagebuilder/internal/imagebench) -->"
+// the file is this tool's (the block store report keeps it when it rewrites the file). Both
+// programs find the part by markerPrefix, so the rest of the line may change.
+const (
+	markerPrefix = "<!-- imagebench:"
+	reportMarker = markerPrefix + " the data image part, written by make bench (bench/imagebench) -->"
+)
 
 // medianDur is the median of ds (the mean of the middle two for an even count).
 func medianDur(ds []time.Duration) time.Duration {
@@ -61,7 +65,7 @@ func (r *report) markdown() string {
 	var w strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
 	p("%s\n\n# Data image benchmarks\n\n", reportMarker)
-	p("Written by `make bench` (`go run ./imagebuilder/internal/imagebench -write`, %s in all; `-quick` for a smoke run).\n", r.elapsed.Round(time.Second))
+	p("Written by `make bench` (`go run ./bench/imagebench -write`, %s in all; `-quick` for a smoke run).\n", r.elapsed.Round(time.Second))
 	p("PostgreSQL %s, Go %s, %d CPUs. Every comparison runs both sides in the same run on the same disk;\n", r.pgVersion, runtime.Version(), runtime.NumCPU())
 	p("the store side is the real daemon code (local, in process: a sparse pool file with\n")
 	p("O_DIRECT, volumes exported through FUSE + a loop device, ext4 made by k8s.io/mount-utils) and the\n")
@@ -148,7 +152,7 @@ func (r *report) analysis(p func(string, ...any)) {
 			"its row): the extraction is throttled by the writeback of what it has already written, and that "+
 			"writeback runs through loop → FUSE → the pool, where the raw side's goes through loop → a file. The "+
 			"stop step's syncfs, which writes the rest, shows the same path's cost. The ratio moves with that "+
-			"variance from run to run (`go run ./imagebuilder/internal/imagebench -only build` gave 0.82× and "+
+			"variance from run to run (`go run ./bench/imagebench -only build` gave 0.82× and "+
 			"0.98× in two runs the day this was written). The way to the goal is the export's write path (NBD "+
 			"or ublk where the kernel has them, or a FUSE export with writeback caching).")
 	}

@@ -221,7 +221,7 @@ func spliceReport(path, md string) error {
 		return err
 	}
 	s := string(old)
-	if i := strings.Index(s, reportMarker); i >= 0 {
+	if i := strings.Index(s, markerPrefix); i >= 0 {
 		s = s[:i]
 	} else if s != "" && !strings.HasSuffix(s, "\n\n") {
 		s = strings.TrimRight(s, "\n") + "\n\n"

@@ -78,7 +78,7 @@ func (b *bench) csiRoundTrips() (*csiResult, error) {
 		defer func() {
 			cancel()
 			if err := <-served; err != nil {
-				fmt.Fprintln(b.log, "benchreport: CSI server:", err)
+				fmt.Fprintln(b.log, "storebench: CSI server:", err)
 			}
 		}()
 		conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -1,4 +1,4 @@
-// Command benchreport measures the block store against a raw file and qcow2 on the same disk,
+// Command storebench measures the block store against a raw file and qcow2 on the same disk,
 // in one run, and prints a Markdown report (BENCHMARKS.md with -write).
 //
 // Every throughput is reported next to a baseline measured in the same run on the same disk:
@@ -9,7 +9,7 @@
 //
 // Usage (from the module root; hack/bench.sh and `make bench` run it):
 //
-//	go run ./blockstore/internal/benchreport [-quick] [-write] [-dir /var/tmp]
+//	go run ./bench/storebench [-quick] [-write] [-dir /var/tmp]
 //
 // The default run takes about 12 minutes plus the Check memory section (-only check: about
 // 10 minutes on a loaded 2-CPU machine, most of it the old Check; it needs git history and the
@@ -142,11 +142,11 @@ func main() {
 		}
 	}
 	if c.only != "" && c.only != "check" && c.write {
-		fmt.Fprintln(os.Stderr, "benchreport: -write needs every section (or -only check); drop -only")
+		fmt.Fprintln(os.Stderr, "storebench: -write needs every section (or -only check); drop -only")
 		os.Exit(2)
 	}
 	if err := run(c); err != nil {
-		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		fmt.Fprintln(os.Stderr, "storebench:", err)
 		os.Exit(1)
 	}
 }
@@ -171,7 +171,7 @@ func run(c config) error {
 		case <-ctx.Done():
 			undo.runAll()
 			os.RemoveAll(dir)
-			fmt.Fprintln(os.Stderr, "benchreport: interrupted; scratch files removed")
+			fmt.Fprintln(os.Stderr, "storebench: interrupted; scratch files removed")
 			os.Exit(130)
 		case <-done:
 		}
@@ -335,7 +335,7 @@ func run(c config) error {
 }
 
 // imageMarker starts the data image part of the report file, written by
-// imagebuilder/internal/imagebench; rewriting the block store part keeps it.
+// bench/imagebench; rewriting the block store part keeps it.
 const imageMarker = "<!-- imagebench:"
 
 // keptPart returns the data image part of the report file at path ("" if none).
@@ -361,7 +361,7 @@ func writeProfile(name, path string) {
 		}
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		fmt.Fprintln(os.Stderr, "storebench:", err)
 	}
 }
 
@@ -371,7 +371,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func removeFile(path string) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		fmt.Fprintln(os.Stderr, "storebench:", err)
 	}
 }
 

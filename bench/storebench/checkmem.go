@@ -91,7 +91,7 @@ func (b *bench) checkMemory() (*checkResult, error) {
 
 	bin := filepath.Join(b.dir, "checkchild")
 	newBin, oldBin := bin+"-new", bin+"-old"
-	if out, err := execCommand("go", "build", "-o", newBin, "./blockstore/internal/benchreport/checkchild"); err != nil {
+	if out, err := execCommand("go", "build", "-o", newBin, "./bench/storebench/checkchild"); err != nil {
 		return nil, fmt.Errorf("build checkchild: %v: %s", err, out)
 	}
 	oldErr := b.buildOldChild(res, oldBin)
@@ -266,12 +266,12 @@ func (b *bench) buildOldChild(res *checkResult, bin string) error {
 		return fmt.Errorf("untar %s: %w", res.oldCommit, err)
 	}
 	// The same child program, built against the old block store.
-	dst := filepath.Join(src, "blockstore/internal/benchreport/checkchild")
+	dst := filepath.Join(src, "bench/storebench/checkchild")
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		return err
 	}
 	for _, name := range []string{"main.go", "check_old.go"} {
-		data, err := os.ReadFile(filepath.Join("blockstore/internal/benchreport/checkchild", name))
+		data, err := os.ReadFile(filepath.Join("bench/storebench/checkchild", name))
 		if err != nil {
 			return err
 		}
@@ -283,7 +283,7 @@ func (b *bench) buildOldChild(res *checkResult, bin string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-tags", "oldcheck", "-o", abs, "./blockstore/internal/benchreport/checkchild")
+	cmd := exec.Command("go", "build", "-tags", "oldcheck", "-o", abs, "./bench/storebench/checkchild")
 	cmd.Dir = src
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build the old checkchild at %s: %v: %s", res.oldCommit, err, out)
@@ -352,7 +352,7 @@ func (r *report) checkSection(w0 *strings.Builder) {
 	}
 	w := func(format string, args ...any) { fmt.Fprintf(w0, format, args...) }
 	w("%s\n## Check (fsck): peak memory on a pool with %s mapped\n\n", checkBegin, fmtSize(c.mapped))
-	w("**Reproduce:** `go run ./blockstore/internal/benchreport -only check` prints this section; with `-write` it replaces it in BENCHMARKS.md (the rest of the file stays); a full `make bench` measures it too. `-checkgib N` sets what is mapped (default 64).\n\n")
+	w("**Reproduce:** `go run ./bench/storebench -only check` prints this section; with `-write` it replaces it in BENCHMARKS.md (the rest of the file stays); a full `make bench` measures it too. `-checkgib N` sets what is mapped (default 64).\n\n")
 	w("A pool of 4 KiB blocks (a sparse file of %s) holds an image volume with %s written, a snapshot of it, and two clones of the snapshot that each rewrite %s (1 MiB every few MiB, which copies the leaves they touch and leaves the other blocks of those leaves referenced twice): %s of distinct blocks mapped, %s over the volumes and the snapshot. ",
 		fmtSize(c.poolBytes), fmtSize(c.mapped-c.mapped/4), fmtSize(c.mapped/8), fmtSize(c.mapped), fmtSize(c.logical))
 	w("Check reads tree nodes, catalog and refcount pages but never data, so the pool was written with zeros on a file that punches a hole for a write of zeros (`zeroFile` in checkmem.go): every mapped block is a real pool block with its refcount, tree entries and nodes, and the disk held only the metadata (%s allocated). Building it took %s.\n\n", fmtSize(c.diskBytes), roundDur(c.build))

@@ -48,15 +48,7 @@ type poolMeta struct {
 	prefillMBps   float64
 	fixedMetaPool int64 // Stats().MetadataBytes of the empty pool (superblocks, journal, refcount pages)
 	poolBytes     int64
-	dataStart     uint64 // first block of the data region (0: unknown)
-}
-
-// dataStart reads the pool's superblock (slot 0, fixed geometry) for its first data block.
-func dataStart(path string) uint64 {
-	if sb := readSuperblock(path); sb != nil {
-		return sb.DataStart
-	}
-	return 0
+	geo           blockstore.Geometry
 }
 
 // perfOpts chooses which comparisons a perf run makes.
@@ -128,7 +120,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	}
 	defer p.Close()
 	meta.poolBytes = poolSize
-	meta.dataStart = dataStart(path)
+	meta.geo = p.Geometry()
 	meta.fixedMetaPool = p.Stats().MetadataBytes
 
 	volSize := b.volSize

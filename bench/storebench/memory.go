@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
 // Cache budgets of the pools reopened for the goal measurement. They are small so that both
@@ -45,7 +44,7 @@ type memPoint struct {
 type memSize struct {
 	mapped    int64
 	poolBytes int64
-	rcPages   uint64 // refcount pages of the pool (format.Superblock.RCPages)
+	rcPages   uint64 // refcount pages of the pool (Geometry.RefcountPages)
 	nodes     int64  // tree node blocks of the volume (Stats().MetadataBytes growth / block size)
 
 	// While writing (small budgets, a checkpoint every few Flushes), heap growth since before
@@ -81,9 +80,10 @@ type memResult struct {
 	plan memCachePlan
 }
 
-// memCachePlan is what the store makes of cache budgets. The formulas are the store's
-// (Pool.OpenOn: maxCleanNodes; Pool.newRefcounts: maxResident; Pool.needCheckpoint), repeated
-// here to check that the caches are full and to state the bounds.
+// memCachePlan is what the store makes of cache budgets: the accounting that
+// Options.NodeCacheBytes and Options.RefcountCacheBytes document, and the dirty-node count at
+// which a commit becomes a checkpoint (blockstore/journal.go), applied to the pool's geometry
+// to check that the caches are full and to state the bounds.
 type memCachePlan struct {
 	fanout        int
 	perPage       int // counts per refcount page
@@ -94,9 +94,8 @@ type memCachePlan struct {
 	dirtyNodesMax int // dirty nodes before needCheckpoint asks for a checkpoint, default budget
 }
 
-func newCachePlan(bs int) memCachePlan {
-	fanout := format.NodeCapacity(bs)
-	perPage := format.RCPerPage(bs)
+func newCachePlan(g blockstore.Geometry) memCachePlan {
+	bs, fanout, perPage := g.BlockSize, g.NodeEntries, g.RefcountsPerPage
 	nodes := func(budget int64) int { return max(int(budget/int64(bs+64+8*fanout)), 64) }
 	pages := func(budget int64) int { return max(int(budget/int64(4*perPage+48)), 2) }
 	return memCachePlan{
@@ -117,7 +116,7 @@ const (
 // writing a pool with default options, and the goal measurement (memGoal).
 func (b *bench) memory() (*memResult, error) {
 	const bs = 4 * kib
-	res := &memResult{bs: bs, plan: newCachePlan(bs)}
+	res := &memResult{bs: bs}
 	if err := b.memTransient(res, min(int64(b.memGiB)*gib, 4*gib)); err != nil {
 		return nil, err
 	}
@@ -158,6 +157,7 @@ func (b *bench) memTransient(res *memResult, n int64) error {
 	if err != nil {
 		return err
 	}
+	res.plan = newCachePlan(p.Geometry())
 	meta0 := p.Stats().MetadataBytes
 	point := func(mapped int64) memPoint {
 		return memPoint{mapped: mapped, heap: heapInuse() - heap0, rss: rss() - rss0, meta: p.Stats().MetadataBytes - meta0}
@@ -205,9 +205,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 			p.Close()
 		}
 	}()
-	if sb := readSuperblock(path); sb != nil {
-		s.rcPages = sb.RCPages
-	}
+	s.rcPages = p.Geometry().RefcountPages
 	info, err := p.CreateVolume("mem", n)
 	if err != nil {
 		return err
@@ -251,7 +249,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 	// One leaf covers fanout blocks; re-read one leaf's worth at a time from the start (long
 	// evicted), so that each re-read loads one node and the CLOCK occupancy of the node cache
 	// moves through its range.
-	leaf := int64(format.NodeCapacity(4*kib)) * 4 * kib
+	leaf := int64(p.Geometry().NodeEntries) * 4 * kib
 	buf := alignedBuf(4 * kib)
 	for i := range int64(memRereads) {
 		if _, err := vol.ReadAt(buf, i*leaf); err != nil {
@@ -284,24 +282,6 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 	b.logf("  deleted the volume: +%d KiB; after the next checkpoint (taken: %v): +%d KiB", s.deleted/kib, s.ckptLSNNew, s.ckptAfter/kib)
 	runtime.KeepAlive(vol)
 	return nil
-}
-
-// readSuperblock returns the superblock in slot 0 of a pool file, or nil.
-func readSuperblock(path string) *format.Superblock {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	buf := make([]byte, format.MinBlockSize)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		return nil
-	}
-	sb, err := format.DecodeSuperblock(buf)
-	if err != nil {
-		return nil
-	}
-	return sb
 }
 
 func medianInt(v []int64) int64 {

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
 // explain returns the analysis of a missed goal: the evidence of this run, and where in the
@@ -23,8 +21,8 @@ func (r *report) explain(id string) string {
 	case "lat":
 		return r.explainLat()
 	case "meta":
-		return fmt.Sprintf("A tree node holds (block size − %d) / 8 entries (`format.NodeCapacity`): %d at 4 KiB blocks, so dense mapping costs one leaf per %d blocks; sparse mapping (one block per leaf range) costs a whole node per mapped block.",
-			format.NodeHeaderSize, format.NodeCapacity(4*kib), format.NodeCapacity(4*kib))
+		return fmt.Sprintf("A tree node holds %d entries at 4 KiB blocks (`Geometry.NodeEntries`), so dense mapping costs one leaf per %d blocks; sparse mapping (one block per leaf range) costs a whole node per mapped block.",
+			r.fanout4K(), r.fanout4K())
 	case "mem":
 		return r.explainMem()
 	case "overwrite":
@@ -35,6 +33,19 @@ func (r *report) explain(id string) string {
 		return r.explainKRead()
 	}
 	return ""
+}
+
+// fanout4K returns the entries per tree node of this run's 4 KiB pools (0 if it made none).
+func (r *report) fanout4K() int {
+	for _, m := range r.metas {
+		if m.bs == 4*kib {
+			return m.geo.NodeEntries
+		}
+	}
+	if r.mem != nil {
+		return r.mem.plan.fanout
+	}
+	return 0
 }
 
 // ratiosByQD lists "qd N: R×" for a test of section 1.
@@ -94,10 +105,10 @@ func (r *report) explainSeq() string {
 			mw = c.ratio()
 		}
 	}
-	if len(r.metas) > 0 && r.metas[0].dataStart != 0 {
+	if len(r.metas) > 0 && r.metas[0].geo.DataStart != 0 {
 		m := r.metas[0]
-		off := m.dataStart * uint64(m.bs)
-		fmt.Fprintf(&b, "The store's 1 MiB requests are not 1 MiB-aligned in the pool file: the data region starts at block %d (byte %d, %d KiB past a 1 MiB boundary), and tree nodes are allocated from the same next-fit cursor as data (`newNode` → `allocBlock` → `allocRun`, tree.go/refcount.go), so each new leaf shifts the following data by a block. ", m.dataStart, off, off%mib/kib)
+		off := m.geo.DataStart * uint64(m.bs)
+		fmt.Fprintf(&b, "The store's 1 MiB requests are not 1 MiB-aligned in the pool file: the data region starts at block %d (byte %d, %d KiB past a 1 MiB boundary), and tree nodes are allocated from the same next-fit cursor as data (`newNode` → `allocBlock` → `allocRun`, tree.go/refcount.go), so each new leaf shifts the following data by a block. ", m.geo.DataStart, off, off%mib/kib)
 	}
 	if mr > 0 && mw > 0 {
 		fmt.Fprintf(&b, "On this disk the raw file alone, read and written 1 MiB at a time at offsets 24 KiB past 1 MiB boundaries, runs at %.2f× (read) and %.2f× (write) of the aligned rate (diagnostics above), ", mr, mw)
@@ -124,8 +135,8 @@ func (r *report) explainCOW() string {
 	}
 	b.WriteString("A thick pool is fallocated at creation and never punches (`punch` returns at once when the superblock has `FlagThick`), so its new blocks are never holes: that is why it is faster at queue depth 32. Thin stays the default because it returns freed space to the file system; a thick pool holds its whole size from creation on. On a block device (the production path) there is no file system allocation at all. ")
 	b.WriteString("What the store adds (read from the code): each first write runs `Volume.write` (io.go), which holds the write stripes of its blocks (512 stripes of 16-block runs per volume, `lockStripes`) from lookup to mapping, across its data I/O; takes `p.mu` exclusively to look up and allocate (`lookup`, `allocRun`), and again after the data write to map the new block (`setEntry`); the first write under each leaf range also copies the leaf the clone still shares with the snapshot (`writable`, tree.go: a new dirty node and a reference added to each of its up to ")
-	fmt.Fprintf(&b, "%d entries). ", format.NodeCapacity(4*kib))
-	fanout := int64(format.NodeCapacity(4 * kib))
+	fmt.Fprintf(&b, "%d entries). ", r.fanout4K())
+	fanout := int64(max(r.fanout4K(), 1))
 	leaves := (perfVolSize/(4*kib) + fanout - 1) / fanout
 	fmt.Fprintf(&b, "Dirty nodes stay until `needCheckpoint` (journal.go) asks for a checkpoint after 4096 of them at the default budget; then the `WriteAt` that notices runs it (`maybeCheckpoint` → `checkpoint`), holding `ioGate` exclusively, so all I/O waits while it writes the dirty nodes (runs of consecutive ones in one pwrite, `writeDirtyNodes`) and refcount pages and syncs twice. Each clone here has %d leaves; ", leaves)
 	most := int64(0) // leaves copied by one comparison, at most
