@@ -258,7 +258,7 @@ func (r *report) explainKRead() string {
 	if c, ok := findRow(r.perf, 4*kib, "4K random read, mapped blocks", 32); ok {
 		fmt.Fprintf(&b, "In process the store reads at %.2f× of raw (section 1, qd 32), so most of the gap is the kernel path. ", c.ratio())
 	}
-	b.WriteString("Each read of the exported device goes loop device (direct I/O) → FUSE request (asynchronous with `CAP_ASYNC_DIO`, at most 128 in flight: `fuseMaxBackground`, blockstore/export/fuseloop.go) → a go-fuse goroutine in this process → `diskFile.Read` → `Volume.ReadAt` → pread of the pool file; the raw side is loop device → pread of the file in the kernel. ")
+	b.WriteString("Each read of the exported device goes loop device (direct I/O) → FUSE request (asynchronous with `CAP_ASYNC_DIO`, at most 128 in flight: blockstore/export/fuseloop.go) → a go-fuse goroutine in this process → the export's file (blockstore/export) → `Volume.ReadAt` → pread of the pool file; the raw side is loop device → pread of the file in the kernel. ")
 	b.WriteString("The store's side therefore spends this process's CPU per I/O (column above) on the same 2 cores that fio and the kernel's loop and FUSE work use; when that CPU per I/O times the raw side's IOPS exceeds what is left of 2 cores, the exported device cannot keep up, whatever the disk does.")
 	return b.String()
 }

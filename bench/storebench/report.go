@@ -320,7 +320,7 @@ func (r *report) latSection(w0 *strings.Builder) {
 		}
 		w("| %s | %s | %s | %s | %s | %.2f | %s | %s | %s |\n", op, fmtLat(s50), fmtLat(s99), fmtLat(b50), fmtLat(b99), ratio, exS, exS99, met)
 	}
-	w("\nA commit (`commitLocked`, journal.go) is an fdatasync of the data if anything was written since the last one, then a journal block write and a second fdatasync. `Pool.Flush` after a write pays all three; snapshot, clone and revert here follow a Flush with no write in between, so each is a journal block write and one fdatasync plus in-memory work (and, for snapshot and revert, waiting for I/O in flight: `durableChange` with a barrier):\n\n")
+	w("\nA commit (blockstore/journal.go gives its order) is an fdatasync of the data if anything was written since the last one, then a journal block write and a second fdatasync. `Pool.Flush` after a write pays all three; snapshot, clone and revert here follow a Flush with no write in between, so each is a journal block write and one fdatasync plus in-memory work (and, for snapshot and revert, waiting for the I/O in flight before they apply: blockstore/volume.go):\n\n")
 	for _, c := range l.cases {
 		w("- %s\n", latBreakdown(c))
 	}
@@ -358,12 +358,12 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("With bounded caches, what matters is how resident memory grows with the amount mapped once the caches are full and nothing is dirty. ")
 	w("Two pools (4 KiB blocks, `DirectIO: true`, thin), each a file of 1.25 × what it maps + 64 MiB so that whatever the store keeps per pool block grows in proportion, map %s and %s into one volume with 1 MiB sequential writes (queue depth 4). ", fmtSize(s0.mapped), fmtSize(s1.mapped))
 	w("Each pool is closed (a checkpoint: nothing stays dirty), reopened with small fixed cache budgets — **`NodeCacheBytes` %s, `RefcountCacheBytes` %s**, the same at both sizes — and every mapped block is read once (1 MiB reads, queue depth 4). ", fmtSize(memNodeCacheBytes), fmtSize(memRCCacheBytes))
-	w("**Heap** is the growth of `runtime.MemStats.HeapInuse` after two `runtime.GC()` since just before `Open`, with the pool open; the value at each size is the median of %d readings: right after the full read, and after each of %d re-reads of one block at the start of a leaf's range (each loads one tree node, so the node cache's occupancy, which CLOCK eviction in `cacheNode` keeps between 7/8 of its budget and all of it, moves through its range). ", memRereads+1, memRereads)
+	w("**Heap** is the growth of `runtime.MemStats.HeapInuse` after two `runtime.GC()` since just before `Open`, with the pool open; the value at each size is the median of %d readings: right after the full read, and after each of %d re-reads of one block at the start of a leaf's range (each loads one tree node, so the node cache's occupancy, which its CLOCK eviction keeps between 7/8 of its budget and all of it (blockstore/tree.go), moves through its range). ", memRereads+1, memRereads)
 	w("The **slope** is Δheap / Δmapped between the two sizes; per TiB is the slope × 1024 GiB. ")
 	nodesFull := s0.nodes > int64(pl.maxNodes)
 	rcUsed := (uint64(s0.mapped)/uint64(m.bs) + uint64(s0.nodes) + uint64(pl.perPage) - 1) / uint64(pl.perPage)
 	rcFull := rcUsed > uint64(pl.maxPages)
-	w("The budgets are small so that both caches are full at both sizes: the node cache keeps at most %d clean nodes (`NodeCacheBytes` / (block size + 64 + 8 × fanout), at least 64: `OpenOn`, pool.go) and the smaller volume has %d tree nodes; the refcount cache keeps at most %d clean pages (`RefcountCacheBytes` / (4 × %d + 48), at least 2: `Pool.newRefcounts`) and the smaller pool has at least %d pages with a non-zero count. ",
+	w("The budgets are small so that both caches are full at both sizes: the node cache keeps at most %d clean nodes (`Options.NodeCacheBytes` / (block size + 64 + 8 × `Geometry.NodeEntries`), at least 64: blockstore/pool.go) and the smaller volume has %d tree nodes; the refcount cache keeps at most %d clean pages (`Options.RefcountCacheBytes` / (4 × %d + 48), at least 2: blockstore/pool.go) and the smaller pool has at least %d pages with a non-zero count. ",
 		pl.maxNodes, s0.nodes, pl.maxPages, pl.perPage, rcUsed)
 	if nodesFull && rcFull {
 		w("So the difference between the sizes holds only what grows with the amount mapped (or with the pool, sized in proportion), not the caches filling up.\n\n")
@@ -388,11 +388,11 @@ func (r *report) memSection(w0 *strings.Builder) {
 		measured: fmt.Sprintf("%s (± %s)", fmtMiB(heapTiB), fmtMiB(resTiB)), target: "≤ 8 MiB", met: met})
 	w("\n**Goal: resident memory per TiB mapped ≤ 8 MiB: %s ± %s, %s.** ", fmtMiB(heapTiB), fmtMiB(resTiB), metStr(met))
 	w("The ± is the widest spread of the readings at one size over the difference in size mapped: a bound on how far the node cache's occupancy and heap span rounding move the slope. ")
-	w("The bookkeeping row is what the store keeps for every refcount page of the pool (`refcounts.pages`, `used` and `slot` in refcount.go: an 8-byte pointer, a 4-byte count and a 1-byte slot per page of %d blocks): %.1f MiB per TiB of pool, here %s per TiB mapped since each pool is 1.25 × what it maps.\n\n",
+	w("The bookkeeping row is what the store keeps for every refcount page of the pool (blockstore/refcount.go: an 8-byte pointer, a 4-byte count and a 1-byte slot per page of %d blocks): %.1f MiB per TiB of pool, here %s per TiB mapped since each pool is 1.25 × what it maps.\n\n",
 		pl.perPage, float64(rcBookkeeping)*float64(1<<40)/float64(m.bs)/float64(pl.perPage)/mib, fmtMiB(bkTiB))
 
 	w("### Fixed: the cache budgets\n\n")
-	w("Not per TiB: the caches are bounded by budgets that do not depend on the amount mapped. At the defaults, `NodeCacheBytes` %s (at most %d clean tree nodes; the store counts %d bytes per node, about twice a node's heap, which is a %d-entry `[]uint64` of 4 KiB plus the `node` struct) and `RefcountCacheBytes` %s (at most %d clean refcount pages of 4 KiB). ",
+	w("Not per TiB: the caches are bounded by budgets that do not depend on the amount mapped. At the defaults, `NodeCacheBytes` %s (at most %d clean tree nodes; the store counts %d bytes per node, about twice a node's heap, which is a %d-entry slice of 4 KiB plus a small struct) and `RefcountCacheBytes` %s (at most %d clean refcount pages of 4 KiB). ",
 		fmtSize(defNodeCacheBytes), pl.defMaxNodes, m.bs+64+8*pl.fanout, pl.fanout, fmtSize(defRCCacheBytes), pl.defMaxPages)
 	w("With the small budgets above, the part of the heap that does not grow with the amount mapped (the reading at %s minus the slope × %s) was %s.\n\n",
 		fmtSize(s0.mapped), fmtSize(s0.mapped), fmtKiB(int64(float64(s0.read)-m.slope*float64(s0.mapped))))
@@ -413,8 +413,8 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("| RSS per GiB mapped before any checkpoint (slope; transient) | %s | — | — |\n", fmtMiB(m.rssSlope*gib))
 	leafBytes := int64(pl.fanout) * int64(m.bs)
 	peakMapped := float64(pl.dirtyNodesMax) * float64(leafBytes)
-	w("\nThis growth is dirty tree nodes and dirty refcount pages, pinned in memory until the next checkpoint writes them (`checkpointLocked`; `cacheNode` and `refcounts.evict` never evict dirty ones). ")
-	w("What ends it is `needCheckpoint` (journal.go), checked after every `WriteAt` (`maybeCheckpoint`) and at every commit: more than max(clean-node limit / 2, 4096) dirty tree nodes — %d at the default budget —, the journal more than half full, more than 16 × its blocks in uncommitted records, or more blocks waiting for a checkpoint to be freed than 1/8 of the data region. ", pl.dirtyNodesMax)
+	w("\nThis growth is dirty tree nodes and dirty refcount pages, pinned in memory until the next checkpoint writes them (blockstore/checkpoint.go; neither cache evicts a dirty entry). ")
+	w("What ends it is the checkpoint policy (blockstore/journal.go), checked after every `Volume.WriteAt` and at every commit: more than max(clean-node limit / 2, 4096) dirty tree nodes — %d at the default budget —, the journal more than half full, more than 16 × its blocks in uncommitted records, or more blocks waiting for a checkpoint to be freed than 1/8 of the data region. ", pl.dirtyNodesMax)
 	w("Dense sequential mapping creates one leaf per %s, so %d dirty nodes come after about %s mapped: at the measured %s per GiB, a peak of about %s before the checkpoint that clears it. ",
 		fmtSize(leafBytes), pl.dirtyNodesMax, fmtSize(int64(peakMapped)), fmtMiB(m.heapSlope*gib), fmtMiB(m.heapSlope*peakMapped))
 	w("Scattered first writes reach %d dirty leaves sooner (one per leaf range touched), but the count bounds them alike. Dirty refcount pages are not among the triggers: they are bounded only through the others (see the deletes below).\n\n", pl.dirtyNodesMax)
@@ -430,7 +430,7 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("\nWith caches bounded and checkpoints taken, neither should grow with the amount written or deleted; see *Other findings* for what does.\n\n")
 
 	// Fixed on-disk regions, per GiB of pool (not of mapped data).
-	w("**On disk**, sized by the pool rather than by what is mapped (`CreateOn`, pool.go): refcount pages of %d counts of 4 bytes, two slots each, i.e. %.3f%% of the pool; the journal, 1/64 of the pool (1.56%%) between 1 MiB and 256 MiB; two superblocks. ",
+	w("**On disk**, sized by the pool rather than by what is mapped (`Geometry`; blockstore/pool.go lays it out): refcount pages of %d counts of 4 bytes, two slots each, i.e. %.3f%% of the pool; the journal, 1/64 of the pool (1.56%%) between 1 MiB and 256 MiB; two superblocks. ",
 		pl.perPage, 2*100/float64(pl.perPage))
 	if l := r.lat; l != nil && len(l.cases) == 2 {
 		var parts []string
@@ -513,7 +513,7 @@ func (r *report) bsSection(w0 *strings.Builder) {
 	} else {
 		w("This run favours a larger block than the 4 KiB default; see the analysis below before changing it.")
 	}
-	w(" Larger blocks cut tree metadata and memory per GiB roughly in proportion, but a write smaller than the block into a block that is not the volume's alone (a clone's first write) reads the old block and writes the whole block to a new one, and a read smaller than the block reads the whole block (`Pool.writeBlocks` and `Pool.readBlocks`, io.go). An overwrite of an owned block writes just the bytes written when they are 4 KiB-aligned, also with direct I/O.\n\n")
+	w(" Larger blocks cut tree metadata and memory per GiB roughly in proportion, but a write smaller than the block into a block that is not the volume's alone (a clone's first write) reads the old block and writes the whole block to a new one, and a read smaller than the block reads the whole block (blockstore/io.go). An overwrite of an owned block writes just the bytes written when they are 4 KiB-aligned, also with direct I/O.\n\n")
 }
 
 // ---- analysis ----
