@@ -11,21 +11,22 @@ import (
 
 // report collects every result of a run and renders BENCHMARKS.md.
 type report struct {
-	cfg     config
-	started time.Time
-	elapsed time.Duration
-	machine [][2]string
-	perf    []cmpRow   // store vs raw, 4 KiB blocks, qd 1 and 32
-	bsRows  []cmpRow   // every block size (4 KiB rows are perf's)
-	metas   []poolMeta // per block size: what the prefill of the perf volume cost
-	qemu    *qemuResult
-	qemuErr error
-	lat     *latResult
-	mem     *memResult
-	csi     *csiResult
-	kdev    *kdevResult
-	ext4    *ext4Result
-	check   *checkResult
+	cfg      config
+	started  time.Time
+	elapsed  time.Duration
+	machine  [][2]string
+	perf     []cmpRow   // store vs raw, 4 KiB blocks, qd 1 and 32
+	bsRows   []cmpRow   // every block size (4 KiB rows are perf's)
+	metas    []poolMeta // per block size: what the prefill of the perf volume cost
+	qemu     *qemuResult
+	qemuErr  error
+	lat      *latResult
+	snapRead *snapReadResult
+	mem      *memResult
+	csi      *csiResult
+	kdev     *kdevResult
+	ext4     *ext4Result
+	check    *checkResult
 
 	goals []goal // filled while rendering
 }
@@ -54,6 +55,7 @@ func (r *report) markdown() string {
 	r.perfSection(&body)
 	r.qemuSection(&body)
 	r.latSection(&body)
+	r.snapReadSection(&body)
 	r.memSection(&body)
 	r.bsSection(&body)
 	r.csiSection(&body)
