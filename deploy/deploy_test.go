@@ -20,8 +20,8 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/dataimage/dataimage/deploy/manifest"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/deploy/manifest"
 )
 
 // tool finds a tool of hack/install-k8s-tools.sh, or skips without it except in CI.

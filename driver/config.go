@@ -5,12 +5,16 @@ import (
 	"log/slog"
 	"regexp"
 	"time"
+
+	"github.com/dataimage/dataimage/driver/wellknown"
 )
 
 // Defaults for Config fields left zero.
 const (
-	DefaultDriverName  = "csi.dataimage.io"
-	DefaultTopologyKey = "topology.dataimage.io/node"
+	// DefaultDriverName and DefaultTopologyKey are the names Kubernetes knows the driver by
+	// (package wellknown, where the controllers read them too).
+	DefaultDriverName  = wellknown.DriverName
+	DefaultTopologyKey = wellknown.TopologyKey
 	// DefaultVolumeSize is the size of a volume created without capacity_range.required_bytes
 	// and without a content source (1 GiB).
 	DefaultVolumeSize int64 = 1 << 30

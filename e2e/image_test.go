@@ -21,8 +21,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	dataimagev1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/imagebuilder"
 )
 
 // buildWait bounds a DataImage build: a small base backup restored by a Job.

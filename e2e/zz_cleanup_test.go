@@ -17,8 +17,8 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/dataimage/dataimage/blockstore"
 	dataimagev1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/blockstore"
 )
 
 // TestZZLeavesNothing runs last (go test runs the tests of a package in the order of their

@@ -6,15 +6,15 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/internal/atomicfile"
 )
 
 // catalog is the daemon's durable state besides the pool: the images, the clones and their
-// revisions, in catalog.json in the home. It is replaced atomically on every change (writeFile).
+// revisions, in catalog.json in the home. It is replaced atomically on every change (writeCatalog).
 //
 // Order of side effects (what makes a crash at any point recoverable):
 //   - create: the pool object first (snapshot image/<name>, volume clone/<name>, snapshot
@@ -143,46 +143,12 @@ func loadCatalog(path string) (*catalog, error) {
 	return c, nil
 }
 
-// writeFile replaces the file at path with data atomically: a temporary file in the same
-// directory, fsync, rename over path, fsync of the directory. A crash leaves the old file or
-// the new one, never a mix.
-func writeFile(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("local: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("local: write %s: %w", tmp, err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("local: write %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("local: sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("local: close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("local: replace %s: %w", path, err)
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("local: sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("local: sync directory %s: %w", dir, err)
+// writeCatalog replaces the catalog file at path with data (internal/atomicfile: a crash leaves
+// the old catalog or the new one, never a mix), readable by the daemon's user only: it holds the
+// clones' passwords.
+func writeCatalog(path string, data []byte) error {
+	if err := atomicfile.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("local: catalog: %w", err)
 	}
 	return nil
 }

@@ -210,7 +210,7 @@ func (d *Daemon) loadCatalog(newPool bool) (*catalog, error) {
 		if err != nil {
 			return nil, fmt.Errorf("local: encode catalog: %w", err)
 		}
-		if err := writeFile(path, data, 0o600); err != nil {
+		if err := writeCatalog(path, data); err != nil {
 			return nil, err
 		}
 	}
@@ -257,7 +257,7 @@ func (d *Daemon) commit(change func(c *catalog) error) error {
 	if gen <= d.savedGen {
 		return nil // a later state, which holds this change, is on disk already
 	}
-	if err := writeFile(d.cfg.catalogPath(), data, 0o600); err != nil {
+	if err := writeCatalog(d.cfg.catalogPath(), data); err != nil {
 		return err
 	}
 	d.savedGen = gen

@@ -18,6 +18,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // BuildImage validates the definition, builds the image in a new volume (an ext4 file system
@@ -52,7 +53,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	start := time.Now()
 	log.Info("image build started", "engine", def.NormalizedEngine(), "version", def.Version, "sourceType", def.NormalizedSourceType())
 
-	report(BuildEvent{Step: "volume", Message: fmt.Sprintf("creating a %s thin volume", formatBytes(d.cfg.VolumeSize))})
+	report(BuildEvent{Step: "volume", Message: fmt.Sprintf("creating a %s thin volume", units.FormatBytes(d.cfg.VolumeSize))})
 	vol, err := d.newVolume(buildPrefix+name, d.cfg.VolumeSize)
 	if err != nil {
 		return nil, fmt.Errorf("local: build image %s: create its volume: %w", name, err)
@@ -530,20 +531,4 @@ func removeAll(dir string) error {
 		return fmt.Errorf("local: remove %s: %w", dir, err)
 	}
 	return nil
-}
-
-// formatBytes prints a size for people: 32 GiB, 512 MiB.
-func formatBytes(n int64) string {
-	for _, u := range []struct {
-		unit string
-		size int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size {
-			if n%u.size == 0 {
-				return fmt.Sprintf("%d %s", n/u.size, u.unit)
-			}
-			return fmt.Sprintf("%.1f %s", float64(n)/float64(u.size), u.unit)
-		}
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -140,7 +140,7 @@ func TestCatalogFile(t *testing.T) {
 	c.Clones["c"] = &cloneRecord{Name: "c", Image: "a", Running: true, Port: 5555, Revisions: []Revision{{Name: "rev-1"}}}
 	data, err := json.Marshal(c)
 	require.NoError(t, err)
-	require.NoError(t, writeFile(path, data, 0o600))
+	require.NoError(t, writeCatalog(path, data))
 	st, err := os.Stat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "the catalog holds passwords")
@@ -215,7 +215,7 @@ func TestDaemonReconcile(t *testing.T) {
 	cat.Clones["c2"] = &cloneRecord{Name: "c2", Image: "kept"}
 	data, err := json.Marshal(cat)
 	require.NoError(t, err)
-	require.NoError(t, writeFile(filepath.Join(cfg.Home, "catalog.json"), data, 0o600))
+	require.NoError(t, writeCatalog(filepath.Join(cfg.Home, "catalog.json"), data))
 	// A mount a previous daemon left.
 	stale := filepath.Join(cfg.Home, "mnt", "stale")
 	require.NoError(t, os.MkdirAll(stale, 0o755))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -627,15 +628,5 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	return s[max(0, min(i, len(s)-1))]
 }
 
-// human prints a byte count in binary units.
-func human(n int64) string {
-	const unit = 1024
-	if n < unit && n > -unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	f, i := float64(n), 0
-	for ; (f >= unit || f <= -unit) && i < 5; i++ {
-		f /= unit
-	}
-	return fmt.Sprintf("%.1f %ciB", f, "KMGTP"[i-1])
-}
+// human writes a byte count the one way the project prints them (internal/units).
+func human(n int64) string { return units.FormatBytes(n) }

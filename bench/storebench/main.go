@@ -33,6 +33,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dataimage/dataimage/internal/atomicfile"
 )
 
 // config holds the command-line settings.
@@ -384,40 +386,9 @@ func removeFile(path string) {
 	}
 }
 
-// writeFileAtomic replaces path with data: temp file, fsync, rename, fsync the directory.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer removeFile(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+// writeFileAtomic replaces path with data (internal/atomicfile: temp file, fsync, rename, fsync
+// the directory).
+func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data, 0o644) }
 
 // cmdOutput runs a command and returns its trimmed output, or "" if it fails.
 func cmdOutput(name string, args ...string) string {

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // report collects every result of a run and renders BENCHMARKS.md.
@@ -179,19 +181,8 @@ func fmtLat(d time.Duration) string {
 	}
 }
 
-func fmtSize(n int64) string {
-	switch {
-	case n >= 1<<40 && n%(1<<40) == 0:
-		return fmt.Sprintf("%d TiB", n>>40)
-	case n >= gib && n%gib == 0:
-		return fmt.Sprintf("%d GiB", n/gib)
-	case n >= mib && n%mib == 0:
-		return fmt.Sprintf("%d MiB", n/mib)
-	case n >= kib && n%kib == 0:
-		return fmt.Sprintf("%d KiB", n/kib)
-	}
-	return fmt.Sprintf("%d B", n)
-}
+// fmtSize writes a byte count the one way the project prints them (internal/units).
+func fmtSize(n int64) string { return units.FormatBytes(n) }
 
 func fmtMiB(n float64) string { return fmt.Sprintf("%.2f MiB", n/mib) }
 

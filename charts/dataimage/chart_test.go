@@ -27,8 +27,8 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/dataimage/dataimage/deploy/manifest"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/deploy/manifest"
 )
 
 const namespace = "storage"

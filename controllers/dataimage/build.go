@@ -14,8 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/driver/wellknown"
+	"github.com/dataimage/dataimage/imagebuilder"
 )
 
 // The build pod's layout (docs/kubernetes.md, "How an image is built"): the builder binary is
@@ -268,7 +269,7 @@ func (r *reconciler) buildJob(di *v1alpha1.DataImage, p *plan) *batchv1.Job {
 		if nodeSelector == nil {
 			nodeSelector = map[string]string{}
 		}
-		nodeSelector[TopologyKey] = p.node
+		nodeSelector[wellknown.TopologyKey] = p.node
 	}
 	lbls := map[string]string{v1alpha1.LabelImage: di.Name}
 	return &batchv1.Job{

@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 )
 
@@ -628,8 +628,8 @@ func TestForeignBuildClaim(t *testing.T) {
 func TestPodLogReaderError(t *testing.T) {
 	// The real LogReader against the API server: without a kubelet it cannot read a log, and
 	// says which pod and container.
-	needEnv(t)
-	r, err := NewPodLogReader(env.adminCfg)
+	env.Need(t)
+	r, err := NewPodLogReader(env.AdminConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,8 @@
-// Package controller is the DataImage controller (docs/kubernetes.md, "How an image is
-// built"): it turns DataImage resources into VolumeSnapshots that PVCs clone, and it expands
-// csi.dataimage.io volumes.
+// Package dataimage is the DataImage controller (docs/kubernetes.md, "How an image is built"):
+// it turns DataImage resources into VolumeSnapshots that PVCs clone. (The expansion of
+// csi.dataimage.io volumes is controllers/resize's; cmd/dataimage-controller runs both.)
 //
-// Setup adds two reconcilers to a controller-runtime manager:
+// Setup adds its reconciler to a controller-runtime manager:
 //
 //   - DataImages. A new DataImage gets the dataimage.io/clones finalizer, then its spec is
 //     validated (the image definition's own validation) and checked against what the
@@ -20,8 +20,6 @@
 //     PVCs clone it: then it is kept (Expired reason ClonesExist) until the last clone goes. A
 //     deleted DataImage waits the same way for its clones before its snapshot is deleted and its
 //     finalizer removed. A Failed DataImage whose spec changes is built again.
-//   - The resizer: claims of csi.dataimage.io volumes whose request exceeds their capacity are
-//     marked for node expansion (see resizer).
 //
 // Nothing is kept in memory between reconciles: each one reads the DataImage (status included),
 // its Job, pod, PVCs and snapshot from the cluster and carries on from there, so a restarted or

@@ -3,11 +3,8 @@ package dataimage
 import (
 	"bytes"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,149 +14,39 @@ import (
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/dataimage/dataimage/deploy/manifest"
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/internal/kubetest"
 )
 
-// The controller's tests run it against a real API server (envtest: kube-apiserver and etcd,
-// installed by hack/install-envtest.sh), with the CRDs of deploy/crd and of the snapshot API,
-// and with the identity and RBAC of the chart (deploy/controller-rbac.yaml): the controller
-// impersonates its ServiceAccount, so a permission the chart does not grant fails a test.
-//
-// There is no kube-controller-manager, kubelet, scheduler or snapshot-controller: the tests play
-// their parts on the objects (a Job's pod and its status, a VolumeSnapshot's readiness, a
-// claim's binding, the removal of the pvc-protection finalizer), as the admin.
+// The controller's tests run it against a real API server (internal/kubetest: envtest with the
+// project's CRDs, the controller impersonating the chart's ServiceAccount). There is no
+// kube-controller-manager, kubelet, scheduler or snapshot-controller: the tests play their parts
+// on the objects (a Job's pod and its status, a VolumeSnapshot's readiness, a claim's binding,
+// the removal of the pvc-protection finalizer), as the admin.
 
-// envtestAssets is where hack/install-envtest.sh installs kube-apiserver and etcd; the tests
-// use it when KUBEBUILDER_ASSETS is unset.
-const envtestAssets = "/usr/local/lib/dataimage/envtest/v1.36.1"
+// env is the test binary's API server.
+var env kubetest.Env
 
-var env struct {
-	// skip says why the envtest tests cannot run; empty when they can.
-	skip string
-	// admin is a direct client with every right.
-	admin client.Client
-	// adminCfg is the admin's configuration; ctrlCfg the controller's (its ServiceAccount).
-	adminCfg, ctrlCfg *rest.Config
-}
-
-func TestMain(m *testing.M) { os.Exit(runTests(m)) }
-
-func runTests(m *testing.M) int {
-	flag.Parse()
-	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
-		// Fuzzing (the coordinator and each worker run TestMain): no API server needed.
-		env.skip = "not started while fuzzing"
-		return m.Run()
-	}
-	stop, err := startEnv()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintf(os.Stderr, "envtest: %v (CI=true: the envtest binaries must be installed, hack/install-envtest.sh)\n", err)
-			return 1
-		}
-		env.skip = err.Error()
-	}
-	code := m.Run()
-	if stop != nil {
-		if err := stop(); err != nil {
-			fmt.Fprintf(os.Stderr, "envtest: stop: %v\n", err)
-		}
-	}
-	return code
-}
-
-// needEnv skips t when envtest cannot run (TestMain has already failed under CI=true).
-func needEnv(t *testing.T) {
-	t.Helper()
-	if env.skip != "" {
-		t.Skipf("envtest: %s (run hack/install-envtest.sh)", env.skip)
-	}
-}
-
-func startEnv() (func() error, error) {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		os.Setenv("KUBEBUILDER_ASSETS", envtestAssets)
-	}
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	for _, bin := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
-			return nil, fmt.Errorf("no %s in KUBEBUILDER_ASSETS=%s", bin, assets)
-		}
-	}
-	te := &envtest.Environment{
-		CRDDirectoryPaths:     []string{"../../deploy/crd", "../../charts/dataimage/files/snapshot-crds"},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := te.Start()
-	if err != nil {
-		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)
-	}
-	if err := setupEnv(cfg); err != nil {
-		return te.Stop, err
-	}
-	return te.Stop, nil
-}
-
-// setupEnv makes the admin client and installs the chart's RBAC of the controller.
-func setupEnv(cfg *rest.Config) error {
+func TestMain(m *testing.M) {
 	scheme, err := NewScheme()
 	if err != nil {
-		return err
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	admin, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		return fmt.Errorf("admin client: %w", err)
-	}
-	docs, err := manifest.ReadFile("../../deploy/controller-rbac.yaml")
-	if err != nil {
-		return err
-	}
-	objs, err := manifest.DecodeAll(manifest.Scheme(), docs)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	var sa *corev1.ServiceAccount
-	for _, o := range objs {
-		obj := o.Value.(client.Object)
-		if s, ok := obj.(*corev1.ServiceAccount); ok {
-			sa = s
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.Namespace}}
-			if err := admin.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("create namespace %s: %w", s.Namespace, err)
-			}
-		}
-		if err := admin.Create(ctx, obj); err != nil {
-			return fmt.Errorf("create %s: %w", o, err)
-		}
-	}
-	if sa == nil {
-		return errors.New("deploy/controller-rbac.yaml has no ServiceAccount")
-	}
-	ctrlCfg := rest.CopyConfig(cfg)
-	ctrlCfg.Impersonate = rest.ImpersonationConfig{
-		UserName: fmt.Sprintf("system:serviceaccount:%s:%s", sa.Namespace, sa.Name),
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + sa.Namespace, "system:authenticated"},
-	}
-	env.admin, env.adminCfg, env.ctrlCfg = admin, cfg, ctrlCfg
-	return nil
+	os.Exit(kubetest.Main(m, "../..", scheme, &env))
 }
 
 // cannedLogs is the LogReader of the tests: envtest has no kubelet, so pods/log cannot answer;
@@ -262,17 +149,13 @@ func withNamespaceLabels(l map[string]string) harnessOption {
 // newHarness makes a namespace and starts a controller that watches it.
 func newHarness(t *testing.T, opts ...harnessOption) *harness {
 	t.Helper()
-	needEnv(t)
-	h := &harness{t: t, ctx: t.Context(), admin: env.admin, logs: &cannedLogs{}, config: testConfig(t)}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "di-test-"}}
+	env.Need(t)
+	h := &harness{t: t, ctx: t.Context(), admin: env.Admin, logs: &cannedLogs{}, config: testConfig(t)}
+	ns := &corev1.Namespace{}
 	for _, o := range opts {
 		o(h, ns)
 	}
-	if err := h.admin.Create(h.ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	h.ns = ns.Name
-	t.Cleanup(func() { _ = h.admin.Delete(context.Background(), ns) })
+	h.ns = env.Namespace(t, ns.Labels)
 	h.startManager()
 	return h
 }
@@ -286,7 +169,7 @@ func (h *harness) startManager() {
 	}
 	co := CacheOptions()
 	co.DefaultNamespaces = map[string]cache.Config{h.ns: {}}
-	mgr, err := ctrl.NewManager(env.ctrlCfg, ctrl.Options{
+	mgr, err := ctrl.NewManager(env.ControllerConfig, ctrl.Options{
 		Scheme:     scheme,
 		Logger:     testr.NewWithOptions(h.t, testr.Options{Verbosity: 1}),
 		Cache:      co,
@@ -299,38 +182,14 @@ func (h *harness) startManager() {
 	if err := Setup(mgr, Options{Config: h.config, Logs: h.logs, ProgressInterval: 100 * time.Millisecond}); err != nil {
 		h.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	var once sync.Once
-	h.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				h.t.Errorf("manager: %v", err)
-			}
-		})
-	}
-	h.t.Cleanup(h.stop)
+	h.stop = kubetest.Start(h.t, mgr)
 }
 
 // eventually polls cond until it holds, or fails the test after timeout with what cond last
 // said.
 func (h *harness) eventually(what string, timeout time.Duration, cond func() (bool, string)) {
 	h.t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		last = msg
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out after %s waiting for %s: %s", timeout, what, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	kubetest.Eventually(h.t, what, timeout, cond)
 }
 
 const waitFor = 20 * time.Second
@@ -562,23 +421,7 @@ func (h *harness) deleteClaim(pvc *corev1.PersistentVolumeClaim) {
 // hasEvent waits for an Event with reason about the named object, and returns its note.
 func (h *harness) hasEvent(name, reason string) string {
 	h.t.Helper()
-	var note string
-	h.eventually(fmt.Sprintf("event %s about %s", reason, name), waitFor, func() (bool, string) {
-		var list eventsv1.EventList
-		if err := h.admin.List(h.ctx, &list, client.InNamespace(h.ns)); err != nil {
-			return false, err.Error()
-		}
-		var seen []string
-		for _, e := range list.Items {
-			if e.Regarding.Name == name && e.Reason == reason {
-				note = e.Note
-				return true, ""
-			}
-			seen = append(seen, e.Regarding.Name+":"+e.Reason)
-		}
-		return false, fmt.Sprintf("events: %v", seen)
-	})
-	return note
+	return env.HasEvent(h.t, h.ns, name, reason, waitFor)
 }
 
 // logLines joins log lines as the kubelet serves them.

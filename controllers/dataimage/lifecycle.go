@@ -18,8 +18,9 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -207,7 +208,7 @@ func (r *reconciler) progress(st *state, ev *local.BuildEvent) {
 		msg += ": " + ev.Message
 	}
 	if ev.Total > 0 {
-		msg += fmt.Sprintf(" (%s of %s)", formatBytes(ev.Done), formatBytes(ev.Total))
+		msg += fmt.Sprintf(" (%s of %s)", units.FormatBytes(ev.Done), units.FormatBytes(ev.Total))
 	}
 	if ev.Step != di.Status.Step {
 		st.afterSave(func() {
@@ -218,20 +219,6 @@ func (r *reconciler) progress(st *state, ev *local.BuildEvent) {
 	di.Status.Step, di.Status.BytesDone, di.Status.BytesTotal = ev.Step, ev.Done, ev.Total
 	setCondition(di, v1alpha1.ConditionBuilt, metav1.ConditionFalse, v1alpha1.ReasonBuilding, msg)
 	setMessage(di, "building: %s", msg)
-}
-
-// formatBytes prints a byte count for people: 1.5 GiB.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func stepOr(step, otherwise string) string {

@@ -38,10 +38,6 @@ var (
 		Name: "dataimage_controller_images_expired_total",
 		Help: "Images whose VolumeSnapshot was deleted at the end of their lifetime.",
 	})
-	metricVolumeExpansions = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "dataimage_controller_volume_expansions_total",
-		Help: "Expansions of csi.dataimage.io claims handed to the node (NodeResizePending).",
-	})
 )
 
 // imageStats is the collector of the image gauges.
@@ -54,7 +50,7 @@ var imageStats = &imageCollector{
 
 func init() {
 	metrics.Registry.MustRegister(metricBuildsStarted, metricBuildsSucceeded, metricBuildsFailed,
-		metricBuildDuration, metricImagesExpired, metricVolumeExpansions, imageStats)
+		metricBuildDuration, metricImagesExpired, imageStats)
 }
 
 // imageCollector counts DataImages by phase from the manager's cache at each scrape.

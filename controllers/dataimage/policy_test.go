@@ -12,8 +12,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/dataimage/dataimage/deploy/manifest"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/deploy/manifest"
 )
 
 // What a cluster's admin allows DataImages (v1alpha1.ControllerConfig.Admit) and the least

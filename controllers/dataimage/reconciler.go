@@ -26,8 +26,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/imagebuilder"
 )
 
 // reconciler drives DataImages: validation, build, publication as a VolumeSnapshot, lifetime

@@ -22,12 +22,6 @@ import (
 )
 
 const (
-	// DriverName is the CSI driver whose volumes the resizer expands and whose class build PVCs
-	// use (driver.DefaultDriverName).
-	DriverName = "csi.dataimage.io"
-	// TopologyKey is the node label that places a build pod on the image's node
-	// (driver.DefaultTopologyKey).
-	TopologyKey = "topology.dataimage.io/node"
 	// DefaultProgressInterval is how often a running build's progress is read.
 	DefaultProgressInterval = 3 * time.Second
 	// Name is the controller's name: the events' reporting controller and the field manager.
@@ -68,8 +62,7 @@ func CacheOptions() cache.Options {
 	}}
 }
 
-// Setup adds the DataImage reconciler and the resizer of csi.dataimage.io volumes to mgr, with
-// the field index they share and the image metrics. The manager's scheme must come from
+// Setup adds the DataImage reconciler to mgr, with its field index and the image metrics. The manager's scheme must come from
 // NewScheme, and its cache should be configured with CacheOptions.
 func Setup(mgr manager.Manager, opts Options) error {
 	if opts.Config == nil {
@@ -113,16 +106,6 @@ func Setup(mgr manager.Manager, opts Options) error {
 		Complete(r)
 	if err != nil {
 		return fmt.Errorf("controller: DataImage reconciler: %w", err)
-	}
-
-	rs := &resizer{client: mgr.GetClient(), events: mgr.GetEventRecorder(Name)}
-	err = ctrl.NewControllerManagedBy(mgr).
-		Named("volume-expansion").
-		For(&corev1.PersistentVolumeClaim{}).
-		Watches(&corev1.PersistentVolume{}, handler.EnqueueRequestsFromMapFunc(volumeToClaim)).
-		Complete(rs)
-	if err != nil {
-		return fmt.Errorf("controller: resizer: %w", err)
 	}
 
 	imageStats.use(mgr.GetClient())

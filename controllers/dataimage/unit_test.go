@@ -14,18 +14,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/dataimage/dataimage/driver"
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/driver/wellknown"
+	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/local"
 )
-
-func TestConstantsMatchDriver(t *testing.T) {
-	if DriverName != driver.DefaultDriverName || TopologyKey != driver.DefaultTopologyKey {
-		t.Errorf("DriverName %q TopologyKey %q; the driver's: %q %q", DriverName, TopologyKey, driver.DefaultDriverName, driver.DefaultTopologyKey)
-	}
-}
 
 func TestParseBuildLog(t *testing.T) {
 	log := logLines(
@@ -182,14 +176,6 @@ func TestTruncate(t *testing.T) {
 	}
 }
 
-func TestFormatBytes(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 3 << 29: "1.5 GiB", 5 << 40: "5.0 TiB"} {
-		if got := formatBytes(n); got != want {
-			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
-		}
-	}
-}
-
 func TestCloneIndex(t *testing.T) {
 	snap := ptr.To("snapshot.storage.k8s.io")
 	other := "other"
@@ -251,10 +237,10 @@ func TestMakePlan(t *testing.T) {
 	}
 	job := r.buildJob(di, p)
 	ps := job.Spec.Template.Spec
-	if ps.NodeSelector[TopologyKey] != "node-h" || ps.NodeSelector["dataimage.io/cloning-node"] != "true" {
+	if ps.NodeSelector[wellknown.TopologyKey] != "node-h" || ps.NodeSelector["dataimage.io/cloning-node"] != "true" {
 		t.Errorf("nodeSelector %v", ps.NodeSelector)
 	}
-	if r.cfg.BuildNodeSelector[TopologyKey] != "" {
+	if r.cfg.BuildNodeSelector[wellknown.TopologyKey] != "" {
 		t.Error("the configuration's node selector was changed")
 	}
 	if v := ps.Volumes[2]; v.HostPath == nil || v.HostPath.Path != "/srv/backups" {

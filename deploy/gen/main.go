@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 
 	"github.com/dataimage/dataimage/deploy/manifest"
+	"github.com/dataimage/dataimage/internal/atomicfile"
 )
 
 func main() {
@@ -62,32 +63,9 @@ func run(chart, out, helm string) error {
 		}
 	}
 	for name, b := range files {
-		if err := writeAtomic(filepath.Join(out, name), b); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(out, name), b, 0o644); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// writeAtomic replaces path with data: a temporary file renamed over it.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // openBackupRoot opens the backup root, which every backup and script path is relative to.
@@ -134,7 +135,7 @@ func (b *build) readScript(rel string) ([]byte, error) {
 		return nil, err
 	}
 	if len(text) > engine.MaxScriptSize {
-		return nil, fmt.Errorf("the script is larger than %s, the most a script may hold", formatSize(engine.MaxScriptSize))
+		return nil, fmt.Errorf("the script is larger than %s, the most a script may hold", units.FormatBytes(engine.MaxScriptSize))
 	}
 	return text, nil
 }

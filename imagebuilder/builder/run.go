@@ -18,6 +18,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // Deadlines of the stops: a clean stop after the checkpoint, and the stop after a failure (past
@@ -222,7 +223,7 @@ func (b *build) buildPhysical(ctx context.Context, backups []engine.BackupFile) 
 		for i, bf := range backups {
 			names[i] = filepath.Base(bf.Path)
 		}
-		b.report(Event{Step: StepRestore, Message: fmt.Sprintf("extracting %s (%s)", strings.Join(names, ", "), formatSize(total)), Total: total})
+		b.report(Event{Step: StepRestore, Message: fmt.Sprintf("extracting %s (%s)", strings.Join(names, ", "), units.FormatBytes(total)), Total: total})
 		b.log.Info("restore limits", "maxBytes", maxBytes, "maxMembers", maxMembers)
 		state, err = b.eng.RestorePhysical(ctx, b.req.Root, backups, engine.RestoreOptions{
 			RunAs:      b.req.RunAs,
@@ -469,18 +470,4 @@ func allocatedBytes(dir string) (int64, error) {
 		return nil
 	})
 	return n, err
-}
-
-// formatSize prints a byte count in binary units, for messages.
-func formatSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	f, i := float64(n)/unit, 0
-	for f >= unit && i < 4 {
-		f /= unit
-		i++
-	}
-	return fmt.Sprintf("%.1f %ciB", f, "KMGTP"[i])
 }

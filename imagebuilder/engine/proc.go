@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dataimage/dataimage/internal/atomicfile"
 )
 
 // User is the OS user a server and its tools run as.
@@ -110,6 +112,25 @@ func (u *User) MkdirAll(dir string, perm os.FileMode) error {
 		return nil
 	}
 	return os.Chown(dir, u.UID, u.GID)
+}
+
+// WriteFile replaces the file at path with data, mode perm, atomically (internal/atomicfile: a
+// crash leaves the old file or the new one), and gives it to u when running as root.
+func (u *User) WriteFile(path string, data []byte, perm os.FileMode) error {
+	f, err := atomicfile.Create(path, perm)
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if os.Geteuid() == 0 {
+		if err := f.Chown(u.UID, u.GID); err != nil {
+			return err
+		}
+	}
+	return f.Commit()
 }
 
 func isDir(p string) bool {

@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/local"
 )
@@ -166,14 +166,14 @@ func TestTextProgress(t *testing.T) {
 		want := "" +
 			"[     0s] validate   image x\n" +
 			"[     1s] restore    restoring\n" +
-			"[     4s] restore    2.0 MiB / 4.0 MiB   50%\n"
+			"[     4s] restore    2 MiB / 4 MiB   50%\n"
 		if verbose {
 			want += "[     5s] restore    | LOG:  redo done\n"
 		}
 		want += "" +
-			"[   5.1s] restore    4.0 MiB / 4.0 MiB  100%\n" +
+			"[   5.1s] restore    4 MiB / 4 MiB  100%\n" +
 			"[   6.1s] checkpoint \n" +
-			"image built: postgres 15.18, 40.0 MiB of data\n"
+			"image built: postgres 15.18, 40 MiB of data\n"
 		require.Equal(t, want, out.String(), "verbose %v", verbose)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -216,7 +217,7 @@ func describe(o builder.Outcome) string {
 		}
 		return msg
 	}
-	msg := fmt.Sprintf("image built: %s %s, %s of data", o.Engine, o.EngineVersion, formatBytes(o.DataBytes))
+	msg := fmt.Sprintf("image built: %s %s, %s of data", o.Engine, o.EngineVersion, units.FormatBytes(o.DataBytes))
 	if !o.DataStateTime.IsZero() {
 		msg += ", data as of " + o.DataStateTime.UTC().Format(time.RFC3339)
 	}

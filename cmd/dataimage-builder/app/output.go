@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -87,7 +88,7 @@ func (p *textProgress) event(e local.BuildEvent) {
 		p.lastStep, p.lastLine, p.lastDone = e.Step, now, 0
 	}
 	if e.Total > 0 && e.Done != p.lastDone && (e.Done >= e.Total || now.Sub(p.lastLine) >= p.every) {
-		line(fmt.Sprintf("%s / %s  %3d%%", formatBytes(e.Done), formatBytes(e.Total), e.Done*100/e.Total))
+		line(fmt.Sprintf("%s / %s  %3d%%", units.FormatBytes(e.Done), units.FormatBytes(e.Total), e.Done*100/e.Total))
 		p.lastLine, p.lastDone = now, e.Done
 	}
 }
@@ -96,20 +97,6 @@ func (p *textProgress) finish(o builder.Outcome) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	fmt.Fprintln(p.w, describe(o))
-}
-
-// formatBytes writes a byte count with a binary unit.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
 // writeTerminationLog writes the outcome to c.TerminationLog, in place: the kubelet

@@ -26,6 +26,7 @@ import (
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/controllers/dataimage"
+	"github.com/dataimage/dataimage/controllers/resize"
 )
 
 // Version is the controller's version (set at link time with -X).
@@ -126,7 +127,8 @@ func NewLogger(c Config, w io.Writer) *slog.Logger {
 }
 
 // Run runs the controller until ctx ends: reads the configuration, connects to the API server
-// and starts the manager (leader election, metrics, probes, the reconcilers).
+// and starts the manager (leader election, metrics, probes) with both reconcilers: DataImages
+// (controllers/dataimage) and the expansion of csi.dataimage.io volumes (controllers/resize).
 func Run(ctx context.Context, c Config, logger *slog.Logger) error {
 	lr := logr.FromSlogHandler(logger.Handler())
 	ctrl.SetLogger(lr)
@@ -169,6 +171,9 @@ func Run(ctx context.Context, c Config, logger *slog.Logger) error {
 		return err
 	}
 	if err := dataimage.Setup(mgr, dataimage.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval}); err != nil {
+		return err
+	}
+	if err := resize.Setup(mgr, resize.Options{Reporter: dataimage.Name}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,64 +19,24 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/dataimage/dataimage/controllers/dataimage"
 	"github.com/dataimage/dataimage/deploy/manifest"
+	"github.com/dataimage/dataimage/internal/kubetest"
 )
 
-// envtestAssets is where hack/install-envtest.sh installs kube-apiserver and etcd; the tests
-// use it when KUBEBUILDER_ASSETS is unset.
-const envtestAssets = "/usr/local/lib/dataimage/envtest/v1.36.1"
+// env is the test binary's API server (internal/kubetest: the CRDs and the chart's RBAC of the
+// controller installed).
+var env kubetest.Env
 
-var env struct {
-	skip       string
-	cfg        *rest.Config
-	kubeconfig []byte
-}
-
-func TestMain(m *testing.M) { os.Exit(runTests(m)) }
-
-func runTests(m *testing.M) int {
-	flag.Parse()
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		os.Setenv("KUBEBUILDER_ASSETS", envtestAssets)
+func TestMain(m *testing.M) {
+	scheme, err := dataimage.NewScheme()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	var te *envtest.Environment
-	for _, bin := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
-			env.skip = fmt.Sprintf("no %s in KUBEBUILDER_ASSETS=%s", bin, assets)
-		}
-	}
-	if env.skip == "" {
-		te = &envtest.Environment{
-			CRDDirectoryPaths:     []string{"../../../deploy/crd", "../../../charts/dataimage/files/snapshot-crds"},
-			ErrorIfCRDPathMissing: true,
-		}
-		cfg, err := te.Start()
-		if err != nil {
-			env.skip = fmt.Sprintf("start kube-apiserver and etcd: %v", err)
-			te = nil
-		} else {
-			env.cfg, env.kubeconfig = cfg, te.KubeConfig
-		}
-	}
-	if env.skip != "" && os.Getenv("CI") == "true" {
-		fmt.Fprintf(os.Stderr, "envtest: %s (CI=true: the envtest binaries must be installed)\n", env.skip)
-		return 1
-	}
-	code := m.Run()
-	if te != nil {
-		if err := te.Stop(); err != nil {
-			fmt.Fprintf(os.Stderr, "envtest: stop: %v\n", err)
-		}
-	}
-	return code
+	os.Exit(kubetest.Main(m, "../../..", scheme, &env))
 }
 
 // chartArgs returns the controller container's arguments in deploy/ (the chart with its
@@ -218,66 +177,15 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// installRBAC creates the chart's ServiceAccount, roles and bindings of the controller
-// (deploy/controller-rbac.yaml) and their namespace, and returns a kubeconfig that impersonates
-// the ServiceAccount, and its namespace.
-func installRBAC(t *testing.T) ([]byte, string) {
-	t.Helper()
-	docs, err := manifest.ReadFile("../../../deploy/controller-rbac.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := manifest.DecodeAll(manifest.Scheme(), docs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := client.New(env.cfg, client.Options{Scheme: manifest.Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sa *corev1.ServiceAccount
-	for _, o := range objs {
-		obj := o.Value.(client.Object)
-		if s, ok := obj.(*corev1.ServiceAccount); ok {
-			sa = s
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.Namespace}}
-			if err := admin.Create(t.Context(), ns); err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-		if err := admin.Create(t.Context(), obj); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("create %s: %v", o, err)
-		}
-	}
-	if sa == nil {
-		t.Fatal("deploy/controller-rbac.yaml has no ServiceAccount")
-	}
-	kc, err := clientcmd.Load(env.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ai := range kc.AuthInfos {
-		ai.Impersonate = "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
-		ai.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + sa.Namespace, "system:authenticated"}
-	}
-	b, err := clientcmd.Write(*kc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, sa.Namespace
-}
-
 func TestRun(t *testing.T) {
 	// The whole command against a real API server, as the chart runs it: the chart's
 	// configuration, and only the chart's RBAC (the command impersonates the controller's
 	// ServiceAccount), with leader election in the chart's namespace; probes and metrics.
-	if env.skip != "" {
-		t.Skipf("envtest: %s (run hack/install-envtest.sh)", env.skip)
-	}
+	env.Need(t)
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	config := filepath.Join(dir, "config.yaml")
-	asController, namespace := installRBAC(t)
+	asController, namespace := env.ControllerKubeconfig, env.ControllerNamespace
 	if err := os.WriteFile(kubeconfig, asController, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -329,10 +237,7 @@ func TestRun(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	admin, err := client.New(env.cfg, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := env.Admin
 	lease := &coordinationv1.Lease{}
 	for {
 		err := admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: LeaderElectionID}, lease)
@@ -364,7 +269,9 @@ func TestRun(t *testing.T) {
 	}
 	code, body := get("http://" + metrics + "/metrics")
 	for _, want := range []string{`dataimage_controller_images{phase="Ready"} 0`, `dataimage_controller_builds_started_total{engine="postgres"} 0`,
-		`dataimage_controller_images_expired_total 0`, `controller_runtime_reconcile_total{controller="dataimage"`} {
+		`dataimage_controller_images_expired_total 0`, `controller_runtime_reconcile_total{controller="dataimage"`,
+		// Both reconcilers run: the resizer's counter and its controller-runtime series.
+		`dataimage_controller_volume_expansions_total 0`, `controller_runtime_reconcile_total{controller="volume-expansion"`} {
 		if code != http.StatusOK || !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %s", code, want)
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/blockstore/provision"
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // Version is the plugin's version (set at link time with -X).
@@ -72,7 +73,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket or a path")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (required): the CSI node ID and topology value")
 	fs.StringVar(&c.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (made a pool with --pool-size only if blank) (required)")
-	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 512Mi; for a device, the confirmation that it may be made a pool if it is blank")
+	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 1.5Ti, 500G; for a device, the confirmation that it may be made a pool if it is blank")
 	fs.BoolVar(&c.PoolFormatNonBlank, "pool-format-nonblank", false, "with --pool-size: make a pool on a device that is not blank, destroying what it holds (file systems, partition tables, RAID/LVM metadata, a damaged pool); never on a device in use or one that fails reads")
 	fs.BoolVar(&c.Preallocate, "preallocate", false, "create the pool file thick (fallocated, freed blocks keep their space): faster first writes")
 	fs.StringVar(&c.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
@@ -93,9 +94,9 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if *size != "" {
-		n, err := parseSize(*size)
+		n, err := units.ParseSize(*size)
 		if err != nil {
-			return c, fmt.Errorf("--pool-size %q: %w", *size, err)
+			return c, fmt.Errorf("--pool-size: %w", err)
 		}
 		c.PoolSize = n
 	}
@@ -120,28 +121,6 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, fmt.Errorf("--kubelet-registration-path %q: want an absolute path", c.KubeletRegistrationPath)
 	}
 	return c, nil
-}
-
-// parseSize reads a size with an optional binary suffix (Ki, Mi, Gi, Ti).
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	var n int64
-	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 || fmt.Sprint(n) != s {
-		return 0, errors.New("want a positive integer with an optional Ki, Mi, Gi or Ti suffix")
-	}
-	if n > (1<<62)/mult {
-		return 0, errors.New("too large")
-	}
-	return n * mult, nil
 }
 
 // Main runs the command and returns its exit code.

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // required are the flags every valid command line has.
@@ -66,27 +68,18 @@ func TestParseAll(t *testing.T) {
 	}, c)
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{
-		"1":         1,
-		"4096":      4096,
-		"1Ki":       1 << 10,
-		"512Mi":     512 << 20,
-		"100Gi":     100 << 30,
-		"2Ti":       2 << 40,
-		"4Ti":       4 << 40,
-		"4194304Ti": 1 << 62, // the largest
-	} {
-		got, err := parseSize(in)
-		require.NoError(t, err, in)
-		require.Equal(t, want, got, in)
-	}
-	for _, bad := range []string{
-		"", "0", "-1", "-5Gi", "0Mi", "1.5Gi", "1G", "1GB", "1gi", "Gi", "1 Gi", " 1Gi", "+1Gi",
-		"0x10", "010", "1e3", "1GiB", "1KiMi", "abc", "9223372036854775807Ki", "99999999999999999999",
-	} {
-		_, err := parseSize(bad)
-		require.Error(t, err, "%q", bad)
+// TestPoolSizeFlag runs --pool-size through units.Examples: a size means the same here as to
+// every other command (the dataimage command's size flags run them too).
+func TestPoolSizeFlag(t *testing.T) {
+	for _, e := range units.Examples {
+		c, err := parse(append([]string{"--pool-size", e.Text}, required...), io.Discard)
+		if e.Rule == "" {
+			require.NoError(t, err, e.Text)
+			require.Equal(t, e.Bytes, c.PoolSize, e.Text)
+			continue
+		}
+		require.ErrorContains(t, err, "--pool-size: invalid size "+strconv.Quote(e.Text)+": ", e.Text)
+		require.ErrorContains(t, err, e.Rule, e.Text)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -129,6 +130,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"pool", "status", "--home", ""}, "--home is empty"},
 		{[]string{"image", "list", "--pool-size", "lots"}, `invalid argument "lots" for "--pool-size" flag: invalid size "lots"`},
 		{[]string{"daemon", "--pool-size", "1Zi"}, `unknown unit "Zi"`},
+		{[]string{"daemon", "--volume-size", "-1Gi"}, `invalid argument "-1Gi" for "--volume-size" flag: invalid size "-1Gi": must be positive`},
 		{[]string{"daemon", "--image-lifetime", "forever"}, `invalid argument "forever" for "--image-lifetime" flag`},
 		{[]string{"daemon", "--reap-interval", "often"}, `invalid argument "often" for "--reap-interval" flag`},
 		{[]string{"daemon", "stop", "--timeout", "soon"}, `invalid argument "soon" for "--timeout" flag`},
@@ -293,7 +295,7 @@ func TestBuildShowsProgress(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, h.stderr.String())
 	}
 	// The harness's clock stands still: no progress lines but the last, one per step.
-	for _, want := range []string{"[  0.0s] volume     creating a 32 GiB volume\n", "[  0.0s] restore    1.0 GiB / 1.0 GiB  100%\n", "[  0.0s] freeze"} {
+	for _, want := range []string{"[  0.0s] volume     creating a 32 GiB volume\n", "[  0.0s] restore    1 GiB / 1 GiB  100%\n", "[  0.0s] freeze"} {
 		if !strings.Contains(h.stderr.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, h.stderr.String())
 		}
@@ -430,6 +432,32 @@ func TestPoolCheckExitStatus(t *testing.T) {
 	var rep local.CheckReport
 	if err := json.Unmarshal(h.stdout.Bytes(), &rep); err != nil || !reflect.DeepEqual(rep, h.rec.check) {
 		t.Errorf("-o json report %+v (%v), want %+v", rep, err, h.rec.check)
+	}
+}
+
+// TestSizeFlags runs the size flags through units.Examples: a size means the same here as to
+// every other command (dataimage-csi's --pool-size runs them too).
+func TestSizeFlags(t *testing.T) {
+	for _, e := range units.Examples {
+		for _, flag := range []string{"--pool-size", "--volume-size"} {
+			c := &cli{env: newHarness(t).env}
+			cmd, rest, err := c.newRoot().Find([]string{"daemon", flag, e.Text})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = cmd.ParseFlags(rest)
+			got := c.config()
+			n := got.PoolSize
+			if flag == "--volume-size" {
+				n = got.VolumeSize
+			}
+			switch {
+			case e.Rule == "" && (err != nil || n != e.Bytes):
+				t.Errorf("%s %s: %d, %v; want %d", flag, e.Text, n, err, e.Bytes)
+			case e.Rule != "" && (err == nil || !strings.Contains(err.Error(), `for "`+flag+`" flag`) || !strings.Contains(err.Error(), e.Rule)):
+				t.Errorf("%s %s: %v; want an error naming the flag and saying %q", flag, e.Text, err, e.Rule)
+			}
+		}
 	}
 }
 

@@ -16,14 +16,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
 // daemonOptions are the daemon's flags.
 type daemonOptions struct {
-	poolSize      sizeFlag
+	poolSize      units.SizeFlag
 	preallocate   bool
-	volumeSize    sizeFlag
+	volumeSize    units.SizeFlag
 	listenAddress string
 	backupRoot    string
 	imageLifetime lifetimeFlag
@@ -37,9 +38,9 @@ var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "liste
 
 // addFlags defines the daemon's flags in fs, hidden ones for the commands that only forward them.
 func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
-	fs.Var(&d.poolSize, "pool-size", "size of the pool file made at the first start, e.g. 64Gi (default "+formatSizeExact(local.DefaultPoolSize)+"; sparse unless --preallocate)")
+	fs.Var(&d.poolSize, "pool-size", "size of the pool file made at the first start, e.g. 64Gi (default "+units.FormatSize(local.DefaultPoolSize)+"; sparse unless --preallocate)")
 	fs.BoolVar(&d.preallocate, "preallocate", false, "make the pool file thick (fallocated) at the first start: faster first writes")
-	fs.Var(&d.volumeSize, "volume-size", "size of the thin volume an image is built in, and so of its clones (default "+formatSizeExact(local.DefaultVolumeSize)+")")
+	fs.Var(&d.volumeSize, "volume-size", "size of the thin volume an image is built in, and so of its clones (default "+units.FormatSize(local.DefaultVolumeSize)+")")
 	fs.StringVar(&d.listenAddress, "listen-address", local.DefaultListenAddress, "IP address the clones' servers listen on")
 	fs.StringVar(&d.backupRoot, "backup-root", "", "backup root of builds that name none (image build sends the definition's directory)")
 	fs.Var(&d.imageLifetime, "image-lifetime", `lifetime of images whose definition names none: "0" (never, the default) or <n>s, <n>m, <n>h`)

@@ -12,8 +12,6 @@ import (
 var (
 	// errUsage marks a mistake in how the command was called: exit status 2.
 	errUsage = errors.New("usage error")
-	// errInvalidSize: a size flag's value is not a size.
-	errInvalidSize = errors.New("invalid size")
 	// errProblems: pool check found problems (exit status 1 after the report).
 	errProblems = errors.New("pool check found problems")
 	// errDaemonNotRunning: daemon stop or status found no daemon.

@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -88,7 +89,7 @@ func (v view) images(w io.Writer, images []local.Image) error {
 	fmt.Fprintln(t, "NAME\tENGINE\tVERSION\tSIZE\tDATA\tCLONES\tCREATED\tEXPIRES\tSTATUS")
 	for _, im := range images {
 		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", im.Name, im.Engine, dash(im.Version),
-			formatBytes(im.Size), formatBytes(im.DataBytes), im.Clones, v.ago(im.Created),
+			units.FormatBytes(im.Size), units.FormatBytes(im.DataBytes), im.Clones, v.ago(im.Created),
 			v.expires(im.Expires), dash(im.Status))
 	}
 	return t.Flush()
@@ -104,7 +105,7 @@ func (v view) clones(w io.Writer, clones []local.Clone) error {
 			port = strconv.Itoa(cl.Port)
 		}
 		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cl.Name, cl.Image, cl.State, port,
-			formatBytes(cl.AddedBytes), v.age(cl.Created), v.expires(cl.Expires))
+			units.FormatBytes(cl.AddedBytes), v.age(cl.Created), v.expires(cl.Expires))
 	}
 	return t.Flush()
 }
@@ -134,8 +135,8 @@ func (v view) image(w io.Writer, im *local.Image) error {
 		row("Data as of", v.time(im.DataState))
 	}
 	row("Tags", dash(strings.Join(im.Tags, ", ")))
-	row("Size", formatBytes(im.Size))
-	row("Data", formatBytes(im.DataBytes))
+	row("Size", units.FormatBytes(im.Size))
+	row("Data", units.FormatBytes(im.DataBytes))
 	row("Created", v.time(im.Created)+" ("+v.ago(im.Created)+")")
 	if im.BuildSeconds > 0 {
 		row("Build time", formatSeconds(im.BuildSeconds))
@@ -171,8 +172,8 @@ func (v view) clone(w io.Writer, cl *local.Clone) error {
 	if cl.Database != "" {
 		row("Database", cl.Database)
 	}
-	row("Size", formatBytes(cl.Size))
-	row("Added", formatBytes(cl.AddedBytes))
+	row("Size", units.FormatBytes(cl.Size))
+	row("Added", units.FormatBytes(cl.AddedBytes))
 	row("Created", v.time(cl.Created)+" ("+v.ago(cl.Created)+")")
 	if cl.CreateSeconds > 0 {
 		row("Create time", formatSeconds(cl.CreateSeconds))
@@ -203,16 +204,16 @@ func poolRows(t io.Writer, p *local.PoolStatus) {
 	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
 	row("Pool", p.Path)
 	row("Health", dash(p.Health))
-	row("Capacity", formatBytes(p.Capacity))
-	row("Used", formatBytes(p.Used)+" ("+percent(p.Used, p.Capacity)+")")
-	row("Free", formatBytes(p.Free))
-	prov := formatBytes(p.Provisioned)
+	row("Capacity", units.FormatBytes(p.Capacity))
+	row("Used", units.FormatBytes(p.Used)+" ("+percent(p.Used, p.Capacity)+")")
+	row("Free", units.FormatBytes(p.Free))
+	prov := units.FormatBytes(p.Provisioned)
 	if p.OverProvisionRatio > 0 {
 		prov += fmt.Sprintf(" (%s of capacity; limit %gx)", percent(p.Provisioned, p.Capacity), p.OverProvisionRatio)
 	}
 	row("Provisioned", prov)
-	row("Images", fmt.Sprintf("%d, holding %s", p.Images, formatBytes(p.ImageBytes)))
-	row("Clones", fmt.Sprintf("%d, adding %s", p.Clones, formatBytes(p.CloneBytes)))
+	row("Images", fmt.Sprintf("%d, holding %s", p.Images, units.FormatBytes(p.ImageBytes)))
+	row("Clones", fmt.Sprintf("%d, adding %s", p.Clones, units.FormatBytes(p.CloneBytes)))
 }
 
 // check writes a pool check's report.

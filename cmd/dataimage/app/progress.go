@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -146,9 +147,9 @@ func (p *progress) countsLocked(now time.Time) string {
 	if p.done < p.total {
 		pct = p.done * 100 / p.total
 	}
-	s := fmt.Sprintf("%s / %s  %3d%%", formatBytes(p.done), formatBytes(p.total), pct)
+	s := fmt.Sprintf("%s / %s  %3d%%", units.FormatBytes(p.done), units.FormatBytes(p.total), pct)
 	if r, ok := p.rateLocked(); ok {
-		s += "  " + formatBytes(int64(r)) + "/s"
+		s += "  " + units.FormatBytes(int64(r)) + "/s"
 	}
 	return s
 }

@@ -84,7 +84,7 @@ func TestProgressTerminal(t *testing.T) {
 	if n := strings.Count(out, "<CR>restore    ["); n != 17 {
 		t.Errorf("restore bar drawn %d times, want 17 (once for each count)", n)
 	}
-	if !strings.Contains(out, "<CR>restore    [============================] 1.0 GiB / 1.0 GiB  100%  64 MiB/s<EL>\n[ 17.5s] start") {
+	if !strings.Contains(out, "<CR>restore    [============================] 1 GiB / 1 GiB  100%  64 MiB/s<EL>\n[ 17.5s] start") {
 		t.Errorf("complete bar not left on a line of its own:\n%s", out)
 	}
 }
@@ -112,10 +112,10 @@ func TestProgressLines(t *testing.T) {
 		"[  0.0s] volume     creating a 32 GiB volume",
 		"[  0.4s] filesystem making an ext4 file system",
 		"[  1.0s] restore    restoring 2 backups (1.0 GiB)",
-		"[  6.0s] restore    320 MiB / 1.0 GiB   31%  64 MiB/s",
+		"[  6.0s] restore    320 MiB / 1 GiB   31%  64 MiB/s",
 		"[ 10.0s] restore    restoring pg_wal.tar",
-		"[ 15.0s] restore    896 MiB / 1.0 GiB   87%  64 MiB/s",
-		"[ 17.0s] restore    1.0 GiB / 1.0 GiB  100%  64 MiB/s",
+		"[ 15.0s] restore    896 MiB / 1 GiB   87%  64 MiB/s",
+		"[ 17.0s] restore    1 GiB / 1 GiB  100%  64 MiB/s",
 		"[ 17.5s] start      starting postgres 15.18 (recovery)",
 		"[ 19.0s] checkpoint",
 		"[ 20.0s] stop       stopping the server",

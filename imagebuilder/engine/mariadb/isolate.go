@@ -68,15 +68,7 @@ func (s *server) openTCPAccountsSQL() string {
 // directory, readable by the server's user only.
 func writeInitFile(u *engine.User, runtimeDir string) (string, error) {
 	p := filepath.Join(runtimeDir, initFileName)
-	if err := os.WriteFile(p+".tmp", []byte(lockTCPAccountsSQL), 0o600); err != nil {
-		return "", err
-	}
-	if os.Geteuid() == 0 {
-		if err := os.Chown(p+".tmp", u.UID, u.GID); err != nil {
-			return "", err
-		}
-	}
-	return p, os.Rename(p+".tmp", p)
+	return p, u.WriteFile(p, []byte(lockTCPAccountsSQL), 0o600)
 }
 
 // hasReplicaConfig reports whether the data directory holds a replica configuration the server

@@ -126,7 +126,7 @@ func quoteHBA(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) +
 
 // writeHBA writes the access rules into the runtime directory.
 func writeHBA(u *engine.User, rd string, open bool) error {
-	return writeFileAtomic(filepath.Join(rd, hbaFileName), []byte(hbaRules(open)), 0o600, u)
+	return u.WriteFile(filepath.Join(rd, hbaFileName), []byte(hbaRules(open)), 0o600)
 }
 
 // subscription is a logical replication subscription: its database and its name.

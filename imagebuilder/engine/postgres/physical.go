@@ -254,7 +254,7 @@ func finishDataDir(u *engine.User, dataDir, version string) error {
 	}
 	conf := filepath.Join(dataDir, "postgresql.conf")
 	if _, err := os.Lstat(conf); errors.Is(err, fs.ErrNotExist) {
-		if err := writeFileAtomic(conf, []byte(minimalConf), 0o600, u); err != nil {
+		if err := u.WriteFile(conf, []byte(minimalConf), 0o600); err != nil {
 			return fail(err)
 		}
 	} else if err != nil {
@@ -310,52 +310,7 @@ func dropSettings(p string, names []string, u *engine.User) error {
 	if !dropped {
 		return nil
 	}
-	return writeFileAtomic(p, out.Bytes(), st.Mode().Perm(), u)
-}
-
-// writeFileAtomic replaces the file at p with data: a temporary file in the same directory,
-// synced, renamed over p, and the directory synced. The file belongs to u.
-func writeFileAtomic(p string, data []byte, perm os.FileMode, u *engine.User) error {
-	dir := filepath.Dir(p)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if os.Geteuid() == 0 {
-		if err := f.Chown(u.UID, u.GID); err != nil {
-			return err
-		}
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return u.WriteFile(p, out.Bytes(), st.Mode().Perm())
 }
 
 // backupLabelState reads the data's point in time from a backup_label's START TIME line.

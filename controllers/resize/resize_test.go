@@ -1,19 +1,95 @@
-package dataimage
+package resize
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/testr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/dataimage/dataimage/driver/wellknown"
+	"github.com/dataimage/dataimage/internal/kubetest"
 )
+
+// The resizer's tests run it against a real API server (internal/kubetest), as the chart's
+// ServiceAccount of the controller. There is no kube-controller-manager or kubelet: the tests
+// play the provisioner, the binder and the node's expansion on the objects, as the admin.
+
+// env is the test binary's API server.
+var env kubetest.Env
+
+func TestMain(m *testing.M) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(kubetest.Main(m, "../..", scheme, &env))
+}
+
+// waitFor is how long a test waits for the resizer.
+const waitFor = 20 * time.Second
+
+// harness is one test's namespace and resizer.
+type harness struct {
+	t     *testing.T
+	ctx   context.Context
+	ns    string
+	admin client.Client
+	stop  func()
+}
+
+// newHarness makes a namespace and starts a resizer (as dataimage-controller runs it).
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	env.Need(t)
+	h := &harness{t: t, ctx: t.Context(), admin: env.Admin}
+	h.ns = env.Namespace(t, nil)
+	h.startManager()
+	return h
+}
+
+// startManager starts a resizer (a new manager, as after a restart) as the chart's
+// ServiceAccount of the controller.
+func (h *harness) startManager() {
+	h.t.Helper()
+	mgr, err := ctrl.NewManager(env.ControllerConfig, ctrl.Options{
+		Scheme:     env.Admin.Scheme(),
+		Logger:     testr.NewWithOptions(h.t, testr.Options{Verbosity: 1}),
+		Metrics:    metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := Setup(mgr, Options{Reporter: "dataimage-controller"}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.stop = kubetest.Start(h.t, mgr)
+}
+
+func (h *harness) create(obj client.Object) {
+	h.t.Helper()
+	if err := h.admin.Create(h.ctx, obj); err != nil {
+		h.t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
+	}
+}
 
 // boundClaim plays the provisioner and kube-controller-manager's binder: a PV of driver with
 // size, and a claim bound to it, in class.
@@ -93,7 +169,7 @@ func (h *harness) resizeState(pvc *corev1.PersistentVolumeClaim) string {
 
 func (h *harness) waitResize(pvc *corev1.PersistentVolumeClaim, want string) {
 	h.t.Helper()
-	h.eventually("resize of "+pvc.Name+": "+want, waitFor, func() (bool, string) {
+	kubetest.Eventually(h.t, "resize of "+pvc.Name+": "+want, waitFor, func() (bool, string) {
 		got := h.resizeState(pvc)
 		return got == want, got
 	})
@@ -103,7 +179,7 @@ func TestResizer(t *testing.T) {
 	h := newHarness(t)
 	class := &storagev1.StorageClass{
 		ObjectMeta:           metav1.ObjectMeta{Name: "expandable-" + h.ns},
-		Provisioner:          DriverName,
+		Provisioner:          wellknown.DriverName,
 		AllowVolumeExpansion: ptr.To(true),
 		VolumeBindingMode:    ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
 	}
@@ -114,8 +190,8 @@ func TestResizer(t *testing.T) {
 	// A volume of another driver is not this resizer's.
 	otherPVC, _ := h.boundClaim("other", class.Name, "other.csi.example", "1Gi")
 	h.request(otherPVC, "2Gi")
-	ours, _ := h.boundClaim("data", class.Name, DriverName, "1Gi")
-	w, err := client.NewWithWatch(env.adminCfg, client.Options{Scheme: h.admin.Scheme()})
+	ours, _ := h.boundClaim("data", class.Name, wellknown.DriverName, "1Gi")
+	w, err := client.NewWithWatch(env.AdminConfig, client.Options{Scheme: h.admin.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,8 +219,10 @@ func TestResizer(t *testing.T) {
 	if want := []corev1.ClaimResourceStatus{corev1.PersistentVolumeClaimControllerResizeInProgress, corev1.PersistentVolumeClaimNodeResizePending}; fmt.Sprint(seen) != fmt.Sprint(want) {
 		t.Errorf("resize statuses %v, want %v", seen, want)
 	}
-	h.hasEvent("data", reasonResizing)
-	h.hasEvent("data", reasonFileSystemResizeRequired)
+	if note := env.HasEvent(t, h.ns, "data", reasonResizing, waitFor); !strings.Contains(note, "node-only expansion by dataimage-controller") {
+		t.Errorf("Resizing event %q does not name the controller", note)
+	}
+	env.HasEvent(t, h.ns, "data", reasonFileSystemResizeRequired, waitFor)
 	if d := testutil.ToFloat64(metricVolumeExpansions) - expansions; d != 1 {
 		t.Errorf("expansions grew by %v, want 1", d)
 	}

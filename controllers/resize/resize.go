@@ -1,4 +1,4 @@
-package dataimage
+package resize
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/dataimage/dataimage/driver/wellknown"
 )
 
 // resizer is the controller part of the expansion of csi.dataimage.io volumes
@@ -36,6 +38,8 @@ import (
 type resizer struct {
 	client client.Client
 	events recorder.EventRecorder
+	// reporter names the process in the Events' notes (Options.Reporter).
+	reporter string
 }
 
 // Event reasons of the resizer, as the external-resizer names them.
@@ -62,9 +66,9 @@ func (r *resizer) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Re
 		if apierrors.IsNotFound(err) {
 			return ctrl.Result{}, nil
 		}
-		return ctrl.Result{}, fmt.Errorf("controller: get PersistentVolume %s of claim %s: %w", pvc.Spec.VolumeName, req.NamespacedName, err)
+		return ctrl.Result{}, fmt.Errorf("resize: get PersistentVolume %s of claim %s: %w", pvc.Spec.VolumeName, req.NamespacedName, err)
 	}
-	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != DriverName {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != wellknown.DriverName {
 		return ctrl.Result{}, nil
 	}
 	if ref := pv.Spec.ClaimRef; ref == nil || ref.UID != pvc.UID || ref.Namespace != pvc.Namespace || ref.Name != pvc.Name {
@@ -91,10 +95,10 @@ func (r *resizer) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Re
 		setAllocated(pvc, requested, corev1.PersistentVolumeClaimControllerResizeInProgress)
 		setClaimCondition(pvc, corev1.PersistentVolumeClaimResizing, "")
 		if err := r.client.Status().Patch(ctx, pvc, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-			return r.conflict(ctx, fmt.Errorf("controller: mark claim %s resizing: %w", req.NamespacedName, err))
+			return r.conflict(ctx, fmt.Errorf("resize: mark claim %s resizing: %w", req.NamespacedName, err))
 		}
 		r.events.Eventf(pvc, pv, corev1.EventTypeNormal, reasonResizing, "Resize",
-			"resizing volume %s to %s (node-only expansion by %s)", pv.Name, requested.String(), Name)
+			"resizing volume %s to %s (node-only expansion by %s)", pv.Name, requested.String(), r.reporter)
 	}
 
 	// 2. The volume's size.
@@ -105,7 +109,7 @@ func (r *resizer) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Re
 		}
 		pv.Spec.Capacity[corev1.ResourceStorage] = requested
 		if err := r.client.Patch(ctx, pv, client.MergeFrom(base)); err != nil {
-			return r.conflict(ctx, fmt.Errorf("controller: set capacity of PersistentVolume %s: %w", pv.Name, err))
+			return r.conflict(ctx, fmt.Errorf("resize: set capacity of PersistentVolume %s: %w", pv.Name, err))
 		}
 	}
 
@@ -115,7 +119,7 @@ func (r *resizer) Reconcile(ctx context.Context, req reconcile.Request) (ctrl.Re
 	setClaimCondition(pvc, corev1.PersistentVolumeClaimFileSystemResizePending,
 		"Waiting for the node to expand the volume (at once when it is mounted, else when a pod mounts it).")
 	if err := r.client.Status().Patch(ctx, pvc, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-		return r.conflict(ctx, fmt.Errorf("controller: mark claim %s for node expansion: %w", req.NamespacedName, err))
+		return r.conflict(ctx, fmt.Errorf("resize: mark claim %s for node expansion: %w", req.NamespacedName, err))
 	}
 	metricVolumeExpansions.Inc()
 	r.events.Eventf(pvc, pv, corev1.EventTypeNormal, reasonFileSystemResizeRequired, "Resize",
@@ -169,7 +173,7 @@ func setClaimCondition(pvc *corev1.PersistentVolumeClaim, typ corev1.PersistentV
 // volumeToClaim maps a csi.dataimage.io PV to the claim bound to it.
 func volumeToClaim(_ context.Context, obj client.Object) []reconcile.Request {
 	pv, ok := obj.(*corev1.PersistentVolume)
-	if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != DriverName || pv.Spec.ClaimRef == nil {
+	if !ok || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != wellknown.DriverName || pv.Spec.ClaimRef == nil {
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: pv.Spec.ClaimRef.Namespace, Name: pv.Spec.ClaimRef.Name}}}
