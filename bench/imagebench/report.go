@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // reportMarker starts the data image part of BENCHMARKS.md; everything from it to the end of
@@ -71,7 +73,7 @@ func (r *report) markdown() string {
 	p("O_DIRECT, volumes exported through FUSE + a loop device, ext4 made by k8s.io/mount-utils) and the\n")
 	p("baseline is ext4 (mkfs.ext4 -F -m0, as mount-utils makes it) on a loop device with direct I/O over a\n")
 	p("raw sparse file of the same size. The data: `pgbench -i -s %d`, then `pg_basebackup -Ft -X stream -c fast` (base.tar +\n", r.cfg.scale)
-	p("pg_wal.tar, %s), taken in %.1f s.\n\n", human(r.backupSize), r.sourceTime.Seconds())
+	p("pg_wal.tar, %s), taken in %.1f s.\n\n", units.FormatBytes(r.backupSize), r.sourceTime.Seconds())
 	if r.cfg.quick {
 		p("**This is a quick run (-quick): small data and short runs; the numbers are a smoke test.**\n\n")
 	}
@@ -114,8 +116,8 @@ func (r *report) markdown() string {
 		p("start on a free port, password set), then `SELECT 1` over TCP checked outside the timing; %d clones per\n", len(c.small))
 		p("image, each deleted before the next.\n\n")
 		p("| image | data | seconds per clone | p50 | max |\n|---|---|---|---|---|\n")
-		p("| small (empty instance) | %s | %s | %.2f | %.2f |\n", human(c.smallBytes), secs(c.small), ps.Seconds(), percentile(c.small, 100).Seconds())
-		p("| large (pgbench -s %d) | %s | %s | %.2f | %.2f |\n", r.cfg.scale, human(c.largeBytes), secs(c.large), pl.Seconds(), percentile(c.large, 100).Seconds())
+		p("| small (empty instance) | %s | %s | %.2f | %.2f |\n", units.FormatBytes(c.smallBytes), secs(c.small), ps.Seconds(), percentile(c.small, 100).Seconds())
+		p("| large (pgbench -s %d) | %s | %s | %.2f | %.2f |\n", r.cfg.scale, units.FormatBytes(c.largeBytes), secs(c.large), pl.Seconds(), percentile(c.large, 100).Seconds())
 		p("\nLarge / small p50: **%.2f** with %.0f× the data (goal: does not grow with the image: %s).\n\n",
 			pl.Seconds()/ps.Seconds(), float64(c.largeBytes)/float64(max(c.smallBytes, 1)), goal(pl.Seconds()/ps.Seconds() < 1.5))
 	}
@@ -129,15 +131,15 @@ func (r *report) markdown() string {
 		p("difference) plus data pages written (pg_stat_bgwriter buffers_checkpoint + clean + backend, 8 KiB each);\n")
 		p("\"differs\" is the clones' blocks that differ from the image (block store DiffVolume).\n\n")
 		p("| | bytes | per clone |\n|---|---|---|\n")
-		p("| image data (a full copy per clone would cost this) | %s | %s |\n", human(s.imageBytes), human(s.imageBytes))
-		p("| pool growth from creating the clones (servers started) | %s | %s |\n", human(s.poolCreated), human(s.poolCreated/int64(s.clones)))
-		p("| pool growth running the transactions | %s | %s |\n", human(grew), human(grew/int64(s.clones)))
-		p("| rewritten by the servers (WAL + data pages) | %s | %s |\n", human(rewritten), human(rewritten/int64(s.clones)))
-		p("| clones' blocks that differ from the image | %s | %s |\n", human(s.addedBytes), human(s.addedBytes/int64(s.clones)))
+		p("| image data (a full copy per clone would cost this) | %s | %s |\n", units.FormatBytes(s.imageBytes), units.FormatBytes(s.imageBytes))
+		p("| pool growth from creating the clones (servers started) | %s | %s |\n", units.FormatBytes(s.poolCreated), units.FormatBytes(s.poolCreated/int64(s.clones)))
+		p("| pool growth running the transactions | %s | %s |\n", units.FormatBytes(grew), units.FormatBytes(grew/int64(s.clones)))
+		p("| rewritten by the servers (WAL + data pages) | %s | %s |\n", units.FormatBytes(rewritten), units.FormatBytes(rewritten/int64(s.clones)))
+		p("| clones' blocks that differ from the image | %s | %s |\n", units.FormatBytes(s.addedBytes), units.FormatBytes(s.addedBytes/int64(s.clones)))
 		all := s.poolAfter - s.poolBefore + s.poolCreated
 		p("\nPool growth / bytes rewritten: **%.2f** (a clone costs what its server writes, not its image's size).\n", float64(grew)/float64(max(rewritten, 1)))
 		p("The %d clones together took %s: %.1f%% of the %s that %d full copies of the image would take.\n\n",
-			s.clones, human(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), human(s.imageBytes*int64(s.clones)), s.clones)
+			s.clones, units.FormatBytes(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), units.FormatBytes(s.imageBytes*int64(s.clones)), s.clones)
 	}
 	r.analysis(p)
 	return w.String()

@@ -17,6 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/atomicfile"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // The Check memory measurement (section "check"): peak resident memory of Check on a pool with
@@ -87,7 +89,7 @@ func (b *bench) checkMemory() (*checkResult, error) {
 	if err := unix.Stat(path, &st); err == nil {
 		res.diskBytes = st.Blocks * 512
 	}
-	b.logf("  pool built in %s: %s mapped (%s over the volumes and the snapshot), %s on disk", roundDur(res.build), fmtSize(res.mapped), fmtSize(res.logical), fmtSize(res.diskBytes))
+	b.logf("  pool built in %s: %s mapped (%s over the volumes and the snapshot), %s on disk", roundDur(res.build), units.FormatBytes(res.mapped), units.FormatBytes(res.logical), units.FormatBytes(res.diskBytes))
 
 	bin := filepath.Join(b.dir, "checkchild")
 	newBin, oldBin := bin+"-new", bin+"-old"
@@ -135,7 +137,7 @@ func (b *bench) checkMemory() (*checkResult, error) {
 			r.err = fmt.Errorf("check: ok=%v %s", r.res.OK, r.res.Err)
 		}
 		b.logf("    peak RSS %s (after Open %s), %s (CPU %s), %d passes, %d nodes, %d data blocks",
-			fmtSize(r.res.Peak), fmtSize(r.res.RSSOpen), roundDur(secs(r.res.Seconds)), roundDur(secs(r.res.CPUSeconds)), r.res.Passes, r.res.Nodes, r.res.DataBlocks)
+			units.FormatBytes(r.res.Peak), units.FormatBytes(r.res.RSSOpen), roundDur(secs(r.res.Seconds)), roundDur(secs(r.res.CPUSeconds)), r.res.Passes, r.res.Nodes, r.res.DataBlocks)
 	}
 	return res, nil
 }
@@ -192,7 +194,7 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 		if err := p.Flush(); err != nil {
 			return err
 		}
-		b.logf("  image: %s of %s mapped", fmtSize(done+n), fmtSize(base))
+		b.logf("  image: %s of %s mapped", units.FormatBytes(done+n), units.FormatBytes(base))
 	}
 	snap, err := p.CreateSnapshot(img.ID, "image")
 	if err != nil {
@@ -217,7 +219,7 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 		if err := p.Flush(); err != nil {
 			return err
 		}
-		b.logf("  clone %d: %s rewritten, 1 MiB every %s", c, fmtSize(clone), fmtSize(stride))
+		b.logf("  clone %d: %s rewritten, 1 MiB every %s", c, units.FormatBytes(clone), units.FormatBytes(stride))
 	}
 	err = p.Close()
 	p = nil
@@ -351,11 +353,11 @@ func (r *report) checkSection(w0 *strings.Builder) {
 		return
 	}
 	w := func(format string, args ...any) { fmt.Fprintf(w0, format, args...) }
-	w("%s\n## Check (fsck): peak memory on a pool with %s mapped\n\n", checkBegin, fmtSize(c.mapped))
+	w("%s\n## Check (fsck): peak memory on a pool with %s mapped\n\n", checkBegin, units.FormatBytes(c.mapped))
 	w("**Reproduce:** `go run ./bench/storebench -only check` prints this section; with `-write` it replaces it in BENCHMARKS.md (the rest of the file stays); a full `make bench` measures it too. `-checkgib N` sets what is mapped (default 64).\n\n")
 	w("A pool of 4 KiB blocks (a sparse file of %s) holds an image volume with %s written, a snapshot of it, and two clones of the snapshot that each rewrite %s (1 MiB every few MiB, which copies the leaves they touch and leaves the other blocks of those leaves referenced twice): %s of distinct blocks mapped, %s over the volumes and the snapshot. ",
-		fmtSize(c.poolBytes), fmtSize(c.mapped-c.mapped/4), fmtSize(c.mapped/8), fmtSize(c.mapped), fmtSize(c.logical))
-	w("Check reads tree nodes, catalog and refcount pages but never data, so the pool was written with zeros on a file that punches a hole for a write of zeros (`zeroFile` in bench/storebench/checkmem.go): every mapped block is a real pool block with its refcount, tree entries and nodes, and the disk held only the metadata (%s allocated). Building it took %s.\n\n", fmtSize(c.diskBytes), roundDur(c.build))
+		units.FormatBytes(c.poolBytes), units.FormatBytes(c.mapped-c.mapped/4), units.FormatBytes(c.mapped/8), units.FormatBytes(c.mapped), units.FormatBytes(c.logical))
+	w("Check reads tree nodes, catalog and refcount pages but never data, so the pool was written with zeros on a file that punches a hole for a write of zeros (`zeroFile` in bench/storebench/checkmem.go): every mapped block is a real pool block with its refcount, tree entries and nodes, and the disk held only the metadata (%s allocated). Building it took %s.\n\n", units.FormatBytes(c.diskBytes), roundDur(c.build))
 	w("Each Check runs in a process of its own (`checkchild`): it opens the pool with default options, returns freed memory to the OS, resets the peak resident set size (`echo 5 > /proc/self/clear_refs`), runs the Check, and reads the peak (`VmHWM` in /proc/self/status). **During Check** is that peak minus the resident set right before the Check. ")
 	if c.oldCommit != "" {
 		w("*Before* is the same program built with `-tags oldcheck` from commit %s (%q), the parent of the commit that made Check stream its recount, whose exclusive Check counted references in a map of every used block.\n\n", c.oldCommit[:min(12, len(c.oldCommit))], c.commitNote)
@@ -403,5 +405,5 @@ func spliceCheckSection(path, section string) error {
 	default:
 		return errors.New("a broken check section (one marker without the other)")
 	}
-	return writeFileAtomic(path, []byte(s))
+	return atomicfile.WriteFile(path, []byte(s), 0o644)
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // Operations timed by the CSI suite, in the order of one repetition.
@@ -54,7 +55,7 @@ func (b *bench) csiRoundTrips() (*csiResult, error) {
 	ctx, cancel := context.WithCancel(b.ctx)
 	defer cancel()
 	for _, size := range []int64{gib, 1 << 40} {
-		name := fmtSize(size)
+		name := units.FormatBytes(size)
 		c := &csiCase{lat: &latCase{name: name, size: size}, samples: map[string][]time.Duration{}}
 		tag := strings.ReplaceAll(strings.ToLower(name), " ", "")
 		c.lat.path = filepath.Join(b.dir, "csi-"+tag+".pool")

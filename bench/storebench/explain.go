@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // explain returns the analysis of a missed goal: the evidence of this run, and where in the
@@ -178,7 +180,7 @@ func (r *report) explainLat() string {
 	if missed["latratio"] {
 		small, big := l.cases[0], l.cases[1]
 		fmt.Fprintf(&b, "On the size ratio: the operations touch only the root in memory, and their p50s are a few hundred microseconds made mostly of an fdatasync, whose own p50 differed between the two pools by %.2f× in this run; the two pools differ in tree size (%s vs %s of nodes), which matters only when a checkpoint runs inside an operation. ",
-			float64(quantile(big.samples[opFdatasync], 0.5))/float64(quantile(small.samples[opFdatasync], 0.5)), fmtSize(small.treeBytes), fmtSize(big.treeBytes))
+			float64(quantile(big.samples[opFdatasync], 0.5))/float64(quantile(small.samples[opFdatasync], 0.5)), units.FormatBytes(small.treeBytes), units.FormatBytes(big.treeBytes))
 	}
 	if missed["latexcess99"] {
 		b.WriteString("On p99: of so few samples it is the largest one; the bare fdatasync's own p99 shows how far a single slow flush on this disk reaches.")
@@ -196,7 +198,7 @@ func (r *report) explainMem() string {
 	bk := perTiB(float64(int64(s1.rcPages-s0.rcPages)*rcBookkeeping) / dm)
 	var b strings.Builder
 	fmt.Fprintf(&b, "Evidence: with both caches full, the heap after reading every mapped block was %s at %s mapped and %s at %s: %s per TiB, ± %s. ",
-		fmtKiB(s0.read), fmtSize(s0.mapped), fmtKiB(s1.read), fmtSize(s1.mapped), fmtMiB(perTiB(m.slope)), fmtMiB(perTiB(float64(m.band)/dm)))
+		fmtKiB(s0.read), units.FormatBytes(s0.mapped), fmtKiB(s1.read), units.FormatBytes(s1.mapped), fmtMiB(perTiB(m.slope)), fmtMiB(perTiB(float64(m.band)/dm)))
 	fmt.Fprintf(&b, "Of that, %s per TiB is the per-page refcount bookkeeping the store keeps for every refcount page of the pool (blockstore/refcount.go: a page pointer, a count of its used entries and its slot, %d bytes per page of %d blocks), which grows with the pool, here 1.25 × what is mapped. ",
 		fmtMiB(bk), rcBookkeeping, m.plan.perPage)
 	open := perTiB(float64(s1.open-s0.open) / dm)
@@ -238,14 +240,14 @@ func (r *report) memFindings() []string {
 	if w := perTiB(m.writeRate); w > notable {
 		out = append(out, fmt.Sprintf("Writing without reading keeps tree nodes beyond the cache budget. The goal pools, written with the node cache budget at %s (at most %d clean nodes) and checkpoints taken along the way (%v / %v), held %s of heap at %s and %s at %s, still open: %s per TiB written, about 4 KiB per %s. "+
 			"From the code (blockstore/tree.go, blockstore/checkpoint.go): nodes made by writes are dirty and stay in memory until a checkpoint writes them; the checkpoint then counts them as clean and evicts clean nodes past `Options.NodeCacheBytes`. Growth beyond that budget is what neither bounds: a profile of this section (`-only mem -cpuprofile FILE`, or a heap profile) says where it is.",
-			fmtSize(memNodeCacheBytes), m.plan.maxNodes, s0.checkpoints, s1.checkpoints, fmtMiB(float64(s0.written)), fmtSize(s0.mapped), fmtMiB(float64(s1.written)), fmtSize(s1.mapped), fmtMiB(w),
-			fmtSize(int64(m.plan.fanout)*int64(m.bs))))
+			units.FormatBytes(memNodeCacheBytes), m.plan.maxNodes, s0.checkpoints, s1.checkpoints, fmtMiB(float64(s0.written)), units.FormatBytes(s0.mapped), fmtMiB(float64(s1.written)), units.FormatBytes(s1.mapped), fmtMiB(w),
+			units.FormatBytes(int64(m.plan.fanout)*int64(m.bs))))
 	}
 	if d := perTiB(m.delRate); d > notable {
 		after := perTiB(float64((s1.ckptAfter-s1.read)-(s0.ckptAfter-s0.read)) / float64(s1.mapped-s0.mapped))
 		out = append(out, fmt.Sprintf("Deleting a volume costs memory in proportion to its size, and most of it stays. `DeleteVolume` of the %s volume added %s of heap (%s per TiB deleted), and %s per TiB remained after the next checkpoint. "+
 			"From the code (blockstore/tree.go, blockstore/refcount.go): the delete lists every data block it frees until the commit that makes them reusable (8 bytes per block), and loads and dirties every refcount page it touches (4 KiB per %d blocks) until the next checkpoint writes it; afterwards the page is clean but stays resident until the refcount cache evicts it. What remains after the checkpoint is what this does not account for.",
-			fmtSize(s1.mapped), fmtMiB(float64(s1.deleted-s1.read)), fmtMiB(d), fmtMiB(after), m.plan.perPage))
+			units.FormatBytes(s1.mapped), fmtMiB(float64(s1.deleted-s1.read)), fmtMiB(d), fmtMiB(after), m.plan.perPage))
 	}
 	return out
 }

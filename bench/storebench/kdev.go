@@ -9,6 +9,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // kdevTest is one fio workload of section 7.
@@ -178,7 +179,7 @@ func (r *report) kdevSection(w0 *strings.Builder) {
 		return
 	}
 	w("## 7. fio through the kernel block device: exported volume vs loop device on a raw file\n\n")
-	w("How: a %s volume in a fresh pool (`Options{Preallocate: true, DirectIO: true}` for the thick rows, `Options{DirectIO: true}` for the thin ones; a pool file of twice the volume in the scratch directory), prefilled with 1 MiB sequential `Volume.WriteAt`s and flushed, is exported with `export.Detect(export.Options{StateDir: …})` (method `%s`: a FUSE file served by this process with a loop device in direct I/O mode on it) and `Exporter.Export`; fio runs on its `/dev/loopN`. ", fmtSize(res.volSize), res.method)
+	w("How: a %s volume in a fresh pool (`Options{Preallocate: true, DirectIO: true}` for the thick rows, `Options{DirectIO: true}` for the thin ones; a pool file of twice the volume in the scratch directory), prefilled with 1 MiB sequential `Volume.WriteAt`s and flushed, is exported with `export.Detect(export.Options{StateDir: …})` (method `%s`: a FUSE file served by this process with a loop device in direct I/O mode on it) and `Exporter.Export`; fio runs on its `/dev/loopN`. ", units.FormatBytes(res.volSize), res.method)
 	w("The baseline is a loop device on the raw baseline file of section 1 (1 GiB, prefilled, same directory), set up with `losetup --direct-io=on --sector-size 4096 --find --show base.raw` and detached afterwards. ")
 	w("Both sides run the same fio command (below) for the same time, alternating as in section 1 (%d rounds, raw first in even rounds, store first in odd ones; %s per slice); **Ratio** is the median of the per-round ratios of fio's IOPS (or bytes/s), *rounds* their range. ", r.cfg.rounds, roundDur(r.cfg.dur/time.Duration(r.cfg.rounds)))
 	w("Latencies are fio's completion latency percentiles (`clat_ns`), the median over the rounds. **CPU / I/O** is the user + system time of this process (the FUSE server and the store; `getrusage(RUSAGE_SELF)`) and of fio (`RUSAGE_CHILDREN`), per I/O, over each side's rounds: on 2 cores, the store's side competes with fio for them.\n\n")

@@ -336,7 +336,7 @@ func run(c config) error {
 	md := rep.markdown()
 	fmt.Print(md)
 	if c.write {
-		if err := writeFileAtomic(c.out, []byte(md+keptPart(c.out))); err != nil {
+		if err := atomicfile.WriteFile(c.out, []byte(md+keptPart(c.out)), 0o644); err != nil {
 			return err
 		}
 		b.logf("wrote %s", c.out)
@@ -385,10 +385,6 @@ func removeFile(path string) {
 		fmt.Fprintln(os.Stderr, "storebench:", err)
 	}
 }
-
-// writeFileAtomic replaces path with data (internal/atomicfile: temp file, fsync, rename, fsync
-// the directory).
-func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data, 0o644) }
 
 // cmdOutput runs a command and returns its trimmed output, or "" if it fails.
 func cmdOutput(name string, args ...string) string {

@@ -128,7 +128,7 @@ func (r *report) perfSection(w0 *strings.Builder) {
 				fmtLat(c.p.raw.pct(0.5)), fmtLat(c.p.store.pct(0.5)), fmtLat(c.p.raw.pct(0.99)), fmtLat(c.p.store.pct(0.99)))
 			if !seen[c.test] {
 				seen[c.test] = true
-				hows = append(hows, fmt.Sprintf("- *%s*: %s; I/O size %s; block size %d KiB; %s per side.", c.test, c.how, fmtSize(int64(c.io)), c.bs/kib, roundDur(c.p.store.dur)))
+				hows = append(hows, fmt.Sprintf("- *%s*: %s; I/O size %s; block size %d KiB; %s per side.", c.test, c.how, units.FormatBytes(int64(c.io)), c.bs/kib, roundDur(c.p.store.dur)))
 			}
 		}
 	}
@@ -180,9 +180,6 @@ func fmtLat(d time.Duration) string {
 		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
 	}
 }
-
-// fmtSize writes a byte count the one way the project prints them (internal/units).
-func fmtSize(n int64) string { return units.FormatBytes(n) }
 
 func fmtMiB(n float64) string { return fmt.Sprintf("%.2f MiB", n/mib) }
 
@@ -242,7 +239,7 @@ func (r *report) qemuSection(w0 *strings.Builder) {
 		}
 		vsQ := "—"
 		if row.format == "qcow2" {
-			img = fmt.Sprintf("qcow2 overlay, %s clusters", fmtSize(int64(row.cluster)))
+			img = fmt.Sprintf("qcow2 overlay, %s clusters", units.FormatBytes(int64(row.cluster)))
 			if v := rawQ[qrKey]; v > 0 {
 				vsQ = fmt.Sprintf("%.2f×", row.iops()/v)
 			}
@@ -275,7 +272,7 @@ func (r *report) latSection(w0 *strings.Builder) {
 	w("## 3. Snapshot, clone and revert latency: 1 GiB vs 1 TiB volume\n\n")
 	w("Each volume lives in its own pool: an 8 GiB sparse file, 4 KiB blocks, `DirectIO: true`, over-provisioning ratio 400 (so a 1 TiB volume and its clone fit the limit). Before measuring, each volume was filled, flushed, and the pool closed and reopened (a checkpoint, cold node cache):\n\n")
 	for _, c := range l.cases {
-		w("- %s volume: %s. Tree metadata after the fill (growth of `Stats().MetadataBytes`): %s (%d blocks); reopen took %s.\n", c.name, c.fill, fmtSize(c.treeBytes), c.treeBytes/(4*kib), fmtLat(c.openTime))
+		w("- %s volume: %s. Tree metadata after the fill (growth of `Stats().MetadataBytes`): %s (%d blocks); reopen took %s.\n", c.name, c.fill, units.FormatBytes(c.treeBytes), c.treeBytes/(4*kib), fmtLat(c.openTime))
 	}
 	w("\nOne repetition, on each volume in turn: a bare `fdatasync` of the pool file (its own read-only descriptor); `Pool.Flush` with nothing pending; one 4 KiB write at a random offset in the first GiB, then `Pool.Flush` (timed); `CreateSnapshot` (timed); `Clone` of that snapshot at its size (timed); `DeleteVolume` of the clone (timed); one 4 KiB write + Flush (untimed); `Revert` to the snapshot (timed); `DeleteSnapshot` (timed). Every timed operation is durable when it returns.\n\n")
 	w("The goal is that snapshot, clone and revert take the same time at both sizes (1 TiB / 1 GiB ≤ 1.5, on p50) and at most 1 ms more than one flush: the *excess* columns subtract the bare fdatasync of the same volume's pool (p50 from p50, p99 from p99).\n\n")
@@ -349,8 +346,8 @@ func (r *report) memSection(w0 *strings.Builder) {
 
 	w("### Resident memory per TiB mapped (the goal)\n\n")
 	w("With bounded caches, what matters is how resident memory grows with the amount mapped once the caches are full and nothing is dirty. ")
-	w("Two pools (4 KiB blocks, `DirectIO: true`, thin), each a file of 1.25 × what it maps + 64 MiB so that whatever the store keeps per pool block grows in proportion, map %s and %s into one volume with 1 MiB sequential writes (queue depth 4). ", fmtSize(s0.mapped), fmtSize(s1.mapped))
-	w("Each pool is closed (a checkpoint: nothing stays dirty), reopened with small fixed cache budgets — **`NodeCacheBytes` %s, `RefcountCacheBytes` %s**, the same at both sizes — and every mapped block is read once (1 MiB reads, queue depth 4). ", fmtSize(memNodeCacheBytes), fmtSize(memRCCacheBytes))
+	w("Two pools (4 KiB blocks, `DirectIO: true`, thin), each a file of 1.25 × what it maps + 64 MiB so that whatever the store keeps per pool block grows in proportion, map %s and %s into one volume with 1 MiB sequential writes (queue depth 4). ", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped))
+	w("Each pool is closed (a checkpoint: nothing stays dirty), reopened with small fixed cache budgets — **`NodeCacheBytes` %s, `RefcountCacheBytes` %s**, the same at both sizes — and every mapped block is read once (1 MiB reads, queue depth 4). ", units.FormatBytes(memNodeCacheBytes), units.FormatBytes(memRCCacheBytes))
 	w("**Heap** is the growth of `runtime.MemStats.HeapInuse` after two `runtime.GC()` since just before `Open`, with the pool open; the value at each size is the median of %d readings: right after the full read, and after each of %d re-reads of one block at the start of a leaf's range (each loads one tree node, so the node cache's occupancy, which its CLOCK eviction keeps between 7/8 of its budget and all of it (blockstore/tree.go), moves through its range). ", memRereads+1, memRereads)
 	w("The **slope** is Δheap / Δmapped between the two sizes; per TiB is the slope × 1024 GiB. ")
 	nodesFull := s0.nodes > int64(pl.maxNodes)
@@ -367,8 +364,8 @@ func (r *report) memSection(w0 *strings.Builder) {
 	bkTiB := perTiB(float64(bk(s1)-bk(s0)) / dm)
 	heapTiB := perTiB(m.slope)
 	resTiB := perTiB(float64(m.band) / dm)
-	w("| | %s mapped | %s mapped | per TiB mapped (slope × 1024) |\n|---|---|---|---|\n", fmtSize(s0.mapped), fmtSize(s1.mapped))
-	w("| pool file | %s | %s | — |\n", fmtSize(s0.poolBytes), fmtSize(s1.poolBytes))
+	w("| | %s mapped | %s mapped | per TiB mapped (slope × 1024) |\n|---|---|---|---|\n", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped))
+	w("| pool file | %s | %s | — |\n", units.FormatBytes(s0.poolBytes), units.FormatBytes(s1.poolBytes))
 	w("| tree nodes of the volume (growth of `Stats().MetadataBytes` / block size) | %d | %d | — |\n", s0.nodes, s1.nodes)
 	w("| heap after `Open` | %s | %s | %s |\n", fmtKiB(s0.open), fmtKiB(s1.open), fmtMiB(perTiB(float64(s1.open-s0.open)/dm)))
 	w("| **heap after reading every mapped block** (median; range of the readings) | %s (%s–%s) | %s (%s–%s) | **%s** (± %s) |\n",
@@ -377,7 +374,7 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("| of which, by the code: per-page refcount bookkeeping (%d bytes for each of the pool's refcount pages, resident or not) | %s (%d pages) | %s (%d pages) | %s |\n",
 		rcBookkeeping, fmtKiB(bk(s0)), s0.rcPages, fmtKiB(bk(s1)), s1.rcPages, fmtMiB(bkTiB))
 	met := heapTiB <= 8*mib
-	r.addGoal(goal{id: "mem", what: fmt.Sprintf("resident memory per TiB mapped (heap slope between %s and %s mapped, caches full, × 1024)", fmtSize(s0.mapped), fmtSize(s1.mapped)),
+	r.addGoal(goal{id: "mem", what: fmt.Sprintf("resident memory per TiB mapped (heap slope between %s and %s mapped, caches full, × 1024)", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped)),
 		measured: fmt.Sprintf("%s (± %s)", fmtMiB(heapTiB), fmtMiB(resTiB)), target: "≤ 8 MiB", met: met})
 	w("\n**Goal: resident memory per TiB mapped ≤ 8 MiB: %s ± %s, %s.** ", fmtMiB(heapTiB), fmtMiB(resTiB), metStr(met))
 	w("The ± is the widest spread of the readings at one size over the difference in size mapped: a bound on how far the node cache's occupancy and heap span rounding move the slope. ")
@@ -386,17 +383,17 @@ func (r *report) memSection(w0 *strings.Builder) {
 
 	w("### Fixed: the cache budgets\n\n")
 	w("Not per TiB: the caches are bounded by budgets that do not depend on the amount mapped. At the defaults, `NodeCacheBytes` %s (at most %d clean tree nodes; the store counts %d bytes per node, about twice a node's heap, which is a %d-entry slice of 4 KiB plus a small struct) and `RefcountCacheBytes` %s (at most %d clean refcount pages of 4 KiB). ",
-		fmtSize(defNodeCacheBytes), pl.defMaxNodes, m.bs+64+8*pl.fanout, pl.fanout, fmtSize(defRCCacheBytes), pl.defMaxPages)
+		units.FormatBytes(defNodeCacheBytes), pl.defMaxNodes, m.bs+64+8*pl.fanout, pl.fanout, units.FormatBytes(defRCCacheBytes), pl.defMaxPages)
 	w("With the small budgets above, the part of the heap that does not grow with the amount mapped (the reading at %s minus the slope × %s) was %s.\n\n",
-		fmtSize(s0.mapped), fmtSize(s0.mapped), fmtKiB(int64(float64(s0.read)-m.slope*float64(s0.mapped))))
+		units.FormatBytes(s0.mapped), units.FormatBytes(s0.mapped), fmtKiB(int64(float64(s0.read)-m.slope*float64(s0.mapped))))
 
 	w("### Transient: dirty state while writing\n\n")
 	n := m.points[len(m.points)-1].mapped
-	w("A fresh pool with default options (4 KiB blocks, `DirectIO: true`, thin file of %s) with one %s volume, mapped in four equal steps of 1 MiB sequential writes (queue depth 4), each step followed by `Flush` (a journal commit, not a checkpoint). ", fmtSize(n+2*gib), fmtSize(n))
+	w("A fresh pool with default options (4 KiB blocks, `DirectIO: true`, thin file of %s) with one %s volume, mapped in four equal steps of 1 MiB sequential writes (queue depth 4), each step followed by `Flush` (a journal commit, not a checkpoint). ", units.FormatBytes(n+2*gib), units.FormatBytes(n))
 	w("After each step: **metadata** = growth of `Stats().MetadataBytes` since the volume was created (tree node blocks plus catalog blocks; the fixed regions do not grow); **heap** = growth of `HeapInuse` after two `runtime.GC()` since before the pool was created; **RSS** = growth of VmRSS (`/proc/self/status`) after `debug.FreeOSMemory()`. Per-GiB figures are least-squares slopes over the five points.\n\n")
 	w("| Mapped | Metadata | Heap | RSS |\n|---|---|---|---|\n")
 	for _, p := range m.points {
-		w("| %s | %s | %s | %s |\n", fmtSize(p.mapped), fmtMiB(float64(p.meta)), fmtMiB(float64(p.heap)), fmtMiB(float64(p.rss)))
+		w("| %s | %s | %s | %s |\n", units.FormatBytes(p.mapped), fmtMiB(float64(p.meta)), fmtMiB(float64(p.heap)), fmtMiB(float64(p.rss)))
 	}
 	metaPct := m.metaSlope * 100
 	r.addGoal(goal{id: "meta", what: "metadata per GiB mapped (tree nodes, 4 KiB blocks, dense)", measured: fmt.Sprintf("%s/GiB = %.3f%%", fmtMiB(m.metaSlope*gib), metaPct), target: "≤ 0.3%", met: metaPct <= 0.3})
@@ -409,13 +406,13 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("\nThis growth is dirty tree nodes and dirty refcount pages, pinned in memory until the next checkpoint writes them (blockstore/checkpoint.go; neither cache evicts a dirty entry). ")
 	w("What ends it is the checkpoint policy (blockstore/journal.go), checked after every `Volume.WriteAt` and at every commit: more than max(clean-node limit / 2, 4096) dirty tree nodes — %d at the default budget —, the journal more than half full, more than 16 × its blocks in uncommitted records, or more blocks waiting for a checkpoint to be freed than 1/8 of the data region. ", pl.dirtyNodesMax)
 	w("Dense sequential mapping creates one leaf per %s, so %d dirty nodes come after about %s mapped: at the measured %s per GiB, a peak of about %s before the checkpoint that clears it. ",
-		fmtSize(leafBytes), pl.dirtyNodesMax, fmtSize(int64(peakMapped)), fmtMiB(m.heapSlope*gib), fmtMiB(m.heapSlope*peakMapped))
+		units.FormatBytes(leafBytes), pl.dirtyNodesMax, units.FormatBytes(int64(peakMapped)), fmtMiB(m.heapSlope*gib), fmtMiB(m.heapSlope*peakMapped))
 	w("Scattered first writes reach %d dirty leaves sooner (one per leaf range touched), but the count bounds them alike. Dirty refcount pages are not among the triggers: they are bounded only through the others (see the deletes below).\n\n", pl.dirtyNodesMax)
 
 	w("### Found while measuring: writing without reading, and deleting\n\n")
-	w("| Heap growth | %s | %s | per TiB (slope × 1024) |\n|---|---|---|---|\n", fmtSize(s0.mapped), fmtSize(s1.mapped))
+	w("| Heap growth | %s | %s | per TiB (slope × 1024) |\n|---|---|---|---|\n", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped))
 	w("| after writing the goal pools above (small budgets; a %s journal, so a checkpoint every few `Flush`es, one per %s written; checkpoints taken: %v / %v), pool open | %s | %s | %s |\n",
-		fmtSize(memJournalBytes), fmtSize(memFlushEvery), s0.checkpoints, s1.checkpoints, fmtMiB(float64(s0.written)), fmtMiB(float64(s1.written)), fmtMiB(perTiB(m.writeRate)))
+		units.FormatBytes(memJournalBytes), units.FormatBytes(memFlushEvery), s0.checkpoints, s1.checkpoints, fmtMiB(float64(s0.written)), fmtMiB(float64(s1.written)), fmtMiB(perTiB(m.writeRate)))
 	w("| from `DeleteVolume` of the mapped volume (after the read above) | %s | %s | %s |\n",
 		fmtMiB(float64(s0.deleted-s0.read)), fmtMiB(float64(s1.deleted-s1.read)), fmtMiB(perTiB(m.delRate)))
 	w("| the same, after the next checkpoint (taken: %v / %v) | %s | %s | %s |\n", s0.ckptLSNNew, s1.ckptLSNNew,
@@ -428,9 +425,9 @@ func (r *report) memSection(w0 *strings.Builder) {
 	if l := r.lat; l != nil && len(l.cases) == 2 {
 		var parts []string
 		for _, c := range l.cases {
-			parts = append(parts, fmt.Sprintf("the %s latency volume of section 3 holds %d written 4 KiB blocks and %s of tree nodes (%.1f%% of the data written)", c.name, c.written, fmtSize(c.treeBytes), 100*float64(c.treeBytes)/float64(int64(c.written)*4*kib)))
+			parts = append(parts, fmt.Sprintf("the %s latency volume of section 3 holds %d written 4 KiB blocks and %s of tree nodes (%.1f%% of the data written)", c.name, c.written, units.FormatBytes(c.treeBytes), 100*float64(c.treeBytes)/float64(int64(c.written)*4*kib)))
 		}
-		w("Sparse mapping costs more per byte mapped, since a leaf node is written for every %s range touched: %s.", fmtSize(leafBytes), strings.Join(parts, "; "))
+		w("Sparse mapping costs more per byte mapped, since a leaf node is written for every %s range touched: %s.", units.FormatBytes(leafBytes), strings.Join(parts, "; "))
 	}
 	w("\n\n")
 }
@@ -483,7 +480,7 @@ func (r *report) bsSection(w0 *strings.Builder) {
 	}
 	w("\n| tree metadata per GiB mapped (prefill of the 1 GiB volume) |")
 	for _, m := range r.metas {
-		w(" %s (%.3f%%) |", fmtSize(m.metaBytes), 100*float64(m.metaBytes)/float64(m.mapped))
+		w(" %s (%.3f%%) |", units.FormatBytes(m.metaBytes), 100*float64(m.metaBytes)/float64(m.mapped))
 	}
 	w("\n| heap growth from that prefill (1 GiB) |")
 	for _, m := range r.metas {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // What a snapshot costs the readers of other volumes (section "snapread"): a reader of 4 KiB
@@ -182,7 +183,7 @@ func (r *report) snapReadSection(w0 *strings.Builder) {
 	w("### Readers of another volume while snapshots are taken\n\n")
 	w("**Reproduce:** `go run ./bench/storebench -only snapread` (add `-quick` for a short run).\n\n")
 	first := res.byQD[0]
-	w("How: one pool (`DirectIO: true`, thin), two %s volumes. The *reader* volume is prefilled; N goroutines each read 4 KiB at uniform random 4 KiB-aligned offsets of it (`Volume.ReadAt`, one read in flight each: queue depth N). ", fmtSize(res.volSize))
+	w("How: one pool (`DirectIO: true`, thin), two %s volumes. The *reader* volume is prefilled; N goroutines each read 4 KiB at uniform random 4 KiB-aligned offsets of it (`Volume.ReadAt`, one read in flight each: queue depth N). ", units.FormatBytes(res.volSize))
 	w("On the *source* volume one goroutine writes one 4 KiB block at a random offset, then calls `Pool.CreateSnapshot` of it, back to back, for as long as the reader runs: every snapshot is a durable change that follows a write, so its commit syncs data and the journal (blockstore/journal.go gives the commit order). ")
 	w("*Alone* is the same reader with the source idle. At each queue depth the two sides alternate in %d rounds of %s each (A B B A ...); after each side with snapshots they are deleted (`Pool.DeleteVolumeSnapshots`, untimed). Latencies are per read, over all rounds of a side.\n\n",
 		len(first.alone.rounds), roundDur(first.alone.res.dur/time.Duration(max(len(first.alone.rounds), 1))))
