@@ -231,5 +231,11 @@ func (r *report) explainSnapRead() string {
 		fmt.Fprintf(&b, "at qd %d a read alone took %s at p50 and %s at p99", s.qd, fmtLat(s.alone.res.pct(0.5)), fmtLat(s.alone.res.pct(0.99)))
 	}
 	b.WriteString(".")
+	for _, s := range res.byQD {
+		if s.p99Ratio() < 1 {
+			fmt.Fprintf(&b, " At qd %d the p99 ratio is below 1 while IOPS fall to %.2f×: the reader's tail alone is already %.0f× its p50, longer than what the snapshots add to it, so at this depth their cost shows in throughput, not in the p99.",
+				s.qd, s.snap.res.iops()/s.alone.res.iops(), float64(s.alone.res.pct(0.99))/float64(max(s.alone.res.pct(0.5), 1)))
+		}
+	}
 	return b.String()
 }
