@@ -92,7 +92,7 @@ func (d *Daemon) activate(ctx context.Context, r *cloneRecord, strictPort bool) 
 		if err != nil {
 			return fail(err)
 		}
-		if dev, err = d.attach(cloneExportID(r.Name), vol.ID, mnt, false); err != nil {
+		if dev, err = d.attach(ctx, cloneExportID(r.Name), vol.ID, mnt, false); err != nil {
 			return fail(fmt.Errorf("local: clone %s: %w", r.Name, err))
 		}
 		d.mu.Lock()
@@ -176,7 +176,7 @@ func (d *Daemon) release(ctx context.Context, name string) error {
 		d.mu.Unlock()
 		return nil
 	}
-	inst, dev := rt.inst, rt.dev
+	inst := rt.inst
 	rt.inst = nil // the watcher then knows the stop is on purpose
 	d.mu.Unlock()
 	var err error
@@ -188,7 +188,7 @@ func (d *Daemon) release(ctx context.Context, name string) error {
 			d.log.Info("clone server stopped", "clone", name)
 		}
 	}
-	if derr := d.detach(cloneExportID(name), dev, d.cfg.cloneMount(name)); derr != nil {
+	if derr := d.detach(cloneExportID(name), d.cfg.cloneMount(name)); derr != nil {
 		d.mu.Lock()
 		rt.failure = derr.Error()
 		d.mu.Unlock()

@@ -24,6 +24,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // daemonChildEnv makes the test binary run a daemon (RunDaemon) for the home it names instead
@@ -174,11 +175,7 @@ func requireNothingLeft(t testing.TB, home string) {
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
 	require.NotContains(t, string(mi), home+"/", "mounts under the home")
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, l := range loops {
-		b, _ := os.ReadFile(l)
-		require.False(t, strings.HasPrefix(string(b), home+"/"), "%s backs onto %s", l, b)
-	}
+	require.Empty(t, nodetest.LoopDevicesOn(t, home), "loop devices backed by files under the home")
 	exp, err := export.Detect(export.Options{StateDir: filepath.Join(home, "export")})
 	require.NoError(t, err)
 	left, err := exp.Leftovers()
