@@ -164,11 +164,7 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 			p.Close()
 		}
 	}()
-	img, err := p.CreateVolume("image", base)
-	if err != nil {
-		return err
-	}
-	vol, err := p.Volume(img.ID)
+	vol, err := newVolume(p, "image", base)
 	if err != nil {
 		return err
 	}
@@ -196,7 +192,7 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 		}
 		b.logf("  image: %s of %s mapped", units.FormatBytes(done+n), units.FormatBytes(base))
 	}
-	snap, err := p.CreateSnapshot(img.ID, "image")
+	snap, err := p.CreateSnapshot(vol.ID(), "image")
 	if err != nil {
 		return err
 	}

@@ -73,11 +73,7 @@ func (b *bench) ext4Clone() (*ext4Result, error) {
 		return nil, err
 	}
 	defer p.Close()
-	src, err := p.CreateVolume("ext4-src", res.fsSize)
-	if err != nil {
-		return nil, err
-	}
-	srcVol, err := p.Volume(src.ID)
+	srcVol, err := newVolume(p, "ext4-src", res.fsSize)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +99,7 @@ func (b *bench) ext4Clone() (*ext4Result, error) {
 	if err := p.Flush(); err != nil {
 		return nil, err
 	}
-	snap, err := p.CreateSnapshot(src.ID, "ext4-base")
+	snap, err := p.CreateSnapshot(srcVol.ID(), "ext4-base")
 	if err != nil {
 		return nil, err
 	}

@@ -129,18 +129,12 @@ func (b *bench) kernelDevice() (*kdevResult, error) {
 				return nil, err
 			}
 			defer p.Close()
-			info, err := p.CreateVolume("kdev", b.volSize)
+			vol, err := newVolume(p, "kdev", b.volSize)
 			if err != nil {
 				return nil, err
 			}
-			vol, err := p.Volume(info.ID)
-			if err != nil {
+			if err := prefill(vol); err != nil {
 				return nil, err
-			}
-			if r, err := runLoad(newSeq(vol, b.volSize, mib, true), true, mib, 1, time.Hour, 1); err != nil {
-				return nil, fmt.Errorf("prefill: %w", err)
-			} else if r.bytes != b.volSize {
-				return nil, fmt.Errorf("prefill: wrote %d of %d bytes", r.bytes, b.volSize)
 			}
 			if err := p.Flush(); err != nil {
 				return nil, err

@@ -149,11 +149,7 @@ func (b *bench) memTransient(res *memResult, n int64) error {
 		return err
 	}
 	defer p.Close()
-	info, err := p.CreateVolume("mem", n)
-	if err != nil {
-		return err
-	}
-	vol, err := p.Volume(info.ID)
+	vol, err := newVolume(p, "mem", n)
 	if err != nil {
 		return err
 	}
@@ -206,14 +202,11 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 		}
 	}()
 	s.rcPages = p.Geometry().RefcountPages
-	info, err := p.CreateVolume("mem", n)
+	vol, err := newVolume(p, "mem", n)
 	if err != nil {
 		return err
 	}
-	vol, err := p.Volume(info.ID)
-	if err != nil {
-		return err
-	}
+	id := vol.ID()
 	st0 := p.Stats()
 	sp := newSeq(vol, n, mib, true)
 	for done := int64(0); done < n; done += memFlushEvery {
@@ -239,7 +232,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 		return err
 	}
 	s.open = heapInuse() - heap0
-	if vol, err = p.Volume(info.ID); err != nil {
+	if vol, err = p.Volume(id); err != nil {
 		return err
 	}
 	if _, err := runLoad(newSeq(vol, n, mib, true), false, mib, 4, time.Hour, 9); err != nil {
@@ -262,7 +255,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 		n/mib, s.poolBytes/mib, s.nodes, s.written/kib, s.open/kib, s.read/kib, slices.Min(s.reads)/kib, slices.Max(s.reads)/kib)
 
 	ckpt := p.Stats().CheckpointLSN
-	if err := p.DeleteVolume(info.ID); err != nil {
+	if err := p.DeleteVolume(id); err != nil {
 		return err
 	}
 	s.deleted = heapInuse() - heap0

@@ -124,11 +124,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	meta.fixedMetaPool = p.Stats().MetadataBytes
 
 	volSize := b.volSize
-	info, err := p.CreateVolume("bench", volSize)
-	if err != nil {
-		return nil, meta, err
-	}
-	vol, err := p.Volume(info.ID)
+	vol, err := newVolume(p, "bench", volSize)
 	if err != nil {
 		return nil, meta, err
 	}
@@ -138,10 +134,8 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	heap0 := heapInuse()
 	st0 := p.Stats()
 	t0 := time.Now()
-	if r, err := runLoad(newSeq(vol, volSize, mib, true), true, mib, 1, time.Hour, 1); err != nil {
-		return nil, meta, fmt.Errorf("prefill: %w", err)
-	} else if r.bytes != volSize {
-		return nil, meta, fmt.Errorf("prefill: wrote %d of %d bytes", r.bytes, volSize)
+	if err := prefill(vol); err != nil {
+		return nil, meta, err
 	}
 	if err := p.Flush(); err != nil {
 		return nil, meta, err
@@ -218,7 +212,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 		}
 	}
 
-	snap, err := p.CreateSnapshot(info.ID, "base")
+	snap, err := p.CreateSnapshot(vol.ID(), "base")
 	if err != nil {
 		return rows, meta, err
 	}
@@ -298,11 +292,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 			allocSize = 2 * volSize
 		}
 		for _, qd := range o.qds {
-			ai, err := p.CreateVolume(fmt.Sprintf("alloc-%d", qd), allocSize)
-			if err != nil {
-				return rows, meta, err
-			}
-			av, err := p.Volume(ai.ID)
+			av, err := newVolume(p, fmt.Sprintf("alloc-%d", qd), allocSize)
 			if err != nil {
 				return rows, meta, err
 			}
@@ -312,7 +302,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 				seq(raw, rawSize, mib), func() pattern { return sp }, true); err != nil {
 				return rows, meta, err
 			}
-			if err := p.DeleteVolume(ai.ID); err != nil {
+			if err := p.DeleteVolume(av.ID()); err != nil {
 				return rows, meta, err
 			}
 		}

@@ -60,24 +60,14 @@ func (b *bench) snapshotReaders() (*snapReadResult, error) {
 		return nil, err
 	}
 	defer p.Close()
-	rinfo, err := p.CreateVolume("reader", b.volSize)
+	reader, err := newVolume(p, "reader", b.volSize)
 	if err != nil {
 		return nil, err
 	}
-	reader, err := p.Volume(rinfo.ID)
-	if err != nil {
+	if err := prefill(reader); err != nil {
 		return nil, err
 	}
-	if r, err := runLoad(newSeq(reader, b.volSize, mib, true), true, mib, 1, time.Hour, 1); err != nil {
-		return nil, fmt.Errorf("prefill: %w", err)
-	} else if r.bytes != b.volSize {
-		return nil, fmt.Errorf("prefill: wrote %d of %d bytes", r.bytes, b.volSize)
-	}
-	sinfo, err := p.CreateVolume("source", b.volSize)
-	if err != nil {
-		return nil, err
-	}
-	source, err := p.Volume(sinfo.ID)
+	source, err := newVolume(p, "source", b.volSize)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +111,7 @@ func (b *bench) snapshotReaders() (*snapReadResult, error) {
 					}
 					n++
 					t0 := time.Now()
-					if _, err := p.CreateSnapshot(sinfo.ID, fmt.Sprintf("s%d", n)); err != nil {
+					if _, err := p.CreateSnapshot(source.ID(), fmt.Sprintf("s%d", n)); err != nil {
 						loopErr = err
 						return
 					}
@@ -140,7 +130,7 @@ func (b *bench) snapshotReaders() (*snapReadResult, error) {
 			}
 			if err == nil {
 				// Untimed, with the reader stopped: the next slice starts from the same pool.
-				_, err = p.DeleteVolumeSnapshots(sinfo.ID)
+				_, err = p.DeleteVolumeSnapshots(source.ID())
 			}
 			return r, err
 		}
