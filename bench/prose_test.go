@@ -77,6 +77,7 @@ func TestProseCheckFindsRot(t *testing.T) {
 		{"`Options{DirectIO: true, NoSuchField: 1}`", "NoSuchField"},
 		{"`format.NodeCapacity`", "format"},
 		{"`go run ./blockstore/internal/benchreport -only check`", "benchreport"},
+		{"written by the tool (`blockstore/internal/benchreport`)", "benchreport"},
 	} {
 		got := idx.problems(c.text, nil)
 		if len(got) != 1 || !strings.Contains(got[0], c.want) {
@@ -86,6 +87,7 @@ func TestProseCheckFindsRot(t *testing.T) {
 	for _, ok := range []string{
 		"a commit (blockstore/journal.go) ends in `Pool.Flush`; `go run ./bench/storebench -quick`",
 		"`Options{DirectIO: true}`, `Stats().MetadataBytes`, `export.Detect`, `O_DIRECT`, `fdatasync`",
+		"written by the tool (`bench/storebench`), from `/proc/self/status` and `fs/ext4/file.c`",
 	} {
 		if got := idx.problems(ok, nil); len(got) > 0 {
 			t.Errorf("%q: problems %q, want none", ok, got)
@@ -234,6 +236,8 @@ var (
 	litField  = regexp.MustCompile(`(?:^\{|,)\s*([A-Za-z_]\w*)\s*:`)
 	goFileRef = regexp.MustCompile(`(?:^|[\s(\x60"'])((?:[\w.-]+/)*[\w-]+\.go)\b`)
 	goRunRef  = regexp.MustCompile(`go (?:run|build|test|vet) (?:-[\w=.]+ )*\./([\w./-]+)`)
+	// A path in a code span: dir/dir or dir/file, from the module root.
+	pathSpan = regexp.MustCompile(`^([\w.-]+)(?:/[\w.-]+)+/?$`)
 )
 
 // problems returns what is wrong with the code the text names. own is the package of the text
@@ -257,6 +261,15 @@ func (idx *index) problems(text string, own *pkgDecls) []string {
 		}
 	}
 	for _, m := range codeSpan.FindAllStringSubmatch(text, -1) {
+		if p := pathSpan.FindStringSubmatch(strings.TrimSpace(m[1])); p != nil {
+			// A path of this module (its first directory exists here) must exist.
+			if fi, err := os.Stat(filepath.Join(root, p[1])); err == nil && fi.IsDir() {
+				if _, err := os.Stat(filepath.Join(root, p[0])); err != nil {
+					out = append(out, "names "+p[0]+", which does not exist")
+				}
+			}
+			continue
+		}
 		span := strings.ReplaceAll(strings.TrimSpace(m[1]), "()", "")
 		g := goName.FindStringSubmatch(span)
 		if g == nil {
