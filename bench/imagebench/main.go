@@ -208,14 +208,10 @@ func spliceReport(path, md string) error {
 		return err
 	}
 	s := string(old)
-	if i := strings.Index(s, reportMarker); i >= 0 {
+	if i := strings.Index(s, markerPrefix); i >= 0 {
 		s = s[:i]
 	} else if s != "" && !strings.HasSuffix(s, "\n\n") {
 		s = strings.TrimRight(s, "\n") + "\n\n"
 	}
-	return writeFileAtomic(path, []byte(s+md))
+	return atomicfile.WriteFile(path, []byte(s+md), 0o644)
 }
-
-// writeFileAtomic replaces path with data (internal/atomicfile: temp file, fsync, rename, fsync
-// the directory).
-func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data, 0o644) }

@@ -162,7 +162,7 @@ func (b *bench) makeBackup() (string, int64, error) {
 		}
 		size += st.Size()
 	}
-	b.logf("backup: %s", human(size))
+	b.logf("backup: %s", units.FormatBytes(size))
 	return dir, size, nil
 }
 
@@ -502,7 +502,7 @@ func (b *bench) createTimes(d *local.Daemon) (*createResult, error) {
 				return nil, err
 			}
 		}
-		b.logf("  %s image (%s): p50 %s", side.image, human(*side.bytes), percentile(*side.into, 50).Round(time.Millisecond))
+		b.logf("  %s image (%s): p50 %s", side.image, units.FormatBytes(*side.bytes), percentile(*side.into, 50).Round(time.Millisecond))
 	}
 	return res, nil
 }
@@ -606,7 +606,7 @@ func (b *bench) space(d *local.Daemon) (*spaceResult, error) {
 	}
 	res.poolAfter = st.Used
 	b.logf("  pool grew %s running the transactions (WAL %s, data pages %s, clones differ from the image by %s)",
-		human(res.poolAfter-res.poolBefore), human(res.walBytes), human(res.dataPagesWritten*8192), human(res.addedBytes))
+		units.FormatBytes(res.poolAfter-res.poolBefore), units.FormatBytes(res.walBytes), units.FormatBytes(res.dataPagesWritten*8192), units.FormatBytes(res.addedBytes))
 	return res, nil
 }
 
@@ -628,6 +628,3 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	i := (p*len(s)+99)/100 - 1
 	return s[max(0, min(i, len(s)-1))]
 }
-
-// human writes a byte count the one way the project prints them (internal/units).
-func human(n int64) string { return units.FormatBytes(n) }
