@@ -272,3 +272,70 @@ func TestPullCorrupt(t *testing.T) {
 		require.Empty(t, c.Pool.Volumes())
 	})
 }
+
+// TestGenerations pushes a line of images, each a few blocks away from the one before: a
+// chunk's patches pile up to MaxChain objects and then start over whole; a node that holds an
+// older generation pulls the newest from it (the lineage is walked past the parent); a parent
+// that is not in the registry makes a whole push that still records the lineage; Whole pushes
+// no patch.
+func TestGenerations(t *testing.T) {
+	ctx := context.Background()
+	tg := exporttest.DirTarget(t)
+	r := exportset.New(tg, exportset.Options{})
+	a, b := exporttest.NewNode(t), exporttest.NewNode(t)
+	rng := rand.New(rand.NewPCG(11, 11))
+	snap := a.Image("g0", 0, 2*chunk, func(v *blockstore.Volume) { exporttest.Write(t, v, exporttest.PageData(rng, 2*chunk), 0) })
+	res, err := r.Push(ctx, exportset.PushRequest{Source: a.Source(snap), Image: exporttest.Image("g0")})
+	require.NoError(t, err)
+	_, _, err = b.Pull(ctx, r, string(res.Digest), "g0")
+	require.NoError(t, err)
+	chains := []int{1}
+	for g := 1; g <= exportset.MaxChain+1; g++ {
+		name := fmt.Sprintf("g%d", g)
+		next := a.Image(name, snap, 2*chunk, func(v *blockstore.Volume) {
+			exporttest.Write(t, v, exporttest.PageData(rng, 2*exporttest.BlockSize), int64(g)*8*exporttest.BlockSize)
+		})
+		pushed, err := r.Push(ctx, exportset.PushRequest{Source: a.Source(next), Image: exporttest.Image(name),
+			Parent: &exportset.Parent{Digest: res.Digest, Source: a.Source(snap)}})
+		require.NoError(t, err)
+		m, _, err := r.Manifest(ctx, pushed.Digest)
+		require.NoError(t, err)
+		require.Equal(t, res.Digest, m.Parent)
+		chains = append(chains, len(m.Chunks[0].Objects))
+		require.Equal(t, 1, len(m.Chunks[1].Objects), "chunk 1 never changed")
+		snap, res = next, pushed
+	}
+	require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7, 8, 1, 2}, chains, "patches pile up to MaxChain, then the chunk is whole again")
+
+	// b holds g0 only: the newest generation is pulled from it, nine generations up.
+	c := &exporttest.Counter{Target: tg}
+	rc := exportset.New(c, exportset.Options{})
+	pulled, bSnap, err := b.Pull(ctx, rc, string(res.Digest), "newest")
+	require.NoError(t, err)
+	require.NotEmpty(t, pulled.Base)
+	exporttest.RequireSame(t, a.Pool, snap, b.Pool, bSnap)
+	require.Less(t, c.GetBytes.Load(), int64(chunk), "chunk 1 is not fetched, chunk 0 is")
+
+	// A parent the registry does not hold: whole push, lineage kept.
+	orphan := a.Image("orphan", snap, 2*chunk, func(v *blockstore.Volume) { exporttest.Write(t, v, []byte("x"), 0) })
+	missing := exportset.DigestOf([]byte("not pushed"))
+	op, err := r.Push(ctx, exportset.PushRequest{Source: a.Source(orphan), Image: exporttest.Image("orphan"),
+		Parent: &exportset.Parent{Digest: missing, Source: a.Source(snap)}})
+	require.NoError(t, err)
+	require.False(t, op.Incremental)
+	m, _, err := r.Manifest(ctx, op.Digest)
+	require.NoError(t, err)
+	require.Equal(t, missing, m.Parent)
+
+	// Whole: no patch, though the parent is there.
+	wp, err := r.Push(ctx, exportset.PushRequest{Source: a.Source(orphan), Image: exporttest.Image("orphan"), Whole: true,
+		Parent: &exportset.Parent{Digest: res.Digest, Source: a.Source(snap)}})
+	require.NoError(t, err)
+	require.False(t, wp.Incremental)
+	m, _, err = r.Manifest(ctx, wp.Digest)
+	require.NoError(t, err)
+	for _, ch := range m.Chunks {
+		require.Len(t, ch.Objects, 1)
+		require.False(t, ch.Objects[0].Patch)
+	}
+}
