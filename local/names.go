@@ -50,6 +50,7 @@ const (
 	revPrefix   = "rev/"   // a clone's revision: rev/<clone>/<revision>, a snapshot of the clone
 	buildPrefix = "build/" // the volume an image is being built in
 	tmpPrefix   = "tmp/"   // a volume that carries a revision to a new image's snapshot
+	pullPrefix  = "pull/"  // the volume an image is pulled into (remote.go)
 )
 
 func imageObject(name string) string          { return imagePrefix + name }

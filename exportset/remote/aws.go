@@ -48,7 +48,13 @@ func LoadAWSEnv(getenv func(string) string) (AWSEnv, error) {
 	if env.Region == "" {
 		env.Region = profileRegion(configFile, profile)
 	}
-	if env.From != "" || (!exists(credFile) && !exists(configFile)) {
+	if env.From != "" {
+		return env, nil
+	}
+	if !exists(credFile) && !exists(configFile) {
+		if getenv("AWS_PROFILE") != "" {
+			return env, fmt.Errorf("remote: AWS profile %s: neither %s nor %s exists", profile, credFile, configFile)
+		}
 		return env, nil
 	}
 	v, err := sharedCredentials(credFile, configFile, profile)

@@ -31,10 +31,12 @@ type daemonOptions struct {
 	cloneLifetime lifetimeFlag
 	reapInterval  time.Duration
 	maxMembers    int64
+	remote        remoteFlags // the default registry
 }
 
 // daemonFlagNames are the daemon's flags, in the order they are forwarded.
-var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "listen-address", "backup-root", "image-lifetime", "clone-lifetime", "reap-interval", "max-archive-members"}
+var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "listen-address", "backup-root", "image-lifetime", "clone-lifetime", "reap-interval", "max-archive-members",
+	"remote", "remote-endpoint", "remote-region", "remote-ca-file", "remote-path-style"}
 
 // addFlags defines the daemon's flags in fs, hidden ones for the commands that only forward them.
 func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
@@ -47,6 +49,11 @@ func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
 	fs.Var(&d.cloneLifetime, "clone-lifetime", `lifetime of clones made without --lifetime: "0" (never, the default) or <n>s, <n>m, <n>h`)
 	fs.DurationVar(&d.reapInterval, "reap-interval", local.DefaultReapInterval, "how often expired clones and images are deleted")
 	fs.Int64Var(&d.maxMembers, "max-archive-members", 0, fmt.Sprintf("most files, directories and links a base backup's archives may hold (0: %d; negative: no limit); a build also writes at most --volume-size", builder.DefaultMaxArchiveMembers))
+	fs.StringVar(&d.remote.url, "remote", "", "the default registry of image push and pull: s3://bucket/prefix or file:///dir")
+	fs.StringVar(&d.remote.endpoint, "remote-endpoint", "", "the default registry's S3 server, e.g. https://minio.example:9000")
+	fs.StringVar(&d.remote.region, "remote-region", "", "the default registry's S3 region")
+	fs.StringVar(&d.remote.caFile, "remote-ca-file", "", "PEM bundle of the certificate authorities the default registry's S3 server is checked against")
+	fs.BoolVar(&d.remote.pathStyle, "remote-path-style", false, "address the default registry's bucket in the URL's path")
 	if hidden {
 		for _, name := range daemonFlagNames {
 			if err := fs.MarkHidden(name); err != nil {
@@ -69,9 +76,14 @@ func (d *daemonOptions) forward(cmd *cobra.Command) []string {
 	return args
 }
 
-// config is the daemon's configuration.
-func (c *cli) config() local.Config {
+// config is the daemon's configuration. The default registry's credentials (and the region and
+// endpoint its flags do not give) come from the daemon's AWS environment.
+func (c *cli) config() (local.Config, error) {
 	d := &c.daemon
+	r, err := c.remote(d.remote)
+	if err != nil {
+		return local.Config{}, fmt.Errorf("the default registry: %w", err)
+	}
 	return local.Config{
 		Home:                 c.home,
 		PoolSize:             int64(d.poolSize),
@@ -83,8 +95,9 @@ func (c *cli) config() local.Config {
 		ReapInterval:         d.reapInterval,
 		VolumeSize:           int64(d.volumeSize),
 		MaxArchiveMembers:    d.maxMembers,
+		Remote:               r,
 		Logger:               c.logger(),
-	}
+	}, nil
 }
 
 func (c *cli) daemonCmd() *cobra.Command {
@@ -110,7 +123,11 @@ the backups must be reachable by them.`,
   dataimage daemon stop`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := local.RunDaemon(cmd.Context(), c.config()); err != nil {
+			cfg, err := c.config()
+			if err != nil {
+				return err
+			}
+			if err := local.RunDaemon(cmd.Context(), cfg); err != nil {
 				return fmt.Errorf("daemon of %s: %w", c.home, err)
 			}
 			return nil
