@@ -9,14 +9,12 @@ import (
 	"sort"
 	"strings"
 	"sync"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // fuseLoop exports a Disk as a file in a FUSE file system of its own, mounted at
 // StateDir/<id>, with a loop device in direct I/O mode on that file:
 //
-//	/dev/loopN --(direct I/O)--> StateDir/<id>/disk --(FUSE)--> diskFile --> Disk
+//	/dev/loopN --(direct I/O)--> StateDir/<id>/disk --(FUSE)--> fusedev.Server --> Disk
 //
 // Export order: mount FUSE, attach the loop device. Close order: detach the loop device (which
 // ends its I/O on the file), flush the Disk, unmount FUSE, remove the directory. A step that
@@ -32,19 +30,6 @@ type fuseLoop struct {
 		devs map[string]*fuseDevice
 	}
 }
-
-// fuseMaxWrite is the largest FUSE read or write (the kernel may clamp it). 1 MiB less one page:
-// a reply of 1 MiB plus its header would not fit a pipe of the default maximum size
-// (/proc/sys/fs/pipe-max-size), and go-fuse would give up splicing it, with a warning, every time.
-const fuseMaxWrite = 1<<20 - 4096
-
-// fuseMaxBackground bounds the asynchronous requests the kernel keeps in flight to the server.
-// With CAP_ASYNC_DIO the loop device's direct I/O reaches FUSE asynchronously, so this is the
-// queue depth into the server. CAP_ASYNC_DIO is what matters: 4 KiB random I/O at queue depth
-// 32 on 2 cores went from 6.1k to 19.9k read IOPS and 5.5k to 17.0k write IOPS with it; 128
-// instead of the kernel default 12 measured within noise there (19.9k vs 18.9k), and is kept
-// for nodes with more cores.
-const fuseMaxBackground = 128
 
 func newFUSELoop(opts Options) (*fuseLoop, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
@@ -97,15 +82,15 @@ func (e *fuseLoop) Export(id string, d Disk) (_ Device, err error) {
 		return nil, fail("create directory", err)
 	}
 
-	file := &diskFile{d: d, bs: int(bs), log: e.log.With("id", id)}
-	srv, err := serveFUSE(dir, id, &fsRoot{file: file}, file.log)
+	log := e.log.With("id", id)
+	conn, err := serveFUSE(dir, id, d, int(bs), log)
 	if err != nil {
 		os.Remove(dir)
 		return nil, fail("mount FUSE at "+dir, err)
 	}
-	dev := &fuseDevice{e: e, id: id, dir: dir, loop: -1, srv: srv, file: file, log: file.log}
+	dev := &fuseDevice{e: e, id: id, dir: dir, loop: -1, conn: conn, disk: d, log: log}
 
-	f, err := os.OpenFile(filepath.Join(dir, diskName), os.O_RDWR, 0)
+	f, err := openDisk(dir)
 	if err == nil {
 		var dio bool
 		dev.loop, dio, err = loopAttach(f, int(bs))
@@ -257,8 +242,8 @@ type fuseDevice struct {
 	id   string
 	dir  string
 	loop int // loop device number; -1 before it is attached
-	srv  *fuse.Server
-	file *diskFile
+	conn *fuseConn
+	disk Disk
 	log  *slog.Logger
 
 	// mu serializes Resize and Close; I/O does not take it.
@@ -289,14 +274,14 @@ func (dev *fuseDevice) Resize() error {
 	if dev.mu.detached || dev.mu.closed {
 		return dev.fail("resize", invalidf("device is closed"))
 	}
-	size := dev.file.d.Size()
+	size := dev.disk.Size()
 	if bs := int64(dev.e.opts.BlockSize); size <= 0 || size%bs != 0 {
 		return dev.fail("resize", invalidf("disk size %d is not a positive multiple of the block size %d", size, bs))
 	}
 	// The loop device reads the size the kernel caches for the file: drop it (attributes are not
 	// cached, but an inode's size is refreshed only by a GETATTR), and have the kernel fetch it.
-	if errno := dev.file.NotifyContent(-1, 0); errno != 0 {
-		dev.log.Debug("notify inode", "errno", errno)
+	if err := dev.conn.srv.InvalidateFile(); err != nil {
+		return dev.fail("resize: invalidate the FUSE file's size", err)
 	}
 	st, err := os.Stat(filepath.Join(dev.dir, diskName))
 	if err != nil {
@@ -334,7 +319,7 @@ func (dev *fuseDevice) Close() error {
 	if !dev.mu.flushed {
 		// Writes that reached the device without a flush request (a buffered writer's close
 		// syncs the page cache but sends no flush) become durable here.
-		if err := dev.file.d.Flush(); err != nil {
+		if err := dev.disk.Flush(); err != nil {
 			return dev.fail("flush disk", err)
 		}
 		dev.mu.flushed = true
@@ -346,9 +331,11 @@ func (dev *fuseDevice) Close() error {
 		}
 		dev.mu.unmounted = true
 		if lazy {
+			// The server serves until the last user lets go of the mount.
 			dev.log.Warn("FUSE mount stayed busy: detached lazily", "dir", dev.dir)
+			go dev.conn.close()
 		} else {
-			dev.srv.Wait() // the server's loops end once the kernel drops the connection
+			dev.conn.close() // the server's workers end once the kernel drops the connection
 		}
 	}
 	if err := os.Remove(dev.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
