@@ -8,6 +8,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/keylock"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -26,21 +27,27 @@ import (
 type controllerServer struct {
 	csi.UnimplementedControllerServer
 
-	cfg     *Config
-	pool    *blockstore.Pool
-	ids     ids
-	locks   *keyLocks
+	cfg  *Config
+	pool *blockstore.Pool
+	ids  ids
+	// locks serializes the operations on one key — a CSI name while it is being created, or an
+	// object's ID while it is being changed — and lets operations on different keys run in
+	// parallel: there is no lock around RPCs as a whole. A waiter gives up when its context
+	// ends. Keys: "volume-name/<name>" for CreateVolume, "snapshot-name/<name>" for
+	// CreateSnapshot, "volume/<id>" for DeleteVolume, "snapshot/<id>" for DeleteSnapshot. A lock
+	// is held across the block store call that makes the change durable and nothing else slow
+	// (no exec, mount or network). The Node service has its own, by CSI volume ID.
+	locks   keylock.Locks
 	size    sizing
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
 }
 
 func newControllerServer(cfg *Config, pool *blockstore.Pool) *controllerServer {
 	return &controllerServer{
-		cfg:   cfg,
-		pool:  pool,
-		ids:   ids{tag: nodeTag(cfg.NodeID)},
-		locks: newKeyLocks(),
-		size:  newSizing(cfg, pool),
+		cfg:  cfg,
+		pool: pool,
+		ids:  ids{tag: nodeTag(cfg.NodeID)},
+		size: newSizing(cfg, pool),
 	}
 }
 
@@ -125,9 +132,9 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, err
 	}
 
-	unlock, err := c.locks.lock(ctx, "volume-name/"+name)
+	unlock, err := c.locks.Lock(ctx, "volume-name/"+name)
 	if err != nil {
-		return nil, err
+		return nil, ctxError(err)
 	}
 	defer unlock()
 
@@ -244,9 +251,9 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	case err != nil:
 		return nil, idError(err)
 	}
-	unlock, err := c.locks.lock(ctx, "volume/"+strconv.FormatUint(uint64(id), 10))
+	unlock, err := c.locks.Lock(ctx, "volume/"+strconv.FormatUint(uint64(id), 10))
 	if err != nil {
-		return nil, err
+		return nil, ctxError(err)
 	}
 	defer unlock()
 	if err := c.pool.DeleteVolume(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
@@ -408,22 +409,22 @@ func TestConcurrentCreate(t *testing.T) {
 	}
 	require.Len(t, p.Snapshots(), n+1)
 	require.Len(t, p.Volumes(), 1)
-	require.Zero(t, c.locks.held())
+	require.Zero(t, c.locks.Held())
 }
 
+// TestLockWaitEndsWithContext: a call that waits for the lock of its name gives up when its
+// context ends, with the context's code, and leaves no lock behind; other names are free.
 func TestLockWaitEndsWithContext(t *testing.T) {
-	l := newKeyLocks()
-	unlock, err := l.lock(context.Background(), "k")
+	c, _ := newTestController(t)
+	unlock, err := c.locks.Lock(context.Background(), "volume-name/busy")
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	_, err = l.lock(ctx, "k")
-	requireCode(t, codes.Canceled, err)
-	other, err := l.lock(context.Background(), "other") // another key is free
-	require.NoError(t, err)
-	other()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = c.CreateVolume(ctx, createReq("busy", mib))
+	requireCode(t, codes.DeadlineExceeded, err)
+	mustCreateVolume(t, c, "other", mib)
 	unlock()
-	require.Zero(t, l.held())
+	require.Zero(t, c.locks.Held())
 }
 
 // TestStoreErrors: a block store error keeps its chain under the gRPC code (every code:

@@ -7,9 +7,10 @@
 // node's topology segment (Config.TopologyKey = Config.NodeID), and its CSI ID names the node
 // (see ids.go). The package validates requests, keeps CreateVolume and CreateSnapshot
 // idempotent by name (the CSI name is the block store object's unique name), serializes
-// operations per name and per ID (lock.go, never one lock around every RPC), and maps block
-// store, export, mount and file system errors to gRPC codes in one place (errors.go), keeping
-// their chain.
+// operations per name and per ID (internal/keylock, never one lock around every RPC), and maps
+// block store, export, mount and file system errors to gRPC codes in one place (errors.go),
+// keeping their chain. The node service decides the CSI side of staging and publishing; making a
+// volume a device and a file system on the node, and undoing it, is package nodevolume's.
 //
 // Server registers the services on a gRPC server and serves them on a unix socket; at the end
 // of the process DrainIO drains the exports' I/O (drain.go) before the pool is closed. Volume

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"sync"
 	"time"
 
@@ -121,10 +120,7 @@ func (s *Server) DrainIO(ctx context.Context) error {
 	start := time.Now()
 	var waitErr error
 	if n := s.node; n != nil {
-		n.mu.Lock()
-		devices := len(n.devices)
-		n.mu.Unlock()
-		s.cfg.Logger.Info("draining the exports' I/O", "devices", devices)
+		s.cfg.Logger.Info("draining the exports' I/O", "devices", n.vols.Len())
 		waitErr = n.drainDevices(ctx)
 		inflight, idle := n.gate.close()
 		s.cfg.Logger.Info("exports' devices drained; new I/O waits until the process exits", "inflight", inflight,
@@ -154,22 +150,19 @@ func (s *Server) DrainIO(ctx context.Context) error {
 // drainDevices drains every exported device at once (export.Device.Drain), waiting at most
 // until ctx ends. A device that cannot drain is logged and reported; the drain goes on.
 func (n *nodeServer) drainDevices(ctx context.Context) error {
-	n.mu.Lock()
-	devs := make(map[string]export.Device, len(n.devices))
-	maps.Copy(devs, n.devices)
-	n.mu.Unlock()
-	errs := make(chan error, len(devs))
-	for id, dev := range devs {
+	vols := n.vols.All()
+	errs := make(chan error, len(vols))
+	for _, at := range vols {
 		go func() {
-			err := dev.Drain()
+			err := at.Drain()
 			if err != nil {
-				err = fmt.Errorf("driver: drain volume %s: %w", id, err)
+				err = fmt.Errorf("driver: drain volume %s: %w", at.ID(), err)
 			}
 			errs <- err
 		}()
 	}
 	var all []error
-	for range devs {
+	for range vols {
 		select {
 		case err := <-errs:
 			all = append(all, err)

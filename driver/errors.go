@@ -1,12 +1,14 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"syscall"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/nodevolume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -27,13 +29,19 @@ var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin'
 //	blockstore.ErrInvalidArgument, ErrOutOfRange      InvalidArgument
 //	export.ErrLeftovers (the export is gone)          FailedPrecondition: an earlier run's export,
 //	                                                  whose server died with it, is in the way
-//	                                                  until the volume is unstaged
+//	                                                  until the volume is unpublished and unstaged
 //	export.ErrBusy, EBUSY (the device is busy)        FailedPrecondition: something holds the
-//	                                                  device or mount; retry once it lets go
+//	                                                  device or mount, or its node is still bound
+//	                                                  at a target path; retry once it lets go
+//	nodevolume.ErrNotAttached                         FailedPrecondition: the volume is not staged
+//	nodevolume.ErrConflict                            AlreadyExists: staged otherwise (another
+//	                                                  staging path or capability)
+//	nodevolume.ErrInvalid                             InvalidArgument
 //	export.ErrUnsupported                             Unimplemented: this node lacks what the
 //	                                                  export method needs
 //	export.ErrExists                                  Aborted: another operation on the volume's
 //	                                                  export is under way
+//	context.Canceled, DeadlineExceeded                Canceled, DeadlineExceeded
 //	anything else (export.ErrInvalid, mount and       Internal
 //	file system errors)
 //
@@ -76,14 +84,22 @@ func codeOf(err error) codes.Code {
 		return codes.AlreadyExists
 	case errors.Is(err, blockstore.ErrNoSpace), errors.Is(err, blockstore.ErrOverProvisioned):
 		return codes.ResourceExhausted
-	case errors.Is(err, blockstore.ErrInvalidArgument), errors.Is(err, blockstore.ErrOutOfRange):
+	case errors.Is(err, blockstore.ErrInvalidArgument), errors.Is(err, blockstore.ErrOutOfRange),
+		errors.Is(err, nodevolume.ErrInvalid):
 		return codes.InvalidArgument
-	case errors.Is(err, export.ErrLeftovers), errors.Is(err, export.ErrBusy), errors.Is(err, syscall.EBUSY):
+	case errors.Is(err, export.ErrLeftovers), errors.Is(err, export.ErrBusy), errors.Is(err, syscall.EBUSY),
+		errors.Is(err, nodevolume.ErrNotAttached):
 		return codes.FailedPrecondition
+	case errors.Is(err, nodevolume.ErrConflict):
+		return codes.AlreadyExists
 	case errors.Is(err, export.ErrUnsupported):
 		return codes.Unimplemented
 	case errors.Is(err, export.ErrExists):
 		return codes.Aborted
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
 	default:
 		return codes.Internal
 	}

@@ -83,7 +83,7 @@ func TestNodeExpandBlock(t *testing.T) {
 	resp, err := e.n.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol, VolumePath: target})
 	require.NoError(t, err)
 	require.Equal(t, want, resp.GetCapacityBytes())
-	require.Zero(t, e.n.locks.held())
+	require.Zero(t, e.n.locks.Held())
 }
 
 // alignedBlock returns a 4 KiB buffer aligned for O_DIRECT.

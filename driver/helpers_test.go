@@ -11,6 +11,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/nodetest"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -91,18 +92,7 @@ func (f *failFile) Size() (int64, error) {
 // (fsck) and closes it unless the test closed or failed it.
 func mustOpenPool(t *testing.T) *blockstore.Pool {
 	t.Helper()
-	p, err := blockstore.Create(filepath.Join(t.TempDir(), "pool"), blockstore.Options{Size: testPoolSz})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		rep, err := p.Check(false)
-		if err != nil {
-			require.ErrorIs(t, err, blockstore.ErrClosed)
-			return
-		}
-		require.True(t, rep.OK(), "fsck: %s", rep)
-		require.NoError(t, p.Close())
-	})
-	return p
+	return nodetest.Pool(t, filepath.Join(t.TempDir(), "pool"), testPoolSz)
 }
 
 // mustOpenFailablePool is mustOpenPool on a file that the test can make fail.

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // scrape GETs /metrics from h as Prometheus would and parses the text format.
@@ -88,7 +89,7 @@ func TestMetrics(t *testing.T) {
 	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-served)
-		requireNoExports(t, exp, dir, stateDir)
+		nodetest.RequireNothingLeft(t, dir, stateDir)
 	})
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

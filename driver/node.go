@@ -6,18 +6,17 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"slices"
 	"sync"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/keylock"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // NodeConfig configures the Node service.
@@ -29,31 +28,33 @@ type NodeConfig struct {
 	DefaultFSType string
 }
 
-// nodeServer is the CSI Node service. NodeStageVolume exports the volume as a block device and,
-// for mount access, formats it if blank and mounts it at the staging path; NodePublishVolume
-// bind-mounts the staging path (or, for block access, the device) at the target path.
+// nodeServer is the CSI Node service. NodeStageVolume attaches the volume (package nodevolume:
+// exported as a block device and, for mount access, formatted if blank and mounted at the
+// staging path); NodePublishVolume bind-mounts the staging path (or, for block access, the
+// device) at the target path. The CSI rules (which path, which capability, access modes, error
+// codes) are this file's; the mounts and exports are nodevolume's.
 type nodeServer struct {
 	csi.UnimplementedNodeServer
-	cfg     *Config
-	pool    *blockstore.Pool
-	ids     ids
-	exp     export.Exporter
-	mounter *mount.SafeFormatAndMount
-	fsType  string
-	size    sizing
-	locks   *keyLocks   // per volume ID: stage, unstage, publish, unpublish, expand
-	io      *ioCounters // the I/O of every export, for the metrics
-	gate    *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
+	cfg    *Config
+	pool   *blockstore.Pool
+	ids    ids
+	fsType string
+	size   sizing
+	// vols attaches the volumes, by CSI volume ID (the export id), and holds the leftovers of an
+	// earlier run of the plugin: their devices have no server, so their I/O fails (or, served
+	// from caches, seems to work and is lost); they stay, reported INACCESSIBLE, until the
+	// kubelet unpublishes and unstages them (nodevolume's doc says why).
+	vols *nodevolume.Attacher
+	// locks serializes stage, unstage, publish, unpublish and expand per CSI volume ID, across
+	// their mounts and file system tools.
+	locks keylock.Locks
+	io    *ioCounters // the I/O of every export, for the metrics
+	gate  *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
 
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
 
 	mu        sync.Mutex
-	devices   map[string]export.Device   // exported volumes by CSI volume ID; guarded by mu
 	published map[string]map[string]bool // target paths by CSI volume ID; guarded by mu
-	// dead holds the volumes whose export an earlier run of the plugin left: their devices
-	// have no server, so their I/O fails (or, served from caches, seems to work and is lost)
-	// until they are unstaged. Guarded by mu.
-	dead map[string]bool
 }
 
 // RegisterNode registers the Node service on s.
@@ -80,36 +81,27 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 	default:
 		return nil, fmt.Errorf("driver: node: default fs type %q: want ext4 or xfs", nc.DefaultFSType)
 	}
+	// Exports an earlier run of the plugin left (it was killed while volumes were staged):
+	// their FUSE servers are gone, so they only wait to be unpublished and unstaged.
+	vols, err := nodevolume.New(nc.Exporter, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("driver: node: %w", err)
+	}
+	for _, l := range vols.Leftovers() {
+		cfg.Logger.Warn("export left by an earlier run; it serves no I/O until unstaged and staged again",
+			"volume", l.ID, "devices", l.Devices, "mountedAt", l.MountPoints)
+	}
 	n := &nodeServer{
 		cfg:       cfg,
 		pool:      pool,
 		ids:       ids{tag: nodeTag(cfg.NodeID)},
-		exp:       nc.Exporter,
-		mounter:   &mount.SafeFormatAndMount{Interface: newMounter(), Exec: utilexec.New()},
+		vols:      vols,
 		fsType:    nc.DefaultFSType,
 		size:      newSizing(cfg, pool),
-		locks:     newKeyLocks(),
 		gate:      newIOGate(),
-		devices:   make(map[string]export.Device),
 		published: make(map[string]map[string]bool),
-		dead:      make(map[string]bool),
 	}
-	n.io = &ioCounters{exported: func() int {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return len(n.devices)
-	}}
-	// Exports an earlier run of the plugin left (it was killed while volumes were staged):
-	// their FUSE servers are gone, so they only wait to be unpublished and unstaged.
-	left, err := n.exp.Leftovers()
-	if err != nil {
-		return nil, fmt.Errorf("driver: node: find exports left by an earlier run: %w", err)
-	}
-	for _, l := range left {
-		n.dead[l.ID] = true
-		cfg.Logger.Warn("export left by an earlier run; it serves no I/O until unstaged and staged again",
-			"volume", l.ID, "devices", l.Devices, "mounted", l.Mounted)
-	}
+	n.io = &ioCounters{exported: vols.Len}
 	return n, nil
 }
 
@@ -185,34 +177,21 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	unlock, err := n.locks.Lock(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	dev, err := n.device(req.GetVolumeId(), vol)
-	if err != nil {
-		return nil, err
+	// Block access: the device alone (NodePublishVolume binds it at the target path).
+	spec := nodevolume.Spec{ID: req.GetVolumeId(), Disk: exportDisk{Volume: vol, c: n.io, gate: n.gate}}
+	if mnt := c.GetMount(); mnt != nil {
+		spec.MountPoint, spec.FSType, spec.Format, spec.MountOptions = staging, fsType, true, mnt.GetMountFlags()
 	}
-	mnt := c.GetMount()
-	if mnt == nil {
-		return &csi.NodeStageVolumeResponse{}, nil // block access: NodePublishVolume binds the device
-	}
-	if mounted, err := n.isMountPoint(staging); err != nil {
-		return nil, mapError(err, "staging_target_path %s", staging)
-	} else if mounted {
-		return &csi.NodeStageVolumeResponse{}, nil // staged already
-	}
-	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, mapError(err, "create staging_target_path %s", staging)
-	}
-	opts := slices.Clone(mnt.GetMountFlags())
-	if fsType == "xfs" {
-		opts = append(opts, "nouuid") // clones of one image share the file system's UUID
-	}
-	if err := n.mounter.FormatAndMount(dev.Path(), staging, fsType, opts); err != nil {
-		return nil, mapError(err, "format (if blank) and mount %s of volume %s at %s as %s",
-			dev.Path(), req.GetVolumeId(), staging, fsType)
+	if _, err := n.vols.Attach(ctx, spec); err != nil {
+		if errors.Is(err, export.ErrLeftovers) {
+			return nil, mapError(err, "volume %s: clear the export an earlier run left (unpublish and unstage the volume first)", req.GetVolumeId())
+		}
+		return nil, mapError(err, "stage volume %s at %s", req.GetVolumeId(), staging)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
@@ -240,61 +219,17 @@ func (n *nodeServer) stageFSType(c *csi.VolumeCapability, vc map[string]string) 
 	return n.fsType, nil
 }
 
-// device returns the volume's export, exporting it first if needed. REQUIRES the volume's lock.
-func (n *nodeServer) device(volumeID string, vol *blockstore.Volume) (export.Device, error) {
-	dev, ok := n.exported(volumeID)
-	if ok {
-		return dev, nil
-	}
-	// What an earlier run left for this volume is dead (its server is gone): clear it first.
-	// It stays in the way while a file system on it is mounted (the staging path of that run).
-	if err := n.exp.Cleanup(volumeID); err != nil {
-		if !errors.Is(err, export.ErrLeftovers) {
-			err = fmt.Errorf("%w: %w", export.ErrLeftovers, err)
-		}
-		return nil, mapError(err, "volume %s: clear the export an earlier run left (unpublish and unstage the volume first)", volumeID)
-	}
-	dev, err := n.exp.Export(volumeID, exportDisk{Volume: vol, c: n.io, gate: n.gate})
-	if err != nil {
-		return nil, mapError(err, "export volume %s as a block device", volumeID)
-	}
-	n.mu.Lock()
-	n.devices[volumeID] = dev
-	delete(n.dead, volumeID)
-	n.mu.Unlock()
-	return dev, nil
-}
-
-// exported returns the volume's export, if this run made one.
-func (n *nodeServer) exported(volumeID string) (export.Device, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	dev, ok := n.devices[volumeID]
-	return dev, ok
-}
-
 // lockVolumeID takes the lock of a volume ID of this node's pool (NOT_FOUND for a malformed or
 // foreign one), for calls that must work also when the volume is gone from the pool.
 func (n *nodeServer) lockVolumeID(ctx context.Context, volumeID string) (unlock func(), err error) {
 	if _, err := n.ids.parseVolumeID(volumeID); err != nil {
 		return nil, idError(err)
 	}
-	unlock, err = n.locks.lock(ctx, volumeID)
+	unlock, err = n.locks.Lock(ctx, volumeID)
 	if err != nil {
 		return nil, ctxError(err)
 	}
 	return unlock, nil
-}
-
-func (n *nodeServer) isMountPoint(path string) (bool, error) {
-	notMnt, err := n.mounter.IsLikelyNotMountPoint(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil && mount.IsCorruptedMnt(err) {
-		return true, nil // a mount whose server is gone: still a mount point, to be unmounted
-	}
-	return !notMnt, err
 }
 
 func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
@@ -311,25 +246,9 @@ func (n *nodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, err
 	}
 	defer unlock()
-	if err := mount.CleanupMountPoint(staging, n.mounter, true); err != nil {
-		return nil, mapError(err, "unmount staging_target_path %s", staging)
+	if err := n.vols.Detach(ctx, volumeID, staging); err != nil {
+		return nil, mapError(err, "unstage volume %s from %s", volumeID, staging)
 	}
-	dev, ok := n.exported(volumeID)
-	if ok {
-		if err := dev.Close(); err != nil {
-			return nil, mapError(err, "tear down the export of volume %s", volumeID)
-		}
-		n.mu.Lock()
-		delete(n.devices, volumeID)
-		n.mu.Unlock()
-		return &csi.NodeUnstageVolumeResponse{}, nil
-	}
-	if err := n.exp.Cleanup(volumeID); err != nil {
-		return nil, mapError(err, "tear down the export an earlier run left for volume %s", volumeID)
-	}
-	n.mu.Lock()
-	delete(n.dead, volumeID)
-	n.mu.Unlock()
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
@@ -349,12 +268,12 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if _, err := n.volume(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	unlock, err := n.locks.lock(ctx, req.GetVolumeId())
+	unlock, err := n.locks.Lock(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	if mounted, err := n.isMountPoint(target); err != nil {
+	if mounted, err := n.vols.IsMountPoint(target); err != nil {
 		return nil, mapError(err, "target_path %s", target)
 	} else if mounted {
 		return &csi.NodePublishVolumeResponse{}, nil // published already
@@ -364,33 +283,22 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is published at %s already", req.GetVolumeId(), other)
 		}
 	}
-	opts := []string{"bind"}
-	if req.GetReadonly() || c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY {
-		opts = append(opts, "ro")
-	}
+	readOnly := req.GetReadonly() || c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	var source string
 	if c.GetBlock() != nil {
-		dev, ok := n.exported(req.GetVolumeId())
+		at, ok := n.vols.Get(req.GetVolumeId())
 		if !ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", req.GetVolumeId())
 		}
-		source = dev.Path()
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
-		if err != nil {
-			return nil, mapError(err, "create target_path file %s for the block device", target)
-		}
-		f.Close()
+		source = at.DevicePath()
 	} else {
-		if mounted, err := n.isMountPoint(staging); err != nil || !mounted {
+		if mounted, err := n.vols.IsMountPoint(staging); err != nil || !mounted {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", req.GetVolumeId(), staging)
 		}
 		source = staging
-		if err := os.MkdirAll(target, 0o750); err != nil {
-			return nil, mapError(err, "create target_path %s", target)
-		}
 	}
-	if err := n.mounter.Mount(source, target, "", opts); err != nil {
-		return nil, mapError(err, "bind-mount %s at target_path %s", source, target)
+	if err := n.vols.BindMount(source, target, readOnly); err != nil {
+		return nil, mapError(err, "publish volume %s at target_path %s", req.GetVolumeId(), target)
 	}
 	n.mu.Lock()
 	if n.published[req.GetVolumeId()] == nil {
@@ -407,7 +315,7 @@ func (n *nodeServer) publishedAt(volumeID, target string) string {
 	defer n.mu.Unlock()
 	for t := range n.published[volumeID] {
 		if t != target {
-			if mounted, _ := n.isMountPoint(t); mounted {
+			if mounted, _ := n.vols.IsMountPoint(t); mounted {
 				return t
 			}
 		}
@@ -428,12 +336,8 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, err
 	}
 	defer unlock()
-	// CleanupMountPoint unmounts (also a mount whose server is gone) and removes the directory;
-	// a block target is a file, removed below.
-	if err := mount.CleanupMountPoint(target, n.mounter, true); err != nil {
-		if err := n.unmountFile(target); err != nil {
-			return nil, mapError(err, "unmount target_path %s", target)
-		}
+	if err := n.vols.Unmount(target); err != nil {
+		return nil, mapError(err, "unpublish volume %s from target_path %s", volumeID, target)
 	}
 	n.mu.Lock()
 	delete(n.published[volumeID], target)
@@ -442,17 +346,6 @@ func (n *nodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	}
 	n.mu.Unlock()
 	return &csi.NodeUnpublishVolumeResponse{}, nil
-}
-
-// unmountFile unmounts a bind mount on a file (a published block volume) and removes the file.
-func (n *nodeServer) unmountFile(path string) error {
-	if err := unix.Unmount(path, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
 }
 
 func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
@@ -500,10 +393,7 @@ func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolu
 		return nil, err
 	}
 	health := poolHealth(n.pool, n.checker)
-	n.mu.Lock()
-	dead := n.dead[req.GetVolumeId()]
-	n.mu.Unlock()
-	if dead {
+	if _, dead := n.vols.Leftover(req.GetVolumeId()); dead {
 		health = append(health, &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "ExportGone",
 			Message: "the volume's block device lost its server when the plugin restarted: unpublish and unstage it, then stage it again",
@@ -557,13 +447,12 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if growFS && !fi.IsDir() {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_path %s of mount volume %s is not a directory", path, volumeID)
 	}
-	unlock, err := n.locks.lock(ctx, volumeID)
+	unlock, err := n.locks.Lock(ctx, volumeID)
 	if err != nil {
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	dev, ok := n.exported(volumeID)
-	if !ok {
+	if _, ok := n.vols.Get(volumeID); !ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", volumeID)
 	}
 	vol, err := n.volume(volumeID) // its size may have changed while we waited
@@ -584,13 +473,12 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	case r.GetLimitBytes() > 0 && size > r.GetLimitBytes():
 		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, more than limit_bytes %d, and cannot shrink", volumeID, size, r.GetLimitBytes())
 	}
-	if err := dev.Resize(); err != nil {
-		return nil, mapError(err, "resize the block device %s of volume %s to %d bytes", dev.Path(), volumeID, size)
-	}
+	fsPath := "" // a block volume: the device only
 	if growFS {
-		if _, err := mount.NewResizeFs(n.mounter.Exec).Resize(dev.Path(), path); err != nil {
-			return nil, mapError(err, "grow the file system of volume %s on %s mounted at %s", volumeID, dev.Path(), path)
-		}
+		fsPath = path
+	}
+	if err := n.vols.Resize(ctx, volumeID, fsPath); err != nil {
+		return nil, mapError(err, "expand volume %s to %d bytes", volumeID, size)
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // TestErrorCodes: every sentinel of the table in errors.go gets its code, under any wrapping,
@@ -47,6 +48,11 @@ func TestErrorCodes(t *testing.T) {
 		{&os.PathError{Op: "unmount", Path: "/x", Err: syscall.EBUSY}, codes.FailedPrecondition},
 		{&export.Error{Op: "detect fuse-loop", Err: export.ErrUnsupported}, codes.Unimplemented},
 		{export.ErrExists, codes.Aborted},
+		{nodevolume.ErrNotAttached, codes.FailedPrecondition},
+		{nodevolume.ErrConflict, codes.AlreadyExists},
+		{nodevolume.ErrInvalid, codes.InvalidArgument},
+		{context.Canceled, codes.Canceled},
+		{context.DeadlineExceeded, codes.DeadlineExceeded},
 		{export.ErrInvalid, codes.Internal},
 		{&os.PathError{Op: "mkdir", Path: "/x", Err: syscall.EACCES}, codes.Internal},
 		{errors.New("other"), codes.Internal},
@@ -78,14 +84,14 @@ func TestNodeExportErrors(t *testing.T) {
 	// Busy: unstaging a block volume whose device another opener holds exclusively.
 	staging := filepath.Join(e.dir, "block-staging")
 	e.stage(t, vol, staging, blockCap(rwo))
-	dev, ok := e.n.exported(vol)
+	at, ok := e.n.vols.Get(vol)
 	require.True(t, ok)
-	holder, err := os.OpenFile(dev.Path(), os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	holder, err := os.OpenFile(at.DevicePath(), os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
 	require.NoError(t, err)
 	_, err = e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
 	requireCode(t, codes.FailedPrecondition, err)
 	require.ErrorIs(t, err, export.ErrBusy)
-	require.Contains(t, err.Error(), dev.Path())
+	require.Contains(t, err.Error(), at.DevicePath())
 	require.NoError(t, holder.Close())
 	_, err = e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
 	require.NoError(t, err, "once the holder let go")
@@ -100,10 +106,61 @@ func TestNodeExportErrors(t *testing.T) {
 	require.NoError(t, err)
 	second, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: exp2})
 	require.NoError(t, err)
-	require.True(t, second.dead[mounted], "the second run sees the first run's export as left behind")
+	_, left := second.vols.Leftover(mounted)
+	require.True(t, left, "the second run sees the first run's export as left behind")
 	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: mounted, StagingTargetPath: filepath.Join(e.dir, "second-staging"), VolumeCapability: mountCap(rwo, "ext4")})
 	requireCode(t, codes.FailedPrecondition, err)
 	require.ErrorIs(t, err, export.ErrLeftovers)
 	require.ErrorIs(t, err, export.ErrBusy)
 	require.Contains(t, status.Convert(err).Message(), "unpublish and unstage the volume first")
+}
+
+// TestNodeLeftoverPublishedBlock: after a restart, staging a block volume whose device an
+// earlier run published (its node bound at the target path, which a pod may still use) fails
+// FAILED_PRECONDITION and leaves the device alone: a bind mount of a device node does not hold
+// the device open, so tearing the export down would leave the pod's target pointing at a device
+// number that the next export (of any volume) gets. Once the kubelet unpublishes and unstages,
+// the volume stages afresh.
+func TestNodeLeftoverPublishedBlock(t *testing.T) {
+	e := newNodeEnv(t)
+	ctx := context.Background()
+	vol := e.createVolume(t, "blk", 16*mib)
+	staging, target := filepath.Join(e.dir, "blk-staging"), filepath.Join(e.dir, "blk-target")
+	_, err := e.n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: staging, VolumeCapability: blockCap(rwo)})
+	require.NoError(t, err)
+	_, err = e.n.NodePublishVolume(ctx, publishReq(vol, staging, target, blockCap(rwo)))
+	require.NoError(t, err)
+	var published unix.Stat_t
+	require.NoError(t, unix.Stat(target, &published))
+
+	// The second run (another exporter on the same state directory) finds the first's export.
+	exp2, err := export.Detect(export.Options{StateDir: e.stateDir})
+	require.NoError(t, err)
+	second, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: exp2})
+	require.NoError(t, err)
+	_, dead := second.vols.Leftover(vol)
+	require.True(t, dead, "the second run sees the first run's export as left behind")
+	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: staging, VolumeCapability: blockCap(rwo)})
+	requireCode(t, codes.FailedPrecondition, err)
+	require.ErrorIs(t, err, export.ErrLeftovers)
+	require.Contains(t, status.Convert(err).Message(), target, "the message names where the device is published")
+	left, err := exp2.Leftovers()
+	require.NoError(t, err)
+	require.Len(t, left, 1)
+	require.NotEmpty(t, left[0].Devices, "the first run's device is still attached")
+	var now unix.Stat_t
+	require.NoError(t, unix.Stat(target, &now))
+	require.Equal(t, published.Rdev, now.Rdev)
+
+	// The kubelet unpublishes and unstages through the second run; then the volume stages.
+	_, err = second.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target})
+	require.NoError(t, err)
+	_, err = second.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	require.NoError(t, err)
+	_, dead = second.vols.Leftover(vol)
+	require.False(t, dead)
+	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: staging, VolumeCapability: blockCap(rwo)})
+	require.NoError(t, err)
+	_, err = second.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	require.NoError(t, err)
 }

@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // nodeEnv is a Node service on a real pool and this node's export (FUSE + loop devices), with
@@ -31,19 +31,7 @@ type nodeEnv struct {
 // needKernel skips unless the test can attach loop devices, mount FUSE and make ext4.
 func needKernel(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mounts")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, tool := range []string{"mkfs.ext4", "blkid", "resize2fs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	nodetest.Need(t, "mkfs.ext4", "blkid", "resize2fs")
 }
 
 // newNodeEnv makes a nodeEnv; cleanup (after the unpublish and unstage cleanups that stage and
@@ -60,32 +48,8 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 	cfg.MaxVolumes = 5
 	n, err := newNodeServer(cfg, pool, NodeConfig{Exporter: exp})
 	require.NoError(t, err)
-	t.Cleanup(func() { requireNoExports(t, exp, dir, stateDir) })
+	t.Cleanup(func() { nodetest.RequireNothingLeft(t, dir, stateDir) })
 	return &nodeEnv{n: n, c: newControllerServer(cfg, pool), pool: pool, dir: dir, stateDir: stateDir}
-}
-
-// requireNoExports checks that nothing of an export is left: no leftovers, no mount under dir,
-// no loop device backed by a file under stateDir, no entry in stateDir.
-func requireNoExports(t *testing.T, exp export.Exporter, dir, stateDir string) {
-	t.Helper()
-	left, err := exp.Leftovers()
-	require.NoError(t, err)
-	require.Empty(t, left)
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	for _, line := range strings.Split(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 {
-			require.False(t, strings.HasPrefix(f[4], dir+"/"), "mount left: %s", line)
-		}
-	}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, _ := os.ReadFile(f)
-		require.False(t, strings.HasPrefix(string(b), stateDir+"/"), "%s backs onto %s", f, b)
-	}
-	ents, err := os.ReadDir(stateDir)
-	require.NoError(t, err)
-	require.Empty(t, ents, "entries left in the export state directory")
 }
 
 func (e *nodeEnv) createVolume(t *testing.T, name string, size int64) string {
@@ -267,6 +231,8 @@ func TestNodeValidationCodes(t *testing.T) {
 		{"stage: multi-node block mode", stage(cold, staging, readerMany), codes.InvalidArgument},
 		{"stage: unknown mode", stage(cold, staging, unknownMode), codes.InvalidArgument},
 		{"stage: btrfs", stage(cold, staging, btrfs), codes.InvalidArgument},
+		{"stage: staged at another path", stage(staged, staging, mountCap(snsw, "ext4")), codes.AlreadyExists},
+		{"stage: staged for mount, now block", stage(staged, stagedAt, blockCap(snsw)), codes.AlreadyExists},
 
 		{"publish: no volume_id", publish("", staging, target, ext4), codes.InvalidArgument},
 		{"publish: no target path", publish(cold, staging, "", ext4), codes.InvalidArgument},
@@ -324,9 +290,7 @@ func TestNodeValidationCodes(t *testing.T) {
 	// Nothing the refused calls touched is mounted or exported.
 	require.False(t, isMounted(t, staging))
 	require.False(t, isMounted(t, target))
-	e.n.mu.Lock()
-	require.Len(t, e.n.devices, 1, "only the staged volume is exported")
-	e.n.mu.Unlock()
+	require.Equal(t, 1, e.n.vols.Len(), "only the staged volume is exported")
 
 	// A single-writer volume moves to another target once unpublished from the first.
 	require.NoError(t, publish(staged, stagedAt, published, mountCap(snsw, "ext4"))(), "again at the same target")
@@ -336,7 +300,7 @@ func TestNodeValidationCodes(t *testing.T) {
 	// Other modes publish at several targets.
 	e.publish(t, staged, stagedAt, published, ext4)
 	e.publish(t, staged, stagedAt, target, ext4)
-	require.Zero(t, e.n.locks.held())
+	require.Zero(t, e.n.locks.Held())
 }
 
 // TestNodeIdempotent stages, publishes, unpublishes and unstages a mount and a block volume
@@ -387,8 +351,8 @@ func TestNodeIdempotent(t *testing.T) {
 				require.NoError(t, err)
 				require.False(t, isMounted(t, staging))
 			}
+			require.Zero(t, e.n.vols.Len())
 			e.n.mu.Lock()
-			require.Empty(t, e.n.devices)
 			require.Empty(t, e.n.published)
 			e.n.mu.Unlock()
 		})
@@ -398,7 +362,7 @@ func TestNodeIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	_, err = e.n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: e.n.ids.volumeID(999), TargetPath: filepath.Join(e.dir, "never")})
 	require.NoError(t, err)
-	require.Zero(t, e.n.locks.held())
+	require.Zero(t, e.n.locks.Held())
 }
 
 func mountinfo(t *testing.T) string {

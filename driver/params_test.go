@@ -200,9 +200,7 @@ func TestStageFSTypeFromContext(t *testing.T) {
 		requireCode(t, codes.InvalidArgument, err)
 		require.Contains(t, status.Convert(err).Message(), volumeContextFSType, name)
 	}
-	e.n.mu.Lock()
-	require.Empty(t, e.n.devices, "nothing exported")
-	e.n.mu.Unlock()
+	require.Zero(t, e.n.vols.Len(), "nothing exported")
 
 	require.NoError(t, os.MkdirAll(staging, 0o750))
 	_, err = e.n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,

@@ -53,9 +53,9 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, err
 	}
 
-	unlock, err := c.locks.lock(ctx, "snapshot-name/"+name)
+	unlock, err := c.locks.Lock(ctx, "snapshot-name/"+name)
 	if err != nil {
-		return nil, err
+		return nil, ctxError(err)
 	}
 	defer unlock()
 
@@ -96,9 +96,9 @@ func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	case err != nil:
 		return nil, idError(err)
 	}
-	unlock, err := c.locks.lock(ctx, "snapshot/"+strconv.FormatUint(uint64(id), 10))
+	unlock, err := c.locks.Lock(ctx, "snapshot/"+strconv.FormatUint(uint64(id), 10))
 	if err != nil {
-		return nil, err
+		return nil, ctxError(err)
 	}
 	defer unlock()
 	if err := c.pool.DeleteSnapshot(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {

@@ -262,7 +262,7 @@ func TestValidationCodes(t *testing.T) {
 	list, err := c.ListVolumes(ctx, &csi.ListVolumesRequest{})
 	require.NoError(t, err)
 	require.Len(t, list.GetEntries(), 1)
-	require.Zero(t, c.locks.held())
+	require.Zero(t, c.locks.Held())
 }
 
 // TestValidateVolumeCapabilities: supported sets are confirmed, unsupported ones are not (and

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // CreateClone makes a thin clone of an image's snapshot (O(1): nothing is copied), exports and
@@ -45,7 +46,7 @@ func (d *Daemon) CreateClone(ctx context.Context, req CloneRequest) (*Clone, err
 		return nil, err
 	}
 	defer d.unreserveClone(name)
-	unlock, err := d.locks.lock(ctx, cloneObject(name))
+	unlock, err := d.locks.Lock(ctx, cloneObject(name))
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +253,7 @@ func (d *Daemon) lockClone(ctx context.Context, name string) (*cloneRecord, cont
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	unlock, err := d.locks.lock(ctx, cloneObject(name))
+	unlock, err := d.locks.Lock(ctx, cloneObject(name))
 	if err != nil {
 		end()
 		return nil, nil, nil, err
@@ -273,7 +274,7 @@ func (d *Daemon) DeleteClone(ctx context.Context, name string) error {
 		return err
 	}
 	defer end()
-	unlock, err := d.locks.lock(ctx, cloneObject(name))
+	unlock, err := d.locks.Lock(ctx, cloneObject(name))
 	if err != nil {
 		return err
 	}
@@ -520,7 +521,7 @@ func (d *Daemon) quiesced(ctx context.Context, name string, fn func() error) err
 	if !mounted {
 		return fn()
 	}
-	thaw, err := freeze(d.cfg.cloneMount(name))
+	thaw, err := nodevolume.Freeze(d.cfg.cloneMount(name))
 	if err != nil {
 		return err
 	}

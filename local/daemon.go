@@ -17,8 +17,10 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/blockstore/provision"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
+	"github.com/dataimage/dataimage/internal/keylock"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // Daemon owns a home's pool and serves its images and clones: it implements Service in-process,
@@ -42,11 +44,16 @@ import (
 // guards nothing else; per-name locks (d.locks) serialize the operations on one image or clone,
 // and are held across what those operations run (exec, mount, builds, servers).
 type Daemon struct {
-	cfg   *settings
-	log   *slog.Logger
-	pool  *blockstore.Pool
-	exp   export.Exporter
-	locks *keyLocks
+	cfg  *settings
+	log  *slog.Logger
+	pool *blockstore.Pool
+	// vols attaches the volumes of builds and clones (export, file system, mount); at start it
+	// holds what a previous daemon left, which recover tears down.
+	vols *nodevolume.Attacher
+	// locks serializes the operations on one image or clone, by name, and lets operations on
+	// different names run side by side. Keys: "image/<name>", "clone/<name>" (the pool object
+	// names).
+	locks keylock.Locks
 
 	// ctx ends when Close starts: every operation's context ends with it.
 	ctx    context.Context
@@ -82,8 +89,8 @@ type Daemon struct {
 // cloneRuntime is a clone's run-time state. Its fields change under Daemon.mu, by the holder of
 // the clone's name lock, except failure (also set by the server's watcher).
 type cloneRuntime struct {
-	dev  export.Device   // the clone volume's export while its file system is mounted
-	inst engine.Instance // the server while it runs (or until it is found dead)
+	dev  *nodevolume.Attachment // the clone volume's attachment while its file system is mounted
+	inst engine.Instance        // the server while it runs (or until it is found dead)
 	// failure says why the server does not run although it should.
 	failure string
 }
@@ -108,7 +115,6 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 		cfg:     s,
 		log:     log,
 		pool:    pool,
-		locks:   newKeyLocks(),
 		engines: s.Engines,
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -122,8 +128,12 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 	if d.mu.cat, err = d.loadCatalog(newPool); err != nil {
 		return fail(err)
 	}
-	if d.exp, err = export.Detect(export.Options{StateDir: s.exportDir(), Logger: log}); err != nil {
+	exp, err := export.Detect(export.Options{StateDir: s.exportDir(), Logger: log})
+	if err != nil {
 		return fail(fmt.Errorf("local: volumes cannot reach the kernel: %w", err))
+	}
+	if d.vols, err = nodevolume.New(exp, log); err != nil {
+		return fail(fmt.Errorf("local: %w", err))
 	}
 	if _, err := d.engineSet(); err != nil {
 		log.Warn("no database engines found; builds and clones fail until one is installed", "err", err)
@@ -134,7 +144,7 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 	d.startClones()
 	st := pool.Stats()
 	log.Info("daemon ready", "home", s.Home, "pool", s.poolPath(), "capacity", st.PhysicalBytes, "used", st.UsedBytes,
-		"images", len(d.mu.cat.Images), "clones", len(d.mu.cat.Clones), "export", d.exp.Name())
+		"images", len(d.mu.cat.Images), "clones", len(d.mu.cat.Clones), "export", exp.Name())
 	return d, nil
 }
 
@@ -271,7 +281,7 @@ func (d *Daemon) engineSet() (engine.Set, error) {
 	if d.engines != nil {
 		return d.engines, nil
 	}
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	if err != nil {
 		return nil, fmt.Errorf("local: discover database engines: %w", err)
 	}

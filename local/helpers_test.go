@@ -22,8 +22,10 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // daemonChildEnv makes the test binary run a daemon (RunDaemon) for the home it names instead
@@ -105,7 +107,7 @@ var discovered struct {
 func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 	t.Helper()
 	needKernel(t)
-	discovered.once.Do(func() { discovered.set, discovered.err = builder.Discover() })
+	discovered.once.Do(func() { discovered.set, discovered.err = registry.Discover() })
 	for _, e := range discovered.set {
 		if e.Kind() == kind {
 			return e
@@ -115,15 +117,11 @@ func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 	return nil
 }
 
-// testDir returns a new directory that the database servers' users can traverse (t.TempDir is
-// 0700, and so is its parent).
+// testDir returns a new directory that the database servers' users can traverse (see
+// enginetest.Root).
 func testDir(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		require.NoError(t, os.Chmod(d, 0o711))
-	}
-	return dir
+	return enginetest.Root(t)
 }
 
 // testLog returns a logger writing to a file, whose content is printed when the test fails.
@@ -174,11 +172,7 @@ func requireNothingLeft(t testing.TB, home string) {
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
 	require.NotContains(t, string(mi), home+"/", "mounts under the home")
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, l := range loops {
-		b, _ := os.ReadFile(l)
-		require.False(t, strings.HasPrefix(string(b), home+"/"), "%s backs onto %s", l, b)
-	}
+	require.Empty(t, nodetest.LoopDevicesOn(t, home), "loop devices backed by files under the home")
 	exp, err := export.Detect(export.Options{StateDir: filepath.Join(home, "export")})
 	require.NoError(t, err)
 	left, err := exp.Leftovers()
@@ -308,17 +302,24 @@ func sourceServer(t testing.TB, eng engine.Engine, setup string) (engine.Instanc
 	return inst, run
 }
 
+// serverUser is the OS user the servers of kind run as.
+func serverUser(t testing.TB, kind imagebuilder.Engine) *engine.User {
+	t.Helper()
+	u, err := needEngine(t, kind).User("")
+	require.NoError(t, err)
+	return u
+}
+
 // serverUserCommand runs a tool as the servers' OS user, writing its standard output to stdout
 // (a file root opens) when not nil.
 func serverUserCommand(t testing.TB, kind imagebuilder.Engine, stdout *os.File, name string, args ...string) {
 	t.Helper()
-	u, err := engine.ResolveUser("", serverUser(kind))
-	require.NoError(t, err)
+	u := serverUser(t, kind)
 	cmd := u.Command(context.Background(), "", name, args)
 	if stdout != nil {
 		cmd.Stdout = stdout
 	}
-	_, err = engine.Run(cmd)
+	_, err := engine.Run(cmd)
 	require.NoError(t, err)
 }
 

@@ -14,7 +14,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -60,11 +59,11 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	}
 	// Whatever happens below, the build volume goes: on success it is frozen as the image first.
 	mnt, exportID := d.cfg.buildMount(name), buildExportID(name)
-	var dev export.Device // while attached
+	attached := false
 	cleanup := func() error {
 		var errs []error
-		if dev != nil {
-			errs = append(errs, d.detach(exportID, dev, mnt))
+		if attached {
+			errs = append(errs, d.detach(exportID, mnt))
 		}
 		if err := d.pool.DeleteVolume(vol.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("local: delete build volume %s: %w", vol.Name, err))
@@ -82,11 +81,11 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	}
 
 	report(BuildEvent{Step: "filesystem", Message: "making an ext4 file system"})
-	dev, err = d.attach(exportID, vol.ID, mnt, true)
-	if err != nil {
+	if _, err := d.attach(ctx, exportID, vol.ID, mnt, true); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
-	if err := runtimeDir(d.cfg.buildRun(name), def.NormalizedEngine()); err != nil {
+	attached = true
+	if err := runtimeDir(d.cfg.buildRun(name)); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
 	res, err := builder.Build(ctx, builder.Request{
@@ -109,10 +108,10 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	}
 
 	report(BuildEvent{Step: "freeze", Message: "unmounting and freezing the volume as the image"})
-	if err := d.detach(exportID, dev, mnt); err != nil {
+	if err := d.detach(exportID, mnt); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
-	dev = nil
+	attached = false
 	snap, err := d.pool.CreateSnapshot(vol.ID, imageObject(name))
 	if err != nil {
 		return failed(fmt.Errorf("local: build image %s: freeze it as snapshot %s: %w", name, imageObject(name), storeError(err)))
@@ -354,7 +353,7 @@ func (d *Daemon) DeleteImage(ctx context.Context, name string) error {
 		return err
 	}
 	defer end()
-	unlock, err := d.locks.lock(ctx, imageObject(name))
+	unlock, err := d.locks.Lock(ctx, imageObject(name))
 	if err != nil {
 		return err
 	}
@@ -419,7 +418,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 			return nil, err
 		}
 	}
-	unlock, err := d.locks.lock(ctx, cloneObject(req.Clone))
+	unlock, err := d.locks.Lock(ctx, cloneObject(req.Clone))
 	if err != nil {
 		return nil, err
 	}

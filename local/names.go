@@ -1,12 +1,10 @@
 package local
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"strings"
-	"sync"
 )
 
 // Names of images, clones and revisions follow the image definition's rule for names: ASCII
@@ -76,51 +74,4 @@ func generatedCloneName(image string) string {
 		image = strings.TrimRight(image[:maxNameLen-len(suffix)], "-_.")
 	}
 	return image + suffix
-}
-
-// keyLocks serializes the operations on one image or clone, by name, and lets operations on
-// different names run side by side: there is no lock around the service as a whole. A waiter
-// gives up when its context ends. Keys: "image/<name>", "clone/<name>" (the pool object names).
-type keyLocks struct {
-	mu   sync.Mutex          // guards keys
-	keys map[string]*keyLock // keys locked or waited for
-}
-
-type keyLock struct {
-	sem  chan struct{} // holds one token while the key is locked
-	refs int           // holders and waiters; REQUIRES keyLocks.mu
-}
-
-func newKeyLocks() *keyLocks { return &keyLocks{keys: make(map[string]*keyLock)} }
-
-// lock waits until key is free or ctx ends, and returns the function that unlocks it.
-func (l *keyLocks) lock(ctx context.Context, key string) (unlock func(), err error) {
-	l.mu.Lock()
-	k := l.keys[key]
-	if k == nil {
-		k = &keyLock{sem: make(chan struct{}, 1)}
-		l.keys[key] = k
-	}
-	k.refs++
-	l.mu.Unlock()
-
-	select {
-	case k.sem <- struct{}{}:
-		return func() {
-			<-k.sem
-			l.release(key, k)
-		}, nil
-	case <-ctx.Done():
-		l.release(key, k)
-		return nil, fmt.Errorf("local: wait for %s: %w", key, ctx.Err())
-	}
-}
-
-func (l *keyLocks) release(key string, k *keyLock) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	k.refs--
-	if k.refs == 0 {
-		delete(l.keys, key)
-	}
 }

@@ -15,6 +15,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // recover cleans up what a previous daemon left, in the order the kernel needs: the servers that
@@ -25,13 +26,11 @@ func (d *Daemon) recover() error {
 	if err := d.unmountLeftovers(); err != nil {
 		return err
 	}
-	left, err := d.exp.Leftovers()
-	if err != nil {
-		return fmt.Errorf("local: find exports a previous daemon left: %w", err)
-	}
-	for _, l := range left {
-		d.log.Warn("tearing down an export a previous daemon left", "export", l.ID, "devices", l.Devices, "mounted", l.Mounted)
-		if err := d.exp.Cleanup(l.ID); err != nil {
+	// The daemon owns its mount points and the servers on them, and restarts the clones itself:
+	// what a previous daemon left is torn down, never kept (nodevolume's doc on leftovers).
+	for _, l := range d.vols.Leftovers() {
+		d.log.Warn("tearing down an export a previous daemon left", "export", l.ID, "devices", l.Devices, "mountedAt", l.MountPoints)
+		if err := d.vols.Detach(d.ctx, l.ID, ""); err != nil {
 			return fmt.Errorf("local: tear down the export %s a previous daemon left: %w", l.ID, err)
 		}
 	}
@@ -129,7 +128,9 @@ func (d *Daemon) unmountLeftovers() error {
 	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
 	for _, p := range points {
 		d.log.Warn("unmounting a file system a previous daemon left", "mountPoint", p)
-		thawLeftover(p)
+		// A daemon that died saving a revision left it frozen, and a frozen file system
+		// cannot be unmounted; not frozen (EINVAL) is the usual answer.
+		_ = nodevolume.Thaw(p)
 		if err := unmountRetry(p); err != nil {
 			return fmt.Errorf("local: unmount %s, left by a previous daemon: %w", p, err)
 		}
@@ -145,17 +146,6 @@ func (d *Daemon) unmountLeftovers() error {
 		}
 	}
 	return nil
-}
-
-// thawLeftover thaws the file system at p, in case a daemon died while it was frozen (saving a
-// revision): a frozen file system cannot be unmounted. Not being frozen is the usual answer.
-func thawLeftover(p string) {
-	f, err := os.Open(p)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	_ = unix.IoctlSetInt(int(f.Fd()), ioctlFITHAW, 0)
 }
 
 // unmountRetry unmounts the file system at p, retrying for a few seconds while it is busy (the

@@ -19,6 +19,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // TestRestart: a daemon closed cleanly stops its clones' servers and leaves nothing mounted or
@@ -209,7 +210,7 @@ func TestDaemonKilledFailsCloneIO(t *testing.T) {
 	require.True(t, holdsDevFUSE(daemonPID), "the daemon serves the clone's export")
 
 	// (ii) Killing the daemon makes the clone's I/O fail promptly.
-	loops := loopsUnder(t, filepath.Join(home, "export"))
+	loops := nodetest.LoopDevicesOn(t, filepath.Join(home, "export"))
 	require.NotEmpty(t, loops, "the clone's loop device")
 	require.NoError(t, syscall.Kill(daemonPID, syscall.SIGKILL))
 	require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon exits")
@@ -288,20 +289,6 @@ func holdsDevFUSE(pid int) bool {
 		}
 	}
 	return false
-}
-
-// loopsUnder returns the loop devices whose backing files lie under dir.
-func loopsUnder(t testing.TB, dir string) []string {
-	t.Helper()
-	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	require.NoError(t, err)
-	var out []string
-	for _, f := range files {
-		if b, _ := os.ReadFile(f); strings.HasPrefix(string(b), dir+"/") {
-			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
-		}
-	}
-	return out
 }
 
 var errDeadline = errors.New("no answer before the deadline")

@@ -15,24 +15,13 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // needRoot skips unless the test runs as root with /dev/fuse, loop devices and the named tools.
 func needRoot(t testing.TB, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps)", tool)
-		}
-	}
+	nodetest.Need(t, tools...)
 }
 
 // newPool creates a sparse pool file of size bytes in a temp dir; it is checked and closed at

@@ -49,15 +49,11 @@ package builder
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb"
-	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 )
 
 // The steps of a build, as Event.Step, StepTime.Step and StepError.Step name them.
@@ -149,19 +145,4 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	return b.run(ctx)
-}
-
-// Discover returns every engine installed on this machine: the PostgreSQL and MariaDB/MySQL
-// servers the adapters find in their standard places. An installation that cannot be used is
-// skipped; the error is returned only when no engine is found at all.
-func Discover() (engine.Set, error) {
-	pg, pgErr := postgres.Discover(postgres.Options{})
-	my, myErr := mariadb.Discover(mariadb.Options{})
-	set := append(engine.Set(pg), my...)
-	if len(set) == 0 {
-		if err := errors.Join(pgErr, myErr); err != nil {
-			return nil, fmt.Errorf("builder: discover engines: %w", err)
-		}
-	}
-	return set, nil
 }

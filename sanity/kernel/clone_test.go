@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/nodetest"
 	"github.com/dataimage/dataimage/sanity"
 )
 
@@ -40,7 +41,7 @@ func TestClonesThroughKernel(t *testing.T) {
 	t.Run("xfs", func(t *testing.T) { p.fileSystemClones(t, "xfs", 320*mib) }) // mkfs.xfs wants 300 MiB
 	t.Run("block", p.blockClones)
 
-	requireNothingLeft(t, p.dir, p.stateDir)
+	nodetest.RequireNothingLeft(t, p.dir, p.stateDir)
 	require.Empty(t, p.pool.Volumes(), "the subtests delete their volumes")
 	rep, err := p.pool.Check(false)
 	require.NoError(t, err)
@@ -64,7 +65,7 @@ func (p *inProcess) fileSystemClones(t *testing.T, fsType string, size int64) {
 
 	// Writes to the clone stay in the clone.
 	cloneWrites := writeFiles(t, clonePath, "c", 2)
-	writeFile(t, filepath.Join(clonePath, "a0"), []byte("changed in the clone\n"))
+	nodetest.WriteSynced(t, filepath.Join(clonePath, "a0"), []byte("changed in the clone\n"))
 	cloneNow := merge(atSnap, cloneWrites)
 	cloneNow["a0"] = sum([]byte("changed in the clone\n"))
 	require.Equal(t, cloneNow, readSums(t, clonePath))
@@ -74,7 +75,7 @@ func (p *inProcess) fileSystemClones(t *testing.T, fsType string, size int64) {
 	srcWrites := writeFiles(t, srcPath, "b", 2)
 	newA1 := make([]byte, 128<<10)
 	_, _ = rand.Read(newA1)
-	writeFile(t, filepath.Join(srcPath, "a1"), newA1)
+	nodetest.WriteSynced(t, filepath.Join(srcPath, "a1"), newA1)
 	srcNow := merge(atSnap, srcWrites)
 	srcNow["a1"] = sum(newA1)
 	require.Equal(t, srcNow, readSums(t, srcPath))
@@ -114,7 +115,7 @@ func (p *inProcess) fileSystemClones(t *testing.T, fsType string, size int64) {
 	p.unpublishUnstage(t, name("copy"), copied)
 	p.deleteVolume(t, clone)
 	p.deleteVolume(t, copied)
-	requireNothingLeft(t, p.dir, p.stateDir)
+	nodetest.RequireNothingLeft(t, p.dir, p.stateDir)
 }
 
 // blockClones writes a pattern with O_DIRECT to a published block volume, snapshots and clones
@@ -183,5 +184,5 @@ func (p *inProcess) blockClones(t *testing.T) {
 	p.deleteVolume(t, clone)
 	_, err = p.ctrl.DeleteSnapshot(rpcContext(t), &csi.DeleteSnapshotRequest{SnapshotId: snap})
 	require.NoError(t, err)
-	requireNothingLeft(t, p.dir, p.stateDir)
+	nodetest.RequireNothingLeft(t, p.dir, p.stateDir)
 }

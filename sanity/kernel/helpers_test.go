@@ -5,14 +5,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"io"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -24,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 const mib = int64(1 << 20)
@@ -33,19 +30,7 @@ var rwo = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
 // needKernel skips unless the test can attach loop devices, mount FUSE and make ext4 and xfs.
 func needKernel(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices and mounts")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, tool := range []string{"mkfs.ext4", "mkfs.xfs", "blkid"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps)", tool)
-		}
-	}
+	nodetest.Need(t, "mkfs.ext4", "mkfs.xfs", "blkid")
 }
 
 func mountCap(fsType string) *csi.VolumeCapability {
@@ -188,59 +173,13 @@ func (c *client) unpublishUnstage(t *testing.T, label, vol string) {
 	require.False(t, mountedUnder(t, filepath.Join(c.dir, label)), "%s is still mounted", label)
 }
 
-// mounts returns the mount points at or under dir, deepest first.
-func mounts(t *testing.T, dir string) []string {
-	t.Helper()
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	var out []string
-	for _, line := range strings.Split(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			out = append(out, f[4])
-		}
-	}
-	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
-	return out
-}
-
-func mountedUnder(t *testing.T, dir string) bool { return len(mounts(t, dir)) > 0 }
-
-// loopDevicesOn returns the loop devices whose backing file is under dir.
-func loopDevicesOn(t *testing.T, dir string) []string {
-	t.Helper()
-	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	require.NoError(t, err)
-	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		if strings.HasPrefix(strings.TrimSpace(string(b)), dir+"/") {
-			out = append(out, strings.Split(f, "/")[3])
-		}
-	}
-	return out
-}
-
-// requireNothingLeft checks that no mount is left under dir, no loop device is backed by a file
-// under stateDir, and stateDir is empty.
-func requireNothingLeft(t *testing.T, dir, stateDir string) {
-	t.Helper()
-	require.Empty(t, mounts(t, dir), "mounts left")
-	require.Empty(t, loopDevicesOn(t, stateDir), "loop devices left")
-	ents, err := os.ReadDir(stateDir)
-	if !errors.Is(err, os.ErrNotExist) {
-		require.NoError(t, err)
-		require.Empty(t, ents, "entries left in the export state directory")
-	}
-}
+func mountedUnder(t *testing.T, dir string) bool { return len(nodetest.Mounts(t, dir)) > 0 }
 
 // forceTeardown unmounts everything under dir and tears down every export under stateDir:
 // the cleanup of a test whose plugin may be dead.
 func forceTeardown(t *testing.T, dir, stateDir string) {
 	t.Helper()
-	for _, m := range mounts(t, dir) {
+	for _, m := range nodetest.Mounts(t, dir) {
 		if err := unix.Unmount(m, 0); err != nil {
 			t.Logf("teardown: unmount %s: %v; detaching", m, err)
 			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
@@ -283,21 +222,10 @@ func writeFiles(t *testing.T, dir, prefix string, n int) map[string]string {
 		name := prefix + string(rune('0'+i))
 		data := make([]byte, 64<<10+i*(240<<10))
 		_, _ = rand.Read(data)
-		writeFile(t, filepath.Join(dir, name), data)
+		nodetest.WriteSynced(t, filepath.Join(dir, name), data)
 		sums[name] = sum(data)
 	}
 	return sums
-}
-
-// writeFile writes a file and fsyncs it.
-func writeFile(t *testing.T, path string, data []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	require.NoError(t, err)
-	_, err = f.Write(data)
-	require.NoError(t, err)
-	require.NoError(t, f.Sync())
-	require.NoError(t, f.Close())
 }
 
 func sum(b []byte) string {

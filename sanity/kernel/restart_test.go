@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // buildPlugin builds cmd/dataimage-csi into a temp dir and returns the binary's path.
@@ -129,12 +130,12 @@ func (e *restartEnv) publishAndKill(t *testing.T) (*process, *client, string, st
 	target := c.stagePublish(t, "vol", vol, vc)
 	data := make([]byte, 1<<20)
 	_, _ = rand.Read(data)
-	writeFile(t, filepath.Join(target, "before-kill"), data)
+	nodetest.WriteSynced(t, filepath.Join(target, "before-kill"), data)
 
 	require.Error(t, first.stop(t, syscall.SIGKILL))
 	// The FUSE server died with the plugin: the mounts and the loop device are still there.
-	require.NotEmpty(t, mounts(t, e.paths))
-	require.NotEmpty(t, loopDevicesOn(t, e.stateDir))
+	require.NotEmpty(t, nodetest.Mounts(t, e.paths))
+	require.NotEmpty(t, nodetest.LoopDevicesOn(t, e.stateDir))
 
 	second, c := e.start(t)
 	logs, err := os.ReadFile(e.logPath)
@@ -154,7 +155,7 @@ func TestRestartAfterKill(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.node.NodeUnstageVolume(rpcContext(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: c.stagingPath("vol")})
 	require.NoError(t, err)
-	requireNothingLeft(t, e.paths, e.stateDir)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
 
 	// Staged anew, the volume holds the data fsynced before the kill.
 	vc := mountCap("ext4")
@@ -163,7 +164,7 @@ func TestRestartAfterKill(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(data, got), "the file written before the kill differs")
 	c.unpublishUnstage(t, "vol", vol)
-	requireNothingLeft(t, e.paths, e.stateDir)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
 
 	require.NoError(t, second.stop(t, syscall.SIGTERM), "exit status after SIGTERM")
 	_, err = os.Stat(filepath.Join(e.dir, "csi.sock"))
@@ -200,6 +201,6 @@ func TestHealthAfterKill(t *testing.T) {
 	}
 	// Unpublish, unstage and stop, as in TestRestartAfterKill.
 	c.unpublishUnstage(t, "vol", vol)
-	requireNothingLeft(t, e.paths, e.stateDir)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
 	require.NoError(t, second.stop(t, syscall.SIGTERM))
 }

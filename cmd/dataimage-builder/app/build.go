@@ -14,6 +14,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
@@ -46,7 +47,11 @@ func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.
 		return refused(err)
 	}
 	defer cleanup()
-	if err := prepareRoot(c.Root, runtimeDir, def.NormalizedEngine(), c.RunAs); err != nil {
+	eng, err := engines.Lookup(def.NormalizedEngine(), version)
+	if err != nil {
+		return refused(err)
+	}
+	if err := prepareRoot(c.Root, runtimeDir, eng, c.RunAs); err != nil {
 		return refused(err)
 	}
 	event(local.BuildEvent{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
@@ -86,7 +91,7 @@ func validate(c Config) (*imagebuilder.Definition, imagebuilder.ValidationEnv, e
 	if env.CheckPaths && c.BackupRoot == "" {
 		return nil, env, nil, ErrNoBackupRoot
 	}
-	engines, err := builder.Discover()
+	engines, err := registry.Discover()
 	if err != nil {
 		return nil, env, nil, fmt.Errorf("dataimage-builder: no database engine found on this machine: %w", err)
 	}
@@ -105,7 +110,7 @@ func validate(c Config) (*imagebuilder.Definition, imagebuilder.ValidationEnv, e
 // running as root, with the server running as another user — makes sure that user can reach
 // the root and the runtime directory: a fresh file system's root directory may be 0700, and
 // every parent must be traversable.
-func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string) error {
+func prepareRoot(root, runtimeDir string, eng engine.Engine, runAs string) error {
 	data := engine.DataDir(root)
 	if _, err := os.Lstat(data); err == nil {
 		return fmt.Errorf("%w: %s exists (build into a fresh volume)", ErrRootInUse, data)
@@ -115,7 +120,7 @@ func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string
 	var u *engine.User // the server's user, when it needs the directories opened to it
 	if os.Geteuid() == 0 {
 		var err error
-		if u, err = engine.ResolveUser(runAs, defaultUser(kind)); err != nil {
+		if u, err = eng.User(runAs); err != nil {
 			return fmt.Errorf("dataimage-builder: %w", err)
 		}
 		if u.UID == 0 {
@@ -163,14 +168,6 @@ func traversable(dir, user string) error {
 			return nil
 		}
 	}
-}
-
-// defaultUser is the OS user the servers of an engine run as by default.
-func defaultUser(kind imagebuilder.Engine) string {
-	if kind == imagebuilder.EnginePostgres {
-		return "postgres"
-	}
-	return "mysql"
 }
 
 // runtimeDir returns the server's runtime directory: dir when given (the build makes it), else

@@ -17,6 +17,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -24,7 +25,7 @@ import (
 // is "true": CI installs PostgreSQL, and a skip would hide a broken install).
 func requirePostgres(t *testing.T) engine.Engine {
 	t.Helper()
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	var pg engine.Engine
 	if err == nil {
 		for _, e := range set {
