@@ -36,21 +36,23 @@ func fuseSource(id string) string { return "dataimage:" + id }
 
 // fuseConn is an export's FUSE connection and its server.
 type fuseConn struct {
-	fd  int // the connection's descriptor; closed by close
+	fds []int // the connection's descriptors (Mount's, then its clones); closed by close
 	srv *fusedev.Server
 }
 
-// serveFUSE mounts a FUSE file system at dir whose one file is d, and serves it until it is
-// unmounted. On failure nothing is left mounted.
-func serveFUSE(dir, id string, d Disk, bs int, log *slog.Logger) (*fuseConn, error) {
+// mountFUSE mounts a new FUSE connection at dir whose one file is to be a Disk, negotiates INIT,
+// and returns the connection's descriptors and what INIT negotiated. Nothing serves it yet. On
+// failure nothing is left mounted.
+func mountFUSE(dir, id string, bs int, log *slog.Logger) ([]int, fusedev.Params, error) {
 	fd, err := fusedev.Mount(dir, fuseSource(id), fuseMaxWrite)
 	if err != nil {
-		return nil, err
+		return nil, fusedev.Params{}, err
 	}
-	fail := func(err error) (*fuseConn, error) {
+	fds := []int{fd}
+	fail := func(err error) ([]int, fusedev.Params, error) {
 		_, uerr := unmount(dir)
-		unix.Close(fd)
-		return nil, errors.Join(err, uerr)
+		closeFDs(fds)
+		return nil, fusedev.Params{}, errors.Join(err, uerr)
 	}
 	p, err := fusedev.Init(fd, fusedev.InitOptions{MaxWrite: fuseMaxWrite, MaxBackground: fuseMaxBackground, BlockSize: bs})
 	if err != nil {
@@ -60,26 +62,43 @@ func serveFUSE(dir, id string, d Disk, bs int, log *slog.Logger) (*fuseConn, err
 		log.Warn("FUSE requests time out on this node (fs.fuse.default_request_timeout / max_request_timeout): a server that stalls longer aborts the export",
 			"timeout", p.RequestTimeout)
 	}
-	srv, err := fusedev.Serve([]int{fd}, p, d, fusedev.Config{Logger: log})
-	if err != nil {
-		return fail(fmt.Errorf("serve FUSE: %w", err))
+	return fds, p, nil
+}
+
+// serveFUSE serves d on the connection mounted at dir, new (Serve) or left by an earlier server
+// (adopt: Adopt). On failure the connection is as it was and fds are still the caller's.
+func serveFUSE(dir string, fds []int, p fusedev.Params, d Disk, adopt bool, log *slog.Logger) (*fuseConn, error) {
+	cfg := fusedev.Config{Logger: log}
+	serve := fusedev.Serve
+	if adopt {
+		serve = fusedev.Adopt
 	}
-	c := &fuseConn{fd: fd, srv: srv}
+	srv, err := serve(fds, p, d, cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &fuseConn{fds: fds, srv: srv}
 	if err := pollProbe(dir); err != nil {
-		_, uerr := unmount(dir)
-		if uerr == nil {
-			srv.Wait()
+		if serr := srv.Stop(); serr != nil {
+			log.Error("stop the FUSE server after a failed probe", "err", serr)
 		}
-		unix.Close(fd)
-		return nil, errors.Join(err, uerr)
+		return nil, err
 	}
 	return c, nil
 }
 
-// close waits for the server to end (after the unmount) and closes the connection's descriptor.
+// close waits for the server to end (after the unmount) and closes the connection's descriptors.
 func (c *fuseConn) close() {
-	c.srv.Wait()
-	unix.Close(c.fd)
+	if c.srv != nil {
+		c.srv.Wait()
+	}
+	closeFDs(c.fds)
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
 }
 
 // pollProbe opens and polls the export's file once: the server answers FUSE_POLL with ENOSYS, and

@@ -14,10 +14,8 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/blockstore/export/filedisk"
 )
 
 const mib = 1 << 20
@@ -120,12 +119,12 @@ func run() error {
 			return err
 		}
 		defer os.Remove(path)
-		f, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0)
+		fd, err := filedisk.Open(path, syscall.O_DIRECT)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		disk = fileDisk{f: f, size: c.size}
+		defer fd.Close()
+		disk = fd
 	default:
 		return fmt.Errorf("-disk %q: want pool or file", c.disk)
 	}
@@ -313,24 +312,3 @@ func losetup(path string) (string, error) {
 	}
 	return strings.TrimSpace(string(out)), nil
 }
-
-// fileDisk is an export.Disk on an O_DIRECT file: the export's kernel path without the block
-// store.
-type fileDisk struct {
-	f    *os.File
-	size int64
-}
-
-func (d fileDisk) ReadAt(p []byte, off int64) (int, error) {
-	n, err := d.f.ReadAt(p, off)
-	if errors.Is(err, io.EOF) && n == len(p) {
-		err = nil
-	}
-	return n, err
-}
-func (d fileDisk) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
-func (d fileDisk) Flush() error                             { return d.f.Sync() }
-func (d fileDisk) Discard(off, n int64) error {
-	return syscall.Fallocate(int(d.f.Fd()), 0x01|0x02, off, n)
-}
-func (d fileDisk) Size() int64 { return d.size }

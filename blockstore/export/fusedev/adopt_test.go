@@ -5,7 +5,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,48 +13,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore/export/fusedev"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
-
-// holdingDisk is a memDisk whose writes, once armed, wait in WriteAt until released: a request the
-// server has read and not answered.
-type holdingDisk struct {
-	*memDisk
-	mu      sync.Mutex
-	armed   bool
-	entered chan struct{}
-	release chan struct{}
-}
-
-func (h *holdingDisk) arm() (entered <-chan struct{}, release func()) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.armed = true
-	h.entered, h.release = make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	rel := h.release
-	return h.entered, func() { once.Do(func() { close(rel) }) }
-}
-
-func (h *holdingDisk) WriteAt(p []byte, off int64) (int, error) {
-	h.mu.Lock()
-	armed, entered, release := h.armed, h.entered, h.release
-	h.armed = false
-	h.mu.Unlock()
-	if armed {
-		close(entered)
-		<-release
-	}
-	return h.memDisk.WriteAt(p, off)
-}
 
 // TestAdoptResends: a server reads a write and never answers it (it hangs in the Disk, as if
 // dead); a second server adopts the connection, the kernel sends it the write again
 // (FUSE_NOTIFY_RESEND), it answers, and the writer's call returns. The first server's late reply
 // is dropped by the kernel.
 func TestAdoptResends(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	md := newMemDisk(16 * mib)
-	stuck := &holdingDisk{memDisk: md}
+	stuck := &nodetest.HoldingDisk{Disk: md}
 	m := mountOnly(t)
 	require.True(t, m.params.CanResend(), "kernel %d.%d without FUSE_HAS_RESEND", 7, m.params.KernelMinor)
 	// One worker, which the held write keeps: the first server reads nothing else, as if dead.
@@ -63,7 +31,7 @@ func TestAdoptResends(t *testing.T) {
 	require.NoError(t, err)
 	f := openFile(t, m.file(), unix.O_RDWR|unix.O_DIRECT)
 
-	entered, release := stuck.arm()
+	entered, release := stuck.Hold()
 	defer release()
 	wrote := make(chan error, 1)
 	go func() { _, err := f.WriteAt(pattern(9, 4096), 8192); wrote <- err }()
@@ -99,15 +67,15 @@ func TestAdoptResends(t *testing.T) {
 // TestStopHandsOver: Stop returns only once a request it had read is answered, reads no request
 // submitted after it, flushes the Disk; the next server serves those.
 func TestStopHandsOver(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	md := newMemDisk(16 * mib)
-	hd := &holdingDisk{memDisk: md}
+	hd := &nodetest.HoldingDisk{Disk: md}
 	m := mountOnly(t)
 	first, err := fusedev.Serve([]int{m.fd}, m.params, hd, fusedev.Config{})
 	require.NoError(t, err)
 	f := openFile(t, m.file(), unix.O_RDWR|unix.O_DIRECT)
 
-	entered, release := hd.arm()
+	entered, release := hd.Hold()
 	defer release()
 	wrote := make(chan error, 1)
 	go func() { _, err := f.WriteAt(pattern(1, 4096), 0); wrote <- err }()
@@ -147,7 +115,7 @@ func TestStopHandsOver(t *testing.T) {
 // TestAdoptDeadConnection: a connection aborted while nobody served it (its last descriptor
 // closed) cannot be adopted.
 func TestAdoptDeadConnection(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	dir := t.TempDir()
 	fd, err := fusedev.Mount(dir, "fusedev-test", fusedev.DefaultMaxWrite)
 	require.NoError(t, err)
@@ -189,7 +157,7 @@ func TestParams(t *testing.T) {
 // TestSetIOFlusher: every thread of the process is marked (PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE in
 // /proc/self/task/*/stat), where the binary can do it (no cgo).
 func TestSetIOFlusher(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	err := fusedev.SetIOFlusher()
 	if errorsIsUnsupported(err) {
 		t.Skipf("%v", err)

@@ -1,7 +1,7 @@
 package fusedev_test
 
 // The restart tests run the FUSE server in a child process (this test binary, re-executed: TestMain
-// runs serveChild), so that it can be killed. The child serves a plain file (fileDisk), whose
+// runs serveChild), so that it can be killed. The child serves a plain file (filedisk), whose
 // acknowledged writes are in the page cache and survive the child's death; the connection's
 // descriptors are held by a holder in the test process.
 
@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/dataimage/dataimage/blockstore/export/filedisk"
 	"github.com/dataimage/dataimage/blockstore/export/fusedev"
 	"github.com/dataimage/dataimage/blockstore/export/holder"
 )
@@ -64,15 +64,10 @@ func serveChild(arg string) error {
 		return err
 	}
 	defer c.Close()
-	f, err := os.OpenFile(cfg.Disk, os.O_RDWR, 0)
+	disk, err := filedisk.Open(cfg.Disk, 0)
 	if err != nil {
 		return err
 	}
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	disk := fileDisk{f: f, size: st.Size()}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 
@@ -116,26 +111,6 @@ func serveChild(arg string) error {
 	}
 }
 
-// fileDisk is a Disk on a plain file: what it acknowledges is in the page cache.
-type fileDisk struct {
-	f    *os.File
-	size int64
-}
-
-func (d fileDisk) ReadAt(p []byte, off int64) (int, error) {
-	n, err := d.f.ReadAt(p, off)
-	if errors.Is(err, io.EOF) && n == len(p) {
-		err = nil
-	}
-	return n, err
-}
-func (d fileDisk) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
-func (d fileDisk) Flush() error                             { return d.f.Sync() }
-func (d fileDisk) Discard(off, n int64) error {
-	return syscall.Fallocate(int(d.f.Fd()), 0x01|0x02, off, n)
-}
-func (d fileDisk) Size() int64 { return d.size }
-
 // child is a running serveChild.
 type child struct {
 	cmd  *exec.Cmd
@@ -171,13 +146,6 @@ func startChild(t testing.TB, cfg childConfig) *child {
 	ready = true
 	c.how, c.took = f[1], time.Since(start)
 	return c
-}
-
-// kill SIGKILLs the child and reaps it.
-func (c *child) kill(t testing.TB) {
-	t.Helper()
-	require.NoError(t, c.cmd.Process.Signal(syscall.SIGKILL))
-	_ = c.cmd.Wait()
 }
 
 // stop SIGTERMs the child (Server.Stop) and checks it exited cleanly.

@@ -15,12 +15,13 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export/fusedev"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // TestFileSystem: what the kernel and its users see of the served file system: the one file with
 // the Disk's size and the block size, a directory listing, statfs, and the refusals.
 func TestFileSystem(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	d := newMemDisk(16 * mib)
 	m := mountDisk(t, d, fusedev.Config{})
 	assert.GreaterOrEqual(t, m.params.Minor, uint32(28))
@@ -68,7 +69,7 @@ func TestFileSystem(t *testing.T) {
 // TestReadWrite: direct reads and writes of the file reach the Disk at the right offsets, also
 // large ones, in parallel; fsync and close flush the Disk.
 func TestReadWrite(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	d := newMemDisk(64 * mib)
 	m := mountDisk(t, d, fusedev.Config{})
 	f := openFile(t, m.file(), unix.O_RDWR|unix.O_DIRECT)
@@ -119,7 +120,7 @@ func TestReadWrite(t *testing.T) {
 // TestFallocate: punch-hole reaches Discard, zero-range and write-zeroes reach WriteZeroes (or
 // Discard, for a Disk without it), plain allocation is refused with EOPNOTSUPP.
 func TestFallocate(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	for _, zeroer := range []bool{true, false} {
 		t.Run(fmt.Sprint("zeroer=", zeroer), func(t *testing.T) {
 			md := newMemDisk(16 * mib)
@@ -159,7 +160,7 @@ func TestFallocate(t *testing.T) {
 // TestDiskErrors: a full pool reaches the writer as ENOSPC, an errno as itself, anything else as
 // EIO.
 func TestDiskErrors(t *testing.T) {
-	needRoot(t)
+	nodetest.Need(t)
 	d := newMemDisk(mib)
 	m := mountDisk(t, d, fusedev.Config{})
 	f := openFile(t, m.file(), unix.O_RDWR|unix.O_DIRECT)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -18,24 +17,6 @@ import (
 )
 
 const mib = 1 << 20
-
-// needRoot skips unless the test runs as root with /dev/fuse and the named tools.
-func needRoot(t testing.TB, tools ...string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps)", tool)
-		}
-	}
-}
 
 // memDisk is a Disk in memory that counts the calls that must reach it. Its errors, when set,
 // fail the calls.

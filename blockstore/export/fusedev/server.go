@@ -42,10 +42,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Disk is what a Server serves: a fixed-size random-access disk (export.Disk). ReadAt and WriteAt
-// follow the io.ReaderAt and io.WriterAt contracts and are called concurrently. Flush makes
-// completed writes durable. Discard unmaps a range, which afterwards reads as zeros. Size may grow
-// while served (call Server.InvalidateFile after it did).
+// Disk is what a Server serves: export.Disk, whose contract is told there. Size may grow while
+// served (call Server.InvalidateFile after it did).
 type Disk interface {
 	io.ReaderAt
 	io.WriterAt

@@ -5,7 +5,12 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 )
+
+// callTimeout bounds one request and its reply: a holder that takes longer is stuck, and the
+// request fails with an error wrapping os.ErrDeadlineExceeded.
+const callTimeout = 5 * time.Second
 
 // Client talks to a holder. Its methods are safe for concurrent use (one request at a time).
 type Client struct {
@@ -76,9 +81,28 @@ func (c *Client) List() ([]string, error) {
 	return rep.Keys, err
 }
 
+// Wait returns when the holder closes the connection: it exited (or the Client was closed). A
+// process uses a Client of its own for it, on which it makes no request: the holder never sends
+// anything unasked, so anything that arrives is a protocol error.
+func (c *Client) Wait() error {
+	var rep reply
+	fds, ok, err := recv(c.raw, &rep)
+	closeAll(fds)
+	switch {
+	case err != nil:
+		return fmt.Errorf("holder: wait: %w", err)
+	case ok:
+		return fmt.Errorf("%w: wait: the holder sent a message unasked", ErrProtocol)
+	}
+	return nil
+}
+
 func (c *Client) call(req request, fds []int) (reply, []int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.conn.SetDeadline(time.Now().Add(callTimeout)); err != nil {
+		return reply{}, nil, fmt.Errorf("holder: %s %s: %w", req.Op, req.Key, err)
+	}
 	if err := send(c.raw, req, fds); err != nil {
 		return reply{}, nil, fmt.Errorf("holder: %s %s: %w", req.Op, req.Key, err)
 	}

@@ -20,6 +20,7 @@
 package holder
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,9 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// DefaultSocket is where the holder listens unless told otherwise (cmd/dataimage-fuse-holder).
+const DefaultSocket = "/run/dataimage/fuse-holder.sock"
 
 // Holder holds descriptors under keys, in memory.
 type Holder struct {
@@ -78,6 +82,31 @@ func Listen(path string) (*net.UnixListener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// Run holds descriptors for the clients of l (see Listen) until ctx ends or serving fails, then
+// closes l and everything held (Close): what the holder process does.
+func Run(ctx context.Context, l *net.UnixListener, log *slog.Logger) error {
+	h := New(log)
+	served := make(chan error, 1)
+	go func() { served <- h.Serve(l) }()
+	h.log.Info("holder: serving", "socket", l.Addr().String())
+	var err error
+	select {
+	case <-ctx.Done():
+		l.Close()
+		err = <-served
+	case err = <-served:
+		l.Close()
+	}
+	if keys := h.Keys(); len(keys) > 0 {
+		h.log.Warn("holder: exiting while holding: those whose server is not running end now", "keys", keys)
+	}
+	h.Close()
+	if err != nil {
+		return fmt.Errorf("holder: serve: %w", err)
+	}
+	return nil
 }
 
 // Serve answers clients on l until l is closed (it then returns nil) or the Holder is.

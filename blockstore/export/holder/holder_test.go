@@ -1,6 +1,7 @@
 package holder_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,7 +18,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export/holder"
 )
 
-// startHolder serves a Holder on a socket in a temporary directory until cleanup.
+// startHolder runs a holder (Run) on a socket in a temporary directory until cleanup.
 func startHolder(t *testing.T) (*holder.Holder, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "holder.sock")
@@ -117,16 +119,26 @@ func TestPutReplaces(t *testing.T) {
 	}
 }
 
-// TestHolderClose: a holder that closes (exits) closes what it holds.
+// TestHolderClose: a holder that closes (exits) closes what it holds, and a client waiting on it
+// (Client.Wait) learns it.
 func TestHolderClose(t *testing.T) {
 	h, path := startHolder(t)
 	c := dial(t, path)
+	watcher := dial(t, path)
+	waited := make(chan error, 1)
+	go func() { waited <- watcher.Wait() }()
 	r, w := pipe(t)
 	defer unix.Close(r)
 	require.NoError(t, c.Put("k", []int{w}, nil))
 	unix.Close(w)
 	assert.Equal(t, []string{"k"}, h.Keys())
+	select {
+	case err := <-waited:
+		t.Fatalf("Wait returned while the holder runs: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
 	h.Close()
+	require.NoError(t, <-waited, "Wait returns when the holder closes the connection")
 	n, err := unix.Read(r, make([]byte, 1))
 	require.NoError(t, err)
 	assert.Zero(t, n)
@@ -236,4 +248,27 @@ func TestConcurrentClients(t *testing.T) {
 		require.NoError(t, err)
 	}
 	assert.Empty(t, h.Keys())
+}
+
+// TestRun: Run serves on its socket until its context ends, then closes what it holds.
+func TestRun(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run", "holder.sock")
+	l, err := holder.Listen(path)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- holder.Run(ctx, l, nil) }()
+	c := dial(t, path)
+	r, w := pipe(t)
+	defer unix.Close(r)
+	require.NoError(t, c.Put("k", []int{w}, nil))
+	unix.Close(w)
+	cancel()
+	require.NoError(t, <-ran)
+	n, err := unix.Read(r, make([]byte, 1))
+	require.NoError(t, err)
+	assert.Zero(t, n, "the holder's copy is closed when Run returns")
+	_, err = holder.Dial(path)
+	require.Error(t, err, "nothing listens after Run")
 }

@@ -31,8 +31,8 @@ const (
 	maxPacket = 64 << 10
 	// MaxFDs bounds the descriptors of one key.
 	MaxFDs = 64
-	// maxKey bounds a key's length.
-	maxKey = 256
+	// maxKey bounds a key's length: a path (an export's directory) fits.
+	maxKey = 4096
 )
 
 // Error codes of replies.
