@@ -63,7 +63,7 @@ func run() error {
 	flag.IntVar(&c.qd, "qd", 32, "fio iodepth")
 	flag.IntVar(&c.bs, "bs", 4096, "fio block size")
 	flag.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the store side per workload to PREFIX-<rw>.pprof")
-	flag.StringVar(&c.disk, "disk", "pool", "what the export serves: pool (a thick DirectIO pool volume) or file (an O_DIRECT file)")
+	flag.StringVar(&c.disk, "disk", "pool", "what the export serves: pool (a thick DirectIO pool volume), file (an O_DIRECT file) or zero (no I/O: the cost of the kernel path alone)")
 	flag.Parse()
 	c.rw = strings.Split(rw, ",")
 
@@ -125,8 +125,10 @@ func run() error {
 		}
 		defer fd.Close()
 		disk = fd
+	case "zero":
+		disk = zeroDisk{size: c.size}
 	default:
-		return fmt.Errorf("-disk %q: want pool or file", c.disk)
+		return fmt.Errorf("-disk %q: want pool, file or zero", c.disk)
 	}
 
 	exp, err := export.Detect(export.Options{StateDir: filepath.Join(c.dir, "export")})
@@ -165,7 +167,7 @@ func run() error {
 						}
 					}
 				}
-				res, cpu, err := fio(path, rw, c)
+				res, use, err := runFIO(path, rw, c)
 				if isStore && prof != nil {
 					pprof.StopCPUProfile()
 					// One profile per workload: later rounds append to a fresh file each time
@@ -176,7 +178,7 @@ func run() error {
 				if err != nil {
 					return err
 				}
-				s.add(res, cpu)
+				s.add(res, use)
 				iops[b2i(isStore)] = res.iops()
 			}
 			ratios = append(ratios, iops[1]/iops[0])
@@ -186,9 +188,9 @@ func run() error {
 		if len(ratios)%2 == 0 {
 			med = (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
 		}
-		fmt.Printf("%s bs=%d qd=%d: raw %.0f IOPS, store %.0f IOPS, ratio %.2f× (rounds %.2f–%.2f); CPU/IO this process raw %.1f µs, store %.1f µs; max clat raw %s store %s\n",
+		fmt.Printf("%s bs=%d qd=%d: raw %.0f IOPS, store %.0f IOPS, ratio %.2f× (rounds %.2f–%.2f); CPU/IO this process raw %.1f µs, store %.1f µs; context switches/IO store %.2f; max clat raw %s store %s\n",
 			rw, c.bs, c.qd, raw.iops(), store.iops(), med, ratios[0], ratios[len(ratios)-1],
-			raw.cpuPerIO(), store.cpuPerIO(), raw.maxClat, store.maxClat)
+			raw.cpuPerIO(), store.cpuPerIO(), store.csPerIO(), raw.maxClat, store.maxClat)
 	}
 	return nil
 }
@@ -204,14 +206,15 @@ func b2i(b bool) int {
 type side struct {
 	ios     int64
 	dur     time.Duration
-	cpu     time.Duration
+	use     usage
 	maxClat time.Duration
 }
 
-func (s *side) add(r fioRes, cpu time.Duration) {
+func (s *side) add(r fioRes, use usage) {
 	s.ios += r.ios
 	s.dur += r.dur
-	s.cpu += cpu
+	s.use.cpu += use.cpu
+	s.use.cs += use.cs
 	s.maxClat = max(s.maxClat, r.maxClat)
 }
 
@@ -221,7 +224,14 @@ func (s side) cpuPerIO() float64 {
 	if s.ios == 0 {
 		return 0
 	}
-	return float64(s.cpu.Nanoseconds()) / float64(s.ios) / 1e3
+	return float64(s.use.cpu.Nanoseconds()) / float64(s.ios) / 1e3
+}
+
+func (s side) csPerIO() float64 {
+	if s.ios == 0 {
+		return 0
+	}
+	return float64(s.use.cs) / float64(s.ios)
 }
 
 type fioRes struct {
@@ -232,22 +242,22 @@ type fioRes struct {
 
 func (r fioRes) iops() float64 { return float64(r.ios) / r.dur.Seconds() }
 
-// fio runs one slice on path and returns fio's totals and the CPU time this process used
+// runFIO runs one slice on path and returns fio's totals and the CPU time this process used
 // meanwhile.
-func fio(path, rw string, c config) (fioRes, time.Duration, error) {
+func runFIO(path, rw string, c config) (fioRes, usage, error) {
 	args := []string{"--name=bench", "--filename=" + path, "--ioengine=libaio", "--direct=1",
 		"--rw=" + rw, "--bs=" + strconv.Itoa(c.bs), "--iodepth=" + strconv.Itoa(c.qd), "--numjobs=1",
 		"--output-format=json", "--time_based", fmt.Sprintf("--runtime=%dms", c.slice.Milliseconds()),
 		"--norandommap", "--randrepeat=0"}
-	c0 := selfCPU()
+	u0 := selfUsage()
 	out, err := exec.Command("fio", args...).Output()
-	cpu := selfCPU() - c0
+	use := selfUsage().sub(u0)
 	if err != nil {
-		return fioRes{}, 0, fmt.Errorf("fio %s: %w", strings.Join(args, " "), err)
+		return fioRes{}, usage{}, fmt.Errorf("fio %s: %w", strings.Join(args, " "), err)
 	}
 	i := strings.Index(string(out), "{")
 	if i < 0 {
-		return fioRes{}, 0, fmt.Errorf("fio: no JSON: %q", out)
+		return fioRes{}, usage{}, fmt.Errorf("fio: no JSON: %q", out)
 	}
 	var o struct {
 		Jobs []struct {
@@ -262,24 +272,32 @@ func fio(path, rw string, c config) (fioRes, time.Duration, error) {
 		} `json:"jobs"`
 	}
 	if err := json.Unmarshal(out[i:], &o); err != nil {
-		return fioRes{}, 0, err
+		return fioRes{}, usage{}, err
 	}
 	if len(o.Jobs) != 1 || o.Jobs[0].Error != 0 {
-		return fioRes{}, 0, fmt.Errorf("fio: job failed: %s", out)
+		return fioRes{}, usage{}, fmt.Errorf("fio: job failed: %s", out)
 	}
 	d := o.Jobs[0].Read
 	if strings.Contains(rw, "write") {
 		d = o.Jobs[0].Write
 	}
-	return fioRes{ios: d.TotalIOs, dur: time.Duration(d.Runtime) * time.Millisecond, maxClat: time.Duration(d.ClatNS.Max)}, cpu, nil
+	return fioRes{ios: d.TotalIOs, dur: time.Duration(d.Runtime) * time.Millisecond, maxClat: time.Duration(d.ClatNS.Max)}, use, nil
 }
 
-func selfCPU() time.Duration {
+// usage is what this process used so far: CPU time, and context switches (voluntary and not).
+type usage struct {
+	cpu time.Duration
+	cs  int64
+}
+
+func (u usage) sub(v usage) usage { return usage{cpu: u.cpu - v.cpu, cs: u.cs - v.cs} }
+
+func selfUsage() usage {
 	var u syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
-		return 0
+		return usage{}
 	}
-	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
+	return usage{cpu: time.Duration(u.Utime.Nano() + u.Stime.Nano()), cs: u.Nvcsw + u.Nivcsw}
 }
 
 // fill writes a file of size bytes of non-zero data (so nothing reads as a hole).
@@ -312,3 +330,12 @@ func losetup(path string) (string, error) {
 	}
 	return strings.TrimSpace(string(out)), nil
 }
+
+// zeroDisk reads zeros and drops writes: the export's kernel path with no disk I/O behind it.
+type zeroDisk struct{ size int64 }
+
+func (zeroDisk) ReadAt(p []byte, off int64) (int, error)  { clear(p); return len(p), nil }
+func (zeroDisk) WriteAt(p []byte, off int64) (int, error) { return len(p), nil }
+func (zeroDisk) Flush() error                             { return nil }
+func (zeroDisk) Discard(off, n int64) error               { return nil }
+func (d zeroDisk) Size() int64                            { return d.size }

@@ -23,7 +23,7 @@ import (
 type FIO struct {
 	cmd     *exec.Cmd
 	out     string
-	runtime time.Duration
+	length  time.Duration // how long it runs
 	done    chan struct{} // closed when fio exited, with err set
 	err     error
 }
@@ -38,21 +38,21 @@ type FIOResult struct {
 // MaxStall is the longest completion of any request.
 func (r FIOResult) MaxStall() time.Duration { return max(r.MaxWrite, r.MaxRead) }
 
-// StartFIOVerify starts a FIO job on device for runtime (whole seconds) over its first size
+// StartFIOVerify starts a FIO job on device for length (whole seconds) over its first size
 // bytes. Cleanup kills it if it still runs.
-func StartFIOVerify(t testing.TB, device string, size int64, runtime time.Duration) *FIO {
+func StartFIOVerify(t testing.TB, device string, size int64, length time.Duration) *FIO {
 	t.Helper()
 	dir := t.TempDir()
 	out := filepath.Join(dir, "fio.json")
 	cmd := exec.Command("fio", "--name=verify", "--filename="+device, "--ioengine=libaio", "--direct=1",
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size="+strconv.FormatInt(size, 10),
 		"--verify=crc32c", "--verify_fatal=1", "--verify_backlog=4096",
-		"--time_based", "--runtime="+strconv.Itoa(int(runtime.Seconds())),
+		"--time_based", "--runtime="+strconv.Itoa(int(length.Seconds())),
 		"--output-format=json", "--output="+out)
 	cmd.Dir = dir
 	cmd.Stderr = os.Stderr
 	require.NoError(t, cmd.Start())
-	f := &FIO{cmd: cmd, out: out, done: make(chan struct{}), runtime: runtime}
+	f := &FIO{cmd: cmd, out: out, done: make(chan struct{}), length: length}
 	go func() {
 		f.err = cmd.Wait()
 		close(f.done)
@@ -84,7 +84,7 @@ func (f *FIO) Wait(t testing.TB) FIOResult {
 	t.Helper()
 	select {
 	case <-f.done:
-	case <-time.After(f.runtime + time.Minute):
+	case <-time.After(f.length + time.Minute):
 		f.cmd.Process.Kill()
 		t.Fatalf("fio hangs %v past its runtime: requests left unanswered", time.Minute)
 	}

@@ -94,7 +94,7 @@ func (w *worker) serve(n int) {
 			return
 		}
 		in := *(*fallocateIn)(unsafe.Pointer(&arg[0]))
-		w.reply(h.Unique, s.fallocate(h.NodeID, in), 0)
+		w.reply(h.Unique, s.allocate(h.NodeID, in), 0)
 	case opStatfs:
 		out := (*kstatfs)(unsafe.Pointer(&w.payload()[0]))
 		// The loop device takes its discard granularity from f_bsize.
@@ -203,11 +203,11 @@ func (w *worker) write1(h inHeader, arg []byte) {
 	w.reply(h.Unique, 0, int(unsafe.Sizeof(*out)))
 }
 
-// fallocate serves the loop device's discards (PUNCH_HOLE|KEEP_SIZE) and zeroing requests
-// (ZERO_RANGE or WRITE_ZEROES). Plain allocation, which a thin disk cannot promise, and anything
-// that would change the size are refused with EOPNOTSUPP (never ENOSYS: the kernel would then
-// stop sending any fallocate).
-func (s *Server) fallocate(node uint64, in fallocateIn) unix.Errno {
+// allocate serves FALLOCATE: the loop device's discards (PUNCH_HOLE|KEEP_SIZE) and zeroing
+// requests (ZERO_RANGE or WRITE_ZEROES). Plain allocation, which a thin disk cannot promise, and
+// anything that would change the size are refused with EOPNOTSUPP (never ENOSYS: the kernel would
+// then stop sending any fallocate).
+func (s *Server) allocate(node uint64, in fallocateIn) unix.Errno {
 	if node != fileID {
 		return unix.EISDIR
 	}
