@@ -22,6 +22,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
@@ -215,7 +216,7 @@ func tryBuild(s Service, def, root string) (*Image, []string, error) {
 	var mu sync.Mutex
 	var steps []string
 	img, err := s.BuildImage(context.Background(), BuildRequest{Definition: []byte(def), DefinitionPath: "test.yaml", BackupRoot: root},
-		func(ev BuildEvent) {
+		func(ev wire.Event) {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(steps) == 0 || steps[len(steps)-1] != ev.Step {

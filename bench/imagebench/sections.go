@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
@@ -263,7 +264,7 @@ func (b *bench) buildVsTar(d *local.Daemon, backupDir string) (*buildResult, *ra
 		var steps []string
 		last, lastAt := "", time.Now()
 		t0 := time.Now()
-		img, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: b.definition(name)}, func(ev local.BuildEvent) {
+		img, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: b.definition(name)}, func(ev wire.Event) {
 			if ev.Step == last || ev.Log != "" {
 				return
 			}

@@ -16,6 +16,9 @@
 // serving it with Exporter.Adopt, the kernel sending again what the dead process had taken and
 // not answered (Linux 6.9 or later). Without a holder, or once both the serving process and the
 // holder are gone, the connection ends and I/O on the device fails at once (EIO).
+//
+// It must not know the pool's format, CSI or the mounts above the device: it serves any Disk, and
+// the store does not know it.
 package export
 
 import (

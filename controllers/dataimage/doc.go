@@ -11,9 +11,11 @@
 //     or ImageNotAllowed) and nothing created. A valid one gets a build PVC and a build Job
 //     (<name>-build, owned by the DataImage), whose pod runs as the engine's server user with
 //     no capability and a read-only root file system; phase Building follows the Job's pod:
-//     progress from the last JSON build event in its log (LogReader), the result from its
-//     termination message (builder.Outcome). A failure is written to status (Failed, Built=False reason BuildFailed
-//     with the step and the engine's log tail) before the Job and PVC are deleted. A success is
+//     progress from the last build event in its log (LogReader), the result from its
+//     termination message (both in the builder's wire format, imagebuilder/builder/wire, read
+//     by its rules for other versions: a builder image may be newer). A failure is written to
+//     status (Failed, Built=False reason BuildFailed with the step and the engine's log tail)
+//     before the Job and PVC are deleted. A success is
 //     written to status (Built=True, builtAt, engine version, data-state time) before the
 //     VolumeSnapshot <name> is created; once it is ready to use the Job and PVC are deleted and
 //     the phase is Ready. At builtAt + lifetime the snapshot is deleted (phase Expired) unless
@@ -25,4 +27,8 @@
 // its Job, pod, PVCs and snapshot from the cluster and carries on from there, so a restarted or
 // newly elected controller resumes any build. Every side effect that would lose information
 // (deleting a finished Job) comes after the status that records it is written.
+//
+// It must not know the block store, FUSE or the engine adapters: it reaches volumes only through
+// Kubernetes objects and reads builds only through their wire format (imagebuilder/builder/wire);
+// cmd/dataimage-controller's deps test checks what the binary links.
 package dataimage

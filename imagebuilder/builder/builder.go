@@ -45,6 +45,9 @@
 // Every failure of a step is a *StepError naming the step, with the tail of the server's log
 // when a server ran; all errors match ErrBuild. The server is stopped (killed past a deadline)
 // before Build returns; what is left in Root is the caller's to discard.
+//
+// It must not know where its root comes from (a local pool volume or a build Job's CSI volume),
+// nor the store, CSI or Kubernetes; it reaches engines only through the engine interfaces.
 package builder
 
 import (
@@ -53,6 +56,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -67,7 +71,8 @@ const (
 	StepStop       = "stop"
 )
 
-// Request is what to build and where.
+// Request is what to build and where. Prepare makes one from a definition as written, with
+// Definition, Env and Engines set.
 type Request struct {
 	// Definition is the image definition, already validated against Env.
 	Definition *imagebuilder.Definition
@@ -105,18 +110,9 @@ type Request struct {
 // 120 MiB of the builder's memory at most (what the restore keeps per member).
 const DefaultMaxArchiveMembers = 1_000_000
 
-// Event is one progress report of a build (local.BuildEvent has the same meaning).
-type Event struct {
-	// Step is the step running (StepInit, ...).
-	Step string
-	// Message says what happens, for people.
-	Message string
-	// Done and Total are the bytes of backup input restored so far and in all (Total is 0 when
-	// the event has no byte count).
-	Done, Total int64
-	// Log is one line of the server's log, when the event forwards one.
-	Log string
-}
+// Event is one progress report of a build: package wire's Event, which owns its JSON form (the
+// builder's wire format, read by the DataImage controller and the dataimage command).
+type Event = wire.Event
 
 // Result describes a finished build.
 type Result struct {

@@ -1,5 +1,6 @@
 // Package cli holds what the thin mains under cmd/ share: the logging flags and the way a
-// command runs until SIGTERM or SIGINT and turns its outcome into an exit code.
+// command runs until SIGTERM or SIGINT and turns its outcome into an exit code. It must not know
+// any command's flags beyond these, nor the product's layers.
 package cli
 
 import (

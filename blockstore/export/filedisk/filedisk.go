@@ -1,7 +1,8 @@
 // Package filedisk serves a regular file as an export.Disk: what tests and benchmarks export
 // when the block store is not what they look at (the kernel path of an export, a server's
 // restart). Opened without O_DIRECT, what it acknowledges is in the page cache, so it survives
-// the death of the process that wrote it.
+// the death of the process that wrote it. It must not know the block store: it is the baseline
+// beside it.
 package filedisk
 
 import (

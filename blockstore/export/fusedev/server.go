@@ -27,6 +27,9 @@
 //
 // Stop ends serving for a handover without touching the connection: no new request is read,
 // those being served are answered, the Disk is flushed.
+//
+// It must not know loop devices, holders or the pool: it serves any Disk on a connection it is
+// given.
 package fusedev
 
 import (

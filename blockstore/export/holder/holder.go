@@ -17,6 +17,9 @@
 //
 // Server: Listen and (*Holder).Serve. Client: Dial, then Put, Get, Drop, List. Only processes of
 // the holder's own user may talk to it (SO_PEERCRED); the socket file is mode 0600.
+//
+// It must not know what the descriptors are (FUSE connections or anything else) nor what the
+// bytes kept with them mean: it holds, hands out copies, and closes.
 package holder
 
 import (
