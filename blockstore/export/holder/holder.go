@@ -15,8 +15,9 @@
 // restarted holder. That is why it is small and meant to change rarely: a restart of the holder
 // is the one restart that is not free.
 //
-// Server: Listen and (*Holder).Serve. Client: Dial, then Put, Get, Drop, List. Only processes of
-// the holder's own user may talk to it (SO_PEERCRED); the socket file is mode 0600.
+// Server: Listen, then Run (or New and Serve). Client: Dial, then Put, Get, Drop, List, Wait.
+// Only processes of the holder's own user may talk to it (SO_PEERCRED); the socket file is mode
+// 0600.
 //
 // It must not know what the descriptors are (FUSE connections or anything else) nor what the
 // bytes kept with them mean: it holds, hands out copies, and closes.
