@@ -21,11 +21,11 @@ import (
 // server. It runs in a directory of its own (fio leaves its verify state files in the current
 // directory).
 type FIO struct {
-	cmd     *exec.Cmd
-	out     string
-	length  time.Duration // how long it runs
-	done    chan struct{} // closed when fio exited, with err set
-	err     error
+	cmd    *exec.Cmd
+	out    string
+	length time.Duration // how long it runs
+	done   chan struct{} // closed when fio exited, with err set
+	err    error
 }
 
 // FIOResult is what a FIO job did: I/Os of each kind and the longest completion of each (the
