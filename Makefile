@@ -135,11 +135,11 @@ manifests:
 	@echo "==> deploy/ from charts/dataimage"
 	$(GO) run ./deploy/gen -chart charts/dataimage -out deploy
 
-# images: static binaries (CGO_ENABLED=0) of whichever of the three commands have a main
+# images: static binaries (CGO_ENABLED=0) of whichever of the four commands have a main
 # package, each in an OCI archive built by hack/ociimage (docs/kubernetes.md, "Images"). The
 # plugin image adds the tools the plugin runs, copied from this machine with their shared
 # libraries (make deps installs them); the builder image adds cp, which its init container
-# runs; the controller image is its binary alone.
+# runs; the controller image is its binary alone; the FUSE holder image its binary and /run.
 IMAGE_REGISTRY ?= docker.io/dataimage
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/dataimage/Chart.yaml)
 IMAGES_DIR := $(BIN_DIR)/images
@@ -154,9 +154,10 @@ IMAGE_ARGS_dataimage-csi := $(addprefix -host ,$(PLUGIN_HOST_FILES)) -dir /tmp:1
 IMAGE_ARGS_dataimage-builder := -host /usr/bin/cp -dir /dataimage/bin \
 	-entrypoint /usr/bin/cp -cmd /usr/local/bin/dataimage-builder -cmd /dataimage/bin/dataimage-builder
 IMAGE_ARGS_dataimage-controller := -user 65532:65532 -entrypoint /usr/local/bin/dataimage-controller
+IMAGE_ARGS_dataimage-fuse-holder := -dir /run:0755 -entrypoint /usr/local/bin/dataimage-fuse-holder
 images:
 	@mkdir -p $(IMAGES_DIR) $(BIN_DIR)/static
-	@for name in dataimage-csi dataimage-builder dataimage-controller; do \
+	@for name in dataimage-csi dataimage-builder dataimage-controller dataimage-fuse-holder; do \
 		if [ "$$($(GO) list -f '{{.Name}}' ./cmd/$$name 2>/dev/null)" != main ]; then \
 			echo "==> $$name: skipped, cmd/$$name has no main package yet"; continue; \
 		fi; \
@@ -168,6 +169,7 @@ images:
 		dataimage-csi) args="$(IMAGE_ARGS_dataimage-csi)";; \
 		dataimage-builder) args="$(IMAGE_ARGS_dataimage-builder)";; \
 		dataimage-controller) args="$(IMAGE_ARGS_dataimage-controller)";; \
+		dataimage-fuse-holder) args="$(IMAGE_ARGS_dataimage-fuse-holder)";; \
 		esac; \
 		$(GO) run ./hack/ociimage -o $(IMAGES_DIR)/$$name.tar -name $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) \
 			-file $(BIN_DIR)/static/$$name=/usr/local/bin/$$name -env $(IMAGE_PATH) \

@@ -141,6 +141,9 @@ func (fakeExporter) Name() string { return "fake" }
 func (fakeExporter) Export(string, export.Disk) (export.Device, error) {
 	return nil, export.ErrUnsupported
 }
+func (fakeExporter) Adopt(string, export.Disk) (export.Device, error) {
+	return nil, export.ErrNotFound
+}
 func (fakeExporter) Leftovers() ([]export.Leftover, error) { return nil, nil }
 func (fakeExporter) Cleanup(string) error                  { return nil }
 

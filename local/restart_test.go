@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -216,9 +215,9 @@ func TestDaemonKilledFailsCloneIO(t *testing.T) {
 	require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon exits")
 	start := time.Now()
 	for _, path := range append([]string{filepath.Join(mnt, "data", "global", "pg_control")}, loops...) {
-		out, err := directReadWithin(path, 10*time.Second)
+		out, err := nodetest.DirectReadWithin(path, 10*time.Second)
 		require.Error(t, err, "an O_DIRECT read of %s after the daemon's death", path)
-		require.NotErrorIs(t, err, errDeadline, "an O_DIRECT read of %s after the daemon's death", path)
+		require.NotErrorIs(t, err, nodetest.ErrDeadline, "an O_DIRECT read of %s after the daemon's death", path)
 		t.Logf("O_DIRECT read of %s after the daemon's death: %v: %s", path, err, strings.TrimSpace(out))
 	}
 	t.Logf("the reads failed %v after the daemon's exit", time.Since(start).Round(time.Millisecond))
@@ -289,29 +288,6 @@ func holdsDevFUSE(pid int) bool {
 		}
 	}
 	return false
-}
-
-var errDeadline = errors.New("no answer before the deadline")
-
-// directReadWithin reads the first 4 KiB of path with O_DIRECT in a process of its own (dd),
-// and returns its output and how it ended: errDeadline if it had not within d (a read blocked in
-// D state cannot be killed: the process is left to the test's cleanup, which aborts the FUSE
-// connections).
-func directReadWithin(path string, d time.Duration) (string, error) {
-	var out bytes.Buffer
-	cmd := exec.Command("dd", "if="+path, "of=/dev/null", "bs=4096", "count=1", "iflag=direct")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		return out.String(), err
-	case <-time.After(d):
-		return "", errDeadline
-	}
 }
 
 // abortFUSEUnder aborts, through fusectl, the FUSE connections mounted under dir, so that what

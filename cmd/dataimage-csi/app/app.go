@@ -21,6 +21,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/blockstore/provision"
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/cli"
 	"github.com/dataimage/dataimage/internal/units"
 )
 
@@ -143,14 +144,7 @@ func Main(args []string, stderr io.Writer) int {
 }
 
 func logger(c Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if c.Verbosity > 0 {
-		opts.Level = slog.LevelDebug
-	}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return cli.LogFlags{Verbosity: c.Verbosity, Format: c.LogFormat}.Logger(w)
 }
 
 // drainTimeout bounds how long the drain at the end waits for the exports' I/O in flight
