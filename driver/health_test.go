@@ -57,9 +57,8 @@ func TestPoolCheckHealth(t *testing.T) {
 
 	cfg := testConfig(testNode)
 	cfg.PoolCheckInterval = 10 * time.Millisecond
-	srv, err := NewServer(*cfg, p)
-	require.NoError(t, err)
-	c := newControllerServer(&srv.cfg, p)
+	srv := newTestServer(t, *cfg, p)
+	c := newControllerServer(&srv.cfg, srv.store, p.BlockSize())
 	c.checker = srv.checker
 	ctx := context.Background()
 	v := mustCreateVolume(t, c, "v", mib)
@@ -95,7 +94,7 @@ func TestPoolCheckHealth(t *testing.T) {
 	require.InDelta(t, float64(o.at.Unix()), sample(m, "dataimage_pool_check_timestamp_seconds"), 1)
 
 	f.failReads.Store(true)
-	o = srv.checker.check()
+	o = srv.checker.check(ctx)
 	f.failReads.Store(false)
 	require.NotNil(t, o)
 	require.Positive(t, o.problems)
@@ -111,7 +110,7 @@ func TestPoolCheckHealth(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, lh.GetEntries(), 1, "the volume is listed with an adverse condition")
 
-	require.NotNil(t, srv.checker.check())
+	require.NotNil(t, srv.checker.check(ctx))
 	require.Empty(t, health(), "the next check found nothing")
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
@@ -31,8 +32,8 @@ const (
 	blkTarget = "blk-target"
 )
 
-// TestEarlierRunHelper is the process TestLeftovers kills: it attaches, says "ready" on stdout
-// and waits to be killed.
+// TestEarlierRunHelper is the process TestLeftovers kills: the data plane of the pool and an
+// Attacher on it in one process; it attaches, says "ready" on stdout and waits to be killed.
 func TestEarlierRunHelper(t *testing.T) {
 	dir := os.Getenv(earlierRunEnv)
 	if dir == "" {
@@ -41,13 +42,13 @@ func TestEarlierRunHelper(t *testing.T) {
 	ctx := context.Background()
 	pool, err := blockstore.Open(filepath.Join(dir, "pool"), blockstore.Options{})
 	require.NoError(t, err)
-	a := newAttacher(t, filepath.Join(dir, "export"))
-	open := func(name string) *blockstore.Volume { return openVolume(t, pool, name) }
+	a := newAttacher(t, newDataPlane(t, pool, filepath.Join(dir, "export")))
+	open := func(name string) blockstore.VolumeID { return volumeID(t, pool, name) }
 	mnt := filepath.Join(dir, fsMnt)
-	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: mnt, FSType: "ext4", Format: true})
+	_, err = a.Attach(ctx, Spec{ID: "fs", Volume: open("fs"), MountPoint: mnt, FSType: "ext4", Format: true})
 	require.NoError(t, err)
 	nodetest.WriteSynced(t, filepath.Join(mnt, "before"), []byte("written before the kill"))
-	blk, err := a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
+	blk, err := a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
 	require.NoError(t, err)
 	target := filepath.Join(dir, blkTarget)
 	require.NoError(t, a.BindMount(blk.DevicePath(), target, false))
@@ -61,9 +62,10 @@ func TestEarlierRunHelper(t *testing.T) {
 	select {}
 }
 
-// TestLeftovers: a process attaches a file system and a block device (bound at a target, as
-// the CSI node publishes it) and is killed (SIGKILL): its exports' server dies with it. A new
-// Attacher on the same state directory finds both, with where they are still mounted. Attach
+// TestLeftovers: a process that is data plane and control plane at once attaches a file system
+// and a block device (bound at a target, as the CSI node publishes it) and is killed (SIGKILL):
+// its exports' server dies with it. A new Attacher, through a new data plane on the same state
+// directory, finds both, with where they are still mounted. Attach
 // refuses to tear a leftover down while its device is mounted or its node bound (the earlier
 // run's target would reach whatever the device number serves next); Detach with the mount point
 // tears it down; then the volumes attach again with what was written before the kill.
@@ -120,7 +122,7 @@ func TestLeftovers(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { nodetest.CloseChecked(t, pool) })
 	t.Cleanup(func() { nodetest.RequireNothingLeft(t, dir, stateDir) }) // before the pool's cleanup
-	a := newAttacher(t, stateDir)
+	a := newAttacher(t, dataplanetest.Serve(t, newDataPlane(t, pool, stateDir)))
 	left := a.Leftovers()
 	require.Len(t, left, 2)
 	require.Equal(t, "blk", left[0].ID)
@@ -134,13 +136,13 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, left[1], l)
 
 	ctx := context.Background()
-	open := func(name string) *blockstore.Volume { return openVolume(t, pool, name) }
+	open := func(name string) blockstore.VolumeID { return volumeID(t, pool, name) }
 	// In use: Attach leaves the leftovers alone.
-	_, err = a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
+	_, err = a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
 	require.ErrorIs(t, err, export.ErrLeftovers)
 	require.ErrorIs(t, err, export.ErrBusy)
 	require.Contains(t, err.Error(), target)
-	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: filepath.Join(dir, "fs-2"), FSType: "ext4"})
+	_, err = a.Attach(ctx, Spec{ID: "fs", Volume: open("fs"), MountPoint: filepath.Join(dir, "fs-2"), FSType: "ext4"})
 	require.ErrorIs(t, err, export.ErrLeftovers)
 	require.ErrorIs(t, err, export.ErrBusy)
 	require.Zero(t, a.Len())
@@ -152,7 +154,7 @@ func TestLeftovers(t *testing.T) {
 
 	// Unbound, the block volume's leftover is torn down and the volume attaches afresh.
 	require.NoError(t, a.Unmount(target))
-	blk, err := a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
+	blk, err := a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, a.Detach(ctx, "blk", "")) })
 	got := make([]byte, 4096)
@@ -170,7 +172,7 @@ func TestLeftovers(t *testing.T) {
 	require.False(t, isMounted(t, fsMount))
 	require.Empty(t, a.Leftovers())
 	mnt := filepath.Join(dir, "fs-3")
-	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: mnt, FSType: "ext4"})
+	_, err = a.Attach(ctx, Spec{ID: "fs", Volume: open("fs"), MountPoint: mnt, FSType: "ext4"})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, a.Detach(ctx, "fs", mnt)) })
 	b, err := os.ReadFile(filepath.Join(mnt, "before"))
@@ -178,12 +180,10 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, "written before the kill", string(b))
 }
 
-// openVolume opens the pool's volume name.
-func openVolume(t *testing.T, pool *blockstore.Pool, name string) *blockstore.Volume {
+// volumeID returns the ID of the pool's volume name.
+func volumeID(t *testing.T, pool *blockstore.Pool, name string) blockstore.VolumeID {
 	t.Helper()
 	info, err := pool.LookupVolume(name)
 	require.NoError(t, err)
-	v, err := pool.Volume(info.ID)
-	require.NoError(t, err)
-	return v
+	return info.ID
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -117,4 +118,11 @@ func WriteSynced(t testing.TB, path string, data []byte) {
 	require.NoError(t, err)
 	require.NoError(t, f.Sync())
 	require.NoError(t, f.Close())
+}
+
+// AlignedBuf returns an n-byte buffer aligned for O_DIRECT (4 KiB).
+func AlignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := int(4096-uintptr(unsafe.Pointer(&b[0]))%4096) % 4096
+	return b[off : off+n]
 }

@@ -65,7 +65,7 @@ func startDrainWriter(t *testing.T, dev string, size int64, workers int) *drainW
 func (w *drainWriter) work(f *os.File, worker int) {
 	rng := rand.New(rand.NewPCG(uint64(worker), 7))
 	share := w.blocks / int64(w.workers)
-	buf := alignedBuf(int(w.bs))
+	buf := nodetest.AlignedBuf(int(w.bs))
 	for seq := 0; ; seq++ {
 		select {
 		case <-w.stop:

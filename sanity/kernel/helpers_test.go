@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/require"
@@ -204,13 +203,6 @@ func forceTeardown(t *testing.T, dir, stateDir string) {
 			t.Errorf("teardown: cleanup %s: %v", l.ID, err)
 		}
 	}
-}
-
-// alignedBuf returns an n-byte buffer aligned for O_DIRECT.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := int(4096-uintptr(unsafe.Pointer(&b[0]))%4096) % 4096
-	return b[off : off+n]
 }
 
 // writeFiles writes n files named prefix0, prefix1, ... of random content (whole 4 KiB blocks,
