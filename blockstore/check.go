@@ -243,7 +243,8 @@ func (p *Pool) waitChecksLocked() {
 	p.ckptDone()
 }
 
-// ckptDone ends a wait of waitChecksLocked. REQUIRES p.mu.
+// ckptDone ends a checkpoint's hold on read-only Checks (waitChecksLocked, checkpoint).
+// REQUIRES p.mu.
 func (p *Pool) ckptDone() {
 	p.ckptWaiting--
 	if p.ckptWaiting == 0 {

@@ -9,38 +9,107 @@ import (
 	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
-// checkpoint takes a checkpoint. REQUIRES p.commitMu, and neither p.ioGate nor p.mu.
+// A checkpoint runs in three steps, so that it holds p.mu only for work in memory and holds
+// back writes, not reads:
+//
+//  1. prepare (REQUIRES p.mu): allocate and encode the catalog, list the dirty tree nodes and
+//     refcount pages, fill in the new superblock;
+//  2. write (without p.mu): the catalog blocks, the dirty nodes and the dirty refcount pages,
+//     fdatasync, the superblock, fdatasync (the order is in journal.go);
+//  3. publish (REQUIRES p.mu, and p.ioGate exclusively): the new generation and journal
+//     epoch, the nodes and pages clean, the blocks the old checkpoint held reusable.
+//
+// From step 1 to step 3 nothing changes what step 2 writes: data writes and discards wait for
+// p.writeGate, every other change for p.commitMu, and read-only Checks for ckptWaiting. Reads
+// go on: step 2 writes only blocks that no durable state and no tree in memory points at (new
+// catalog blocks, the blocks of dirty nodes, the refcount slots not holding a page's durable
+// copy, the superblock slot not in use), and copy-on-write never writes a committed block in
+// place. Only step 3 waits for the reads in flight, and only for what it frees.
+
+// ckptPlan is what step 1 of a checkpoint decided, for steps 2 and 3.
+type ckptPlan struct {
+	sb      format.Superblock // the new superblock
+	newCat  []uint64          // the catalog's new blocks
+	payload []byte            // the encoded catalog
+	oldCat  []uint64          // the catalog's blocks in the last checkpoint
+	npc     int               // len(p.pendingCheckpoint) before oldCat joined it
+	nodes   []*node           // dirty tree nodes, in block order
+	pages   []ckptPage        // dirty refcount pages, in page order
+}
+
+// ckptPage is a dirty refcount page and the slot it goes to.
+type ckptPage struct {
+	page int
+	slot int
+	pp   *rcPage // nil: every count is 0
+}
+
+// checkpoint takes a checkpoint while reads go on (see above). REQUIRES p.commitMu, and none
+// of p.writeGate, p.ioGate, p.mu.
 func (p *Pool) checkpoint() error {
-	// Wait for read-only Checks without holding ioGate, so that I/O goes on meanwhile; none
-	// starts until this checkpoint holds p.mu again.
+	// Wait for read-only Checks while I/O goes on; none starts until this checkpoint is
+	// published or has failed.
 	p.mu.Lock()
 	p.ckptWaiting++
 	for p.checks > 0 {
 		p.unpinned.Wait()
 	}
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.ckptDone()
+		p.mu.Unlock()
+	}()
+
+	p.writeGate.Lock()
+	defer p.writeGate.Unlock()
+	p.mu.Lock()
+	err := p.checkLocked()
+	var c *ckptPlan
+	if err == nil {
+		c, err = p.prepareCheckpointLocked()
+	}
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if beforeSync, err := p.writeCheckpoint(c); err != nil {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.checkpointFailedLocked(c, err, beforeSync)
+	}
 	p.ioGate.Lock()
 	defer p.ioGate.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ckptDone()
-	if err := p.checkLocked(); err != nil {
-		return err
-	}
-	return p.checkpointLocked()
+	p.publishCheckpointLocked(c)
+	return nil
 }
 
-// checkpointLocked writes every change since the last checkpoint and commits it with a new
-// superblock (order: journal.go). REQUIRES p.commitMu (or exclusive use during Open), p.ioGate
-// exclusively (no data write is between allocating and mapping its blocks), p.mu.
+// checkpointLocked takes a checkpoint holding the whole pool. REQUIRES p.commitMu, p.ioGate
+// exclusively and p.mu (Close, the exclusive Check), or exclusive use (Open).
 //
 // A write before the superblock's that fails for lack of space in the file system holding the
 // pool (a tree node or catalog block going to a hole of a sparse pool file) fails the
 // checkpoint with ErrHostFull and leaves the pool working: it wrote only blocks and refcount
 // slots that no durable state points at, and its changes in memory are undone. Every other
-// write or sync error fails the pool.
+// write or sync error fails the pool. (The same holds for checkpoint.)
 func (p *Pool) checkpointLocked() error {
 	p.waitChecksLocked()
+	c, err := p.prepareCheckpointLocked()
+	if err != nil {
+		return err
+	}
+	if beforeSync, err := p.writeCheckpoint(c); err != nil {
+		return p.checkpointFailedLocked(c, err, beforeSync)
+	}
+	p.publishCheckpointLocked(c)
+	return nil
+}
+
+// prepareCheckpointLocked is step 1 of a checkpoint. REQUIRES p.commitMu, p.mu, and writes
+// held back (p.writeGate or p.ioGate exclusively).
+func (p *Pool) prepareCheckpointLocked() (*ckptPlan, error) {
 	// The catalog, in new blocks; the old ones go once this checkpoint is durable.
 	payload := format.EncodeCatalog(p.catalog())
 	room := p.bs - format.CatalogHeaderSize
@@ -52,91 +121,38 @@ func (p *Pool) checkpointLocked() error {
 			for _, c := range newCat {
 				p.decref(c, 0)
 			}
-			return fmt.Errorf("blockstore: checkpoint: allocate catalog block: %w", err)
+			return nil, fmt.Errorf("blockstore: checkpoint: allocate catalog block: %w", err)
 		}
 		newCat = append(newCat, b)
 	}
-	oldCat, npc := p.catalogBlocks, len(p.pendingCheckpoint)
-	for _, b := range oldCat {
+	c := &ckptPlan{newCat: newCat, payload: payload, oldCat: p.catalogBlocks, npc: len(p.pendingCheckpoint)}
+	for _, b := range c.oldCat {
 		p.decref(b, pendingCheckpoint)
 	}
 	p.catalogBlocks = newCat
-	// failed handles a failed write of this checkpoint before its superblock's.
-	failed := func(err error) error {
-		if !isHostFull(err) {
-			return p.fail(err)
-		}
-		for _, b := range newCat {
-			p.decref(b, 0) // never part of a durable state
-		}
-		for _, b := range oldCat {
-			p.rc.set(b, 1)
-		}
-		p.pendingCheckpoint = p.pendingCheckpoint[:npc]
-		p.catalogBlocks = oldCat
-		p.hostFull = true
-		return fmt.Errorf("%w: %w", ErrHostFull, err)
-	}
 
-	gen := p.generation + 1
-	buf := p.blockBuf()
-	defer p.putBlockBuf(buf)
-	write := func(pbn uint64, what string) error {
-		if _, err := p.f.WriteAt(buf, int64(pbn)*int64(p.bs)); err != nil {
-			return failed(fmt.Errorf("checkpoint: write %s at block %d: %w", what, pbn, err))
-		}
-		return nil
-	}
-	for i, b := range newCat {
-		next := uint64(0)
-		if i+1 < len(newCat) {
-			next = newCat[i+1]
-		}
-		lo := i * room
-		format.EncodeCatalogBlock(buf, b, next, payload[lo:min(lo+room, len(payload))])
-		if err := write(b, "catalog block"); err != nil {
-			return err
+	c.nodes = make([]*node, 0, p.dirtyNodes)
+	for _, n := range p.nodes {
+		if n.dirty {
+			c.nodes = append(c.nodes, n)
 		}
 	}
-	if err := p.writeDirtyNodes(); err != nil {
-		return failed(err)
-	}
-	counts := make([]uint32, p.rc.perPage)
-	type pageSlot struct{ page, slot int }
-	written := make([]pageSlot, 0, len(p.rc.dirty))
+	slices.SortFunc(c.nodes, func(a, b *node) int { return cmp.Compare(a.pbn, b.pbn) })
 	// In page order: the writes a checkpoint issues do not depend on map order, so a crash test
 	// that cuts it at its nth write reproduces from its seed.
-	dirtyPages := make([]int, 0, len(p.rc.dirty))
+	c.pages = make([]ckptPage, 0, len(p.rc.dirty))
 	for pg := range p.rc.dirty {
-		dirtyPages = append(dirtyPages, pg)
-	}
-	slices.Sort(dirtyPages)
-	for _, pg := range dirtyPages {
-		clear(counts)
-		if src := p.rc.pages[pg]; src != nil {
-			for i, c := range src.counts {
-				if c <= maxRefs {
-					counts[i] = c
-				}
-			}
-		}
-		slot := uint64(0)
+		slot := 0
 		if p.rc.slot[pg] == 0 {
 			slot = 1
 		}
-		format.EncodeRCPage(buf, uint32(pg), gen, counts[:p.pageLen(pg)])
-		if err := write(p.geo.RCStart+2*uint64(pg)+slot, "refcount page"); err != nil {
-			return err
-		}
-		written = append(written, pageSlot{pg, int(slot)})
+		c.pages = append(c.pages, ckptPage{page: pg, slot: slot, pp: p.rc.pages[pg]})
 	}
-	if err := p.f.Sync(); err != nil {
-		return p.fail(fmt.Errorf("checkpoint: sync: %w", err))
-	}
+	slices.SortFunc(c.pages, func(a, b ckptPage) int { return cmp.Compare(a.page, b.page) })
 
 	sb := p.geo
 	sb.Version = format.Version // a pool of an older version is upgraded here
-	sb.Generation = gen
+	sb.Generation = p.generation + 1
 	sb.CheckpointLSN = p.lsn
 	sb.CatalogHead = 0
 	if len(newCat) > 0 {
@@ -147,31 +163,107 @@ func (p *Pool) checkpointLocked() error {
 	sb.OverProvision = uint32(math.Round(p.overProv * 100))
 	sb.NodeBlocks = p.nodeBlocks
 	sb.CatalogBlocks = uint64(len(newCat))
-	clear(buf)
-	format.EncodeSuperblock(buf, &sb)
-	sbBlock := gen % 2
-	if _, err := p.f.WriteAt(buf, int64(sbBlock)*int64(p.bs)); err != nil {
-		return p.fail(fmt.Errorf("checkpoint: write superblock: %w", err))
+	c.sb = sb
+	return c, nil
+}
+
+// writeCheckpoint is step 2 of a checkpoint: it writes what c lists and commits it with the
+// superblock. It reads the nodes and pages c lists without p.mu, which nothing changes before
+// step 3 (see above). beforeSync reports an error of a write before the first fdatasync, which
+// may leave the pool working (checkpointFailedLocked). REQUIRES p.commitMu, and writes held
+// back (p.writeGate or p.ioGate exclusively).
+func (p *Pool) writeCheckpoint(c *ckptPlan) (beforeSync bool, err error) {
+	buf := p.blockBuf()
+	defer p.putBlockBuf(buf)
+	write := func(pbn uint64, what string) error {
+		if _, err := p.f.WriteAt(buf, int64(pbn)*int64(p.bs)); err != nil {
+			return fmt.Errorf("checkpoint: write %s at block %d: %w", what, pbn, err)
+		}
+		return nil
+	}
+	room := p.bs - format.CatalogHeaderSize
+	for i, b := range c.newCat {
+		next := uint64(0)
+		if i+1 < len(c.newCat) {
+			next = c.newCat[i+1]
+		}
+		lo := i * room
+		format.EncodeCatalogBlock(buf, b, next, c.payload[lo:min(lo+room, len(c.payload))])
+		if err := write(b, "catalog block"); err != nil {
+			return true, err
+		}
+	}
+	if err := p.writeNodes(c.nodes); err != nil {
+		return true, err
+	}
+	counts := make([]uint32, p.rc.perPage)
+	for _, w := range c.pages {
+		clear(counts)
+		if w.pp != nil {
+			for i, v := range w.pp.counts {
+				if v <= maxRefs { // pending marks are stored as zero
+					counts[i] = v
+				}
+			}
+		}
+		format.EncodeRCPage(buf, uint32(w.page), c.sb.Generation, counts[:p.pageLen(w.page)])
+		if err := write(p.geo.RCStart+2*uint64(w.page)+uint64(w.slot), "refcount page"); err != nil {
+			return true, err
+		}
 	}
 	if err := p.f.Sync(); err != nil {
-		return p.fail(fmt.Errorf("checkpoint: sync superblock: %w", err))
+		return false, fmt.Errorf("checkpoint: sync: %w", err)
 	}
+	clear(buf)
+	format.EncodeSuperblock(buf, &c.sb)
+	if _, err := p.f.WriteAt(buf, int64(c.sb.Generation%2)*int64(p.bs)); err != nil {
+		return false, fmt.Errorf("checkpoint: write superblock: %w", err)
+	}
+	if err := p.f.Sync(); err != nil {
+		return false, fmt.Errorf("checkpoint: sync superblock: %w", err)
+	}
+	return false, nil
+}
 
-	// Durable. Everything below only updates memory.
+// checkpointFailedLocked handles an error of step 2. A write before the first sync that failed
+// for lack of space in the file system under the pool (beforeSync, ErrHostFull) undoes step 1
+// and leaves the pool working; any other error fails the pool. REQUIRES p.mu, and what
+// writeCheckpoint requires.
+func (p *Pool) checkpointFailedLocked(c *ckptPlan, err error, beforeSync bool) error {
+	if !beforeSync || !isHostFull(err) {
+		return p.fail(err)
+	}
+	for _, b := range c.newCat {
+		p.decref(b, 0) // never part of a durable state
+	}
+	for _, b := range c.oldCat {
+		p.rc.set(b, 1)
+	}
+	p.pendingCheckpoint = p.pendingCheckpoint[:c.npc]
+	p.catalogBlocks = c.oldCat
+	p.hostFull = true
+	return fmt.Errorf("%w: %w", ErrHostFull, err)
+}
+
+// publishCheckpointLocked is step 3 of a checkpoint, once it is durable: it only updates
+// memory, and punches out the blocks it frees. REQUIRES p.mu, p.ioGate exclusively (freed
+// blocks become reusable), and what writeCheckpoint requires.
+func (p *Pool) publishCheckpointLocked(c *ckptPlan) {
+	gen := c.sb.Generation
 	p.geo.Version = format.Version
 	p.generation = gen
 	p.hostFull = false
 	p.cutSeq++
 	p.markDurable(p.cutSeq)
-	p.ckptLSN = p.lsn
-	p.durableLSN = p.lsn
+	p.ckptLSN = c.sb.CheckpointLSN
+	p.durableLSN = c.sb.CheckpointLSN
 	p.jbuf = nil
 	p.jpos = 0
-	for _, w := range written {
+	for _, w := range c.pages {
 		p.rc.slot[w.page] = uint8(w.slot)
 	}
 	clear(p.rc.dirty)
-	for _, n := range p.nodes {
+	for _, n := range c.nodes {
 		if n.dirty {
 			n.dirty = false
 			p.dirtyNodes--
@@ -186,20 +278,13 @@ func (p *Pool) checkpointLocked() error {
 	if p.rc.resident > p.rc.maxResident {
 		p.rc.evict()
 	}
-	p.log.Debug("checkpoint", "generation", gen, "lsn", p.lsn, "catalogBlocks", len(newCat))
-	return nil
+	p.log.Debug("checkpoint", "generation", gen, "lsn", c.sb.CheckpointLSN, "catalogBlocks", len(c.newCat))
 }
 
-// writeDirtyNodes writes every dirty tree node, in block order, runs of consecutive blocks
-// (nodes allocated together) in one write each; the caller handles an error. REQUIRES p.mu.
-func (p *Pool) writeDirtyNodes() error {
-	dirty := make([]*node, 0, p.dirtyNodes)
-	for _, n := range p.nodes {
-		if n.dirty {
-			dirty = append(dirty, n)
-		}
-	}
-	slices.SortFunc(dirty, func(a, b *node) int { return cmp.Compare(a.pbn, b.pbn) })
+// writeNodes writes tree nodes (in block order), runs of consecutive blocks (nodes allocated
+// together) in one write each. It reads the nodes without p.mu: they must not change meanwhile
+// (writeCheckpoint).
+func (p *Pool) writeNodes(dirty []*node) error {
 	const maxRun = 256
 	run := alignedBuf(min(maxRun, max(len(dirty), 1)) * p.bs)
 	for i := 0; i < len(dirty); {

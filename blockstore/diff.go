@@ -103,8 +103,8 @@ func (p *Pool) DiffSnapshots(from, to SnapshotID) ([]Extent, error) {
 
 // DiffVolume returns the extents of a volume that may differ from a snapshot.
 func (p *Pool) DiffVolume(from SnapshotID, vol VolumeID) ([]Extent, error) {
-	p.ioGate.Lock() // writes in flight have not mapped their blocks yet: wait for them
-	defer p.ioGate.Unlock()
+	p.writeGate.Lock() // writes in flight have not mapped their blocks yet: wait for them
+	defer p.writeGate.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	a, err := p.snapByID(from)

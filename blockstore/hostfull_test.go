@@ -187,6 +187,7 @@ func TestHostFullIsTransient(t *testing.T) {
 	acked := bytes.Clone(m.want) // flushed: must survive a crash
 
 	// Commits until the journal is full: then a commit must checkpoint, cannot, and fails.
+	atSnap := bytes.Clone(m.want) // what each snapshot taken below holds
 	var snapErr error
 	for i := 0; i < 10000 && snapErr == nil; i++ {
 		var s blockstore.SnapshotInfo
@@ -195,7 +196,11 @@ func TestHostFullIsTransient(t *testing.T) {
 		}
 	}
 	requireHostFull(t, snapErr)
-	require.NoError(t, m.write(t, pattern(10, 64<<10), 64<<10)) // in place: acknowledged, not durable
+	// The change that failed to commit (a snapshot, or the delete of one) holds in memory but
+	// is not durable: a crash brings the snapshot back. Until the change is durable, the
+	// volume's blocks are not its own on disk, so a write copies them rather than overwrite
+	// them in place, and finds no room.
+	requireHostFull(t, m.write(t, pattern(10, 64<<10), 64<<10))
 	requireHostFull(t, p.Flush())
 	require.NoError(t, p.Health())
 	m.verify(t, vol, "with commits failing")
@@ -212,6 +217,11 @@ func TestHostFullIsTransient(t *testing.T) {
 			if !bytes.Equal(got[b:b+bs], acked[b:b+bs]) && !bytes.Equal(got[b:b+bs], m.want[b:b+bs]) {
 				t.Fatalf("crash %d: block at %d holds neither the flushed data nor a later write", seed, b)
 			}
+		}
+		for _, s := range q.Snapshots() {
+			sv, err := q.SnapshotView(s.ID)
+			require.NoError(t, err)
+			mustEqual(t, mustRead(t, sv, 0, len(atSnap)), atSnap, fmt.Sprintf("crash %d: snapshot %s", seed, s.Name))
 		}
 		rep, err := q.CheckWith(readOnly)
 		require.NoError(t, err)

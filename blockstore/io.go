@@ -266,7 +266,7 @@ func (p *Pool) retryNoSpace(fn func() error) error {
 	p.commitMu.Lock()
 	var cerr error
 	if host {
-		cerr = p.commitLocked(false)
+		cerr = p.commitLocked()
 	} else {
 		cerr = p.checkpoint()
 	}
@@ -332,6 +332,8 @@ func (vol *Volume) write(b []byte, off int64) error {
 	last := (uint64(off) + uint64(len(b)) - 1) / bs
 	nblk := int(last - first + 1)
 
+	p.writeGate.RLock()
+	defer p.writeGate.RUnlock()
 	p.ioGate.RLock()
 	defer p.ioGate.RUnlock()
 	defer v.lockStripes(first, last)()
@@ -570,6 +572,8 @@ func (vol *Volume) unmap(first, last uint64) error {
 	for lo := first; lo <= last; lo += chunk {
 		hi := min(lo+chunk-1, last)
 		if err := func() error {
+			p.writeGate.RLock()
+			defer p.writeGate.RUnlock()
 			p.ioGate.RLock()
 			defer p.ioGate.RUnlock()
 			defer v.lockStripes(lo, hi)()

@@ -90,16 +90,17 @@ func (p *Pool) Flush() error {
 	if done {
 		return nil
 	}
-	return p.commitLocked(false)
+	return p.commitLocked()
 }
 
-// commitLocked commits the waiting records. REQUIRES p.commitMu; p.ioGate held exclusively
-// when gateHeld.
+// commitLocked commits the waiting records. REQUIRES p.commitMu, and none of p.writeGate,
+// p.ioGate, p.mu: it holds p.mu to take the records and to publish the commit, not across its
+// writes and syncs, and p.ioGate exclusively at the end only when the commit frees blocks.
 //
 // A commit becomes a checkpoint when the records do not fit in the journal, or when
 // needCheckpoint asks for one; if that checkpoint fails for lack of space (ErrNoSpace,
 // ErrHostFull: nothing durable changed) and the records fit, they are committed to the journal.
-func (p *Pool) commitLocked(gateHeld bool) error {
+func (p *Pool) commitLocked() error {
 	var recs []format.Record
 	var npend int
 	var blocks []byte
@@ -116,14 +117,8 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 		if fits && (attempt > 0 || !p.needCheckpoint()) {
 			break // p.mu held
 		}
-		var err error
-		if gateHeld {
-			err = p.checkpointLocked()
-			p.mu.Unlock()
-		} else {
-			p.mu.Unlock()
-			err = p.checkpoint()
-		}
+		p.mu.Unlock()
+		err := p.checkpoint()
 		if err == nil || !fits || attempt > 0 || !errors.Is(err, ErrNoSpace) {
 			return err
 		}
@@ -155,7 +150,7 @@ func (p *Pool) commitLocked(gateHeld bool) error {
 	if err := p.f.Sync(); err != nil {
 		return p.failLocking(fmt.Errorf("sync journal: %w", err))
 	}
-	if npend > 0 && !gateHeld {
+	if npend > 0 { // a read may still be reading a block freed by a write's copy-on-write
 		p.ioGate.Lock()
 		defer p.ioGate.Unlock()
 	}

@@ -49,38 +49,66 @@ type Options struct {
 
 // Pool is a node-local thin block store: volumes, snapshots and clones in one file or device.
 // A Pool is safe for concurrent use.
+//
+// Locks, in the order they are taken: commitMu, writeGate, ioGate, a volume's write stripes
+// (volume.go), mu. Each says below what it guards and when it is held; functions that need one
+// held say so with "REQUIRES", and a "Locked" suffix means p.mu.
 type Pool struct {
-	f      File
-	bs     int
-	fanout int
-	geo    format.Superblock // geometry of the pool (fields fixed at creation)
-	log    *slog.Logger
-	now    func() time.Time
-	direct bool // O_DIRECT: no sub-block writes
+	// Fixed at Open; read without a lock.
+	f        File
+	bs       int
+	fanout   int
+	geo      format.Superblock // geometry of the pool: fixed at creation, but Version (REQUIRES p.mu)
+	log      *slog.Logger
+	now      func() time.Time
+	direct   bool     // O_DIRECT: no sub-block writes
+	recovery Recovery // what Open replayed; not changed afterwards
 
-	// commitMu serializes journal commits and checkpoints, which write the journal region and
-	// the superblocks. Lock order: commitMu, then ioGate, then mu.
+	// No lock: each is safe for concurrent use.
+
+	// health is Health's answer, kept apart from mu so that Health neither waits for nor
+	// blocks anything that holds mu (Close and the exclusive Check hold it across their
+	// writes and syncs): nil while the pool works, else the error wrapping ErrClosed or
+	// ErrFailed. Written by publishHealthLocked (fail, Close, the end of Open) and by a
+	// refcount page that fails to load.
+	health atomic.Pointer[error]
+	// wrote is set after every data write completes and swapped to false by the commit that
+	// syncs the data (journal.go).
+	wrote atomic.Bool
+	bufs  sync.Pool // block-sized buffers aligned for direct I/O
+
+	// commitMu serializes everything that writes the journal region or a superblock: commits
+	// (Flush), checkpoints, durable changes (Create*, Delete*, Clone*, Revert, GrowVolume),
+	// Close and the exclusive Check. It is held across their writes and fdatasyncs, so each of
+	// these waits for the one before it; data reads and writes never take it.
 	commitMu sync.Mutex
 
-	// ioGate is held shared by every data read and write for its whole duration, and
-	// exclusively by whatever must wait for in-flight data I/O: reusing freed blocks,
-	// snapshots, clones, reverts and deletes.
+	// writeGate keeps checkpoints and unfinished writes apart. It is held shared by every data
+	// write and discard from before it looks up or allocates blocks until it has mapped them
+	// (Volume.write, Volume.unmap), and exclusively by a checkpoint from before it lists what to
+	// write until it has published it (checkpoint), across its writes and both fdatasyncs, and
+	// by DiffVolume: neither may see a block allocated but not yet mapped, nor a tree node
+	// change under it. Reads do not take it, so they go on during a checkpoint.
+	writeGate sync.RWMutex
+
+	// ioGate keeps changes to what blocks hold apart from the data I/O that uses them. It is
+	// held shared by every data read and write for its whole duration, data I/O included, and
+	// exclusively, to wait for the data I/O in flight on every volume, by: a change with a
+	// barrier while it applies in memory (CreateSnapshot, CloneVolume, Revert and the deletes;
+	// not while it commits: durableChange), the end of a commit or checkpoint that makes freed
+	// blocks reusable (a read may still be reading one), and Close and the exclusive Check
+	// across their checkpoint.
 	ioGate sync.RWMutex
 
-	// mu guards everything below. It is held for in-memory work and for reading tree nodes
-	// missing from the cache, never across data I/O or fsync. Reads of cached mappings hold it
-	// shared; everything else exclusively.
+	// mu guards the fields below. It is held for work in memory, for reading the tree nodes and
+	// refcount pages missing from their caches, and for punching out blocks as they become
+	// free; never across a data read or write or an fdatasync, except by Close, the exclusive
+	// Check and Open, which hold the whole pool across their checkpoint. Reads of cached
+	// mappings hold it shared; everything else exclusively.
 	mu sync.RWMutex
 
 	failed error // sticky: set when a metadata write or sync fails
 	closed bool
-
-	// health is Health's answer, kept apart from mu so that Health neither waits for nor
-	// blocks a checkpoint or a Check (both hold mu across their writes and syncs): nil while
-	// the pool works, else the error wrapping ErrClosed or ErrFailed. Written by
-	// publishHealthLocked (fail, Close, the end of Open) and by a refcount page that fails to
-	// load; read without a lock.
-	health atomic.Pointer[error]
 
 	// hostFull is set when a write met a file system without space or quota left for it
 	// (ErrHostFull), and cleared when new blocks could be written again, a checkpoint
@@ -90,9 +118,9 @@ type Pool struct {
 
 	// checks counts read-only Checks in progress. While it is non-zero no checkpoint
 	// completes, so the last one stays on disk as they read it: commits skip the checkpoints
-	// they may take, and those that must happen wait (ckptWaiting counts them; no read-only
-	// Check starts while one waits). unpinned is broadcast on mu when either drops to 0.
-	// See check.go.
+	// they may take, and those that must happen wait (ckptWaiting counts them, from before
+	// they wait until they are published or failed; no read-only Check starts while it is
+	// non-zero). unpinned is broadcast on mu when either drops to 0. See check.go.
 	checks      int
 	ckptWaiting int
 	unpinned    *sync.Cond
@@ -112,15 +140,20 @@ type Pool struct {
 	reserved          map[uint64]struct{} // during replay: blocks later records map
 	replaying         bool
 
-	// unshared holds data blocks whose refcount dropped to 1 by a change not yet durable, with
-	// the commit sequence at the time. The holder left may not overwrite such a block in place:
-	// if the change were lost in a crash, the block would be shared again, and the other holder
-	// would read the new data. A block is unshared-but-not-durable while its tag >= durableSeq.
+	// unshared holds blocks (data blocks and tree nodes) whose refcount dropped to 1 by a
+	// change not yet durable, with the commit sequence at the time. The holder left may not
+	// overwrite data under them in place: if the change were lost in a crash, the block would
+	// be shared again, and the other holder would read the new data (lookup). A block is
+	// unshared-but-not-durable while its tag >= durableSeq.
 	unshared   map[uint64]uint64
 	cutSeq     uint64 // commits started (a commit covers every change made before its start)
 	durableSeq uint64 // the cutSeq of the last commit that completed
 
-	nodes         map[uint64]*node // node cache: every dirty node, and clean ones up to the budget
+	// The node cache: every dirty node, and clean ones up to the budget.
+	// INVARIANT: between a checkpoint's prepare and publish steps (checkpoint.go), which hold
+	// writeGate exclusively and commitMu, no dirty node and no dirty refcount page changes, so
+	// its write step reads them without mu.
+	nodes         map[uint64]*node
 	dirtyNodes    int
 	cleanNodes    int
 	maxCleanNodes int
@@ -135,10 +168,7 @@ type Pool struct {
 	generation uint64          // generation of the last durable checkpoint
 	ckptLSN    uint64
 
-	recovery   Recovery
 	diffVisits uint64 // nodes compared by diffs (tests show diffs cost what changed)
-	bufs       sync.Pool
-	wrote      atomic.Bool // data written since the last sync
 }
 
 // Recovery reports what Open replayed from the journal.
@@ -167,6 +197,33 @@ type Stats struct {
 	Snapshots          int
 	LSN                uint64 // last log position assigned
 	CheckpointLSN      uint64 // log position of the last checkpoint
+}
+
+// Geometry is how a pool is laid out, fixed when it was created. It explains what Stats
+// reports (MetadataBytes is 2 superblocks, the journal, 2 slots per refcount page and the tree
+// nodes and catalog blocks; PhysicalBytes is the data region) and what a tree costs: a leaf maps
+// NodeEntries blocks, an inner node NodeEntries children.
+type Geometry struct {
+	BlockSize        int    // bytes per block
+	NodeEntries      int    // entries per tree node
+	RefcountsPerPage int    // data blocks whose refcounts one refcount page holds
+	RefcountPages    uint64 // refcount pages, each kept in two slots (blocks)
+	JournalBlocks    uint64 // blocks of the journal region
+	DataStart        uint64 // first block of the data region: blocks before it are the fixed regions
+	Blocks           uint64 // blocks of the pool, fixed regions included
+}
+
+// Geometry returns the pool's layout. It takes no lock: the layout never changes.
+func (p *Pool) Geometry() Geometry {
+	return Geometry{
+		BlockSize:        p.bs,
+		NodeEntries:      p.fanout,
+		RefcountsPerPage: format.RCPerPage(p.bs),
+		RefcountPages:    p.geo.RCPages,
+		JournalBlocks:    p.geo.JournalBlocks,
+		DataStart:        p.geo.DataStart,
+		Blocks:           p.geo.PoolBlocks,
+	}
 }
 
 const defaultOverProvision = 10

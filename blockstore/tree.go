@@ -193,8 +193,9 @@ func (p *Pool) heightFor(blocks uint64) uint8 {
 
 // lookup returns the physical block mapped at lbn (0 if unmapped) and whether the block is
 // exclusively owned by this tree, now and in the durable state: every node on its path and the
-// block itself have refcount 1, and the block did not become private by a change that a crash
-// could still undo (see p.unshared). Only an owned block may be overwritten in place.
+// block itself have refcount 1, and none of them became private by a change that a crash could
+// still undo (see p.unshared: a delete or a revert that dropped the other tree holding a node
+// is durable only once its commit is). Only an owned block may be overwritten in place.
 func (p *Pool) lookup(t *tree, lbn uint64) (pbn uint64, owned bool, err error) {
 	cur := t.root
 	owned = true
@@ -202,7 +203,7 @@ func (p *Pool) lookup(t *tree, lbn uint64) (pbn uint64, owned bool, err error) {
 		if cur == 0 {
 			return 0, false, nil
 		}
-		if p.rc.get(cur) != 1 {
+		if p.rc.get(cur) != 1 || p.recentlyUnshared(cur) {
 			owned = false
 		}
 		n, err := p.getNode(cur)

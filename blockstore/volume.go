@@ -156,29 +156,43 @@ func (p *Pool) DeleteVolume(id VolumeID) error {
 	})
 }
 
-// durableChange runs fn with in-flight I/O drained and commits it before returning. Changes
-// that end sharing (deletes, reverts) must be durable before any block they make private is
-// overwritten in place, or a crash could bring back a snapshot whose blocks were changed.
+// durableChange applies a change (fn, with p.mu held) and commits it before returning.
+// REQUIRES none of the pool's locks.
 //
-// With barrier unset, fn must not change what any volume or snapshot shares: I/O goes on, and
-// the change is merely made durable.
+// With barrier set, fn runs once the data reads and writes in flight on every volume have
+// ended, and before any more start (p.ioGate held exclusively): a change that makes blocks
+// shared (a snapshot, a clone of a volume) must not meet a write that looked a block up as its
+// own and is about to overwrite it, and one that frees blocks or ends sharing (a delete, a
+// revert) must not meet a read of them. The commit that follows holds back nothing but other
+// commits: blocks fn freed are reused only after it (pendingCommit), and data under a tree
+// node or block that fn made private is not overwritten in place before it is durable
+// (p.unshared, checked by lookup), so a crash that loses the change cannot bring back a
+// snapshot or clone whose blocks were changed.
+//
+// With barrier unset, fn must not change what any volume or snapshot shares: I/O goes on
+// while it runs.
 func (p *Pool) durableChange(barrier bool, fn func() error) error {
 	p.commitMu.Lock()
 	defer p.commitMu.Unlock()
+	if err := p.applyChange(barrier, fn); err != nil {
+		return err
+	}
+	return p.commitLocked()
+}
+
+// applyChange runs fn with p.mu held, and with p.ioGate held exclusively when barrier is set.
+// REQUIRES p.commitMu.
+func (p *Pool) applyChange(barrier bool, fn func() error) error {
 	if barrier {
 		p.ioGate.Lock()
 		defer p.ioGate.Unlock()
 	}
 	p.mu.Lock()
-	err := p.checkLocked()
-	if err == nil {
-		err = fn()
-	}
-	p.mu.Unlock()
-	if err != nil {
+	defer p.mu.Unlock()
+	if err := p.checkLocked(); err != nil {
 		return err
 	}
-	return p.commitLocked(barrier)
+	return fn()
 }
 
 // GrowVolume grows a volume to size bytes. Shrinking is refused.

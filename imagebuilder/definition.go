@@ -77,30 +77,6 @@ type Backup struct {
 	Format string `json:"format,omitempty" yaml:"format,omitempty"`
 }
 
-// Engine is a normalized database engine name.
-type Engine string
-
-// The engines a definition may name.
-const (
-	EnginePostgres Engine = "postgres"
-	EngineMySQL    Engine = "mysql"
-	EngineMariaDB  Engine = "mariadb"
-)
-
-// ParseEngine returns the engine s names, case-insensitively: "postgres" or "postgresql",
-// "mysql", "mariadb".
-func ParseEngine(s string) (Engine, bool) {
-	switch lowerASCII(s) {
-	case "postgres", "postgresql":
-		return EnginePostgres, true
-	case "mysql":
-		return EngineMySQL, true
-	case "mariadb":
-		return EngineMariaDB, true
-	}
-	return "", false
-}
-
 // SourceType says where an image's data comes from.
 type SourceType string
 
@@ -121,25 +97,6 @@ const (
 	FormatSQL           BackupFormat = "sql"            // a plain SQL script (pg_dump, mysqldump, mariadb-dump)
 	FormatPgDumpAll     BackupFormat = "pg_dumpall"     // pg_dumpall output
 )
-
-// Formats returns the backup formats engine e can restore, FormatDetect aside.
-func (e Engine) Formats() []BackupFormat {
-	switch e {
-	case EnginePostgres:
-		return []BackupFormat{FormatBaseBackupTar, FormatPgDumpCustom, FormatSQL, FormatPgDumpAll}
-	case EngineMySQL, EngineMariaDB:
-		return []BackupFormat{FormatSQL}
-	}
-	return nil
-}
-
-// systemDatabases are the names an initial database may not take, by engine (compared
-// case-insensitively).
-var systemDatabases = map[Engine][]string{
-	EnginePostgres: {"template0", "template1"},
-	EngineMySQL:    {"information_schema", "mysql", "performance_schema", "sys"},
-	EngineMariaDB:  {"information_schema", "mysql", "performance_schema", "sys"},
-}
 
 // Limits of the definition's values.
 const (
@@ -367,7 +324,7 @@ func checkEngine(ps *problems, s string) Engine {
 	case s == "":
 		ps.add(0, "engine", "required")
 	case !ok:
-		ps.add(0, "engine", "must be one of postgres, postgresql, mysql, mariadb; got %q", s)
+		ps.add(0, "engine", "must be one of %s; got %q", strings.Join(EngineNames(), ", "), s)
 	}
 	return engine
 }
@@ -449,7 +406,7 @@ func checkFormat(ps *problems, field string, engine Engine, format string) {
 	allowed := engine.Formats()
 	where := " for " + string(engine)
 	if engine == "" {
-		allowed = EnginePostgres.Formats() // every format
+		allowed = allFormats()
 		where = ""
 	}
 	for _, a := range allowed {
@@ -484,7 +441,7 @@ func checkDBName(ps *problems, engine Engine, name string) {
 			return
 		}
 	}
-	for _, sys := range systemDatabases[engine] {
+	for _, sys := range engine.systemDatabases() {
 		if lowerASCII(name) == sys {
 			ps.add(0, field, "%q is a system database of %s", name, engine)
 			return

@@ -15,14 +15,15 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // Service is the embedded default's API. Every method is safe for concurrent use; operations on
 // one image or clone are serialized, operations on different ones run side by side.
 type Service interface {
 	// BuildImage builds an image from a definition and reports progress through progress (which
-	// may be nil) until it returns.
-	BuildImage(ctx context.Context, req BuildRequest, progress func(BuildEvent)) (*Image, error)
+	// may be nil) until it returns: the steps volume and filesystem, the builder's, then freeze.
+	BuildImage(ctx context.Context, req BuildRequest, progress func(wire.Event)) (*Image, error)
 	// Images lists the images, by name.
 	Images(ctx context.Context) ([]Image, error)
 	// Image returns one image.
@@ -71,21 +72,6 @@ type BuildRequest struct {
 	// BackupRoot is the directory the definition's backup and script paths are relative to
 	// ("" = the daemon's default).
 	BackupRoot string `json:"backupRoot,omitempty"`
-}
-
-// BuildEvent is one progress report of a build.
-type BuildEvent struct {
-	// Step is the build step running: volume, filesystem, init, restore, start, prescript,
-	// postscript, checkpoint, stop, freeze.
-	Step string `json:"step"`
-	// Message says what happens, for people.
-	Message string `json:"message,omitempty"`
-	// Done and Total are bytes of backup input restored so far and in all (Total 0 when the
-	// step has no byte count).
-	Done  int64 `json:"done,omitempty"`
-	Total int64 `json:"total,omitempty"`
-	// Log is a line of the engine's log, when Step runs the engine.
-	Log string `json:"log,omitempty"`
 }
 
 // Image is a data image: a frozen snapshot of a whole database instance.

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -232,8 +233,12 @@ func responseError(resp *http.Response) error {
 	return we.err()
 }
 
-// BuildImage implements Service.
-func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func(BuildEvent)) (*Image, error) {
+// BuildImage implements Service. The daemon's events are decoded by the builder's wire format's
+// rules (package wire): of a daemon of a newer minor format, what this client knows; events of
+// kinds it does not know are skipped. Events it cannot read at all (another major format) are
+// skipped too, and the first of them is reported to progress as an event without a step whose
+// message says why progress is not shown; the build goes on.
+func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func(wire.Event)) (*Image, error) {
 	resp, err := c.send(ctx, http.MethodPost, "/v1/images", req)
 	if err != nil {
 		return nil, err
@@ -244,6 +249,7 @@ func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	unreadable := false // an event could not be read, and progress was told
 	for sc.Scan() {
 		var line buildLine
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
@@ -251,8 +257,14 @@ func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func
 		}
 		switch {
 		case line.Event != nil:
-			if progress != nil {
-				progress(*line.Event)
+			ev, err := wire.DecodeEvent(line.Event)
+			switch {
+			case progress == nil, errors.Is(err, wire.ErrUnknownKind):
+			case err == nil:
+				progress(ev)
+			case !unreadable:
+				unreadable = true
+				progress(wire.Event{Message: fmt.Sprintf("build progress not shown: %v", err)})
 			}
 		case line.Image != nil:
 			return line.Image, nil

@@ -5,36 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 )
 
-// serverUser is the OS user the servers of an engine run as (engine.ResolveUser's fallback).
-func serverUser(kind imagebuilder.Engine) string {
-	if kind == imagebuilder.EnginePostgres {
-		return "postgres"
-	}
-	return "mysql"
-}
-
 // runtimeDir makes a server's runtime directory anew (a previous run's socket and pid file are
-// stale), owned by the user the server runs as.
-func runtimeDir(dir string, kind imagebuilder.Engine) error {
-	u, err := engine.ResolveUser("", serverUser(kind))
-	if err != nil {
-		return fmt.Errorf("local: runtime directory %s: %w", dir, err)
-	}
+// stale). The engine's Start gives it to the server's user.
+func runtimeDir(dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("local: clear runtime directory: %w", err)
 	}
-	if err := u.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("local: make runtime directory: %w", err)
 	}
 	return nil
@@ -48,24 +35,6 @@ func (d *Daemon) runtimeLocked(name string) *cloneRuntime {
 		d.mu.clones[name] = rt
 	}
 	return rt
-}
-
-// clearStaleLock removes the lock file a PostgreSQL data directory keeps in itself
-// (postmaster.pid) before a clone's server starts. Revisions and images made from clones are
-// snapshots of running servers: their lock file names the server of another clone, which may
-// well still run, and PostgreSQL would refuse to start. It is stale: the daemon is the only one
-// to start servers on a clone's mount, one at a time under the clone's lock, and no process
-// works there now (activate makes sure of it; a previous daemon's were killed at start). MariaDB and MySQL keep their pid file
-// in the runtime directory, which is made anew.
-func clearStaleLock(kind imagebuilder.Engine, root string) error {
-	if kind != imagebuilder.EnginePostgres {
-		return nil
-	}
-	p := filepath.Join(engine.DataDir(root), "postmaster.pid")
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove the stale lock file: %w", err)
-	}
-	return nil
 }
 
 // activate makes a clone serve: it attaches the clone's volume (unless attached) and starts its
@@ -112,11 +81,16 @@ func (d *Daemon) activate(ctx context.Context, r *cloneRecord, strictPort bool) 
 	if err := killUnder(mnt+"/", nil); err != nil {
 		return fail(fmt.Errorf("local: clone %s: %w", r.Name, err))
 	}
-	if err := clearStaleLock(r.Engine, mnt); err != nil {
+	// Revisions and images made from clones are snapshots of running servers: what a server
+	// keeps in its data to lock it (PostgreSQL's postmaster.pid) names the server of another
+	// clone, which may well still run. It is stale: the daemon is the only one to start servers
+	// on a clone's mount, one at a time under the clone's lock, and no process works there now
+	// (killUnder above; a previous daemon's were killed at start).
+	if err := eng.PrepareClone(mnt); err != nil {
 		return fail(fmt.Errorf("local: clone %s: %w", r.Name, err))
 	}
 	run := d.cfg.cloneRun(r.Name)
-	if err := runtimeDir(run, r.Engine); err != nil {
+	if err := runtimeDir(run); err != nil {
 		return fail(fmt.Errorf("local: clone %s: %w", r.Name, err))
 	}
 	inst, err = eng.Start(ctx, mnt, engine.StartOptions{RuntimeDir: run, ListenAddress: d.cfg.ListenAddress, Port: port})
@@ -249,16 +223,7 @@ const startTimeout = 5 * time.Minute
 
 // connection returns the connection string of a clone's server.
 func connection(kind imagebuilder.Engine, user, password, host string, port int, db string) string {
-	u := url.URL{
-		Scheme: "mysql",
-		User:   url.UserPassword(user, password),
-		Host:   net.JoinHostPort(host, strconv.Itoa(port)),
-		Path:   "/" + db,
-	}
-	if kind == imagebuilder.EnginePostgres {
-		u.Scheme, u.RawQuery = "postgresql", "sslmode=disable"
-	}
-	return u.String()
+	return registry.URL(engine.ConnInfo{Engine: kind, Host: host, Port: port, User: user, Password: password, Database: db})
 }
 
 // connectHost is the host clients reach a server listening on address at: the loopback address

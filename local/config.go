@@ -50,7 +50,7 @@ type Config struct {
 	// MaxArchiveMembers bounds the files, directories and links a physical restore's archives
 	// hold (0: builder.DefaultMaxArchiveMembers; negative: no limit).
 	MaxArchiveMembers int64
-	// Engines are the database engines builds and clones use (nil: builder.Discover, once).
+	// Engines are the database engines builds and clones use (nil: registry.Discover, once).
 	Engines engine.Set
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger

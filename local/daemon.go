@@ -17,8 +17,8 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/blockstore/provision"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/keylock"
 	"github.com/dataimage/dataimage/nodevolume"
 )
@@ -281,7 +281,7 @@ func (d *Daemon) engineSet() (engine.Set, error) {
 	if d.engines != nil {
 		return d.engines, nil
 	}
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	if err != nil {
 		return nil, fmt.Errorf("local: discover database engines: %w", err)
 	}

@@ -22,8 +22,10 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
@@ -106,7 +108,7 @@ var discovered struct {
 func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 	t.Helper()
 	needKernel(t)
-	discovered.once.Do(func() { discovered.set, discovered.err = builder.Discover() })
+	discovered.once.Do(func() { discovered.set, discovered.err = registry.Discover() })
 	for _, e := range discovered.set {
 		if e.Kind() == kind {
 			return e
@@ -116,15 +118,11 @@ func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 	return nil
 }
 
-// testDir returns a new directory that the database servers' users can traverse (t.TempDir is
-// 0700, and so is its parent).
+// testDir returns a new directory that the database servers' users can traverse (see
+// enginetest.Root).
 func testDir(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		require.NoError(t, os.Chmod(d, 0o711))
-	}
-	return dir
+	return enginetest.Root(t)
 }
 
 // testLog returns a logger writing to a file, whose content is printed when the test fails.
@@ -218,7 +216,7 @@ func tryBuild(s Service, def, root string) (*Image, []string, error) {
 	var mu sync.Mutex
 	var steps []string
 	img, err := s.BuildImage(context.Background(), BuildRequest{Definition: []byte(def), DefinitionPath: "test.yaml", BackupRoot: root},
-		func(ev BuildEvent) {
+		func(ev wire.Event) {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(steps) == 0 || steps[len(steps)-1] != ev.Step {
@@ -305,17 +303,24 @@ func sourceServer(t testing.TB, eng engine.Engine, setup string) (engine.Instanc
 	return inst, run
 }
 
+// serverUser is the OS user the servers of kind run as.
+func serverUser(t testing.TB, kind imagebuilder.Engine) *engine.User {
+	t.Helper()
+	u, err := needEngine(t, kind).User("")
+	require.NoError(t, err)
+	return u
+}
+
 // serverUserCommand runs a tool as the servers' OS user, writing its standard output to stdout
 // (a file root opens) when not nil.
 func serverUserCommand(t testing.TB, kind imagebuilder.Engine, stdout *os.File, name string, args ...string) {
 	t.Helper()
-	u, err := engine.ResolveUser("", serverUser(kind))
-	require.NoError(t, err)
+	u := serverUser(t, kind)
 	cmd := u.Command(context.Background(), "", name, args)
 	if stdout != nil {
 		cmd.Stdout = stdout
 	}
-	_, err = engine.Run(cmd)
+	_, err := engine.Run(cmd)
 	require.NoError(t, err)
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -16,7 +15,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/units"
 )
 
@@ -25,24 +24,25 @@ import (
 // snapshot image/<name>. Progress: the steps volume and filesystem, the builder's steps, then
 // freeze. A failed build leaves no image and no volume, and fails with ErrBuildFailed naming the
 // step, with the tail of the engine's log.
-func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func(BuildEvent)) (*Image, error) {
+func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func(wire.Event)) (*Image, error) {
 	ctx, end, err := d.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
 	var progressMu sync.Mutex // the builder may report from several goroutines
-	report := func(ev BuildEvent) {
+	report := func(ev wire.Event) {
 		if progress != nil {
 			progressMu.Lock()
 			defer progressMu.Unlock()
 			progress(ev)
 		}
 	}
-	def, env, engines, err := d.validateDefinition(req)
+	breq, err := d.prepareBuild(req)
 	if err != nil {
 		return nil, err
 	}
+	def := breq.Definition
 	name := def.Name
 	if err := d.reserveImage(name); err != nil {
 		return nil, err
@@ -52,7 +52,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	start := time.Now()
 	log.Info("image build started", "engine", def.NormalizedEngine(), "version", def.Version, "sourceType", def.NormalizedSourceType())
 
-	report(BuildEvent{Step: "volume", Message: fmt.Sprintf("creating a %s thin volume", units.FormatBytes(d.cfg.VolumeSize))})
+	report(wire.Event{Step: "volume", Message: fmt.Sprintf("creating a %s thin volume", units.FormatBytes(d.cfg.VolumeSize))})
 	vol, err := d.newVolume(buildPrefix+name, d.cfg.VolumeSize)
 	if err != nil {
 		return nil, fmt.Errorf("local: build image %s: create its volume: %w", name, err)
@@ -80,34 +80,25 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		return nil, err
 	}
 
-	report(BuildEvent{Step: "filesystem", Message: "making an ext4 file system"})
+	report(wire.Event{Step: "filesystem", Message: "making an ext4 file system"})
 	if _, err := d.attach(ctx, exportID, vol.ID, mnt, true); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
 	attached = true
-	if err := runtimeDir(d.cfg.buildRun(name), def.NormalizedEngine()); err != nil {
+	if err := runtimeDir(d.cfg.buildRun(name)); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
-	res, err := builder.Build(ctx, builder.Request{
-		Definition: def,
-		Env:        env,
-		Engines:    engines,
-		Root:       mnt,
-		RuntimeDir: d.cfg.buildRun(name),
-		// A tar bomb fails the build once it passes the volume's size or the member limit;
-		// the volume is deleted with the failed build, and the pool gets its space back.
-		MaxRestoreBytes:   d.cfg.VolumeSize,
-		MaxArchiveMembers: d.cfg.MaxArchiveMembers,
-		Progress: func(ev builder.Event) {
-			report(BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
-		},
-		Logger: d.log,
-	})
+	breq.Root, breq.RuntimeDir = mnt, d.cfg.buildRun(name)
+	// A tar bomb fails the build once it passes the volume's size or the member limit; the
+	// volume is deleted with the failed build, and the pool gets its space back.
+	breq.MaxRestoreBytes, breq.MaxArchiveMembers = d.cfg.VolumeSize, d.cfg.MaxArchiveMembers
+	breq.Progress, breq.Logger = report, d.log
+	res, err := builder.Build(ctx, breq)
 	if err != nil {
 		return failed(buildFailed(name, err))
 	}
 
-	report(BuildEvent{Step: "freeze", Message: "unmounting and freezing the volume as the image"})
+	report(wire.Event{Step: "freeze", Message: "unmounting and freezing the volume as the image"})
 	if err := d.detach(exportID, mnt); err != nil {
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
@@ -148,41 +139,25 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 	return d.imageView(name)
 }
 
-// validateDefinition parses and validates a build's definition against the engines of this
-// machine and the backup root.
-func (d *Daemon) validateDefinition(req BuildRequest) (*imagebuilder.Definition, imagebuilder.ValidationEnv, engine.Set, error) {
-	env := imagebuilder.ValidationEnv{DefaultLifetime: d.cfg.imageLifetime, BackupRoot: req.BackupRoot}
-	invalid := func(err error) error {
-		var de *imagebuilder.DefinitionError
-		if errors.As(err, &de) && req.DefinitionPath != "" {
-			de.Path = req.DefinitionPath
-		}
-		return &kindError{kind: ErrInvalid, err: err}
+// prepareBuild parses and validates a build's definition against the engines of this machine
+// and the backup root (the request's, else the daemon's default): builder.Prepare, whose input
+// errors are ErrInvalid here.
+func (d *Daemon) prepareBuild(req BuildRequest) (builder.Request, error) {
+	root := req.BackupRoot
+	if root == "" {
+		root = d.cfg.BackupRoot
 	}
-	def, err := imagebuilder.ParseDefinition(req.Definition)
-	if err != nil {
-		return nil, env, nil, invalid(err)
+	breq, err := builder.Prepare(builder.Input{
+		Definition:      req.Definition,
+		DefinitionPath:  req.DefinitionPath,
+		BackupRoot:      root,
+		DefaultLifetime: d.cfg.imageLifetime,
+		Engines:         d.engineSet,
+	})
+	if errors.Is(err, builder.ErrInvalidInput) {
+		return breq, &kindError{kind: ErrInvalid, err: err}
 	}
-	if env.BackupRoot != "" && !filepath.IsAbs(env.BackupRoot) {
-		return nil, env, nil, errorf(ErrInvalid, "backup root %q: must be an absolute path (the daemon runs in another directory)", env.BackupRoot)
-	}
-	if env.BackupRoot == "" {
-		env.BackupRoot = d.cfg.BackupRoot
-	}
-	// A definition without paths needs no backup root.
-	env.CheckPaths = env.BackupRoot != "" || len(def.Backups) > 0 || def.PreScript != "" || def.PostScript != ""
-	if env.CheckPaths && env.BackupRoot == "" {
-		return nil, env, nil, errorf(ErrInvalid, "image definition %s names backups or scripts but no backup root was given (the daemon has no default)", req.DefinitionPath)
-	}
-	set, err := d.engineSet()
-	if err != nil {
-		return nil, env, nil, err
-	}
-	env.Versions = set.Versions()
-	if err := def.Validate(env); err != nil {
-		return nil, env, nil, invalid(err)
-	}
-	return def, env, set, nil
+	return breq, err
 }
 
 // buildFailed makes the error of a failed build: ErrBuildFailed, the step, the cause and the

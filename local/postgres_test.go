@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -407,9 +408,9 @@ func TestPostgres(t *testing.T) {
 		}, 10*time.Second, 20*time.Millisecond)
 		defer c.Close()
 
-		var events []BuildEvent
+		var events []wire.Event
 		img, err := c.BuildImage(ctx, BuildRequest{Definition: []byte(pgDefinition(eng, "pg-http", "sourceType: backup\nbackups:\n  - path: dump.sql\n")), BackupRoot: root},
-			func(ev BuildEvent) { events = append(events, ev) })
+			func(ev wire.Event) { events = append(events, ev) })
 		require.NoError(t, err)
 		require.Equal(t, "pg-http", img.Name)
 		require.Equal(t, "volume", events[0].Step)

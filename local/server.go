@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // The HTTP API: JSON over the home's Unix socket.
@@ -52,11 +54,13 @@ type healthResponse struct {
 	PID int `json:"pid"`
 }
 
-// buildLine is one line of a build's stream: exactly one field is set.
+// buildLine is one line of a build's stream: exactly one field is set. Event is a build event
+// in the builder's wire format (wire.Event), which the client decodes with wire.DecodeEvent:
+// a daemon and a client of different versions read each other's events by its rules.
 type buildLine struct {
-	Event *BuildEvent `json:"event,omitempty"`
-	Image *Image      `json:"image,omitempty"`
-	Error *wireError  `json:"error,omitempty"`
+	Event json.RawMessage `json:"event,omitempty"`
+	Image *Image          `json:"image,omitempty"`
+	Error *wireError      `json:"error,omitempty"`
 }
 
 // maxRequestBody bounds request bodies (a definition is at most 1 MiB, base64 in JSON).
@@ -204,7 +208,13 @@ func (d *Daemon) serveBuild(w http.ResponseWriter, r *http.Request) {
 			_ = rc.Flush()
 		}
 	}
-	img, err := d.BuildImage(r.Context(), req, func(ev BuildEvent) { send(buildLine{Event: &ev}) })
+	img, err := d.BuildImage(r.Context(), req, func(ev wire.Event) {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			panic(err) // unreachable: an event holds strings and numbers
+		}
+		send(buildLine{Event: b})
+	})
 	mu.Lock()
 	first := !started
 	mu.Unlock()

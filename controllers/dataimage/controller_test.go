@@ -20,7 +20,7 @@ import (
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 func condition(di *v1alpha1.DataImage, typ string) metav1.Condition {
@@ -296,7 +296,7 @@ func TestBuildFails(t *testing.T) {
 	h.logs.set(h.ns, pod.Name, `{"step":"init"}`, `{"step":"start","message":"starting mariadbd"}`,
 		`{"step":"start","log":"[ERROR] InnoDB: cannot allocate memory"}`)
 	h.waitImage("broken", "step start", func(di *v1alpha1.DataImage) bool { return di.Status.Step == "start" })
-	out := builder.Outcome{Step: "start", Message: "mariadbd exited with status 1",
+	out := wire.Outcome{Step: "start", Message: "mariadbd exited with status 1",
 		LogTail: "[Note] starting\n[ERROR] InnoDB: cannot allocate memory\n[ERROR] Aborting"}
 	h.endPod(pod, 1, string(out.Encode()))
 
@@ -540,6 +540,40 @@ func TestDeleteDuringBuild(t *testing.T) {
 		}
 		return h.deleted(&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "abandoned-build", Namespace: h.ns}})
 	})
+}
+
+// TestBuilderOfAnotherFormat: a builder image newer than the controller. Events of a newer
+// minor format show their progress (fields and event kinds the controller does not know are
+// ignored), and so does its outcome; events of another major format are not guessed at, and
+// the status says why progress is not shown.
+func TestBuilderOfAnotherFormat(t *testing.T) {
+	h := newHarness(t)
+	h.create(h.image("newer"))
+	job := h.job("newer")
+	pod := h.runPod(job, "node-a")
+	h.logs.set(h.ns, pod.Name, `{"buildEvent":"2.0","step":{"name":"restore"},"progress":0.5}`)
+	got := h.waitImage("newer", "progress not shown", func(di *v1alpha1.DataImage) bool {
+		return strings.Contains(di.Status.Message, "its progress is not shown")
+	})
+	if want := "the build event is in format 2.0; this version of Dataimage reads 1.x"; !strings.Contains(got.Status.Message, want) {
+		t.Errorf("message %q lacks %q", got.Status.Message, want)
+	}
+
+	h.logs.set(h.ns, pod.Name,
+		`{"buildEvent":"1.9","step":"restore","message":"restoring","done":5,"total":10,"rate":3}`,
+		`{"buildEvent":"1.9","kind":"warning","step":"vacuum","message":"slow disk"}`)
+	got = h.waitImage("newer", "progress", func(di *v1alpha1.DataImage) bool { return di.Status.BytesDone == 5 })
+	if got.Status.Step != "restore" || got.Status.BytesTotal != 10 || !strings.Contains(got.Status.Message, "step restore: restoring") {
+		t.Errorf("progress of a newer minor format: step %q total %d message %q", got.Status.Step, got.Status.BytesTotal, got.Status.Message)
+	}
+
+	h.endPod(pod, 0, `{"buildOutcome":"1.3","ok":true,"engine":"postgres","engineVersion":"16.4","dataBytes":1024,"buildSeconds":12.5}`)
+	got = h.waitImage("newer", "built", func(di *v1alpha1.DataImage) bool {
+		return condition(di, v1alpha1.ConditionBuilt).Status == metav1.ConditionTrue
+	})
+	if got.Status.EngineVersion != "16.4" {
+		t.Errorf("engineVersion %q from a newer outcome", got.Status.EngineVersion)
+	}
 }
 
 func TestRestartMidBuild(t *testing.T) {

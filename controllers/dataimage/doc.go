@@ -11,9 +11,11 @@
 //     or ImageNotAllowed) and nothing created. A valid one gets a build PVC and a build Job
 //     (<name>-build, owned by the DataImage), whose pod runs as the engine's server user with
 //     no capability and a read-only root file system; phase Building follows the Job's pod:
-//     progress from the last JSON build event in its log (LogReader), the result from its
-//     termination message (builder.Outcome). A failure is written to status (Failed, Built=False reason BuildFailed
-//     with the step and the engine's log tail) before the Job and PVC are deleted. A success is
+//     progress from the last build event in its log (LogReader), the result from its
+//     termination message (both in the builder's wire format, imagebuilder/builder/wire, read
+//     by its rules for other versions: a builder image may be newer). A failure is written to
+//     status (Failed, Built=False reason BuildFailed with the step and the engine's log tail)
+//     before the Job and PVC are deleted. A success is
 //     written to status (Built=True, builtAt, engine version, data-state time) before the
 //     VolumeSnapshot <name> is created; once it is ready to use the Job and PVC are deleted and
 //     the phase is Ready. At builtAt + lifetime the snapshot is deleted (phase Expired) unless

@@ -27,7 +27,7 @@ import (
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/kubetest"
 )
 
@@ -308,7 +308,7 @@ func (h *harness) endPod(pod *corev1.Pod, code int32, msg string) {
 // outcomeOK is a successful build's termination message.
 func outcomeOK(t *testing.T) string {
 	t.Helper()
-	o := builder.Outcome{OK: true, Engine: imagebuilder.EnginePostgres, EngineVersion: "16.4",
+	o := wire.Outcome{OK: true, Engine: imagebuilder.EnginePostgres, EngineVersion: "16.4",
 		DataStateTime: time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC), DataStateSource: "backup_label", DataBytes: 123 << 20}
 	return string(o.Encode())
 }

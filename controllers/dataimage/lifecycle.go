@@ -20,8 +20,8 @@ import (
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/units"
-	"github.com/dataimage/dataimage/local"
 )
 
 // build runs the build part of the life: validate and start, follow the Job, record the result,
@@ -186,6 +186,8 @@ func (r *reconciler) follow(ctx context.Context, st *state, job *batchv1.Job) (c
 			setMessage(di, "build Job %s: waiting for its pod", job.Name)
 		case waitingMessage(pod) != "":
 			setMessage(di, "%s", waitingMessage(pod))
+		case blog.last == nil && blog.unreadable != nil:
+			setMessage(di, "build pod %s: %s; its progress is not shown: %v", pod.Name, strings.ToLower(string(pod.Status.Phase)), blog.unreadable)
 		case blog.last == nil:
 			setMessage(di, "build pod %s: %s", pod.Name, strings.ToLower(string(pod.Status.Phase)))
 		}
@@ -198,7 +200,7 @@ func (r *reconciler) follow(ctx context.Context, st *state, job *batchv1.Job) (c
 }
 
 // progress records the last build event in status, with an Event when the step changes.
-func (r *reconciler) progress(st *state, ev *local.BuildEvent) {
+func (r *reconciler) progress(st *state, ev *wire.Event) {
 	if ev == nil {
 		return
 	}

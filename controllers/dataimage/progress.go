@@ -3,7 +3,7 @@ package dataimage
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,8 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
-	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/local"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // LogReader reads the end of a container's log. The controller reads a running build's
@@ -64,15 +63,20 @@ func (p *podLogReader) TailLog(ctx context.Context, namespace, pod, container st
 // buildLog is what the tail of a build's log says.
 type buildLog struct {
 	// last is the last build event, nil when the tail has none.
-	last *local.BuildEvent
+	last *wire.Event
 	// engine holds the engine's log lines (events' Log) and the lines that are not events
 	// (the builder's own messages on stderr), oldest first.
 	engine []string
+	// unreadable is why the last build event this controller cannot read (another major
+	// version of the builder's wire format) was not read; nil when there was none.
+	unreadable error
 }
 
-// parseBuildLog reads the tail of a build container's log. A line is a build event when it
-// decodes as a local.BuildEvent with a step and no unknown field; any other line (a log line of
-// the builder on stderr, a cut first line) is kept as log.
+// parseBuildLog reads the tail of a build container's log by the rules of the builder's wire
+// format (wire.DecodeEvent): a line that is not a build event (a log line of the builder on
+// stderr, a cut first line) is kept as log; an event of a kind this controller does not know
+// (a newer builder's) is skipped; an event of a major version it cannot read is skipped and
+// noted in unreadable.
 func parseBuildLog(b []byte) buildLog {
 	var l buildLog
 	for line := range bytes.Lines(b) {
@@ -80,40 +84,30 @@ func parseBuildLog(b []byte) buildLog {
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
-		ev, ok := decodeEvent(line)
+		ev, err := wire.DecodeEvent(line)
 		switch {
-		case !ok:
-			l.engine = append(l.engine, string(line))
-		default:
-			l.last = ev
+		case err == nil:
+			l.last = &ev
 			if ev.Log != "" {
 				l.engine = append(l.engine, ev.Log)
 			}
+		case errors.Is(err, wire.ErrUnknownKind):
+		case errors.Is(err, wire.ErrUnsupportedVersion):
+			l.unreadable = err
+		default:
+			l.engine = append(l.engine, string(line))
 		}
 	}
 	return l
 }
 
-func decodeEvent(line []byte) (*local.BuildEvent, bool) {
-	if line[0] != '{' {
-		return nil, false
-	}
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	var ev local.BuildEvent
-	if dec.Decode(&ev) != nil || ev.Step == "" || dec.More() {
-		return nil, false
-	}
-	return &ev, true
-}
-
 // result is how a finished build ended.
 type result struct {
 	ok      bool
-	outcome *builder.Outcome // nil when the pod wrote none (killed, deadline, crash)
-	step    string           // the step that failed
-	message string           // what failed
-	logTail string           // the engine's log tail
+	outcome *wire.Outcome // nil when the pod wrote none (killed, deadline, crash)
+	step    string        // the step that failed
+	message string        // what failed
+	logTail string        // the engine's log tail
 	// finished is when the build container ended (zero when not known).
 	finished time.Time
 }
@@ -190,9 +184,9 @@ func buildResult(job *batchv1.Job, pod *corev1.Pod, step string, engineLog []str
 	return nil
 }
 
-// containerResult reads the build container's termination message (builder.Outcome).
+// containerResult reads the build container's termination message (wire.Outcome).
 func containerResult(t *corev1.ContainerStateTerminated, step string, engineLog []string) *result {
-	out, err := builder.ParseOutcome([]byte(t.Message))
+	out, err := wire.ParseOutcome([]byte(t.Message))
 	if err == nil {
 		r := &result{ok: out.OK && t.ExitCode == 0, outcome: out, finished: t.FinishedAt.Time}
 		if !r.ok {

@@ -1,6 +1,8 @@
 package dataimage
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
@@ -17,10 +19,11 @@ import (
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/driver/wellknown"
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/local"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
+// TestParseBuildLog: the log of a builder of format 1.0 (before versions), of this one, and of
+// a newer one, mixed with lines that are not events.
 func TestParseBuildLog(t *testing.T) {
 	log := logLines(
 		`{"step":"init","message":"initdb"}`,
@@ -33,7 +36,7 @@ func TestParseBuildLog(t *testing.T) {
 		`{"message":"no step"}`,
 	)
 	got := parseBuildLog(log)
-	want := &local.BuildEvent{Step: "restore", Log: "LOG:  redo starts"}
+	want := &wire.Event{Step: "restore", Log: "LOG:  redo starts"}
 	if !reflect.DeepEqual(got.last, want) {
 		t.Errorf("last event %+v, want %+v", got.last, want)
 	}
@@ -44,11 +47,35 @@ func TestParseBuildLog(t *testing.T) {
 		`{"step":"restore"} {"step":"two on a line"}`,
 		`{"message":"no step"}`,
 	}
-	if !reflect.DeepEqual(got.engine, wantEngine) {
-		t.Errorf("log lines\n%q\nwant\n%q", got.engine, wantEngine)
+	if !reflect.DeepEqual(got.engine, wantEngine) || got.unreadable != nil {
+		t.Errorf("log lines\n%q\nwant\n%q (unreadable: %v)", got.engine, wantEngine, got.unreadable)
 	}
 	if l := parseBuildLog(nil); l.last != nil || len(l.engine) != 0 {
 		t.Errorf("empty log: %+v", l)
+	}
+
+	// This builder's events, and a newer one's: fields this controller does not know are
+	// ignored, events of kinds it does not know skipped (neither event nor log).
+	var now bytes.Buffer
+	if err := json.NewEncoder(&now).Encode(wire.Event{Step: "restore", Message: "restoring", Total: 10}); err != nil {
+		t.Fatal(err)
+	}
+	got = parseBuildLog(append(now.Bytes(), logLines(
+		`{"buildEvent":"1.9","step":"restore","done":7,"total":10,"rate":3}`,
+		`{"buildEvent":"1.9","step":"restore","log":"LOG:  x","source":"postgres"}`,
+		`{"buildEvent":"1.9","kind":"warning","step":"restore","message":"slow disk"}`,
+	)...))
+	if want := (&wire.Event{Step: "restore", Log: "LOG:  x"}); !reflect.DeepEqual(got.last, want) {
+		t.Errorf("newer minor: last event %+v, want %+v", got.last, want)
+	}
+	if !reflect.DeepEqual(got.engine, []string{"LOG:  x"}) || got.unreadable != nil {
+		t.Errorf("newer minor: log lines %q (unreadable: %v)", got.engine, got.unreadable)
+	}
+
+	// Another major version: nothing is read, and the controller can say why.
+	got = parseBuildLog(logLines(`{"buildEvent":"2.0","step":{"name":"restore"},"progress":0.5}`, `LOG:  plain`))
+	if got.last != nil || !errors.Is(got.unreadable, wire.ErrUnsupportedVersion) || !reflect.DeepEqual(got.engine, []string{"LOG:  plain"}) {
+		t.Errorf("newer major: %+v", got)
 	}
 }
 
@@ -85,8 +112,8 @@ func terminatedPod(init, build *corev1.ContainerStateTerminated) *corev1.Pod {
 }
 
 func TestBuildResult(t *testing.T) {
-	ok := string(builder.Outcome{OK: true, EngineVersion: "16.4"}.Encode())
-	failed := string(builder.Outcome{Step: "restore", Message: "pg_restore failed", LogTail: "ERROR: x"}.Encode())
+	ok := string(wire.Outcome{OK: true, EngineVersion: "16.4"}.Encode())
+	failed := string(wire.Outcome{Step: "restore", Message: "pg_restore failed", LogTail: "ERROR: x"}.Encode())
 	end := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
 	term := func(code int32, msg string) *corev1.ContainerStateTerminated {
 		return &corev1.ContainerStateTerminated{ExitCode: code, Reason: "Completed", Message: msg, FinishedAt: metav1.Time{Time: end}}
@@ -115,6 +142,11 @@ func TestBuildResult(t *testing.T) {
 			step: "restore", message: []string{"code 137", "without a result"}, logTail: "LOG: a\nLOG: b"},
 		{name: "garbage result", job: &batchv1.Job{}, pod: terminatedPod(term(0, ""), term(1, "panic: oops")),
 			step: "restore", message: []string{"without a result", "termination message"}, logTail: "LOG: a\nLOG: b"},
+		{name: "success of a newer minor format", job: &batchv1.Job{}, ok: true,
+			pod: terminatedPod(term(0, ""), term(0, `{"buildOutcome":"1.3","ok":true,"engineVersion":"16.4","buildSeconds":12.5}`))},
+		{name: "result of another major format", job: &batchv1.Job{},
+			pod:  terminatedPod(term(0, ""), term(0, `{"buildOutcome":"2.0","result":{"ok":true}}`)),
+			step: "restore", message: []string{"without a result", "the build outcome is in format 2.0; this version of Dataimage reads 1.x"}, logTail: "LOG: a\nLOG: b"},
 		{name: "init container failed", job: &batchv1.Job{}, pod: terminatedPod(term(1, "cp: not found"), nil),
 			step: initContainerName, message: []string{"builder:1", "code 1", "cp: not found"}},
 		{name: "deadline without a pod", job: jobFailed,

@@ -49,15 +49,12 @@ package builder
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb"
-	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 )
 
 // The steps of a build, as Event.Step, StepTime.Step and StepError.Step name them.
@@ -71,7 +68,8 @@ const (
 	StepStop       = "stop"
 )
 
-// Request is what to build and where.
+// Request is what to build and where. Prepare makes one from a definition as written, with
+// Definition, Env and Engines set.
 type Request struct {
 	// Definition is the image definition, already validated against Env.
 	Definition *imagebuilder.Definition
@@ -109,18 +107,9 @@ type Request struct {
 // 120 MiB of the builder's memory at most (what the restore keeps per member).
 const DefaultMaxArchiveMembers = 1_000_000
 
-// Event is one progress report of a build (local.BuildEvent has the same meaning).
-type Event struct {
-	// Step is the step running (StepInit, ...).
-	Step string
-	// Message says what happens, for people.
-	Message string
-	// Done and Total are the bytes of backup input restored so far and in all (Total is 0 when
-	// the event has no byte count).
-	Done, Total int64
-	// Log is one line of the server's log, when the event forwards one.
-	Log string
-}
+// Event is one progress report of a build: package wire's Event, which owns its JSON form (the
+// builder's wire format, read by the DataImage controller and the dataimage command).
+type Event = wire.Event
 
 // Result describes a finished build.
 type Result struct {
@@ -149,19 +138,4 @@ func Build(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	return b.run(ctx)
-}
-
-// Discover returns every engine installed on this machine: the PostgreSQL and MariaDB/MySQL
-// servers the adapters find in their standard places. An installation that cannot be used is
-// skipped; the error is returned only when no engine is found at all.
-func Discover() (engine.Set, error) {
-	pg, pgErr := postgres.Discover(postgres.Options{})
-	my, myErr := mariadb.Discover(mariadb.Options{})
-	set := append(engine.Set(pg), my...)
-	if len(set) == 0 {
-		if err := errors.Join(pgErr, myErr); err != nil {
-			return nil, fmt.Errorf("builder: discover engines: %w", err)
-		}
-	}
-	return set, nil
 }

@@ -7,8 +7,17 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
-// ErrBuild matches (errors.Is) every error Build returns.
-var ErrBuild = errors.New("builder: image build failed")
+var (
+	// ErrBuild matches (errors.Is) every error Build returns.
+	ErrBuild = errors.New("builder: image build failed")
+	// ErrInvalidInput matches every error of Prepare about its input: the definition, the
+	// backup root (not the engines' discovery).
+	ErrInvalidInput = errors.New("builder: invalid build input")
+	// ErrNoBackupRoot: the definition names backups or scripts and no backup root was given.
+	ErrNoBackupRoot = errors.New("builder: no backup root")
+	// ErrRelativeBackupRoot: the backup root is not an absolute path.
+	ErrRelativeBackupRoot = errors.New("builder: the backup root must be an absolute path")
+)
 
 // StepError is the failure of one step of a build.
 type StepError struct {

@@ -1,39 +1,14 @@
 package builder
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
-	"strings"
-	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
-// Outcome is a build's result as one JSON document: what the image-builder Job writes to its
-// termination message (/dev/termination-log) and the DataImage controller reads back from the
-// pod's status. Encode keeps it within the kubelet's limit (MaxOutcomeBytes).
-type Outcome struct {
-	// OK says the build succeeded; then Engine, EngineVersion, DataBytes and the data state
-	// are set. Otherwise Step and Message say what failed.
-	OK            bool                `json:"ok"`
-	Engine        imagebuilder.Engine `json:"engine,omitempty"`
-	EngineVersion string              `json:"engineVersion,omitempty"`
-	// DataStateTime is the point in time the data holds (zero if the backup does not say);
-	// DataStateSource says where it was read.
-	DataStateTime   time.Time `json:"dataStateTime,omitzero"`
-	DataStateSource string    `json:"dataStateSource,omitempty"`
-	DataBytes       int64     `json:"dataBytes,omitempty"`
-	// Step is the step that failed (a StepError's Step, or "validate" and the like for
-	// failures before the build starts).
-	Step string `json:"step,omitempty"`
-	// Message is the failure's message; LogTail the tail of the engine's log.
-	Message string `json:"message,omitempty"`
-	LogTail string `json:"logTail,omitempty"`
-}
-
-// MaxOutcomeBytes is the kubelet's limit on a container's termination message.
-const MaxOutcomeBytes = 4096
+// Outcome is a build's result as the image-builder Job reports it: package wire's Outcome,
+// which owns its JSON form.
+type Outcome = wire.Outcome
 
 // OutcomeOf returns the Outcome of a build that returned res and err.
 func OutcomeOf(res *Result, err error) Outcome {
@@ -47,47 +22,4 @@ func OutcomeOf(res *Result, err error) Outcome {
 	}
 	return Outcome{OK: true, Engine: res.Engine, EngineVersion: res.Version, DataBytes: res.DataBytes,
 		DataStateTime: res.DataState.Time, DataStateSource: res.DataState.Source}
-}
-
-// Encode returns o as JSON of at most MaxOutcomeBytes: when it is longer, the log tail loses its
-// oldest lines first, then the message is cut (marked with "...").
-func (o Outcome) Encode() []byte {
-	for {
-		b, err := json.Marshal(o)
-		if err != nil {
-			panic(err) // unreachable: Outcome holds only strings, numbers and a time
-		}
-		if len(b) <= MaxOutcomeBytes {
-			return b
-		}
-		over := len(b) - MaxOutcomeBytes
-		switch {
-		case o.LogTail != "":
-			if i := strings.IndexByte(o.LogTail, '\n'); i >= 0 && len(o.LogTail)-i-1 > 0 {
-				o.LogTail = o.LogTail[i+1:]
-			} else {
-				o.LogTail = ""
-			}
-		case len(o.Message) > over+3:
-			o.Message = strings.ToValidUTF8(o.Message[:len(o.Message)-over-3], "") + "..."
-		case o.Message != "":
-			o.Message = ""
-		default:
-			return b // nothing left to cut: the other fields are short by construction
-		}
-	}
-}
-
-// ParseOutcome decodes a termination message written by Encode.
-func ParseOutcome(b []byte) (*Outcome, error) {
-	var o Outcome
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&o); err != nil {
-		return nil, fmt.Errorf("builder: termination message: %w", err)
-	}
-	if !o.OK && o.Step == "" {
-		return nil, errors.New("builder: termination message: a failure without a step")
-	}
-	return &o, nil
 }

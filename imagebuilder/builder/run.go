@@ -28,16 +28,6 @@ const (
 	failureStopTimeout = 30 * time.Second
 )
 
-// buildSettings are server settings for the build only, by engine. PostgreSQL: nothing needs to
-// reach the disk before the build ends (fsync off, which also skips the fsync of every file of
-// the data directory that crash recovery starts with: a second per GiB restored through a
-// volume): the build ends with a checkpoint, a clean shutdown and a sync of the whole file
-// system (the stop step), and a build that crashes is discarded. (That the server archives and
-// replicates nothing is the engine's own: engine.Engine.Start.)
-var buildSettings = map[imagebuilder.Engine]map[string]string{
-	imagebuilder.EnginePostgres: {"synchronous_commit": "off", "fsync": "off"},
-}
-
 // build is one run of Build.
 type build struct {
 	req      Request
@@ -377,8 +367,12 @@ func (b *build) start(ctx context.Context, db string) error {
 		inst, err := b.eng.Start(ctx, b.req.Root, engine.StartOptions{
 			RuntimeDir: b.req.RuntimeDir,
 			RunAs:      b.req.RunAs,
-			Settings:   buildSettings[b.eng.Kind()],
-			Output:     b.logLines,
+			// Nothing needs to reach the disk before the build ends: it ends with a checkpoint,
+			// a clean shutdown and a sync of the whole file system (the stop step), and a build
+			// that crashes is discarded. (That the server archives and replicates nothing is
+			// the engine's own: engine.Engine.Start.)
+			Volatile: true,
+			Output:   b.logLines,
 		})
 		if err != nil {
 			return err

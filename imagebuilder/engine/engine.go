@@ -7,8 +7,18 @@
 //
 // Every adapter runs the real server and the real client tools of its engine, and speaks the
 // engine's wire protocol (pgx, go-sql-driver/mysql) only for a definition's scripts, which must
-// not reach a client's commands (see RunScript). Adding an engine is implementing Engine and Instance and listing the
-// adapter in Discover.
+// not reach a client's commands (see RunScript).
+//
+// # Adding an engine
+//
+// Everything that depends on the engine kind lives in its adapter (a package under
+// imagebuilder/engine/): an Adapter (the kinds it serves, how it finds its servers, the URL
+// clients connect with), its Engines and its Instances. Adding an engine is writing an adapter,
+// listing it in imagebuilder/engine/registry, listing its kind in the definition format
+// (imagebuilder/engines.go: the names a definition may give it, the backup formats it
+// restores, its system databases), and running the conformance tests of
+// imagebuilder/engine/enginetest from the adapter's tests. No other package names a kind: a
+// test of the registry fails when one does.
 //
 // # Layout of an instance
 //
@@ -32,7 +42,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,12 +70,34 @@ var (
 // DataDir is where an instance rooted at root keeps its data directory.
 func DataDir(root string) string { return filepath.Join(root, "data") }
 
+// Adapter is an engine adapter as the registry lists it: what it knows before it finds any
+// server. The registry (imagebuilder/engine/registry) is the one place that lists them.
+type Adapter interface {
+	// Kinds are the engine kinds the adapter serves (MariaDB's serves MariaDB and MySQL), each a
+	// kind of the definition format (imagebuilder.Engines) that no other adapter serves.
+	Kinds() []imagebuilder.Engine
+	// Discover returns the adapter's servers installed on this machine, in their standard
+	// places, running as the users their packages make (see the adapter's own Discover for its
+	// options). An installation that cannot be used is left out, and the error says why; the
+	// engines that can be used are returned with it.
+	Discover() ([]Engine, error)
+	// URL returns the URL a client reaches the server c describes with (c.Host, c.Port,
+	// c.User, c.Password, c.Database; c.Engine is one of Kinds), the password in it:
+	// postgresql://..., mysql://.... It needs no running server: a stopped clone has one too.
+	URL(c ConnInfo) string
+}
+
 // Engine is one installed engine at one version.
 type Engine interface {
-	// Kind is the engine: imagebuilder.EnginePostgres, EngineMariaDB or EngineMySQL.
+	// Kind is the engine kind: one of its adapter's Kinds.
 	Kind() imagebuilder.Engine
 	// Version is the full version of the server binary, e.g. "15.18" or "10.11.19".
 	Version() string
+	// User returns the OS user the engine's servers and tools run as for a RunAs option: the
+	// user called runAs or, when runAs is empty, the engine's default (its Discover option,
+	// else the user its packages make: postgres, mysql); see ResolveUser for a process that
+	// does not run as root. Callers that make directories the server must reach ask it.
+	User(runAs string) (*User, error)
 	// Init makes an empty instance under root (DataDir(root) must not exist yet): initdb or
 	// mariadb-install-db. The instance's administrative user is AdminUser.
 	Init(ctx context.Context, root string, opts InitOptions) error
@@ -87,6 +122,14 @@ type Engine interface {
 	// server's command line and removes the replication state it finds; see the adapters). With
 	// a TCP listener, it admits nobody over TCP until Instance.SetPassword.
 	Start(ctx context.Context, root string, opts StartOptions) (Instance, error)
+	// PrepareClone readies the instance under root, a copy of a running server's data (a
+	// snapshot of a clone, an image or a revision made from one), for Start: it removes what
+	// the server that ran on the original keeps in its data directory to lock it (PostgreSQL's
+	// postmaster.pid), which names a process that may still run and would stop the new
+	// server from starting. REQUIRES that no process works on root: the caller holds the
+	// instance (a clone's lock) and has stopped whatever ran there. It changes nothing else
+	// and is a no-op for an engine that keeps no such lock in the data directory.
+	PrepareClone(root string) error
 }
 
 // Instance is a running server.
@@ -128,7 +171,8 @@ type Instance interface {
 	// user's and no account that logs in over TCP. The builder runs it after the scripts, before
 	// the last checkpoint.
 	PrepareImage(ctx context.Context) error
-	// Checkpoint makes everything written so far durable in the data files.
+	// Checkpoint makes everything written so far durable in the data files (for a server
+	// started Volatile: written to them; the caller syncs the file system).
 	Checkpoint(ctx context.Context) error
 	// Stop shuts the server down cleanly (PostgreSQL fast shutdown, MariaDB shutdown) and
 	// waits for it; past the context's deadline it kills it and says so.
@@ -141,7 +185,7 @@ type Instance interface {
 	LogTail(n int) string
 }
 
-// ConnInfo says how to reach a running server.
+// ConnInfo says how to reach a running server (Adapter.URL makes its URL).
 type ConnInfo struct {
 	Engine imagebuilder.Engine
 	// Host and Port of the TCP listener; Port 0 when the server listens on its socket only.
@@ -152,6 +196,20 @@ type ConnInfo struct {
 	User     string
 	Password string
 	Database string
+}
+
+// FormatURL returns scheme://user:password@host:port/database?rawQuery for c, every part
+// escaped (the password even when empty; no "?" when rawQuery is empty): the URL form the
+// adapters' Adapter.URL share.
+func FormatURL(scheme string, c ConnInfo, rawQuery string) string {
+	u := url.URL{
+		Scheme:   scheme,
+		User:     url.UserPassword(c.User, c.Password),
+		Host:     net.JoinHostPort(c.Host, strconv.Itoa(c.Port)),
+		Path:     "/" + c.Database,
+		RawQuery: rawQuery,
+	}
+	return u.String()
 }
 
 // InitOptions are Init's options.
@@ -166,7 +224,8 @@ type InitOptions struct {
 // StartOptions are Start's options.
 type StartOptions struct {
 	// RuntimeDir holds the socket, the generated access rules, the log and the pid file. It
-	// must exist and should be short (Unix socket paths are limited to 107 bytes).
+	// must exist and should be short (Unix socket paths are limited to 107 bytes); Start gives
+	// it to the server's user (User) with mode 0700, so its parents must let that user through.
 	RuntimeDir string
 	// RunAs: see InitOptions.
 	RunAs string
@@ -175,6 +234,13 @@ type StartOptions struct {
 	Port          int
 	// Settings are extra server settings (name = value), e.g. shared_buffers.
 	Settings map[string]string
+	// Volatile says that nothing the server writes needs to survive a crash before a clean
+	// Stop: the caller throws the instance away if the server or the machine crashes (a build)
+	// and syncs the file system after Stop. The adapter may then skip its own syncs
+	// (PostgreSQL: fsync and synchronous_commit off); Checkpoint and a clean Stop still write
+	// everything to the data files. The settings it uses are Start's own: Settings may not
+	// change them.
+	Volatile bool
 	// Output, if set, receives the server's log lines as they are written (besides the log
 	// file), e.g. to stream a build's log.
 	Output io.Writer

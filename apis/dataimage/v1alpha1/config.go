@@ -128,7 +128,7 @@ func (c *ControllerConfig) Validate() error {
 		e := c.Engines[name]
 		field := "engines." + name
 		if engine, ok := imagebuilder.ParseEngine(name); !ok || string(engine) != name {
-			add(field, "must be one of postgres, mysql, mariadb")
+			add(field, "must be one of %s", engineList())
 		}
 		if !strings.Contains(e.Image, "{version}") {
 			add(field+".image", "must contain {version}, got %q", e.Image)
@@ -213,4 +213,13 @@ func ParseControllerConfig(data []byte) (*ControllerConfig, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// engineList names the engines a configuration may list: the definition format's kinds.
+func engineList() string {
+	var names []string
+	for _, e := range imagebuilder.Engines() {
+		names = append(names, string(e))
+	}
+	return strings.Join(names, ", ")
 }

@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // Version is the builder's version (set at link time with -X).
@@ -81,13 +83,14 @@ engine versions installed here and, when it names backups or scripts, that they 
 --backup-root; a root that already holds an instance (<root>/data exists) is refused.
 
 Output (--output):
-  json  one build event per line on stdout: {"step", "message", "done", "total", "log"}, the
-        JSON of local.BuildEvent (done/total: bytes of backup restored; log: a
-        line of the engine's log). Logs go to stderr, as text.
+  json  one build event per line on stdout, in the builder's wire format
+        (imagebuilder/builder/wire.Event, versioned): {"buildEvent": "` + wire.EventVersion + `", "step",
+        "message", "done", "total", "log"} (done/total: bytes of backup restored; log: a line
+        of the engine's log). Logs go to stderr, as text.
   text  progress for people on stderr.
 
 Result: at the end, success or failure, the outcome is written to --termination-log as one JSON
-document of at most 4096 bytes (imagebuilder/builder.Outcome: ok, engine, engineVersion,
+document of at most 4096 bytes (imagebuilder/builder/wire.Outcome: ok, engine, engineVersion,
 dataStateTime, dataBytes; or the failed step, the message and the tail of the engine's log). The
 default path is written only when it exists (the kubelet makes it); a path whose directory is
 missing is skipped with a warning.
@@ -110,7 +113,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.DefinitionFile, "definition", "", "the image definition: a YAML file (for local use)")
 	fs.StringVar(&c.DefinitionJSON, "definition-json", "", "the image definition as JSON: an imagebuilder.Definition, or a DataImage spec (its fields other than the definition's are ignored)")
 	fs.StringVar(&c.Root, "root", "/data", "the mounted build volume: the instance is built under it")
-	fs.StringVar(&c.BackupRoot, "backup-root", "/backups", "the directory the definition's backup and script paths are relative to")
+	fs.StringVar(&c.BackupRoot, "backup-root", "/backups", "the directory the definition's backup and script paths are relative to (a relative path is resolved against the working directory)")
 	fs.StringVar(&c.RuntimeDir, "runtime-dir", "", "the server's runtime directory (socket, log) during the build; empty: a fresh one under /run or the temporary directory, removed at the end")
 	fs.StringVar(&c.RunAs, "run-as", "", "the OS user the database server runs as when the builder runs as root (empty: the engine's, postgres or mysql)")
 	lifetime := fs.String("default-lifetime", "0", "lifetime of an image whose definition gives none: 0 (never) or <n>s, <n>m, <n>h")
@@ -124,6 +127,15 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.Visit(func(f *flag.Flag) { c.TerminationLogSet = c.TerminationLogSet || f.Name == "termination-log" })
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	// The backup root is resolved here, against the working directory of whoever runs the
+	// command: a build's preparation takes absolute backup roots only (builder.Prepare).
+	if c.BackupRoot != "" {
+		abs, err := filepath.Abs(c.BackupRoot)
+		if err != nil {
+			return c, fmt.Errorf("--backup-root %q: %w", c.BackupRoot, err)
+		}
+		c.BackupRoot = abs
 	}
 	l, err := imagebuilder.ParseLifetime(*lifetime)
 	if err != nil {

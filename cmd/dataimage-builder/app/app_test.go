@@ -19,7 +19,7 @@ import (
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
-	"github.com/dataimage/dataimage/local"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 const emptyJSON = `{"name":"scratch","engine":"postgres","version":"15","sourceType":"empty"}`
@@ -49,6 +49,19 @@ func TestParseAll(t *testing.T) {
 		DefaultLifetime: imagebuilder.Lifetime{Duration: 72 * time.Hour}, Output: OutputText,
 		TerminationLog: "/tmp/t", TerminationLogSet: true, Verbose: true, MaxArchiveMembers: 5000,
 	}, c)
+}
+
+// TestParseRelativeBackupRoot: a relative --backup-root names a directory under the working
+// directory (a build's preparation takes absolute backup roots only).
+func TestParseRelativeBackupRoot(t *testing.T) {
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	c, err := parse([]string{"--definition-json", emptyJSON, "--backup-root", "b/../backups"}, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(wd, "backups"), c.BackupRoot)
+	c, err = parse([]string{"--definition-json", emptyJSON, "--backup-root", ""}, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Empty(t, c.BackupRoot, "no backup root")
 }
 
 // TestMainBadFlags: bad command lines exit with code 2 and say what is wrong; --help exits 0
@@ -81,10 +94,20 @@ func TestMainBadFlags(t *testing.T) {
 		require.Equal(t, 0, Main([]string{help}, &stdout, &stderr))
 		for _, w := range []string{"Usage: dataimage-builder", "-definition-json", "-definition ", "-root", "-backup-root",
 			"-runtime-dir", "-run-as", "-default-lifetime", "-output", "-termination-log", "-verbose",
-			"BuildEvent", "builder.Outcome", "Exit codes", "validate", "syncfs"} {
+			"wire.Event", `"buildEvent": "` + wire.EventVersion + `"`, "wire.Outcome", "Exit codes", "validate", "syncfs"} {
 			require.Contains(t, stderr.String(), w, help)
 		}
 	}
+}
+
+// parseDefinitionJSON parses --definition-json as a build does: definitionJSON, then the
+// definition's parser (in builder.Prepare).
+func parseDefinitionJSON(data []byte) (*imagebuilder.Definition, error) {
+	data, err := definitionJSON(data)
+	if err != nil {
+		return nil, err
+	}
+	return imagebuilder.ParseDefinition(data)
 }
 
 // TestDefinitionJSON: a definition as JSON, or a whole DataImage spec, parses as strictly as a
@@ -154,14 +177,14 @@ func TestTextProgress(t *testing.T) {
 		p := newTextProgress(&out, verbose)
 		now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 		p.now = func() time.Time { return now }
-		step := func(d time.Duration, e local.BuildEvent) { now = now.Add(d); p.event(e) }
-		step(0, local.BuildEvent{Step: "validate", Message: "image x"})
-		step(time.Second, local.BuildEvent{Step: "restore", Message: "restoring", Total: 4 << 20})
-		step(time.Second, local.BuildEvent{Step: "restore", Done: 1 << 20, Total: 4 << 20}) // within 2s: no line
-		step(2*time.Second, local.BuildEvent{Step: "restore", Done: 2 << 20, Total: 4 << 20})
-		step(time.Second, local.BuildEvent{Step: "restore", Log: "LOG:  redo done"})
-		step(100*time.Millisecond, local.BuildEvent{Step: "restore", Done: 4 << 20, Total: 4 << 20}) // all: a line
-		step(time.Second, local.BuildEvent{Step: "checkpoint"})
+		step := func(d time.Duration, e builder.Event) { now = now.Add(d); p.event(e) }
+		step(0, builder.Event{Step: "validate", Message: "image x"})
+		step(time.Second, builder.Event{Step: "restore", Message: "restoring", Total: 4 << 20})
+		step(time.Second, builder.Event{Step: "restore", Done: 1 << 20, Total: 4 << 20}) // within 2s: no line
+		step(2*time.Second, builder.Event{Step: "restore", Done: 2 << 20, Total: 4 << 20})
+		step(time.Second, builder.Event{Step: "restore", Log: "LOG:  redo done"})
+		step(100*time.Millisecond, builder.Event{Step: "restore", Done: 4 << 20, Total: 4 << 20}) // all: a line
+		step(time.Second, builder.Event{Step: "checkpoint"})
 		p.finish(builder.Outcome{OK: true, Engine: "postgres", EngineVersion: "15.18", DataBytes: 40 << 20})
 		want := "" +
 			"[     0s] validate   image x\n" +
@@ -196,8 +219,8 @@ func TestTerminationLog(t *testing.T) {
 	writeTerminationLog(Config{TerminationLog: given, TerminationLogSet: true}, o, log)
 	b, err := os.ReadFile(given)
 	require.NoError(t, err)
-	require.LessOrEqual(t, len(b), builder.MaxOutcomeBytes)
-	got, err := builder.ParseOutcome(b)
+	require.LessOrEqual(t, len(b), wire.MaxOutcomeBytes)
+	got, err := wire.ParseOutcome(b)
 	require.NoError(t, err)
 	require.Equal(t, "restore", got.Step)
 
@@ -206,7 +229,7 @@ func TestTerminationLog(t *testing.T) {
 	writeTerminationLog(Config{TerminationLog: given}, builder.Outcome{OK: true, Engine: "postgres", EngineVersion: "15.18"}, log)
 	b, err = os.ReadFile(given)
 	require.NoError(t, err)
-	got, err = builder.ParseOutcome(b)
+	got, err = wire.ParseOutcome(b)
 	require.NoError(t, err)
 	require.True(t, got.OK)
 

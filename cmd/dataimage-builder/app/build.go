@@ -11,11 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/units"
-	"github.com/dataimage/dataimage/local"
 )
 
 // Steps of the builder besides builder.Build's.
@@ -28,14 +27,15 @@ const (
 // Run validates and builds the image c describes, reporting progress through event (called
 // from one goroutine at a time), and returns the outcome. A failure before the build starts
 // is an outcome with Step StepValidate.
-func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.Logger) builder.Outcome {
+func Run(ctx context.Context, c Config, event func(builder.Event), log *slog.Logger) builder.Outcome {
 	refused := func(err error) builder.Outcome {
 		return builder.Outcome{Step: StepValidate, Message: err.Error()}
 	}
-	def, env, engines, err := validate(c)
+	req, err := prepare(c)
 	if err != nil {
 		return refused(err)
 	}
+	def, env := req.Definition, req.Env
 	version, _ := def.ResolveVersion(env) // Validate checked it
 	what := fmt.Sprintf("%s %s (%s), source %s", def.NormalizedEngine(), def.Version, version, def.NormalizedSourceType())
 	if n := len(def.Backups); n > 0 {
@@ -46,66 +46,56 @@ func Run(ctx context.Context, c Config, event func(local.BuildEvent), log *slog.
 		return refused(err)
 	}
 	defer cleanup()
-	if err := prepareRoot(c.Root, runtimeDir, def.NormalizedEngine(), c.RunAs); err != nil {
+	eng, err := req.Engines.Lookup(def.NormalizedEngine(), version)
+	if err != nil {
 		return refused(err)
 	}
-	event(local.BuildEvent{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
+	if err := prepareRoot(c.Root, runtimeDir, eng, c.RunAs); err != nil {
+		return refused(err)
+	}
+	event(builder.Event{Step: StepValidate, Message: fmt.Sprintf("image %s: %s, into %s", def.Name, what, c.Root)})
 
 	log.Info("image build started", "image", def.Name, "engine", def.NormalizedEngine(), "version", version, "root", c.Root, "runtimeDir", runtimeDir)
-	res, err := builder.Build(ctx, builder.Request{
-		Definition: def,
-		Env:        env,
-		Engines:    engines,
-		Root:       c.Root,
-		RuntimeDir: runtimeDir,
-		RunAs:      c.RunAs,
-		// A physical restore writes at most the size of the root's file system (the PVC's).
-		MaxArchiveMembers: c.MaxArchiveMembers,
-		Progress: func(ev builder.Event) {
-			event(local.BuildEvent{Step: ev.Step, Message: ev.Message, Done: ev.Done, Total: ev.Total, Log: ev.Log})
-		},
-		Logger: log,
-	})
+	req.Root, req.RuntimeDir, req.RunAs = c.Root, runtimeDir, c.RunAs
+	// A physical restore writes at most the size of the root's file system (the PVC's).
+	req.MaxArchiveMembers = c.MaxArchiveMembers
+	req.Progress, req.Logger = event, log
+	res, err := builder.Build(ctx, req)
 	// builder.Build syncs the root's file system in its stop step: the data is on the volume
 	// when it returns, before anyone snapshots it.
 	return builder.OutcomeOf(res, err) // the builder logged a failure already
 }
 
-// validate reads the definition and validates it against the engines installed here, the
-// backup root and the default lifetime.
-func validate(c Config) (*imagebuilder.Definition, imagebuilder.ValidationEnv, engine.Set, error) {
-	env := imagebuilder.ValidationEnv{DefaultLifetime: c.DefaultLifetime, BackupRoot: c.BackupRoot}
-	def, err := readDefinition(c)
+// prepare reads the definition and prepares the build (builder.Prepare) against the engines
+// installed here, the backup root and the default lifetime.
+func prepare(c Config) (builder.Request, error) {
+	data, err := readDefinition(c)
 	if err != nil {
-		return nil, env, nil, err
+		return builder.Request{}, err
 	}
 	if !filepath.IsAbs(c.Root) {
-		return nil, env, nil, fmt.Errorf("dataimage-builder: root %q: want an absolute path", c.Root)
+		return builder.Request{}, fmt.Errorf("dataimage-builder: root %q: want an absolute path", c.Root)
 	}
-	env.CheckPaths = len(def.Backups) > 0 || def.PreScript != "" || def.PostScript != ""
-	if env.CheckPaths && c.BackupRoot == "" {
-		return nil, env, nil, ErrNoBackupRoot
-	}
-	engines, err := builder.Discover()
-	if err != nil {
-		return nil, env, nil, fmt.Errorf("dataimage-builder: no database engine found on this machine: %w", err)
-	}
-	env.Versions = engines.Versions()
-	if err := def.Validate(env); err != nil {
-		var de *imagebuilder.DefinitionError
-		if errors.As(err, &de) && c.DefinitionFile != "" {
-			de.Path = c.DefinitionFile
-		}
-		return nil, env, nil, err
-	}
-	return def, env, engines, nil
+	return builder.Prepare(builder.Input{
+		Definition:      data,
+		DefinitionPath:  c.DefinitionFile,
+		BackupRoot:      c.BackupRoot,
+		DefaultLifetime: c.DefaultLifetime,
+		Engines: func() (engine.Set, error) {
+			set, err := registry.Discover()
+			if err != nil {
+				return nil, fmt.Errorf("dataimage-builder: no database engine found on this machine: %w", err)
+			}
+			return set, nil
+		},
+	})
 }
 
 // prepareRoot makes the root if it does not exist, refuses one that holds an instance, and —
 // running as root, with the server running as another user — makes sure that user can reach
 // the root and the runtime directory: a fresh file system's root directory may be 0700, and
 // every parent must be traversable.
-func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string) error {
+func prepareRoot(root, runtimeDir string, eng engine.Engine, runAs string) error {
 	data := engine.DataDir(root)
 	if _, err := os.Lstat(data); err == nil {
 		return fmt.Errorf("%w: %s exists (build into a fresh volume)", ErrRootInUse, data)
@@ -115,7 +105,7 @@ func prepareRoot(root, runtimeDir string, kind imagebuilder.Engine, runAs string
 	var u *engine.User // the server's user, when it needs the directories opened to it
 	if os.Geteuid() == 0 {
 		var err error
-		if u, err = engine.ResolveUser(runAs, defaultUser(kind)); err != nil {
+		if u, err = eng.User(runAs); err != nil {
 			return fmt.Errorf("dataimage-builder: %w", err)
 		}
 		if u.UID == 0 {
@@ -165,14 +155,6 @@ func traversable(dir, user string) error {
 	}
 }
 
-// defaultUser is the OS user the servers of an engine run as by default.
-func defaultUser(kind imagebuilder.Engine) string {
-	if kind == imagebuilder.EnginePostgres {
-		return "postgres"
-	}
-	return "mysql"
-}
-
 // runtimeDir returns the server's runtime directory: dir when given (the build makes it), else
 // a fresh directory with a short path under /run (or the temporary directory where /run is not
 // writable), which cleanup removes.
@@ -191,21 +173,16 @@ func runtimeDir(dir string) (_ string, cleanup func(), err error) {
 	return "", nil, fmt.Errorf("dataimage-builder: make a runtime directory: %w", err)
 }
 
-// readDefinition parses the definition of --definition (YAML) or --definition-json.
-func readDefinition(c Config) (*imagebuilder.Definition, error) {
+// readDefinition returns the definition of --definition (YAML) or --definition-json.
+func readDefinition(c Config) ([]byte, error) {
 	if c.DefinitionFile != "" {
 		data, err := os.ReadFile(c.DefinitionFile)
 		if err != nil {
 			return nil, fmt.Errorf("dataimage-builder: read the definition: %w", err)
 		}
-		def, err := imagebuilder.ParseDefinition(data)
-		var de *imagebuilder.DefinitionError
-		if errors.As(err, &de) {
-			de.Path = c.DefinitionFile
-		}
-		return def, err
+		return data, nil
 	}
-	return parseDefinitionJSON([]byte(c.DefinitionJSON))
+	return definitionJSON([]byte(c.DefinitionJSON))
 }
 
 // describe is a one-line account of an outcome, for people.

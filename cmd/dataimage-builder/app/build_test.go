@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,15 +15,16 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/local"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 )
 
 // requirePostgres returns the installed PostgreSQL engine, or skips the test (fails it when CI
 // is "true": CI installs PostgreSQL, and a skip would hide a broken install).
 func requirePostgres(t *testing.T) engine.Engine {
 	t.Helper()
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	var pg engine.Engine
 	if err == nil {
 		for _, e := range set {
@@ -75,23 +75,21 @@ func build(t *testing.T, args ...string) (int, string, string, *builder.Outcome)
 	code := Main(append(args, "--termination-log", term), &stdout, &stderr)
 	b, err := os.ReadFile(term)
 	require.NoError(t, err, "the outcome is written whatever happens; stderr:\n%s", &stderr)
-	o, err := builder.ParseOutcome(b)
+	o, err := wire.ParseOutcome(b)
 	require.NoError(t, err, "termination log: %s", b)
 	return code, stdout.String(), stderr.String(), o
 }
 
-// events decodes stdout strictly: every line is one BuildEvent.
-func events(t *testing.T, stdout string) []local.BuildEvent {
+// events decodes stdout: every line is one build event of the current format.
+func events(t *testing.T, stdout string) []builder.Event {
 	t.Helper()
-	var evs []local.BuildEvent
+	var evs []builder.Event
 	sc := bufio.NewScanner(strings.NewReader(stdout))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		dec := json.NewDecoder(strings.NewReader(sc.Text()))
-		dec.DisallowUnknownFields()
-		var ev local.BuildEvent
-		require.NoError(t, dec.Decode(&ev), "line %q", sc.Text())
-		require.NotEmpty(t, ev.Step, "line %q", sc.Text())
+		require.True(t, strings.HasPrefix(sc.Text(), `{"buildEvent":"`+wire.EventVersion+`",`), "line %q", sc.Text())
+		ev, err := wire.DecodeEvent(sc.Bytes())
+		require.NoError(t, err, "line %q", sc.Text())
 		evs = append(evs, ev)
 	}
 	require.NoError(t, sc.Err())
@@ -99,7 +97,7 @@ func events(t *testing.T, stdout string) []local.BuildEvent {
 }
 
 // steps returns the steps the events announce (with a message), in order, without repeats.
-func steps(evs []local.BuildEvent) []string {
+func steps(evs []builder.Event) []string {
 	var s []string
 	for _, ev := range evs {
 		if ev.Message != "" && (len(s) == 0 || s[len(s)-1] != ev.Step) {

@@ -11,11 +11,11 @@ import (
 // inline definition: --definition-json takes a whole spec too, and ignores them.
 var specOnlyFields = []string{"backupSource", "nodeName", "storageClassName", "volumeSize", "builder"}
 
-// parseDefinitionJSON parses a definition given as JSON with the definition's own parser (JSON
-// is YAML), so that it is as strict as a definition file: unknown, repeated and wrongly-cased
+// definitionJSON returns a definition given as JSON, for the definition's own parser (JSON is
+// YAML), so that it is as strict as a definition file: unknown, repeated and wrongly-cased
 // fields are errors, every problem is reported with its field. The fields of a DataImage spec
 // that are not the definition's are dropped first.
-func parseDefinitionJSON(data []byte) (*imagebuilder.Definition, error) {
+func definitionJSON(data []byte) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil {
 		return nil, fmt.Errorf("%w: --definition-json: not a JSON object: %w", imagebuilder.ErrInvalidDefinition, err)
@@ -27,11 +27,12 @@ func parseDefinitionJSON(data []byte) (*imagebuilder.Definition, error) {
 			dropped = true
 		}
 	}
-	if dropped {
-		var err error
-		if data, err = json.Marshal(obj); err != nil {
-			return nil, fmt.Errorf("dataimage-builder: --definition-json: %w", err)
-		}
+	if !dropped {
+		return data, nil
 	}
-	return imagebuilder.ParseDefinition(data)
+	data, err := json.Marshal(obj)
+	if err != nil {
+		return nil, fmt.Errorf("dataimage-builder: --definition-json: %w", err)
+	}
+	return data, nil
 }

@@ -20,8 +20,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/conncount"
 )
 
@@ -327,7 +327,7 @@ func TestExampleMariaDB(t *testing.T) {
 // "true").
 func requireMariaDB(t *testing.T) engine.Engine {
 	t.Helper()
-	set, err := builder.Discover()
+	set, err := registry.Discover()
 	var my engine.Engine
 	if err == nil {
 		for _, e := range set {

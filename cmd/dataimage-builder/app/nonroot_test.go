@@ -18,6 +18,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -206,7 +207,7 @@ for d in /tmp "$0" "$1" "$2" /var/tmp /etc; do if touch "$d/.probe" 2>/dev/null;
 		"--runtime-dir", filepath.Join(run, "build"), "--output", "json", "--termination-log", filepath.Join(term, "termination-log")})
 	b, err := os.ReadFile(filepath.Join(term, "termination-log"))
 	require.NoError(t, err, "stderr:\n%s", stderr)
-	o, err := builder.ParseOutcome(b)
+	o, err := wire.ParseOutcome(b)
 	require.NoError(t, err)
 	require.Equal(t, 0, code, "outcome %+v\nstderr:\n%s", o, stderr)
 	require.True(t, o.OK, "%+v", o)

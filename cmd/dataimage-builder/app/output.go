@@ -15,12 +15,11 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/internal/units"
-	"github.com/dataimage/dataimage/local"
 )
 
 // progress shows a build's events and, at the end, its outcome.
 type progress interface {
-	event(local.BuildEvent)
+	event(builder.Event)
 	finish(builder.Outcome)
 }
 
@@ -36,7 +35,7 @@ func newJSONProgress(out, errOut io.Writer) *jsonProgress {
 	return &jsonProgress{enc: json.NewEncoder(out), errOut: errOut}
 }
 
-func (p *jsonProgress) event(e local.BuildEvent) {
+func (p *jsonProgress) event(e builder.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	_ = p.enc.Encode(e) // a closed stdout loses progress, not the build
@@ -65,7 +64,7 @@ func newTextProgress(w io.Writer, verbose bool) *textProgress {
 	return &textProgress{w: w, verbose: verbose, now: time.Now, every: 2 * time.Second}
 }
 
-func (p *textProgress) event(e local.BuildEvent) {
+func (p *textProgress) event(e builder.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()

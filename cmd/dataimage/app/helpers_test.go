@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -106,7 +107,7 @@ type recorder struct {
 	// err, when set, is every call's error.
 	err error
 	// events are sent to BuildImage's progress function.
-	events []local.BuildEvent
+	events []wire.Event
 	// check is CheckPool's report.
 	check local.CheckReport
 
@@ -129,7 +130,7 @@ func (r *recorder) record(method string, args ...any) error {
 	return r.err
 }
 
-func (r *recorder) BuildImage(_ context.Context, req local.BuildRequest, progress func(local.BuildEvent)) (*local.Image, error) {
+func (r *recorder) BuildImage(_ context.Context, req local.BuildRequest, progress func(wire.Event)) (*local.Image, error) {
 	if err := r.record("BuildImage", req); err != nil {
 		return nil, err
 	}

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/units"
-	"github.com/dataimage/dataimage/local"
 )
 
 // progress shows an image build's events for people. On a terminal, each step (and each new
@@ -71,7 +71,7 @@ func newProgress(w io.Writer, tty bool, width int, verbose bool, now func() time
 }
 
 // event shows one build event.
-func (p *progress) event(e local.BuildEvent) {
+func (p *progress) event(e wire.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()

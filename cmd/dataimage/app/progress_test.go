@@ -7,13 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dataimage/dataimage/local"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 )
 
 // timedEvent is a build event at a time since the build's start.
 type timedEvent struct {
 	at time.Duration
-	e  local.BuildEvent
+	e  wire.Event
 }
 
 // buildEvents are the events of a build that restores 1 GiB in 16 seconds, 64 MiB a second,
@@ -21,28 +21,28 @@ type timedEvent struct {
 func buildEvents() []timedEvent {
 	const total = 1 << 30
 	evs := []timedEvent{
-		{0, local.BuildEvent{Step: "volume", Message: "creating a 32 GiB volume"}},
-		{400 * time.Millisecond, local.BuildEvent{Step: "filesystem", Message: "making an ext4 file system"}},
-		{time.Second, local.BuildEvent{Step: "restore", Message: "restoring 2 backups (1.0 GiB)", Total: total}},
+		{0, wire.Event{Step: "volume", Message: "creating a 32 GiB volume"}},
+		{400 * time.Millisecond, wire.Event{Step: "filesystem", Message: "making an ext4 file system"}},
+		{time.Second, wire.Event{Step: "restore", Message: "restoring 2 backups (1.0 GiB)", Total: total}},
 	}
 	for i := 1; i <= 16; i++ {
 		at := time.Second + time.Duration(i)*time.Second
 		if i == 9 {
-			evs = append(evs, timedEvent{at, local.BuildEvent{Step: "restore", Message: "restoring pg_wal.tar", Done: int64(i) << 26, Total: total}})
-			evs = append(evs, timedEvent{at, local.BuildEvent{Step: "restore", Log: "tar: pg_wal.tar: 12 members\n"}})
+			evs = append(evs, timedEvent{at, wire.Event{Step: "restore", Message: "restoring pg_wal.tar", Done: int64(i) << 26, Total: total}})
+			evs = append(evs, timedEvent{at, wire.Event{Step: "restore", Log: "tar: pg_wal.tar: 12 members\n"}})
 			continue
 		}
-		evs = append(evs, timedEvent{at, local.BuildEvent{Step: "restore", Done: int64(i) << 26, Total: total}})
+		evs = append(evs, timedEvent{at, wire.Event{Step: "restore", Done: int64(i) << 26, Total: total}})
 	}
 	// The end of the input may be reported twice (the last file's end, the restore's end).
-	evs = append(evs, timedEvent{17 * time.Second, local.BuildEvent{Step: "restore", Done: total, Total: total}})
+	evs = append(evs, timedEvent{17 * time.Second, wire.Event{Step: "restore", Done: total, Total: total}})
 	evs = append(evs,
-		timedEvent{17500 * time.Millisecond, local.BuildEvent{Step: "start", Message: "starting postgres 15.18 (recovery)"}},
-		timedEvent{18 * time.Second, local.BuildEvent{Step: "start", Log: "LOG:  redo done at 0/2000100"}},
-		timedEvent{19 * time.Second, local.BuildEvent{Step: "start", Log: "LOG:  database system is ready to accept connections"}},
-		timedEvent{19 * time.Second, local.BuildEvent{Step: "checkpoint"}},
-		timedEvent{20 * time.Second, local.BuildEvent{Step: "stop", Message: "stopping the server"}},
-		timedEvent{61 * time.Second, local.BuildEvent{Step: "freeze", Message: "freezing the volume as image sales-2024"}},
+		timedEvent{17500 * time.Millisecond, wire.Event{Step: "start", Message: "starting postgres 15.18 (recovery)"}},
+		timedEvent{18 * time.Second, wire.Event{Step: "start", Log: "LOG:  redo done at 0/2000100"}},
+		timedEvent{19 * time.Second, wire.Event{Step: "start", Log: "LOG:  database system is ready to accept connections"}},
+		timedEvent{19 * time.Second, wire.Event{Step: "checkpoint"}},
+		timedEvent{20 * time.Second, wire.Event{Step: "stop", Message: "stopping the server"}},
+		timedEvent{61 * time.Second, wire.Event{Step: "freeze", Message: "freezing the volume as image sales-2024"}},
 	)
 	return evs
 }
@@ -144,9 +144,9 @@ func TestProgressRate(t *testing.T) {
 	var buf bytes.Buffer
 	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 	p := newProgress(&buf, false, 0, false, func() time.Time { return now })
-	p.event(local.BuildEvent{Step: "restore", Total: 100 << 20})
+	p.event(wire.Event{Step: "restore", Total: 100 << 20})
 	now = now.Add(100 * time.Millisecond)
-	p.event(local.BuildEvent{Step: "restore", Done: 1 << 20, Total: 100 << 20})
+	p.event(wire.Event{Step: "restore", Done: 1 << 20, Total: 100 << 20})
 	if _, ok := p.rateLocked(); ok {
 		t.Errorf("a rate after 100ms of samples")
 	}
@@ -155,7 +155,7 @@ func TestProgressRate(t *testing.T) {
 	for range 10 {
 		now = now.Add(time.Second)
 		done += 1 << 20
-		p.event(local.BuildEvent{Step: "restore", Done: done, Total: 100 << 20})
+		p.event(wire.Event{Step: "restore", Done: done, Total: 100 << 20})
 	}
 	if r, ok := p.rateLocked(); !ok || r != 1<<20 {
 		t.Errorf("rate at 1 MiB/s = %v, %v", r, ok)
@@ -163,7 +163,7 @@ func TestProgressRate(t *testing.T) {
 	for range 5 {
 		now = now.Add(time.Second)
 		done += 4 << 20
-		p.event(local.BuildEvent{Step: "restore", Done: done, Total: 100 << 20})
+		p.event(wire.Event{Step: "restore", Done: done, Total: 100 << 20})
 	}
 	if r, ok := p.rateLocked(); !ok || r != 4<<20 {
 		t.Errorf("rate at 4 MiB/s = %v MiB/s, %v", r/(1<<20), ok)

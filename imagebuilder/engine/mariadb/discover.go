@@ -83,6 +83,23 @@ func Discover(opts Options) ([]engine.Engine, error) {
 	return found, errors.Join(errs...)
 }
 
+// Adapter is the MariaDB and MySQL adapter as the registry lists it.
+type Adapter struct{}
+
+var _ engine.Adapter = Adapter{}
+
+// Kinds are MariaDB and MySQL, which Discover tells apart by the server's --version output.
+func (Adapter) Kinds() []imagebuilder.Engine {
+	return []imagebuilder.Engine{imagebuilder.EngineMariaDB, imagebuilder.EngineMySQL}
+}
+
+// Discover is Discover with the default options.
+func (Adapter) Discover() ([]engine.Engine, error) { return Discover(Options{}) }
+
+// URL returns mysql://user:password@host:port/database (the URI form of MySQL Shell's
+// connection strings).
+func (Adapter) URL(c engine.ConnInfo) string { return engine.FormatURL("mysql", c, "") }
+
 // probe reads the version of the server binary bin and finds its tools.
 func probe(bin string, dirs []string, runAs string) (*server, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)

@@ -13,6 +13,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/internal/scriptsplit"
 )
 
 // A definition's script runs as an account made for it ('dataimage_script_<random>'@'localhost',
@@ -59,11 +60,7 @@ func (in *instance) RunScript(ctx context.Context, db string, s engine.Script) e
 	defer in.flushLog()
 	stmts, err := splitScript(s.SQL)
 	if err != nil {
-		var se *splitError
-		if errors.As(err, &se) {
-			return &engine.ScriptError{Script: s.Name, Line: se.line, Err: fmt.Errorf("%w: %s", engine.ErrScriptRefused, se.msg)}
-		}
-		return err
+		return scriptsplit.Refused(s.Name, err)
 	}
 	user, err := engine.ScriptAccountName(scriptUserPrefix)
 	if err != nil {

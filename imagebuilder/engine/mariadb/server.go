@@ -104,8 +104,8 @@ func (s *server) String() string { return fmt.Sprintf("%s %s (%s)", s.kind, s.ve
 
 func (s *server) mariaDB() bool { return s.kind == imagebuilder.EngineMariaDB }
 
-// user resolves the OS user the server runs as.
-func (s *server) user(runAs string) (*engine.User, error) {
+// User resolves the OS user the server runs as ("" = Options.RunAs, else mysql).
+func (s *server) User(runAs string) (*engine.User, error) {
 	if runAs == "" {
 		runAs = s.runAs
 	}
@@ -120,7 +120,7 @@ func (s *server) basedir() string { return filepath.Dir(filepath.Dir(s.bin)) }
 // DataDir(root), owned by the server's OS user. InitOptions.Database is created during the
 // initialization, without a server start.
 func (s *server) Init(ctx context.Context, root string, opts engine.InitOptions) error {
-	u, err := s.user(opts.RunAs)
+	u, err := s.User(opts.RunAs)
 	if err != nil {
 		return err
 	}

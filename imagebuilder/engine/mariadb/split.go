@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+
+	"github.com/dataimage/dataimage/imagebuilder/engine/internal/scriptsplit"
 )
 
 // This file splits a definition's script into statements the way the mariadb client does, so
@@ -19,14 +21,6 @@ type statement struct {
 	// line is the 1-based line of the statement's first character.
 	line int
 }
-
-// splitError is a script that cannot be split or that holds a client command.
-type splitError struct {
-	line int
-	msg  string
-}
-
-func (e *splitError) Error() string { return e.msg }
 
 // clientCommands are the mariadb (mysql) client's commands by name: none is SQL the server
 // knows (USE and HELP are, and go through). DELIMITER is handled by the splitter.
@@ -112,7 +106,7 @@ func (s *splitter) next() error {
 			return nil
 		}
 		j := min(len(src), s.i+2)
-		return &splitError{line: s.line, msg: fmt.Sprintf(
+		return &scriptsplit.Error{Line: s.line, Msg: fmt.Sprintf(
 			"%s is a command of the mariadb client: scripts run through the server's protocol, without the client, and may not hold its commands", src[s.i:j])}
 	default:
 		if err := s.mark(); err != nil {
@@ -161,7 +155,7 @@ func (s *splitter) mark() error {
 		j++
 	}
 	if w := strings.ToLower(string(s.src[s.i:j])); clientCommands[w] {
-		return &splitError{line: s.line, msg: fmt.Sprintf(
+		return &scriptsplit.Error{Line: s.line, Msg: fmt.Sprintf(
 			"%s is a command of the mariadb client, not SQL: scripts run through the server's protocol, without the client, and may not hold its commands", w)}
 	}
 	s.start, s.startLine = s.i, s.line
@@ -184,9 +178,9 @@ func (s *splitter) delimiter() error {
 	args := strings.Fields(string(s.src[s.i+len("delimiter") : lineEnd]))
 	switch {
 	case len(args) != 1:
-		return &splitError{line: s.line, msg: "DELIMITER takes one delimiter, e.g. DELIMITER $$"}
+		return &scriptsplit.Error{Line: s.line, Msg: "DELIMITER takes one delimiter, e.g. DELIMITER $$"}
 	case strings.ContainsAny(args[0], "\\'\"`"):
-		return &splitError{line: s.line, msg: fmt.Sprintf("DELIMITER %s: a delimiter may not hold a backslash or a quote", args[0])}
+		return &scriptsplit.Error{Line: s.line, Msg: fmt.Sprintf("DELIMITER %s: a delimiter may not hold a backslash or a quote", args[0])}
 	}
 	s.delim = args[0]
 	s.i = lineEnd
@@ -198,7 +192,7 @@ func (s *splitter) comment() error {
 	line := s.line
 	k := bytes.Index(s.src[s.i+2:], []byte("*/"))
 	if k < 0 {
-		return &splitError{line: line, msg: "the /* comment that starts here never ends"}
+		return &scriptsplit.Error{Line: line, Msg: "the /* comment that starts here never ends"}
 	}
 	end := s.i + 2 + k + 2
 	s.line += bytes.Count(s.src[s.i:end], []byte{'\n'})
@@ -209,33 +203,16 @@ func (s *splitter) comment() error {
 // quoted skips a string ('...', "...") or a quoted identifier (`...`) that starts at the
 // current byte: a doubled quote stands for itself; a backslash escapes the next byte in strings.
 func (s *splitter) quoted(q byte) error {
-	line := s.line
-	s.i++
-	for s.i < len(s.src) {
-		c := s.src[s.i]
-		switch {
-		case c == '\\' && q != '`':
-			if s.peek(1) == '\n' {
-				s.line++
-			}
-			s.i += 2
-			continue
-		case c == q && s.peek(1) == q:
-			s.i += 2
-			continue
-		case c == q:
-			s.i++
-			return nil
-		case c == '\n':
-			s.line++
+	next, newlines, ok := scriptsplit.SkipQuoted(s.src, s.i, q, q != '`')
+	if !ok {
+		what := "string"
+		if q == '`' {
+			what = "quoted identifier"
 		}
-		s.i++
+		return scriptsplit.Unterminated(s.line, what, q)
 	}
-	what := "string"
-	if q == '`' {
-		what = "quoted identifier"
-	}
-	return &splitError{line: line, msg: fmt.Sprintf("the %s that starts here never ends (a missing %c)", what, q)}
+	s.i, s.line = next, s.line+newlines
+	return nil
 }
 
 // isNameByte reports whether c may be part of an unquoted name (bytes of non-ASCII

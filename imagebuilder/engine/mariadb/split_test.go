@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/dataimage/dataimage/imagebuilder/engine/internal/scriptsplit"
 )
 
 func TestSplitScript(t *testing.T) {
@@ -69,8 +71,8 @@ func TestSplitScriptRefuses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := splitScript([]byte(tc.src))
-			var se *splitError
-			if !errors.As(err, &se) || se.line != tc.line || !strings.Contains(se.msg, tc.msg) {
+			var se *scriptsplit.Error
+			if !errors.As(err, &se) || se.Line != tc.line || !strings.Contains(se.Msg, tc.msg) {
 				t.Fatalf("splitScript(%q) = %v (%+v); want line %d: %q", tc.src, err, se, tc.line, tc.msg)
 			}
 		})
@@ -89,9 +91,9 @@ func FuzzSplitScript(f *testing.F) {
 	f.Fuzz(func(t *testing.T, src []byte) {
 		stmts, err := splitScript(src)
 		if err != nil {
-			var se *splitError
-			if !errors.As(err, &se) || se.line < 1 || se.line > strings.Count(string(src), "\n")+1 {
-				t.Fatalf("error %v: not a *splitError with a line of the script", err)
+			var se *scriptsplit.Error
+			if !errors.As(err, &se) || se.Line < 1 || se.Line > strings.Count(string(src), "\n")+1 {
+				t.Fatalf("error %v: not a *scriptsplit.Error with a line of the script", err)
 			}
 			return
 		}

@@ -63,8 +63,11 @@ var settingNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
 // (RESET SLAVE ... ALL). A server with a TCP listener locks every account TCP clients could log
 // in with before it accepts any connection (--init-file), so that it admits nobody over TCP
 // until SetPassword; Start checks that they are locked and fails (stopping the server) if not.
+//
+// opts.Volatile changes nothing: the server keeps its durability settings (InnoDB flushes its
+// log at each commit).
 func (s *server) Start(ctx context.Context, root string, opts engine.StartOptions) (engine.Instance, error) {
-	u, err := s.user(opts.RunAs)
+	u, err := s.User(opts.RunAs)
 	if err != nil {
 		return nil, err
 	}
@@ -349,3 +352,8 @@ func retryable(err error) bool {
 	}
 	return errors.Is(err, os.ErrNotExist)
 }
+
+// PrepareClone does nothing: the server keeps its pid file and socket in the runtime directory,
+// which each start gets anew, and locks its data files with advisory locks that belong to the
+// process, not to the files a copy holds.
+func (s *server) PrepareClone(root string) error { return nil }

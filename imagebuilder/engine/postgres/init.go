@@ -21,7 +21,7 @@ var initLocales = []string{"C.UTF-8", "C"}
 // rules Start generates anyway). opts.Database, if set and not postgres (which initdb makes), is
 // created in single-user mode, without starting a server.
 func (e *pgEngine) Init(ctx context.Context, root string, opts engine.InitOptions) error {
-	u, err := e.user(opts.RunAs)
+	u, err := e.User(opts.RunAs)
 	if err != nil {
 		return err
 	}

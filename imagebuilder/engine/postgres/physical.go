@@ -140,7 +140,7 @@ func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []e
 	if len(backups) == 0 {
 		return state, fmt.Errorf("postgres: restore base backup: no backup given")
 	}
-	u, err := e.user(opts.RunAs)
+	u, err := e.User(opts.RunAs)
 	if err != nil {
 		return state, err
 	}

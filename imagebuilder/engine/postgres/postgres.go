@@ -226,7 +226,26 @@ func (e *pgEngine) Physical(format imagebuilder.BackupFormat) bool {
 // tool returns the path of one of the installation's binaries.
 func (e *pgEngine) tool(name string) string { return filepath.Join(e.bin, name) }
 
-// user resolves the OS user for a call's RunAs option.
-func (e *pgEngine) user(runAs string) (*engine.User, error) {
+// User resolves the OS user for a call's RunAs option ("" = Options.RunAs, else DefaultRunAs).
+func (e *pgEngine) User(runAs string) (*engine.User, error) {
 	return engine.ResolveUser(runAs, e.runAs)
+}
+
+// Adapter is the PostgreSQL adapter as the registry lists it.
+type Adapter struct{}
+
+var _ engine.Adapter = Adapter{}
+
+// Kinds is PostgreSQL.
+func (Adapter) Kinds() []imagebuilder.Engine {
+	return []imagebuilder.Engine{imagebuilder.EnginePostgres}
+}
+
+// Discover is Discover with the default options.
+func (Adapter) Discover() ([]engine.Engine, error) { return Discover(Options{}) }
+
+// URL returns postgresql://user:password@host:port/database?sslmode=disable: the servers the
+// adapter runs have no TLS certificate, and libpq's default (prefer) would try TLS first.
+func (Adapter) URL(c engine.ConnInfo) string {
+	return engine.FormatURL("postgresql", c, "sslmode=disable")
 }

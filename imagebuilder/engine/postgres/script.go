@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/internal/scriptsplit"
 )
 
 // A definition's script runs as a role made for it (scriptRolePrefix + random digits), through
@@ -83,11 +84,7 @@ func (i *instance) RunScript(ctx context.Context, db string, s engine.Script) er
 	defer i.flushLog()
 	stmts, err := splitScript(s.SQL)
 	if err != nil {
-		var se *splitError
-		if errors.As(err, &se) {
-			return &engine.ScriptError{Script: s.Name, Line: se.line, Err: fmt.Errorf("%w: %s", engine.ErrScriptRefused, se.msg)}
-		}
-		return err
+		return scriptsplit.Refused(s.Name, err)
 	}
 	if db == "" {
 		db = defaultDatabase

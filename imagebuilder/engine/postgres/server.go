@@ -58,7 +58,11 @@ const logTailLines = 30
 //   - logging_collector=off, log_destination=stderr: the log goes to
 //     opts.RuntimeDir/server.log (appended) and, line by line, to opts.Output;
 //   - the isolation settings (isolationSettings): no WAL archived, restored or streamed, no
-//     subscription applied, no commit waiting for a synchronous standby.
+//     subscription applied, no commit waiting for a synchronous standby;
+//   - with opts.Volatile, volatileSettings: nothing is flushed to disk (fsync=off, which also
+//     skips the fsync of every file of the data directory that crash recovery starts with, a
+//     second per GiB restored through a volume) and commits do not wait for the WAL
+//     (synchronous_commit=off).
 //
 // Before the server starts, Start removes standby.signal, recovery.signal and recovery.conf
 // from the data directory: the server comes up as a primary, recovering from its own pg_wal only.
@@ -92,6 +96,21 @@ func (e *pgEngine) Start(ctx context.Context, root string, opts engine.StartOpti
 	}
 }
 
+// lockFileName is the lock file a postmaster keeps in its data directory, naming its process.
+const lockFileName = "postmaster.pid"
+
+// PrepareClone removes the lock file (postmaster.pid) of the data directory under root: in a
+// copy of a running server's data it names that server, which may well still run (another
+// clone's), and postgres refuses to start on a data directory whose lock names a live process.
+// The caller guarantees that nothing runs on root (see engine.Engine), so the lock is stale.
+func (e *pgEngine) PrepareClone(root string) error {
+	p := filepath.Join(engine.DataDir(root), lockFileName)
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("postgres: remove the stale lock file: %w", err)
+	}
+	return nil
+}
+
 // errNoAdminRole is start's error for an instance that has no role AdminUser; the server is
 // left running.
 var errNoAdminRole = errors.New("no administrative role")
@@ -117,7 +136,7 @@ func (e *pgEngine) createAdminRole(ctx context.Context, inst *instance) error {
 // start is Start but for the missing role: then it returns the running instance and
 // errNoAdminRole.
 func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOptions) (*instance, error) {
-	u, err := e.user(opts.RunAs)
+	u, err := e.User(opts.RunAs)
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +235,9 @@ func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOpti
 	return inst, nil
 }
 
+// volatileSettings are the settings of a server started with StartOptions.Volatile.
+var volatileSettings = map[string]string{"fsync": "off", "synchronous_commit": "off"}
+
 // serverSettings returns the -c settings of a server of major version major: Start's own
 // (isolationSettings among them) and the caller's.
 func serverSettings(rd string, port, major int, opts engine.StartOptions) (map[string]string, error) {
@@ -227,6 +249,9 @@ func serverSettings(rd string, port, major int, opts engine.StartOptions) (map[s
 		}
 	}
 	s := isolationSettings(major)
+	if opts.Volatile {
+		maps.Copy(s, volatileSettings)
+	}
 	maps.Copy(s, map[string]string{
 		"listen_addresses":        listen,
 		"port":                    strconv.Itoa(port),
@@ -316,7 +341,7 @@ type instance struct {
 // and a client gets an answer over the socket, then detaches the subscriptions that could
 // connect to their publishers.
 func (i *instance) waitReady(ctx context.Context) error {
-	pidFile := filepath.Join(i.dataDir, "postmaster.pid")
+	pidFile := filepath.Join(i.dataDir, lockFileName)
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
 	for {

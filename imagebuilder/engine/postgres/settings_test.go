@@ -45,6 +45,19 @@ func TestIsolationSettings(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "off", s["archive_mode"])
 	require.Equal(t, "16MB", s["shared_buffers"])
+	require.NotContains(t, s, "fsync", "a server that is not Volatile keeps its durability")
+	require.NotContains(t, s, "synchronous_commit")
+}
+
+// A Volatile server (a build's) syncs nothing, and the caller cannot turn that back on halfway.
+func TestVolatileSettings(t *testing.T) {
+	s, err := serverSettings("/run/x", 5432, 15, engine.StartOptions{Volatile: true, Settings: map[string]string{"shared_buffers": "16MB"}})
+	require.NoError(t, err)
+	require.Equal(t, "off", s["fsync"])
+	require.Equal(t, "off", s["synchronous_commit"])
+	require.Equal(t, "off", s["archive_mode"], "still isolated")
+	_, err = serverSettings("/run/x", 5432, 15, engine.StartOptions{Volatile: true, Settings: map[string]string{"FSYNC": "on"}})
+	require.ErrorContains(t, err, "setting FSYNC is Start's own")
 }
 
 // Over TCP the access rules admit nothing before SetPassword, then the administrative role by

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+
+	"github.com/dataimage/dataimage/imagebuilder/engine/internal/scriptsplit"
 )
 
 // This file splits a definition's script into statements the way psql does, so that RunScript
@@ -23,14 +25,6 @@ type statement struct {
 	copyIn bool
 	data   []byte
 }
-
-// splitError is a script that cannot be split or that holds a meta-command.
-type splitError struct {
-	line int
-	msg  string
-}
-
-func (e *splitError) Error() string { return e.msg }
 
 // splitter is the state of one splitScript call.
 type splitter struct {
@@ -192,39 +186,22 @@ func (s *splitter) blockComment() error {
 			s.i++
 		}
 	}
-	return &splitError{line: line, msg: "the /* comment that starts here never ends"}
+	return &scriptsplit.Error{Line: line, Msg: "the /* comment that starts here never ends"}
 }
 
 // quoted skips a quoted string or identifier that starts at the current byte (the quote q);
 // backslash escapes apply in escape strings (E'...').
 func (s *splitter) quoted(q byte, backslash bool) error {
-	line := s.line
-	s.i++
-	for s.i < len(s.src) {
-		c := s.src[s.i]
-		switch {
-		case c == '\\' && backslash:
-			if s.peek(1) == '\n' {
-				s.line++
-			}
-			s.i += 2
-			continue
-		case c == q && s.peek(1) == q:
-			s.i += 2
-			continue
-		case c == q:
-			s.i++
-			return nil
-		case c == '\n':
-			s.line++
+	next, newlines, ok := scriptsplit.SkipQuoted(s.src, s.i, q, backslash)
+	if !ok {
+		what := "string"
+		if q == '"' {
+			what = "quoted identifier"
 		}
-		s.i++
+		return scriptsplit.Unterminated(s.line, what, q)
 	}
-	what := "string"
-	if q == '"' {
-		what = "quoted identifier"
-	}
-	return &splitError{line: line, msg: fmt.Sprintf("the %s that starts here never ends (a missing %c)", what, q)}
+	s.i, s.line = next, s.line+newlines
+	return nil
 }
 
 // dollar reads what starts with '$': a dollar-quoted string ($$...$$, $tag$...$tag$), a
@@ -248,7 +225,7 @@ func (s *splitter) dollar() error {
 	body := j + 1
 	k := bytes.Index(s.src[body:], delim)
 	if k < 0 {
-		return &splitError{line: line, msg: fmt.Sprintf("the dollar-quoted string %s that starts here never ends", delim)}
+		return &scriptsplit.Error{Line: line, Msg: fmt.Sprintf("the dollar-quoted string %s that starts here never ends", delim)}
 	}
 	s.line += bytes.Count(s.src[s.i:body+k], []byte{'\n'})
 	s.i = body + k + len(delim)
@@ -324,7 +301,7 @@ func (s *splitter) copyData() error {
 		rest = rest[:nl]
 	}
 	if len(bytes.TrimSpace(rest)) > 0 {
-		return &splitError{line: s.line, msg: "COPY ... FROM STDIN takes its data from the lines after it, and this line has more after the semicolon"}
+		return &scriptsplit.Error{Line: s.line, Msg: "COPY ... FROM STDIN takes its data from the lines after it, and this line has more after the semicolon"}
 	}
 	if nl < 0 {
 		s.i = len(s.src)
@@ -362,7 +339,7 @@ func (s *splitter) metaCommand() error {
 	for j < len(s.src) && j-s.i < 24 && !isSpace(s.src[j]) {
 		j++
 	}
-	return &splitError{line: s.line, msg: fmt.Sprintf(
+	return &scriptsplit.Error{Line: s.line, Msg: fmt.Sprintf(
 		"%s is a psql meta-command: scripts run through the server's protocol, without psql, and may not hold meta-commands", s.src[s.i:j])}
 }
 

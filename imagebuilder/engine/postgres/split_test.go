@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/dataimage/dataimage/imagebuilder/engine/internal/scriptsplit"
 )
 
 func TestSplitScript(t *testing.T) {
@@ -89,10 +91,10 @@ func TestSplitScriptRefuses(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := splitScript([]byte(tc.src))
-			var se *splitError
+			var se *scriptsplit.Error
 			require.ErrorAs(t, err, &se)
-			require.Equal(t, tc.line, se.line)
-			require.Contains(t, se.msg, tc.msg)
+			require.Equal(t, tc.line, se.Line)
+			require.Contains(t, se.Msg, tc.msg)
 		})
 	}
 }
@@ -118,9 +120,9 @@ func FuzzSplitScript(f *testing.F) {
 	f.Fuzz(func(t *testing.T, src []byte) {
 		stmts, err := splitScript(src)
 		if err != nil {
-			var se *splitError
-			if !errors.As(err, &se) || se.line < 1 || se.line > strings.Count(string(src), "\n")+1 {
-				t.Fatalf("error %v: not a *splitError with a line of the script", err)
+			var se *scriptsplit.Error
+			if !errors.As(err, &se) || se.Line < 1 || se.Line > strings.Count(string(src), "\n")+1 {
+				t.Fatalf("error %v: not a *scriptsplit.Error with a line of the script", err)
 			}
 			return
 		}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 )
 
 // tools are the binaries the tests use.
@@ -105,15 +106,7 @@ func Dir(t testing.TB) string {
 // test.
 func RunDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "pgrun")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return enginetest.RuntimeDir(t)
 }
 
 // Server is a throwaway PostgreSQL server on a Unix socket (no TCP listener), run with pg_ctl.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb"
 )
 
@@ -54,32 +55,18 @@ func missing(t testing.TB, why string) {
 	t.Skipf("%s: skipping (apt-get install mariadb-server mariadb-client, or make deps)", why)
 }
 
-// Root returns an empty directory for an instance that the server's OS user can reach:
-// t.TempDir and its parent are 0700, so both become 0711.
+// Root returns an empty directory for an instance that the server's OS user can reach (see
+// enginetest.Root).
 func Root(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return enginetest.Root(t)
 }
 
-// RuntimeDir returns a new runtime directory with a short path (the socket's path must fit
-// 107 bytes), removed when the test ends.
+// RuntimeDir returns a new runtime directory with a short path, removed when the test ends (see
+// enginetest.RuntimeDir).
 func RuntimeDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "mdb-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return enginetest.RuntimeDir(t)
 }
 
 // Start starts a server on the instance under root (RuntimeDir filled in when empty) and stops it

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // Operations timed by the CSI suite, in the order of one repetition.
@@ -54,7 +55,7 @@ func (b *bench) csiRoundTrips() (*csiResult, error) {
 	ctx, cancel := context.WithCancel(b.ctx)
 	defer cancel()
 	for _, size := range []int64{gib, 1 << 40} {
-		name := fmtSize(size)
+		name := units.FormatBytes(size)
 		c := &csiCase{lat: &latCase{name: name, size: size}, samples: map[string][]time.Duration{}}
 		tag := strings.ReplaceAll(strings.ToLower(name), " ", "")
 		c.lat.path = filepath.Join(b.dir, "csi-"+tag+".pool")
@@ -78,7 +79,7 @@ func (b *bench) csiRoundTrips() (*csiResult, error) {
 		defer func() {
 			cancel()
 			if err := <-served; err != nil {
-				fmt.Fprintln(b.log, "benchreport: CSI server:", err)
+				fmt.Fprintln(b.log, "storebench: CSI server:", err)
 			}
 		}()
 		conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -201,7 +202,7 @@ func (r *report) csiSection(w0 *strings.Builder) {
 	}
 	small, big := res.cases[0], res.cases[1]
 	w("## 6. CSI round trips: CreateSnapshot and CreateVolume from a snapshot, 1 GiB vs 1 TiB source\n\n")
-	w("How: each source volume lives in its own pool, set up exactly as in section 3 (8 GiB sparse file, 4 KiB blocks, `DirectIO: true`, over-provisioning 400; the same fill; closed and reopened: `setupLatCase`). ")
+	w("How: each source volume lives in its own pool, set up exactly as in section 3 (8 GiB sparse file, 4 KiB blocks, `DirectIO: true`, over-provisioning 400; the same fill; closed and reopened: bench/storebench/latency.go). ")
 	w("Each pool is served by its own in-process `driver.NewServer` (Identity and Controller; a JSON `slog` logger at Info level writing to `io.Discard`, so the per-call logs are formatted and dropped) on a unix socket (`Server.Serve`), and called through `csi.NewControllerClient` over a `grpc.NewClient(\"unix://…\")` connection with insecure credentials, one call at a time. ")
 	w("One repetition, on each pool in turn: a bare `fdatasync` of the pool file (timed, for scale); `ControllerGetCapabilities` (timed: the gRPC round trip with no pool work); one 4 KiB write in the first GiB and `Pool.Flush` (untimed, as in section 3); `CreateSnapshot` of the source volume (timed); `CreateVolume` named anew with that snapshot as content source, block access, no capacity range (timed: a clone at the snapshot's size, so a 1 TiB clone of the 1 TiB source); `DeleteVolume` of that clone and `DeleteSnapshot` (each timed). **Everything a repetition creates it deletes**, so every repetition starts from the same pool. %d timed repetitions after 3 untimed; p99 is %s. Times are client-side, from the call to its return.\n\n", res.reps, rankName(res.reps))
 	w("| Operation | 1 GiB p50 | 1 GiB p99 | 1 TiB p50 | 1 TiB p99 | 1 TiB / 1 GiB (p50) | Goal | Met |\n|---|---|---|---|---|---|---|---|\n")
@@ -246,7 +247,7 @@ func (r *report) explainCSI() string {
 		fmt.Fprintf(&b, "%s source, p50: bare fdatasync %s, gRPC round trip %s, CreateSnapshot %s, CreateVolume from snapshot %s. ", c.lat.name,
 			fmtLat(q(csiFdatasync)), fmtLat(q(csiCaps)), fmtLat(q(csiSnapshot)), fmtLat(q(csiClone)))
 	}
-	b.WriteString("Both calls end in one durable commit of the store (`durableChange` → `commitLocked`, journal.go: a journal block write and an fdatasync), so their floor is the bare fdatasync above plus the gRPC round trip; a p50 above 5 ms with an fdatasync near it is the disk's flush latency, not the driver. ")
-	b.WriteString("The 1 TiB and 1 GiB pools differ only in tree size; neither call walks the tree (a snapshot and a clone share the root), so a size ratio far from 1 points at a checkpoint inside a call (`needCheckpoint`) or at the disk's drift between the two pools' flushes — compare the fdatasync row.")
+	b.WriteString("Both calls end in one durable commit of the store (blockstore/journal.go: a journal block write and an fdatasync), so their floor is the bare fdatasync above plus the gRPC round trip; a p50 above 5 ms with an fdatasync near it is the disk's flush latency, not the driver. ")
+	b.WriteString("The 1 TiB and 1 GiB pools differ only in tree size; neither call walks the tree (a snapshot and a clone share the root), so a size ratio far from 1 points at a checkpoint inside a call (the policy in blockstore/journal.go) or at the disk's drift between the two pools' flushes — compare the fdatasync row.")
 	return b.String()
 }

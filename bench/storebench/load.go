@@ -11,7 +11,32 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/dataimage/dataimage/blockstore"
 )
+
+// newVolume creates a volume of size bytes in p and returns a handle for its I/O.
+func newVolume(p *blockstore.Pool, name string, size int64) (*blockstore.Volume, error) {
+	info, err := p.CreateVolume(name, size)
+	if err != nil {
+		return nil, err
+	}
+	return p.Volume(info.ID)
+}
+
+// prefill writes the whole of vol with 1 MiB sequential writes at queue depth 1, so that its
+// blocks are contiguous like the raw file's.
+func prefill(vol *blockstore.Volume) error {
+	size := vol.Size()
+	r, err := runLoad(newSeq(vol, size, mib, true), true, mib, 1, time.Hour, 1)
+	if err != nil {
+		return fmt.Errorf("prefill: %w", err)
+	}
+	if r.bytes != size {
+		return fmt.Errorf("prefill: wrote %d of %d bytes", r.bytes, size)
+	}
+	return nil
+}
 
 // ioTarget is what a load runs against: a raw file (*os.File) or a volume (*blockstore.Volume).
 type ioTarget interface {

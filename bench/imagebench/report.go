@@ -6,11 +6,17 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // reportMarker starts the data image part of BENCHMARKS.md; everything from it to the end of
-// the file is this tool's (the block store report keeps it when it rewrites the file).
-const reportMarker = "<!-- imagebench: the data image part, written by make bench (imagebuilder/internal/imagebench) -->"
+// the file is this tool's (the block store report keeps it when it rewrites the file). Both
+// programs find the part by markerPrefix, so the rest of the line may change.
+const (
+	markerPrefix = "<!-- imagebench:"
+	reportMarker = markerPrefix + " the data image part, written by make bench (bench/imagebench) -->"
+)
 
 // medianDur is the median of ds (the mean of the middle two for an even count).
 func medianDur(ds []time.Duration) time.Duration {
@@ -61,13 +67,13 @@ func (r *report) markdown() string {
 	var w strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&w, format, args...) }
 	p("%s\n\n# Data image benchmarks\n\n", reportMarker)
-	p("Written by `make bench` (`go run ./imagebuilder/internal/imagebench -write`, %s in all; `-quick` for a smoke run).\n", r.elapsed.Round(time.Second))
+	p("Written by `make bench` (`go run ./bench/imagebench -write`, %s in all; `-quick` for a smoke run).\n", r.elapsed.Round(time.Second))
 	p("PostgreSQL %s, Go %s, %d CPUs. Every comparison runs both sides in the same run on the same disk;\n", r.pgVersion, runtime.Version(), runtime.NumCPU())
 	p("the store side is the real daemon code (local, in process: a sparse pool file with\n")
 	p("O_DIRECT, volumes exported through FUSE + a loop device, ext4 made by k8s.io/mount-utils) and the\n")
 	p("baseline is ext4 (mkfs.ext4 -F -m0, as mount-utils makes it) on a loop device with direct I/O over a\n")
 	p("raw sparse file of the same size. The data: `pgbench -i -s %d`, then `pg_basebackup -Ft -X stream -c fast` (base.tar +\n", r.cfg.scale)
-	p("pg_wal.tar, %s), taken in %.1f s.\n\n", human(r.backupSize), r.sourceTime.Seconds())
+	p("pg_wal.tar, %s), taken in %.1f s.\n\n", units.FormatBytes(r.backupSize), r.sourceTime.Seconds())
 	if r.cfg.quick {
 		p("**This is a quick run (-quick): small data and short runs; the numbers are a smoke test.**\n\n")
 	}
@@ -110,8 +116,8 @@ func (r *report) markdown() string {
 		p("start on a free port, password set), then `SELECT 1` over TCP checked outside the timing; %d clones per\n", len(c.small))
 		p("image, each deleted before the next.\n\n")
 		p("| image | data | seconds per clone | p50 | max |\n|---|---|---|---|---|\n")
-		p("| small (empty instance) | %s | %s | %.2f | %.2f |\n", human(c.smallBytes), secs(c.small), ps.Seconds(), percentile(c.small, 100).Seconds())
-		p("| large (pgbench -s %d) | %s | %s | %.2f | %.2f |\n", r.cfg.scale, human(c.largeBytes), secs(c.large), pl.Seconds(), percentile(c.large, 100).Seconds())
+		p("| small (empty instance) | %s | %s | %.2f | %.2f |\n", units.FormatBytes(c.smallBytes), secs(c.small), ps.Seconds(), percentile(c.small, 100).Seconds())
+		p("| large (pgbench -s %d) | %s | %s | %.2f | %.2f |\n", r.cfg.scale, units.FormatBytes(c.largeBytes), secs(c.large), pl.Seconds(), percentile(c.large, 100).Seconds())
 		p("\nLarge / small p50: **%.2f** with %.0f× the data (goal: does not grow with the image: %s).\n\n",
 			pl.Seconds()/ps.Seconds(), float64(c.largeBytes)/float64(max(c.smallBytes, 1)), goal(pl.Seconds()/ps.Seconds() < 1.5))
 	}
@@ -125,15 +131,15 @@ func (r *report) markdown() string {
 		p("difference) plus data pages written (pg_stat_bgwriter buffers_checkpoint + clean + backend, 8 KiB each);\n")
 		p("\"differs\" is the clones' blocks that differ from the image (block store DiffVolume).\n\n")
 		p("| | bytes | per clone |\n|---|---|---|\n")
-		p("| image data (a full copy per clone would cost this) | %s | %s |\n", human(s.imageBytes), human(s.imageBytes))
-		p("| pool growth from creating the clones (servers started) | %s | %s |\n", human(s.poolCreated), human(s.poolCreated/int64(s.clones)))
-		p("| pool growth running the transactions | %s | %s |\n", human(grew), human(grew/int64(s.clones)))
-		p("| rewritten by the servers (WAL + data pages) | %s | %s |\n", human(rewritten), human(rewritten/int64(s.clones)))
-		p("| clones' blocks that differ from the image | %s | %s |\n", human(s.addedBytes), human(s.addedBytes/int64(s.clones)))
+		p("| image data (a full copy per clone would cost this) | %s | %s |\n", units.FormatBytes(s.imageBytes), units.FormatBytes(s.imageBytes))
+		p("| pool growth from creating the clones (servers started) | %s | %s |\n", units.FormatBytes(s.poolCreated), units.FormatBytes(s.poolCreated/int64(s.clones)))
+		p("| pool growth running the transactions | %s | %s |\n", units.FormatBytes(grew), units.FormatBytes(grew/int64(s.clones)))
+		p("| rewritten by the servers (WAL + data pages) | %s | %s |\n", units.FormatBytes(rewritten), units.FormatBytes(rewritten/int64(s.clones)))
+		p("| clones' blocks that differ from the image | %s | %s |\n", units.FormatBytes(s.addedBytes), units.FormatBytes(s.addedBytes/int64(s.clones)))
 		all := s.poolAfter - s.poolBefore + s.poolCreated
 		p("\nPool growth / bytes rewritten: **%.2f** (a clone costs what its server writes, not its image's size).\n", float64(grew)/float64(max(rewritten, 1)))
 		p("The %d clones together took %s: %.1f%% of the %s that %d full copies of the image would take.\n\n",
-			s.clones, human(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), human(s.imageBytes*int64(s.clones)), s.clones)
+			s.clones, units.FormatBytes(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), units.FormatBytes(s.imageBytes*int64(s.clones)), s.clones)
 	}
 	r.analysis(p)
 	return w.String()
@@ -148,7 +154,7 @@ func (r *report) analysis(p func(string, ...any)) {
 			"its row): the extraction is throttled by the writeback of what it has already written, and that "+
 			"writeback runs through loop → FUSE → the pool, where the raw side's goes through loop → a file. The "+
 			"stop step's syncfs, which writes the rest, shows the same path's cost. The ratio moves with that "+
-			"variance from run to run (`go run ./imagebuilder/internal/imagebench -only build` gave 0.82× and "+
+			"variance from run to run (`go run ./bench/imagebench -only build` gave 0.82× and "+
 			"0.98× in two runs the day this was written). The way to the goal is the export's write path (NBD "+
 			"or ublk where the kernel has them, or a FUSE export with writeback caching).")
 	}

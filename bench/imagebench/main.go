@@ -25,9 +25,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder"
-	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 	"github.com/dataimage/dataimage/internal/atomicfile"
 )
 
@@ -128,14 +127,13 @@ func run(ctx context.Context, c config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root: the bench mounts file systems and attaches loop devices")
 	}
-	set, err := builder.Discover()
-	if err != nil {
-		return err
+	// The bench is PostgreSQL's (pgbench, pg_basebackup): it takes the newest server the
+	// PostgreSQL adapter finds.
+	pgs, err := postgres.Discover(postgres.Options{})
+	if len(pgs) == 0 {
+		return fmt.Errorf("no PostgreSQL server (hack/install-deps.sh installs it): %w", errors.Join(engine.ErrNotFound, err))
 	}
-	pg, err := set.Lookup(imagebuilder.EnginePostgres, latest(set.Versions()[imagebuilder.EnginePostgres]))
-	if err != nil {
-		return fmt.Errorf("PostgreSQL (hack/install-deps.sh installs it): %w", err)
-	}
+	pg := pgs[0]
 	dir, err := os.MkdirTemp(c.dir, "imagebench-")
 	if err != nil {
 		return err
@@ -165,17 +163,6 @@ func run(ctx context.Context, c config) error {
 		b.logf("wrote the data image part of %s", c.out)
 	}
 	return nil
-}
-
-// latest returns the highest of versions ("" if none).
-func latest(versions []string) string {
-	best := ""
-	for _, v := range versions {
-		if best == "" || imagebuilder.CompareVersions(v, best) > 0 {
-			best = v
-		}
-	}
-	return best
 }
 
 // logf prints progress on stderr with the time since the start.
@@ -221,14 +208,10 @@ func spliceReport(path, md string) error {
 		return err
 	}
 	s := string(old)
-	if i := strings.Index(s, reportMarker); i >= 0 {
+	if i := strings.Index(s, markerPrefix); i >= 0 {
 		s = s[:i]
 	} else if s != "" && !strings.HasSuffix(s, "\n\n") {
 		s = strings.TrimRight(s, "\n") + "\n\n"
 	}
-	return writeFileAtomic(path, []byte(s+md))
+	return atomicfile.WriteFile(path, []byte(s+md), 0o644)
 }
-
-// writeFileAtomic replaces path with data (internal/atomicfile: temp file, fsync, rename, fsync
-// the directory).
-func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data, 0o644) }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/internal/format"
 )
 
 // Cache budgets of the pools reopened for the goal measurement. They are small so that both
@@ -45,7 +44,7 @@ type memPoint struct {
 type memSize struct {
 	mapped    int64
 	poolBytes int64
-	rcPages   uint64 // refcount pages of the pool (format.Superblock.RCPages)
+	rcPages   uint64 // refcount pages of the pool (Geometry.RefcountPages)
 	nodes     int64  // tree node blocks of the volume (Stats().MetadataBytes growth / block size)
 
 	// While writing (small budgets, a checkpoint every few Flushes), heap growth since before
@@ -81,9 +80,10 @@ type memResult struct {
 	plan memCachePlan
 }
 
-// memCachePlan is what the store makes of cache budgets. The formulas are the store's
-// (Pool.OpenOn: maxCleanNodes; Pool.newRefcounts: maxResident; Pool.needCheckpoint), repeated
-// here to check that the caches are full and to state the bounds.
+// memCachePlan is what the store makes of cache budgets: the accounting that
+// Options.NodeCacheBytes and Options.RefcountCacheBytes document, and the dirty-node count at
+// which a commit becomes a checkpoint (blockstore/journal.go), applied to the pool's geometry
+// to check that the caches are full and to state the bounds.
 type memCachePlan struct {
 	fanout        int
 	perPage       int // counts per refcount page
@@ -94,9 +94,8 @@ type memCachePlan struct {
 	dirtyNodesMax int // dirty nodes before needCheckpoint asks for a checkpoint, default budget
 }
 
-func newCachePlan(bs int) memCachePlan {
-	fanout := format.NodeCapacity(bs)
-	perPage := format.RCPerPage(bs)
+func newCachePlan(g blockstore.Geometry) memCachePlan {
+	bs, fanout, perPage := g.BlockSize, g.NodeEntries, g.RefcountsPerPage
 	nodes := func(budget int64) int { return max(int(budget/int64(bs+64+8*fanout)), 64) }
 	pages := func(budget int64) int { return max(int(budget/int64(4*perPage+48)), 2) }
 	return memCachePlan{
@@ -117,7 +116,7 @@ const (
 // writing a pool with default options, and the goal measurement (memGoal).
 func (b *bench) memory() (*memResult, error) {
 	const bs = 4 * kib
-	res := &memResult{bs: bs, plan: newCachePlan(bs)}
+	res := &memResult{bs: bs}
 	if err := b.memTransient(res, min(int64(b.memGiB)*gib, 4*gib)); err != nil {
 		return nil, err
 	}
@@ -150,14 +149,11 @@ func (b *bench) memTransient(res *memResult, n int64) error {
 		return err
 	}
 	defer p.Close()
-	info, err := p.CreateVolume("mem", n)
+	vol, err := newVolume(p, "mem", n)
 	if err != nil {
 		return err
 	}
-	vol, err := p.Volume(info.ID)
-	if err != nil {
-		return err
-	}
+	res.plan = newCachePlan(p.Geometry())
 	meta0 := p.Stats().MetadataBytes
 	point := func(mapped int64) memPoint {
 		return memPoint{mapped: mapped, heap: heapInuse() - heap0, rss: rss() - rss0, meta: p.Stats().MetadataBytes - meta0}
@@ -205,17 +201,12 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 			p.Close()
 		}
 	}()
-	if sb := readSuperblock(path); sb != nil {
-		s.rcPages = sb.RCPages
-	}
-	info, err := p.CreateVolume("mem", n)
+	s.rcPages = p.Geometry().RefcountPages
+	vol, err := newVolume(p, "mem", n)
 	if err != nil {
 		return err
 	}
-	vol, err := p.Volume(info.ID)
-	if err != nil {
-		return err
-	}
+	id := vol.ID()
 	st0 := p.Stats()
 	sp := newSeq(vol, n, mib, true)
 	for done := int64(0); done < n; done += memFlushEvery {
@@ -241,7 +232,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 		return err
 	}
 	s.open = heapInuse() - heap0
-	if vol, err = p.Volume(info.ID); err != nil {
+	if vol, err = p.Volume(id); err != nil {
 		return err
 	}
 	if _, err := runLoad(newSeq(vol, n, mib, true), false, mib, 4, time.Hour, 9); err != nil {
@@ -251,7 +242,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 	// One leaf covers fanout blocks; re-read one leaf's worth at a time from the start (long
 	// evicted), so that each re-read loads one node and the CLOCK occupancy of the node cache
 	// moves through its range.
-	leaf := int64(format.NodeCapacity(4*kib)) * 4 * kib
+	leaf := int64(p.Geometry().NodeEntries) * 4 * kib
 	buf := alignedBuf(4 * kib)
 	for i := range int64(memRereads) {
 		if _, err := vol.ReadAt(buf, i*leaf); err != nil {
@@ -264,7 +255,7 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 		n/mib, s.poolBytes/mib, s.nodes, s.written/kib, s.open/kib, s.read/kib, slices.Min(s.reads)/kib, slices.Max(s.reads)/kib)
 
 	ckpt := p.Stats().CheckpointLSN
-	if err := p.DeleteVolume(info.ID); err != nil {
+	if err := p.DeleteVolume(id); err != nil {
 		return err
 	}
 	s.deleted = heapInuse() - heap0
@@ -284,24 +275,6 @@ func (b *bench) memGoal(s *memSize, n int64) error {
 	b.logf("  deleted the volume: +%d KiB; after the next checkpoint (taken: %v): +%d KiB", s.deleted/kib, s.ckptLSNNew, s.ckptAfter/kib)
 	runtime.KeepAlive(vol)
 	return nil
-}
-
-// readSuperblock returns the superblock in slot 0 of a pool file, or nil.
-func readSuperblock(path string) *format.Superblock {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	buf := make([]byte, format.MinBlockSize)
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		return nil
-	}
-	sb, err := format.DecodeSuperblock(buf)
-	if err != nil {
-		return nil
-	}
-	return sb
 }
 
 func medianInt(v []int64) int64 {

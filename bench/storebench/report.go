@@ -13,21 +13,22 @@ import (
 
 // report collects every result of a run and renders BENCHMARKS.md.
 type report struct {
-	cfg     config
-	started time.Time
-	elapsed time.Duration
-	machine [][2]string
-	perf    []cmpRow   // store vs raw, 4 KiB blocks, qd 1 and 32
-	bsRows  []cmpRow   // every block size (4 KiB rows are perf's)
-	metas   []poolMeta // per block size: what the prefill of the perf volume cost
-	qemu    *qemuResult
-	qemuErr error
-	lat     *latResult
-	mem     *memResult
-	csi     *csiResult
-	kdev    *kdevResult
-	ext4    *ext4Result
-	check   *checkResult
+	cfg      config
+	started  time.Time
+	elapsed  time.Duration
+	machine  [][2]string
+	perf     []cmpRow   // store vs raw, 4 KiB blocks, qd 1 and 32
+	bsRows   []cmpRow   // every block size (4 KiB rows are perf's)
+	metas    []poolMeta // per block size: what the prefill of the perf volume cost
+	qemu     *qemuResult
+	qemuErr  error
+	lat      *latResult
+	snapRead *snapReadResult
+	mem      *memResult
+	csi      *csiResult
+	kdev     *kdevResult
+	ext4     *ext4Result
+	check    *checkResult
 
 	goals []goal // filled while rendering
 }
@@ -56,6 +57,7 @@ func (r *report) markdown() string {
 	r.perfSection(&body)
 	r.qemuSection(&body)
 	r.latSection(&body)
+	r.snapReadSection(&body)
 	r.memSection(&body)
 	r.bsSection(&body)
 	r.csiSection(&body)
@@ -66,8 +68,8 @@ func (r *report) markdown() string {
 	var out strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&out, format, args...) }
 	w("# Block store benchmarks\n\n")
-	w("Written by the bench report tool (`blockstore/internal/benchreport`); do not edit by hand.\n\n")
-	w("**Reproduce:** `make bench` runs `hack/bench.sh`, which runs `go run ./blockstore/internal/benchreport -write -out BENCHMARKS.md`: the full run (about %s here) rewrites this file. ", roundDur(r.elapsed))
+	w("Written by the bench report tool (`bench/storebench`); do not edit by hand.\n\n")
+	w("**Reproduce:** `make bench` runs `hack/bench.sh`, which runs `go run ./bench/storebench -write -out BENCHMARKS.md`: the full run (about %s here) rewrites this file. ", roundDur(r.elapsed))
 	w("`make bench BENCH_ARGS=-quick` is a smoke run of a few minutes that only prints the report; `BENCH_ARGS='-dir /path'` measures another disk (scratch files go in a temporary directory there and are removed).\n\n")
 	mode := "full"
 	if r.cfg.quick {
@@ -126,7 +128,7 @@ func (r *report) perfSection(w0 *strings.Builder) {
 				fmtLat(c.p.raw.pct(0.5)), fmtLat(c.p.store.pct(0.5)), fmtLat(c.p.raw.pct(0.99)), fmtLat(c.p.store.pct(0.99)))
 			if !seen[c.test] {
 				seen[c.test] = true
-				hows = append(hows, fmt.Sprintf("- *%s*: %s; I/O size %s; block size %d KiB; %s per side.", c.test, c.how, fmtSize(int64(c.io)), c.bs/kib, roundDur(c.p.store.dur)))
+				hows = append(hows, fmt.Sprintf("- *%s*: %s; I/O size %s; block size %d KiB; %s per side.", c.test, c.how, units.FormatBytes(int64(c.io)), c.bs/kib, roundDur(c.p.store.dur)))
 			}
 		}
 	}
@@ -178,9 +180,6 @@ func fmtLat(d time.Duration) string {
 		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
 	}
 }
-
-// fmtSize writes a byte count the one way the project prints them (internal/units).
-func fmtSize(n int64) string { return units.FormatBytes(n) }
 
 func fmtMiB(n float64) string { return fmt.Sprintf("%.2f MiB", n/mib) }
 
@@ -240,7 +239,7 @@ func (r *report) qemuSection(w0 *strings.Builder) {
 		}
 		vsQ := "—"
 		if row.format == "qcow2" {
-			img = fmt.Sprintf("qcow2 overlay, %s clusters", fmtSize(int64(row.cluster)))
+			img = fmt.Sprintf("qcow2 overlay, %s clusters", units.FormatBytes(int64(row.cluster)))
 			if v := rawQ[qrKey]; v > 0 {
 				vsQ = fmt.Sprintf("%.2f×", row.iops()/v)
 			}
@@ -273,7 +272,7 @@ func (r *report) latSection(w0 *strings.Builder) {
 	w("## 3. Snapshot, clone and revert latency: 1 GiB vs 1 TiB volume\n\n")
 	w("Each volume lives in its own pool: an 8 GiB sparse file, 4 KiB blocks, `DirectIO: true`, over-provisioning ratio 400 (so a 1 TiB volume and its clone fit the limit). Before measuring, each volume was filled, flushed, and the pool closed and reopened (a checkpoint, cold node cache):\n\n")
 	for _, c := range l.cases {
-		w("- %s volume: %s. Tree metadata after the fill (growth of `Stats().MetadataBytes`): %s (%d blocks); reopen took %s.\n", c.name, c.fill, fmtSize(c.treeBytes), c.treeBytes/(4*kib), fmtLat(c.openTime))
+		w("- %s volume: %s. Tree metadata after the fill (growth of `Stats().MetadataBytes`): %s (%d blocks); reopen took %s.\n", c.name, c.fill, units.FormatBytes(c.treeBytes), c.treeBytes/(4*kib), fmtLat(c.openTime))
 	}
 	w("\nOne repetition, on each volume in turn: a bare `fdatasync` of the pool file (its own read-only descriptor); `Pool.Flush` with nothing pending; one 4 KiB write at a random offset in the first GiB, then `Pool.Flush` (timed); `CreateSnapshot` (timed); `Clone` of that snapshot at its size (timed); `DeleteVolume` of the clone (timed); one 4 KiB write + Flush (untimed); `Revert` to the snapshot (timed); `DeleteSnapshot` (timed). Every timed operation is durable when it returns.\n\n")
 	w("The goal is that snapshot, clone and revert take the same time at both sizes (1 TiB / 1 GiB ≤ 1.5, on p50) and at most 1 ms more than one flush: the *excess* columns subtract the bare fdatasync of the same volume's pool (p50 from p50, p99 from p99).\n\n")
@@ -311,7 +310,7 @@ func (r *report) latSection(w0 *strings.Builder) {
 		}
 		w("| %s | %s | %s | %s | %s | %.2f | %s | %s | %s |\n", op, fmtLat(s50), fmtLat(s99), fmtLat(b50), fmtLat(b99), ratio, exS, exS99, met)
 	}
-	w("\nA commit (`commitLocked`, journal.go) is an fdatasync of the data if anything was written since the last one, then a journal block write and a second fdatasync. `Pool.Flush` after a write pays all three; snapshot, clone and revert here follow a Flush with no write in between, so each is a journal block write and one fdatasync plus in-memory work (and, for snapshot and revert, waiting for I/O in flight: `durableChange` with a barrier):\n\n")
+	w("\nA commit (blockstore/journal.go gives its order) is an fdatasync of the data if anything was written since the last one, then a journal block write and a second fdatasync. `Pool.Flush` after a write pays all three; snapshot, clone and revert here follow a Flush with no write in between, so each is a journal block write and one fdatasync plus in-memory work (and, for snapshot and revert, waiting for the I/O in flight before they apply: blockstore/volume.go):\n\n")
 	for _, c := range l.cases {
 		w("- %s\n", latBreakdown(c))
 	}
@@ -347,14 +346,14 @@ func (r *report) memSection(w0 *strings.Builder) {
 
 	w("### Resident memory per TiB mapped (the goal)\n\n")
 	w("With bounded caches, what matters is how resident memory grows with the amount mapped once the caches are full and nothing is dirty. ")
-	w("Two pools (4 KiB blocks, `DirectIO: true`, thin), each a file of 1.25 × what it maps + 64 MiB so that whatever the store keeps per pool block grows in proportion, map %s and %s into one volume with 1 MiB sequential writes (queue depth 4). ", fmtSize(s0.mapped), fmtSize(s1.mapped))
-	w("Each pool is closed (a checkpoint: nothing stays dirty), reopened with small fixed cache budgets — **`NodeCacheBytes` %s, `RefcountCacheBytes` %s**, the same at both sizes — and every mapped block is read once (1 MiB reads, queue depth 4). ", fmtSize(memNodeCacheBytes), fmtSize(memRCCacheBytes))
-	w("**Heap** is the growth of `runtime.MemStats.HeapInuse` after two `runtime.GC()` since just before `Open`, with the pool open; the value at each size is the median of %d readings: right after the full read, and after each of %d re-reads of one block at the start of a leaf's range (each loads one tree node, so the node cache's occupancy, which CLOCK eviction in `cacheNode` keeps between 7/8 of its budget and all of it, moves through its range). ", memRereads+1, memRereads)
+	w("Two pools (4 KiB blocks, `DirectIO: true`, thin), each a file of 1.25 × what it maps + 64 MiB so that whatever the store keeps per pool block grows in proportion, map %s and %s into one volume with 1 MiB sequential writes (queue depth 4). ", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped))
+	w("Each pool is closed (a checkpoint: nothing stays dirty), reopened with small fixed cache budgets — **`NodeCacheBytes` %s, `RefcountCacheBytes` %s**, the same at both sizes — and every mapped block is read once (1 MiB reads, queue depth 4). ", units.FormatBytes(memNodeCacheBytes), units.FormatBytes(memRCCacheBytes))
+	w("**Heap** is the growth of `runtime.MemStats.HeapInuse` after two `runtime.GC()` since just before `Open`, with the pool open; the value at each size is the median of %d readings: right after the full read, and after each of %d re-reads of one block at the start of a leaf's range (each loads one tree node, so the node cache's occupancy, which its CLOCK eviction keeps between 7/8 of its budget and all of it (blockstore/tree.go), moves through its range). ", memRereads+1, memRereads)
 	w("The **slope** is Δheap / Δmapped between the two sizes; per TiB is the slope × 1024 GiB. ")
 	nodesFull := s0.nodes > int64(pl.maxNodes)
 	rcUsed := (uint64(s0.mapped)/uint64(m.bs) + uint64(s0.nodes) + uint64(pl.perPage) - 1) / uint64(pl.perPage)
 	rcFull := rcUsed > uint64(pl.maxPages)
-	w("The budgets are small so that both caches are full at both sizes: the node cache keeps at most %d clean nodes (`NodeCacheBytes` / (block size + 64 + 8 × fanout), at least 64: `OpenOn`, pool.go) and the smaller volume has %d tree nodes; the refcount cache keeps at most %d clean pages (`RefcountCacheBytes` / (4 × %d + 48), at least 2: `Pool.newRefcounts`) and the smaller pool has at least %d pages with a non-zero count. ",
+	w("The budgets are small so that both caches are full at both sizes: the node cache keeps at most %d clean nodes (`Options.NodeCacheBytes` / (block size + 64 + 8 × `Geometry.NodeEntries`), at least 64: blockstore/pool.go) and the smaller volume has %d tree nodes; the refcount cache keeps at most %d clean pages (`Options.RefcountCacheBytes` / (4 × %d + 48), at least 2: blockstore/pool.go) and the smaller pool has at least %d pages with a non-zero count. ",
 		pl.maxNodes, s0.nodes, pl.maxPages, pl.perPage, rcUsed)
 	if nodesFull && rcFull {
 		w("So the difference between the sizes holds only what grows with the amount mapped (or with the pool, sized in proportion), not the caches filling up.\n\n")
@@ -365,8 +364,8 @@ func (r *report) memSection(w0 *strings.Builder) {
 	bkTiB := perTiB(float64(bk(s1)-bk(s0)) / dm)
 	heapTiB := perTiB(m.slope)
 	resTiB := perTiB(float64(m.band) / dm)
-	w("| | %s mapped | %s mapped | per TiB mapped (slope × 1024) |\n|---|---|---|---|\n", fmtSize(s0.mapped), fmtSize(s1.mapped))
-	w("| pool file | %s | %s | — |\n", fmtSize(s0.poolBytes), fmtSize(s1.poolBytes))
+	w("| | %s mapped | %s mapped | per TiB mapped (slope × 1024) |\n|---|---|---|---|\n", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped))
+	w("| pool file | %s | %s | — |\n", units.FormatBytes(s0.poolBytes), units.FormatBytes(s1.poolBytes))
 	w("| tree nodes of the volume (growth of `Stats().MetadataBytes` / block size) | %d | %d | — |\n", s0.nodes, s1.nodes)
 	w("| heap after `Open` | %s | %s | %s |\n", fmtKiB(s0.open), fmtKiB(s1.open), fmtMiB(perTiB(float64(s1.open-s0.open)/dm)))
 	w("| **heap after reading every mapped block** (median; range of the readings) | %s (%s–%s) | %s (%s–%s) | **%s** (± %s) |\n",
@@ -375,26 +374,26 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("| of which, by the code: per-page refcount bookkeeping (%d bytes for each of the pool's refcount pages, resident or not) | %s (%d pages) | %s (%d pages) | %s |\n",
 		rcBookkeeping, fmtKiB(bk(s0)), s0.rcPages, fmtKiB(bk(s1)), s1.rcPages, fmtMiB(bkTiB))
 	met := heapTiB <= 8*mib
-	r.addGoal(goal{id: "mem", what: fmt.Sprintf("resident memory per TiB mapped (heap slope between %s and %s mapped, caches full, × 1024)", fmtSize(s0.mapped), fmtSize(s1.mapped)),
+	r.addGoal(goal{id: "mem", what: fmt.Sprintf("resident memory per TiB mapped (heap slope between %s and %s mapped, caches full, × 1024)", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped)),
 		measured: fmt.Sprintf("%s (± %s)", fmtMiB(heapTiB), fmtMiB(resTiB)), target: "≤ 8 MiB", met: met})
 	w("\n**Goal: resident memory per TiB mapped ≤ 8 MiB: %s ± %s, %s.** ", fmtMiB(heapTiB), fmtMiB(resTiB), metStr(met))
 	w("The ± is the widest spread of the readings at one size over the difference in size mapped: a bound on how far the node cache's occupancy and heap span rounding move the slope. ")
-	w("The bookkeeping row is what the store keeps for every refcount page of the pool (`refcounts.pages`, `used` and `slot` in refcount.go: an 8-byte pointer, a 4-byte count and a 1-byte slot per page of %d blocks): %.1f MiB per TiB of pool, here %s per TiB mapped since each pool is 1.25 × what it maps.\n\n",
+	w("The bookkeeping row is what the store keeps for every refcount page of the pool (blockstore/refcount.go: an 8-byte pointer, a 4-byte count and a 1-byte slot per page of %d blocks): %.1f MiB per TiB of pool, here %s per TiB mapped since each pool is 1.25 × what it maps.\n\n",
 		pl.perPage, float64(rcBookkeeping)*float64(1<<40)/float64(m.bs)/float64(pl.perPage)/mib, fmtMiB(bkTiB))
 
 	w("### Fixed: the cache budgets\n\n")
-	w("Not per TiB: the caches are bounded by budgets that do not depend on the amount mapped. At the defaults, `NodeCacheBytes` %s (at most %d clean tree nodes; the store counts %d bytes per node, about twice a node's heap, which is a %d-entry `[]uint64` of 4 KiB plus the `node` struct) and `RefcountCacheBytes` %s (at most %d clean refcount pages of 4 KiB). ",
-		fmtSize(defNodeCacheBytes), pl.defMaxNodes, m.bs+64+8*pl.fanout, pl.fanout, fmtSize(defRCCacheBytes), pl.defMaxPages)
+	w("Not per TiB: the caches are bounded by budgets that do not depend on the amount mapped. At the defaults, `NodeCacheBytes` %s (at most %d clean tree nodes; the store counts %d bytes per node, about twice a node's heap, which is a %d-entry slice of 4 KiB plus a small struct) and `RefcountCacheBytes` %s (at most %d clean refcount pages of 4 KiB). ",
+		units.FormatBytes(defNodeCacheBytes), pl.defMaxNodes, m.bs+64+8*pl.fanout, pl.fanout, units.FormatBytes(defRCCacheBytes), pl.defMaxPages)
 	w("With the small budgets above, the part of the heap that does not grow with the amount mapped (the reading at %s minus the slope × %s) was %s.\n\n",
-		fmtSize(s0.mapped), fmtSize(s0.mapped), fmtKiB(int64(float64(s0.read)-m.slope*float64(s0.mapped))))
+		units.FormatBytes(s0.mapped), units.FormatBytes(s0.mapped), fmtKiB(int64(float64(s0.read)-m.slope*float64(s0.mapped))))
 
 	w("### Transient: dirty state while writing\n\n")
 	n := m.points[len(m.points)-1].mapped
-	w("A fresh pool with default options (4 KiB blocks, `DirectIO: true`, thin file of %s) with one %s volume, mapped in four equal steps of 1 MiB sequential writes (queue depth 4), each step followed by `Flush` (a journal commit, not a checkpoint). ", fmtSize(n+2*gib), fmtSize(n))
+	w("A fresh pool with default options (4 KiB blocks, `DirectIO: true`, thin file of %s) with one %s volume, mapped in four equal steps of 1 MiB sequential writes (queue depth 4), each step followed by `Flush` (a journal commit, not a checkpoint). ", units.FormatBytes(n+2*gib), units.FormatBytes(n))
 	w("After each step: **metadata** = growth of `Stats().MetadataBytes` since the volume was created (tree node blocks plus catalog blocks; the fixed regions do not grow); **heap** = growth of `HeapInuse` after two `runtime.GC()` since before the pool was created; **RSS** = growth of VmRSS (`/proc/self/status`) after `debug.FreeOSMemory()`. Per-GiB figures are least-squares slopes over the five points.\n\n")
 	w("| Mapped | Metadata | Heap | RSS |\n|---|---|---|---|\n")
 	for _, p := range m.points {
-		w("| %s | %s | %s | %s |\n", fmtSize(p.mapped), fmtMiB(float64(p.meta)), fmtMiB(float64(p.heap)), fmtMiB(float64(p.rss)))
+		w("| %s | %s | %s | %s |\n", units.FormatBytes(p.mapped), fmtMiB(float64(p.meta)), fmtMiB(float64(p.heap)), fmtMiB(float64(p.rss)))
 	}
 	metaPct := m.metaSlope * 100
 	r.addGoal(goal{id: "meta", what: "metadata per GiB mapped (tree nodes, 4 KiB blocks, dense)", measured: fmt.Sprintf("%s/GiB = %.3f%%", fmtMiB(m.metaSlope*gib), metaPct), target: "≤ 0.3%", met: metaPct <= 0.3})
@@ -404,16 +403,16 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("| RSS per GiB mapped before any checkpoint (slope; transient) | %s | — | — |\n", fmtMiB(m.rssSlope*gib))
 	leafBytes := int64(pl.fanout) * int64(m.bs)
 	peakMapped := float64(pl.dirtyNodesMax) * float64(leafBytes)
-	w("\nThis growth is dirty tree nodes and dirty refcount pages, pinned in memory until the next checkpoint writes them (`checkpointLocked`; `cacheNode` and `refcounts.evict` never evict dirty ones). ")
-	w("What ends it is `needCheckpoint` (journal.go), checked after every `WriteAt` (`maybeCheckpoint`) and at every commit: more than max(clean-node limit / 2, 4096) dirty tree nodes — %d at the default budget —, the journal more than half full, more than 16 × its blocks in uncommitted records, or more blocks waiting for a checkpoint to be freed than 1/8 of the data region. ", pl.dirtyNodesMax)
+	w("\nThis growth is dirty tree nodes and dirty refcount pages, pinned in memory until the next checkpoint writes them (blockstore/checkpoint.go; neither cache evicts a dirty entry). ")
+	w("What ends it is the checkpoint policy (blockstore/journal.go), checked after every `Volume.WriteAt` and at every commit: more than max(clean-node limit / 2, 4096) dirty tree nodes — %d at the default budget —, the journal more than half full, more than 16 × its blocks in uncommitted records, or more blocks waiting for a checkpoint to be freed than 1/8 of the data region. ", pl.dirtyNodesMax)
 	w("Dense sequential mapping creates one leaf per %s, so %d dirty nodes come after about %s mapped: at the measured %s per GiB, a peak of about %s before the checkpoint that clears it. ",
-		fmtSize(leafBytes), pl.dirtyNodesMax, fmtSize(int64(peakMapped)), fmtMiB(m.heapSlope*gib), fmtMiB(m.heapSlope*peakMapped))
+		units.FormatBytes(leafBytes), pl.dirtyNodesMax, units.FormatBytes(int64(peakMapped)), fmtMiB(m.heapSlope*gib), fmtMiB(m.heapSlope*peakMapped))
 	w("Scattered first writes reach %d dirty leaves sooner (one per leaf range touched), but the count bounds them alike. Dirty refcount pages are not among the triggers: they are bounded only through the others (see the deletes below).\n\n", pl.dirtyNodesMax)
 
 	w("### Found while measuring: writing without reading, and deleting\n\n")
-	w("| Heap growth | %s | %s | per TiB (slope × 1024) |\n|---|---|---|---|\n", fmtSize(s0.mapped), fmtSize(s1.mapped))
+	w("| Heap growth | %s | %s | per TiB (slope × 1024) |\n|---|---|---|---|\n", units.FormatBytes(s0.mapped), units.FormatBytes(s1.mapped))
 	w("| after writing the goal pools above (small budgets; a %s journal, so a checkpoint every few `Flush`es, one per %s written; checkpoints taken: %v / %v), pool open | %s | %s | %s |\n",
-		fmtSize(memJournalBytes), fmtSize(memFlushEvery), s0.checkpoints, s1.checkpoints, fmtMiB(float64(s0.written)), fmtMiB(float64(s1.written)), fmtMiB(perTiB(m.writeRate)))
+		units.FormatBytes(memJournalBytes), units.FormatBytes(memFlushEvery), s0.checkpoints, s1.checkpoints, fmtMiB(float64(s0.written)), fmtMiB(float64(s1.written)), fmtMiB(perTiB(m.writeRate)))
 	w("| from `DeleteVolume` of the mapped volume (after the read above) | %s | %s | %s |\n",
 		fmtMiB(float64(s0.deleted-s0.read)), fmtMiB(float64(s1.deleted-s1.read)), fmtMiB(perTiB(m.delRate)))
 	w("| the same, after the next checkpoint (taken: %v / %v) | %s | %s | %s |\n", s0.ckptLSNNew, s1.ckptLSNNew,
@@ -421,14 +420,14 @@ func (r *report) memSection(w0 *strings.Builder) {
 	w("\nWith caches bounded and checkpoints taken, neither should grow with the amount written or deleted; see *Other findings* for what does.\n\n")
 
 	// Fixed on-disk regions, per GiB of pool (not of mapped data).
-	w("**On disk**, sized by the pool rather than by what is mapped (`CreateOn`, pool.go): refcount pages of %d counts of 4 bytes, two slots each, i.e. %.3f%% of the pool; the journal, 1/64 of the pool (1.56%%) between 1 MiB and 256 MiB; two superblocks. ",
+	w("**On disk**, sized by the pool rather than by what is mapped (`Geometry`; blockstore/pool.go lays it out): refcount pages of %d counts of 4 bytes, two slots each, i.e. %.3f%% of the pool; the journal, 1/64 of the pool (1.56%%) between 1 MiB and 256 MiB; two superblocks. ",
 		pl.perPage, 2*100/float64(pl.perPage))
 	if l := r.lat; l != nil && len(l.cases) == 2 {
 		var parts []string
 		for _, c := range l.cases {
-			parts = append(parts, fmt.Sprintf("the %s latency volume of section 3 holds %d written 4 KiB blocks and %s of tree nodes (%.1f%% of the data written)", c.name, c.written, fmtSize(c.treeBytes), 100*float64(c.treeBytes)/float64(int64(c.written)*4*kib)))
+			parts = append(parts, fmt.Sprintf("the %s latency volume of section 3 holds %d written 4 KiB blocks and %s of tree nodes (%.1f%% of the data written)", c.name, c.written, units.FormatBytes(c.treeBytes), 100*float64(c.treeBytes)/float64(int64(c.written)*4*kib)))
 		}
-		w("Sparse mapping costs more per byte mapped, since a leaf node is written for every %s range touched: %s.", fmtSize(leafBytes), strings.Join(parts, "; "))
+		w("Sparse mapping costs more per byte mapped, since a leaf node is written for every %s range touched: %s.", units.FormatBytes(leafBytes), strings.Join(parts, "; "))
 	}
 	w("\n\n")
 }
@@ -481,7 +480,7 @@ func (r *report) bsSection(w0 *strings.Builder) {
 	}
 	w("\n| tree metadata per GiB mapped (prefill of the 1 GiB volume) |")
 	for _, m := range r.metas {
-		w(" %s (%.3f%%) |", fmtSize(m.metaBytes), 100*float64(m.metaBytes)/float64(m.mapped))
+		w(" %s (%.3f%%) |", units.FormatBytes(m.metaBytes), 100*float64(m.metaBytes)/float64(m.mapped))
 	}
 	w("\n| heap growth from that prefill (1 GiB) |")
 	for _, m := range r.metas {
@@ -504,7 +503,7 @@ func (r *report) bsSection(w0 *strings.Builder) {
 	} else {
 		w("This run favours a larger block than the 4 KiB default; see the analysis below before changing it.")
 	}
-	w(" Larger blocks cut tree metadata and memory per GiB roughly in proportion, but a write smaller than the block into a block that is not the volume's alone (a clone's first write) reads the old block and writes the whole block to a new one, and a read smaller than the block reads the whole block (`Pool.writeBlocks` and `Pool.readBlocks`, io.go). An overwrite of an owned block writes just the bytes written when they are 4 KiB-aligned, also with direct I/O.\n\n")
+	w(" Larger blocks cut tree metadata and memory per GiB roughly in proportion, but a write smaller than the block into a block that is not the volume's alone (a clone's first write) reads the old block and writes the whole block to a new one, and a read smaller than the block reads the whole block (blockstore/io.go). An overwrite of an owned block writes just the bytes written when they are 4 KiB-aligned, also with direct I/O.\n\n")
 }
 
 // ---- analysis ----

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // kdevTest is one fio workload of section 7.
@@ -128,18 +129,12 @@ func (b *bench) kernelDevice() (*kdevResult, error) {
 				return nil, err
 			}
 			defer p.Close()
-			info, err := p.CreateVolume("kdev", b.volSize)
+			vol, err := newVolume(p, "kdev", b.volSize)
 			if err != nil {
 				return nil, err
 			}
-			vol, err := p.Volume(info.ID)
-			if err != nil {
+			if err := prefill(vol); err != nil {
 				return nil, err
-			}
-			if r, err := runLoad(newSeq(vol, b.volSize, mib, true), true, mib, 1, time.Hour, 1); err != nil {
-				return nil, fmt.Errorf("prefill: %w", err)
-			} else if r.bytes != b.volSize {
-				return nil, fmt.Errorf("prefill: wrote %d of %d bytes", r.bytes, b.volSize)
 			}
 			if err := p.Flush(); err != nil {
 				return nil, err
@@ -178,7 +173,7 @@ func (r *report) kdevSection(w0 *strings.Builder) {
 		return
 	}
 	w("## 7. fio through the kernel block device: exported volume vs loop device on a raw file\n\n")
-	w("How: a %s volume in a fresh pool (`Options{Preallocate: true, DirectIO: true}` for the thick rows, `Options{DirectIO: true}` for the thin ones; a pool file of twice the volume in the scratch directory), prefilled with 1 MiB sequential `Volume.WriteAt`s and flushed, is exported with `export.Detect(export.Options{StateDir: …})` (method `%s`: a FUSE file served by this process with a loop device in direct I/O mode on it) and `Exporter.Export`; fio runs on its `/dev/loopN`. ", fmtSize(res.volSize), res.method)
+	w("How: a %s volume in a fresh pool (`Options{Preallocate: true, DirectIO: true}` for the thick rows, `Options{DirectIO: true}` for the thin ones; a pool file of twice the volume in the scratch directory), prefilled with 1 MiB sequential `Volume.WriteAt`s and flushed, is exported with `export.Detect(export.Options{StateDir: …})` (method `%s`: a FUSE file served by this process with a loop device in direct I/O mode on it) and `Exporter.Export`; fio runs on its `/dev/loopN`. ", units.FormatBytes(res.volSize), res.method)
 	w("The baseline is a loop device on the raw baseline file of section 1 (1 GiB, prefilled, same directory), set up with `losetup --direct-io=on --sector-size 4096 --find --show base.raw` and detached afterwards. ")
 	w("Both sides run the same fio command (below) for the same time, alternating as in section 1 (%d rounds, raw first in even rounds, store first in odd ones; %s per slice); **Ratio** is the median of the per-round ratios of fio's IOPS (or bytes/s), *rounds* their range. ", r.cfg.rounds, roundDur(r.cfg.dur/time.Duration(r.cfg.rounds)))
 	w("Latencies are fio's completion latency percentiles (`clat_ns`), the median over the rounds. **CPU / I/O** is the user + system time of this process (the FUSE server and the store; `getrusage(RUSAGE_SELF)`) and of fio (`RUSAGE_CHILDREN`), per I/O, over each side's rounds: on 2 cores, the store's side competes with fio for them.\n\n")
@@ -258,7 +253,7 @@ func (r *report) explainKRead() string {
 	if c, ok := findRow(r.perf, 4*kib, "4K random read, mapped blocks", 32); ok {
 		fmt.Fprintf(&b, "In process the store reads at %.2f× of raw (section 1, qd 32), so most of the gap is the kernel path. ", c.ratio())
 	}
-	b.WriteString("Each read of the exported device goes loop device (direct I/O) → FUSE request (asynchronous with `CAP_ASYNC_DIO`, at most 128 in flight: `fuseMaxBackground`, blockstore/export/fuseloop.go) → a go-fuse goroutine in this process → `diskFile.Read` → `Volume.ReadAt` → pread of the pool file; the raw side is loop device → pread of the file in the kernel. ")
+	b.WriteString("Each read of the exported device goes loop device (direct I/O) → FUSE request (asynchronous with `CAP_ASYNC_DIO`, at most 128 in flight: blockstore/export/fuseloop.go) → a go-fuse goroutine in this process → the export's file (blockstore/export) → `Volume.ReadAt` → pread of the pool file; the raw side is loop device → pread of the file in the kernel. ")
 	b.WriteString("The store's side therefore spends this process's CPU per I/O (column above) on the same 2 cores that fio and the kernel's loop and FUSE work use; when that CPU per I/O times the raw side's IOPS exceeds what is left of 2 cores, the exported device cannot keep up, whatever the disk does.")
 	return b.String()
 }

@@ -68,7 +68,7 @@ func (u *undoStack) runAll() {
 		}
 		delete(u.entries, id)
 		if err := e.fn(); err != nil {
-			fmt.Fprintf(os.Stderr, "benchreport: clean up %s: %v\n", e.what, err)
+			fmt.Fprintf(os.Stderr, "storebench: clean up %s: %v\n", e.what, err)
 		}
 	}
 }
@@ -76,7 +76,7 @@ func (u *undoStack) runAll() {
 // keep reports an undo error on stderr: cleanup paths that cannot return it.
 func keep(err error) {
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "benchreport: clean up:", err)
+		fmt.Fprintln(os.Stderr, "storebench: clean up:", err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
@@ -161,7 +162,7 @@ func (b *bench) makeBackup() (string, int64, error) {
 		}
 		size += st.Size()
 	}
-	b.logf("backup: %s", human(size))
+	b.logf("backup: %s", units.FormatBytes(size))
 	return dir, size, nil
 }
 
@@ -224,14 +225,14 @@ type rawSide struct {
 // definition returns the image definition of a large image called name.
 func (b *bench) definition(name string) []byte {
 	return fmt.Appendf(nil, `name: %s
-engine: postgres
+engine: %s
 version: %q
 sourceType: backup
 backups:
   - path: large/base.tar
   - path: large/pg_wal.tar
 lifetime: "0"
-`, name, b.pg.Version())
+`, name, b.pg.Kind(), b.pg.Version())
 }
 
 // buildVsTar alternates plain tar -x onto ext4 on a raw loop file with image builds of the same
@@ -263,7 +264,7 @@ func (b *bench) buildVsTar(d *local.Daemon, backupDir string) (*buildResult, *ra
 		var steps []string
 		last, lastAt := "", time.Now()
 		t0 := time.Now()
-		img, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: b.definition(name)}, func(ev local.BuildEvent) {
+		img, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: b.definition(name)}, func(ev wire.Event) {
 			if ev.Step == last || ev.Log != "" {
 				return
 			}
@@ -371,7 +372,7 @@ func (b *bench) tarX(backupDir string, i int) (string, time.Duration, error) {
 		return "", 0, err
 	}
 	dur := time.Since(t0)
-	u, err := engine.ResolveUser("", "postgres")
+	u, err := b.pg.User("")
 	if err != nil {
 		return "", 0, err
 	}
@@ -442,7 +443,7 @@ func (b *bench) tps(d *local.Daemon, raw *rawSide) (*tpsResult, error) {
 // base backup) with a TCP listener and the bench's password.
 func (b *bench) startInstanceAt(root, name string) (*source, error) {
 	run := filepath.Join(b.dir, "run-"+name)
-	u, err := engine.ResolveUser("", "postgres")
+	u, err := b.pg.User("")
 	if err != nil {
 		return nil, err
 	}
@@ -467,7 +468,7 @@ func (b *bench) startInstanceAt(root, name string) (*source, error) {
 // createTimes builds a small (empty) image and measures creating clones of it and of the large
 // image: request to accepting connections.
 func (b *bench) createTimes(d *local.Daemon) (*createResult, error) {
-	small := fmt.Sprintf("name: small\nengine: postgres\nversion: %q\nsourceType: empty\n", b.pg.Version())
+	small := fmt.Sprintf("name: small\nengine: %s\nversion: %q\nsourceType: empty\n", b.pg.Kind(), b.pg.Version())
 	if _, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: []byte(small)}, nil); err != nil {
 		return nil, err
 	}
@@ -501,7 +502,7 @@ func (b *bench) createTimes(d *local.Daemon) (*createResult, error) {
 				return nil, err
 			}
 		}
-		b.logf("  %s image (%s): p50 %s", side.image, human(*side.bytes), percentile(*side.into, 50).Round(time.Millisecond))
+		b.logf("  %s image (%s): p50 %s", side.image, units.FormatBytes(*side.bytes), percentile(*side.into, 50).Round(time.Millisecond))
 	}
 	return res, nil
 }
@@ -605,7 +606,7 @@ func (b *bench) space(d *local.Daemon) (*spaceResult, error) {
 	}
 	res.poolAfter = st.Used
 	b.logf("  pool grew %s running the transactions (WAL %s, data pages %s, clones differ from the image by %s)",
-		human(res.poolAfter-res.poolBefore), human(res.walBytes), human(res.dataPagesWritten*8192), human(res.addedBytes))
+		units.FormatBytes(res.poolAfter-res.poolBefore), units.FormatBytes(res.walBytes), units.FormatBytes(res.dataPagesWritten*8192), units.FormatBytes(res.addedBytes))
 	return res, nil
 }
 
@@ -627,6 +628,3 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	i := (p*len(s)+99)/100 - 1
 	return s[max(0, min(i, len(s)-1))]
 }
-
-// human writes a byte count the one way the project prints them (internal/units).
-func human(n int64) string { return units.FormatBytes(n) }

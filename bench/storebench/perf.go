@@ -48,15 +48,7 @@ type poolMeta struct {
 	prefillMBps   float64
 	fixedMetaPool int64 // Stats().MetadataBytes of the empty pool (superblocks, journal, refcount pages)
 	poolBytes     int64
-	dataStart     uint64 // first block of the data region (0: unknown)
-}
-
-// dataStart reads the pool's superblock (slot 0, fixed geometry) for its first data block.
-func dataStart(path string) uint64 {
-	if sb := readSuperblock(path); sb != nil {
-		return sb.DataStart
-	}
-	return 0
+	geo           blockstore.Geometry
 }
 
 // perfOpts chooses which comparisons a perf run makes.
@@ -128,15 +120,11 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	}
 	defer p.Close()
 	meta.poolBytes = poolSize
-	meta.dataStart = dataStart(path)
+	meta.geo = p.Geometry()
 	meta.fixedMetaPool = p.Stats().MetadataBytes
 
 	volSize := b.volSize
-	info, err := p.CreateVolume("bench", volSize)
-	if err != nil {
-		return nil, meta, err
-	}
-	vol, err := p.Volume(info.ID)
+	vol, err := newVolume(p, "bench", volSize)
 	if err != nil {
 		return nil, meta, err
 	}
@@ -146,10 +134,8 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 	heap0 := heapInuse()
 	st0 := p.Stats()
 	t0 := time.Now()
-	if r, err := runLoad(newSeq(vol, volSize, mib, true), true, mib, 1, time.Hour, 1); err != nil {
-		return nil, meta, fmt.Errorf("prefill: %w", err)
-	} else if r.bytes != volSize {
-		return nil, meta, fmt.Errorf("prefill: wrote %d of %d bytes", r.bytes, volSize)
+	if err := prefill(vol); err != nil {
+		return nil, meta, err
 	}
 	if err := p.Flush(); err != nil {
 		return nil, meta, err
@@ -226,7 +212,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 		}
 	}
 
-	snap, err := p.CreateSnapshot(info.ID, "base")
+	snap, err := p.CreateSnapshot(vol.ID(), "base")
 	if err != nil {
 		return rows, meta, err
 	}
@@ -306,11 +292,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 			allocSize = 2 * volSize
 		}
 		for _, qd := range o.qds {
-			ai, err := p.CreateVolume(fmt.Sprintf("alloc-%d", qd), allocSize)
-			if err != nil {
-				return rows, meta, err
-			}
-			av, err := p.Volume(ai.ID)
+			av, err := newVolume(p, fmt.Sprintf("alloc-%d", qd), allocSize)
 			if err != nil {
 				return rows, meta, err
 			}
@@ -320,7 +302,7 @@ func (b *bench) perf(o perfOpts) ([]cmpRow, poolMeta, error) {
 				seq(raw, rawSize, mib), func() pattern { return sp }, true); err != nil {
 				return rows, meta, err
 			}
-			if err := p.DeleteVolume(ai.ID); err != nil {
+			if err := p.DeleteVolume(av.ID()); err != nil {
 				return rows, meta, err
 			}
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 var ext4Tests = []kdevTest{
@@ -72,11 +73,7 @@ func (b *bench) ext4Clone() (*ext4Result, error) {
 		return nil, err
 	}
 	defer p.Close()
-	src, err := p.CreateVolume("ext4-src", res.fsSize)
-	if err != nil {
-		return nil, err
-	}
-	srcVol, err := p.Volume(src.ID)
+	srcVol, err := newVolume(p, "ext4-src", res.fsSize)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +99,7 @@ func (b *bench) ext4Clone() (*ext4Result, error) {
 	if err := p.Flush(); err != nil {
 		return nil, err
 	}
-	snap, err := p.CreateSnapshot(src.ID, "ext4-base")
+	snap, err := p.CreateSnapshot(srcVol.ID(), "ext4-base")
 	if err != nil {
 		return nil, err
 	}
@@ -196,8 +193,8 @@ func (r *report) ext4Section(w0 *strings.Builder) {
 		return
 	}
 	w("## 8. fio on ext4 in a clone vs ext4 on a loop device on a raw file\n\n")
-	w("How: in a thick pool (`Options{Preallocate: true, DirectIO: true}`), a %s volume is exported (section 7's exporter), formatted with `%s`, mounted, and a %s file is written in it with `%s` (the whole file, 1 MiB direct writes); then it is unmounted, the export closed, the pool flushed and the volume snapshotted. ", fmtSize(res.fsSize), res.mkfs, fmtSize(res.fileSize), res.prefill)
-	w("The baseline is a %s raw file made with `fallocate` in the same directory, on a loop device (`losetup --direct-io=on --sector-size 4096 --find --show`), formatted, mounted and filled the same way, and kept mounted. ", fmtSize(res.fsSize))
+	w("How: in a thick pool (`Options{Preallocate: true, DirectIO: true}`), a %s volume is exported (section 7's exporter), formatted with `%s`, mounted, and a %s file is written in it with `%s` (the whole file, 1 MiB direct writes); then it is unmounted, the export closed, the pool flushed and the volume snapshotted. ", units.FormatBytes(res.fsSize), res.mkfs, units.FormatBytes(res.fileSize), res.prefill)
+	w("The baseline is a %s raw file made with `fallocate` in the same directory, on a loop device (`losetup --direct-io=on --sector-size 4096 --find --show`), formatted, mounted and filled the same way, and kept mounted. ", units.FormatBytes(res.fsSize))
 	w("**Every store slice runs on a fresh clone** of the snapshot: `Pool.Clone`, `Exporter.Export`, `mount -t ext4` (no mkfs: the clone holds the source's file system), fio, then unmount, close the export and `DeleteVolume`; so the random writes are copy-on-write first writes (of blocks the clone shares with the snapshot, plus ext4's own writes at mount), while on the raw side they overwrite the file's blocks in place. ")
 	w("fio runs on the file inside with `--direct=1` (below); alternating rounds and ratios as in section 7. No goal: this prices a clone's file system against a plain one.\n\n")
 	w("| Test | QD | ext4 on raw loop | ext4 in a clone | Ratio | rounds | p50 raw / store | p99 raw / store | CPU / I/O, this process, raw / store |\n|---|---|---|---|---|---|---|---|---|\n")

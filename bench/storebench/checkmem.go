@@ -17,6 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/atomicfile"
+	"github.com/dataimage/dataimage/internal/units"
 )
 
 // The Check memory measurement (section "check"): peak resident memory of Check on a pool with
@@ -87,11 +89,11 @@ func (b *bench) checkMemory() (*checkResult, error) {
 	if err := unix.Stat(path, &st); err == nil {
 		res.diskBytes = st.Blocks * 512
 	}
-	b.logf("  pool built in %s: %s mapped (%s over the volumes and the snapshot), %s on disk", roundDur(res.build), fmtSize(res.mapped), fmtSize(res.logical), fmtSize(res.diskBytes))
+	b.logf("  pool built in %s: %s mapped (%s over the volumes and the snapshot), %s on disk", roundDur(res.build), units.FormatBytes(res.mapped), units.FormatBytes(res.logical), units.FormatBytes(res.diskBytes))
 
 	bin := filepath.Join(b.dir, "checkchild")
 	newBin, oldBin := bin+"-new", bin+"-old"
-	if out, err := execCommand("go", "build", "-o", newBin, "./blockstore/internal/benchreport/checkchild"); err != nil {
+	if out, err := execCommand("go", "build", "-o", newBin, "./bench/storebench/checkchild"); err != nil {
 		return nil, fmt.Errorf("build checkchild: %v: %s", err, out)
 	}
 	oldErr := b.buildOldChild(res, oldBin)
@@ -135,7 +137,7 @@ func (b *bench) checkMemory() (*checkResult, error) {
 			r.err = fmt.Errorf("check: ok=%v %s", r.res.OK, r.res.Err)
 		}
 		b.logf("    peak RSS %s (after Open %s), %s (CPU %s), %d passes, %d nodes, %d data blocks",
-			fmtSize(r.res.Peak), fmtSize(r.res.RSSOpen), roundDur(secs(r.res.Seconds)), roundDur(secs(r.res.CPUSeconds)), r.res.Passes, r.res.Nodes, r.res.DataBlocks)
+			units.FormatBytes(r.res.Peak), units.FormatBytes(r.res.RSSOpen), roundDur(secs(r.res.Seconds)), roundDur(secs(r.res.CPUSeconds)), r.res.Passes, r.res.Nodes, r.res.DataBlocks)
 	}
 	return res, nil
 }
@@ -162,11 +164,7 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 			p.Close()
 		}
 	}()
-	img, err := p.CreateVolume("image", base)
-	if err != nil {
-		return err
-	}
-	vol, err := p.Volume(img.ID)
+	vol, err := newVolume(p, "image", base)
 	if err != nil {
 		return err
 	}
@@ -192,9 +190,9 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 		if err := p.Flush(); err != nil {
 			return err
 		}
-		b.logf("  image: %s of %s mapped", fmtSize(done+n), fmtSize(base))
+		b.logf("  image: %s of %s mapped", units.FormatBytes(done+n), units.FormatBytes(base))
 	}
-	snap, err := p.CreateSnapshot(img.ID, "image")
+	snap, err := p.CreateSnapshot(vol.ID(), "image")
 	if err != nil {
 		return err
 	}
@@ -217,7 +215,7 @@ func (b *bench) buildCheckPool(path string, size, base, clone int64) error {
 		if err := p.Flush(); err != nil {
 			return err
 		}
-		b.logf("  clone %d: %s rewritten, 1 MiB every %s", c, fmtSize(clone), fmtSize(stride))
+		b.logf("  clone %d: %s rewritten, 1 MiB every %s", c, units.FormatBytes(clone), units.FormatBytes(stride))
 	}
 	err = p.Close()
 	p = nil
@@ -266,12 +264,12 @@ func (b *bench) buildOldChild(res *checkResult, bin string) error {
 		return fmt.Errorf("untar %s: %w", res.oldCommit, err)
 	}
 	// The same child program, built against the old block store.
-	dst := filepath.Join(src, "blockstore/internal/benchreport/checkchild")
+	dst := filepath.Join(src, "bench/storebench/checkchild")
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		return err
 	}
 	for _, name := range []string{"main.go", "check_old.go"} {
-		data, err := os.ReadFile(filepath.Join("blockstore/internal/benchreport/checkchild", name))
+		data, err := os.ReadFile(filepath.Join("bench/storebench/checkchild", name))
 		if err != nil {
 			return err
 		}
@@ -283,7 +281,7 @@ func (b *bench) buildOldChild(res *checkResult, bin string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-tags", "oldcheck", "-o", abs, "./blockstore/internal/benchreport/checkchild")
+	cmd := exec.Command("go", "build", "-tags", "oldcheck", "-o", abs, "./bench/storebench/checkchild")
 	cmd.Dir = src
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build the old checkchild at %s: %v: %s", res.oldCommit, err, out)
@@ -351,11 +349,11 @@ func (r *report) checkSection(w0 *strings.Builder) {
 		return
 	}
 	w := func(format string, args ...any) { fmt.Fprintf(w0, format, args...) }
-	w("%s\n## Check (fsck): peak memory on a pool with %s mapped\n\n", checkBegin, fmtSize(c.mapped))
-	w("**Reproduce:** `go run ./blockstore/internal/benchreport -only check` prints this section; with `-write` it replaces it in BENCHMARKS.md (the rest of the file stays); a full `make bench` measures it too. `-checkgib N` sets what is mapped (default 64).\n\n")
+	w("%s\n## Check (fsck): peak memory on a pool with %s mapped\n\n", checkBegin, units.FormatBytes(c.mapped))
+	w("**Reproduce:** `go run ./bench/storebench -only check` prints this section; with `-write` it replaces it in BENCHMARKS.md (the rest of the file stays); a full `make bench` measures it too. `-checkgib N` sets what is mapped (default 64).\n\n")
 	w("A pool of 4 KiB blocks (a sparse file of %s) holds an image volume with %s written, a snapshot of it, and two clones of the snapshot that each rewrite %s (1 MiB every few MiB, which copies the leaves they touch and leaves the other blocks of those leaves referenced twice): %s of distinct blocks mapped, %s over the volumes and the snapshot. ",
-		fmtSize(c.poolBytes), fmtSize(c.mapped-c.mapped/4), fmtSize(c.mapped/8), fmtSize(c.mapped), fmtSize(c.logical))
-	w("Check reads tree nodes, catalog and refcount pages but never data, so the pool was written with zeros on a file that punches a hole for a write of zeros (`zeroFile` in checkmem.go): every mapped block is a real pool block with its refcount, tree entries and nodes, and the disk held only the metadata (%s allocated). Building it took %s.\n\n", fmtSize(c.diskBytes), roundDur(c.build))
+		units.FormatBytes(c.poolBytes), units.FormatBytes(c.mapped-c.mapped/4), units.FormatBytes(c.mapped/8), units.FormatBytes(c.mapped), units.FormatBytes(c.logical))
+	w("Check reads tree nodes, catalog and refcount pages but never data, so the pool was written with zeros on a file that punches a hole for a write of zeros (`zeroFile` in bench/storebench/checkmem.go): every mapped block is a real pool block with its refcount, tree entries and nodes, and the disk held only the metadata (%s allocated). Building it took %s.\n\n", units.FormatBytes(c.diskBytes), roundDur(c.build))
 	w("Each Check runs in a process of its own (`checkchild`): it opens the pool with default options, returns freed memory to the OS, resets the peak resident set size (`echo 5 > /proc/self/clear_refs`), runs the Check, and reads the peak (`VmHWM` in /proc/self/status). **During Check** is that peak minus the resident set right before the Check. ")
 	if c.oldCommit != "" {
 		w("*Before* is the same program built with `-tags oldcheck` from commit %s (%q), the parent of the commit that made Check stream its recount, whose exclusive Check counted references in a map of every used block.\n\n", c.oldCommit[:min(12, len(c.oldCommit))], c.commitNote)
@@ -403,5 +401,5 @@ func spliceCheckSection(path, section string) error {
 	default:
 		return errors.New("a broken check section (one marker without the other)")
 	}
-	return writeFileAtomic(path, []byte(s))
+	return atomicfile.WriteFile(path, []byte(s), 0o644)
 }

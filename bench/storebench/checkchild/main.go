@@ -1,5 +1,5 @@
 // Command checkchild opens a pool, runs one Check, and prints as JSON what it found and the
-// process's resident memory right before the Check and at its peak during it. benchreport runs
+// process's resident memory right before the Check and at its peak during it. storebench runs
 // it in a process of its own per measurement, built from this tree and (with -tags oldcheck,
 // from the commit before Check streamed its recount) from the old one, so that both are the
 // same program but for the block store.

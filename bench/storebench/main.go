@@ -1,4 +1,4 @@
-// Command benchreport measures the block store against a raw file and qcow2 on the same disk,
+// Command storebench measures the block store against a raw file and qcow2 on the same disk,
 // in one run, and prints a Markdown report (BENCHMARKS.md with -write).
 //
 // Every throughput is reported next to a baseline measured in the same run on the same disk:
@@ -9,7 +9,7 @@
 //
 // Usage (from the module root; hack/bench.sh and `make bench` run it):
 //
-//	go run ./blockstore/internal/benchreport [-quick] [-write] [-dir /var/tmp]
+//	go run ./bench/storebench [-quick] [-write] [-dir /var/tmp]
 //
 // The default run takes about 12 minutes plus the Check memory section (-only check: about
 // 10 minutes on a loaded 2-CPU machine, most of it the old Check; it needs git history and the
@@ -99,7 +99,7 @@ func main() {
 	flag.IntVar(&c.memGiB, "memgib", 0, "GiB mapped by the larger pool of the memory goal (the smaller maps 1/16 of it, at least 256 MiB; the transient table at most 4 GiB); default 16, 1 with -quick")
 	flag.IntVar(&c.fillLeaf, "fillleaves", 0, "1 TiB volume: 2 MiB regions given one 4 KiB block each; default 16384, 2048 with -quick")
 	flag.BoolVar(&c.verbose, "v", true, "progress on stderr")
-	flag.StringVar(&c.only, "only", "", "comma-separated sections to run: perf, thick, qemu, lat, mem, bs, csi, kdev, ext4, check (default all; a partial report cannot be written, except -only check, which replaces its section of -out)")
+	flag.StringVar(&c.only, "only", "", "comma-separated sections to run: perf, thick, qemu, lat, snapread, mem, bs, csi, kdev, ext4, check (default all; a partial report cannot be written, except -only check, which replaces its section of -out)")
 	flag.IntVar(&c.checkGiB, "checkgib", 0, "GiB mapped by the pool of the Check memory measurement; default 64, 4 with -quick")
 	flag.StringVar(&c.checkBase, "checkbase", "", "commit whose Check is measured as the old one (default: the parent of the commit that introduced CheckWith)")
 	flag.StringVar(&c.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -144,11 +144,11 @@ func main() {
 		}
 	}
 	if c.only != "" && c.only != "check" && c.write {
-		fmt.Fprintln(os.Stderr, "benchreport: -write needs every section (or -only check); drop -only")
+		fmt.Fprintln(os.Stderr, "storebench: -write needs every section (or -only check); drop -only")
 		os.Exit(2)
 	}
 	if err := run(c); err != nil {
-		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		fmt.Fprintln(os.Stderr, "storebench:", err)
 		os.Exit(1)
 	}
 }
@@ -173,7 +173,7 @@ func run(c config) error {
 		case <-ctx.Done():
 			undo.runAll()
 			os.RemoveAll(dir)
-			fmt.Fprintln(os.Stderr, "benchreport: interrupted; scratch files removed")
+			fmt.Fprintln(os.Stderr, "storebench: interrupted; scratch files removed")
 			os.Exit(130)
 		case <-done:
 		}
@@ -254,6 +254,15 @@ func run(c config) error {
 		rep.lat = lat
 	}
 
+	if c.runs("snapread") {
+		b.logf("readers of one volume while another is snapshotted, and alone")
+		res, err := b.snapshotReaders()
+		if err != nil {
+			return fmt.Errorf("readers while snapshots are taken: %w", err)
+		}
+		rep.snapRead = res
+	}
+
 	if c.runs("mem") {
 		b.logf("memory and metadata per GiB mapped")
 		mem, err := b.memory()
@@ -327,7 +336,7 @@ func run(c config) error {
 	md := rep.markdown()
 	fmt.Print(md)
 	if c.write {
-		if err := writeFileAtomic(c.out, []byte(md+keptPart(c.out))); err != nil {
+		if err := atomicfile.WriteFile(c.out, []byte(md+keptPart(c.out)), 0o644); err != nil {
 			return err
 		}
 		b.logf("wrote %s", c.out)
@@ -337,7 +346,7 @@ func run(c config) error {
 }
 
 // imageMarker starts the data image part of the report file, written by
-// imagebuilder/internal/imagebench; rewriting the block store part keeps it.
+// bench/imagebench; rewriting the block store part keeps it.
 const imageMarker = "<!-- imagebench:"
 
 // keptPart returns the data image part of the report file at path ("" if none).
@@ -363,7 +372,7 @@ func writeProfile(name, path string) {
 		}
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		fmt.Fprintln(os.Stderr, "storebench:", err)
 	}
 }
 
@@ -373,13 +382,9 @@ func (b *bench) logf(format string, args ...any) {
 
 func removeFile(path string) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		fmt.Fprintln(os.Stderr, "storebench:", err)
 	}
 }
-
-// writeFileAtomic replaces path with data (internal/atomicfile: temp file, fsync, rename, fsync
-// the directory).
-func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data, 0o644) }
 
 // cmdOutput runs a command and returns its trimmed output, or "" if it fails.
 func cmdOutput(name string, args ...string) string {
