@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +18,11 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/blockstore/provision"
 )
+
+// DefaultSocket is where a node's data plane serves its API unless told otherwise
+// (cmd/dataimage-dataplane --socket, cmd/dataimage-csi --dataplane-socket): next to the
+// exports' state (export.DefaultStateDir), on the node's tmpfs.
+const DefaultSocket = "/run/dataimage/dataplane/dataplane.sock"
 
 // Config configures a data plane process (Run). The mains (dataimage-dataplane, and
 // `dataimage dataplane` for the local daemon) fill it from flags; nothing here reads the
@@ -215,4 +221,29 @@ func lockSocket(ctx context.Context, socket string, log *slog.Logger) (unlock fu
 		}
 	}
 	return func() { f.Close() }, nil
+}
+
+// LockHolder reports whether a data plane holds the lock of socket (Run holds socket+".lock"
+// while it runs, from before its socket listens until after it has closed the pool), and the
+// pid it wrote in the lock file (0 if unreadable). A data plane that was killed holds nothing:
+// the kernel released its lock.
+func LockHolder(socket string) (pid int, held bool, err error) {
+	path := socket + ".lock"
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("dataplane: lock file: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		return 0, false, nil // nobody holds it (our shared lock goes with the close)
+	} else if !errors.Is(err, unix.EWOULDBLOCK) {
+		return 0, false, fmt.Errorf("dataplane: lock %s: %w", path, err)
+	}
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	pid, _ = strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	return pid, true, nil
 }

@@ -395,7 +395,11 @@ func (n *nodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		return nil, err
 	}
 	health := poolHealth(ctx, n.store, n.checker)
-	if _, dead := n.vols.Leftover(req.GetVolumeId()); dead {
+	_, dead, err := n.vols.Leftover(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, mapError(err, "volume %s: its export", req.GetVolumeId())
+	}
+	if dead {
 		health = append(health, &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "ExportGone",
 			Message: "the volume's block device lost its server when the data plane restarted: unpublish and unstage it, then stage it again",

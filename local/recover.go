@@ -28,6 +28,12 @@ func (d *Daemon) recover() error {
 	}
 	// The daemon owns its mount points and the servers on them, and restarts the clones itself:
 	// what a previous daemon left is torn down, never kept (nodevolume's doc on leftovers).
+	for _, at := range d.vols.All() {
+		d.log.Warn("tearing down an export a previous daemon made", "export", at.ID(), "device", at.DevicePath())
+		if err := d.vols.Detach(d.ctx, at.ID(), ""); err != nil {
+			return fmt.Errorf("local: tear down the export %s a previous daemon made: %w", at.ID(), err)
+		}
+	}
 	for _, l := range d.vols.Leftovers() {
 		d.log.Warn("tearing down an export a previous daemon left", "export", l.ID, "devices", l.Devices, "mountedAt", l.MountPoints)
 		if err := d.vols.Detach(d.ctx, l.ID, ""); err != nil {
@@ -169,25 +175,33 @@ func unmountRetry(p string) error {
 // entries whose pool object is gone.
 func (d *Daemon) reconcile() error {
 	cat := d.mu.cat
+	poolSnaps, err := d.store.ListSnapshots(storeCtx)
+	if err != nil {
+		return fmt.Errorf("local: list the pool's snapshots: %w", err)
+	}
+	poolVols, err := d.store.ListVolumes(storeCtx)
+	if err != nil {
+		return fmt.Errorf("local: list the pool's volumes: %w", err)
+	}
 	snaps := map[string]bool{}
-	for _, s := range d.pool.Snapshots() {
+	for _, s := range poolSnaps {
 		if keepSnapshot(cat, s.Name) {
 			snaps[s.Name] = true
 			continue
 		}
 		d.log.Warn("deleting a snapshot no catalog entry accounts for", "snapshot", s.Name, "id", s.ID)
-		if err := d.pool.DeleteSnapshot(s.ID); err != nil {
+		if err := d.store.DeleteSnapshot(storeCtx, s.ID); err != nil {
 			return fmt.Errorf("local: delete snapshot %q (id %d), left by an interrupted operation: %w", s.Name, s.ID, err)
 		}
 	}
 	vols := map[string]bool{}
-	for _, v := range d.pool.Volumes() {
+	for _, v := range poolVols {
 		if name, ok := strings.CutPrefix(v.Name, clonePrefix); ok && cat.Clones[name] != nil && !cat.Clones[name].Deleting {
 			vols[v.Name] = true
 			continue
 		}
 		d.log.Warn("deleting a volume no catalog entry accounts for", "volume", v.Name, "id", v.ID)
-		if err := d.pool.DeleteVolume(v.ID); err != nil {
+		if err := d.store.DeleteVolume(storeCtx, v.ID); err != nil {
 			return fmt.Errorf("local: delete volume %q (id %d), left by an interrupted operation: %w", v.Name, v.ID, err)
 		}
 	}
@@ -246,7 +260,7 @@ func keepSnapshot(cat *catalog, name string) bool {
 
 // lookupSnapshot finds a pool snapshot by name, as an API error naming what when it is missing.
 func (d *Daemon) lookupSnapshot(name, what string) (blockstore.SnapshotInfo, error) {
-	s, err := d.pool.LookupSnapshot(name)
+	s, err := d.store.LookupSnapshot(storeCtx, name)
 	if errors.Is(err, blockstore.ErrNotFound) {
 		return s, &kindError{kind: ErrNotFound, err: fmt.Errorf("local: %s: snapshot %q is missing from the pool: %w", what, name, err)}
 	}
@@ -258,7 +272,7 @@ func (d *Daemon) lookupSnapshot(name, what string) (blockstore.SnapshotInfo, err
 
 // lookupVolume finds a pool volume by name, as an API error naming what when it is missing.
 func (d *Daemon) lookupVolume(name, what string) (blockstore.VolumeInfo, error) {
-	v, err := d.pool.LookupVolume(name)
+	v, err := d.store.LookupVolume(storeCtx, name)
 	if errors.Is(err, blockstore.ErrNotFound) {
 		return v, &kindError{kind: ErrNotFound, err: fmt.Errorf("local: %s: volume %q is missing from the pool: %w", what, name, err)}
 	}

@@ -173,7 +173,17 @@ func (a *Attacher) Attach(ctx context.Context, s Spec) (*Attachment, error) {
 	}
 	defer unlock()
 	if at, ok := a.Get(s.ID); ok {
-		return a.reattach(at, s)
+		live, err := a.served(ctx, at)
+		if err != nil {
+			return nil, fmt.Errorf("nodevolume: attach %s: %w", s.ID, err)
+		}
+		if live {
+			return a.reattach(at, s)
+		}
+		// The data plane that served it has died since: what is left of it is a leftover now,
+		// which the fresh attach below tears down if nothing uses it.
+		a.log.Warn("attachment lost its export (the data plane restarted)", "id", s.ID, "device", at.device)
+		a.forget(at.id)
 	}
 	if err := a.tearDownLeftover(ctx, s.ID); err != nil {
 		return nil, fmt.Errorf("nodevolume: attach %s: clear what an earlier process left: %w", s.ID, err)
@@ -331,11 +341,31 @@ func (a *Attacher) Detach(ctx context.Context, id, mountPoint string) error {
 	if err := a.devs.Unexport(ctx, id); err != nil {
 		return fmt.Errorf("nodevolume: detach %s: tear down the export (%s): %w", id, at.device, err)
 	}
+	// A data plane that restarted since the attach does not serve the export any more (it
+	// died with the earlier one, which left it behind): then that goes too.
+	if err := a.tearDownLeftover(ctx, id); err != nil {
+		return fmt.Errorf("nodevolume: detach %s: tear down what an earlier data plane left: %w", id, err)
+	}
+	a.forget(id)
+	a.log.Debug("volume detached", "id", id, "mountPoints", points)
+	return nil
+}
+
+// forget drops the attachment of id.
+func (a *Attacher) forget(id string) {
 	a.mu.Lock()
 	delete(a.mu.attached, id)
 	a.mu.Unlock()
-	a.log.Debug("volume detached", "id", id, "mountPoints", points)
-	return nil
+}
+
+// served reports whether the data plane still serves the export of at (it did not restart
+// since, losing it).
+func (a *Attacher) served(ctx context.Context, at *Attachment) (bool, error) {
+	exports, err := a.devs.ListExports(ctx)
+	if err != nil {
+		return false, fmt.Errorf("list the data plane's exports: %w", err)
+	}
+	return slices.ContainsFunc(exports, func(e dataplane.Export) bool { return e.ID == at.id && e.Device == at.device }), nil
 }
 
 // Get returns the attachment of id, if this Attacher has one.

@@ -38,12 +38,19 @@ func (a *Attacher) Leftovers() []Leftover {
 	return out
 }
 
-// Leftover returns the leftover of id, if New found one and nothing has torn it down since.
-func (a *Attacher) Leftover(id string) (Leftover, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	l, ok := a.mu.left[id]
-	return l, ok
+// Leftover returns what an earlier data plane left for id, as the data plane reports it now:
+// found by New, or left since by a data plane that restarted under this Attacher (the
+// attachment of id then serves no I/O any more).
+func (a *Attacher) Leftover(ctx context.Context, id string) (Leftover, bool, error) {
+	left, err := a.findLeftovers(ctx)
+	if err != nil {
+		return Leftover{}, false, err
+	}
+	i := slices.IndexFunc(left, func(l Leftover) bool { return l.ID == id })
+	if i < 0 {
+		return Leftover{}, false, nil
+	}
+	return left[i], true, nil
 }
 
 // findLeftovers lists the exporter's leftovers with their mount points.

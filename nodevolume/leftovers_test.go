@@ -131,11 +131,12 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, "fs", left[1].ID)
 	require.Len(t, left[1].Devices, 1)
 	require.Equal(t, []string{fsMount}, left[1].MountPoints, "the file system is mounted")
-	l, ok := a.Leftover("fs")
+	ctx := context.Background()
+	l, ok, err := a.Leftover(ctx, "fs")
+	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, left[1], l)
 
-	ctx := context.Background()
 	open := func(name string) blockstore.VolumeID { return volumeID(t, pool, name) }
 	// In use: Attach leaves the leftovers alone.
 	_, err = a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
@@ -164,7 +165,8 @@ func TestLeftovers(t *testing.T) {
 	f.Close()
 	require.NoError(t, err)
 	require.Equal(t, pattern(4096, 7), got, "the block written and synced before the kill")
-	_, ok = a.Leftover("blk")
+	_, ok, err = a.Leftover(ctx, "blk")
+	require.NoError(t, err)
 	require.False(t, ok)
 
 	// Detach with the dead file system's mount point unmounts it and tears the leftover down.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/driver"
 	"github.com/dataimage/dataimage/internal/units"
 )
@@ -69,7 +70,25 @@ func (b *bench) csiRoundTrips() (*csiResult, error) {
 		// A JSON logger at Info level writing nowhere: the driver formats its per-call logs as
 		// it would in production, and they are discarded.
 		logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
-		srv, err := driver.NewServer(driver.Config{Version: "bench", NodeID: "bench-node", Logger: logger}, c.lat.p)
+		// The plugin reaches the pool over the data plane's socket, as in production.
+		dpSock := filepath.Join(b.dir, "dp-"+tag+".sock")
+		dpLis, err := dataplane.Listen(dpSock)
+		if err != nil {
+			return nil, err
+		}
+		dpServed := make(chan error, 1)
+		go func() {
+			dpServed <- dataplane.NewServer(dataplane.NewLocal(c.lat.p, nil, logger), "bench", logger).Serve(ctx, dpLis)
+		}()
+		defer func() {
+			cancel()
+			if err := <-dpServed; err != nil {
+				fmt.Fprintln(b.log, "storebench: data plane server:", err)
+			}
+		}()
+		store := dataplane.NewClient(dpSock)
+		defer store.Close()
+		srv, err := driver.NewServer(ctx, driver.Config{Version: "bench", NodeID: "bench-node", Logger: logger}, store)
 		if err != nil {
 			return nil, err
 		}

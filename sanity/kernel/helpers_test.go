@@ -232,7 +232,7 @@ func readSums(t *testing.T, dir string) map[string]string {
 	ents, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	sums := map[string]string{}
-	buf := alignedBuf(1 << 20)
+	buf := nodetest.AlignedBuf(1 << 20)
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
 			continue
