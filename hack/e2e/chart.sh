@@ -19,6 +19,7 @@ write_values() {
 # Values of the dataimage chart for the e2e cluster (hack/e2e/chart.sh).
 images:
   plugin: {pullPolicy: Never}
+  dataplane: {pullPolicy: Never}
   controller: {pullPolicy: Never}
   builder: {pullPolicy: Never}
   provisioner: {pullPolicy: Never}
