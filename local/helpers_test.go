@@ -50,27 +50,22 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// runChildDataPlane runs the data plane of home until SIGTERM or SIGINT, logging to standard
-// error (dataplane.log, through the daemon that starts it).
-func runChildDataPlane(home string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if err := RunDataPlane(ctx, testConfig(home, log)); err != nil {
-		fmt.Fprintln(os.Stderr, "data plane:", err)
-		return 1
-	}
-	return 0
-}
+// runChildDaemon runs the daemon of home until SIGTERM or SIGINT (daemon.log, through
+// Connect).
+func runChildDaemon(home string) int { return runChild("daemon", home, RunDaemon) }
 
-// runChildDaemon runs the daemon of home until SIGTERM or SIGINT, logging to standard error
-// (daemon.log, through Connect).
-func runChildDaemon(home string) int {
+// runChildDataPlane runs the data plane of home until SIGTERM or SIGINT (dataplane.log,
+// through the daemon that starts it).
+func runChildDataPlane(home string) int { return runChild("data plane", home, RunDataPlane) }
+
+// runChild runs run with the tests' configuration of home until SIGTERM or SIGINT, logging to
+// standard error, and returns the exit code.
+func runChild(what, home string, run func(context.Context, Config) error) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if err := RunDaemon(ctx, testConfig(home, log)); err != nil {
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	if err := run(ctx, testConfig(home, log)); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", what, err)
 		return 1
 	}
 	return 0

@@ -40,9 +40,12 @@
 // kubelet's, pods may still hold them, and unmounting them behind the kubelet's back would let a
 // pod write into the node's root file system. The local daemon owns its mount points and the
 // servers that use them: at start it kills the servers on dead exports, unmounts, and detaches
-// every leftover. A data plane that keeps its exports across its own restart (a holder of the
-// FUSE connections) will turn leftovers into exports it serves again, which New then adopts;
-// the Attacher keeps leftovers by id, apart from its attachments, for the time between.
+// every leftover (and every adopted attachment of a clone it does not carry on with). The data
+// plane can restart under a running Attacher: Leftover asks the data plane, and Attach and
+// Detach find an attachment whose export the data plane no longer serves and treat what is left
+// of it as a leftover. A data plane that keeps its exports across its own restart (a holder of
+// the FUSE connections) will turn leftovers into exports it serves again, which New then
+// adopts.
 //
 // What it must not know: CSI, gRPC, Kubernetes (requests, capabilities, access modes, which path
 // is a staging or a target path, error codes), database engines, images and clones, the catalog.
