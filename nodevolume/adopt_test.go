@@ -1,7 +1,6 @@
 package nodevolume
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -84,34 +82,7 @@ func TestAdoptAfterKill(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestControlPlaneHelper$", "-test.v")
 	cmd.Env = append(os.Environ(), controlPlaneEnv+"="+sockDir, fmt.Sprintf("%s_VOLUMES=%d %d", controlPlaneEnv, fsVol.ID, blkVol.ID))
 	cmd.Dir = dir
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ready") {
-				ready <- true
-				return
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		require.True(t, ok, "the control plane failed")
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the control plane did not get ready")
-	}
+	kill := startReady(t, cmd, "the control plane")
 	fsMount, blkTarget := filepath.Join(sockDir, "cp-fs"), filepath.Join(sockDir, "cp-blk")
 	t.Cleanup(func() { // the mounts are under sockDir: unmount whatever a failure left there
 		for _, m := range nodetest.Mounts(t, sockDir) {
@@ -149,9 +120,7 @@ func TestAdoptAfterKill(t *testing.T) {
 		}
 	})
 	time.Sleep(200 * time.Millisecond)
-	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
-	killed = true
+	kill()
 	time.Sleep(500 * time.Millisecond)
 
 	a := newAttacher(t, dataplane.NewClient(sock))

@@ -1,11 +1,18 @@
 package nodevolume
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -119,4 +126,41 @@ func pattern(n int, seed byte) []byte {
 		b[i] ^= byte(i * 31)
 	}
 	return b
+}
+
+// startReady starts cmd, a helper run of this test binary, waits until it says "ready" on its
+// standard output, and returns a function that kills it (SIGKILL) and waits for it; cleanup
+// kills it unless the test did.
+func startReady(t *testing.T, cmd *exec.Cmd, what string) (kill func()) {
+	t.Helper()
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(kill)
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "ready") {
+				ready <- true
+				return
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		require.True(t, ok, "%s failed", what)
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("%s did not get ready", what)
+	}
+	return kill
 }

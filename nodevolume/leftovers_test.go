@@ -1,15 +1,11 @@
 package nodevolume
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -83,37 +79,7 @@ func TestLeftovers(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestEarlierRunHelper$", "-test.v")
 	cmd.Env = append(os.Environ(), earlierRunEnv+"="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ready") {
-				ready <- true
-				return
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		require.True(t, ok, "the earlier run failed")
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the earlier run did not get ready")
-	}
-	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
-	killed = true
+	startReady(t, cmd, "the earlier run")()
 	fsMount, target := filepath.Join(dir, fsMnt), filepath.Join(dir, blkTarget)
 	require.True(t, isMounted(t, fsMount), "the killed run's mounts stay")
 	require.True(t, isMounted(t, target))

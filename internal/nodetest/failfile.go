@@ -14,12 +14,15 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 )
 
-// FailFile is a pool file that starts failing writes and syncs when Fail is set, and whose
-// next Sync can be made to stall (StallSync): a pool whose disk fails, or whose flush hangs.
+// FailFile is a pool file that starts failing writes and syncs when Fail is set, reads when
+// FailReads is set, and whose next Sync can be made to stall (StallSync): a pool whose disk
+// fails, or whose flush hangs.
 type FailFile struct {
 	*os.File
 	// Fail makes every later write and sync fail with EIO.
 	Fail atomic.Bool
+	// FailReads makes every read fail with EIO while set.
+	FailReads atomic.Bool
 
 	mu    sync.Mutex
 	stall *stall // the next Sync's, if armed; guarded by mu
@@ -42,6 +45,13 @@ func (f *FailFile) StallSync(t testing.TB) (entered <-chan struct{}, release fun
 	f.mu.Unlock()
 	t.Cleanup(s.let)
 	return s.entered, s.let
+}
+
+func (f *FailFile) ReadAt(b []byte, off int64) (int, error) {
+	if f.FailReads.Load() {
+		return 0, syscall.EIO
+	}
+	return f.File.ReadAt(b, off)
 }
 
 func (f *FailFile) WriteAt(b []byte, off int64) (int, error) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/cmdlog"
 )
 
 // Version is the plugin's version (set at link time with -X).
@@ -114,8 +115,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, errors.New("--node-id is required")
 	case c.DataPlaneSocket == "" || !filepath.IsAbs(c.DataPlaneSocket):
 		return c, fmt.Errorf("--dataplane-socket %q: want an absolute path", c.DataPlaneSocket)
-	case c.LogFormat != "text" && c.LogFormat != "json":
-		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	case cmdlog.CheckFormat(c.LogFormat) != nil:
+		return c, cmdlog.CheckFormat(c.LogFormat)
 	case c.PoolCheckInterval < 0:
 		return c, fmt.Errorf("--pool-check-interval %s: must not be negative", c.PoolCheckInterval)
 	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
@@ -142,22 +143,11 @@ func Main(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := Run(ctx, c, logger(c, stderr)); err != nil {
+	if err := Run(ctx, c, cmdlog.New(stderr, c.LogFormat, c.Verbosity)); err != nil {
 		fmt.Fprintf(stderr, "dataimage-csi: %v\n", err)
 		return 1
 	}
 	return 0
-}
-
-func logger(c Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if c.Verbosity > 0 {
-		opts.Level = slog.LevelDebug
-	}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // Run waits until the data plane answers on its socket, serves the plugin until ctx ends,

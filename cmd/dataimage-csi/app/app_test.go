@@ -24,7 +24,9 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/internal/cmdlog"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
@@ -134,16 +136,6 @@ func TestMainExitCodes(t *testing.T) {
 	}
 }
 
-func TestLogger(t *testing.T) {
-	var text, js bytes.Buffer
-	logger(Config{LogFormat: "text"}, &text).Debug("hidden")
-	logger(Config{LogFormat: "text"}, &text).Info("shown", "k", "v")
-	require.NotContains(t, text.String(), "hidden")
-	require.Contains(t, text.String(), "msg=shown k=v")
-	logger(Config{LogFormat: "json", Verbosity: 1}, &js).Debug("debug", "k", "v")
-	require.Contains(t, js.String(), `"msg":"debug","k":"v"`)
-}
-
 // syncBuffer is a log sink safe for the plugin's goroutines.
 type syncBuffer struct {
 	mu   sync.Mutex
@@ -181,15 +173,6 @@ func dataPlaneAt(t *testing.T, dir, sock string) *blockstore.Pool {
 	return pool
 }
 
-// shortDir returns a new directory with a short path: socket paths are limited to 107 bytes.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "csi")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // TestRun runs the plugin in-process before its data plane is there: it waits for the data
 // plane, then serves Identity and Node on a unix socket, registers with the kubelet, serves
 // metrics (the pool's, from the data plane), and stops when its context ends, leaving the data
@@ -198,7 +181,7 @@ func TestRun(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the export needs /dev/fuse and loop devices")
 	}
-	dir := shortDir(t)
+	dir := dataplanetest.SocketDir(t)
 	sock := filepath.Join(dir, "csi.sock")
 	reg := filepath.Join(dir, "registration")
 	require.NoError(t, os.Mkdir(reg, 0o700))
@@ -217,7 +200,7 @@ func TestRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ran := make(chan error, 1)
-	go func() { ran <- Run(ctx, c, logger(c, logs)) }()
+	go func() { ran <- Run(ctx, c, cmdlog.New(logs, c.LogFormat, c.Verbosity)) }()
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
@@ -301,7 +284,7 @@ func TestRun(t *testing.T) {
 // TestRunNoDataPlane: a plugin whose data plane never answers waits, saying so, until its
 // context ends, and then fails naming the socket.
 func TestRunNoDataPlane(t *testing.T) {
-	dir := shortDir(t)
+	dir := dataplanetest.SocketDir(t)
 	c := Config{Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), NodeID: "n1", DataPlaneSocket: filepath.Join(dir, "dp.sock"), DefaultFSType: "ext4"}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
@@ -319,7 +302,7 @@ func TestMainRegistrationRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the export needs /dev/fuse and loop devices")
 	}
-	dir := shortDir(t)
+	dir := dataplanetest.SocketDir(t)
 	reg := filepath.Join(dir, "registration")
 	require.NoError(t, os.Mkdir(reg, 0o700))
 	sock, dpSock := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "dp.sock")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/internal/cmdlog"
 	"github.com/dataimage/dataimage/internal/units"
 )
 
@@ -23,16 +24,10 @@ var Version = "dev"
 
 // Config is what the flags say.
 type Config struct {
-	Socket             string
-	Pool               string
-	PoolSize           int64
-	Preallocate        bool
-	PoolFormatNonBlank bool
-	OverProvisionRatio float64
-	Export             string
-	ExportStateDir     string
-	Verbosity          int
-	LogFormat          string
+	// DataPlane is the data plane's configuration (its Version and Logger are Run's).
+	DataPlane dataplane.Config
+	Verbosity int
+	LogFormat string
 	// IOFlusher makes the process an I/O flusher before it serves (dataplane.BecomeIOFlusher).
 	IOFlusher bool
 }
@@ -40,6 +35,7 @@ type Config struct {
 // parse reads the flags into a Config.
 func parse(args []string, out io.Writer) (Config, error) {
 	var c Config
+	d := &c.DataPlane
 	fs := flag.NewFlagSet("dataimage-dataplane", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
@@ -55,14 +51,14 @@ func parse(args []string, out io.Writer) (Config, error) {
 			"Flags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&c.Socket, "socket", dataplane.DefaultSocket, "the API's unix socket (absolute path; mode 0600, root only)")
-	fs.StringVar(&c.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (made a pool with --pool-size only if blank) (required)")
+	fs.StringVar(&d.Socket, "socket", dataplane.DefaultSocket, "the API's unix socket (absolute path; mode 0600, root only)")
+	fs.StringVar(&d.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (made a pool with --pool-size only if blank) (required)")
 	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 1.5Ti, 500G; for a device, the confirmation that it may be made a pool if it is blank")
-	fs.BoolVar(&c.PoolFormatNonBlank, "pool-format-nonblank", false, "with --pool-size: make a pool on a device that is not blank, destroying what it holds (file systems, partition tables, RAID/LVM metadata, a damaged pool); never on a device in use or one that fails reads")
-	fs.BoolVar(&c.Preallocate, "preallocate", false, "create the pool file thick (fallocated, freed blocks keep their space): faster first writes")
-	fs.Float64Var(&c.OverProvisionRatio, "overprovision-ratio", 0, "bound on the sum of volume sizes as a multiple of the pool's capacity (0 keeps the pool's, 10 for a new pool)")
-	fs.StringVar(&c.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
-	fs.StringVar(&c.ExportStateDir, "export-state-dir", export.DefaultStateDir, "directory for export state (FUSE mounts); should be on tmpfs")
+	fs.BoolVar(&d.PoolFormatNonBlank, "pool-format-nonblank", false, "with --pool-size: make a pool on a device that is not blank, destroying what it holds (file systems, partition tables, RAID/LVM metadata, a damaged pool); never on a device in use or one that fails reads")
+	fs.BoolVar(&d.Preallocate, "preallocate", false, "create the pool file thick (fallocated, freed blocks keep their space): faster first writes")
+	fs.Float64Var(&d.OverProvisionRatio, "overprovision-ratio", 0, "bound on the sum of volume sizes as a multiple of the pool's capacity (0 keeps the pool's, 10 for a new pool)")
+	fs.StringVar(&d.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
+	fs.StringVar(&d.ExportStateDir, "export-state-dir", export.DefaultStateDir, "directory for export state (FUSE mounts); should be on tmpfs")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&c.IOFlusher, "io-flusher", true, "make the process an I/O flusher (PR_SET_IO_FLUSHER: its allocations never wait for the writeback it serves; needs CAP_SYS_RESOURCE, Linux 5.6); it executes itself again with the flag set")
@@ -77,21 +73,19 @@ func parse(args []string, out io.Writer) (Config, error) {
 		if err != nil {
 			return c, fmt.Errorf("--pool-size: %w", err)
 		}
-		c.PoolSize = n
+		d.PoolSize = n
 	}
 	switch {
-	case c.Pool == "":
+	case d.Pool == "":
 		return c, errors.New("--pool is required")
-	case c.PoolFormatNonBlank && c.PoolSize == 0:
+	case d.PoolFormatNonBlank && d.PoolSize == 0:
 		return c, errors.New("--pool-format-nonblank needs --pool-size (it applies only when a pool is made)")
-	case c.OverProvisionRatio < 0:
-		return c, fmt.Errorf("--overprovision-ratio %v: must not be negative", c.OverProvisionRatio)
-	case c.LogFormat != "text" && c.LogFormat != "json":
-		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
-	case !strings.HasPrefix(c.Socket, "/"):
-		return c, fmt.Errorf("--socket %q: want an absolute path", c.Socket)
+	case d.OverProvisionRatio < 0:
+		return c, fmt.Errorf("--overprovision-ratio %v: must not be negative", d.OverProvisionRatio)
+	case !strings.HasPrefix(d.Socket, "/"):
+		return c, fmt.Errorf("--socket %q: want an absolute path", d.Socket)
 	}
-	return c, nil
+	return c, cmdlog.CheckFormat(c.LogFormat)
 }
 
 // Main runs the command and returns its exit code. Before it serves, it makes the process an
@@ -106,7 +100,7 @@ func Main(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dataimage-dataplane: %v (see --help)\n", err)
 		return 2
 	}
-	log := logger(c, stderr)
+	log := cmdlog.New(stderr, c.LogFormat, c.Verbosity)
 	if c.IOFlusher {
 		if err := dataplane.BecomeIOFlusher(); err != nil {
 			log.Warn("cannot make the data plane an I/O flusher", "err", err)
@@ -121,23 +115,9 @@ func Main(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// logger returns the structured logger the flags ask for, on w.
-func logger(c Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if c.Verbosity > 0 {
-		opts.Level = slog.LevelDebug
-	}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
 // Run runs the data plane until ctx ends (dataplane.Run).
 func Run(ctx context.Context, c Config, log *slog.Logger) error {
-	return dataplane.Run(ctx, dataplane.Config{
-		Socket: c.Socket, Pool: c.Pool, PoolSize: c.PoolSize, Preallocate: c.Preallocate,
-		PoolFormatNonBlank: c.PoolFormatNonBlank, OverProvisionRatio: c.OverProvisionRatio,
-		Export: c.Export, ExportStateDir: c.ExportStateDir, Version: Version, Logger: log,
-	})
+	d := c.DataPlane
+	d.Version, d.Logger = Version, log
+	return dataplane.Run(ctx, d)
 }

@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,9 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
+	"github.com/dataimage/dataimage/internal/cmdlog"
+	"github.com/dataimage/dataimage/internal/nodetest"
 	"github.com/dataimage/dataimage/internal/units"
 )
 
@@ -30,11 +31,9 @@ func TestParseDefaults(t *testing.T) {
 	c, err := parse([]string{"--pool", "/var/lib/dataimage/pool"}, &out)
 	require.NoError(t, err)
 	require.Equal(t, Config{
-		Socket:         dataplane.DefaultSocket,
-		Pool:           "/var/lib/dataimage/pool",
-		ExportStateDir: "/run/dataimage/export",
-		LogFormat:      "text",
-		IOFlusher:      true,
+		DataPlane: dataplane.Config{Socket: dataplane.DefaultSocket, Pool: "/var/lib/dataimage/pool", ExportStateDir: "/run/dataimage/export"},
+		LogFormat: "text",
+		IOFlusher: true,
 	}, c)
 	require.Empty(t, out.String())
 }
@@ -47,8 +46,9 @@ func TestParseAll(t *testing.T) {
 	}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
-		Socket: "/run/x/dp.sock", Pool: "/dev/vdb", PoolSize: 100 << 30, PoolFormatNonBlank: true, Preallocate: true,
-		Export: "fuse-loop", ExportStateDir: "/run/x", OverProvisionRatio: 2.5, Verbosity: 2, LogFormat: "json",
+		DataPlane: dataplane.Config{Socket: "/run/x/dp.sock", Pool: "/dev/vdb", PoolSize: 100 << 30, PoolFormatNonBlank: true, Preallocate: true,
+			Export: "fuse-loop", ExportStateDir: "/run/x", OverProvisionRatio: 2.5},
+		Verbosity: 2, LogFormat: "json",
 	}, c)
 }
 
@@ -59,7 +59,7 @@ func TestPoolSizeFlag(t *testing.T) {
 		c, err := parse(append([]string{"--pool-size", e.Text}, required...), io.Discard)
 		if e.Rule == "" {
 			require.NoError(t, err, e.Text)
-			require.Equal(t, e.Bytes, c.PoolSize, e.Text)
+			require.Equal(t, e.Bytes, c.DataPlane.PoolSize, e.Text)
 			continue
 		}
 		require.ErrorContains(t, err, "--pool-size: invalid size "+strconv.Quote(e.Text)+": ", e.Text)
@@ -109,33 +109,6 @@ func TestMainExitCodes(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the data plane's goroutines.
-type syncBuffer struct {
-	mu   sync.Mutex
-	data bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.data.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.data.String()
-}
-
-// socketDir returns a directory with a short path for sockets (at most 107 bytes).
-func socketDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "dp")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // TestRun runs the data plane in-process: it creates the pool file, serves its API on the
 // socket (mode 0600), stops when its context ends, removes the socket, and leaves a pool that
 // reopens clean; a second run opens the existing pool without --pool-size.
@@ -143,19 +116,18 @@ func TestRun(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the export needs /dev/fuse and loop devices")
 	}
-	dir := socketDir(t)
-	c := Config{
+	dir := dataplanetest.SocketDir(t)
+	c := Config{DataPlane: dataplane.Config{
 		Socket:         filepath.Join(dir, "run", "dp.sock"), // its directory is made
 		Pool:           filepath.Join(dir, "pools", "pool"),  // its directory is made too
 		PoolSize:       512 << 20,
 		ExportStateDir: filepath.Join(dir, "export"),
-		LogFormat:      "text",
-	}
-	logs := &syncBuffer{}
+	}, LogFormat: "text"}
+	logs := newLogFile(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ran := make(chan error, 1)
-	go func() { ran <- Run(ctx, c, logger(c, logs)) }()
+	go func() { ran <- Run(ctx, c, cmdlog.New(logs, c.LogFormat, c.Verbosity)) }()
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
@@ -163,7 +135,8 @@ func TestRun(t *testing.T) {
 			<-ran
 		}
 	})
-	cl := dataplane.NewClient(c.Socket)
+	d := c.DataPlane
+	cl := dataplane.NewClient(d.Socket)
 	defer cl.Close()
 	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer wcancel()
@@ -176,13 +149,13 @@ func TestRun(t *testing.T) {
 	st, err := cl.Stats(wctx)
 	require.NoError(t, err)
 	require.Positive(t, st.PhysicalBytes)
-	fi, err := os.Stat(c.Socket)
+	fi, err := os.Stat(d.Socket)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the socket is root's alone")
-	fi, err = os.Stat(c.Pool)
+	fi, err = os.Stat(d.Pool)
 	require.NoError(t, err)
-	require.Equal(t, c.PoolSize, fi.Size())
-	pid, held, err := dataplane.LockHolder(c.Socket)
+	require.Equal(t, d.PoolSize, fi.Size())
+	pid, held, err := dataplane.LockHolder(d.Socket)
 	require.NoError(t, err)
 	require.True(t, held)
 	require.Equal(t, os.Getpid(), pid)
@@ -198,13 +171,13 @@ func TestRun(t *testing.T) {
 	for _, w := range []string{"creating pool", "pool open", "serving", "stopped"} {
 		require.Contains(t, logs.String(), w)
 	}
-	_, err = os.Stat(c.Socket)
+	_, err = os.Stat(d.Socket)
 	require.ErrorIs(t, err, os.ErrNotExist, "the socket is removed when the data plane stops")
-	_, held, err = dataplane.LockHolder(c.Socket)
+	_, held, err = dataplane.LockHolder(d.Socket)
 	require.NoError(t, err)
 	require.False(t, held)
 
-	p, err := blockstore.Open(c.Pool, blockstore.Options{})
+	p, err := blockstore.Open(d.Pool, blockstore.Options{})
 	require.NoError(t, err)
 	require.Zero(t, p.Recovery().Records, "a clean stop leaves nothing to replay")
 	rep, err := p.Check(false)
@@ -213,7 +186,7 @@ func TestRun(t *testing.T) {
 	require.NoError(t, p.Close())
 
 	// A second run opens the existing pool (no --pool-size needed) and stops again.
-	c.PoolSize = 0
+	c.DataPlane.PoolSize = 0
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	ran2 := make(chan error, 1)
 	go func() { ran2 <- Run(ctx2, c, slog.New(slog.DiscardHandler)) }()
@@ -225,24 +198,24 @@ func TestRun(t *testing.T) {
 // TestRunErrors: Run refuses a missing pool without --pool-size, a file that is not a pool, and
 // an unknown export method, and leaves the pool closed (a later Open works).
 func TestRunErrors(t *testing.T) {
-	dir := socketDir(t)
+	dir := dataplanetest.SocketDir(t)
 	log := slog.New(slog.DiscardHandler)
-	base := Config{Socket: filepath.Join(dir, "dp.sock"), ExportStateDir: filepath.Join(dir, "export"), LogFormat: "text"}
+	c := Config{DataPlane: dataplane.Config{Socket: filepath.Join(dir, "dp.sock"), ExportStateDir: filepath.Join(dir, "export")}}
+	d := &c.DataPlane
 
-	c := base
-	c.Pool = filepath.Join(dir, "missing")
+	d.Pool = filepath.Join(dir, "missing")
 	err := Run(context.Background(), c, log)
 	require.ErrorContains(t, err, "--pool-size")
 
-	c.Pool = filepath.Join(dir, "junk")
-	require.NoError(t, os.WriteFile(c.Pool, bytes.Repeat([]byte("x"), 1<<20), 0o600))
+	d.Pool = filepath.Join(dir, "junk")
+	require.NoError(t, os.WriteFile(d.Pool, bytes.Repeat([]byte("x"), 1<<20), 0o600))
 	err = Run(context.Background(), c, log)
 	require.ErrorIs(t, err, blockstore.ErrNotPool)
 
-	c.Pool, c.PoolSize, c.Export = filepath.Join(dir, "pool"), 64<<20, "nbd"
+	d.Pool, d.PoolSize, d.Export = filepath.Join(dir, "pool"), 64<<20, "nbd"
 	err = Run(context.Background(), c, log)
 	require.ErrorContains(t, err, `"nbd"`)
-	p, err := blockstore.Open(c.Pool, blockstore.Options{}) // created, then closed
+	p, err := blockstore.Open(d.Pool, blockstore.Options{}) // created, then closed
 	require.NoError(t, err)
 	require.NoError(t, p.Close())
 }
@@ -267,7 +240,7 @@ func TestMainRefusesNonBlankDevices(t *testing.T) {
 		args  []string
 		want  []string
 	}{
-		{"ext4", func(t *testing.T, dev, _ string) { mustRun(t, "mkfs.ext4", "-q", dev) },
+		{"ext4", func(t *testing.T, dev, _ string) { nodetest.Run(t, "mkfs.ext4", "-q", dev) },
 			[]string{"--pool-size", "64Mi"}, []string{"is not blank: it holds an ext4 file system", "--pool-format-nonblank"}},
 		{"damaged pool", func(t *testing.T, dev, _ string) {
 			p, err := blockstore.Create(dev, blockstore.Options{})
@@ -284,24 +257,24 @@ func TestMainRefusesNonBlankDevices(t *testing.T) {
 		{"read errors", func(t *testing.T, _, backing string) { require.NoError(t, os.Truncate(backing, 8<<20)) },
 			[]string{"--pool-size", "64Mi"}, []string{"input/output error"}},
 		{"mounted", func(t *testing.T, dev, _ string) {
-			mustRun(t, "mkfs.ext4", "-q", dev)
+			nodetest.Run(t, "mkfs.ext4", "-q", dev)
 			mnt := t.TempDir()
-			mustRun(t, "mount", "-o", "ro", dev, mnt)
-			t.Cleanup(func() { mustRun(t, "umount", mnt) })
+			nodetest.Run(t, "mount", "-o", "ro", dev, mnt)
+			t.Cleanup(func() { nodetest.Run(t, "umount", mnt) })
 		}, []string{"--pool-size", "64Mi"}, []string{"in use", "mounted at"}},
 		{"blank, no size", func(t *testing.T, _, _ string) {}, nil, []string{"no pool at", "the device is blank", "--pool-size"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev, backing := loopDevice(t, 64<<20)
+			dev, backing := nodetest.LoopDevice(t, 64<<20)
 			tc.setup(t, dev, backing)
 			before, err := os.ReadFile(backing)
 			require.NoError(t, err)
-			dir := socketDir(t)
-			var out syncBuffer
+			dir := dataplanetest.SocketDir(t)
+			out := newLogFile(t)
 			exited := make(chan int, 1)
 			go func() {
 				exited <- Main(append([]string{"--pool", dev, "--socket", filepath.Join(dir, "dp.sock"), "--io-flusher=false",
-					"--export-state-dir", filepath.Join(dir, "export")}, tc.args...), &out)
+					"--export-state-dir", filepath.Join(dir, "export")}, tc.args...), out)
 			}()
 			var code int
 			select {
@@ -323,21 +296,20 @@ func TestMainRefusesNonBlankDevices(t *testing.T) {
 	}
 }
 
-func mustRun(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	require.NoError(t, err, "%s %v: %s", name, args, out)
-	return string(out)
+// logFile is a log sink for the data plane's goroutines (a file: writes are safe for
+// concurrent use), read back with String.
+type logFile struct{ *os.File }
+
+func (f logFile) String() string {
+	b, _ := os.ReadFile(f.Name())
+	return string(b)
 }
 
-// loopDevice attaches a loop device to a new sparse file of size bytes; it is detached at
-// cleanup.
-func loopDevice(t testing.TB, size int64) (dev, backing string) {
+// newLogFile returns a logFile in a temporary directory, closed at cleanup.
+func newLogFile(t *testing.T) logFile {
 	t.Helper()
-	backing = filepath.Join(t.TempDir(), "disk")
-	require.NoError(t, os.WriteFile(backing, nil, 0o600))
-	require.NoError(t, os.Truncate(backing, size))
-	dev = strings.TrimSpace(mustRun(t, "losetup", "--find", "--show", backing))
-	t.Cleanup(func() { mustRun(t, "losetup", "--detach", dev) })
-	return dev, backing
+	f, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	return logFile{f}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/internal/cmdlog"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -186,14 +187,7 @@ func (c *cli) checkGlobals(*cobra.Command, []string) error {
 
 // logger logs to stderr in the chosen format: info, or debug with -v.
 func (c *cli) logger() *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if c.verbose > 0 {
-		opts.Level = slog.LevelDebug
-	}
-	if c.logFormat == "json" {
-		return slog.New(slog.NewJSONHandler(c.env.stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(c.env.stderr, opts))
+	return cmdlog.New(c.env.stderr, c.logFormat, c.verbose)
 }
 
 // service connects to the daemon, starting it with the daemon flags given to cmd.
