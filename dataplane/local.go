@@ -23,6 +23,8 @@ type Local struct {
 	log  *slog.Logger
 	gate *ioGate // every export's I/O passes it; Drain closes it
 	io   ioCounters
+	// recs keeps a record of every export (records.go); Run sets its directory.
+	recs records
 	// locks serializes Export, Unexport, ResizeExport and CleanupLeftover per export id (no
 	// lock is held across calls of different ids).
 	locks keylock.Locks
@@ -157,11 +159,18 @@ func (l *Local) Export(ctx context.Context, spec ExportSpec) (Export, error) {
 	defer unlock()
 	l.mu.Lock()
 	if s, ok := l.mu.exports[spec.ID]; ok {
-		defer l.mu.Unlock()
 		if s.Volume != spec.Volume {
+			defer l.mu.Unlock()
 			return Export{}, &export.Error{Op: "export", ID: spec.ID, Device: s.Device,
 				Err: wrapf(export.ErrExists, "exported already for volume %d, not %d", s.Volume, spec.Volume)}
 		}
+		l.mu.Unlock()
+		// The id's lock keeps the export: its record and attrs change together.
+		if err := l.recs.put(spec); err != nil {
+			return Export{}, err
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
 		s.Attrs = maps.Clone(spec.Attrs)
 		return s.copy(), nil
 	}
@@ -170,8 +179,15 @@ func (l *Local) Export(ctx context.Context, spec ExportSpec) (Export, error) {
 	if err != nil {
 		return Export{}, fmt.Errorf("dataplane: export %s: volume %d: %w", spec.ID, spec.Volume, err)
 	}
+	// The record first: the kernel never has an export that is not recorded.
+	if err := l.recs.put(spec); err != nil {
+		return Export{}, err
+	}
 	dev, err := exp.Export(spec.ID, exportDisk{Volume: vol, c: &l.io, gate: l.gate})
 	if err != nil {
+		if rerr := l.recs.remove(spec.ID); rerr != nil {
+			l.log.Warn("remove the record of an export that failed", "export", spec.ID, "err", rerr)
+		}
 		return Export{}, err
 	}
 	s := &served{Export: Export{ID: spec.ID, Volume: spec.Volume, Device: dev.Path(), Method: exp.Name(), Attrs: maps.Clone(spec.Attrs)}, dev: dev}
@@ -215,6 +231,9 @@ func (l *Local) Unexport(ctx context.Context, id string) error {
 	l.mu.Lock()
 	delete(l.mu.exports, id)
 	l.mu.Unlock()
+	if err := l.recs.remove(id); err != nil {
+		l.log.Warn("remove the record of an export torn down (the next start does)", "export", id, "err", err)
+	}
 	return nil
 }
 
@@ -271,7 +290,15 @@ func (l *Local) CleanupLeftover(ctx context.Context, id string) error {
 		return fmt.Errorf("dataplane: clean up %s: %w", id, err)
 	}
 	defer unlock()
-	return exp.Cleanup(id)
+	if err := exp.Cleanup(id); err != nil {
+		return err
+	}
+	if _, served := l.get(id); !served {
+		if err := l.recs.remove(id); err != nil {
+			l.log.Warn("remove the record of a leftover torn down (the next start does)", "export", id, "err", err)
+		}
+	}
+	return nil
 }
 
 func (l *Local) IOStats(context.Context) (IOStats, error) {

@@ -47,6 +47,10 @@ type Config struct {
 	// exports' state (default export.DefaultStateDir; a tmpfs).
 	Export         string
 	ExportStateDir string
+	// StateDir holds the data plane's record of each export (records.go; default: "exports"
+	// beside the socket). It must outlive the process as long as the exports' kernel state
+	// does: a tmpfs is right.
+	StateDir string
 	// FUSESysctlDir is where the kernel's FUSE settings are read (default FUSESysctlDir).
 	FUSESysctlDir string
 	// Version is the data plane's build, reported by the API.
@@ -66,6 +70,9 @@ func (c Config) complete() (Config, error) {
 	}
 	if c.FUSESysctlDir == "" {
 		c.FUSESysctlDir = FUSESysctlDir
+	}
+	if c.StateDir == "" && c.Socket != "" {
+		c.StateDir = filepath.Join(filepath.Dir(c.Socket), "exports")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -126,6 +133,7 @@ func Run(ctx context.Context, c Config) error {
 		return errors.Join(err, pool.Close())
 	}
 	local := NewLocal(pool, exp, log)
+	local.recs = records{dir: c.StateDir}
 	if err := startExports(ctx, local, log); err != nil {
 		return errors.Join(err, pool.Close())
 	}
@@ -148,17 +156,40 @@ func Run(ctx context.Context, c Config) error {
 	return serr
 }
 
-// startExports takes over what an earlier data plane process left, before the socket serves:
-// today it reports those exports as leftovers, whose I/O fails since their server died; the
-// control plane (package nodevolume) tears them down once nothing of its own uses them.
+// startExports takes over what an earlier data plane process left, before the socket serves.
+// The kernel side of each export it made is still there (the loop device, the FUSE mount), and
+// so is its record (records.go: the volume and the attrs). Today its FUSE connection died with
+// that process, so the export is a leftover, whose I/O fails; the control plane (package
+// nodevolume) tears it down once nothing of its own uses it, and the record goes with it.
+//
+// This is where a hand-over will go: when the kernel side of an export can be adopted (a
+// holder kept its /dev/fuse connection), the export is served again here under its record —
+// the record's volume behind the adopted device, with the record's attrs — before the socket
+// serves, so that the control planes find it exported (and adopt it in turn, nodevolume.New)
+// rather than left over. Records with no kernel state left are stale and removed.
 func startExports(ctx context.Context, l *Local, log *slog.Logger) error {
+	recs, bad, err := l.recs.load()
+	if err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		log.Warn("files that are not export records in the state directory; ignored", "dir", l.recs.dir, "files", bad)
+	}
 	left, err := l.Leftovers(ctx)
 	if err != nil {
 		return err
 	}
 	for _, lo := range left {
+		rec, ok := recs[lo.ID]
 		log.Warn("export left by an earlier data plane; its I/O fails until the volume is detached and attached again",
-			"export", lo.ID, "devices", lo.Devices, "mounted", lo.Mounted)
+			"export", lo.ID, "devices", lo.Devices, "mounted", lo.Mounted, "recorded", ok, "volume", rec.Volume)
+		delete(recs, lo.ID)
+	}
+	for id := range recs {
+		if err := l.recs.remove(id); err != nil {
+			return err
+		}
+		log.Info("removed the record of an export that is gone", "export", id)
 	}
 	return nil
 }

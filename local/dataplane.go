@@ -54,6 +54,7 @@ func RunDataPlane(ctx context.Context, cfg Config) error {
 		Preallocate:        s.Preallocate,
 		OverProvisionRatio: DefaultOverProvisionRatio,
 		ExportStateDir:     s.exportDir(),
+		StateDir:           filepath.Join(s.Home, "dataplane"),
 		Logger:             s.Logger,
 	})
 }
