@@ -17,8 +17,10 @@
 //     (/v1/), tolerant of fields it does not know (wire.go).
 //   - Run: the data plane process (cmd/dataimage-dataplane, and `dataimage dataplane` for the
 //     local daemon): a lock per socket, the kernel checks (kernel.go: FUSE request timeouts
-//     refused, PR_SET_IO_FLUSHER), the pool recovered, the exports found, the API served, and
-//     at the end the exports' I/O drained and the pool closed (drain.go).
+//     refused, PR_SET_IO_FLUSHER), the pool recovered, the exports an earlier process left
+//     found with their records (records.go: each export's volume and attrs, kept beside the
+//     socket), the API served, and at the end the exports' I/O drained and the pool closed
+//     (drain.go).
 //
 // What it must not know: CSI, Kubernetes, mounts and file systems (mkfs, mount and bind mounts
 // stay with the control plane, in its mount namespace: package nodevolume), images, clones and
