@@ -30,9 +30,10 @@ func (l *LogFlags) Register(fs *flag.FlagSet) {
 
 // Check returns an error naming the flag that has a bad value.
 func (l LogFlags) Check() error {
+	if err := CheckFormat(l.Format); err != nil {
+		return err
+	}
 	switch {
-	case l.Format != "text" && l.Format != "json":
-		return fmt.Errorf("--log-format %q: want text or json", l.Format)
 	case l.Verbosity < 0:
 		return fmt.Errorf("-v %d: must not be negative", l.Verbosity)
 	}
@@ -40,12 +41,28 @@ func (l LogFlags) Check() error {
 }
 
 // Logger returns the logger the flags ask for, writing to w.
-func (l LogFlags) Logger(w io.Writer) *slog.Logger {
+func (l LogFlags) Logger(w io.Writer) *slog.Logger { return NewLogger(w, l.Format, l.Verbosity) }
+
+// Formats are the values --log-format takes.
+var Formats = []string{"text", "json"}
+
+// CheckFormat fails unless format is one of Formats, naming the flag.
+func CheckFormat(format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", format)
+	}
+	return nil
+}
+
+// NewLogger returns a logger writing to w in format ("json", else text), at Debug when
+// verbosity is above 0, else at Info: the one way the commands turn --log-format and -v into
+// a structured logger.
+func NewLogger(w io.Writer, format string, verbosity int) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if l.Verbosity > 0 {
+	if verbosity > 0 {
 		opts.Level = slog.LevelDebug
 	}
-	if l.Format == "json" {
+	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
