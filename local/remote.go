@@ -17,6 +17,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/units"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // Images in registries (docs/export-sets.md): the daemon pushes its images' snapshots and pulls
@@ -83,6 +84,19 @@ type RemoteDeletion struct {
 	// GC says why no collection ran (a push was in progress), if so.
 	GC string `json:"gc,omitempty"`
 }
+
+// devices attaches volumes as block devices (no file system) for package poolvol.
+type devices struct{ vols *nodevolume.Attacher }
+
+func (a devices) Attach(ctx context.Context, id string, vol blockstore.VolumeID) (string, error) {
+	at, err := a.vols.Attach(ctx, nodevolume.Spec{ID: id, Volume: vol})
+	if err != nil {
+		return "", err
+	}
+	return at.DevicePath(), nil
+}
+
+func (a devices) Detach(ctx context.Context, id string) error { return a.vols.Detach(ctx, id, "") }
 
 // registry opens the registry r names, filling its empty fields from the daemon's default.
 func (d *Daemon) registry(r Remote) (*exportset.Registry, error) {
@@ -162,27 +176,33 @@ func (d *Daemon) PushImage(ctx context.Context, req PushRequest, progress func(w
 	if err != nil {
 		return nil, err
 	}
-	src, err := poolvol.NewSource(d.pool, snap.ID)
-	if err != nil {
-		return nil, err
-	}
 	meta, err := imageMeta(img)
 	if err != nil {
 		return nil, err
 	}
+	// The image and its parent are read through clones of their snapshots, attached as
+	// devices (poolvol): pushPrefix volumes, which the next start deletes if a crash leaves them.
+	src, err := d.pv.NewSource(ctx, snap.ID, pushPrefix+img.Name, pushExportID(img.Name))
+	if err != nil {
+		return nil, err
+	}
+	defer closeSource(d, src)
 	parent, parentName := d.pushParent(img)
 	preq := exportset.PushRequest{Source: src, Image: meta, Name: img.Name, Whole: req.Whole, Progress: transferProgress("push", progress)}
 	if parent != "" {
 		preq.Parent = &exportset.Parent{Digest: parent}
-		if ps, ok := d.snapshotOf(parent); ok {
-			if preq.Parent.Source, err = poolvol.NewSource(d.pool, ps); err != nil {
+		if ps, ok := d.snapshotOf(parent); ok && !req.Whole {
+			psrc, err := d.pv.NewSource(ctx, ps, pushPrefix+img.Name+".parent", pushExportID(img.Name)+".parent")
+			if err != nil {
 				return nil, err
 			}
+			defer closeSource(d, psrc)
+			preq.Parent.Source = psrc
 		}
 	}
 	if progress != nil {
 		msg := fmt.Sprintf("pushing %s (%s) to %s", img.Name, units.FormatBytes(img.DataBytes), reg)
-		if preq.Parent != nil && preq.Parent.Source != nil && !req.Whole {
+		if preq.Parent != nil && preq.Parent.Source != nil {
 			msg += fmt.Sprintf("; what changed since %s", parentName)
 		}
 		progress(wire.Event{Step: "push", Message: msg})
@@ -202,6 +222,13 @@ func (d *Daemon) PushImage(ctx context.Context, req PushRequest, progress func(w
 	d.log.Info("image pushed", "image", img.Name, "digest", res.Digest, "registry", reg.String(), "incremental", res.Incremental,
 		"uploaded", res.Uploaded, "uploadedBytes", res.UploadedBytes, "present", res.Present)
 	return d.imageView(img.Name)
+}
+
+// closeSource releases a push's source, logging a failure (the next start deletes its volume).
+func closeSource(d *Daemon, s *poolvol.Source) {
+	if err := s.Close(storeCtx); err != nil {
+		d.log.Warn("releasing a push's source", "err", err)
+	}
 }
 
 // pushParent returns the lineage of an image being pushed: the digest of the image it was
@@ -234,7 +261,7 @@ func (d *Daemon) snapshotOf(dg exportset.Digest) (blockstore.SnapshotID, bool) {
 	if name == "" {
 		return 0, false
 	}
-	s, err := d.pool.LookupSnapshot(imageObject(name))
+	s, err := d.store.LookupSnapshot(storeCtx, imageObject(name))
 	if err != nil {
 		return 0, false
 	}
@@ -319,7 +346,7 @@ func (d *Daemon) PullImage(ctx context.Context, req PullRequest, progress func(w
 		return nil, err
 	}
 	defer d.unreserveImage(name)
-	sink := &poolvol.Sink{Pool: d.pool, Lookup: d.snapshotOf, Volume: pullPrefix + name, Snapshot: imageObject(name), Logger: d.log}
+	sink := &poolvol.Sink{Node: d.pv, Lookup: d.snapshotOf, Volume: pullPrefix + name, ID: pullExportID(name), Snapshot: imageObject(name)}
 	if progress != nil {
 		progress(wire.Event{Step: "pull", Message: fmt.Sprintf("pulling %s (%s) from %s", m.Image.Name, dg.Short(), reg)})
 	}
@@ -333,7 +360,7 @@ func (d *Daemon) PullImage(ctx context.Context, req PullRequest, progress func(w
 		err = d.recordImage(imageRecord{Image: img})
 	}
 	if err != nil {
-		return nil, errors.Join(err, d.pool.DeleteSnapshot(snap.ID))
+		return nil, errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID))
 	}
 	d.log.Info("image pulled", "image", name, "digest", dg, "registry", reg.String(), "base", res.Base,
 		"fetchedBytes", res.FetchedBytes, "writtenBytes", res.WrittenBytes)

@@ -81,14 +81,14 @@ func runChild() int {
 			if err != nil {
 				return err
 			}
-			src, err := poolvol.NewSource(p, snap.ID)
+			src, err := poolvol.InProcess(p, nil).NewSource(context.Background(), snap.ID, "src/base", "src-base")
 			if err != nil {
 				return err
 			}
 			_, err = r.Push(context.Background(), exportset.PushRequest{Source: src, Image: exporttest.Image("base"), ChunkSize: killChunk, Progress: progress})
 			return err
 		case "pull":
-			sink := &poolvol.Sink{Pool: p, Volume: "pull/base", Snapshot: "image/pulled"}
+			sink := &poolvol.Sink{Node: poolvol.InProcess(p, nil), Volume: "pull/base", Snapshot: "image/pulled"}
 			_, err := r.Pull(context.Background(), exportset.PullRequest{Ref: string(cfg.Digest), Sink: sink, Progress: progress})
 			return err
 		}
@@ -169,9 +169,15 @@ func testKill(t *testing.T, tg exportset.Target, cfg childConfig) {
 	r := exportset.New(c, exportset.Options{})
 	snap, err := p.LookupSnapshot("image/base")
 	require.NoError(t, err)
-	src, err := poolvol.NewSource(p, snap.ID)
+	// The killed push left the clone its source read: its caller's to delete (the local daemon
+	// deletes the volumes its catalog does not account for when it starts).
+	left, err := p.LookupVolume("src/base")
+	require.NoError(t, err)
+	require.NoError(t, p.DeleteVolume(left.ID))
+	src, err := poolvol.InProcess(p, nil).NewSource(ctx, snap.ID, "src/base", "src-base")
 	require.NoError(t, err)
 	res, err := r.Push(ctx, exportset.PushRequest{Source: src, Image: exporttest.Image("base"), ChunkSize: killChunk})
+	require.NoError(t, src.Close(ctx))
 	require.NoError(t, err)
 	t.Logf("push resumed: %d objects were there, %d uploaded", res.Present, res.Uploaded)
 	require.GreaterOrEqual(t, res.Present, chunks/3, "what the killed push uploaded is not uploaded again")
@@ -191,7 +197,7 @@ func testKill(t *testing.T, tg exportset.Target, cfg childConfig) {
 	require.NoError(t, err, "the killed pull left its volume")
 	_, err = p.LookupSnapshot("image/pulled")
 	require.ErrorIs(t, err, blockstore.ErrNotFound, "a killed pull makes no image")
-	sink := &poolvol.Sink{Pool: p, Volume: "pull/base", Snapshot: "image/pulled"}
+	sink := &poolvol.Sink{Node: poolvol.InProcess(p, nil), Volume: "pull/base", Snapshot: "image/pulled"}
 	_, err = r.Pull(ctx, exportset.PullRequest{Ref: string(res.Digest), Sink: sink})
 	require.NoError(t, err)
 	pulled, ok := sink.Committed()

@@ -8,6 +8,7 @@ package exporttest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -99,15 +100,19 @@ type Volume = blockstore.Volume
 
 // Node is a pool with the images it holds by digest, as a node's records would.
 type Node struct {
-	t      *testing.T
-	Pool   *blockstore.Pool
-	mu     sync.Mutex
-	images map[exportset.Digest]blockstore.SnapshotID
+	t    *testing.T
+	Pool *blockstore.Pool
+	// PV is the pool as pushes read it and pulls write it.
+	PV      *poolvol.Node
+	mu      sync.Mutex
+	images  map[exportset.Digest]blockstore.SnapshotID
+	sources int
 }
 
 // NewNode makes a node with a sparse pool of 2 GiB, checked (fsck) and closed at cleanup.
 func NewNode(t *testing.T) *Node {
-	return &Node{t: t, Pool: nodetest.Pool(t, filepath.Join(t.TempDir(), "pool"), 2<<30), images: map[exportset.Digest]blockstore.SnapshotID{}}
+	p := nodetest.Pool(t, filepath.Join(t.TempDir(), "pool"), 2<<30)
+	return &Node{t: t, Pool: p, PV: poolvol.InProcess(p, nil), images: map[exportset.Digest]blockstore.SnapshotID{}}
 }
 
 // Lookup is a poolvol.Sink's Lookup: the snapshot that holds image d here.
@@ -146,16 +151,21 @@ func (n *Node) Image(name string, from blockstore.SnapshotID, size int64, write 
 	return snap.ID
 }
 
-// Source returns snapshot snap as a push's source.
+// Source returns snapshot snap as a push's source, closed at cleanup.
 func (n *Node) Source(snap blockstore.SnapshotID) *poolvol.Source {
-	s, err := poolvol.NewSource(n.Pool, snap)
+	n.mu.Lock()
+	n.sources++
+	id := fmt.Sprintf("src-%d", n.sources)
+	n.mu.Unlock()
+	s, err := n.PV.NewSource(context.Background(), snap, "src/"+id, id)
 	require.NoError(n.t, err)
+	n.t.Cleanup(func() { require.NoError(n.t, s.Close(context.Background())) })
 	return s
 }
 
 // Pull pulls ref into the pool as snapshot image/<name>, and records it.
 func (n *Node) Pull(ctx context.Context, r *exportset.Registry, ref, name string) (*exportset.PullResult, blockstore.SnapshotID, error) {
-	sink := &poolvol.Sink{Pool: n.Pool, Lookup: n.Lookup, Volume: "pull/" + name, Snapshot: "image/" + name}
+	sink := &poolvol.Sink{Node: n.PV, Lookup: n.Lookup, Volume: "pull/" + name, ID: "pull-" + name, Snapshot: "image/" + name}
 	res, err := r.Pull(ctx, exportset.PullRequest{Ref: ref, Sink: sink})
 	if err != nil {
 		return nil, 0, err
