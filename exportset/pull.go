@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -56,8 +55,9 @@ func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, erro
 	if err != nil {
 		return nil, err
 	}
-	p := &puller{r: r, d: d, report: req.Progress}
-	p.progress(func(pr *Progress) { pr.Phase = PhasePlan })
+	p := &puller{r: r, d: d}
+	p.reporter = reporter{report: req.Progress, transferred: &p.fetchedBytes}
+	p.update(func(pr *Progress) { pr.Phase = PhasePlan })
 	m, raw, err := r.Manifest(ctx, d)
 	if err != nil {
 		return nil, err
@@ -89,14 +89,14 @@ func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, erro
 			if err := p.chunk(gctx, w); err != nil {
 				return err
 			}
-			p.progress(func(pr *Progress) { pr.Chunks++; pr.Bytes += w.bytes })
+			p.update(func(pr *Progress) { pr.Chunks++; pr.Bytes += w.bytes })
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	p.progress(func(pr *Progress) { pr.Phase = PhaseCommit })
+	p.update(func(pr *Progress) { pr.Phase = PhaseCommit })
 	if err := fill.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("exportset: pull %s (%s): %w", d, m.Image.Name, err)
 	}
@@ -134,16 +134,12 @@ func (r *Registry) findBase(ctx context.Context, m *Manifest, sink Sink) (Digest
 
 // puller is one pull's state.
 type puller struct {
-	r      *Registry
-	d      Digest
-	m      *Manifest
-	fill   Fill
-	report func(Progress)
+	r    *Registry
+	d    Digest
+	m    *Manifest
+	fill Fill
+	reporter
 
-	mu struct {
-		sync.Mutex
-		progress Progress
-	}
 	fetched, fetchedBytes, written, zeroed atomic.Int64
 }
 
@@ -153,16 +149,6 @@ type pullWork struct {
 	index int64
 	c, b  *Chunk
 	bytes int64 // stored bytes to fetch, for progress
-}
-
-func (p *puller) progress(f func(*Progress)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(&p.mu.progress)
-	p.mu.progress.Transferred = p.fetchedBytes.Load()
-	if p.report != nil {
-		p.report(p.mu.progress)
-	}
 }
 
 // plan returns the chunks that differ from the base's (bm, nil for none).
@@ -203,7 +189,7 @@ func (p *puller) plan(bm *Manifest) []pullWork {
 			j++
 		}
 	}
-	p.progress(func(pr *Progress) { pr.Phase, pr.TotalChunks, pr.TotalBytes = PhaseTransfer, len(work), total })
+	p.update(func(pr *Progress) { pr.Phase, pr.TotalChunks, pr.TotalBytes = PhaseTransfer, len(work), total })
 	return work
 }
 

@@ -96,9 +96,10 @@ func (r *Registry) Push(ctx context.Context, req PushRequest) (*PushResult, erro
 	case req.Parent != nil && !req.Parent.Digest.Valid():
 		return nil, invalid("push %s: parent digest %.80q: want sha256: and 64 lowercase hex digits", req.Image.Name, req.Parent.Digest)
 	}
-	p := &pusher{r: r, src: src, report: req.Progress, inflight: map[Digest]*flight{}}
-	p.progress(func(pr *Progress) { pr.Phase = PhasePlan })
-	lease, err := r.acquirePushLease(ctx, func(string) { p.progress(func(pr *Progress) { pr.Phase = PhaseWaiting }) })
+	p := &pusher{r: r, src: src, inflight: map[Digest]*flight{}}
+	p.reporter = reporter{report: req.Progress, transferred: &p.uploadedBytes}
+	p.update(func(pr *Progress) { pr.Phase = PhasePlan })
+	lease, err := r.acquirePushLease(ctx, func(string) { p.update(func(pr *Progress) { pr.Phase = PhaseWaiting }) })
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +140,7 @@ func (r *Registry) Push(ctx context.Context, req PushRequest) (*PushResult, erro
 				return err
 			}
 			results[k] = c
-			p.progress(func(pr *Progress) { pr.Chunks++; pr.Bytes += w.bytes })
+			p.update(func(pr *Progress) { pr.Chunks++; pr.Bytes += w.bytes })
 			return nil
 		})
 	}
@@ -168,7 +169,7 @@ func (r *Registry) Push(ctx context.Context, req PushRequest) (*PushResult, erro
 		return nil, err
 	}
 	d := DigestOf(raw)
-	p.progress(func(pr *Progress) { pr.Phase = PhaseCommit })
+	p.update(func(pr *Progress) { pr.Phase = PhaseCommit })
 	if err := lease.fresh(); err != nil {
 		return nil, fmt.Errorf("exportset: push %s: %w", req.Image.Name, err)
 	}
@@ -195,12 +196,8 @@ type pusher struct {
 	src    Source
 	parent Source    // nil for a whole push
 	pm     *Manifest // the parent's manifest; nil for a whole push
-	report func(Progress)
+	reporter
 
-	mu struct {
-		sync.Mutex
-		progress Progress
-	}
 	flightMu sync.Mutex
 	inflight map[Digest]*flight // objects being uploaded, so that two chunks with one payload upload it once
 
@@ -219,16 +216,6 @@ type chunkWork struct {
 	index int64
 	exts  []Extent
 	bytes int64 // what the push reads of it, for progress
-}
-
-func (p *pusher) progress(f func(*Progress)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f(&p.mu.progress)
-	p.mu.progress.Transferred = p.uploadedBytes.Load()
-	if p.report != nil {
-		p.report(p.mu.progress)
-	}
 }
 
 // plan returns the chunks to read: those the store's diff says changed since the parent, or
@@ -252,7 +239,7 @@ func (p *pusher) plan(ctx context.Context) ([]chunkWork, error) {
 		}
 		total += work[k].bytes
 	}
-	p.progress(func(pr *Progress) { pr.Phase, pr.TotalChunks, pr.TotalBytes = PhaseTransfer, len(work), total })
+	p.update(func(pr *Progress) { pr.Phase, pr.TotalChunks, pr.TotalBytes = PhaseTransfer, len(work), total })
 	return work, nil
 }
 

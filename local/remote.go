@@ -123,6 +123,21 @@ func (d *Daemon) registry(r Remote) (*exportset.Registry, error) {
 	return exportset.New(t, exportset.Options{Logger: d.log}), nil
 }
 
+// beginRemote begins an operation on registry r (Daemon.begin): its context, the function that
+// ends it, and the registry.
+func (d *Daemon) beginRemote(ctx context.Context, r Remote) (context.Context, func(), *exportset.Registry, error) {
+	ctx, end, err := d.begin(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	reg, err := d.registry(r)
+	if err != nil {
+		end()
+		return nil, nil, nil, err
+	}
+	return ctx, end, reg, nil
+}
+
 func cmpOr(a, b string) string {
 	if a != "" {
 		return a
@@ -151,18 +166,14 @@ func remoteError(err error) error {
 // PushImage pushes an image into a registry under its name, incrementally when the image it
 // was made from was pushed or pulled before and is still here, and records its digest.
 func (d *Daemon) PushImage(ctx context.Context, req PushRequest, progress func(wire.Event)) (*Image, error) {
-	ctx, end, err := d.begin(ctx)
+	if err := checkName("image name", req.Image); err != nil {
+		return nil, err
+	}
+	ctx, end, reg, err := d.beginRemote(ctx, req.Remote)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
-	if err := checkName("image name", req.Image); err != nil {
-		return nil, err
-	}
-	reg, err := d.registry(req.Remote)
-	if err != nil {
-		return nil, err
-	}
 	unlock, err := d.locks.Lock(ctx, imageObject(req.Image))
 	if err != nil {
 		return nil, err
@@ -315,15 +326,11 @@ func transferProgress(step string, progress func(wire.Event)) func(exportset.Pro
 // the pool holds, and records it. Pulling an image that is here already (same name, same
 // digest) returns it.
 func (d *Daemon) PullImage(ctx context.Context, req PullRequest, progress func(wire.Event)) (*Image, error) {
-	ctx, end, err := d.begin(ctx)
+	ctx, end, reg, err := d.beginRemote(ctx, req.Remote)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
-	reg, err := d.registry(req.Remote)
-	if err != nil {
-		return nil, err
-	}
 	dg, err := reg.Resolve(ctx, req.Ref)
 	if err != nil {
 		return nil, remoteError(err)
@@ -403,15 +410,11 @@ func (d *Daemon) pulledImage(name string, res *exportset.PullResult, snap blocks
 
 // RemoteImages lists the images of a registry.
 func (d *Daemon) RemoteImages(ctx context.Context, r Remote) ([]RemoteImage, error) {
-	ctx, end, err := d.begin(ctx)
+	ctx, end, reg, err := d.beginRemote(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
-	reg, err := d.registry(r)
-	if err != nil {
-		return nil, err
-	}
 	entries, err := reg.List(ctx)
 	if err != nil {
 		return nil, remoteError(err)
@@ -435,15 +438,11 @@ func (d *Daemon) RemoteImages(ctx context.Context, r Remote) ([]RemoteImage, err
 // objects no manifest names any more. A collection that a push in progress keeps from running
 // is not an error: the next one collects.
 func (d *Daemon) DeleteRemoteImage(ctx context.Context, ref string, r Remote) (*RemoteDeletion, error) {
-	ctx, end, err := d.begin(ctx)
+	ctx, end, reg, err := d.beginRemote(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
-	reg, err := d.registry(r)
-	if err != nil {
-		return nil, err
-	}
 	dg, deleted, err := reg.Delete(ctx, ref)
 	if err != nil {
 		return nil, remoteError(err)

@@ -131,25 +131,9 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, healthResponse{PID: os.Getpid()})
 	})
-	mux.HandleFunc("POST /v1/images", func(w http.ResponseWriter, r *http.Request) {
-		var req BuildRequest
-		if decode(w, r, &req) {
-			streamResult(w, func(progress func(wire.Event)) (*Image, error) { return d.BuildImage(r.Context(), req, progress) })
-		}
-	})
-	mux.HandleFunc("POST /v1/images/{name}/push", func(w http.ResponseWriter, r *http.Request) {
-		var req PushRequest
-		if decode(w, r, &req) {
-			req.Image = r.PathValue("name")
-			streamResult(w, func(progress func(wire.Event)) (*Image, error) { return d.PushImage(r.Context(), req, progress) })
-		}
-	})
-	mux.HandleFunc("POST /v1/remote/pull", func(w http.ResponseWriter, r *http.Request) {
-		var req PullRequest
-		if decode(w, r, &req) {
-			streamResult(w, func(progress func(wire.Event)) (*Image, error) { return d.PullImage(r.Context(), req, progress) })
-		}
-	})
+	mux.HandleFunc("POST /v1/images", streamHandler(d.BuildImage, nil))
+	mux.HandleFunc("POST /v1/images/{name}/push", streamHandler(d.PushImage, func(req *PushRequest, r *http.Request) { req.Image = r.PathValue("name") }))
+	mux.HandleFunc("POST /v1/remote/pull", streamHandler(d.PullImage, nil))
 	mux.HandleFunc("POST /v1/remote/list", func(w http.ResponseWriter, r *http.Request) {
 		var req Remote
 		if decode(w, r, &req) {
@@ -220,6 +204,21 @@ func (d *Daemon) handler() http.Handler {
 		}
 	})
 	return d.logRequests(mux)
+}
+
+// streamHandler serves a request whose answer is a stream (streamResult) of run; path, when
+// set, takes what the request's path says into the decoded request.
+func streamHandler[T any](run func(context.Context, T, func(wire.Event)) (*Image, error), path func(*T, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req T
+		if !decode(w, r, &req) {
+			return
+		}
+		if path != nil {
+			path(&req, r)
+		}
+		streamResult(w, func(progress func(wire.Event)) (*Image, error) { return run(r.Context(), req, progress) })
+	}
 }
 
 // streamResult runs a build, a push or a pull and streams its progress. The response's status is

@@ -480,6 +480,18 @@ func TestSizeFlags(t *testing.T) {
 	}
 }
 
+func TestPushShowsProgress(t *testing.T) {
+	h := newHarness(t)
+	if code := h.run("image", "push", "sales-2024"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.stderr.String())
+	}
+	for _, want := range []string{"[  0.0s] push       pushing\n", "[  0.0s] push       1 MiB / 1 MiB  100%\n"} {
+		if !strings.Contains(h.stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, h.stderr.String())
+		}
+	}
+}
+
 // TestRemoteCredentials: a registry request carries the command's AWS environment (credentials,
 // region, endpoint); flags win over it.
 func TestRemoteCredentials(t *testing.T) {

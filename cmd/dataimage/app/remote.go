@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dataimage/dataimage/exportset/remote"
+	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
@@ -52,6 +53,23 @@ func (c *cli) remote(r remoteFlags) (local.Remote, error) {
 		CAFile: r.caFile, PathStyle: r.pathStyle, Credentials: env.Credentials}, nil
 }
 
+// transfer runs a push or a pull: the registry from rf, the daemon, the progress on stderr.
+func (c *cli) transfer(cmd *cobra.Command, rf remoteFlags, run func(svc local.Service, r local.Remote, progress func(wire.Event)) (*local.Image, error)) (*local.Image, error) {
+	r, err := c.remote(rf)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := c.service(cmd)
+	if err != nil {
+		return nil, err
+	}
+	tty, width := c.env.terminal(c.env.stderr)
+	p := newProgress(c.env.stderr, tty, width, c.verbose > 0, c.env.now)
+	img, err := run(svc, r, p.event)
+	p.finish()
+	return img, err
+}
+
 func firstSet(a, b string) string {
 	if a != "" {
 		return a
@@ -82,18 +100,9 @@ unmasked one).
   dataimage image push sales-masked --whole`,
 		Args: oneName("image"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := c.remote(rf)
-			if err != nil {
-				return err
-			}
-			svc, err := c.service(cmd)
-			if err != nil {
-				return err
-			}
-			tty, width := c.env.terminal(c.env.stderr)
-			p := newProgress(c.env.stderr, tty, width, c.verbose > 0, c.env.now)
-			img, err := svc.PushImage(cmd.Context(), local.PushRequest{Image: args[0], Remote: r, Whole: whole}, p.event)
-			p.finish()
+			img, err := c.transfer(cmd, rf, func(svc local.Service, r local.Remote, progress func(wire.Event)) (*local.Image, error) {
+				return svc.PushImage(cmd.Context(), local.PushRequest{Image: args[0], Remote: r, Whole: whole}, progress)
+			})
 			if err != nil {
 				return failed(err, args[0], "push image %s", args[0])
 			}
@@ -125,18 +134,9 @@ appears only once it is complete, and a failed pull leaves nothing behind.
   dataimage image pull sha256:3f1c... --from file:///mnt/nfs/images --name sales-copy`,
 		Args: oneName("image"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := c.remote(rf)
-			if err != nil {
-				return err
-			}
-			svc, err := c.service(cmd)
-			if err != nil {
-				return err
-			}
-			tty, width := c.env.terminal(c.env.stderr)
-			p := newProgress(c.env.stderr, tty, width, c.verbose > 0, c.env.now)
-			img, err := svc.PullImage(cmd.Context(), local.PullRequest{Ref: args[0], Remote: r, Name: name}, p.event)
-			p.finish()
+			img, err := c.transfer(cmd, rf, func(svc local.Service, r local.Remote, progress func(wire.Event)) (*local.Image, error) {
+				return svc.PullImage(cmd.Context(), local.PullRequest{Ref: args[0], Remote: r, Name: name}, progress)
+			})
 			if err != nil {
 				return failed(err, args[0], "pull image %s", args[0])
 			}
