@@ -26,7 +26,7 @@ var dataChunks = []int64{0, 1, 2, 3, 4, 5, 6, 12, 13, 14, 15, 16}
 
 // makeBase writes the base image: whole chunks of page data, half a chunk, a chunk of zeros,
 // the short last chunk.
-func makeBase(t *testing.T, n *exporttest.Node, seed uint64) blockstore.SnapshotID {
+func makeBase(t testing.TB, n *exporttest.Node, seed uint64) blockstore.SnapshotID {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	return n.Image("base", 0, baseSize, func(v *blockstore.Volume) {
 		exporttest.Write(t, v, exporttest.PageData(rng, 6*chunk), 0)
@@ -102,7 +102,7 @@ func TestPushPullWhole(t *testing.T) {
 
 // changeBlocks writes random data into about frac of the blocks of v, at random places
 // (also in chunks that held nothing), and returns the new contents of the blocks it changed.
-func changeBlocks(t *testing.T, rng *rand.Rand, v *blockstore.Volume, frac float64) [][]byte {
+func changeBlocks(t testing.TB, rng *rand.Rand, v *blockstore.Volume, frac float64) [][]byte {
 	blocks := v.Size() / exporttest.BlockSize
 	var changed [][]byte
 	seen := map[int64]bool{}
@@ -119,7 +119,7 @@ func changeBlocks(t *testing.T, rng *rand.Rand, v *blockstore.Volume, frac float
 	return changed
 }
 
-func compressedSize(t *testing.T, blocks [][]byte) int64 {
+func compressedSize(t testing.TB, blocks [][]byte) int64 {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	require.NoError(t, err)
 	return int64(len(enc.EncodeAll(slices.Concat(blocks...), nil)))

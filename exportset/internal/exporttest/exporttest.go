@@ -40,7 +40,7 @@ func ForEachTarget(t *testing.T, f func(t *testing.T, tg exportset.Target)) {
 }
 
 // DirTarget returns a target in a new directory.
-func DirTarget(t *testing.T) *remote.Dir {
+func DirTarget(t testing.TB) *remote.Dir {
 	d, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
 	require.NoError(t, err)
 	return d
@@ -48,14 +48,14 @@ func DirTarget(t *testing.T) *remote.Dir {
 
 // S3Config returns the configuration of a new bucket of the S3 server (skipping t when there
 // is no server), with a prefix.
-func S3Config(t *testing.T) remote.S3Config {
+func S3Config(t testing.TB) remote.S3Config {
 	bucket := S3.Bucket(t)
 	return remote.S3Config{Bucket: bucket, Prefix: "images/test", Endpoint: S3.Endpoint, PathStyle: true,
 		Credentials: remote.Credentials{AccessKeyID: S3.AccessKey, SecretAccessKey: S3.SecretKey}}
 }
 
 // S3Target returns a target in a new bucket of the S3 server.
-func S3Target(t *testing.T) *remote.S3 {
+func S3Target(t testing.TB) *remote.S3 {
 	s, err := remote.NewS3(S3Config(t))
 	require.NoError(t, err)
 	return s
@@ -100,7 +100,7 @@ type Volume = blockstore.Volume
 
 // Node is a pool with the images it holds by digest, as a node's records would.
 type Node struct {
-	t    *testing.T
+	t    testing.TB
 	Pool *blockstore.Pool
 	// PV is the pool as pushes read it and pulls write it.
 	PV      *poolvol.Node
@@ -110,7 +110,7 @@ type Node struct {
 }
 
 // NewNode makes a node with a sparse pool of 2 GiB, checked (fsck) and closed at cleanup.
-func NewNode(t *testing.T) *Node {
+func NewNode(t testing.TB) *Node {
 	p := nodetest.Pool(t, filepath.Join(t.TempDir(), "pool"), 2<<30)
 	return &Node{t: t, Pool: p, PV: poolvol.InProcess(p, nil), images: map[exportset.Digest]blockstore.SnapshotID{}}
 }
@@ -180,7 +180,7 @@ func (n *Node) Pull(ctx context.Context, r *exportset.Registry, ref, name string
 func (n *Node) Used() int64 { return n.Pool.Stats().UsedBytes }
 
 // RequireSame checks that two snapshots (of any pools) read the same.
-func RequireSame(t *testing.T, a *blockstore.Pool, as blockstore.SnapshotID, b *blockstore.Pool, bsn blockstore.SnapshotID) {
+func RequireSame(t testing.TB, a *blockstore.Pool, as blockstore.SnapshotID, b *blockstore.Pool, bsn blockstore.SnapshotID) {
 	t.Helper()
 	va, err := a.SnapshotView(as)
 	require.NoError(t, err)
@@ -219,7 +219,7 @@ func PageData(rng *rand.Rand, n int) []byte {
 }
 
 // Write writes b at off of v.
-func Write(t *testing.T, v *blockstore.Volume, b []byte, off int64) {
+func Write(t testing.TB, v *blockstore.Volume, b []byte, off int64) {
 	t.Helper()
 	_, err := v.WriteAt(b, off)
 	require.NoError(t, err)
