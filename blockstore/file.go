@@ -1,12 +1,14 @@
 package blockstore
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -23,6 +25,18 @@ import (
 // A File that reads through a cache of its own may also have a method DropCache() error that
 // evicts the cache's clean contents; Open calls it first, so that recovery reads what the
 // storage holds (after a failed Sync, a cache may show writes that never reached it).
+//
+// A File whose completed writes outlive the process that made them for as long as the kernel
+// that took them runs (they are in its page cache or on the storage) may also have a method
+// Boot() [16]byte naming that kernel's boot (on Linux its boot_id; all zeros: unknown). The pool
+// records it with each checkpoint, and recovery under the same boot replays every journal
+// record a killed process wrote, flushed or not; under another boot (after a power loss or a
+// reboot), or without the method, only the records a commit covered (journal.go).
+//
+// A File that bypasses the kernel's page cache (DirectIO) may also have a method
+// WriteAtCached(p []byte, off int64) (int, error) that writes through it, coherently with
+// ReadAt and covered by Sync: the pool writes its journal with it, a record at a time before
+// the change it describes returns, at the cost of a copy instead of a device write.
 type File interface {
 	io.ReaderAt
 	io.WriterAt
@@ -35,6 +49,30 @@ type File interface {
 	Size() (int64, error)
 	Close() error
 }
+
+// fileBoot returns f's Boot (see File), all zeros (unknown) if it has none.
+func fileBoot(f File) [16]byte {
+	if b, ok := f.(interface{ Boot() [16]byte }); ok {
+		return b.Boot()
+	}
+	return [16]byte{}
+}
+
+// journalWriter returns what the pool writes its journal with: f's WriteAtCached if it has one
+// (see File), else f.
+func journalWriter(f File) io.WriterAt {
+	if c, ok := f.(interface {
+		WriteAtCached(b []byte, off int64) (int, error)
+	}); ok {
+		return writerAtFunc(c.WriteAtCached)
+	}
+	return f
+}
+
+// writerAtFunc makes an io.WriterAt of a function.
+type writerAtFunc func(b []byte, off int64) (int, error)
+
+func (w writerAtFunc) WriteAt(b []byte, off int64) (int, error) { return w(b, off) }
 
 // createFile makes a new pool file at path atomically (see Create).
 func createFile(path string, opts Options) (*Pool, error) {
@@ -90,6 +128,10 @@ type osFile struct {
 	f      *os.File
 	direct bool
 	block  bool // a block device
+	// cached is a second descriptor of the same file without O_DIRECT, for WriteAtCached;
+	// nil when f does not bypass the page cache.
+	cached *os.File
+	boot   [16]byte // the kernel's boot_id, read at open; zero if unreadable
 }
 
 const directAlign = 4096
@@ -136,7 +178,18 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 		f.Close()
 		return nil, err
 	}
-	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0}
+	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0, boot: bootID()}
+	if direct {
+		// The same file (not whatever path names by now), without O_DIRECT; not O_EXCL: f holds
+		// a device's exclusive claim, and this descriptor shares it.
+		if of.cached, err = os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDWR, 0); err != nil {
+			f.Close()
+			if create {
+				os.Remove(path)
+			}
+			return nil, fmt.Errorf("open %s for cached writes: %w", path, err)
+		}
+	}
 	if create && !of.block {
 		if prealloc {
 			err = unix.Fallocate(int(f.Fd()), 0, 0, size)
@@ -144,7 +197,7 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 			err = f.Truncate(size)
 		}
 		if err != nil {
-			f.Close()
+			of.Close()
 			os.Remove(path)
 			return nil, fmt.Errorf("size pool file %s to %d bytes: %w", path, size, err)
 		}
@@ -164,6 +217,32 @@ func (o *osFile) WriteAt(p []byte, off int64) (int, error) {
 		return o.f.WriteAt(p, off)
 	}
 	return o.bounce(p, off, true)
+}
+
+// WriteAtCached writes p at off through the page cache, also when the file was opened with
+// DirectIO (see File).
+func (o *osFile) WriteAtCached(p []byte, off int64) (int, error) {
+	if o.cached == nil {
+		return o.f.WriteAt(p, off)
+	}
+	return o.cached.WriteAt(p, off)
+}
+
+// Boot returns the boot_id of the running kernel (see File), all zeros if it was unreadable.
+func (o *osFile) Boot() [16]byte { return o.boot }
+
+// bootID reads the running kernel's boot_id (a random UUID chosen at boot).
+func bootID() [16]byte {
+	var id [16]byte
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return id
+	}
+	h := strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")
+	if n, err := hex.Decode(id[:], []byte(h)); err != nil || n != len(id) || len(h) != 2*len(id) {
+		return [16]byte{}
+	}
+	return id
 }
 
 // bounce performs direct I/O for a buffer that is not aligned in memory through aligned buffers.
@@ -208,11 +287,9 @@ func (o *osFile) PunchHole(off, length int64) error {
 // DropCache evicts the file's clean pages from the page cache (posix_fadvise DONTNEED), so that
 // reads return what the disk holds. After a failed fdatasync, Linux may keep pages it could not
 // write back marked clean, showing data the disk does not have; a pool opened afterwards must not
-// build on them. With O_DIRECT there is no cache to drop.
+// build on them. Dirty pages stay (DONTNEED starts their write-back): what a killed process
+// wrote is still read. With O_DIRECT only the journal's pages (WriteAtCached) are cached.
 func (o *osFile) DropCache() error {
-	if o.direct {
-		return nil
-	}
 	return unix.Fadvise(int(o.f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
@@ -227,7 +304,12 @@ func (o *osFile) Size() (int64, error) {
 	return fi.Size(), nil
 }
 
-func (o *osFile) Close() error { return o.f.Close() }
+func (o *osFile) Close() error {
+	if o.cached != nil {
+		o.cached.Close()
+	}
+	return o.f.Close()
+}
 
 // isDevice reports whether path names an existing block device.
 func isDevice(path string) bool {
