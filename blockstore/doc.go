@@ -21,4 +21,8 @@
 // crashseq_test.go, crashio_test.go, kill_test.go).
 //
 // The design, its invariants and its tests are described in docs/blockstore.md.
+//
+// It must not know CSI, gRPC, Kubernetes, images, database engines, the file systems above a
+// volume or how a volume reaches the kernel (package export does): it is the bottom layer and
+// reaches nothing of the module above it (layers_test.go).
 package blockstore

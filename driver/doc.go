@@ -16,4 +16,7 @@
 // of the process DrainIO drains the exports' I/O (drain.go) before the pool is closed. Volume
 // expansion is node-only: NodeExpandVolume grows the volume in the pool, then its file system;
 // the controller service does not offer it.
+//
+// It must not know the on-disk format, image building, engines or the single-machine product: it
+// calls the store and package nodevolume, and answers in gRPC codes.
 package driver

@@ -18,6 +18,9 @@
 // builder has (engine versions, the backup root, the default lifetime); LoadDefinition does both
 // for a file. Every problem is reported at once in a *DefinitionError, which matches
 // ErrInvalidDefinition.
+//
+// It must not know the store, CSI, Kubernetes or any engine's internals: engine kinds are names
+// here (engines.go), and the adapters live under imagebuilder/engine.
 package imagebuilder
 
 import (

@@ -6,6 +6,9 @@
 //
 // Service is what the daemon does; the daemon serves it over HTTP on a Unix socket in the home,
 // and Client is the same interface over that socket, for the dataimage command.
+//
+// It must not know CSI, Kubernetes or the on-disk format: it uses the pool's API, package
+// nodevolume for volumes on this machine and the engine interfaces for servers.
 package local
 
 import (

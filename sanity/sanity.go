@@ -4,6 +4,9 @@
 //
 // Ginkgo runs one suite per process, so each access type has its own test package: ext4/,
 // xfs/ (mount access with that file system) and block/ (raw block access). They need root.
+//
+// It must not know the driver's internals: it starts the real plugin binary and talks to it over
+// gRPC, as a CO does.
 package sanity
 
 import (

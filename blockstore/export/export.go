@@ -9,6 +9,9 @@
 // An export's kernel state (loop device, FUSE mount, state directory) outlives the process that
 // created it when that process dies. Exporter.Leftovers lists such state after a restart and
 // Exporter.Cleanup tears it down, also when the FUSE server that served it is gone.
+//
+// It must not know the pool's format, CSI or the mounts above the device: it serves any Disk, and
+// the store does not know it.
 package export
 
 import (

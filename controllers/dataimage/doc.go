@@ -27,4 +27,8 @@
 // its Job, pod, PVCs and snapshot from the cluster and carries on from there, so a restarted or
 // newly elected controller resumes any build. Every side effect that would lose information
 // (deleting a finished Job) comes after the status that records it is written.
+//
+// It must not know the block store, FUSE or the engine adapters: it reaches volumes only through
+// Kubernetes objects and reads builds only through their wire format (imagebuilder/builder/wire);
+// cmd/dataimage-controller's deps test checks what the binary links.
 package dataimage

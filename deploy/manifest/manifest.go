@@ -5,6 +5,9 @@
 //
 // It serves the tests of deploy/ and charts/dataimage, and the generator of deploy/
 // (deploy/gen).
+//
+// It must not know the product's code: it reads manifests and the chart as files and decodes them
+// into the API types.
 package manifest
 
 import (

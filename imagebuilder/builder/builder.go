@@ -45,6 +45,9 @@
 // Every failure of a step is a *StepError naming the step, with the tail of the server's log
 // when a server ran; all errors match ErrBuild. The server is stopped (killed past a deadline)
 // before Build returns; what is left in Root is the caller's to discard.
+//
+// It must not know where its root comes from (a local pool volume or a build Job's CSI volume),
+// nor the store, CSI or Kubernetes; it reaches engines only through the engine interfaces.
 package builder
 
 import (

@@ -35,6 +35,8 @@
 // over TCP no login but the administrative user's with the password SetPassword gave. The
 // builder calls Instance.PrepareImage last, so that the image itself carries the same (for a
 // server started on it by other means) and no password of its source.
+//
+// It must not know its callers: builds, the store, CSI, Kubernetes or the single-machine product.
 package engine
 
 import (

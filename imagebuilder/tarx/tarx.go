@@ -54,6 +54,8 @@
 // the failing one, and directories with mode 0700, owned by the caller, without their final
 // owner, mode and times. Nothing outside the destination is created or changed. The caller is
 // expected to discard the destination.
+//
+// It must not know engines, backups or the store: it extracts archives under a root, safely.
 package tarx
 
 import (

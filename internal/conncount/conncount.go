@@ -2,6 +2,8 @@
 // points a server that must never connect anywhere (a clone's subscription, a replica's
 // primary) at it and checks the count. Each connection is forwarded to a target, so that the
 // same address serves a real source while the test sets things up.
+//
+// It must not know what connects to it: it counts.
 package conncount
 
 import (

@@ -6,6 +6,8 @@
 // tests play their parts on the objects, as the admin.
 //
 // For tests only.
+//
+// It must not know the product's controllers: tests bring their own.
 package kubetest
 
 import (

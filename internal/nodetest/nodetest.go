@@ -3,6 +3,9 @@
 // devices, mount FUSE or run the file system tools; Pool makes a pool that is checked (fsck) and
 // closed at cleanup; Mounts, LoopDevicesOn and RequireNothingLeft find what a test left in the
 // kernel; WriteSynced writes a file durably. It is for tests only.
+//
+// It must not know the layers above the store: it helps tests find and clean up what the kernel
+// holds.
 package nodetest
 
 import (

@@ -1,3 +1,6 @@
+// Package block runs the CSI conformance suite (package sanity) with block access: volumes
+// published as raw block devices. It is a package of its own so that `go test` runs it as its own
+// process, in parallel with the other modes.
 package block
 
 import (

@@ -1,3 +1,6 @@
+// Package ext4 runs the CSI conformance suite (package sanity) with mount access and the node's
+// default file system, ext4. It is a package of its own so that `go test` runs it as its own
+// process, in parallel with the other modes.
 package ext4
 
 import (

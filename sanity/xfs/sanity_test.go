@@ -1,3 +1,7 @@
+// Package xfs runs the CSI conformance suite (package sanity) with mount access and xfs, chosen
+// through StorageClass-like CreateVolume parameters as a CO other than Kubernetes passes them. It
+// is a package of its own so that `go test` runs it as its own process, in parallel with the
+// other modes.
 package xfs
 
 import (

@@ -13,4 +13,7 @@
 //
 // +kubebuilder:object:generate=true
 // +groupName=dataimage.io
+//
+// It must not know how images are built, stored or served (no store, driver, builder or controller
+// code): it is data, imported by every controller and client.
 package v1alpha1

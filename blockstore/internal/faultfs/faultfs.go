@@ -20,6 +20,8 @@
 //     each such page is either kept in the cache marked clean, still showing the new bytes that
 //     the disk may not have (ext4), or evicted, so reads return what the disk holds.
 //     DropCache evicts clean pages, as posix_fadvise(POSIX_FADV_DONTNEED) does.
+//
+// It must not know the pool's format: it is a file with faults, nothing more.
 package faultfs
 
 import (

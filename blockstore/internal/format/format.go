@@ -10,6 +10,9 @@
 //	DataStart .. PoolBlocks-1  data region: tree nodes, catalog blocks and data blocks
 //
 // All integers are little-endian.
+//
+// It must not know the store's in-memory state, its locks or its I/O: it turns bytes into values
+// and back, and its decoders refuse what they cannot prove valid.
 package format
 
 import (

@@ -66,6 +66,9 @@
 // files that need no background work in any clone. That makes the build's last stop slower and
 // every clone's start faster; a server that is stopped without a Checkpoint (a clone) stops at
 // the default speed.
+//
+// It must not know the store, CSI, Kubernetes or the other adapters: callers reach it through the
+// engine interfaces, and only engine/registry names it.
 package mariadb
 
 import (

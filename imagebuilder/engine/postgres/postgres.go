@@ -30,6 +30,9 @@
 // -Ft writes base.tar[.gz] and pg_wal.tar[.gz]). RestorePhysical unpacks base backups before
 // the server starts; RestoreLogical restores dumps through a running server. See their
 // documentation for what they do about roles, standby settings and missing configuration.
+//
+// It must not know the store, CSI, Kubernetes or the other adapters: callers reach it through the
+// engine interfaces, and only engine/registry names it.
 package postgres
 
 import (

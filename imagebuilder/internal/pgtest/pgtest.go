@@ -5,6 +5,9 @@
 // Tests that need PostgreSQL call Require, which skips them when it is not installed, except
 // when the environment variable CI is "true": there it fails them (CI installs PostgreSQL, and a
 // skip would hide a broken install).
+//
+// It must not know the image builder's internals: it makes servers and backups the way users do,
+// with the real tools.
 package pgtest
 
 import (

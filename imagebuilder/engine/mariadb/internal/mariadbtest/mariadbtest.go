@@ -1,6 +1,8 @@
 // Package mariadbtest has the helpers of the mariadb adapter's tests: the installed MariaDB
 // (skipping, or failing under CI=true, when there is none), instances in directories the server's
 // OS user can reach, stopped when the test ends, and dumps made by the real mariadb-dump.
+//
+// It must not know the adapter's internals beyond what its tests share.
 package mariadbtest
 
 import (
