@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"unsafe"
@@ -33,10 +34,11 @@ import (
 // record a killed process wrote, flushed or not; under another boot (after a power loss or a
 // reboot), or without the method, only the records a commit covered (journal.go).
 //
-// A File that bypasses the kernel's page cache (DirectIO) may also have a method
-// WriteAtCached(p []byte, off int64) (int, error) that writes through it, coherently with
-// ReadAt and covered by Sync: the pool writes its journal with it, a record at a time before
-// the change it describes returns, at the cost of a copy instead of a device write.
+// A File may also have a method WriteAtCached(p []byte, off int64) (int, error) that writes
+// through the kernel's page cache, also when its WriteAt bypasses it (DirectIO), coherently
+// with ReadAt and covered by Sync: the pool writes its journal with it, before each change it
+// describes returns, so it should cost a copy, not a device write or a lock that waits for
+// the data I/O in flight (the pool's own files copy into a shared mapping).
 type File interface {
 	io.ReaderAt
 	io.WriterAt
@@ -127,12 +129,17 @@ func syncDir(dir string) error {
 type osFile struct {
 	f      *os.File
 	direct bool
-	block  bool // a block device
-	// cached is a second descriptor of the same file without O_DIRECT, for WriteAtCached;
-	// nil when f does not bypass the page cache.
-	cached *os.File
+	block  bool     // a block device
 	boot   [16]byte // the kernel's boot_id, read at open; zero if unreadable
+
+	// windows are the parts of the file mapped (MAP_SHARED) for WriteAtCached, by index
+	// (offset / mapWindow), each mapped at its first use and unmapped by Close.
+	mapMu   sync.Mutex
+	windows map[int64][]byte
 }
+
+// mapWindow is the size and alignment of the parts of a pool file WriteAtCached maps.
+const mapWindow = 2 << 20
 
 const directAlign = 4096
 
@@ -179,17 +186,6 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 		return nil, err
 	}
 	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0, boot: bootID()}
-	if direct {
-		// The same file (not whatever path names by now), without O_DIRECT; not O_EXCL: f holds
-		// a device's exclusive claim, and this descriptor shares it.
-		if of.cached, err = os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDWR, 0); err != nil {
-			f.Close()
-			if create {
-				os.Remove(path)
-			}
-			return nil, fmt.Errorf("open %s for cached writes: %w", path, err)
-		}
-	}
 	if create && !of.block {
 		if prealloc {
 			err = unix.Fallocate(int(f.Fd()), 0, 0, size)
@@ -220,12 +216,61 @@ func (o *osFile) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // WriteAtCached writes p at off through the page cache, also when the file was opened with
-// DirectIO (see File).
-func (o *osFile) WriteAtCached(p []byte, off int64) (int, error) {
-	if o.cached == nil {
-		return o.f.WriteAt(p, off)
+// DirectIO (see File): it copies p into a shared mapping of the file. A store to a mapped page
+// is in the page cache at once, survives the process and is covered by fdatasync; unlike a
+// buffered write(2) it takes no inode lock (ext4 takes it exclusively for a buffered write,
+// which would wait for every direct write in flight to the pool file and hold back the next).
+// A fault while copying (the page could not be read in, or the file system found no space
+// for a hole) is returned as an error.
+func (o *osFile) WriteAtCached(p []byte, off int64) (n int, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("write %d bytes at %d through the page cache: a memory fault in the file's mapping (a page could not be read in or given space, or the file shrank)", len(p), off+int64(n))
+		}
+	}()
+	for n < len(p) {
+		at := off + int64(n)
+		w, err := o.window(at / mapWindow)
+		if err != nil {
+			return n, err
+		}
+		inner := at % mapWindow
+		if inner >= int64(len(w)) {
+			return n, fmt.Errorf("write at %d: past the end of the file", at)
+		}
+		n += copy(w[inner:], p[n:])
 	}
-	return o.cached.WriteAt(p, off)
+	return n, nil
+}
+
+// window returns window i of the file (see osFile.windows), mapping it if needed.
+func (o *osFile) window(i int64) ([]byte, error) {
+	o.mapMu.Lock()
+	defer o.mapMu.Unlock()
+	if w, ok := o.windows[i]; ok {
+		return w, nil
+	}
+	size, err := o.Size()
+	if err != nil {
+		return nil, err
+	}
+	n := min(mapWindow, size-i*mapWindow)
+	if n <= 0 {
+		return nil, fmt.Errorf("map at %d: past the end of the file (%d bytes)", i*mapWindow, size)
+	}
+	w, err := unix.Mmap(int(o.f.Fd()), i*mapWindow, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %d bytes at %d: %w", n, i*mapWindow, err)
+	}
+	if o.windows == nil {
+		o.windows = make(map[int64][]byte)
+	}
+	o.windows[i] = w
+	return w, nil
 }
 
 // Boot returns the boot_id of the running kernel (see File), all zeros if it was unreadable.
@@ -305,9 +350,12 @@ func (o *osFile) Size() (int64, error) {
 }
 
 func (o *osFile) Close() error {
-	if o.cached != nil {
-		o.cached.Close()
+	o.mapMu.Lock()
+	for i, w := range o.windows {
+		unix.Munmap(w)
+		delete(o.windows, i)
 	}
+	o.mapMu.Unlock()
 	return o.f.Close()
 }
 

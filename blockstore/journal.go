@@ -130,6 +130,8 @@ func (p *Pool) appendRecord(r format.Record) uint64 {
 // (unless it is one), or keeps it in p.jover when the journal has no room for that, and every
 // record after it: records are written in LSN order. REQUIRES p.mu.
 func (p *Pool) place(r *format.Record) {
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
 	if len(p.jover) > 0 || p.jpos >= p.geo.JournalBlocks {
 		p.jover = append(p.jover, *r)
 		return
@@ -162,6 +164,8 @@ func (p *Pool) place(r *format.Record) {
 // Open) that holds every change up to lsn. REQUIRES p.mu, and no journal write in flight (see
 // the top of the file).
 func (p *Pool) restartJournalLocked(lsn uint64) {
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
 	p.jpos, p.jused, p.jpendAt = 0, 0, 0
 	if cap(p.jpend) >= p.bs {
 		p.jpend = p.jpend[:p.bs]
@@ -177,8 +181,9 @@ func (p *Pool) restartJournalLocked(lsn uint64) {
 
 // writeJournal writes the record at lsn, with every record placed before it, to the journal
 // region: then they survive the process (see the top of the file). It fails with
-// errJournalFull when that record did not fit in the journal. REQUIRES none of p.mu, and
-// p.writeGate shared or p.commitMu (no checkpoint restarts the journal meanwhile).
+// errJournalFull when that record did not fit in the journal. It does not wait for p.mu, which
+// writers hold to look up and map blocks. REQUIRES none of p.mu, and p.writeGate shared or
+// p.commitMu (no checkpoint restarts the journal meanwhile).
 func (p *Pool) writeJournal(lsn uint64) error {
 	if p.written.Load() >= lsn {
 		return nil
@@ -188,13 +193,12 @@ func (p *Pool) writeJournal(lsn uint64) error {
 	if p.written.Load() >= lsn {
 		return nil // written meanwhile, with the records of another writer
 	}
-	p.mu.Lock()
-	if err := p.checkLocked(); err != nil {
-		p.mu.Unlock()
+	if err := p.Health(); err != nil {
 		return err
 	}
+	p.jmu.Lock()
 	if lsn > p.jlast {
-		p.mu.Unlock()
+		p.jmu.Unlock()
 		return errJournalFull
 	}
 	last, at, n := p.jlast, p.jpendAt, len(p.jpend)
@@ -209,7 +213,7 @@ func (p *Pool) writeJournal(lsn uint64) error {
 		p.jpend = p.jpend[:p.bs]
 		p.jpendAt = p.jpos
 	}
-	p.mu.Unlock()
+	p.jmu.Unlock()
 	if _, err := p.jfile.WriteAt(buf, int64(p.geo.JournalStart+at)*int64(p.bs)); err != nil {
 		return p.failLocking(fmt.Errorf("write journal: %w", err))
 	}

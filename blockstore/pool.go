@@ -175,6 +175,10 @@ type Pool struct {
 
 	// The journal's tail (journal.go). Records are placed here as they are appended, and
 	// written to the journal region (writeJournal) before the change they describe returns.
+	// jmu guards jpend and jpendAt; the other fields of the tail change holding both mu and
+	// jmu, so either suffices to read them. It is taken last, and held only to copy bytes:
+	// writeJournal takes it, not mu, so that it does not wait for writers looking up blocks.
+	jmu     sync.Mutex
 	jpos    uint64          // journal block of the tail (JournalBlocks: the journal is full)
 	jused   int             // bytes of the tail block holding records
 	jpend   []byte          // journal blocks jpendAt..jpos: full ones not written yet, then the tail
@@ -187,9 +191,10 @@ type Pool struct {
 	committedLSN uint64
 	commitRecLSN uint64
 
-	// jw serializes the writes of the journal region (writeJournal); it is taken before mu.
-	// written is the LSN up to which every record placed has been written (read without jw);
-	// jwbuf is writeJournal's buffer (REQUIRES jw).
+	// jw serializes the writes of the journal region (writeJournal); it is taken before jmu
+	// (and before mu where it meets it: a failed journal write fails the pool). written is the
+	// LSN up to which every record placed has been written (read without jw); jwbuf is
+	// writeJournal's buffer (REQUIRES jw).
 	jw      sync.Mutex
 	written atomic.Uint64
 	jwbuf   []byte
@@ -802,8 +807,10 @@ func (p *Pool) Close() error {
 func (p *Pool) recoveryCheckpoint(committed uint64) error {
 	err := p.checkpointLocked()
 	if errors.Is(err, ErrHostFull) {
+		p.jmu.Lock()
 		p.jpos = p.geo.JournalBlocks // full: records go to p.jover, and commits checkpoint
 		p.jlast = p.lsn
+		p.jmu.Unlock()
 		p.written.Store(p.lsn)
 		p.committedLSN = min(committed, p.lsn)
 		p.commitRecLSN = p.committedLSN
