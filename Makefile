@@ -135,11 +135,13 @@ manifests:
 	@echo "==> deploy/ from charts/dataimage"
 	$(GO) run ./deploy/gen -chart charts/dataimage -out deploy
 
-# images: static binaries (CGO_ENABLED=0) of whichever of the three commands have a main
+# images: static binaries (CGO_ENABLED=0) of whichever of the four commands have a main
 # package, each in an OCI archive built by hack/ociimage (docs/kubernetes.md, "Images"). The
 # plugin image adds the tools the plugin runs, copied from this machine with their shared
-# libraries (make deps installs them); the builder image adds cp, which its init container
-# runs; the controller image is its binary alone.
+# libraries (make deps installs them); the data plane image adds blkid (the blank check of a
+# pool device) and, for people debugging a node, losetup and fusermount3; the builder image
+# adds cp, which its init container runs; the controller image is its binary alone; the FUSE
+# holder image its binary and /run.
 IMAGE_REGISTRY ?= docker.io/dataimage
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/dataimage/Chart.yaml)
 IMAGES_DIR := $(BIN_DIR)/images
@@ -151,12 +153,16 @@ PLUGIN_HOST_FILES := /usr/sbin/mkfs.ext4 /usr/sbin/mkfs.xfs /usr/sbin/fsck /usr/
 	/etc/mke2fs.conf /etc/fuse.conf
 IMAGE_ARGS_dataimage-csi := $(addprefix -host ,$(PLUGIN_HOST_FILES)) -dir /tmp:1777 -dir /run:0755 \
 	-symlink /etc/mtab=../proc/self/mounts -entrypoint /usr/local/bin/dataimage-csi
+DATAPLANE_HOST_FILES := /usr/sbin/blkid /usr/sbin/losetup /usr/bin/fusermount3 /etc/fuse.conf
+IMAGE_ARGS_dataimage-dataplane := $(addprefix -host ,$(DATAPLANE_HOST_FILES)) -dir /tmp:1777 -dir /run:0755 \
+	-symlink /etc/mtab=../proc/self/mounts -entrypoint /usr/local/bin/dataimage-dataplane
 IMAGE_ARGS_dataimage-builder := -host /usr/bin/cp -dir /dataimage/bin \
 	-entrypoint /usr/bin/cp -cmd /usr/local/bin/dataimage-builder -cmd /dataimage/bin/dataimage-builder
 IMAGE_ARGS_dataimage-controller := -user 65532:65532 -entrypoint /usr/local/bin/dataimage-controller
+IMAGE_ARGS_dataimage-fuse-holder := -dir /run:0755 -entrypoint /usr/local/bin/dataimage-fuse-holder
 images:
 	@mkdir -p $(IMAGES_DIR) $(BIN_DIR)/static
-	@for name in dataimage-csi dataimage-builder dataimage-controller; do \
+	@for name in dataimage-csi dataimage-dataplane dataimage-builder dataimage-controller dataimage-fuse-holder; do \
 		if [ "$$($(GO) list -f '{{.Name}}' ./cmd/$$name 2>/dev/null)" != main ]; then \
 			echo "==> $$name: skipped, cmd/$$name has no main package yet"; continue; \
 		fi; \
@@ -166,8 +172,10 @@ images:
 			-o $(BIN_DIR)/static/$$name ./cmd/$$name; \
 		case $$name in \
 		dataimage-csi) args="$(IMAGE_ARGS_dataimage-csi)";; \
+		dataimage-dataplane) args="$(IMAGE_ARGS_dataimage-dataplane)";; \
 		dataimage-builder) args="$(IMAGE_ARGS_dataimage-builder)";; \
 		dataimage-controller) args="$(IMAGE_ARGS_dataimage-controller)";; \
+		dataimage-fuse-holder) args="$(IMAGE_ARGS_dataimage-fuse-holder)";; \
 		esac; \
 		$(GO) run ./hack/ociimage -o $(IMAGES_DIR)/$$name.tar -name $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) \
 			-file $(BIN_DIR)/static/$$name=/usr/local/bin/$$name -env $(IMAGE_PATH) \

@@ -37,6 +37,10 @@ var layerRules = []struct {
 		why: "the block store is the bottom layer: it knows nothing of CSI, images or the products above it",
 	},
 	{
+		pkgs: "dataplane/...", not: []string{"driver/...", "local/...", "nodevolume/...", "imagebuilder/...", "controllers/...", "apis/...", "cmd/...", "bench/...", "e2e/...", "sanity/..."},
+		why: "the data plane serves the pool and the exports to the control planes (the CSI plugin, the local daemon), which reach it over its socket: it knows none of them, nor their mounts",
+	},
+	{
 		pkgs: "nodevolume/...", not: []string{"driver/...", "local/...", "imagebuilder/...", "controllers/...", "apis/...", "cmd/...", "bench/...", "e2e/...", "sanity/..."},
 		why: "a volume attached on this node as a file system or block device: the CSI node service and the local daemon both use it, and it knows neither",
 	},

@@ -22,7 +22,7 @@ import (
 // they are), except that a csi.storage.k8s.io/fstype other than ext4 or xfs gets 0, and so do
 // capabilities this plugin cannot serve (multi-node access modes, other file systems): no
 // volume with them can be provisioned anywhere here.
-func (c *controllerServer) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+func (c *controllerServer) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	if err := validateParameters("parameters", req.GetParameters(), volumeParameters, volumeParametersRule); err != nil {
 		return nil, err
 	}
@@ -42,7 +42,10 @@ func (c *controllerServer) GetCapacity(_ context.Context, req *csi.GetCapacityRe
 		return &csi.GetCapacityResponse{}, nil
 	}
 
-	st := c.pool.Stats()
+	st, err := c.store.Stats(ctx)
+	if err != nil {
+		return nil, mapError(err, "the pool's space")
+	}
 	left := max(st.ProvisionLimit-st.ProvisionedBytes, 0)
 	avail := min(int64(float64(st.FreeBytes)*st.OverProvisionRatio), left)
 	maxVol := min(left, c.size.maxSize) / c.size.blockSize * c.size.blockSize

@@ -8,6 +8,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/internal/keylock"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -27,9 +28,9 @@ import (
 type controllerServer struct {
 	csi.UnimplementedControllerServer
 
-	cfg  *Config
-	pool *blockstore.Pool
-	ids  ids
+	cfg   *Config
+	store dataplane.Volumes
+	ids   ids
 	// locks serializes the operations on one key — a CSI name while it is being created, or an
 	// object's ID while it is being changed — and lets operations on different keys run in
 	// parallel: there is no lock around RPCs as a whole. A waiter gives up when its context
@@ -42,12 +43,12 @@ type controllerServer struct {
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
 }
 
-func newControllerServer(cfg *Config, pool *blockstore.Pool) *controllerServer {
+func newControllerServer(cfg *Config, store dataplane.Volumes, blockSize int) *controllerServer {
 	return &controllerServer{
-		cfg:  cfg,
-		pool: pool,
-		ids:  ids{tag: nodeTag(cfg.NodeID)},
-		size: newSizing(cfg, pool),
+		cfg:   cfg,
+		store: store,
+		ids:   ids{tag: nodeTag(cfg.NodeID)},
+		size:  newSizing(cfg, blockSize),
 	}
 }
 
@@ -89,12 +90,12 @@ func (c *controllerServer) volume(info blockstore.VolumeInfo, src *csi.VolumeCon
 
 // lookupVolume finds a volume by CSI ID: NOT_FOUND for an ID that is malformed, another
 // node's, or unknown.
-func (c *controllerServer) lookupVolume(volumeID string) (blockstore.VolumeInfo, error) {
+func (c *controllerServer) lookupVolume(ctx context.Context, volumeID string) (blockstore.VolumeInfo, error) {
 	id, err := c.ids.parseVolumeID(volumeID)
 	if err != nil {
 		return blockstore.VolumeInfo{}, idError(err)
 	}
-	info, err := c.pool.VolumeInfo(id)
+	info, err := c.store.VolumeInfo(ctx, id)
 	return info, mapError(err, "volume %s", volumeID)
 }
 
@@ -138,9 +139,9 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}
 	defer unlock()
 
-	existing, err := c.pool.LookupVolume(name)
+	existing, err := c.store.LookupVolume(ctx, name)
 	if err == nil {
-		if err := c.compatible(existing, req); err != nil {
+		if err := c.compatible(ctx, existing, req); err != nil {
 			return nil, err
 		}
 		return &csi.CreateVolumeResponse{Volume: c.volume(existing, src, vc)}, nil
@@ -153,7 +154,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	switch {
 	case src.GetSnapshot() != nil:
 		snapID := src.GetSnapshot().GetSnapshotId()
-		snap, err := c.lookupSnapshot(snapID)
+		snap, err := c.lookupSnapshot(ctx, snapID)
 		if err != nil {
 			return nil, err
 		}
@@ -161,13 +162,13 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		if err != nil {
 			return nil, err
 		}
-		info, err = c.pool.Clone(snap.ID, name, size)
+		info, err = c.store.Clone(ctx, snap.ID, name, size)
 		if err != nil {
 			return nil, mapError(err, "volume %q from snapshot %s", name, snapID)
 		}
 	case src.GetVolume() != nil:
 		srcID := src.GetVolume().GetVolumeId()
-		vol, err := c.lookupVolume(srcID)
+		vol, err := c.lookupVolume(ctx, srcID)
 		if err != nil {
 			return nil, err
 		}
@@ -175,7 +176,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		if err != nil {
 			return nil, err
 		}
-		info, err = c.pool.CloneVolume(vol.ID, name, size)
+		info, err = c.store.CloneVolume(ctx, vol.ID, name, size)
 		if err != nil {
 			return nil, mapError(err, "volume %q from volume %s", name, srcID)
 		}
@@ -184,7 +185,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		if err != nil {
 			return nil, err
 		}
-		info, err = c.pool.CreateVolume(name, size)
+		info, err = c.store.CreateVolume(ctx, name, size)
 		if err != nil {
 			return nil, mapError(err, "volume %q", name)
 		}
@@ -199,7 +200,7 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 // plugin accepts). A clone of a volume records the source volume's own origin, so a volume
 // source matches when the origins agree; a source volume deleted since cannot be compared and
 // is taken as matching.
-func (c *controllerServer) compatible(existing blockstore.VolumeInfo, req *csi.CreateVolumeRequest) error {
+func (c *controllerServer) compatible(ctx context.Context, existing blockstore.VolumeInfo, req *csi.CreateVolumeRequest) error {
 	id := c.ids.volumeID(existing.ID)
 	if !fits(existing.Size, req.GetCapacityRange()) {
 		return status.Errorf(codes.AlreadyExists, "volume %q exists (%s) with %d bytes, outside capacity_range [%d, %d]",
@@ -219,7 +220,7 @@ func (c *controllerServer) compatible(existing blockstore.VolumeInfo, req *csi.C
 		if err != nil {
 			return status.Errorf(codes.AlreadyExists, "volume %q exists (%s), not cloned from volume %q", req.GetName(), id, src.GetVolume().GetVolumeId())
 		}
-		srcInfo, err := c.pool.VolumeInfo(srcID)
+		srcInfo, err := c.store.VolumeInfo(ctx, srcID)
 		if errors.Is(err, blockstore.ErrNotFound) {
 			return nil
 		}
@@ -256,7 +257,7 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	if err := c.pool.DeleteVolume(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+	if err := c.store.DeleteVolume(ctx, id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 		return nil, mapError(err, "delete volume %s", volumeID)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
@@ -264,7 +265,7 @@ func (c *controllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 
 // ValidateVolumeCapabilities confirms capabilities, volume context and parameters a volume
 // can serve; unsupported ones leave confirmed unset and say why in message.
-func (c *controllerServer) ValidateVolumeCapabilities(_ context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+func (c *controllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, invalidf("volume_id is required")
 	}
@@ -272,7 +273,7 @@ func (c *controllerServer) ValidateVolumeCapabilities(_ context.Context, req *cs
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.lookupVolume(req.GetVolumeId()); err != nil {
+	if _, err := c.lookupVolume(ctx, req.GetVolumeId()); err != nil {
 		return nil, err
 	}
 	if why == "" {
@@ -325,11 +326,11 @@ func (c *controllerServer) whyNotConfirmed(req *csi.ValidateVolumeCapabilitiesRe
 // ControllerGetVolume describes a volume. Status carries no published nodes
 // (LIST_VOLUMES_PUBLISHED_NODES is not advertised: there is no controller publish step), and
 // CSI 1.13 removed the volume condition: health is ControllerGetVolumeHealth's.
-func (c *controllerServer) ControllerGetVolume(_ context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+func (c *controllerServer) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, invalidf("volume_id is required")
 	}
-	info, err := c.lookupVolume(req.GetVolumeId())
+	info, err := c.lookupVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -19,7 +22,7 @@ func TestCreateVolumeSizes(t *testing.T) {
 	p := mustOpenPool(t)
 	cfg := testConfig(testNode)
 	cfg.DefaultVolumeSize = 8 * mib
-	c := newControllerServer(cfg, p)
+	c := newControllerServer(cfg, storeOf(t, p, nil), p.BlockSize())
 	ctx := context.Background()
 	for i, tc := range []struct {
 		req, lim, want int64
@@ -431,7 +434,7 @@ func TestLockWaitEndsWithContext(t *testing.T) {
 // TestErrorCodes).
 func TestStoreErrors(t *testing.T) {
 	c, _ := newTestController(t)
-	_, err := c.lookupVolume(c.ids.volumeID(77))
+	_, err := c.lookupVolume(context.Background(), c.ids.volumeID(77))
 	requireCode(t, codes.NotFound, err)
 	require.ErrorIs(t, err, blockstore.ErrNotFound)
 	require.Contains(t, status.Convert(err).Message(), c.ids.volumeID(77))
@@ -443,8 +446,9 @@ func TestStoreErrors(t *testing.T) {
 func TestFailedPool(t *testing.T) {
 	p, f := mustOpenFailablePool(t)
 	cfg := testConfig(testNode)
-	c := newControllerServer(cfg, p)
-	id := &identityServer{cfg: cfg, pool: p}
+	store := storeOf(t, p, nil)
+	c := newControllerServer(cfg, store, p.BlockSize())
+	id := &identityServer{cfg: cfg, store: store}
 	ctx := context.Background()
 	v := mustCreateVolume(t, c, "v", mib)
 	probe, err := id.Probe(ctx, &csi.ProbeRequest{})
@@ -457,7 +461,7 @@ func TestFailedPool(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, lh.GetEntries())
 
-	f.fail.Store(true)
+	f.Fail.Store(true)
 	_, err = c.CreateVolume(ctx, createReq("w", mib))
 	requireCode(t, codes.Internal, err)
 	_, err = id.Probe(ctx, &csi.ProbeRequest{})
@@ -473,7 +477,7 @@ func TestFailedPool(t *testing.T) {
 	require.Len(t, lh.GetEntries(), 1)
 	require.Equal(t, v.GetVolumeId(), lh.GetEntries()[0].GetVolumeId())
 
-	f.fail.Store(false)
+	f.Fail.Store(false)
 	_ = p.Close()
 	_, err = c.CreateVolume(ctx, createReq("x", mib))
 	requireCode(t, codes.Unavailable, err)
@@ -482,4 +486,31 @@ func TestFailedPool(t *testing.T) {
 	h, err = c.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: v.GetVolumeId()})
 	require.NoError(t, err)
 	require.Equal(t, csi.VolumeHealthErrorType_INACCESSIBLE, h.GetVolumeHealth().GetHealthStatuses()[0].GetStatus())
+}
+
+// TestDataPlaneUnavailable: while the data plane does not answer, changes and lookups are
+// UNAVAILABLE (the CO retries), Probe is FAILED_PRECONDITION and volumes are INACCESSIBLE
+// "DataPlaneUnavailable"; listing fails UNAVAILABLE rather than answering an empty list.
+func TestDataPlaneUnavailable(t *testing.T) {
+	cfg := testConfig(testNode)
+	store := dataplane.NewClient(filepath.Join(dataplanetest.SocketDir(t), "gone.sock"))
+	c := newControllerServer(cfg, store, 4096)
+	id := &identityServer{cfg: cfg, store: store}
+	ctx := context.Background()
+	_, err := c.CreateVolume(ctx, createReq("v", mib))
+	requireCode(t, codes.Unavailable, err)
+	require.ErrorIs(t, err, dataplane.ErrUnavailable)
+	_, err = c.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	requireCode(t, codes.Unavailable, err)
+	_, err = c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
+	requireCode(t, codes.Unavailable, err)
+	_, err = c.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	requireCode(t, codes.Unavailable, err)
+	_, err = id.Probe(ctx, &csi.ProbeRequest{})
+	requireCode(t, codes.FailedPrecondition, err)
+	require.ErrorIs(t, err, dataplane.ErrUnavailable)
+	h := poolHealth(ctx, store, nil)
+	require.Len(t, h, 1)
+	require.Equal(t, csi.VolumeHealthErrorType_INACCESSIBLE, h[0].GetStatus())
+	require.Equal(t, "DataPlaneUnavailable", h[0].GetReason())
 }

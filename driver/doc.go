@@ -1,6 +1,8 @@
 // Package driver is Dataimage's CSI driver: the Identity, Controller and Node services over one
-// node-local *blockstore.Pool, the kubelet's plugin registration (registration.go) and the
-// plugin's Prometheus metrics (metrics.go).
+// node-local pool, the kubelet's plugin registration (registration.go) and the plugin's
+// Prometheus metrics (metrics.go). The pool and its exports are the node's data plane's
+// (package dataplane, a process of its own), which the driver reaches through a
+// dataplane.Store: the plugin's restarts never touch the volumes' I/O.
 //
 // Every node runs the controller and the node service for its own pool (like TopoLVM's
 // node-deployment mode): a volume or snapshot lives in exactly one node's pool, carries that
@@ -12,8 +14,7 @@
 // keeping their chain. The node service decides the CSI side of staging and publishing; making a
 // volume a device and a file system on the node, and undoing it, is package nodevolume's.
 //
-// Server registers the services on a gRPC server and serves them on a unix socket; at the end
-// of the process DrainIO drains the exports' I/O (drain.go) before the pool is closed. Volume
+// Server registers the services on a gRPC server and serves them on a unix socket. Volume
 // expansion is node-only: NodeExpandVolume grows the volume in the pool, then its file system;
 // the controller service does not offer it.
 //

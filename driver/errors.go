@@ -8,6 +8,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/nodevolume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,7 +21,8 @@ var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin'
 // This file is the one place where errors become gRPC codes (codeOf), for the controller and
 // the node alike:
 //
-//	blockstore.ErrClosed                              Unavailable (the driver is shutting down)
+//	blockstore.ErrClosed                              Unavailable (the data plane is shutting down)
+//	dataplane.ErrUnavailable                          Unavailable (the data plane does not answer)
 //	blockstore.ErrCorrupt, ErrFailed                  Internal
 //	blockstore.ErrNotFound                            NotFound
 //	blockstore.ErrExists                              AlreadyExists
@@ -34,6 +36,8 @@ var ErrRegistrationRefused = errors.New("driver: the kubelet refused the plugin'
 //	                                                  device or mount, or its node is still bound
 //	                                                  at a target path; retry once it lets go
 //	nodevolume.ErrNotAttached                         FailedPrecondition: the volume is not staged
+//	dataplane.ErrNotExported                          FailedPrecondition: the data plane does not
+//	                                                  export the volume (it restarted)
 //	nodevolume.ErrConflict                            AlreadyExists: staged otherwise (another
 //	                                                  staging path or capability)
 //	nodevolume.ErrInvalid                             InvalidArgument
@@ -74,7 +78,7 @@ func mapError(err error, format string, args ...any) error {
 // codeOf is the gRPC code of an error (the table above).
 func codeOf(err error) codes.Code {
 	switch {
-	case errors.Is(err, blockstore.ErrClosed):
+	case errors.Is(err, blockstore.ErrClosed), errors.Is(err, dataplane.ErrUnavailable):
 		return codes.Unavailable
 	case errors.Is(err, blockstore.ErrFailed), errors.Is(err, blockstore.ErrCorrupt):
 		return codes.Internal
@@ -88,7 +92,7 @@ func codeOf(err error) codes.Code {
 		errors.Is(err, nodevolume.ErrInvalid):
 		return codes.InvalidArgument
 	case errors.Is(err, export.ErrLeftovers), errors.Is(err, export.ErrBusy), errors.Is(err, syscall.EBUSY),
-		errors.Is(err, nodevolume.ErrNotAttached):
+		errors.Is(err, nodevolume.ErrNotAttached), errors.Is(err, dataplane.ErrNotExported):
 		return codes.FailedPrecondition
 	case errors.Is(err, nodevolume.ErrConflict):
 		return codes.AlreadyExists

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dataimage/dataimage/internal/nodetest"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -51,7 +52,7 @@ func TestNodeExpandBlock(t *testing.T) {
 	f, err := os.OpenFile(target, os.O_RDWR|unix.O_DIRECT, 0)
 	require.NoError(t, err)
 	defer f.Close()
-	buf := alignedBlock(t)
+	buf := nodetest.AlignedBuf(4096)
 	copy(buf, head)
 	_, err = f.WriteAt(buf, 0)
 	require.NoError(t, err)
@@ -84,15 +85,6 @@ func TestNodeExpandBlock(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, want, resp.GetCapacityBytes())
 	require.Zero(t, e.n.locks.Held())
-}
-
-// alignedBlock returns a 4 KiB buffer aligned for O_DIRECT.
-func alignedBlock(t *testing.T) []byte {
-	t.Helper()
-	b, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = unix.Munmap(b) })
-	return b
 }
 
 // TestNodeExpandOverBound: a size the pool's over-provisioning bound refuses is

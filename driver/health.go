@@ -10,6 +10,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
 )
 
 // poolChecker verifies the pool with a read-only Check every Config.PoolCheckInterval and keeps
@@ -17,7 +18,7 @@ import (
 // and does not stop I/O: it verifies the pool's last checkpoint and holds back checkpoints
 // while it runs (blockstore/check.go). Health never waits for it: it reads the last outcome.
 type poolChecker struct {
-	pool     *blockstore.Pool
+	store    dataplane.Volumes
 	interval time.Duration // 0: never
 	log      *slog.Logger
 	last     atomic.Pointer[checkOutcome] // nil until a check completed
@@ -32,8 +33,8 @@ type checkOutcome struct {
 	first      string // the first problem
 }
 
-func newPoolChecker(cfg *Config, pool *blockstore.Pool) *poolChecker {
-	return &poolChecker{pool: pool, interval: cfg.PoolCheckInterval, log: cfg.Logger}
+func newPoolChecker(cfg *Config, store dataplane.Volumes) *poolChecker {
+	return &poolChecker{store: store, interval: cfg.PoolCheckInterval, log: cfg.Logger}
 }
 
 // run checks the pool every interval until ctx ends. It returns at once if the interval is 0.
@@ -48,16 +49,16 @@ func (c *poolChecker) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.check()
+			c.check(ctx)
 		}
 	}
 }
 
 // check runs one read-only Check and records its outcome. A Check that could not run (the
-// pool failed or closed: Health reports that) records nothing.
-func (c *poolChecker) check() *checkOutcome {
+// pool failed or closed, the data plane did not answer: Health reports that) records nothing.
+func (c *poolChecker) check(ctx context.Context) *checkOutcome {
 	start := time.Now()
-	rep, err := c.pool.CheckWith(blockstore.CheckOptions{ReadOnly: true})
+	rep, err := c.store.Check(ctx, blockstore.CheckOptions{ReadOnly: true})
 	if rep == nil || (err != nil && !errors.Is(err, blockstore.ErrCorrupt)) {
 		c.log.Warn("pool check could not run", "err", err)
 		return nil

@@ -4,62 +4,24 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/dataimage/dataimage/blockstore"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
-
-// readFailFile is a pool file whose reads fail while failReads is set.
-type readFailFile struct {
-	*os.File
-	failReads atomic.Bool
-}
-
-func (f *readFailFile) ReadAt(b []byte, off int64) (int, error) {
-	if f.failReads.Load() {
-		return 0, syscall.EIO
-	}
-	return f.File.ReadAt(b, off)
-}
-
-func (f *readFailFile) Sync() error { return unix.Fdatasync(int(f.Fd())) }
-
-func (f *readFailFile) PunchHole(off, length int64) error {
-	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-}
-
-func (f *readFailFile) Size() (int64, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
-}
 
 // The periodic read-only pool check feeds volume health and the metrics: nothing before the
 // first check or while checks find nothing; DEGRADED "PoolCheckFailed" with the first problem
 // when one found problems (here: the pool file cannot be read), until a later one finds none.
 // The check writes nothing, so the pool itself stays healthy.
 func TestPoolCheckHealth(t *testing.T) {
-	osf, err := os.OpenFile(filepath.Join(t.TempDir(), "pool"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-	require.NoError(t, err)
-	require.NoError(t, osf.Truncate(testPoolSz))
-	f := &readFailFile{File: osf}
-	p, err := blockstore.CreateOn(f, blockstore.Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, p.Close()) })
+	p, f := mustOpenFailablePool(t)
 
 	cfg := testConfig(testNode)
 	cfg.PoolCheckInterval = 10 * time.Millisecond
-	srv, err := NewServer(*cfg, p)
-	require.NoError(t, err)
-	c := newControllerServer(&srv.cfg, p)
+	srv := newTestServer(t, *cfg, p)
+	c := newControllerServer(&srv.cfg, srv.store, p.BlockSize())
 	c.checker = srv.checker
 	ctx := context.Background()
 	v := mustCreateVolume(t, c, "v", mib)
@@ -94,9 +56,9 @@ func TestPoolCheckHealth(t *testing.T) {
 	require.Equal(t, 0.0, sample(m, "dataimage_pool_check_problems"))
 	require.InDelta(t, float64(o.at.Unix()), sample(m, "dataimage_pool_check_timestamp_seconds"), 1)
 
-	f.failReads.Store(true)
-	o = srv.checker.check()
-	f.failReads.Store(false)
+	f.FailReads.Store(true)
+	o = srv.checker.check(ctx)
+	f.FailReads.Store(false)
 	require.NotNil(t, o)
 	require.Positive(t, o.problems)
 	h := health()
@@ -111,7 +73,7 @@ func TestPoolCheckHealth(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, lh.GetEntries(), 1, "the volume is listed with an adverse condition")
 
-	require.NotNil(t, srv.checker.check())
+	require.NotNil(t, srv.checker.check(ctx))
 	require.Empty(t, health(), "the next check found nothing")
 }
 

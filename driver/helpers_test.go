@@ -2,18 +2,16 @@ package driver
 
 import (
 	"context"
-	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/internal/nodetest"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -25,69 +23,6 @@ const (
 	mib        = int64(1 << 20)
 )
 
-// failFile is a pool file that starts failing writes and syncs when fail is set, and whose
-// next Sync can be made to stall (stallSync).
-type failFile struct {
-	*os.File
-	fail atomic.Bool
-
-	mu    sync.Mutex
-	stall *stall // the next Sync's, if armed; guarded by mu
-}
-
-// stall holds one Sync: entered is closed when it begins, release lets it go on.
-type stall struct {
-	entered, release chan struct{}
-	once             sync.Once
-}
-
-func (s *stall) let() { s.once.Do(func() { close(s.release) }) }
-
-// stallSync makes the next Sync wait until release is called (the test's cleanup calls it
-// too); entered is closed once that Sync has begun: a flush or checkpoint stuck in fdatasync.
-func (f *failFile) stallSync(t *testing.T) (entered <-chan struct{}, release func()) {
-	s := &stall{entered: make(chan struct{}), release: make(chan struct{})}
-	f.mu.Lock()
-	f.stall = s
-	f.mu.Unlock()
-	t.Cleanup(s.let)
-	return s.entered, s.let
-}
-
-func (f *failFile) WriteAt(b []byte, off int64) (int, error) {
-	if f.fail.Load() {
-		return 0, syscall.EIO
-	}
-	return f.File.WriteAt(b, off)
-}
-
-func (f *failFile) Sync() error {
-	f.mu.Lock()
-	s := f.stall
-	f.stall = nil
-	f.mu.Unlock()
-	if s != nil {
-		close(s.entered)
-		<-s.release
-	}
-	if f.fail.Load() {
-		return syscall.EIO
-	}
-	return f.File.Sync()
-}
-
-func (f *failFile) PunchHole(off, length int64) error {
-	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-}
-
-func (f *failFile) Size() (int64, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
-}
-
 // mustOpenPool creates a pool of testPoolSz bytes in a temporary directory; cleanup checks it
 // (fsck) and closes it unless the test closed or failed it.
 func mustOpenPool(t *testing.T) *blockstore.Pool {
@@ -96,16 +31,9 @@ func mustOpenPool(t *testing.T) *blockstore.Pool {
 }
 
 // mustOpenFailablePool is mustOpenPool on a file that the test can make fail.
-func mustOpenFailablePool(t *testing.T) (*blockstore.Pool, *failFile) {
+func mustOpenFailablePool(t *testing.T) (*blockstore.Pool, *nodetest.FailFile) {
 	t.Helper()
-	osf, err := os.OpenFile(filepath.Join(t.TempDir(), "pool"), os.O_RDWR|os.O_CREATE, 0o600)
-	require.NoError(t, err)
-	require.NoError(t, osf.Truncate(testPoolSz))
-	f := &failFile{File: osf}
-	p, err := blockstore.CreateOn(f, blockstore.Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.Close() })
-	return p, f
+	return nodetest.FailablePool(t, testPoolSz)
 }
 
 func testConfig(node string) *Config {
@@ -116,10 +44,26 @@ func testConfig(node string) *Config {
 	return &cfg
 }
 
+// storeOf serves the data plane of pool (exporting through exp; nil: no exports) on a socket
+// and returns a client of it: the driver's tests reach the pool as the plugin does, over the
+// data plane's socket.
+func storeOf(t *testing.T, pool *blockstore.Pool, exp export.Exporter) dataplane.Store {
+	t.Helper()
+	return dataplanetest.Serve(t, dataplane.NewLocal(pool, exp, nil))
+}
+
 func newTestController(t *testing.T) (*controllerServer, *blockstore.Pool) {
 	t.Helper()
 	p := mustOpenPool(t)
-	return newControllerServer(testConfig(testNode), p), p
+	return newControllerServer(testConfig(testNode), storeOf(t, p, nil), p.BlockSize()), p
+}
+
+// newTestServer makes a Server on the data plane of pool (no exports).
+func newTestServer(t *testing.T, cfg Config, pool *blockstore.Pool) *Server {
+	t.Helper()
+	srv, err := NewServer(context.Background(), cfg, storeOf(t, pool, nil))
+	require.NoError(t, err)
+	return srv
 }
 
 func mountCap(mode csi.VolumeCapability_AccessMode_Mode, fs string) *csi.VolumeCapability {

@@ -4,16 +4,17 @@ import (
 	"context"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/dataimage/dataimage/blockstore"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/dataimage/dataimage/dataplane"
 )
 
 // identityServer is the CSI Identity service.
 type identityServer struct {
 	csi.UnimplementedIdentityServer
 
-	cfg  *Config
-	pool *blockstore.Pool
+	cfg   *Config
+	store dataplane.Store
 }
 
 // pluginCapabilities is what the plugin offers: the controller service; topology for volumes
@@ -42,18 +43,19 @@ func (s *identityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCa
 }
 
 // Probe reports ready while the pool works. A pool that failed (an earlier write or sync
-// failed; it refuses changes until reopened) or was closed is FAILED_PRECONDITION, not "not
-// ready": the spec's ProbeResponse keeps ready=false for a plugin still initializing and
-// wants an error for one that "is in an unhealthy state and MAY need restarting" — a restart
-// reopens the pool, and recovery restores its last durable state. The server only starts with
-// an open pool, so there is no initializing state.
+// failed; it refuses changes until reopened), was closed, or whose data plane does not answer
+// is FAILED_PRECONDITION, not "not ready": the spec's ProbeResponse keeps ready=false for a
+// plugin still initializing and wants an error for one that "is in an unhealthy state and MAY
+// need restarting" — a restart of the data plane reopens the pool, and recovery restores its
+// last durable state. The server only starts once the data plane answered, so there is no
+// initializing state.
 //
-// The answer comes from the pool's state (Pool.Health: no I/O, no lock), so Probe — and the
-// livenessprobe sidecar's /healthz that calls it — answers at once also while a flush, a
-// checkpoint or a Check holds the pool. It does not test the device: a pool whose device
-// stopped working shows as failed once a write or sync of its own has failed.
-func (s *identityServer) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	if err := s.pool.Health(); err != nil {
+// The answer comes from the pool's state (Pool.Health: no I/O, no lock, one call to the data
+// plane), so Probe — and the livenessprobe sidecar's /healthz that calls it — answers at once
+// also while a flush, a checkpoint or a Check holds the pool. It does not test the device: a
+// pool whose device stopped working shows as failed once a write or sync of its own has failed.
+func (s *identityServer) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	if err := s.store.Health(ctx); err != nil {
 		return nil, unhealthyError(err)
 	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil

@@ -28,8 +28,7 @@ const probeBound = time.Second
 // once that sync has returned its error.
 func TestProbeWhilePoolStalls(t *testing.T) {
 	pool, f := mustOpenFailablePool(t)
-	srv, err := NewServer(Config{NodeID: testNode, Version: "test"}, pool)
-	require.NoError(t, err)
+	srv := newTestServer(t, Config{NodeID: testNode, Version: "test"}, pool)
 	dir, err := os.MkdirTemp("", "csi") // short: socket paths are limited to 108 bytes
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
@@ -78,7 +77,7 @@ func TestProbeWhilePoolStalls(t *testing.T) {
 		block[0]++
 		_, err = vol.WriteAt(block, 0)
 		require.NoError(t, err)
-		entered, release := f.stallSync(t)
+		entered, release := f.StallSync(t)
 		done := make(chan error, 1)
 		go func() { done <- tc.run() }()
 		<-entered
@@ -91,12 +90,12 @@ func TestProbeWhilePoolStalls(t *testing.T) {
 	block[0]++
 	_, err = vol.WriteAt(block, 0)
 	require.NoError(t, err)
-	entered, release := f.stallSync(t)
+	entered, release := f.StallSync(t)
 	done := make(chan error, 1)
 	go func() { done <- vol.Flush() }()
 	<-entered
 	require.NoError(t, probe())
-	f.fail.Store(true)
+	f.Fail.Store(true)
 	release()
 	require.ErrorIs(t, <-done, blockstore.ErrFailed)
 	err = probe()

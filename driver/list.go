@@ -7,6 +7,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
 )
 
 // Pagination. Lists are ordered by block store ID, and IDs are never reused, so a page ends
@@ -57,12 +58,16 @@ func page[T any](items []T, id func(T) uint64, start uint64, maxEntries int32) (
 }
 
 // ListVolumes lists the pool's volumes by ID.
-func (c *controllerServer) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+func (c *controllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	start, err := c.pageStart(req.GetMaxEntries(), req.GetStartingToken(), volumeIDPrefix)
 	if err != nil {
 		return nil, err
 	}
-	items, next := page(c.pool.Volumes(), volumeKey, start, req.GetMaxEntries())
+	vols, err := c.store.ListVolumes(ctx)
+	if err != nil {
+		return nil, mapError(err, "list volumes")
+	}
+	items, next := page(vols, volumeKey, start, req.GetMaxEntries())
 	resp := &csi.ListVolumesResponse{}
 	for _, v := range items {
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: c.volume(v, nil, nil)})
@@ -77,12 +82,13 @@ func volumeKey(v blockstore.VolumeInfo) uint64 { return uint64(v.ID) }
 
 // poolHealth is the health every volume of the pool shares, as the controller sees it: none
 // reported when the pool works; DEGRADED "PoolFailed" when an earlier write or sync failed
-// (the pool refuses changes and writes until the plugin restarts and reopens it, which
+// (the pool refuses changes and writes until the data plane restarts and reopens it, which
 // recovers the last durable state); INACCESSIBLE "PoolClosed" once the pool is closed;
-// DEGRADED "PoolCheckFailed" when the last periodic check of the pool found problems (chk, nil
-// if none runs). It asks the pool's Health and the last check's outcome, and does no I/O.
-func poolHealth(pool *blockstore.Pool, chk *poolChecker) []*csi.VolumeHealth_VolumeHealthEntry {
-	err := pool.Health()
+// INACCESSIBLE "DataPlaneUnavailable" while the data plane does not answer; DEGRADED
+// "PoolCheckFailed" when the last periodic check of the pool found problems (chk, nil if none
+// runs). It asks the pool's Health and the last check's outcome, and does no I/O.
+func poolHealth(ctx context.Context, store dataplane.Volumes, chk *poolChecker) []*csi.VolumeHealth_VolumeHealthEntry {
+	err := store.Health(ctx)
 	switch {
 	case err == nil:
 		if h := chk.health(); h != nil {
@@ -94,42 +100,51 @@ func poolHealth(pool *blockstore.Pool, chk *poolChecker) []*csi.VolumeHealth_Vol
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "PoolClosed",
 			Message: "the node's pool is closed: " + err.Error(),
 		}}
+	case errors.Is(err, dataplane.ErrUnavailable):
+		return []*csi.VolumeHealth_VolumeHealthEntry{{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "DataPlaneUnavailable",
+			Message: "the node's data plane does not answer: " + err.Error(),
+		}}
 	default:
 		return []*csi.VolumeHealth_VolumeHealthEntry{{
 			Status: csi.VolumeHealthErrorType_DEGRADED, Reason: "PoolFailed",
-			Message: "the node's pool refuses writes until the plugin restarts and recovers it: " + err.Error(),
+			Message: "the node's pool refuses writes until the data plane restarts and recovers it: " + err.Error(),
 		}}
 	}
 }
 
 // ControllerGetVolumeHealth reports a volume's health (poolHealth).
-func (c *controllerServer) ControllerGetVolumeHealth(_ context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+func (c *controllerServer) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, invalidf("volume_id is required")
 	}
-	if _, err := c.lookupVolume(req.GetVolumeId()); err != nil {
+	if _, err := c.lookupVolume(ctx, req.GetVolumeId()); err != nil {
 		return nil, err
 	}
 	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{
 		VolumeId:       req.GetVolumeId(),
-		HealthStatuses: poolHealth(c.pool, c.checker),
+		HealthStatuses: poolHealth(ctx, c.store, c.checker),
 	}}, nil
 }
 
 // ControllerListVolumeHealth lists the volumes with an adverse health condition (the spec
 // lists abnormal entries only): none while the pool works, all of them otherwise, paginated
 // like ListVolumes.
-func (c *controllerServer) ControllerListVolumeHealth(_ context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
+func (c *controllerServer) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
 	start, err := c.pageStart(req.GetMaxEntries(), req.GetStartingToken(), volumeIDPrefix)
 	if err != nil {
 		return nil, err
 	}
-	health := poolHealth(c.pool, c.checker)
+	health := poolHealth(ctx, c.store, c.checker)
 	resp := &csi.ControllerListVolumeHealthResponse{}
 	if health == nil {
 		return resp, nil
 	}
-	items, next := page(c.pool.Volumes(), volumeKey, start, req.GetMaxEntries())
+	vols, err := c.store.ListVolumes(ctx)
+	if err != nil {
+		return nil, mapError(err, "list volumes")
+	}
+	items, next := page(vols, volumeKey, start, req.GetMaxEntries())
 	for _, v := range items {
 		resp.Entries = append(resp.Entries, &csi.VolumeHealth{VolumeId: c.ids.volumeID(v.ID), HealthStatuses: health})
 	}

@@ -2,8 +2,8 @@ package driver
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
 )
 
 // The plugin's Prometheus metrics, in a registry of its own (Server.MetricsHandler):
@@ -30,9 +30,11 @@ import (
 //	dataimage_export_io_operations_total{op}                 read, write, flush, discard, write_zeroes
 //	dataimage_export_io_errors_total{op}                     of those, the ones that failed
 //
-// plus the Go runtime's and the process's collectors. The pool's figures are read at scrape
-// time (Pool.Stats: one short lock, no I/O); the export counters are atomics bumped by every
-// I/O of the kernel's block devices, counted where the export calls the volume (exportDisk).
+// plus the Go runtime's and the process's collectors. The pool's figures and the export
+// counters are read from the data plane at scrape time (Stats and IOStats: one short lock, no
+// I/O there); the export counters are atomics the data plane bumps at every I/O of the kernel's
+// block devices, where the export calls the volume. A scrape while the data plane does not
+// answer reports the pool unhealthy and leaves the other figures out.
 // Images are not counted apart from snapshots: the pool does not know which snapshots are
 // images (in Kubernetes an image is a VolumeSnapshot like any other).
 type metrics struct {
@@ -45,7 +47,7 @@ type metrics struct {
 // staging of a large volume (mkfs, fsck: minutes).
 var callBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
 
-func newMetrics(cfg *Config, pool *blockstore.Pool, chk *poolChecker) *metrics {
+func newMetrics(cfg *Config, store dataplane.Store, chk *poolChecker) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -64,7 +66,8 @@ func newMetrics(cfg *Config, pool *blockstore.Pool, chk *poolChecker) *metrics {
 		ConstLabels: prometheus.Labels{"driver": cfg.DriverName, "version": cfg.Version, "node": cfg.NodeID},
 	})
 	info.Set(1)
-	m.reg.MustRegister(m.calls, m.duration, info, poolCollector{pool: pool, checker: chk},
+	m.reg.MustRegister(m.calls, m.duration, info, poolCollector{store: store, checker: chk, log: cfg.Logger},
+		exportCollector{store: store, log: cfg.Logger},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -90,10 +93,14 @@ func (m *metrics) observeCalls() grpc.UnaryServerInterceptor {
 	}
 }
 
+// scrapeTimeout bounds the data plane calls of a scrape.
+const scrapeTimeout = 5 * time.Second
+
 // poolCollector reads the pool's space and objects at each scrape.
 type poolCollector struct {
-	pool    *blockstore.Pool
+	store   dataplane.Volumes
 	checker *poolChecker // nil: no periodic check
+	log     *slog.Logger
 }
 
 var (
@@ -105,7 +112,7 @@ var (
 	poolMetaDesc     = poolDesc("metadata_bytes", "Bytes of metadata: tree nodes, catalog, refcount pages, journal, superblocks.")
 	poolVolumesDesc  = poolDesc("volumes", "Volumes in the pool (clones included).")
 	poolSnapsDesc    = poolDesc("snapshots", "Snapshots in the pool (images included).")
-	poolHealthyDesc  = poolDesc("healthy", "1 while the pool serves writes; 0 once it failed (until the plugin restarts) or closed.")
+	poolHealthyDesc  = poolDesc("healthy", "1 while the pool serves writes; 0 once it failed (until the data plane restarts), closed, or while the data plane does not answer.")
 	poolCheckDesc    = poolDesc("check_problems", "Problems (corrupt metadata, refcount errors, leaked blocks) the last periodic read-only check of the pool found.")
 	poolCheckAtDesc  = poolDesc("check_timestamp_seconds", "When the last periodic read-only check of the pool started (Unix time).")
 )
@@ -122,10 +129,17 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.pool.Stats()
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
 	healthy := 0.0
-	if c.pool.Health() == nil {
+	if c.store.Health(ctx) == nil {
 		healthy = 1
+	}
+	st, err := c.store.Stats(ctx)
+	if err != nil {
+		c.log.Warn("metrics: the pool's figures", "err", err)
+		ch <- prometheus.MustNewConstMetric(poolHealthyDesc, prometheus.GaugeValue, healthy)
+		return
 	}
 	for _, v := range []struct {
 		desc *prometheus.Desc
@@ -151,24 +165,10 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// The I/O operations an export makes on a volume.
-const (
-	ioRead = iota
-	ioWrite
-	ioFlush
-	ioDiscard
-	ioWriteZeroes
-	ioOps
-)
-
-var ioOpNames = [ioOps]string{"read", "write", "flush", "discard", "write_zeroes"}
-
-// ioCounters count the I/O of every export of a node: operations, errors and bytes, by
-// operation. Atomics only, so that counting costs the I/O path next to nothing.
-type ioCounters struct {
-	ops, errs, bytes [ioOps]atomic.Uint64
-	// exported counts the volumes exported right now.
-	exported func() int
+// exportCollector reads the data plane's export counters at each scrape (IOStats).
+type exportCollector struct {
+	store dataplane.Exports
+	log   *slog.Logger
 }
 
 var (
@@ -179,34 +179,30 @@ var (
 	ioErrsDesc = prometheus.NewDesc("dataimage_export_io_errors_total",
 		"I/O operations on exported volumes that failed (the kernel got an I/O error).", []string{"op"}, nil)
 	exportedDesc = prometheus.NewDesc("dataimage_export_volumes",
-		"Volumes exported as kernel block devices (staged) by this run of the plugin.", nil, nil)
+		"Volumes exported as kernel block devices (staged) by the node's data plane.", nil, nil)
 )
 
-func (c *ioCounters) Describe(ch chan<- *prometheus.Desc) {
+func (c exportCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ioBytesDesc
 	ch <- ioOpsDesc
 	ch <- ioErrsDesc
 	ch <- exportedDesc
 }
 
-func (c *ioCounters) Collect(ch chan<- prometheus.Metric) {
-	for op := range ioOps {
-		ch <- prometheus.MustNewConstMetric(ioOpsDesc, prometheus.CounterValue, float64(c.ops[op].Load()), ioOpNames[op])
-		ch <- prometheus.MustNewConstMetric(ioErrsDesc, prometheus.CounterValue, float64(c.errs[op].Load()), ioOpNames[op])
-		if op == ioRead || op == ioWrite {
-			ch <- prometheus.MustNewConstMetric(ioBytesDesc, prometheus.CounterValue, float64(c.bytes[op].Load()), ioOpNames[op])
+func (c exportCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	st, err := c.store.IOStats(ctx)
+	if err != nil {
+		c.log.Warn("metrics: the data plane's export counters", "err", err)
+		return
+	}
+	for op, name := range dataplane.IOOpNames {
+		ch <- prometheus.MustNewConstMetric(ioOpsDesc, prometheus.CounterValue, float64(st.Ops[op]), name)
+		ch <- prometheus.MustNewConstMetric(ioErrsDesc, prometheus.CounterValue, float64(st.Errors[op]), name)
+		if op == dataplane.IORead || op == dataplane.IOWrite {
+			ch <- prometheus.MustNewConstMetric(ioBytesDesc, prometheus.CounterValue, float64(st.Bytes[op]), name)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(c.exported()))
-}
-
-// count records one operation that moved n bytes and returned err.
-func (c *ioCounters) count(op int, n int, err error) {
-	c.ops[op].Add(1)
-	if n > 0 {
-		c.bytes[op].Add(uint64(n))
-	}
-	if err != nil {
-		c.errs[op].Add(1)
-	}
+	ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(st.Exported))
 }

@@ -73,15 +73,15 @@ next:
 func TestMetrics(t *testing.T) {
 	needKernel(t)
 	pool := mustOpenPool(t)
-	srv, err := NewServer(Config{NodeID: testNode, Version: "v9.9.9"}, pool)
-	require.NoError(t, err)
 	dir, err := os.MkdirTemp("", "csi") // short: socket paths are limited to 108 bytes
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	stateDir := filepath.Join(dir, "export")
 	exp, err := export.Detect(export.Options{StateDir: stateDir})
 	require.NoError(t, err)
-	require.NoError(t, srv.RegisterNode(pool, NodeConfig{Exporter: exp}))
+	srv, err := NewServer(context.Background(), Config{NodeID: testNode, Version: "v9.9.9"}, storeOf(t, pool, exp))
+	require.NoError(t, err)
+	require.NoError(t, srv.RegisterNode(context.Background(), NodeConfig{}))
 	sock := filepath.Join(dir, "csi.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
@@ -147,7 +147,7 @@ func TestMetrics(t *testing.T) {
 
 	f, err := os.OpenFile(target, os.O_RDWR|unix.O_DIRECT, 0)
 	require.NoError(t, err)
-	buf := alignedBlock(t)
+	buf := nodetest.AlignedBuf(4096)
 	for i := range buf {
 		buf[i] = byte(i)
 	}

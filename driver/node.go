@@ -15,41 +15,39 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/internal/keylock"
 	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // NodeConfig configures the Node service.
 type NodeConfig struct {
-	// Exporter makes volumes kernel block devices (export.Detect picks this node's).
-	Exporter export.Exporter
 	// DefaultFSType is the file system made on a blank mount volume whose capability names
 	// none: "ext4" (default) or "xfs".
 	DefaultFSType string
 }
 
 // nodeServer is the CSI Node service. NodeStageVolume attaches the volume (package nodevolume:
-// exported as a block device and, for mount access, formatted if blank and mounted at the
-// staging path); NodePublishVolume bind-mounts the staging path (or, for block access, the
-// device) at the target path. The CSI rules (which path, which capability, access modes, error
-// codes) are this file's; the mounts and exports are nodevolume's.
+// exported as a block device by the data plane and, for mount access, formatted if blank and
+// mounted at the staging path); NodePublishVolume bind-mounts the staging path (or, for block
+// access, the device) at the target path. The CSI rules (which path, which capability, access
+// modes, error codes) are this file's; the mounts and exports are nodevolume's.
 type nodeServer struct {
 	csi.UnimplementedNodeServer
 	cfg    *Config
-	pool   *blockstore.Pool
+	store  dataplane.Store
 	ids    ids
 	fsType string
 	size   sizing
-	// vols attaches the volumes, by CSI volume ID (the export id), and holds the leftovers of an
-	// earlier run of the plugin: their devices have no server, so their I/O fails (or, served
-	// from caches, seems to work and is lost); they stay, reported INACCESSIBLE, until the
-	// kubelet unpublishes and unstages them (nodevolume's doc says why).
+	// vols attaches the volumes, by CSI volume ID (the export id). It adopted at start what the
+	// data plane exports (an earlier run of the plugin staged it: its I/O never stopped), and
+	// holds the leftovers of an earlier data plane: their devices have no server, so their I/O
+	// fails (or, served from caches, seems to work and is lost); they stay, reported
+	// INACCESSIBLE, until the kubelet unpublishes and unstages them (nodevolume's doc says why).
 	vols *nodevolume.Attacher
 	// locks serializes stage, unstage, publish, unpublish and expand per CSI volume ID, across
 	// their mounts and file system tools.
 	locks keylock.Locks
-	io    *ioCounters // the I/O of every export, for the metrics
-	gate  *ioGate     // the I/O of every export passes it; Server.DrainIO closes it
 
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
 
@@ -57,23 +55,25 @@ type nodeServer struct {
 	published map[string]map[string]bool // target paths by CSI volume ID; guarded by mu
 }
 
-// RegisterNode registers the Node service on s.
-func (s *Server) RegisterNode(pool *blockstore.Pool, nc NodeConfig) error {
-	n, err := newNodeServer(&s.cfg, pool, nc)
+// RegisterNode registers the Node service on s. It adopts the volumes the data plane exports
+// (staged by an earlier run of the plugin) and finds what an earlier data plane left
+// (nodevolume.New).
+func (s *Server) RegisterNode(ctx context.Context, nc NodeConfig) error {
+	st, err := s.store.Stats(ctx)
+	if err != nil {
+		return fmt.Errorf("driver: node: the pool's block size: %w", err)
+	}
+	n, err := newNodeServer(ctx, &s.cfg, s.store, st.BlockSize, nc)
 	if err != nil {
 		return err
 	}
 	n.checker = s.checker
 	csi.RegisterNodeServer(s.grpc, n)
-	s.metrics.reg.MustRegister(n.io)
 	s.node = n
 	return nil
 }
 
-func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServer, error) {
-	if nc.Exporter == nil {
-		return nil, errors.New("driver: node: no exporter")
-	}
+func newNodeServer(ctx context.Context, cfg *Config, store dataplane.Store, blockSize int, nc NodeConfig) (*nodeServer, error) {
 	switch nc.DefaultFSType {
 	case "":
 		nc.DefaultFSType = "ext4"
@@ -81,27 +81,29 @@ func newNodeServer(cfg *Config, pool *blockstore.Pool, nc NodeConfig) (*nodeServ
 	default:
 		return nil, fmt.Errorf("driver: node: default fs type %q: want ext4 or xfs", nc.DefaultFSType)
 	}
-	// Exports an earlier run of the plugin left (it was killed while volumes were staged):
+	// The volumes an earlier run of the plugin staged are the data plane's exports still:
+	// adopted. Exports an earlier data plane left (it was killed while volumes were staged):
 	// their FUSE servers are gone, so they only wait to be unpublished and unstaged.
-	vols, err := nodevolume.New(nc.Exporter, cfg.Logger)
+	vols, err := nodevolume.New(ctx, store, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("driver: node: %w", err)
 	}
+	for _, at := range vols.All() {
+		cfg.Logger.Info("volume staged by an earlier run of the plugin", "volume", at.ID(), "device", at.DevicePath(), "stagedAt", at.MountPoint())
+	}
 	for _, l := range vols.Leftovers() {
-		cfg.Logger.Warn("export left by an earlier run; it serves no I/O until unstaged and staged again",
+		cfg.Logger.Warn("export left by an earlier data plane; it serves no I/O until unstaged and staged again",
 			"volume", l.ID, "devices", l.Devices, "mountedAt", l.MountPoints)
 	}
 	n := &nodeServer{
 		cfg:       cfg,
-		pool:      pool,
+		store:     store,
 		ids:       ids{tag: nodeTag(cfg.NodeID)},
 		vols:      vols,
 		fsType:    nc.DefaultFSType,
-		size:      newSizing(cfg, pool),
-		gate:      newIOGate(),
+		size:      newSizing(cfg, blockSize),
 		published: make(map[string]map[string]bool),
 	}
-	n.io = &ioCounters{exported: vols.Len}
 	return n, nil
 }
 
@@ -129,17 +131,17 @@ func (n *nodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 
 // volume resolves a CSI volume ID of this node's pool: NOT_FOUND for a malformed, foreign or
 // unknown one.
-func (n *nodeServer) volume(volumeID string) (*blockstore.Volume, error) {
+func (n *nodeServer) volume(ctx context.Context, volumeID string) (blockstore.VolumeInfo, error) {
 	if volumeID == "" {
-		return nil, invalidf("volume_id is required")
+		return blockstore.VolumeInfo{}, invalidf("volume_id is required")
 	}
 	id, err := n.ids.parseVolumeID(volumeID)
 	if err != nil {
-		return nil, idError(err)
+		return blockstore.VolumeInfo{}, idError(err)
 	}
-	vol, err := n.pool.Volume(id)
+	vol, err := n.store.VolumeInfo(ctx, id)
 	if err != nil {
-		return nil, mapError(err, "volume %s", volumeID)
+		return blockstore.VolumeInfo{}, mapError(err, "volume %s", volumeID)
 	}
 	return vol, nil
 }
@@ -173,7 +175,7 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err != nil {
 		return nil, err
 	}
-	vol, err := n.volume(req.GetVolumeId())
+	vol, err := n.volume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +185,7 @@ func (n *nodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	defer unlock()
 	// Block access: the device alone (NodePublishVolume binds it at the target path).
-	spec := nodevolume.Spec{ID: req.GetVolumeId(), Disk: exportDisk{Volume: vol, c: n.io, gate: n.gate}}
+	spec := nodevolume.Spec{ID: req.GetVolumeId(), Volume: vol.ID}
 	if mnt := c.GetMount(); mnt != nil {
 		spec.MountPoint, spec.FSType, spec.Format, spec.MountOptions = staging, fsType, true, mnt.GetMountFlags()
 	}
@@ -265,7 +267,7 @@ func (n *nodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err := nodeCapability(c); err != nil {
 		return nil, err
 	}
-	if _, err := n.volume(req.GetVolumeId()); err != nil {
+	if _, err := n.volume(ctx, req.GetVolumeId()); err != nil {
 		return nil, err
 	}
 	unlock, err := n.locks.Lock(ctx, req.GetVolumeId())
@@ -356,7 +358,7 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	case path == "":
 		return nil, invalidf("volume_path is required")
 	}
-	vol, err := n.volume(req.GetVolumeId())
+	vol, err := n.volume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +371,7 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	}
 	if !fi.IsDir() { // a published block volume
 		return &csi.NodeGetVolumeStatsResponse{
-			Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: vol.Size()}},
+			Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: vol.Size}},
 		}, nil
 	}
 	var st unix.Statfs_t
@@ -386,17 +388,21 @@ func (n *nodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 }
 
 // NodeGetVolumeHealth reports a volume's health on this node: the pool's (poolHealth), and
-// INACCESSIBLE while the volume's export is one an earlier run of the plugin left (its server
-// is gone; the file system on it may still answer from caches, but nothing reaches the pool).
-func (n *nodeServer) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	if _, err := n.volume(req.GetVolumeId()); err != nil {
+// INACCESSIBLE while the volume's export is one an earlier data plane left (its server is
+// gone; the file system on it may still answer from caches, but nothing reaches the pool).
+func (n *nodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if _, err := n.volume(ctx, req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	health := poolHealth(n.pool, n.checker)
-	if _, dead := n.vols.Leftover(req.GetVolumeId()); dead {
+	health := poolHealth(ctx, n.store, n.checker)
+	_, dead, err := n.vols.Leftover(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, mapError(err, "volume %s: its export", req.GetVolumeId())
+	}
+	if dead {
 		health = append(health, &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "ExportGone",
-			Message: "the volume's block device lost its server when the plugin restarted: unpublish and unstage it, then stage it again",
+			Message: "the volume's block device lost its server when the data plane restarted: unpublish and unstage it, then stage it again",
 		})
 	}
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: &csi.VolumeHealth{VolumeId: req.GetVolumeId(), HealthStatuses: health}}, nil
@@ -420,7 +426,7 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	case path == "":
 		return nil, invalidf("volume_path is required")
 	}
-	if _, err := n.volume(volumeID); err != nil {
+	if _, err := n.volume(ctx, volumeID); err != nil {
 		return nil, err
 	}
 	if c := req.GetVolumeCapability(); c != nil {
@@ -455,18 +461,18 @@ func (n *nodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if _, ok := n.vols.Get(volumeID); !ok {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", volumeID)
 	}
-	vol, err := n.volume(volumeID) // its size may have changed while we waited
+	vol, err := n.volume(ctx, volumeID) // its size may have changed while we waited
 	if err != nil {
 		return nil, err
 	}
-	old := vol.Size()
+	old := vol.Size
 	size := old
 	switch {
 	case r.GetRequiredBytes() > size:
 		if size, err = n.size.volumeSize(r, 0); err != nil {
 			return nil, err
 		}
-		if err := n.pool.GrowVolume(vol.ID(), size); err != nil {
+		if err := n.store.GrowVolume(ctx, vol.ID, size); err != nil {
 			return nil, mapError(err, "grow volume %s from %d to %d bytes", volumeID, old, size)
 		}
 		n.cfg.Logger.Info("volume grown in the pool", "volume", volumeID, "from", old, "to", size)

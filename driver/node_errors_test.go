@@ -75,7 +75,7 @@ func TestNodeExportErrors(t *testing.T) {
 
 	// Unsupported: this node's exporter cannot export.
 	vol := e.createVolume(t, "v", 16*mib)
-	n, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: fakeExporter{}})
+	n, err := newNodeServer(ctx, testConfig(testNode), storeOf(t, e.pool, fakeExporter{}), 4096, NodeConfig{})
 	require.NoError(t, err)
 	_, err = n.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: filepath.Join(e.dir, "unsupported"), VolumeCapability: blockCap(rwo)})
 	requireCode(t, codes.Unimplemented, err)
@@ -96,18 +96,19 @@ func TestNodeExportErrors(t *testing.T) {
 	_, err = e.n.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
 	require.NoError(t, err, "once the holder let go")
 
-	// Gone: a second run of the plugin (another exporter on the same state directory) finds
-	// the first run's export, whose file system is mounted at the first run's staging path.
-	// Staging the volume there fails until that is unstaged.
+	// Gone: the plugin on a second data plane (another exporter on the same state directory:
+	// the data plane restarted) finds the first data plane's export, whose file system is
+	// mounted at the staging path. Staging the volume there fails until that is unstaged.
 	mounted := e.createVolume(t, "mounted", 16*mib)
 	first := filepath.Join(e.dir, "first-staging")
 	e.stage(t, mounted, first, mountCap(rwo, "ext4"))
 	exp2, err := export.Detect(export.Options{StateDir: e.stateDir})
 	require.NoError(t, err)
-	second, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: exp2})
+	second, err := newNodeServer(ctx, testConfig(testNode), storeOf(t, e.pool, exp2), 4096, NodeConfig{})
 	require.NoError(t, err)
-	_, left := second.vols.Leftover(mounted)
-	require.True(t, left, "the second run sees the first run's export as left behind")
+	_, left, err := second.vols.Leftover(ctx, mounted)
+	require.NoError(t, err)
+	require.True(t, left, "the second data plane sees the first one's export as left behind")
 	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: mounted, StagingTargetPath: filepath.Join(e.dir, "second-staging"), VolumeCapability: mountCap(rwo, "ext4")})
 	requireCode(t, codes.FailedPrecondition, err)
 	require.ErrorIs(t, err, export.ErrLeftovers)
@@ -115,8 +116,8 @@ func TestNodeExportErrors(t *testing.T) {
 	require.Contains(t, status.Convert(err).Message(), "unpublish and unstage the volume first")
 }
 
-// TestNodeLeftoverPublishedBlock: after a restart, staging a block volume whose device an
-// earlier run published (its node bound at the target path, which a pod may still use) fails
+// TestNodeLeftoverPublishedBlock: after a restart of the data plane, staging a block volume
+// whose device an earlier run published (its node bound at the target path, which a pod may still use) fails
 // FAILED_PRECONDITION and leaves the device alone: a bind mount of a device node does not hold
 // the device open, so tearing the export down would leave the pod's target pointing at a device
 // number that the next export (of any volume) gets. Once the kubelet unpublishes and unstages,
@@ -133,13 +134,15 @@ func TestNodeLeftoverPublishedBlock(t *testing.T) {
 	var published unix.Stat_t
 	require.NoError(t, unix.Stat(target, &published))
 
-	// The second run (another exporter on the same state directory) finds the first's export.
+	// The second data plane (another exporter on the same state directory) finds the first's
+	// export.
 	exp2, err := export.Detect(export.Options{StateDir: e.stateDir})
 	require.NoError(t, err)
-	second, err := newNodeServer(testConfig(testNode), e.pool, NodeConfig{Exporter: exp2})
+	second, err := newNodeServer(ctx, testConfig(testNode), storeOf(t, e.pool, exp2), 4096, NodeConfig{})
 	require.NoError(t, err)
-	_, dead := second.vols.Leftover(vol)
-	require.True(t, dead, "the second run sees the first run's export as left behind")
+	_, dead, err := second.vols.Leftover(ctx, vol)
+	require.NoError(t, err)
+	require.True(t, dead, "the second data plane sees the first one's export as left behind")
 	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: staging, VolumeCapability: blockCap(rwo)})
 	requireCode(t, codes.FailedPrecondition, err)
 	require.ErrorIs(t, err, export.ErrLeftovers)
@@ -157,7 +160,8 @@ func TestNodeLeftoverPublishedBlock(t *testing.T) {
 	require.NoError(t, err)
 	_, err = second.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
 	require.NoError(t, err)
-	_, dead = second.vols.Leftover(vol)
+	_, dead, err = second.vols.Leftover(ctx, vol)
+	require.NoError(t, err)
 	require.False(t, dead)
 	_, err = second.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: staging, VolumeCapability: blockCap(rwo)})
 	require.NoError(t, err)

@@ -15,14 +15,17 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
-// nodeEnv is a Node service on a real pool and this node's export (FUSE + loop devices), with
-// a Controller service on the same pool to make volumes.
+// nodeEnv is a Node service on a real pool and this node's export (FUSE + loop devices), through
+// the pool's data plane served on a socket, with a Controller service on the same data plane to
+// make volumes.
 type nodeEnv struct {
 	n        *nodeServer
 	c        *controllerServer
+	store    dataplane.Store
 	pool     *blockstore.Pool
 	dir      string // staging and target paths go here
 	stateDir string // the export's state directory
@@ -46,10 +49,11 @@ func newNodeEnv(t *testing.T) *nodeEnv {
 	require.NoError(t, err)
 	cfg := testConfig(testNode)
 	cfg.MaxVolumes = 5
-	n, err := newNodeServer(cfg, pool, NodeConfig{Exporter: exp})
-	require.NoError(t, err)
 	t.Cleanup(func() { nodetest.RequireNothingLeft(t, dir, stateDir) })
-	return &nodeEnv{n: n, c: newControllerServer(cfg, pool), pool: pool, dir: dir, stateDir: stateDir}
+	store := storeOf(t, pool, exp)
+	n, err := newNodeServer(context.Background(), cfg, store, pool.BlockSize(), NodeConfig{})
+	require.NoError(t, err)
+	return &nodeEnv{n: n, c: newControllerServer(cfg, store, pool.BlockSize()), store: store, pool: pool, dir: dir, stateDir: stateDir}
 }
 
 func (e *nodeEnv) createVolume(t *testing.T, name string, size int64) string {
@@ -96,7 +100,8 @@ func isMounted(t *testing.T, path string) bool {
 }
 
 func TestNodeGetInfoAndCapabilities(t *testing.T) {
-	n, err := newNodeServer(testConfig(testNode), mustOpenPool(t), NodeConfig{Exporter: fakeExporter{}})
+	ctx := context.Background()
+	n, err := newNodeServer(ctx, testConfig(testNode), storeOf(t, mustOpenPool(t), fakeExporter{}), 4096, NodeConfig{})
 	require.NoError(t, err)
 	info, err := n.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{})
 	require.NoError(t, err)
@@ -120,16 +125,14 @@ func TestNodeGetInfoAndCapabilities(t *testing.T) {
 
 	cfg := testConfig(testNode)
 	cfg.MaxVolumes = 7
-	n, err = newNodeServer(cfg, mustOpenPool(t), NodeConfig{Exporter: fakeExporter{}, DefaultFSType: "xfs"})
+	n, err = newNodeServer(ctx, cfg, storeOf(t, mustOpenPool(t), fakeExporter{}), 4096, NodeConfig{DefaultFSType: "xfs"})
 	require.NoError(t, err)
 	require.Equal(t, "xfs", n.fsType)
 	info, err = n.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{})
 	require.NoError(t, err)
 	require.Equal(t, int64(7), info.GetMaxVolumesPerNode())
 
-	_, err = newNodeServer(cfg, mustOpenPool(t), NodeConfig{})
-	require.Error(t, err, "no exporter")
-	_, err = newNodeServer(cfg, mustOpenPool(t), NodeConfig{Exporter: fakeExporter{}, DefaultFSType: "btrfs"})
+	_, err = newNodeServer(ctx, cfg, storeOf(t, mustOpenPool(t), fakeExporter{}), 4096, NodeConfig{DefaultFSType: "btrfs"})
 	require.Error(t, err)
 }
 
@@ -140,6 +143,9 @@ type fakeExporter struct{}
 func (fakeExporter) Name() string { return "fake" }
 func (fakeExporter) Export(string, export.Disk) (export.Device, error) {
 	return nil, export.ErrUnsupported
+}
+func (fakeExporter) Adopt(string, export.Disk) (export.Device, error) {
+	return nil, export.ErrNotFound
 }
 func (fakeExporter) Leftovers() ([]export.Leftover, error) { return nil, nil }
 func (fakeExporter) Cleanup(string) error                  { return nil }

@@ -131,7 +131,7 @@ func TestReservedParameters(t *testing.T) {
 	}
 	_, err := c.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"csi.storage.k8s.io/pvc/labels": "a=b"}})
 	requireCode(t, codes.InvalidArgument, err)
-	_, err = c.pool.LookupVolume("refused")
+	_, err = c.store.LookupVolume(ctx, "refused")
 	require.Error(t, err, "a refused request creates nothing")
 
 	// ValidateVolumeCapabilities: a volume context this plugin never returns is not confirmed.

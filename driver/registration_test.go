@@ -24,8 +24,7 @@ const kubeletEndpoint = "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock"
 // channel ServeRegistration's result arrives on.
 func startRegistration(t *testing.T, ctx context.Context, logs *syncBuffer) (string, registerapi.RegistrationClient, <-chan error) {
 	t.Helper()
-	srv, err := NewServer(Config{NodeID: testNode, Version: "test", Logger: slog.New(slog.NewTextHandler(logs, nil))}, mustOpenPool(t))
-	require.NoError(t, err)
+	srv := newTestServer(t, Config{NodeID: testNode, Version: "test", Logger: slog.New(slog.NewTextHandler(logs, nil))}, mustOpenPool(t))
 	dir, err := os.MkdirTemp("", "reg") // short: socket paths are limited to 108 bytes
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
@@ -107,13 +106,12 @@ func TestRegistrationStop(t *testing.T) {
 // TestRegistrationErrors: missing paths and a directory that cannot hold the socket are errors
 // that name what is wrong.
 func TestRegistrationErrors(t *testing.T) {
-	srv, err := NewServer(Config{NodeID: testNode, Version: "test"}, mustOpenPool(t))
-	require.NoError(t, err)
+	srv := newTestServer(t, Config{NodeID: testNode, Version: "test"}, mustOpenPool(t))
 	ctx := context.Background()
 	require.ErrorContains(t, srv.ServeRegistration(ctx, "", kubeletEndpoint), "registration directory")
 	require.ErrorContains(t, srv.ServeRegistration(ctx, t.TempDir(), ""), "kubelet's CSI endpoint")
 	missing := filepath.Join(t.TempDir(), "nowhere")
-	err = srv.ServeRegistration(ctx, missing, kubeletEndpoint)
+	err := srv.ServeRegistration(ctx, missing, kubeletEndpoint)
 	require.ErrorContains(t, err, missing)
 	require.False(t, errors.Is(err, ErrRegistrationRefused))
 }

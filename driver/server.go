@@ -10,19 +10,21 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/dataimage/dataimage/blockstore"
 	"google.golang.org/grpc"
+
+	"github.com/dataimage/dataimage/dataplane"
 )
 
 // gracePeriod bounds how long Serve waits for calls in flight after its context ends before
 // it closes their connections.
 const gracePeriod = 30 * time.Second
 
-// Server serves the CSI services of one node's pool on a gRPC server. The caller opens the
-// pool before and closes it after the server stops.
+// Server serves the CSI services of one node's pool on a gRPC server. The pool is the data
+// plane's (a dataplane.Client of the data plane process, or a dataplane.Local in this process):
+// the server holds no pool and no export itself.
 type Server struct {
 	cfg     Config
-	pool    *blockstore.Pool
+	store   dataplane.Store
 	grpc    *grpc.Server
 	metrics *metrics
 	node    *nodeServer // nil until RegisterNode
@@ -30,23 +32,29 @@ type Server struct {
 }
 
 // NewServer checks cfg (filling in defaults) and registers the Identity and Controller
-// services for pool on a new gRPC server with the logging and the metrics interceptors first in
-// the chain. Register the Node service (RegisterNode) before calling Serve.
-func NewServer(cfg Config, pool *blockstore.Pool, opts ...grpc.ServerOption) (*Server, error) {
+// services for the pool of store on a new gRPC server with the logging and the metrics
+// interceptors first in the chain. It asks store for the pool's block size (a Client's data
+// plane must answer: dataplane.Client.WaitReady). Register the Node service (RegisterNode)
+// before calling Serve.
+func NewServer(ctx context.Context, cfg Config, store dataplane.Store, opts ...grpc.ServerOption) (*Server, error) {
 	cfg, err := cfg.complete()
 	if err != nil {
 		return nil, err
 	}
-	if pool == nil {
-		return nil, errors.New("driver: no pool")
+	if store == nil {
+		return nil, errors.New("driver: no data plane")
 	}
-	s := &Server{cfg: cfg, pool: pool}
-	s.checker = newPoolChecker(&s.cfg, pool)
-	s.metrics = newMetrics(&s.cfg, pool, s.checker)
+	st, err := store.Stats(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("driver: the pool's block size: %w", err)
+	}
+	s := &Server{cfg: cfg, store: store}
+	s.checker = newPoolChecker(&s.cfg, store)
+	s.metrics = newMetrics(&s.cfg, store, s.checker)
 	opts = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls(cfg.Logger), s.metrics.observeCalls())}, opts...)
 	s.grpc = grpc.NewServer(opts...)
-	csi.RegisterIdentityServer(s.grpc, &identityServer{cfg: &s.cfg, pool: pool})
-	cs := newControllerServer(&s.cfg, pool)
+	csi.RegisterIdentityServer(s.grpc, &identityServer{cfg: &s.cfg, store: store})
+	cs := newControllerServer(&s.cfg, store, st.BlockSize)
 	cs.checker = s.checker
 	csi.RegisterControllerServer(s.grpc, cs)
 	return s, nil
@@ -98,7 +106,7 @@ func removeStaleSocket(path string) error {
 
 // ServeListener serves the CSI services on lis until ctx ends, then stops gracefully: no new
 // calls, calls in flight get gracePeriod to finish. It returns nil after a stop caused by ctx.
-// The exports' I/O goes on: at the end of the process, DrainIO drains it.
+// The exports' I/O is the data plane's: it goes on whatever this server does.
 // Meanwhile it checks the pool every Config.PoolCheckInterval (a read-only Check).
 func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	s.cfg.Logger.Info("serving CSI", "endpoint", lis.Addr().String(), "driver", s.cfg.DriverName,
@@ -112,7 +120,7 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 		defer close(checked)
 		s.checker.run(ctx)
 	}()
-	defer func() { <-checked }() // the caller closes the pool after this returns
+	defer func() { <-checked }()
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

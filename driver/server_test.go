@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,9 +44,8 @@ func (s *syncBuffer) String() string {
 func TestServer(t *testing.T) {
 	pool := mustOpenPool(t)
 	var logs syncBuffer
-	srv, err := NewServer(Config{NodeID: testNode, Version: "v0.1.0",
+	srv := newTestServer(t, Config{NodeID: testNode, Version: "v0.1.0",
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}, pool)
-	require.NoError(t, err)
 	require.Equal(t, DefaultDriverName, srv.Config().DriverName)
 
 	dir, err := os.MkdirTemp("", "csi") // short: socket paths are limited to 108 bytes
@@ -142,8 +143,7 @@ func TestServeEndpoint(t *testing.T) {
 		_, err := socketPath(bad)
 		require.Error(t, err, bad)
 	}
-	srv, err := NewServer(Config{NodeID: testNode, Version: "v"}, mustOpenPool(t))
-	require.NoError(t, err)
+	srv := newTestServer(t, Config{NodeID: testNode, Version: "v"}, mustOpenPool(t))
 	require.Error(t, srv.Serve(context.Background(), "tcp://127.0.0.1:0"))
 	require.Error(t, srv.Serve(context.Background(), filepath.Join(t.TempDir(), "no", "such", "dir", "csi.sock")))
 }
@@ -167,6 +167,8 @@ func TestConfig(t *testing.T) {
 		_, err := bad.complete()
 		require.Error(t, err, "%+v", bad)
 	}
-	_, err = NewServer(Config{NodeID: "n", Version: "v"}, nil)
+	_, err = NewServer(context.Background(), Config{NodeID: "n", Version: "v"}, nil)
 	require.Error(t, err)
+	_, err = NewServer(context.Background(), Config{NodeID: "n", Version: "v"}, dataplane.NewClient(filepath.Join(dataplanetest.SocketDir(t), "gone.sock")))
+	require.ErrorIs(t, err, dataplane.ErrUnavailable, "the data plane must answer")
 }

@@ -27,12 +27,12 @@ func (c *controllerServer) snapshot(info blockstore.SnapshotInfo) *csi.Snapshot 
 
 // lookupSnapshot finds a snapshot by CSI ID: NOT_FOUND for an ID that is malformed, another
 // node's, or unknown.
-func (c *controllerServer) lookupSnapshot(snapshotID string) (blockstore.SnapshotInfo, error) {
+func (c *controllerServer) lookupSnapshot(ctx context.Context, snapshotID string) (blockstore.SnapshotInfo, error) {
 	id, err := c.ids.parseSnapshotID(snapshotID)
 	if err != nil {
 		return blockstore.SnapshotInfo{}, idError(err)
 	}
-	info, err := c.pool.SnapshotInfo(id)
+	info, err := c.store.SnapshotInfo(ctx, id)
 	return info, mapError(err, "snapshot %s", snapshotID)
 }
 
@@ -59,7 +59,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	}
 	defer unlock()
 
-	existing, err := c.pool.LookupSnapshot(name)
+	existing, err := c.store.LookupSnapshot(ctx, name)
 	if err == nil {
 		if got := c.ids.volumeID(existing.Volume); got != srcID {
 			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q exists (%s) of volume %s, not of %s",
@@ -74,7 +74,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err != nil {
 		return nil, idError(err)
 	}
-	info, err := c.pool.CreateSnapshot(vol, name)
+	info, err := c.store.CreateSnapshot(ctx, vol, name)
 	if err != nil {
 		return nil, mapError(err, "snapshot %q of volume %s", name, srcID)
 	}
@@ -101,18 +101,18 @@ func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 		return nil, ctxError(err)
 	}
 	defer unlock()
-	if err := c.pool.DeleteSnapshot(id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+	if err := c.store.DeleteSnapshot(ctx, id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 		return nil, mapError(err, "delete snapshot %s", snapshotID)
 	}
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 
 // GetSnapshot describes one snapshot: NOT_FOUND for an ID that names none of this pool.
-func (c *controllerServer) GetSnapshot(_ context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+func (c *controllerServer) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
 	if req.GetSnapshotId() == "" {
 		return nil, invalidf("snapshot_id is required")
 	}
-	info, err := c.lookupSnapshot(req.GetSnapshotId())
+	info, err := c.lookupSnapshot(ctx, req.GetSnapshotId())
 	if err != nil {
 		return nil, err
 	}
@@ -123,20 +123,20 @@ func (c *controllerServer) GetSnapshot(_ context.Context, req *csi.GetSnapshotRe
 // those of source_volume_id. A filter that names nothing of this pool (malformed, another
 // node's, unknown) gives an empty list, not an error (csi-sanity: "should return empty when
 // the specified snapshot id does not exist").
-func (c *controllerServer) ListSnapshots(_ context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+func (c *controllerServer) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	start, err := c.pageStart(req.GetMaxEntries(), req.GetStartingToken(), snapshotIDPrefix)
 	if err != nil {
 		return nil, err
 	}
 	var snaps []blockstore.SnapshotInfo
 	if want := req.GetSnapshotId(); want != "" {
-		if info, err := c.lookupSnapshot(want); err == nil {
+		if info, err := c.lookupSnapshot(ctx, want); err == nil {
 			snaps = append(snaps, info)
 		} else if status.Code(err) != codes.NotFound {
 			return nil, err
 		}
-	} else {
-		snaps = c.pool.Snapshots()
+	} else if snaps, err = c.store.ListSnapshots(ctx); err != nil {
+		return nil, mapError(err, "list snapshots")
 	}
 	if vol := req.GetSourceVolumeId(); vol != "" {
 		kept := snaps[:0:0]

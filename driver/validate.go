@@ -6,7 +6,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/dataimage/dataimage/blockstore"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -273,8 +272,8 @@ type sizing struct {
 	defaultSize int64 // size when neither the request nor a source gives one
 }
 
-func newSizing(cfg *Config, pool *blockstore.Pool) sizing {
-	bs := int64(pool.BlockSize())
+func newSizing(cfg *Config, blockSize int) sizing {
+	bs := int64(blockSize)
 	return sizing{blockSize: bs, maxSize: bs << 40, defaultSize: cfg.DefaultVolumeSize}
 }
 

@@ -105,6 +105,8 @@ func dump(t *testing.T, ns string) {
 	}
 	out, _ := kubectl(t, "-n", cfg.namespace, "logs", "-l", "app.kubernetes.io/component=node", "--all-containers", "--tail=40")
 	t.Logf("node plugin logs (tail):\n%s", out)
+	out, _ = kubectl(t, "-n", cfg.namespace, "logs", "-l", "app.kubernetes.io/component=dataplane", "--tail=40")
+	t.Logf("data plane logs (tail):\n%s", out)
 	out, _ = kubectl(t, "-n", cfg.namespace, "logs", "-l", "app.kubernetes.io/component=controller", "--tail=40")
 	t.Logf("controller logs (tail):\n%s", out)
 }

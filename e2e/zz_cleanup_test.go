@@ -26,7 +26,8 @@ import (
 // must have left no volume, snapshot or DataImage in the cluster, nothing mounted on the node
 // (no CSI mount, loop device over an exported volume, or FUSE export), and a pool that passes
 // the block store's check with no volume and no snapshot in it. For the check the node plugin
-// is stopped (the pool is opened here, by this process), then started again.
+// and the data plane are stopped (the pool is opened here, by this process), then started
+// again.
 func TestZZLeavesNothing(t *testing.T) {
 	needCluster(t)
 	waitFor(t, defaultWait, "every test namespace to be deleted", func(c context.Context) (bool, string, error) {
@@ -48,9 +49,9 @@ func TestZZLeavesNothing(t *testing.T) {
 		t.Errorf("left on the node with the plugin running:\n%s", strings.Join(m, "\n"))
 	}
 
-	stopPlugin(t)
+	stopNode(t)
 	if m := leftoverMounts(t); len(m) > 0 {
-		t.Errorf("left on the node after the plugin stopped:\n%s", strings.Join(m, "\n"))
+		t.Errorf("left on the node after the plugin and the data plane stopped:\n%s", strings.Join(m, "\n"))
 	}
 	pool, err := blockstore.Open(cfg.poolPath, blockstore.Options{})
 	if err != nil {
@@ -154,15 +155,16 @@ func leftoverMounts(t *testing.T) []string {
 	return left
 }
 
-// stopPlugin stops the node plugin (its DaemonSet selects no node for a while) and starts it
-// again, registered with the kubelet, when t ends.
-func stopPlugin(t *testing.T) {
+// stopNode stops the node plugin and the data plane (their DaemonSets select no node for a
+// while: the data plane's OnDelete strategy replaces no pod on a template change, but a pod
+// whose node the template no longer selects is deleted all the same) and starts them again,
+// the plugin registered with the kubelet, when t ends.
+func stopNode(t *testing.T) {
 	t.Helper()
 	const pause = "e2e.dataimage.io/plugin-stopped"
-	key := client.ObjectKey{Namespace: cfg.namespace, Name: cfg.release + "-node"}
-	setSelector := func(c context.Context, on bool) error {
+	setSelector := func(c context.Context, name string, on bool) error {
 		var ds appsv1.DaemonSet
-		if err := kube.Get(c, key, &ds); err != nil {
+		if err := kube.Get(c, client.ObjectKey{Namespace: cfg.namespace, Name: name}, &ds); err != nil {
 			return err
 		}
 		patch := client.MergeFrom(ds.DeepCopy())
@@ -176,15 +178,20 @@ func stopPlugin(t *testing.T) {
 		}
 		return kube.Patch(c, &ds, patch)
 	}
-	if err := setSelector(ctx(t), true); err != nil {
-		t.Fatalf("stop the node plugin (DaemonSet %s): %v", key, err)
+	sets := []string{cfg.release + "-node", cfg.release + "-dataplane"}
+	for _, name := range sets {
+		if err := setSelector(ctx(t), name, true); err != nil {
+			t.Fatalf("stop DaemonSet %s: %v", name, err)
+		}
 	}
 	t.Cleanup(func() {
 		c, cancel := context.WithTimeout(context.Background(), defaultWait)
 		defer cancel()
-		if err := setSelector(c, false); err != nil {
-			t.Errorf("start the node plugin again (DaemonSet %s): %v", key, err)
-			return
+		for _, name := range sets {
+			if err := setSelector(c, name, false); err != nil {
+				t.Errorf("start DaemonSet %s again: %v", name, err)
+				return
+			}
 		}
 		if err := poll(c, func(c context.Context) (bool, string, error) {
 			var node storagev1.CSINode
@@ -201,15 +208,17 @@ func stopPlugin(t *testing.T) {
 			t.Errorf("the node plugin did not come back: %v", err)
 		}
 	})
-	waitFor(t, defaultWait, "the node plugin to stop", func(c context.Context) (bool, string, error) {
-		var pods corev1.PodList
-		if err := kube.List(c, &pods, client.InNamespace(cfg.namespace), client.MatchingLabels{"app.kubernetes.io/component": "node"}); err != nil {
-			return false, "", err
-		}
-		var names []string
-		for _, p := range pods.Items {
-			names = append(names, p.Name+" "+string(p.Status.Phase))
-		}
-		return len(names) == 0, strings.Join(names, ", "), nil
-	})
+	for _, component := range []string{"node", "dataplane"} {
+		waitFor(t, defaultWait, "the "+component+" pods to stop", func(c context.Context) (bool, string, error) {
+			var pods corev1.PodList
+			if err := kube.List(c, &pods, client.InNamespace(cfg.namespace), client.MatchingLabels{"app.kubernetes.io/component": component}); err != nil {
+				return false, "", err
+			}
+			var names []string
+			for _, p := range pods.Items {
+				names = append(names, p.Name+" "+string(p.Status.Phase))
+			}
+			return len(names) == 0, strings.Join(names, ", "), nil
+		})
+	}
 }

@@ -12,13 +12,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
-	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
 // Client is Service over a daemon's socket. Its errors are *Error with the kind the daemon
@@ -99,62 +97,14 @@ func (c *Client) ping(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/v1/health", nil, &h)
 }
 
-// startDaemon starts a daemon for home and waits until it answers at c's socket. When the
-// started process exits first, another daemon that took the home's lock meanwhile (a concurrent
-// start) is waited for instead; else its log's tail says why.
+// startDaemon starts a daemon for home and waits until it answers at c's socket (spawn.start).
 func startDaemon(ctx context.Context, c *Client, home string, opts ConnectOptions) error {
-	exe := opts.Executable
-	if exe == "" {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			return fmt.Errorf("local: start daemon: %w", err)
-		}
-	}
 	timeout := opts.Timeout
 	if timeout == 0 {
 		timeout = 60 * time.Second
 	}
-	if err := os.MkdirAll(home, 0o711); err != nil {
-		return fmt.Errorf("local: start daemon: %w", err)
-	}
-	logPath := LogPath(home)
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("local: start daemon: %w", err)
-	}
-	cmd := exec.Command(exe, opts.DaemonArgs...)
-	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	logf.Close()
-	if err != nil {
-		return fmt.Errorf("local: start daemon %s: %w", exe, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the dataimage daemon started for %s (pid %d) did not answer within %v; its log %s ends with:\n%s",
-				home, cmd.Process.Pid, timeout, logPath, engine.TailFile(logPath, 20))}
-		case err := <-exited:
-			exited = nil
-			if !lockHeld(home) {
-				return &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the dataimage daemon started for %s exited (%v); its log %s ends with:\n%s",
-					home, err, logPath, engine.TailFile(logPath, 20))}
-			}
-			// Another daemon holds the home: wait for it to answer.
-		case <-tick.C:
-			if err := c.ping(ctx); err == nil {
-				return nil
-			}
-		}
-	}
+	return spawn{what: "dataimage daemon", home: home, executable: opts.Executable, args: opts.DaemonArgs, logPath: LogPath(home),
+		timeout: timeout, ready: c.ping, held: func() bool { return lockHeld(home) }}.start(ctx)
 }
 
 // lockHeld reports whether a daemon holds home's lock.

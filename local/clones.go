@@ -61,7 +61,7 @@ func (d *Daemon) CreateClone(ctx context.Context, req CloneRequest) (*Clone, err
 	if err != nil {
 		return nil, err
 	}
-	vol, err := d.pool.Clone(snap.ID, cloneObject(name), 0)
+	vol, err := d.store.Clone(storeCtx, snap.ID, cloneObject(name), 0)
 	if err != nil {
 		return nil, fmt.Errorf("local: clone %s of image %s: %w", name, img.Name, storeError(err))
 	}
@@ -83,7 +83,7 @@ func (d *Daemon) CreateClone(ctx context.Context, req CloneRequest) (*Clone, err
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		defer cancel()
 		err = errors.Join(err, d.release(cctx, name))
-		if derr := d.pool.DeleteVolume(vol.ID); derr != nil {
+		if derr := d.store.DeleteVolume(storeCtx, vol.ID); derr != nil {
 			err = errors.Join(err, fmt.Errorf("local: delete volume %s: %w", vol.Name, derr))
 		}
 		log.Warn("clone creation failed", "err", err)
@@ -202,11 +202,11 @@ func (d *Daemon) cloneViewLocked(r *cloneRecord) Clone {
 // addedBytes is what a clone's writes added to the pool: the extents of its volume that differ
 // from the image's snapshot (0 when it cannot be told).
 func (d *Daemon) addedBytes(name string) int64 {
-	v, err := d.pool.LookupVolume(cloneObject(name))
+	v, err := d.store.LookupVolume(storeCtx, cloneObject(name))
 	if err != nil || v.Origin == 0 {
 		return 0
 	}
-	ext, err := d.pool.DiffVolume(v.Origin, v.ID)
+	ext, err := d.store.DiffVolume(storeCtx, v.Origin, v.ID)
 	if err != nil {
 		d.log.Warn("diff a clone against its image", "clone", name, "err", err)
 		return 0
@@ -302,11 +302,11 @@ func (d *Daemon) DeleteClone(ctx context.Context, name string) error {
 			return fmt.Errorf("local: delete clone %s: revision %s: %w", name, rv.Name, err)
 		}
 	}
-	if vol, err := d.pool.LookupVolume(cloneObject(name)); err == nil {
-		if _, err := d.pool.DeleteVolumeSnapshots(vol.ID); err != nil {
+	if vol, err := d.store.LookupVolume(storeCtx, cloneObject(name)); err == nil {
+		if _, err := d.store.DeleteVolumeSnapshots(storeCtx, vol.ID); err != nil {
 			return fmt.Errorf("local: delete clone %s: its snapshots: %w", name, err)
 		}
-		if err := d.pool.DeleteVolume(vol.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+		if err := d.store.DeleteVolume(storeCtx, vol.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 			return fmt.Errorf("local: delete clone %s: its volume: %w", name, err)
 		}
 	} else if !errors.Is(err, blockstore.ErrNotFound) {
@@ -324,14 +324,14 @@ func (d *Daemon) DeleteClone(ctx context.Context, name string) error {
 
 // deleteSnapshot deletes a pool snapshot by name; a missing one is not an error.
 func (d *Daemon) deleteSnapshot(name string) error {
-	s, err := d.pool.LookupSnapshot(name)
+	s, err := d.store.LookupSnapshot(storeCtx, name)
 	if errors.Is(err, blockstore.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if err := d.pool.DeleteSnapshot(s.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+	if err := d.store.DeleteSnapshot(storeCtx, s.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 		return fmt.Errorf("delete snapshot %s: %w", name, err)
 	}
 	return nil
@@ -435,7 +435,7 @@ func (d *Daemon) ResetClone(ctx context.Context, name, to string) (*Clone, error
 	if err := d.release(ctx, name); err != nil {
 		return nil, fmt.Errorf("local: reset clone %s: %w", name, err)
 	}
-	if err := d.pool.Revert(vol.ID, target); err != nil {
+	if err := d.store.Revert(storeCtx, vol.ID, target); err != nil {
 		err = fmt.Errorf("local: reset clone %s to %s: %w", name, what, err)
 		if r.Running {
 			err = errors.Join(err, d.startLocked(ctx, r))
@@ -482,7 +482,7 @@ func (d *Daemon) SaveClone(ctx context.Context, name, revision string) (*Revisio
 		return nil, err
 	}
 	err = d.quiesced(ctx, name, func() error {
-		_, err := d.pool.CreateSnapshot(vol.ID, revObject(name, revision))
+		_, err := d.store.CreateSnapshot(storeCtx, vol.ID, revObject(name, revision))
 		return storeError(err)
 	})
 	if err != nil {

@@ -28,11 +28,15 @@ const (
 type Config struct {
 	// Home is the data home: the pool, the catalog, the socket, the mounts (DefaultHome).
 	Home string
-	// PoolSize is the size of the pool file created at the first start (DefaultPoolSize). The
-	// file is sparse unless Preallocate.
+	// PoolSize is the size of the pool file the data plane makes at its first start
+	// (DefaultPoolSize; RunDataPlane). The file is sparse unless Preallocate.
 	PoolSize int64
 	// Preallocate makes the pool file thick (see blockstore.Options.Preallocate).
 	Preallocate bool
+	// DataPlane starts the home's data plane when none answers on DataPlaneSocketPath: the
+	// daemon runs it as a process of its own, which outlives the daemon (dataplane.go). Zero:
+	// the daemon starts none, and fails with ErrUnavailable when none answers.
+	DataPlane DataPlaneCommand
 	// BackupRoot is the backup root of builds whose request names none; "" means the request
 	// must name one when its definition has backups or scripts.
 	BackupRoot string
@@ -130,10 +134,13 @@ func parseLifetime(s string) (imagebuilder.Lifetime, error) {
 func (s *settings) poolPath() string    { return filepath.Join(s.Home, "pool.img") }
 func (s *settings) catalogPath() string { return filepath.Join(s.Home, "catalog.json") }
 func (s *settings) socketPath() string  { return SocketPath(s.Home) }
-func (s *settings) lockPath() string    { return filepath.Join(s.Home, "daemon.lock") }
-func (s *settings) exportDir() string   { return filepath.Join(s.Home, "export") }
-func (s *settings) mntDir() string      { return filepath.Join(s.Home, "mnt") }
-func (s *settings) runDir() string      { return filepath.Join(s.Home, "run") }
+func (s *settings) dataPlaneSocket() string {
+	return DataPlaneSocketPath(s.Home)
+}
+func (s *settings) lockPath() string  { return filepath.Join(s.Home, "daemon.lock") }
+func (s *settings) exportDir() string { return filepath.Join(s.Home, "export") }
+func (s *settings) mntDir() string    { return filepath.Join(s.Home, "mnt") }
+func (s *settings) runDir() string    { return filepath.Join(s.Home, "run") }
 
 // cloneMount is where a clone's file system is mounted: the root of its instance.
 func (s *settings) cloneMount(clone string) string { return filepath.Join(s.mntDir(), clone) }

@@ -13,9 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/export"
-	"github.com/dataimage/dataimage/blockstore/provision"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
@@ -30,7 +28,10 @@ import (
 //
 //	pool.img      the block store pool: images are snapshots image/<name>, clones volumes
 //	              clone/<name>, revisions snapshots rev/<clone>/<revision>; builds use
-//	              volumes build/<name>, graduations tmp/<name> (see names.go)
+//	              volumes build/<name>, graduations tmp/<name> (see names.go); the data plane
+//	              owns it (dataplane.go)
+//	dataplane.sock  the data plane's API, dataplane.sock.lock its lock, dataplane.log the
+//	              output of a data plane the daemon started
 //	catalog.json  images, clones and revisions (catalog.go), replaced atomically
 //	daemon.sock   the API (server.go), daemon.lock the lock of RunDaemon, daemon.log the
 //	              output of a daemon Connect started
@@ -44,9 +45,10 @@ import (
 // guards nothing else; per-name locks (d.locks) serialize the operations on one image or clone,
 // and are held across what those operations run (exec, mount, builds, servers).
 type Daemon struct {
-	cfg  *settings
-	log  *slog.Logger
-	pool *blockstore.Pool
+	cfg *settings
+	log *slog.Logger
+	// store is the home's data plane (dataplane.go): the pool and the volumes' exports.
+	store *dataplane.Client
 	// vols attaches the volumes of builds and clones (export, file system, mount); at start it
 	// holds what a previous daemon left, which recover tears down.
 	vols *nodevolume.Attacher
@@ -95,9 +97,10 @@ type cloneRuntime struct {
 	failure string
 }
 
-// NewDaemon opens the home's pool (creating the home and the pool at the first start) and its
-// catalog, cleans up what a previous daemon left (servers, mounts, exports, pool objects of
-// interrupted operations), and restarts the clones that were running.
+// NewDaemon connects to the home's data plane (starting it, and so making the pool, at the
+// first start: Config.DataPlane), reads the catalog, cleans up what a previous daemon left
+// (servers, mounts, exports, pool objects of interrupted operations), and restarts the clones
+// that were running.
 func NewDaemon(cfg Config) (*Daemon, error) {
 	s, err := cfg.settings()
 	if err != nil {
@@ -107,14 +110,14 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	log := s.Logger
-	newPool, pool, err := openPool(s)
+	store, err := connectDataPlane(context.Background(), s)
 	if err != nil {
 		return nil, err
 	}
 	d := &Daemon{
 		cfg:     s,
 		log:     log,
-		pool:    pool,
+		store:   store,
 		engines: s.Engines,
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -123,16 +126,16 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 	d.mu.clones = map[string]*cloneRuntime{}
 	fail := func(err error) (*Daemon, error) {
 		d.cancel()
-		return nil, errors.Join(err, pool.Close())
+		if serr := d.stopDataPlane(); serr != nil {
+			log.Warn("stop the data plane", "err", serr)
+		}
+		store.Close()
+		return nil, err
 	}
-	if d.mu.cat, err = d.loadCatalog(newPool); err != nil {
+	if d.mu.cat, err = d.loadCatalog(); err != nil {
 		return fail(err)
 	}
-	exp, err := export.Detect(export.Options{StateDir: s.exportDir(), Logger: log})
-	if err != nil {
-		return fail(fmt.Errorf("local: volumes cannot reach the kernel: %w", err))
-	}
-	if d.vols, err = nodevolume.New(exp, log); err != nil {
+	if d.vols, err = nodevolume.New(d.ctx, store, log); err != nil {
 		return fail(fmt.Errorf("local: %w", err))
 	}
 	if _, err := d.engineSet(); err != nil {
@@ -142,9 +145,12 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 		return fail(err)
 	}
 	d.startClones()
-	st := pool.Stats()
+	st, err := store.Stats(d.ctx)
+	if err != nil {
+		return fail(fmt.Errorf("local: pool status: %w", err))
+	}
 	log.Info("daemon ready", "home", s.Home, "pool", s.poolPath(), "capacity", st.PhysicalBytes, "used", st.UsedBytes,
-		"images", len(d.mu.cat.Images), "clones", len(d.mu.cat.Clones), "export", exp.Name())
+		"images", len(d.mu.cat.Images), "clones", len(d.mu.cat.Clones), "dataPlane", s.dataPlaneSocket())
 	return d, nil
 }
 
@@ -184,27 +190,10 @@ func makeHome(s *settings) error {
 	}
 }
 
-// openPool opens the home's pool, or creates it (sparse, PoolSize) when it does not exist yet.
-// An existing file that is not a pool is never overwritten (package provision, which the CSI
-// plugin uses too).
-func openPool(s *settings) (created bool, p *blockstore.Pool, err error) {
-	opts := blockstore.Options{DirectIO: true, OverProvisionRatio: DefaultOverProvisionRatio, Logger: s.Logger,
-		Size: s.PoolSize, Preallocate: s.Preallocate}
-	path := s.poolPath()
-	p, created, err = provision.Open(path, provision.Options{Pool: opts, Create: true})
-	if err != nil {
-		return false, nil, fmt.Errorf("local: pool: %w", err)
-	}
-	if !created {
-		rec := p.Recovery()
-		s.Logger.Info("pool open", "pool", path, "recoveredRecords", rec.Records, "lastLSN", rec.LastLSN)
-	}
-	return created, p, nil
-}
-
-// loadCatalog reads the catalog. A new pool gets an empty catalog written at once; an existing
-// pool whose catalog is missing is refused, since reconciling would delete every object in it.
-func (d *Daemon) loadCatalog(newPool bool) (*catalog, error) {
+// loadCatalog reads the catalog. An empty pool (a new one) gets an empty catalog written at
+// once; a pool that holds volumes or snapshots but whose catalog is missing is refused, since
+// reconciling would delete every object in it.
+func (d *Daemon) loadCatalog() (*catalog, error) {
 	path := d.cfg.catalogPath()
 	_, statErr := os.Stat(path)
 	cat, err := loadCatalog(path)
@@ -212,7 +201,11 @@ func (d *Daemon) loadCatalog(newPool bool) (*catalog, error) {
 		return nil, err
 	}
 	if errors.Is(statErr, fs.ErrNotExist) {
-		if n := len(d.pool.Volumes()) + len(d.pool.Snapshots()); !newPool && n > 0 {
+		st, err := d.store.Stats(storeCtx)
+		if err != nil {
+			return nil, fmt.Errorf("local: pool status: %w", err)
+		}
+		if n := st.Volumes + st.Snapshots; n > 0 {
 			return nil, fmt.Errorf("local: pool %s holds %d volumes and snapshots but the catalog %s is missing; restore it, or move the pool away to start anew",
 				d.cfg.poolPath(), n, path)
 		}
@@ -315,8 +308,8 @@ func (d *Daemon) lookupEngine(kind imagebuilder.Engine, version string) (engine.
 }
 
 // Close stops the clones' servers cleanly (a restarted daemon starts them again: their desired
-// state stays running), unmounts their file systems, tears their exports down and closes the
-// pool. Operations in flight are canceled and waited for.
+// state stays running), unmounts their file systems, tears their exports down and stops the
+// data plane (which closes the pool). Operations in flight are canceled and waited for.
 func (d *Daemon) Close() error {
 	d.mu.Lock()
 	if d.mu.closed {
@@ -353,9 +346,10 @@ func (d *Daemon) Close() error {
 	}); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
-	if perr := d.pool.Close(); perr != nil {
-		err = errors.Join(err, fmt.Errorf("local: close pool: %w", perr))
+	if err == nil {
+		err = d.stopDataPlane()
 	}
+	d.store.Close()
 	if err != nil {
 		d.log.Error("daemon closed with errors", "err", err)
 		return err
@@ -368,6 +362,12 @@ func (d *Daemon) Close() error {
 func (d *Daemon) now() time.Time {
 	return time.Now().UTC().Add(time.Duration(d.skew.Load()))
 }
+
+// storeCtx is the context of the daemon's calls to its data plane's pool: not the operation's,
+// which a client may cancel, because a change canceled half-way over the socket would leave the
+// daemon not knowing whether it was made (the pool's own operations are not interruptible
+// either). A data plane that is gone fails the calls at once (dataplane.ErrUnavailable).
+var storeCtx = context.Background()
 
 // stopTimeout bounds a server's clean shutdown; past it the server is killed.
 const stopTimeout = 60 * time.Second

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
 )
 
 // The sentinel errors (ErrNotFound, ...) and Error are declared in api.go, with the Service they
@@ -73,6 +74,8 @@ func storeError(err error) error {
 		return nil
 	case errors.Is(err, blockstore.ErrNoSpace), errors.Is(err, blockstore.ErrOverProvisioned):
 		return &kindError{kind: ErrNoSpace, err: err}
+	case errors.Is(err, dataplane.ErrUnavailable):
+		return &kindError{kind: ErrUnavailable, err: err}
 	}
 	return err
 }

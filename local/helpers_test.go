@@ -21,6 +21,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -34,34 +35,55 @@ import (
 // again.
 const daemonChildEnv = "DATAIMAGE_LOCAL_TEST_DAEMON"
 
+// dataPlaneChildArg, as the test binary's first argument, makes it run the data plane
+// (RunDataPlane) of the home its second argument names instead of the tests: the daemons of the
+// tests start it so (testConfig), as the dataimage command starts `dataimage dataplane`.
+const dataPlaneChildArg = "dataimage-local-test-dataplane"
+
 func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == dataPlaneChildArg {
+		os.Exit(runChildDataPlane(os.Args[2]))
+	}
 	if home := os.Getenv(daemonChildEnv); home != "" {
 		os.Exit(runChildDaemon(home))
 	}
 	os.Exit(m.Run())
 }
 
-// runChildDaemon runs the daemon of home until SIGTERM or SIGINT, logging to standard error
-// (daemon.log, through Connect).
-func runChildDaemon(home string) int {
+// runChildDaemon runs the daemon of home until SIGTERM or SIGINT (daemon.log, through
+// Connect).
+func runChildDaemon(home string) int { return runChild("daemon", home, RunDaemon) }
+
+// runChildDataPlane runs the data plane of home until SIGTERM or SIGINT (dataplane.log,
+// through the daemon that starts it).
+func runChildDataPlane(home string) int { return runChild("data plane", home, RunDataPlane) }
+
+// runChild runs run with the tests' configuration of home until SIGTERM or SIGINT, logging to
+// standard error, and returns the exit code.
+func runChild(what, home string, run func(context.Context, Config) error) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if err := RunDaemon(ctx, testConfig(home, log)); err != nil {
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	if err := run(ctx, testConfig(home, log)); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", what, err)
 		return 1
 	}
 	return 0
 }
 
 // testConfig is the configuration of the tests' daemons: a small sparse pool, small thin
-// volumes, no periodic reaping (tests call reap).
+// volumes, no periodic reaping (tests call reap), and this test binary as the data plane.
 func testConfig(home string, log *slog.Logger) Config {
+	exe, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
 	return Config{
 		Home:         home,
 		PoolSize:     8 << 30,
 		VolumeSize:   2 << 30,
 		ReapInterval: time.Hour,
+		DataPlane:    DataPlaneCommand{Executable: exe, Args: []string{dataPlaneChildArg, home}},
 		Logger:       log,
 	}
 }
@@ -119,10 +141,38 @@ func needEngine(t testing.TB, kind imagebuilder.Engine) engine.Engine {
 }
 
 // testDir returns a new directory that the database servers' users can traverse (see
-// enginetest.Root).
+// enginetest.Root). Cleanup stops the data plane of its home (dir/home) if one still runs: a
+// test that failed half-way may leave one.
 func testDir(t testing.TB) string {
 	t.Helper()
-	return enginetest.Root(t)
+	dir := enginetest.Root(t)
+	t.Cleanup(func() { killDataPlane(t, filepath.Join(dir, "home")) })
+	return dir
+}
+
+// killDataPlane stops the data plane of home, if one runs: SIGTERM, then SIGKILL after a
+// minute.
+func killDataPlane(t testing.TB, home string) {
+	t.Helper()
+	sock := DataPlaneSocketPath(home)
+	pid, held, err := dataplane.LockHolder(sock)
+	if err != nil || !held || pid <= 0 {
+		return
+	}
+	t.Logf("stopping the data plane (pid %d) of %s", pid, home)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, held, _ := dataplane.LockHolder(sock); !held {
+			return
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Errorf("the data plane %d of %s did not stop on SIGTERM", pid, home)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // testLog returns a logger writing to a file, whose content is printed when the test fails.
@@ -170,6 +220,7 @@ func closeAndCheck(t testing.TB, d *Daemon, cfg Config) {
 // checks clean.
 func requireNothingLeft(t testing.TB, home string) {
 	t.Helper()
+	require.False(t, dataPlaneRunning(home), "a data plane still runs for the home")
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
 	require.NotContains(t, string(mi), home+"/", "mounts under the home")
@@ -336,12 +387,17 @@ func dumpTo(t testing.TB, kind imagebuilder.Engine, path, name string, args ...s
 }
 
 // poolNames lists the names of the pool's volumes and snapshots.
-func poolNames(d *Daemon) []string {
+func poolNames(t testing.TB, d *Daemon) []string {
+	t.Helper()
+	vols, err := d.store.ListVolumes(context.Background())
+	require.NoError(t, err)
+	snaps, err := d.store.ListSnapshots(context.Background())
+	require.NoError(t, err)
 	var names []string
-	for _, v := range d.pool.Volumes() {
+	for _, v := range vols {
 		names = append(names, "volume "+v.Name)
 	}
-	for _, s := range d.pool.Snapshots() {
+	for _, s := range snaps {
 		names = append(names, "snapshot "+s.Name)
 	}
 	slices.Sort(names)

@@ -65,7 +65,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		if attached {
 			errs = append(errs, d.detach(exportID, mnt))
 		}
-		if err := d.pool.DeleteVolume(vol.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+		if err := d.store.DeleteVolume(storeCtx, vol.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("local: delete build volume %s: %w", vol.Name, err))
 		}
 		errs = append(errs, removeAll(d.cfg.buildRun(name)))
@@ -103,17 +103,17 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		return failed(fmt.Errorf("local: build image %s: %w", name, err))
 	}
 	attached = false
-	snap, err := d.pool.CreateSnapshot(vol.ID, imageObject(name))
+	snap, err := d.store.CreateSnapshot(storeCtx, vol.ID, imageObject(name))
 	if err != nil {
 		return failed(fmt.Errorf("local: build image %s: freeze it as snapshot %s: %w", name, imageObject(name), storeError(err)))
 	}
-	if err := d.pool.DeleteVolume(vol.ID); err != nil {
+	if err := d.store.DeleteVolume(storeCtx, vol.ID); err != nil {
 		log.Warn("delete the build volume (the next start does)", "volume", vol.Name, "err", err)
 	}
 	_ = removeAll(d.cfg.buildRun(name))
 	dataBytes, err := d.allocatedBytes(snap.ID)
 	if err != nil {
-		return failed(errors.Join(err, d.pool.DeleteSnapshot(snap.ID)))
+		return failed(errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID)))
 	}
 	now := d.now()
 	img := Image{
@@ -133,7 +133,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		BuildSeconds: time.Since(start).Seconds(),
 	}
 	if err := d.recordImage(img); err != nil {
-		return failed(errors.Join(err, d.pool.DeleteSnapshot(snap.ID)))
+		return failed(errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID)))
 	}
 	log.Info("image ready", "engine", img.Engine, "version", img.Version, "dataBytes", img.DataBytes, "seconds", img.BuildSeconds)
 	return d.imageView(name)
@@ -208,12 +208,12 @@ func (d *Daemon) recordImage(img Image) error {
 // newVolume creates a pool volume; one of that name is left over from an earlier failure of
 // this daemon (names are reserved while in use) and is deleted first.
 func (d *Daemon) newVolume(name string, size int64) (blockstore.VolumeInfo, error) {
-	if old, err := d.pool.LookupVolume(name); err == nil {
-		if err := d.pool.DeleteVolume(old.ID); err != nil {
+	if old, err := d.store.LookupVolume(storeCtx, name); err == nil {
+		if err := d.store.DeleteVolume(storeCtx, old.ID); err != nil {
 			return old, fmt.Errorf("local: delete the leftover volume %s: %w", name, err)
 		}
 	}
-	v, err := d.pool.CreateVolume(name, size)
+	v, err := d.store.CreateVolume(storeCtx, name, size)
 	if err != nil {
 		return v, fmt.Errorf("local: create volume %s: %w", name, storeError(err))
 	}
@@ -222,7 +222,7 @@ func (d *Daemon) newVolume(name string, size int64) (blockstore.VolumeInfo, erro
 
 // allocatedBytes is the bytes a snapshot maps.
 func (d *Daemon) allocatedBytes(id blockstore.SnapshotID) (int64, error) {
-	ext, err := d.pool.AllocatedExtents(id)
+	ext, err := d.store.AllocatedExtents(storeCtx, id)
 	if err != nil {
 		return 0, fmt.Errorf("local: allocated extents of snapshot %d: %w", id, err)
 	}
@@ -351,13 +351,13 @@ func (d *Daemon) DeleteImage(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	snap, err := d.pool.LookupSnapshot(imageObject(name))
+	snap, err := d.store.LookupSnapshot(storeCtx, imageObject(name))
 	switch {
 	case errors.Is(err, blockstore.ErrNotFound):
 	case err != nil:
 		return fmt.Errorf("local: delete image %s: %w", name, err)
 	default:
-		if err := d.pool.DeleteSnapshot(snap.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+		if err := d.store.DeleteSnapshot(storeCtx, snap.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 			return fmt.Errorf("local: delete image %s: delete snapshot %s: %w", name, snap.Name, err)
 		}
 	}
@@ -427,7 +427,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 		if err != nil {
 			return nil, err
 		}
-		if tmp, err = d.pool.Clone(snap.ID, tmpName, 0); err != nil {
+		if tmp, err = d.store.Clone(storeCtx, snap.ID, tmpName, 0); err != nil {
 			return nil, fmt.Errorf("local: image %s from clone %s revision %s: clone the revision: %w", req.Name, r.Name, rv.Name, storeError(err))
 		}
 		state = rv.Created
@@ -439,15 +439,15 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 		state = d.now()
 		err = d.quiesced(ctx, r.Name, func() error {
 			var err error
-			tmp, err = d.pool.CloneVolume(vol.ID, tmpName, 0)
+			tmp, err = d.store.CloneVolume(storeCtx, vol.ID, tmpName, 0)
 			return storeError(err)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("local: image %s from clone %s: %w", req.Name, r.Name, err)
 		}
 	}
-	snap, err := d.pool.CreateSnapshot(tmp.ID, imageObject(req.Name))
-	if derr := d.pool.DeleteVolume(tmp.ID); derr != nil {
+	snap, err := d.store.CreateSnapshot(storeCtx, tmp.ID, imageObject(req.Name))
+	if derr := d.store.DeleteVolume(storeCtx, tmp.ID); derr != nil {
 		d.log.Warn("delete a temporary volume (the next start does)", "volume", tmpName, "err", derr)
 	}
 	if err != nil {
@@ -455,7 +455,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 	}
 	dataBytes, err := d.allocatedBytes(snap.ID)
 	if err != nil {
-		return nil, errors.Join(err, d.pool.DeleteSnapshot(snap.ID))
+		return nil, errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID))
 	}
 	now := d.now()
 	img := Image{
@@ -475,7 +475,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 		Expires:      expires(now, lifetime),
 	}
 	if err := d.recordImage(img); err != nil {
-		return nil, errors.Join(err, d.pool.DeleteSnapshot(snap.ID))
+		return nil, errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID))
 	}
 	d.log.Info("image made from a clone", "image", img.Name, "clone", r.Name, "revision", req.Revision)
 	return d.imageView(req.Name)

@@ -225,7 +225,7 @@ func TestDaemonReconcile(t *testing.T) {
 	d, err = NewDaemon(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { closeAndCheck(t, d, cfg) })
-	require.Equal(t, []string{"snapshot image/kept", "volume clone/c1"}, poolNames(d))
+	require.Equal(t, []string{"snapshot image/kept", "volume clone/c1"}, poolNames(t, d))
 	imgs, err := d.Images(context.Background())
 	require.NoError(t, err)
 	require.Len(t, imgs, 1)
@@ -250,7 +250,7 @@ func TestDaemonReconcile(t *testing.T) {
 	_, err = d.CreateClone(context.Background(), CloneRequest{Image: "kept", Name: "c9"})
 	require.ErrorIs(t, err, ErrInvalid)
 	require.ErrorContains(t, err, "clone c9: image kept was built with postgres 9.1.24, which this machine cannot run")
-	require.Equal(t, []string{"snapshot image/kept", "volume clone/c1"}, poolNames(d))
+	require.Equal(t, []string{"snapshot image/kept", "volume clone/c1"}, poolNames(t, d))
 
 	// Deleting the image is refused while its clone exists; the clone goes, then the image.
 	err = d.DeleteImage(context.Background(), "kept")
@@ -258,7 +258,7 @@ func TestDaemonReconcile(t *testing.T) {
 	require.EqualError(t, err, "image kept has 1 clone: c1; delete it first")
 	require.NoError(t, d.DeleteClone(context.Background(), "c1"))
 	require.NoError(t, d.DeleteImage(context.Background(), "kept"))
-	require.Empty(t, poolNames(d))
+	require.Empty(t, poolNames(t, d))
 }
 
 // TestDaemonMissingCatalog: a pool with objects whose catalog is gone is not wiped.

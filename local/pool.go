@@ -13,12 +13,15 @@ import (
 // PoolStatus reports the pool's capacity and use: the block store's accounting, what the images
 // hold and what the clones added on top of them.
 func (d *Daemon) PoolStatus(ctx context.Context) (*PoolStatus, error) {
-	_, end, err := d.begin(ctx)
+	ctx, end, err := d.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
-	st := d.pool.Stats()
+	st, err := d.store.Stats(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("local: pool status: %w", storeError(err))
+	}
 	ps := &PoolStatus{
 		Path:               d.cfg.poolPath(),
 		Capacity:           st.PhysicalBytes,
@@ -46,7 +49,7 @@ func (d *Daemon) PoolStatus(ctx context.Context) (*PoolStatus, error) {
 	for _, name := range clones {
 		ps.CloneBytes += d.addedBytes(name)
 	}
-	if err := d.pool.Health(); err != nil {
+	if err := d.store.Health(ctx); err != nil {
 		ps.Health = err.Error()
 	}
 	return ps, nil
@@ -58,13 +61,13 @@ func (d *Daemon) PoolStatus(ctx context.Context) (*PoolStatus, error) {
 // repair it holds the pool exclusively (the clones' I/O waits), checkpoints, verifies that
 // checkpoint and frees leaked blocks.
 func (d *Daemon) CheckPool(ctx context.Context, repair bool) (*CheckReport, error) {
-	_, end, err := d.begin(ctx)
+	ctx, end, err := d.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
 	start := time.Now()
-	rep, err := d.pool.CheckWith(blockstore.CheckOptions{ReadOnly: !repair, Repair: repair})
+	rep, err := d.store.Check(ctx, blockstore.CheckOptions{ReadOnly: !repair, Repair: repair})
 	if err != nil && (rep == nil || !errors.Is(err, blockstore.ErrCorrupt)) {
 		return nil, fmt.Errorf("local: check pool: %w", err)
 	}
@@ -116,12 +119,12 @@ func (d *Daemon) checkCatalog() []string {
 	d.mu.Unlock()
 	var problems []string
 	for _, w := range snaps {
-		if _, err := d.pool.LookupSnapshot(w.name); errors.Is(err, blockstore.ErrNotFound) {
+		if _, err := d.store.LookupSnapshot(storeCtx, w.name); errors.Is(err, blockstore.ErrNotFound) {
 			problems = append(problems, fmt.Sprintf("catalog: %s has no snapshot %s in the pool", w.what, w.name))
 		}
 	}
 	for _, w := range vols {
-		if _, err := d.pool.LookupVolume(w.name); errors.Is(err, blockstore.ErrNotFound) {
+		if _, err := d.store.LookupVolume(storeCtx, w.name); errors.Is(err, blockstore.ErrNotFound) {
 			problems = append(problems, fmt.Sprintf("catalog: %s has no volume %s in the pool", w.what, w.name))
 		}
 	}

@@ -150,7 +150,7 @@ func TestPostgres(t *testing.T) {
 		_, err = d.CreateClone(ctx, CloneRequest{Image: "pg-plain", Name: "taken-port", Port: plain.Port})
 		require.ErrorIs(t, err, ErrInvalid)
 		require.ErrorContains(t, err, fmt.Sprintf("port %d", plain.Port))
-		require.NotContains(t, poolNames(d), "volume clone/taken-port", "a failed create leaves no volume")
+		require.NotContains(t, poolNames(t, d), "volume clone/taken-port", "a failed create leaves no volume")
 	})
 
 	t.Run("isolation", func(t *testing.T) {
@@ -292,7 +292,7 @@ func TestPostgres(t *testing.T) {
 
 		// The graduated images outlive the clone and its revisions.
 		require.NoError(t, d.DeleteClone(ctx, g.Name))
-		require.NotContains(t, strings.Join(poolNames(d), " "), "grad-src", "the clone's volume and revisions are gone")
+		require.NotContains(t, strings.Join(poolNames(t, d), " "), "grad-src", "the clone's volume and revisions are gone")
 		c1 := createClone(t, d, CloneRequest{Image: "pg-grad"})
 		require.Equal(t, "ada,grace,in-revision", sql(t, c1, "SELECT string_agg(name, ',' ORDER BY id) FROM people"))
 		c2 := createClone(t, d, CloneRequest{Image: "pg-now"})
@@ -367,12 +367,12 @@ func TestPostgres(t *testing.T) {
 		_, _, err = tryBuild(d, "name: pg-old\nengine: postgres\nversion: \"9.1\"\nsourceType: empty\n", root)
 		require.ErrorIs(t, err, ErrInvalid)
 		require.ErrorContains(t, err, `version: postgres "9.1" is not available; available: `)
-		require.NotContains(t, poolNames(d), "volume build/pg-old", "nothing is made for an invalid definition")
+		require.NotContains(t, poolNames(t, d), "volume build/pg-old", "nothing is made for an invalid definition")
 	})
 
 	t.Run("failed-build", func(t *testing.T) {
 		def := pgDefinition(eng, "pg-broken", "sourceType: backup\nbackups:\n  - path: dump.sql\npostScript: scripts/broken.sql\n")
-		before := poolNames(d)
+		before := poolNames(t, d)
 		_, steps, err := tryBuild(d, def, root)
 		require.ErrorIs(t, err, ErrBuildFailed)
 		require.ErrorContains(t, err, "failed at step postscript")
@@ -381,7 +381,7 @@ func TestPostgres(t *testing.T) {
 		require.NotContains(t, steps, "freeze")
 		_, err = d.Image(ctx, "pg-broken")
 		require.ErrorIs(t, err, ErrNotFound, "no partial image")
-		require.Equal(t, before, poolNames(d), "the build volume is deleted")
+		require.Equal(t, before, poolNames(t, d), "the build volume is deleted")
 		ents, err := os.ReadDir(filepath.Join(cfg.Home, "mnt"))
 		require.NoError(t, err)
 		for _, e := range ents {

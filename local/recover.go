@@ -1,6 +1,7 @@
 package local
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,19 +16,33 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/nodevolume"
 )
 
-// recover cleans up what a previous daemon left, in the order the kernel needs: the servers that
-// still run on its mounts (it was killed), then the mounts, then the exports under them, then the
-// pool objects no catalog entry accounts for (and entries whose object is gone).
+// recover carries on with the clones a previous daemon left running (it was killed or
+// restarted: their exports live in the data plane, their file systems stay mounted, their
+// servers run on), and cleans up the rest of what it left, in the order the kernel needs: the
+// servers that still run on its other mounts, then those mounts, then the exports under them,
+// then the pool objects no catalog entry accounts for (and entries whose object is gone).
 func (d *Daemon) recover() error {
-	d.killLeftServers()
-	if err := d.unmountLeftovers(); err != nil {
+	adopted := d.adoptClones()
+	d.killLeftServers(adopted)
+	if err := d.unmountLeftovers(adopted); err != nil {
 		return err
 	}
 	// The daemon owns its mount points and the servers on them, and restarts the clones itself:
-	// what a previous daemon left is torn down, never kept (nodevolume's doc on leftovers).
+	// what a previous daemon left and no adopted clone uses is torn down, never kept
+	// (nodevolume's doc on leftovers).
+	for _, at := range d.vols.All() {
+		if adopted[at.ID()] {
+			continue
+		}
+		d.log.Warn("tearing down an export a previous daemon made", "export", at.ID(), "device", at.DevicePath())
+		if err := d.vols.Detach(d.ctx, at.ID(), ""); err != nil {
+			return fmt.Errorf("local: tear down the export %s a previous daemon made: %w", at.ID(), err)
+		}
+	}
 	for _, l := range d.vols.Leftovers() {
 		d.log.Warn("tearing down an export a previous daemon left", "export", l.ID, "devices", l.Devices, "mountedAt", l.MountPoints)
 		if err := d.vols.Detach(d.ctx, l.ID, ""); err != nil {
@@ -37,23 +52,92 @@ func (d *Daemon) recover() error {
 	return d.reconcile()
 }
 
-// killLeftServers kills the servers a previous daemon left running on its clones' file systems:
-// first those the catalog records (when /proc/<pid>/cmdline shows that the process is that
-// clone's server: a pid may have been reused), then any process still working in a directory
-// under the home's mounts (a server started by an operation that was interrupted before it was
-// recorded, and the server's children). Their file systems are dead or about to be unmounted, so
-// a clean shutdown is not possible: the servers recover from their logs at the next start.
-func (d *Daemon) killLeftServers() {
-	var pids []int
-	for _, r := range d.mu.cat.Clones {
-		if r.PID > 0 && strings.Contains(cmdline(r.PID), d.cfg.cloneMount(r.Name)+"/") {
+// adoptClones carries on with the clones a previous daemon left serving: those the catalog
+// says run whose volume the data plane still exports, whose file system is mounted at the
+// clone's mount point, and whose server still runs and answers (engine.Engine.Adopt). Their
+// run-time state is restored as it was (the server is watched again); nothing of them is
+// touched. It returns their export ids. A clone that fails any of these is left to the cleanup
+// and started again (startClones).
+func (d *Daemon) adoptClones() map[string]bool {
+	adopted := map[string]bool{}
+	mounted, err := mountPoints()
+	if err != nil {
+		d.log.Warn("clones a previous daemon left cannot be adopted", "err", err)
+		return adopted
+	}
+	for name, r := range d.mu.cat.Clones {
+		mnt, id := d.cfg.cloneMount(name), cloneExportID(name)
+		at, ok := d.vols.Get(id)
+		if !r.Running || r.Deleting || !ok || at.MountPoint() != mnt || !mounted[mnt] {
+			continue
+		}
+		log := d.log.With("clone", name, "pid", r.PID)
+		eng, err := d.lookupEngine(r.Engine, r.Version)
+		if err != nil {
+			log.Warn("clone left by a previous daemon: its engine is gone; starting it again", "err", err)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(d.ctx, adoptTimeout)
+		inst, err := eng.Adopt(ctx, mnt, engine.StartOptions{RuntimeDir: d.cfg.cloneRun(name), ListenAddress: d.cfg.ListenAddress, Port: r.Port})
+		cancel()
+		if err != nil {
+			log.Warn("clone left by a previous daemon: its server cannot be adopted; starting it again", "err", err)
+			continue
+		}
+		d.mu.Lock()
+		rt := d.runtimeLocked(name)
+		rt.dev, rt.inst, rt.failure = at, inst, ""
+		d.mu.Unlock()
+		d.watch(name, rt, inst)
+		adopted[id] = true
+		log.Info("clone adopted: its server and its volume ran on across the daemon's restart", "serverPID", inst.PID(), "device", at.DevicePath())
+	}
+	return adopted
+}
+
+// adoptTimeout bounds the adoption of one clone's server (a query through its socket).
+const adoptTimeout = 30 * time.Second
+
+// killLeftServers kills the servers a previous daemon left running on the file systems of the
+// home's mounts but the adopted clones' (by export id): first those the catalog records (when
+// /proc/<pid>/cmdline shows that the process is that clone's server: a pid may have been
+// reused), then any process still working in a directory under those mounts (a server started
+// by an operation that was interrupted before it was recorded, and the server's children).
+// Their file systems are about to be unmounted, so a clean shutdown is not possible: the servers
+// recover from their logs at the next start.
+func (d *Daemon) killLeftServers(adopted map[string]bool) {
+	ents, err := os.ReadDir(d.cfg.mntDir())
+	if err != nil {
+		d.log.Warn("servers a previous daemon left", "err", err)
+		return
+	}
+	for _, e := range ents {
+		if adopted[cloneExportID(e.Name())] {
+			continue
+		}
+		dir := filepath.Join(d.cfg.mntDir(), e.Name()) + "/"
+		var pids []int
+		if r := d.mu.cat.Clones[e.Name()]; r != nil && r.PID > 0 && strings.Contains(cmdline(r.PID), dir) {
 			d.log.Warn("killing the server a previous daemon left", "clone", r.Name, "pid", r.PID)
 			pids = append(pids, r.PID)
 		}
+		if err := killUnder(dir, pids); err != nil {
+			d.log.Warn("servers a previous daemon left", "err", err)
+		}
 	}
-	if err := killUnder(d.cfg.mntDir()+"/", pids); err != nil {
-		d.log.Warn("servers a previous daemon left", "err", err)
+}
+
+// mountPoints returns the mount points of this mount namespace.
+func mountPoints() (map[string]bool, error) {
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("local: read mounts: %w", err)
 	}
+	out := make(map[string]bool, len(infos))
+	for _, mi := range infos {
+		out[mi.MountPoint] = true
+	}
+	return out, nil
 }
 
 // killUnder kills (SIGKILL) the processes pids and every process working under dir (which ends
@@ -110,17 +194,22 @@ func processesUnder(dir string) []int {
 	return pids
 }
 
-// unmountLeftovers unmounts every file system mounted under the home's mounts directory (this
-// daemon has mounted none yet) and removes the mount points.
-func (d *Daemon) unmountLeftovers() error {
+// unmountLeftovers unmounts every file system mounted under the home's mounts directory but the
+// adopted clones' (by export id; this daemon has mounted nothing yet) and removes the mount
+// points.
+func (d *Daemon) unmountLeftovers(adopted map[string]bool) error {
 	mnt := d.cfg.mntDir()
 	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
 	if err != nil {
 		return fmt.Errorf("local: read mounts: %w", err)
 	}
+	keep := func(p string) bool {
+		name, _, _ := strings.Cut(strings.TrimPrefix(p, mnt+"/"), "/")
+		return adopted[cloneExportID(name)]
+	}
 	var points []string
 	for _, mi := range infos {
-		if strings.HasPrefix(mi.MountPoint, mnt+"/") {
+		if strings.HasPrefix(mi.MountPoint, mnt+"/") && !keep(mi.MountPoint) {
 			points = append(points, mi.MountPoint)
 		}
 	}
@@ -141,6 +230,9 @@ func (d *Daemon) unmountLeftovers() error {
 	}
 	for _, e := range ents {
 		p := filepath.Join(mnt, e.Name())
+		if keep(p) {
+			continue
+		}
 		if err := os.Remove(p); err != nil {
 			d.log.Warn("cannot remove a mount point a previous daemon left", "mountPoint", p, "err", err)
 		}
@@ -169,25 +261,33 @@ func unmountRetry(p string) error {
 // entries whose pool object is gone.
 func (d *Daemon) reconcile() error {
 	cat := d.mu.cat
+	poolSnaps, err := d.store.ListSnapshots(storeCtx)
+	if err != nil {
+		return fmt.Errorf("local: list the pool's snapshots: %w", err)
+	}
+	poolVols, err := d.store.ListVolumes(storeCtx)
+	if err != nil {
+		return fmt.Errorf("local: list the pool's volumes: %w", err)
+	}
 	snaps := map[string]bool{}
-	for _, s := range d.pool.Snapshots() {
+	for _, s := range poolSnaps {
 		if keepSnapshot(cat, s.Name) {
 			snaps[s.Name] = true
 			continue
 		}
 		d.log.Warn("deleting a snapshot no catalog entry accounts for", "snapshot", s.Name, "id", s.ID)
-		if err := d.pool.DeleteSnapshot(s.ID); err != nil {
+		if err := d.store.DeleteSnapshot(storeCtx, s.ID); err != nil {
 			return fmt.Errorf("local: delete snapshot %q (id %d), left by an interrupted operation: %w", s.Name, s.ID, err)
 		}
 	}
 	vols := map[string]bool{}
-	for _, v := range d.pool.Volumes() {
+	for _, v := range poolVols {
 		if name, ok := strings.CutPrefix(v.Name, clonePrefix); ok && cat.Clones[name] != nil && !cat.Clones[name].Deleting {
 			vols[v.Name] = true
 			continue
 		}
 		d.log.Warn("deleting a volume no catalog entry accounts for", "volume", v.Name, "id", v.ID)
-		if err := d.pool.DeleteVolume(v.ID); err != nil {
+		if err := d.store.DeleteVolume(storeCtx, v.ID); err != nil {
 			return fmt.Errorf("local: delete volume %q (id %d), left by an interrupted operation: %w", v.Name, v.ID, err)
 		}
 	}
@@ -246,7 +346,7 @@ func keepSnapshot(cat *catalog, name string) bool {
 
 // lookupSnapshot finds a pool snapshot by name, as an API error naming what when it is missing.
 func (d *Daemon) lookupSnapshot(name, what string) (blockstore.SnapshotInfo, error) {
-	s, err := d.pool.LookupSnapshot(name)
+	s, err := d.store.LookupSnapshot(storeCtx, name)
 	if errors.Is(err, blockstore.ErrNotFound) {
 		return s, &kindError{kind: ErrNotFound, err: fmt.Errorf("local: %s: snapshot %q is missing from the pool: %w", what, name, err)}
 	}
@@ -258,7 +358,7 @@ func (d *Daemon) lookupSnapshot(name, what string) (blockstore.SnapshotInfo, err
 
 // lookupVolume finds a pool volume by name, as an API error naming what when it is missing.
 func (d *Daemon) lookupVolume(name, what string) (blockstore.VolumeInfo, error) {
-	v, err := d.pool.LookupVolume(name)
+	v, err := d.store.LookupVolume(storeCtx, name)
 	if errors.Is(err, blockstore.ErrNotFound) {
 		return v, &kindError{kind: ErrNotFound, err: fmt.Errorf("local: %s: volume %q is missing from the pool: %w", what, name, err)}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	mount "k8s.io/mount-utils"
 
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/internal/nodetest"
@@ -87,12 +88,16 @@ func revisionNames(c *Clone) []string {
 	return names
 }
 
-// TestDaemonKilled: the daemon runs as a process of its own, started by Connect; it is killed
-// with SIGKILL while a clone runs (its server keeps running on a file system whose export is
-// dead). The next daemon, started by the next Connect, kills that server, cleans up the dead
-// mount and export, and starts the clone again with the data it had committed.
+// TestDaemonKilled: the daemon runs as a process of its own, started by Connect, and its data
+// plane as another (the daemon starts it); the daemon is killed (SIGKILL) while a clone's
+// PostgreSQL serves a pgbench run and a writer appends lines to a file on the clone's file
+// system, fsyncing each. Neither notices: pgbench finishes without a failed transaction and the
+// balances agree, and every write and fsync succeeds. The next daemon, started by the next
+// Connect, adopts the clone as it runs: the same server process, the same connection, the data
+// plane never stopped; the clone then works as any other (revision, reset) and is deleted.
 func TestDaemonKilled(t *testing.T) {
 	eng := needEngine(t, imagebuilder.EnginePostgres)
+	pgbench := pgTool(t, eng, "pgbench")
 	dir := testDir(t)
 	home := filepath.Join(dir, "home")
 	t.Setenv(daemonChildEnv, home) // the daemons Connect starts inherit it
@@ -107,6 +112,7 @@ func TestDaemonKilled(t *testing.T) {
 		stopChildDaemon(t, home)
 		if t.Failed() {
 			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
+			t.Logf("dataplane.log (last lines):\n%s", engine.TailFile(DataPlaneLogPath(home), 40))
 			cleanHome(t, home)
 		}
 		requireNothingLeft(t, home)
@@ -117,49 +123,163 @@ func TestDaemonKilled(t *testing.T) {
 	build(t, c, pgDefinition(eng, "pg", "sourceType: empty\n"), "")
 	cl, err := c.CreateClone(ctx, CloneRequest{Image: "pg", Name: "survivor"})
 	require.NoError(t, err)
-	sql(t, cl, "CREATE TABLE t (v int); INSERT INTO t VALUES (42)")
+	out, err := exec.Command(pgbench, "-i", "-s", "2", "-q", cl.Connection).CombinedOutput()
+	require.NoError(t, err, "pgbench -i: %s", out)
 
 	daemonPID := lockPID(t, home)
+	dpPID, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+	require.NoError(t, err)
+	require.True(t, held, "a data plane serves the home")
+	require.NotEqual(t, daemonPID, dpPID, "the data plane is a process of its own")
 	cat, err := loadCatalog(filepath.Join(home, "catalog.json"))
 	require.NoError(t, err)
 	serverPID := cat.Clones[cl.Name].PID
-	require.Positive(t, serverPID)
 	dataDir := filepath.Join(home, "mnt", cl.Name, "data")
 	require.Contains(t, cmdline(serverPID), dataDir, "the recorded pid is the clone's server")
 
+	// The load: pgbench (4 clients, 12 s) and a writer on the clone's file system.
+	var bench bytes.Buffer
+	pb := exec.Command(pgbench, "-n", "-c", "4", "-j", "2", "-T", "12", cl.Connection)
+	pb.Stdout, pb.Stderr = &bench, &bench
+	require.NoError(t, pb.Start())
+	benched := make(chan error, 1)
+	go func() { benched <- pb.Wait() }()
+	t.Cleanup(func() {
+		_ = pb.Process.Kill()
+	})
+	w := startFileWriter(t, filepath.Join(home, "mnt", cl.Name, "writer.log"))
+
+	time.Sleep(3 * time.Second)
+	killed := time.Now()
 	require.NoError(t, syscall.Kill(daemonPID, syscall.SIGKILL))
 	require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon releases its lock")
 	_, err = c.Images(ctx)
 	require.ErrorIs(t, err, ErrUnavailable)
-	// The server usually outlives the daemon (idle, it does no I/O on its dead file system).
-	t.Logf("the clone's server runs on after the daemon's death: %v", strings.Contains(cmdline(serverPID), dataDir))
+	time.Sleep(time.Second)
 
 	c2 := connect()
 	defer c2.Close()
+	t.Logf("a new daemon answers %v after the kill", time.Since(killed).Round(time.Millisecond))
 	require.NotEqual(t, daemonPID, lockPID(t, home))
-	require.NotContains(t, cmdline(serverPID), dataDir, "the new daemon killed the old server")
+	pid, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+	require.NoError(t, err)
+	require.True(t, held)
+	require.Equal(t, dpPID, pid, "the data plane never stopped")
 	got, err := c2.Clone(ctx, cl.Name)
 	require.NoError(t, err)
 	require.Equal(t, CloneRunning, got.State, got.Message)
-	require.Equal(t, "42", sql(t, got, "SELECT v FROM t"), "committed data survives the kill")
-	sql(t, got, "INSERT INTO t VALUES (43)")
+	require.Equal(t, cl.Connection, got.Connection, "the same server, the same connection")
+	require.Contains(t, cmdline(serverPID), dataDir, "the server the first daemon started still runs")
+	require.Contains(t, string(must(os.ReadFile(LogPath(home)))), "clone adopted")
+
+	select {
+	case err = <-benched:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("pgbench did not finish")
+	}
+	require.NoError(t, err, "pgbench across the daemon's kill:\n%s", bench.String())
+	require.Contains(t, bench.String(), "number of failed transactions: 0 ", "pgbench:\n%s", bench.String())
+	t.Logf("pgbench across the daemon's kill:\n%s", bench.String())
+	lines := w.stop(t)
+	t.Logf("%d lines written and fsynced across the daemon's kill", lines)
+	require.Equal(t, "t", sql(t, got, "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history) "+
+		"AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(delta) FROM pgbench_history) "+
+		"AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT sum(delta) FROM pgbench_history)"), "pgbench's balances agree")
+
+	// The adopted clone works as any other: a revision, a reset, a clean stop.
+	_, err = c2.SaveClone(ctx, cl.Name, "after")
+	require.NoError(t, err)
+	sql(t, got, "DROP TABLE pgbench_history")
+	got, err = c2.ResetClone(ctx, cl.Name, "after")
+	require.NoError(t, err)
+	require.Equal(t, "t", sql(t, got, "SELECT count(*) > 0 FROM pgbench_history"))
 	rep, err := c2.CheckPool(ctx, false)
 	require.NoError(t, err)
 	require.True(t, rep.OK, "%+v", rep)
-
 	require.NoError(t, c2.DeleteClone(ctx, cl.Name))
 	require.NoError(t, c2.DeleteImage(ctx, "pg"))
 }
 
-// TestDaemonKilledFailsCloneIO: while a clone runs, the daemon (a process of its own, started by
-// Connect) is the only process of the clone's tree that holds /dev/fuse: neither the clone's
-// server nor any process under it, nor any other process the daemon started. So when the daemon
-// is killed (SIGKILL), the kernel aborts the FUSE connections it served, and I/O on the clone,
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// fileWriter appends numbered lines to a file, fsyncing each, until stopped or an error.
+type fileWriter struct {
+	path  string
+	quit  chan struct{}
+	done  chan struct{}
+	lines int
+	err   error
+}
+
+// startFileWriter starts a fileWriter on path; cleanup stops it.
+func startFileWriter(t *testing.T, path string) *fileWriter {
+	t.Helper()
+	w := &fileWriter{path: path, quit: make(chan struct{}), done: make(chan struct{})}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o644)
+	require.NoError(t, err)
+	go func() {
+		defer close(w.done)
+		defer f.Close()
+		for {
+			select {
+			case <-w.quit:
+				return
+			default:
+			}
+			if _, w.err = fmt.Fprintf(f, "line %d\n", w.lines); w.err != nil {
+				return
+			}
+			if w.err = f.Sync(); w.err != nil {
+				return
+			}
+			w.lines++
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-w.quit:
+		default:
+			close(w.quit)
+		}
+		<-w.done
+	})
+	return w
+}
+
+// stop stops the writer and checks that every write and fsync succeeded and that the file
+// holds every line, in order; it returns the number of lines.
+func (w *fileWriter) stop(t *testing.T) int {
+	t.Helper()
+	close(w.quit)
+	<-w.done
+	require.NoError(t, w.err, "a write or fsync on the clone's file system")
+	require.Positive(t, w.lines)
+	b, err := os.ReadFile(w.path)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	require.Len(t, lines, w.lines)
+	for i, l := range lines {
+		require.Equal(t, fmt.Sprintf("line %d", i), l)
+	}
+	return w.lines
+}
+
+// TestDataPlaneKilledFailsCloneIO: while a clone runs, the data plane (a process of its own,
+// started by the daemon, which Connect started) is the only process that holds /dev/fuse:
+// neither the daemon nor the clone's server nor any process under it. So when the data plane is
+// killed (SIGKILL), the kernel aborts the FUSE connections it served, and I/O on the clone,
 // through its file system and through its block device, fails at once instead of blocking in D
-// state forever; the next daemon cleans up (kills the server, unmounts, detaches the loop device)
-// and the home can be removed. The reads run in processes of their own with a deadline, so that
-// a regression fails the test (and its cleanup aborts the connections) instead of hanging it.
-func TestDaemonKilledFailsCloneIO(t *testing.T) {
+// state forever (keeping the connections across the data plane's death is the holder's job).
+// The daemon is killed too; the next one starts a new data plane, cleans up (kills the server,
+// unmounts, detaches the loop device) and starts the clone again with its committed data, and
+// the home can be removed. The reads run in processes of their own with a deadline, so that a
+// regression fails the test (and its cleanup aborts the connections) instead of hanging it.
+func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 	eng := needEngine(t, imagebuilder.EnginePostgres)
 	dir := testDir(t)
 	home := filepath.Join(dir, "home")
@@ -190,6 +310,9 @@ func TestDaemonKilledFailsCloneIO(t *testing.T) {
 	sql(t, cl, "CREATE TABLE t (v int); INSERT INTO t VALUES (1); CHECKPOINT")
 
 	daemonPID := lockPID(t, home)
+	dpPID, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+	require.NoError(t, err)
+	require.True(t, held)
 	cat, err := loadCatalog(filepath.Join(home, "catalog.json"))
 	require.NoError(t, err)
 	serverPID := cat.Clones[cl.Name].PID
@@ -197,38 +320,42 @@ func TestDaemonKilledFailsCloneIO(t *testing.T) {
 	mnt := filepath.Join(home, "mnt", cl.Name)
 	require.Contains(t, cmdline(serverPID), mnt, "the recorded pid is the clone's server")
 
-	// (i) Only the daemon holds /dev/fuse.
-	tree := descendants(daemonPID, serverPID)
-	require.Greater(t, len(tree), 2, "the clone's server and its processes: %v", tree)
+	// (i) Only the data plane holds /dev/fuse.
+	tree := descendants(daemonPID, serverPID, dpPID)
+	require.Greater(t, len(tree), 3, "the daemon, the data plane, the clone's server and its processes: %v", tree)
 	var holders []string
 	for _, pid := range tree {
-		if pid != daemonPID && holdsDevFUSE(pid) {
+		if pid != dpPID && holdsDevFUSE(pid) {
 			holders = append(holders, fmt.Sprintf("%d (%s)", pid, cmdline(pid)))
 		}
 	}
-	require.Empty(t, holders, "processes of the clone's tree that hold /dev/fuse (only the daemon %d may)", daemonPID)
-	require.True(t, holdsDevFUSE(daemonPID), "the daemon serves the clone's export")
+	require.Empty(t, holders, "processes that hold /dev/fuse (only the data plane %d may)", dpPID)
+	require.True(t, holdsDevFUSE(dpPID), "the data plane serves the clone's export")
 
-	// (ii) Killing the daemon makes the clone's I/O fail promptly.
+	// (ii) Killing the data plane makes the clone's I/O fail promptly.
 	loops := nodetest.LoopDevicesOn(t, filepath.Join(home, "export"))
 	require.NotEmpty(t, loops, "the clone's loop device")
-	require.NoError(t, syscall.Kill(daemonPID, syscall.SIGKILL))
-	require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon exits")
+	require.NoError(t, syscall.Kill(dpPID, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return !dataPlaneRunning(home) }, 30*time.Second, 20*time.Millisecond, "the killed data plane exits")
 	start := time.Now()
 	for _, path := range append([]string{filepath.Join(mnt, "data", "global", "pg_control")}, loops...) {
-		out, err := directReadWithin(path, 10*time.Second)
-		require.Error(t, err, "an O_DIRECT read of %s after the daemon's death", path)
-		require.NotErrorIs(t, err, errDeadline, "an O_DIRECT read of %s after the daemon's death", path)
-		t.Logf("O_DIRECT read of %s after the daemon's death: %v: %s", path, err, strings.TrimSpace(out))
+		out, err := nodetest.DirectReadWithin(path, 10*time.Second)
+		require.Error(t, err, "an O_DIRECT read of %s after the data plane's death", path)
+		require.NotErrorIs(t, err, nodetest.ErrDeadline, "an O_DIRECT read of %s after the data plane's death", path)
+		t.Logf("O_DIRECT read of %s after the data plane's death: %v: %s", path, err, strings.TrimSpace(out))
 	}
-	t.Logf("the reads failed %v after the daemon's exit", time.Since(start).Round(time.Millisecond))
+	t.Logf("the reads failed %v after the data plane's exit", time.Since(start).Round(time.Millisecond))
 
-	// The next daemon cleans up and serves again; then everything goes and the home is removed.
+	// The next daemon (and data plane) cleans up and serves again; then everything goes and
+	// the home is removed.
+	require.NoError(t, syscall.Kill(daemonPID, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon exits")
 	c2 := connect()
 	defer c2.Close()
 	got, err := c2.Clone(ctx, cl.Name)
 	require.NoError(t, err)
 	require.Equal(t, CloneRunning, got.State, got.Message)
+	require.NotContains(t, cmdline(serverPID), mnt, "the server on the dead file system was killed")
 	require.Equal(t, "1", sql(t, got, "SELECT v FROM t"), "committed data survives the kill")
 	require.NoError(t, c2.DeleteClone(ctx, cl.Name))
 	require.NoError(t, c2.DeleteImage(ctx, "pg"))
@@ -289,29 +416,6 @@ func holdsDevFUSE(pid int) bool {
 		}
 	}
 	return false
-}
-
-var errDeadline = errors.New("no answer before the deadline")
-
-// directReadWithin reads the first 4 KiB of path with O_DIRECT in a process of its own (dd),
-// and returns its output and how it ended: errDeadline if it had not within d (a read blocked in
-// D state cannot be killed: the process is left to the test's cleanup, which aborts the FUSE
-// connections).
-func directReadWithin(path string, d time.Duration) (string, error) {
-	var out bytes.Buffer
-	cmd := exec.Command("dd", "if="+path, "of=/dev/null", "bs=4096", "count=1", "iflag=direct")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		return out.String(), err
-	case <-time.After(d):
-		return "", errDeadline
-	}
 }
 
 // abortFUSEUnder aborts, through fusectl, the FUSE connections mounted under dir, so that what

@@ -13,8 +13,11 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // bombMembers is the member limit of the tar bomb test's daemon.
@@ -67,19 +70,30 @@ func TestRestoreLimits(t *testing.T) {
 	require.NoError(t, tw.Close())
 	writeTestFile(t, filepath.Join(root, "members.tar"), buf.String())
 
-	// Another volume of the pool, with data on it.
-	keep, err := d.pool.CreateVolume("test/keep", 64<<20)
+	// Another volume of the pool, with data on it, written and read through its block device
+	// (O_DIRECT: from the data plane, not the page cache).
+	ctx := context.Background()
+	keep, err := d.store.CreateVolume(ctx, "test/keep", 64<<20)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = d.pool.DeleteVolume(keep.ID) })
-	data := make([]byte, 16<<20)
+	t.Cleanup(func() { _ = d.store.DeleteVolume(ctx, keep.ID) })
+	kexp, err := d.store.Export(ctx, dataplane.ExportSpec{ID: "test-keep", Volume: keep.ID})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, d.store.Unexport(ctx, "test-keep")) })
+	kv, err := os.OpenFile(kexp.Device, os.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { kv.Close() })
+	data := nodetest.AlignedBuf(16 << 20)
 	_, err = rand.Read(data)
-	require.NoError(t, err)
-	kv, err := d.pool.Volume(keep.ID)
 	require.NoError(t, err)
 	_, err = kv.WriteAt(data, 8<<20)
 	require.NoError(t, err)
-	require.NoError(t, kv.Flush())
-	names, used := poolNames(d), d.pool.Stats().UsedBytes
+	require.NoError(t, kv.Sync())
+	used := func() int64 {
+		st, err := d.store.Stats(ctx)
+		require.NoError(t, err)
+		return st.UsedBytes
+	}
+	names, usedBefore := poolNames(t, d), used()
 
 	for _, tc := range []struct {
 		backup string
@@ -101,9 +115,9 @@ func TestRestoreLimits(t *testing.T) {
 			require.NotContains(t, steps, "start", "the build stopped at the restore")
 			_, err = d.Image(context.Background(), "bomb")
 			require.ErrorIs(t, err, ErrNotFound)
-			require.Equal(t, names, poolNames(d), "the build volume is deleted")
-			require.Equal(t, used, d.pool.Stats().UsedBytes, "the pool has its space back")
-			got := make([]byte, len(data))
+			require.Equal(t, names, poolNames(t, d), "the build volume is deleted")
+			require.Equal(t, usedBefore, used(), "the pool has its space back")
+			got := nodetest.AlignedBuf(len(data))
 			_, err = kv.ReadAt(got, 8<<20)
 			require.NoError(t, err)
 			require.True(t, bytes.Equal(data, got), "the other volume reads what it holds")

@@ -16,11 +16,7 @@ const fsType = "ext4"
 // mnt, making the file system first when format is set (a new build volume; a clone's volume
 // has the image's and is never formatted). On failure nothing is left attached.
 func (d *Daemon) attach(ctx context.Context, id string, vol blockstore.VolumeID, mnt string, format bool) (*nodevolume.Attachment, error) {
-	v, err := d.pool.Volume(vol)
-	if err != nil {
-		return nil, fmt.Errorf("local: volume %d for %s: %w", vol, id, err)
-	}
-	at, err := d.vols.Attach(ctx, nodevolume.Spec{ID: id, Disk: v, MountPoint: mnt, FSType: fsType, Format: format})
+	at, err := d.vols.Attach(ctx, nodevolume.Spec{ID: id, Volume: vol, MountPoint: mnt, FSType: fsType, Format: format})
 	if err != nil {
 		return nil, fmt.Errorf("local: volume %d: %w", vol, err)
 	}

@@ -16,15 +16,17 @@ import (
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/internal/keylock"
 )
 
-// Attacher attaches volumes on this node through one Exporter. Its methods are safe for
-// concurrent use: calls for one id are serialized (per-id locks), calls for different ids run
-// in parallel. Make one per Exporter (per process), with New.
+// Attacher attaches volumes on this node through the node's data plane (its exports). Its
+// methods are safe for concurrent use: calls for one id are serialized (per-id locks), calls for
+// different ids run in parallel. Make one per process, with New.
 type Attacher struct {
-	exp     export.Exporter
+	devs    dataplane.Exports
 	log     *slog.Logger
 	mounter *mount.SafeFormatAndMount // mount.NewWithoutSystemd: safe for concurrent use (doc.go)
 	locks   keylock.Locks             // by id: Attach, Detach, Resize
@@ -32,7 +34,9 @@ type Attacher struct {
 	mu struct {
 		sync.Mutex
 		// attached holds this Attacher's attachments by id, from the export until the
-		// export's teardown (also while unmounted after a Detach that failed half-way).
+		// export's teardown (also while unmounted after a Detach that failed half-way): those
+		// it made, and those New adopted (exports the data plane serves, which an earlier
+		// process attached).
 		attached map[string]*Attachment
 		// left holds the leftovers New found, by id, until Attach or Detach tears them down.
 		left map[string]Leftover
@@ -44,9 +48,8 @@ type Spec struct {
 	// ID names the attachment and its export: 1 to 200 of [A-Za-z0-9._-], not starting with
 	// '.' (export.ValidID), unique on this node.
 	ID string
-	// Disk is the volume: a *blockstore.Volume, or a wrapper of one (that counts or gates its
-	// I/O).
-	Disk export.Disk
+	// Volume is the pool volume to attach.
+	Volume blockstore.VolumeID
 	// MountPoint is the absolute path where the file system is mounted (made if missing);
 	// empty: the block device only.
 	MountPoint string
@@ -60,44 +63,68 @@ type Spec struct {
 	MountOptions []string
 }
 
+// The export attrs (dataplane.ExportSpec.Attrs) where an Attachment keeps what a process that
+// adopts it needs: its mount point and file system.
+const (
+	attrMountPoint = "nodevolume.mountPoint"
+	attrFSType     = "nodevolume.fsType"
+)
+
 // Attachment is an attached volume: its export, and its file system's mount point if it has
-// one. Detach tears it down; its holder never closes the device itself.
+// one. Detach tears it down.
 type Attachment struct {
 	id         string
-	dev        export.Device
+	volume     blockstore.VolumeID
+	device     string // the export's block device
 	mountPoint string // "" for a block device
 	fsType     string
+	// adopted: New found it exported by the data plane (an earlier process attached it).
+	adopted bool
 }
 
 // ID returns the attachment's id (Spec.ID).
 func (at *Attachment) ID() string { return at.id }
 
 // DevicePath returns the block device node, e.g. /dev/loop3.
-func (at *Attachment) DevicePath() string { return at.dev.Path() }
+func (at *Attachment) DevicePath() string { return at.device }
 
 // MountPoint returns where the file system is mounted; "" for a block device.
 func (at *Attachment) MountPoint() string { return at.mountPoint }
 
-// Drain returns once the I/O submitted to the device so far has been answered
-// (export.Device.Drain).
-func (at *Attachment) Drain() error { return at.dev.Drain() }
+// Volume returns the pool volume attached.
+func (at *Attachment) Volume() blockstore.VolumeID { return at.volume }
 
-// New returns an Attacher that exports through exp, and finds what an earlier process left on
-// this node (Leftovers). It changes nothing. A nil log discards.
-func New(exp export.Exporter, log *slog.Logger) (*Attacher, error) {
-	if exp == nil {
-		return nil, wrapf(ErrInvalid, "no exporter")
+// Adopted reports whether New found the attachment in place (exported by the data plane for an
+// earlier process) rather than this Attacher making it.
+func (at *Attachment) Adopted() bool { return at.adopted }
+
+// New returns an Attacher that exports through the data plane devs. It adopts what the data
+// plane exports (an earlier process attached it: the exports, and their file systems' mounts,
+// outlive that process), and finds what an earlier data plane left (Leftovers). It changes
+// nothing. A nil log discards.
+func New(ctx context.Context, devs dataplane.Exports, log *slog.Logger) (*Attacher, error) {
+	if devs == nil {
+		return nil, wrapf(ErrInvalid, "no data plane")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Attacher{
-		exp:     exp,
+		devs:    devs,
 		log:     log,
 		mounter: &mount.SafeFormatAndMount{Interface: mount.NewWithoutSystemd(""), Exec: utilexec.New()},
 	}
 	a.mu.attached = make(map[string]*Attachment)
-	left, err := a.findLeftovers()
+	exports, err := devs.ListExports(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("nodevolume: list the data plane's exports: %w", err)
+	}
+	for _, e := range exports {
+		at := &Attachment{id: e.ID, volume: e.Volume, device: e.Device, mountPoint: e.Attrs[attrMountPoint], fsType: e.Attrs[attrFSType], adopted: true}
+		a.mu.attached[e.ID] = at
+		log.Info("volume attached by an earlier process adopted", "id", e.ID, "device", e.Device, "mountPoint", at.mountPoint)
+	}
+	left, err := a.findLeftovers(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -108,15 +135,12 @@ func New(exp export.Exporter, log *slog.Logger) (*Attacher, error) {
 	return a, nil
 }
 
-// Exporter returns the Exporter the Attacher exports through.
-func (a *Attacher) Exporter() export.Exporter { return a.exp }
-
 func (s *Spec) check() error {
 	switch {
 	case !export.ValidID(s.ID):
 		return wrapf(ErrInvalid, "id %q: want 1 to 200 of [A-Za-z0-9._-], not starting with '.'", s.ID)
-	case s.Disk == nil:
-		return wrapf(ErrInvalid, "%s: no disk", s.ID)
+	case s.Volume == 0:
+		return wrapf(ErrInvalid, "%s: no volume", s.ID)
 	case s.MountPoint == "" && (s.FSType != "" || s.Format || len(s.MountOptions) > 0):
 		return wrapf(ErrInvalid, "%s: a file system type, format or mount options without a mount point", s.ID)
 	case s.MountPoint == "":
@@ -149,17 +173,31 @@ func (a *Attacher) Attach(ctx context.Context, s Spec) (*Attachment, error) {
 	}
 	defer unlock()
 	if at, ok := a.Get(s.ID); ok {
-		return a.reattach(at, s)
+		live, err := a.served(ctx, at)
+		if err != nil {
+			return nil, fmt.Errorf("nodevolume: attach %s: %w", s.ID, err)
+		}
+		if live {
+			return a.reattach(at, s)
+		}
+		// The data plane that served it has died since: what is left of it is a leftover now,
+		// which the fresh attach below tears down if nothing uses it.
+		a.log.Warn("attachment lost its export (the data plane restarted)", "id", s.ID, "device", at.device)
+		a.forget(at.id)
 	}
-	if err := a.tearDownLeftover(s.ID); err != nil {
+	if err := a.tearDownLeftover(ctx, s.ID); err != nil {
 		return nil, fmt.Errorf("nodevolume: attach %s: clear what an earlier process left: %w", s.ID, err)
 	}
 	start := time.Now()
-	dev, err := a.exp.Export(s.ID, s.Disk)
+	attrs := map[string]string{}
+	if s.MountPoint != "" {
+		attrs[attrMountPoint], attrs[attrFSType] = s.MountPoint, s.FSType
+	}
+	e, err := a.devs.Export(ctx, dataplane.ExportSpec{ID: s.ID, Volume: s.Volume, Attrs: attrs})
 	if err != nil {
 		return nil, fmt.Errorf("nodevolume: attach %s: export it as a block device: %w", s.ID, err)
 	}
-	at := &Attachment{id: s.ID, dev: dev, mountPoint: s.MountPoint, fsType: s.FSType}
+	at := &Attachment{id: s.ID, volume: s.Volume, device: e.Device, mountPoint: s.MountPoint, fsType: s.FSType}
 	if s.MountPoint != "" {
 		made, err := makeMountPoint(s.MountPoint)
 		if err == nil {
@@ -167,8 +205,9 @@ func (a *Attacher) Attach(ctx context.Context, s Spec) (*Attachment, error) {
 		}
 		if err != nil {
 			var undo []error
-			if cerr := dev.Close(); cerr != nil {
-				undo = append(undo, fmt.Errorf("nodevolume: tear down the export %s: %w", s.ID, cerr))
+			// The caller's context may have ended: the teardown runs to the end regardless.
+			if uerr := a.devs.Unexport(context.WithoutCancel(ctx), s.ID); uerr != nil {
+				undo = append(undo, fmt.Errorf("nodevolume: tear down the export %s: %w", s.ID, uerr))
 				a.record(at) // still exported: Detach retries the teardown
 			}
 			if made {
@@ -180,13 +219,17 @@ func (a *Attacher) Attach(ctx context.Context, s Spec) (*Attachment, error) {
 		}
 	}
 	a.record(at)
-	a.log.Debug("volume attached", "id", s.ID, "device", dev.Path(), "mountPoint", s.MountPoint, "fsType", s.FSType,
+	a.log.Debug("volume attached", "id", s.ID, "device", e.Device, "mountPoint", s.MountPoint, "fsType", s.FSType,
 		"took", time.Since(start))
 	return at, nil
 }
 
-// reattach answers Attach of an id this Attacher has attached. REQUIRES the id's lock.
+// reattach answers Attach of an id this Attacher has attached (or adopted). REQUIRES the id's
+// lock.
 func (a *Attacher) reattach(at *Attachment, s Spec) (*Attachment, error) {
+	if at.volume != s.Volume {
+		return nil, wrapf(ErrConflict, "%s is attached for volume %d, not %d", s.ID, at.volume, s.Volume)
+	}
 	if at.mountPoint != s.MountPoint || at.fsType != s.FSType {
 		have, want := "as a block device", "as a block device"
 		if at.mountPoint != "" {
@@ -236,13 +279,13 @@ func (a *Attacher) mountFS(at *Attachment, s Spec) error {
 		opts = append(opts, "nouuid") // clones of one image share the file system's UUID
 	}
 	if s.Format {
-		if err := a.mounter.FormatAndMount(at.dev.Path(), s.MountPoint, s.FSType, opts); err != nil {
-			return fmt.Errorf("make a file system on %s if blank and mount it at %s as %s: %w", at.dev.Path(), s.MountPoint, s.FSType, err)
+		if err := a.mounter.FormatAndMount(at.device, s.MountPoint, s.FSType, opts); err != nil {
+			return fmt.Errorf("make a file system on %s if blank and mount it at %s as %s: %w", at.device, s.MountPoint, s.FSType, err)
 		}
 		return nil
 	}
-	if err := a.mounter.Mount(at.dev.Path(), s.MountPoint, s.FSType, opts); err != nil {
-		return fmt.Errorf("mount %s at %s as %s: %w", at.dev.Path(), s.MountPoint, s.FSType, err)
+	if err := a.mounter.Mount(at.device, s.MountPoint, s.FSType, opts); err != nil {
+		return fmt.Errorf("mount %s at %s as %s: %w", at.device, s.MountPoint, s.FSType, err)
 	}
 	return nil
 }
@@ -283,26 +326,46 @@ func (a *Attacher) Detach(ctx context.Context, id, mountPoint string) error {
 		}
 	}
 	if !ours {
-		if err := a.tearDownLeftover(id); err != nil {
+		if err := a.tearDownLeftover(ctx, id); err != nil {
 			return fmt.Errorf("nodevolume: detach %s: tear down what an earlier process left: %w", id, err)
 		}
 		return nil
 	}
-	users, err := mountsOf([]string{at.dev.Path()})
+	users, err := mountsOf([]string{at.device})
 	if err != nil {
 		return fmt.Errorf("nodevolume: detach %s: %w", id, err)
 	}
 	if len(users) > 0 {
-		return fmt.Errorf("nodevolume: detach %s: %w: %s is still mounted at %v", id, export.ErrBusy, at.dev.Path(), users)
+		return fmt.Errorf("nodevolume: detach %s: %w: %s is still mounted at %v", id, export.ErrBusy, at.device, users)
 	}
-	if err := at.dev.Close(); err != nil {
-		return fmt.Errorf("nodevolume: detach %s: tear down the export (%s): %w", id, at.dev.Path(), err)
+	if err := a.devs.Unexport(ctx, id); err != nil {
+		return fmt.Errorf("nodevolume: detach %s: tear down the export (%s): %w", id, at.device, err)
 	}
+	// A data plane that restarted since the attach does not serve the export any more (it
+	// died with the earlier one, which left it behind): then that goes too.
+	if err := a.tearDownLeftover(ctx, id); err != nil {
+		return fmt.Errorf("nodevolume: detach %s: tear down what an earlier data plane left: %w", id, err)
+	}
+	a.forget(id)
+	a.log.Debug("volume detached", "id", id, "mountPoints", points)
+	return nil
+}
+
+// forget drops the attachment of id.
+func (a *Attacher) forget(id string) {
 	a.mu.Lock()
 	delete(a.mu.attached, id)
 	a.mu.Unlock()
-	a.log.Debug("volume detached", "id", id, "mountPoints", points)
-	return nil
+}
+
+// served reports whether the data plane still serves the export of at (it did not restart
+// since, losing it).
+func (a *Attacher) served(ctx context.Context, at *Attachment) (bool, error) {
+	exports, err := a.devs.ListExports(ctx)
+	if err != nil {
+		return false, fmt.Errorf("list the data plane's exports: %w", err)
+	}
+	return slices.ContainsFunc(exports, func(e dataplane.Export) bool { return e.ID == at.id && e.Device == at.device }), nil
 }
 
 // Get returns the attachment of id, if this Attacher has one.
@@ -346,14 +409,14 @@ func (a *Attacher) Resize(ctx context.Context, id, fsPath string) error {
 	if !ok {
 		return wrapf(ErrNotAttached, "resize %s", id)
 	}
-	if err := at.dev.Resize(); err != nil {
-		return fmt.Errorf("nodevolume: resize the block device %s of %s: %w", at.dev.Path(), id, err)
+	if err := a.devs.ResizeExport(ctx, id); err != nil {
+		return fmt.Errorf("nodevolume: resize the block device %s of %s: %w", at.device, id, err)
 	}
 	if fsPath == "" {
 		return nil
 	}
-	if _, err := mount.NewResizeFs(a.mounter.Exec).Resize(at.dev.Path(), fsPath); err != nil {
-		return fmt.Errorf("nodevolume: grow the file system of %s on %s mounted at %s: %w", id, at.dev.Path(), fsPath, err)
+	if _, err := mount.NewResizeFs(a.mounter.Exec).Resize(at.device, fsPath); err != nil {
+		return fmt.Errorf("nodevolume: grow the file system of %s on %s mounted at %s: %w", id, at.device, fsPath, err)
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ func TestAttachFileSystem(t *testing.T) {
 			ctx := context.Background()
 			vol := e.volume(t, "v", tc.size)
 			mnt := filepath.Join(e.dir, "mnt", "v")
-			spec := Spec{ID: "v", Disk: vol, MountPoint: mnt, FSType: tc.fsType, Format: true}
+			spec := Spec{ID: "v", Volume: vol, MountPoint: mnt, FSType: tc.fsType, Format: true}
 			at, err := e.a.Attach(ctx, spec)
 			require.NoError(t, err)
 			require.Equal(t, "v", at.ID())
@@ -72,20 +72,18 @@ func TestAttachXFSClones(t *testing.T) {
 	ctx := context.Background()
 	src := e.volume(t, "src", 320*mib)
 	mnt := filepath.Join(e.dir, "src")
-	_, err := e.a.Attach(ctx, Spec{ID: "src", Disk: src, MountPoint: mnt, FSType: "xfs", Format: true})
+	_, err := e.a.Attach(ctx, Spec{ID: "src", Volume: src, MountPoint: mnt, FSType: "xfs", Format: true})
 	require.NoError(t, err)
 	nodetest.WriteSynced(t, filepath.Join(mnt, "f"), []byte("image"))
 	require.NoError(t, e.a.Detach(ctx, "src", mnt))
-	snap, err := e.pool.CreateSnapshot(src.ID(), "image")
+	snap, err := e.pool.CreateSnapshot(src, "image")
 	require.NoError(t, err)
 	for i := range 2 {
 		name := fmt.Sprintf("clone-%d", i)
 		info, err := e.pool.Clone(snap.ID, name, 0)
 		require.NoError(t, err)
-		v, err := e.pool.Volume(info.ID)
-		require.NoError(t, err)
 		cm := filepath.Join(e.dir, name)
-		e.attach(t, Spec{ID: name, Disk: v, MountPoint: cm, FSType: "xfs"})
+		e.attach(t, Spec{ID: name, Volume: info.ID, MountPoint: cm, FSType: "xfs"})
 		b, err := os.ReadFile(filepath.Join(cm, "f"))
 		require.NoError(t, err)
 		require.Equal(t, "image", string(b))
@@ -104,7 +102,7 @@ func TestAttachBlock(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	vol := e.volume(t, "b", 16*mib)
-	at, err := e.a.Attach(ctx, Spec{ID: "b", Disk: vol})
+	at, err := e.a.Attach(ctx, Spec{ID: "b", Volume: vol})
 	require.NoError(t, err)
 	require.Empty(t, at.MountPoint())
 	data := pattern(4096, 2)
@@ -136,7 +134,9 @@ func TestAttachBlock(t *testing.T) {
 	require.NoError(t, e.a.Unmount(target), "unmounting again changes nothing")
 	require.NoError(t, e.a.Detach(ctx, "b", ""))
 	got := make([]byte, len(data))
-	_, err = vol.ReadAt(got, 8192)
+	v, err := e.pool.Volume(vol)
+	require.NoError(t, err)
+	_, err = v.ReadAt(got, 8192)
 	require.NoError(t, err)
 	require.Equal(t, data, got, "what was written to the device is in the volume")
 }
@@ -148,7 +148,7 @@ func TestAttachAgain(t *testing.T) {
 	ctx := context.Background()
 	vol := e.volume(t, "v", 64*mib)
 	mnt := filepath.Join(e.dir, "v")
-	spec := Spec{ID: "v", Disk: vol, MountPoint: mnt, FSType: "ext4", Format: true}
+	spec := Spec{ID: "v", Volume: vol, MountPoint: mnt, FSType: "ext4", Format: true}
 	at := e.attach(t, spec)
 	again, err := e.a.Attach(ctx, spec)
 	require.NoError(t, err)
@@ -156,9 +156,9 @@ func TestAttachAgain(t *testing.T) {
 	require.Equal(t, 1, mountCount(t, mnt), "mounted once")
 
 	for _, other := range []Spec{
-		{ID: "v", Disk: vol, MountPoint: mnt + "-2", FSType: "ext4", Format: true},
-		{ID: "v", Disk: vol, MountPoint: mnt, FSType: "xfs", Format: true},
-		{ID: "v", Disk: vol},
+		{ID: "v", Volume: vol, MountPoint: mnt + "-2", FSType: "ext4", Format: true},
+		{ID: "v", Volume: vol, MountPoint: mnt, FSType: "xfs", Format: true},
+		{ID: "v", Volume: vol},
 	} {
 		_, err := e.a.Attach(ctx, other)
 		require.ErrorIs(t, err, ErrConflict, "%+v", other)
@@ -173,16 +173,16 @@ func TestAttachAgain(t *testing.T) {
 	require.True(t, isMounted(t, mnt), "mounted again")
 
 	for _, bad := range []Spec{
-		{ID: "", Disk: vol},
-		{ID: ".hidden", Disk: vol},
-		{ID: "a/b", Disk: vol},
+		{ID: "", Volume: vol},
+		{ID: ".hidden", Volume: vol},
+		{ID: "a/b", Volume: vol},
 		{ID: "x"},
-		{ID: "x", Disk: vol, FSType: "ext4"},
-		{ID: "x", Disk: vol, Format: true},
-		{ID: "x", Disk: vol, MountOptions: []string{"ro"}},
-		{ID: "x", Disk: vol, MountPoint: "relative", FSType: "ext4"},
-		{ID: "x", Disk: vol, MountPoint: mnt + "-x"},
-		{ID: "x", Disk: vol, MountPoint: mnt + "-x", FSType: "btrfs"},
+		{ID: "x", Volume: vol, FSType: "ext4"},
+		{ID: "x", Volume: vol, Format: true},
+		{ID: "x", Volume: vol, MountOptions: []string{"ro"}},
+		{ID: "x", Volume: vol, MountPoint: "relative", FSType: "ext4"},
+		{ID: "x", Volume: vol, MountPoint: mnt + "-x"},
+		{ID: "x", Volume: vol, MountPoint: mnt + "-x", FSType: "btrfs"},
 	} {
 		_, err := e.a.Attach(ctx, bad)
 		require.ErrorIs(t, err, ErrInvalid, "%+v", bad)
@@ -199,7 +199,7 @@ func TestAttachFailureLeavesNothing(t *testing.T) {
 	ctx := context.Background()
 	vol := e.volume(t, "blank", 16*mib)
 	mnt := filepath.Join(e.dir, "new", "blank")
-	_, err := e.a.Attach(ctx, Spec{ID: "blank", Disk: vol, MountPoint: mnt, FSType: "ext4"}) // no Format
+	_, err := e.a.Attach(ctx, Spec{ID: "blank", Volume: vol, MountPoint: mnt, FSType: "ext4"}) // no Format
 	require.Error(t, err, "a blank device has no file system to mount")
 	require.Contains(t, err.Error(), "mount")
 	require.Zero(t, e.a.Len())
@@ -209,14 +209,14 @@ func TestAttachFailureLeavesNothing(t *testing.T) {
 
 	kept := filepath.Join(e.dir, "kept")
 	require.NoError(t, os.Mkdir(kept, 0o700))
-	_, err = e.a.Attach(ctx, Spec{ID: "blank", Disk: vol, MountPoint: kept, FSType: "xfs"})
+	_, err = e.a.Attach(ctx, Spec{ID: "blank", Volume: vol, MountPoint: kept, FSType: "xfs"})
 	require.Error(t, err)
 	_, err = os.Stat(kept)
 	require.NoError(t, err, "a mount point that was there stays")
 	nodetest.RequireNothingLeft(t, e.dir, e.stateDir)
 
 	// The id attaches fine afterwards.
-	e.attach(t, Spec{ID: "blank", Disk: vol, MountPoint: mnt, FSType: "ext4", Format: true})
+	e.attach(t, Spec{ID: "blank", Volume: vol, MountPoint: mnt, FSType: "ext4", Format: true})
 }
 
 // TestConcurrentAttach attaches and detaches file systems and block devices in parallel, each
@@ -228,7 +228,7 @@ func TestConcurrentAttach(t *testing.T) {
 	specs := make([]Spec, n)
 	for i := range specs {
 		id := fmt.Sprintf("v%d", i)
-		specs[i] = Spec{ID: id, Disk: e.volume(t, id, 32*mib)}
+		specs[i] = Spec{ID: id, Volume: e.volume(t, id, 32*mib)}
 		if i%2 == 0 {
 			specs[i].MountPoint, specs[i].FSType, specs[i].Format = filepath.Join(e.dir, id), "ext4", true
 		}
@@ -286,10 +286,10 @@ func TestResize(t *testing.T) {
 	ctx := context.Background()
 	vol := e.volume(t, "fs", 320*mib)
 	mnt := filepath.Join(e.dir, "fs")
-	at := e.attach(t, Spec{ID: "fs", Disk: vol, MountPoint: mnt, FSType: "xfs", Format: true})
+	at := e.attach(t, Spec{ID: "fs", Volume: vol, MountPoint: mnt, FSType: "xfs", Format: true})
 	var before unix.Statfs_t
 	require.NoError(t, unix.Statfs(mnt, &before))
-	require.NoError(t, e.pool.GrowVolume(vol.ID(), 640*mib))
+	require.NoError(t, e.pool.GrowVolume(vol, 640*mib))
 	require.NoError(t, e.a.Resize(ctx, "fs", mnt))
 	require.Equal(t, 640*mib, deviceSize(t, at.DevicePath()))
 	var after unix.Statfs_t
@@ -298,8 +298,8 @@ func TestResize(t *testing.T) {
 	require.NoError(t, e.a.Resize(ctx, "fs", mnt), "growing what has its size changes nothing")
 
 	blk := e.volume(t, "blk", 16*mib)
-	bat := e.attach(t, Spec{ID: "blk", Disk: blk})
-	require.NoError(t, e.pool.GrowVolume(blk.ID(), 32*mib))
+	bat := e.attach(t, Spec{ID: "blk", Volume: blk})
+	require.NoError(t, e.pool.GrowVolume(blk, 32*mib))
 	require.NoError(t, e.a.Resize(ctx, "blk", ""))
 	require.Equal(t, 32*mib, deviceSize(t, bat.DevicePath()))
 }
@@ -320,7 +320,7 @@ func TestFreeze(t *testing.T) {
 	e := newEnv(t)
 	vol := e.volume(t, "fs", 64*mib)
 	mnt := filepath.Join(e.dir, "fs")
-	e.attach(t, Spec{ID: "fs", Disk: vol, MountPoint: mnt, FSType: "ext4", Format: true})
+	e.attach(t, Spec{ID: "fs", Volume: vol, MountPoint: mnt, FSType: "ext4", Format: true})
 	thaw, err := Freeze(mnt)
 	require.NoError(t, err)
 	wrote := make(chan struct{})

@@ -1,16 +1,25 @@
 package nodevolume
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
@@ -23,10 +32,11 @@ func needKernel(t *testing.T) {
 	nodetest.Need(t, "mkfs.ext4", "mkfs.xfs", "blkid", "resize2fs", "xfs_growfs")
 }
 
-// env is an Attacher on a real pool (2 GiB, sparse) and this node's exporter, all in a
-// temporary directory.
+// env is an Attacher on a real pool (2 GiB, sparse) and this node's exporter, through a data
+// plane served on a socket, all in a temporary directory.
 type env struct {
 	a        *Attacher
+	devs     *dataplane.Client // the data plane of pool, served on a socket
 	pool     *blockstore.Pool
 	dir      string // mount points go here
 	stateDir string // the exporter's state directory
@@ -42,7 +52,8 @@ func newEnv(t *testing.T) *env {
 	e := &env{dir: t.TempDir()}
 	e.stateDir = filepath.Join(e.dir, "export")
 	e.pool = nodetest.Pool(t, filepath.Join(e.dir, "pool"), 2<<30)
-	e.a = newAttacher(t, e.stateDir)
+	e.devs = dataplanetest.Serve(t, newDataPlane(t, e.pool, e.stateDir))
+	e.a = newAttacher(t, e.devs)
 	t.Cleanup(func() { nodetest.RequireNothingLeft(t, e.dir, e.stateDir) })
 	t.Cleanup(func() {
 		for _, at := range e.a.All() {
@@ -57,12 +68,18 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// newAttacher detects this node's exporter on stateDir and makes an Attacher on it.
-func newAttacher(t *testing.T, stateDir string) *Attacher {
+// newDataPlane detects this node's exporter on stateDir and makes a data plane of pool with it.
+func newDataPlane(t *testing.T, pool *blockstore.Pool, stateDir string) *dataplane.Local {
 	t.Helper()
 	exp, err := export.Detect(export.Options{StateDir: stateDir})
 	require.NoError(t, err)
-	a, err := New(exp, nil)
+	return dataplane.NewLocal(pool, exp, nil)
+}
+
+// newAttacher makes an Attacher on the data plane devs.
+func newAttacher(t *testing.T, devs dataplane.Exports) *Attacher {
+	t.Helper()
+	a, err := New(context.Background(), devs, nil)
 	require.NoError(t, err)
 	return a
 }
@@ -83,14 +100,12 @@ func isMounted(t *testing.T, path string) bool {
 	return slices.Contains(nodetest.Mounts(t, path), path)
 }
 
-// volume creates a pool volume and opens it.
-func (e *env) volume(t *testing.T, name string, size int64) *blockstore.Volume {
+// volume creates a pool volume.
+func (e *env) volume(t *testing.T, name string, size int64) blockstore.VolumeID {
 	t.Helper()
 	info, err := e.pool.CreateVolume(name, size)
 	require.NoError(t, err)
-	v, err := e.pool.Volume(info.ID)
-	require.NoError(t, err)
-	return v
+	return info.ID
 }
 
 // attach attaches and registers the detach for cleanup.
@@ -111,4 +126,41 @@ func pattern(n int, seed byte) []byte {
 		b[i] ^= byte(i * 31)
 	}
 	return b
+}
+
+// startReady starts cmd, a helper run of this test binary, waits until it says "ready" on its
+// standard output, and returns a function that kills it (SIGKILL) and waits for it; cleanup
+// kills it unless the test did.
+func startReady(t *testing.T, cmd *exec.Cmd, what string) (kill func()) {
+	t.Helper()
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(kill)
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "ready") {
+				ready <- true
+				return
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		require.True(t, ok, "%s failed", what)
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("%s did not get ready", what)
+	}
+	return kill
 }

@@ -1,6 +1,7 @@
 package nodevolume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,8 +16,8 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 )
 
-// Leftover is what an earlier process left on this node for one id: an export that no
-// Exporter of this process serves (its server died with that process, so its I/O fails), and
+// Leftover is what an earlier process left on this node for one id: an export that the data
+// plane does not serve (its server died with an earlier data plane, so its I/O fails), and
 // where its block devices are still mounted.
 type Leftover struct {
 	export.Leftover
@@ -37,17 +38,24 @@ func (a *Attacher) Leftovers() []Leftover {
 	return out
 }
 
-// Leftover returns the leftover of id, if New found one and nothing has torn it down since.
-func (a *Attacher) Leftover(id string) (Leftover, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	l, ok := a.mu.left[id]
-	return l, ok
+// Leftover returns what an earlier data plane left for id, as the data plane reports it now:
+// found by New, or left since by a data plane that restarted under this Attacher (the
+// attachment of id then serves no I/O any more).
+func (a *Attacher) Leftover(ctx context.Context, id string) (Leftover, bool, error) {
+	left, err := a.findLeftovers(ctx)
+	if err != nil {
+		return Leftover{}, false, err
+	}
+	i := slices.IndexFunc(left, func(l Leftover) bool { return l.ID == id })
+	if i < 0 {
+		return Leftover{}, false, nil
+	}
+	return left[i], true, nil
 }
 
 // findLeftovers lists the exporter's leftovers with their mount points.
-func (a *Attacher) findLeftovers() ([]Leftover, error) {
-	left, err := a.exp.Leftovers()
+func (a *Attacher) findLeftovers(ctx context.Context) ([]Leftover, error) {
+	left, err := a.devs.Leftovers(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("nodevolume: find what an earlier process left: %w", err)
 	}
@@ -67,15 +75,15 @@ func (a *Attacher) findLeftovers() ([]Leftover, error) {
 // nothing. A loop device whose node is bind-mounted is not held open by that mount, so the
 // export could tear it down: the bind mount would then reach whatever volume the device number
 // serves next. Nothing left is not an error. REQUIRES the id's lock.
-func (a *Attacher) tearDownLeftover(id string) error {
-	left, err := a.exp.Leftovers()
+func (a *Attacher) tearDownLeftover(ctx context.Context, id string) error {
+	left, err := a.devs.Leftovers(ctx)
 	if err != nil {
 		return err
 	}
 	i := slices.IndexFunc(left, func(l export.Leftover) bool { return l.ID == id })
 	if i < 0 {
 		a.forgetLeftover(id)
-		return nil // only an earlier process leaves state behind: none can appear meanwhile
+		return nil // only an earlier data plane leaves state behind: none can appear meanwhile
 	}
 	points, err := mountsOf(left[i].Devices)
 	if err != nil {
@@ -84,7 +92,7 @@ func (a *Attacher) tearDownLeftover(id string) error {
 	if len(points) > 0 {
 		return fmt.Errorf("%w: %w: %v still mounted at %v", export.ErrLeftovers, export.ErrBusy, left[i].Devices, points)
 	}
-	if err := a.exp.Cleanup(id); err != nil {
+	if err := a.devs.CleanupLeftover(ctx, id); err != nil {
 		if !errors.Is(err, export.ErrLeftovers) {
 			err = fmt.Errorf("%w: %w", export.ErrLeftovers, err)
 		}

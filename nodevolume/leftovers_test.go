@@ -1,21 +1,18 @@
 package nodevolume
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
@@ -31,8 +28,8 @@ const (
 	blkTarget = "blk-target"
 )
 
-// TestEarlierRunHelper is the process TestLeftovers kills: it attaches, says "ready" on stdout
-// and waits to be killed.
+// TestEarlierRunHelper is the process TestLeftovers kills: the data plane of the pool and an
+// Attacher on it in one process; it attaches, says "ready" on stdout and waits to be killed.
 func TestEarlierRunHelper(t *testing.T) {
 	dir := os.Getenv(earlierRunEnv)
 	if dir == "" {
@@ -41,13 +38,13 @@ func TestEarlierRunHelper(t *testing.T) {
 	ctx := context.Background()
 	pool, err := blockstore.Open(filepath.Join(dir, "pool"), blockstore.Options{})
 	require.NoError(t, err)
-	a := newAttacher(t, filepath.Join(dir, "export"))
-	open := func(name string) *blockstore.Volume { return openVolume(t, pool, name) }
+	a := newAttacher(t, newDataPlane(t, pool, filepath.Join(dir, "export")))
+	open := func(name string) blockstore.VolumeID { return volumeID(t, pool, name) }
 	mnt := filepath.Join(dir, fsMnt)
-	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: mnt, FSType: "ext4", Format: true})
+	_, err = a.Attach(ctx, Spec{ID: "fs", Volume: open("fs"), MountPoint: mnt, FSType: "ext4", Format: true})
 	require.NoError(t, err)
 	nodetest.WriteSynced(t, filepath.Join(mnt, "before"), []byte("written before the kill"))
-	blk, err := a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
+	blk, err := a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
 	require.NoError(t, err)
 	target := filepath.Join(dir, blkTarget)
 	require.NoError(t, a.BindMount(blk.DevicePath(), target, false))
@@ -61,9 +58,10 @@ func TestEarlierRunHelper(t *testing.T) {
 	select {}
 }
 
-// TestLeftovers: a process attaches a file system and a block device (bound at a target, as
-// the CSI node publishes it) and is killed (SIGKILL): its exports' server dies with it. A new
-// Attacher on the same state directory finds both, with where they are still mounted. Attach
+// TestLeftovers: a process that is data plane and control plane at once attaches a file system
+// and a block device (bound at a target, as the CSI node publishes it) and is killed (SIGKILL):
+// its exports' server dies with it. A new Attacher, through a new data plane on the same state
+// directory, finds both, with where they are still mounted. Attach
 // refuses to tear a leftover down while its device is mounted or its node bound (the earlier
 // run's target would reach whatever the device number serves next); Detach with the mount point
 // tears it down; then the volumes attach again with what was written before the kill.
@@ -81,37 +79,7 @@ func TestLeftovers(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestEarlierRunHelper$", "-test.v")
 	cmd.Env = append(os.Environ(), earlierRunEnv+"="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ready") {
-				ready <- true
-				return
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		require.True(t, ok, "the earlier run failed")
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the earlier run did not get ready")
-	}
-	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
-	killed = true
+	startReady(t, cmd, "the earlier run")()
 	fsMount, target := filepath.Join(dir, fsMnt), filepath.Join(dir, blkTarget)
 	require.True(t, isMounted(t, fsMount), "the killed run's mounts stay")
 	require.True(t, isMounted(t, target))
@@ -120,7 +88,7 @@ func TestLeftovers(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { nodetest.CloseChecked(t, pool) })
 	t.Cleanup(func() { nodetest.RequireNothingLeft(t, dir, stateDir) }) // before the pool's cleanup
-	a := newAttacher(t, stateDir)
+	a := newAttacher(t, dataplanetest.Serve(t, newDataPlane(t, pool, stateDir)))
 	left := a.Leftovers()
 	require.Len(t, left, 2)
 	require.Equal(t, "blk", left[0].ID)
@@ -129,18 +97,19 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, "fs", left[1].ID)
 	require.Len(t, left[1].Devices, 1)
 	require.Equal(t, []string{fsMount}, left[1].MountPoints, "the file system is mounted")
-	l, ok := a.Leftover("fs")
+	ctx := context.Background()
+	l, ok, err := a.Leftover(ctx, "fs")
+	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, left[1], l)
 
-	ctx := context.Background()
-	open := func(name string) *blockstore.Volume { return openVolume(t, pool, name) }
+	open := func(name string) blockstore.VolumeID { return volumeID(t, pool, name) }
 	// In use: Attach leaves the leftovers alone.
-	_, err = a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
+	_, err = a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
 	require.ErrorIs(t, err, export.ErrLeftovers)
 	require.ErrorIs(t, err, export.ErrBusy)
 	require.Contains(t, err.Error(), target)
-	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: filepath.Join(dir, "fs-2"), FSType: "ext4"})
+	_, err = a.Attach(ctx, Spec{ID: "fs", Volume: open("fs"), MountPoint: filepath.Join(dir, "fs-2"), FSType: "ext4"})
 	require.ErrorIs(t, err, export.ErrLeftovers)
 	require.ErrorIs(t, err, export.ErrBusy)
 	require.Zero(t, a.Len())
@@ -152,7 +121,7 @@ func TestLeftovers(t *testing.T) {
 
 	// Unbound, the block volume's leftover is torn down and the volume attaches afresh.
 	require.NoError(t, a.Unmount(target))
-	blk, err := a.Attach(ctx, Spec{ID: "blk", Disk: open("blk")})
+	blk, err := a.Attach(ctx, Spec{ID: "blk", Volume: open("blk")})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, a.Detach(ctx, "blk", "")) })
 	got := make([]byte, 4096)
@@ -162,7 +131,8 @@ func TestLeftovers(t *testing.T) {
 	f.Close()
 	require.NoError(t, err)
 	require.Equal(t, pattern(4096, 7), got, "the block written and synced before the kill")
-	_, ok = a.Leftover("blk")
+	_, ok, err = a.Leftover(ctx, "blk")
+	require.NoError(t, err)
 	require.False(t, ok)
 
 	// Detach with the dead file system's mount point unmounts it and tears the leftover down.
@@ -170,7 +140,7 @@ func TestLeftovers(t *testing.T) {
 	require.False(t, isMounted(t, fsMount))
 	require.Empty(t, a.Leftovers())
 	mnt := filepath.Join(dir, "fs-3")
-	_, err = a.Attach(ctx, Spec{ID: "fs", Disk: open("fs"), MountPoint: mnt, FSType: "ext4"})
+	_, err = a.Attach(ctx, Spec{ID: "fs", Volume: open("fs"), MountPoint: mnt, FSType: "ext4"})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, a.Detach(ctx, "fs", mnt)) })
 	b, err := os.ReadFile(filepath.Join(mnt, "before"))
@@ -178,12 +148,10 @@ func TestLeftovers(t *testing.T) {
 	require.Equal(t, "written before the kill", string(b))
 }
 
-// openVolume opens the pool's volume name.
-func openVolume(t *testing.T, pool *blockstore.Pool, name string) *blockstore.Volume {
+// volumeID returns the ID of the pool's volume name.
+func volumeID(t *testing.T, pool *blockstore.Pool, name string) blockstore.VolumeID {
 	t.Helper()
 	info, err := pool.LookupVolume(name)
 	require.NoError(t, err)
-	v, err := pool.Volume(info.ID)
-	require.NoError(t, err)
-	return v
+	return info.ID
 }

@@ -29,6 +29,8 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/driver"
 )
 
@@ -80,11 +82,13 @@ func StartPlugin(t *testing.T, nodeID string, poolSize int64, fsType string, opt
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := driver.NewServer(driver.Config{NodeID: nodeID, Version: "test", Logger: log}, pool, opts...)
+	// The plugin reaches the pool as in production: over the data plane's socket.
+	store := dataplanetest.Serve(t, dataplane.NewLocal(pool, exp, log))
+	srv, err := driver.NewServer(context.Background(), driver.Config{NodeID: nodeID, Version: "test", Logger: log}, store, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: fsType}); err != nil {
+	if err := srv.RegisterNode(context.Background(), driver.NodeConfig{DefaultFSType: fsType}); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "csi.sock")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/driver"
 	"github.com/dataimage/dataimage/internal/units"
 )
@@ -69,7 +70,25 @@ func (b *bench) csiRoundTrips() (*csiResult, error) {
 		// A JSON logger at Info level writing nowhere: the driver formats its per-call logs as
 		// it would in production, and they are discarded.
 		logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
-		srv, err := driver.NewServer(driver.Config{Version: "bench", NodeID: "bench-node", Logger: logger}, c.lat.p)
+		// The plugin reaches the pool over the data plane's socket, as in production.
+		dpSock := filepath.Join(b.dir, "dp-"+tag+".sock")
+		dpLis, err := dataplane.Listen(dpSock)
+		if err != nil {
+			return nil, err
+		}
+		dpServed := make(chan error, 1)
+		go func() {
+			dpServed <- dataplane.NewServer(dataplane.NewLocal(c.lat.p, nil, logger), "bench", logger).Serve(ctx, dpLis)
+		}()
+		defer func() {
+			cancel()
+			if err := <-dpServed; err != nil {
+				fmt.Fprintln(b.log, "storebench: data plane server:", err)
+			}
+		}()
+		store := dataplane.NewClient(dpSock)
+		defer store.Close()
+		srv, err := driver.NewServer(ctx, driver.Config{Version: "bench", NodeID: "bench-node", Logger: logger}, store)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +222,7 @@ func (r *report) csiSection(w0 *strings.Builder) {
 	small, big := res.cases[0], res.cases[1]
 	w("## 6. CSI round trips: CreateSnapshot and CreateVolume from a snapshot, 1 GiB vs 1 TiB source\n\n")
 	w("How: each source volume lives in its own pool, set up exactly as in section 3 (8 GiB sparse file, 4 KiB blocks, `DirectIO: true`, over-provisioning 400; the same fill; closed and reopened: bench/storebench/latency.go). ")
-	w("Each pool is served by its own in-process `driver.NewServer` (Identity and Controller; a JSON `slog` logger at Info level writing to `io.Discard`, so the per-call logs are formatted and dropped) on a unix socket (`Server.Serve`), and called through `csi.NewControllerClient` over a `grpc.NewClient(\"unix://…\")` connection with insecure credentials, one call at a time. ")
+	w("Each pool is served, as on a node, by its own in-process data plane (`dataplane.NewLocal` served by `dataplane.NewServer` on a unix socket) and an in-process `driver.NewServer` (Identity and Controller; a JSON `slog` logger at Info level writing to `io.Discard`, so the per-call logs are formatted and dropped) that reaches the pool through `dataplane.NewClient` on that socket, served on a unix socket of its own (`Server.Serve`), and called through `csi.NewControllerClient` over a `grpc.NewClient(\"unix://…\")` connection with insecure credentials, one call at a time. ")
 	w("One repetition, on each pool in turn: a bare `fdatasync` of the pool file (timed, for scale); `ControllerGetCapabilities` (timed: the gRPC round trip with no pool work); one 4 KiB write in the first GiB and `Pool.Flush` (untimed, as in section 3); `CreateSnapshot` of the source volume (timed); `CreateVolume` named anew with that snapshot as content source, block access, no capacity range (timed: a clone at the snapshot's size, so a 1 TiB clone of the 1 TiB source); `DeleteVolume` of that clone and `DeleteSnapshot` (each timed). **Everything a repetition creates it deletes**, so every repetition starts from the same pool. %d timed repetitions after 3 untimed; p99 is %s. Times are client-side, from the call to its return.\n\n", res.reps, rankName(res.reps))
 	w("| Operation | 1 GiB p50 | 1 GiB p99 | 1 TiB p50 | 1 TiB p99 | 1 TiB / 1 GiB (p50) | Goal | Met |\n|---|---|---|---|---|---|---|---|\n")
 	for _, op := range csiOps {

@@ -2,47 +2,14 @@ package export_test
 
 import (
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
-	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
-
-// holdingDisk is a Disk whose writes, once hold is armed, wait until release: a write that
-// the kernel has submitted and the server has not answered yet.
-type holdingDisk struct {
-	export.Disk
-	mu      sync.Mutex
-	armed   bool
-	entered chan struct{} // closed when the first held write begins
-	release chan struct{} // held writes go on once it is closed
-}
-
-func (h *holdingDisk) hold() (entered <-chan struct{}, release func()) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.armed = true
-	in, rel := make(chan struct{}), make(chan struct{})
-	h.entered, h.release = in, rel
-	var once sync.Once
-	return in, func() { once.Do(func() { close(rel) }) }
-}
-
-func (h *holdingDisk) WriteAt(p []byte, off int64) (int, error) {
-	h.mu.Lock()
-	armed, entered, release := h.armed, h.entered, h.release
-	h.armed = false
-	h.mu.Unlock()
-	if armed {
-		close(entered)
-		<-release
-	}
-	return h.Disk.WriteAt(p, off)
-}
 
 // TestDrainWaitsForSubmittedIO: Device.Drain returns only once a write submitted before it has
 // been answered (it holds in the Disk until released), a write submitted during the drain goes
@@ -52,7 +19,7 @@ func TestDrainWaitsForSubmittedIO(t *testing.T) {
 	p, _ := newPool(t, 64<<20)
 	vol := newVolume(t, p, "v", 16<<20)
 	e, _ := newExporter(t)
-	disk := &holdingDisk{Disk: vol}
+	disk := &nodetest.HoldingDisk{Disk: vol}
 	dev, err := e.Export("drain", disk)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, dev.Close()) })
@@ -62,7 +29,7 @@ func TestDrainWaitsForSubmittedIO(t *testing.T) {
 	dioBefore, err := os.ReadFile("/sys/block/" + dev.Path()[len("/dev/"):] + "/loop/dio")
 	require.NoError(t, err)
 
-	entered, release := disk.hold()
+	entered, release := disk.Hold()
 	t.Cleanup(release)
 	first := make(chan error, 1)
 	go func() { _, err := f.WriteAt(pattern(1, 4096), 0); first <- err }()

@@ -14,8 +14,13 @@ var (
 	ErrExists = errors.New("export: already exported")
 	// ErrBusy: the block device is in use (e.g. a file system on it is mounted).
 	ErrBusy = errors.New("export: device busy")
-	// ErrLeftovers: an earlier export of the id left kernel state behind; Cleanup it first.
+	// ErrLeftovers: an earlier export of the id left kernel state behind: Cleanup it first (or
+	// Adopt it, when Leftover.Held). From Adopt: what was left cannot be served again.
 	ErrLeftovers = errors.New("export: leftovers of an earlier export")
+	// ErrNotFound: Adopt found nothing left of the id.
+	ErrNotFound = errors.New("export: nothing left to adopt")
+	// ErrNoHolder: the holder (Options.Holder) is not running.
+	ErrNoHolder = errors.New("export: holder not running")
 )
 
 // Error describes a failed step of an export: what (Op), for which export (ID) and device.

@@ -10,16 +10,24 @@
 // created it when that process dies. Exporter.Leftovers lists such state after a restart and
 // Exporter.Cleanup tears it down, also when the FUSE server that served it is gone.
 //
+// With a holder (Options.Holder: a small process of its own, cmd/dataimage-fuse-holder), an
+// export also survives the death of the process that serves it: the holder keeps its FUSE
+// connection open, I/O on the device waits in the kernel meanwhile, and the next process resumes
+// serving it with Exporter.Adopt, the kernel sending again what the dead process had taken and
+// not answered (Linux 6.9 or later). Without a holder, or once both the serving process and the
+// holder are gone, the connection ends and I/O on the device fails at once (EIO).
+//
 // It must not know the pool's format, CSI or the mounts above the device: it serves any Disk, and
 // the store does not know it.
 package export
 
 import (
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/dataimage/dataimage/blockstore/export/fusedev"
 )
 
 // Disk is what an Exporter serves: a fixed-size random-access disk. ReadAt and WriteAt follow
@@ -29,18 +37,10 @@ import (
 //
 // A *blockstore.Volume is a Disk. A Disk that also implements WriteZeroer gets zeroing requests
 // through WriteZeroes; otherwise they go to Discard.
-type Disk interface {
-	io.ReaderAt
-	io.WriterAt
-	Flush() error
-	Discard(off, n int64) error
-	Size() int64
-}
+type Disk = fusedev.Disk
 
 // WriteZeroer is implemented by a Disk that zeroes ranges other than by discarding them.
-type WriteZeroer interface {
-	WriteZeroes(off, n int64) error
-}
+type WriteZeroer = fusedev.WriteZeroer
 
 // Exporter makes Disks kernel block devices. Its methods are safe for concurrent use; exports of
 // different ids proceed in parallel.
@@ -49,8 +49,20 @@ type Exporter interface {
 	Name() string
 	// Export serves d as a block device. id names the export: it must be a valid file name
 	// (see ValidID) and unique among the exports of this node. d.Size() must be a positive
-	// multiple of the device's logical block size (Options.BlockSize).
+	// multiple of the device's logical block size (Options.BlockSize). An earlier export of
+	// id that left state behind fails it with ErrLeftovers (Adopt or Cleanup it first).
 	Export(id string, d Disk) (Device, error)
+	// Adopt serves d on the export id that an earlier process left, whose kernel side a holder
+	// kept alive (Leftover.Held): the block device and everything using it (a mounted file
+	// system) stay, and the I/O that waited meanwhile goes on, the requests the dead process
+	// had taken and not answered served again. d must be the disk that process served: what
+	// it acknowledged must read back (a Disk whose acknowledged writes survive a process's
+	// death). The process that served it must be gone (or stopped serving): two processes
+	// serving one export would run requests twice. Errors: ErrNotFound (nothing left of id),
+	// ErrLeftovers (what is left cannot be served again: no holder kept it, its connection
+	// ended; Cleanup it), ErrNoHolder, ErrUnsupported (the kernel cannot resend requests:
+	// before Linux 6.9), ErrExists. On failure what was left stays as it was.
+	Adopt(id string, d Disk) (Device, error)
 	// Leftovers lists the kernel state of exports that this Exporter does not serve: what an
 	// earlier process left behind.
 	Leftovers() ([]Leftover, error)
@@ -88,6 +100,9 @@ type Leftover struct {
 	Mounted bool
 	// Dir is the export's state directory, if it exists.
 	Dir string
+	// Held reports that the holder keeps the export's connection: with Mounted, Adopt can
+	// serve it again.
+	Held bool
 }
 
 // Options configure an Exporter. Zero values pick the defaults.
@@ -102,6 +117,11 @@ type Options struct {
 	Method string
 	// Logger receives structured logs. Default: discard.
 	Logger *slog.Logger
+	// Holder is the socket of the holder that keeps the exports' connections across the death
+	// of this process (cmd/dataimage-fuse-holder; holder.DefaultSocket). Empty: none, an
+	// export ends with the process that serves it. One holder serves any number of processes
+	// and state directories.
+	Holder string
 }
 
 // DefaultStateDir is the default Options.StateDir.
@@ -118,6 +138,9 @@ func (o Options) withDefaults() (Options, error) {
 		return o, invalidf("state directory %q is not absolute", o.StateDir)
 	}
 	o.StateDir = filepath.Clean(o.StateDir)
+	if o.Holder != "" && !filepath.IsAbs(o.Holder) {
+		return o, invalidf("holder socket %q is not absolute", o.Holder)
+	}
 	if o.BlockSize == 0 {
 		o.BlockSize = 4096
 	}
@@ -160,7 +183,7 @@ func Detect(opts Options) (Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts.Logger.Info("export method detected", "method", MethodFUSELoop, "stateDir", opts.StateDir, "blockSize", opts.BlockSize)
+	opts.Logger.Info("export method detected", "method", MethodFUSELoop, "stateDir", opts.StateDir, "blockSize", opts.BlockSize, "holder", opts.Holder)
 	return e, nil
 }
 

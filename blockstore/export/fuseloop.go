@@ -10,13 +10,14 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/dataimage/dataimage/blockstore/export/fusedev"
+	"github.com/dataimage/dataimage/blockstore/export/holder"
 )
 
 // fuseLoop exports a Disk as a file in a FUSE file system of its own, mounted at
 // StateDir/<id>, with a loop device in direct I/O mode on that file:
 //
-//	/dev/loopN --(direct I/O)--> StateDir/<id>/disk --(FUSE)--> diskFile --> Disk
+//	/dev/loopN --(direct I/O)--> StateDir/<id>/disk --(FUSE)--> fusedev.Server --> Disk
 //
 // Export order: mount FUSE, attach the loop device. Close order: detach the loop device (which
 // ends its I/O on the file), flush the Disk, unmount FUSE, remove the directory. A step that
@@ -24,6 +25,7 @@ import (
 type fuseLoop struct {
 	opts Options
 	log  *slog.Logger
+	link *holderLink // nil without Options.Holder
 
 	mu struct {
 		sync.Mutex
@@ -32,19 +34,6 @@ type fuseLoop struct {
 		devs map[string]*fuseDevice
 	}
 }
-
-// fuseMaxWrite is the largest FUSE read or write (the kernel may clamp it). 1 MiB less one page:
-// a reply of 1 MiB plus its header would not fit a pipe of the default maximum size
-// (/proc/sys/fs/pipe-max-size), and go-fuse would give up splicing it, with a warning, every time.
-const fuseMaxWrite = 1<<20 - 4096
-
-// fuseMaxBackground bounds the asynchronous requests the kernel keeps in flight to the server.
-// With CAP_ASYNC_DIO the loop device's direct I/O reaches FUSE asynchronously, so this is the
-// queue depth into the server. CAP_ASYNC_DIO is what matters: 4 KiB random I/O at queue depth
-// 32 on 2 cores went from 6.1k to 19.9k read IOPS and 5.5k to 17.0k write IOPS with it; 128
-// instead of the kernel default 12 measured within noise there (19.9k vs 18.9k), and is kept
-// for nodes with more cores.
-const fuseMaxBackground = 128
 
 func newFUSELoop(opts Options) (*fuseLoop, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
@@ -57,73 +46,183 @@ func newFUSELoop(opts Options) (*fuseLoop, error) {
 	}
 	opts.StateDir = dir
 	e := &fuseLoop{opts: opts, log: opts.Logger.With("method", MethodFUSELoop)}
+	if opts.Holder != "" {
+		e.link = newHolderLink(opts.Holder, e.log)
+	}
 	e.mu.devs = map[string]*fuseDevice{}
 	return e, nil
 }
 
 func (e *fuseLoop) Name() string { return MethodFUSELoop }
 
-func (e *fuseLoop) Export(id string, d Disk) (_ Device, err error) {
+func (e *fuseLoop) Export(id string, d Disk) (Device, error) {
+	return e.serveID("export", id, d, e.export)
+}
+
+// Adopt serves d on what an earlier process left of export id: the FUSE connection the holder
+// kept (Leftover.Held), and the loop device on its file (attached anew if the earlier process
+// died before it attached one). The kernel sends again the requests the earlier server had read
+// and not answered (FUSE_NOTIFY_RESEND). On failure what was left stays as it was.
+func (e *fuseLoop) Adopt(id string, d Disk) (Device, error) {
+	return e.serveID("adopt", id, d, e.adopt)
+}
+
+// serveID checks id and d, reserves id, finds what is left of it in the kernel, and has serve
+// make the device: it serves id from then on. If serve fails, id is free again.
+func (e *fuseLoop) serveID(op, id string, d Disk, serve func(id string, d Disk, lo Leftover) (*fuseDevice, error)) (Device, error) {
 	fail := func(op string, err error) error { return &Error{Op: op, ID: id, Err: err} }
 	if !ValidID(id) {
-		return nil, fail("export", invalidf("id %q: want 1 to 200 of [A-Za-z0-9._-], not starting with '.'", id))
+		return nil, fail(op, invalidf("id %q: want 1 to 200 of [A-Za-z0-9._-], not starting with '.'", id))
 	}
 	bs := int64(e.opts.BlockSize)
 	if size := d.Size(); size <= 0 || size%bs != 0 {
-		return nil, fail("export", invalidf("disk size %d is not a positive multiple of the block size %d", size, bs))
+		return nil, fail(op, invalidf("disk size %d is not a positive multiple of the block size %d", size, bs))
 	}
 	e.mu.Lock()
 	if _, ok := e.mu.devs[id]; ok {
 		e.mu.Unlock()
-		return nil, fail("export", ErrExists)
+		return nil, fail(op, ErrExists)
 	}
 	e.mu.devs[id] = nil // reserved
 	e.mu.Unlock()
-	defer func() {
-		if err != nil {
-			e.forget(id)
-		}
-	}()
 
-	lo, err := e.leftoversOf(id)
+	lo, err := e.leftoversOf(id, false)
 	if err != nil {
+		e.forget(id)
 		return nil, fail("look for leftovers", err)
 	}
+	dev, err := serve(id, d, lo)
+	if err != nil {
+		e.forget(id)
+		return nil, err
+	}
+	e.mu.Lock()
+	e.mu.devs[id] = dev
+	e.mu.Unlock()
+	return dev, nil
+}
+
+// export makes a new export of d: FUSE mount, the holder, the server, the loop device.
+func (e *fuseLoop) export(id string, d Disk, lo Leftover) (*fuseDevice, error) {
+	fail := func(op string, err error) error { return &Error{Op: op, ID: id, Err: err} }
 	if len(lo.Devices) > 0 || lo.Mounted {
-		return nil, fail("export", wrapf(ErrLeftovers, "devices %v, mounted %v: call Cleanup", lo.Devices, lo.Mounted))
+		return nil, fail("export", wrapf(ErrLeftovers, "devices %v, mounted %v: call Adopt or Cleanup", lo.Devices, lo.Mounted))
 	}
 	dir := e.dir(id)
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fail("create directory", err)
 	}
 
-	file := &diskFile{d: d, bs: int(bs), log: e.log.With("id", id)}
-	srv, err := serveFUSE(dir, id, &fsRoot{file: file}, file.log)
+	log := e.log.With("id", id)
+	bs := e.opts.BlockSize
+	fds, p, err := mountFUSE(dir, id, bs, log)
 	if err != nil {
 		os.Remove(dir)
 		return nil, fail("mount FUSE at "+dir, err)
 	}
-	dev := &fuseDevice{e: e, id: id, dir: dir, loop: -1, srv: srv, file: file, log: file.log}
-
-	f, err := os.OpenFile(filepath.Join(dir, diskName), os.O_RDWR, 0)
+	dev := &fuseDevice{e: e, id: id, dir: dir, loop: -1, conn: &fuseConn{fds: fds}, disk: d, log: log}
+	teardown := func(op string, err error) error {
+		if cerr := dev.Close(); cerr != nil {
+			dev.log.Error("tear down after failed export", "err", cerr)
+		}
+		return fail(op, err)
+	}
+	if e.link != nil {
+		// Before anything reaches the connection: from here on, this process's death leaves it
+		// to the holder.
+		dev.held = true
+		if err := e.link.put(dir, fds, marshalHeld(p)); err != nil {
+			log.Warn("export not held: it ends with this process until the holder is back", "err", err)
+		}
+	}
+	if dev.conn, err = serveFUSE(dir, fds, p, d, false, log); err != nil {
+		dev.conn = &fuseConn{fds: fds}
+		return nil, teardown("serve FUSE", err)
+	}
+	f, err := openDisk(dir)
 	if err == nil {
 		var dio bool
-		dev.loop, dio, err = loopAttach(f, int(bs))
+		dev.loop, dio, err = loopAttach(f, bs)
 		f.Close()
 		if err == nil && !dio {
 			dev.log.Warn("loop device runs without direct I/O: data is cached twice", "device", dev.Path())
 		}
 	}
 	if err != nil {
-		if cerr := dev.Close(); cerr != nil {
-			dev.log.Error("tear down after failed export", "err", cerr)
-		}
-		return nil, fail("attach loop device", err)
+		return nil, teardown("attach loop device", err)
 	}
-	e.mu.Lock()
-	e.mu.devs[id] = dev
-	e.mu.Unlock()
-	dev.log.Info("exported", "device", dev.Path(), "size", d.Size())
+	dev.log.Info("exported", "device", dev.Path(), "size", d.Size(), "held", dev.held)
+	return dev, nil
+}
+
+// adopt serves d on what an earlier process left of the export (see Adopt).
+func (e *fuseLoop) adopt(id string, d Disk, lo Leftover) (*fuseDevice, error) {
+	fail := func(op string, err error) error { return &Error{Op: op, ID: id, Err: err} }
+	switch {
+	case !lo.Mounted && len(lo.Devices) == 0:
+		return nil, fail("adopt", ErrNotFound)
+	case !lo.Mounted:
+		return nil, fail("adopt", wrapf(ErrLeftovers, "devices %v without their FUSE mount: call Cleanup", lo.Devices))
+	case len(lo.Devices) > 1:
+		return nil, fail("adopt", wrapf(ErrLeftovers, "%d loop devices %v on one export: call Cleanup", len(lo.Devices), lo.Devices))
+	case e.link == nil:
+		return nil, fail("adopt", wrapf(ErrLeftovers, "no holder (Options.Holder) kept its connection: call Cleanup"))
+	}
+	loop := -1
+	if len(lo.Devices) == 1 {
+		if _, err := fmt.Sscanf(lo.Devices[0], "/dev/loop%d", &loop); err != nil {
+			return nil, fail("adopt", fmt.Errorf("device %s: %w", lo.Devices[0], err))
+		}
+		if size := loopSize(loop); d.Size() < size {
+			return nil, fail("adopt", invalidf("disk of %d bytes is smaller than the device %s of %d: not this export's disk", d.Size(), lo.Devices[0], size))
+		}
+	}
+	dir := e.dir(id)
+	fds, state, err := e.link.get(dir)
+	if errors.Is(err, holder.ErrNotFound) {
+		return nil, fail("adopt", wrapf(ErrLeftovers, "the holder does not hold its connection (it was not running, or restarted, while no server was): call Cleanup"))
+	}
+	if err != nil {
+		return nil, fail("get the connection from the holder", err)
+	}
+	p, err := unmarshalHeld(state)
+	if err != nil {
+		closeFDs(fds)
+		return nil, fail("adopt", err)
+	}
+	log := e.log.With("id", id)
+	conn, err := serveFUSE(dir, fds, p, d, true, log)
+	if err != nil {
+		closeFDs(fds)
+		switch {
+		case errors.Is(err, fusedev.ErrDisconnected):
+			err = fmt.Errorf("%w: %w: call Cleanup", ErrLeftovers, err)
+		case errors.Is(err, fusedev.ErrUnsupported):
+			err = fmt.Errorf("%w: %w", ErrUnsupported, err)
+		}
+		return nil, fail("serve the FUSE connection again", err)
+	}
+	dev := &fuseDevice{e: e, id: id, dir: dir, loop: loop, conn: conn, disk: d, log: log, held: true}
+	if err := e.link.put(dir, fds, state); err != nil {
+		log.Warn("export not held: it ends with this process until the holder is back", "err", err)
+	}
+	if loop < 0 {
+		f, err := openDisk(dir)
+		if err == nil {
+			dev.loop, _, err = loopAttach(f, e.opts.BlockSize)
+			f.Close()
+		}
+		if err != nil {
+			// Handed back as it was: still the holder's, still mounted.
+			e.link.forget(dir)
+			if serr := conn.srv.Stop(); serr != nil {
+				log.Error("stop serving after a failed adopt", "err", serr)
+			}
+			closeFDs(fds)
+			return nil, fail("attach loop device", err)
+		}
+	}
+	log.Info("adopted", "device", dev.Path(), "size", d.Size())
 	return dev, nil
 }
 
@@ -136,10 +235,11 @@ func (e *fuseLoop) forget(id string) {
 }
 
 // Leftovers lists the state directories, loop devices and FUSE mounts under StateDir that belong
-// to no export of this Exporter. Its reads do not touch the mounts themselves, so a dead FUSE
-// mount (ENOTCONN) is listed like any other.
+// to no export of this Exporter, and the connections the holder holds for them. Its reads do not
+// touch the mounts themselves, so a dead FUSE mount (ENOTCONN) is listed like any other. A holder
+// that is not running holds nothing: its exports are listed as not held.
 func (e *fuseLoop) Leftovers() ([]Leftover, error) {
-	all, err := e.scan()
+	all, err := e.scan(true)
 	if err != nil {
 		return nil, &Error{Op: "list leftovers", Err: err}
 	}
@@ -155,8 +255,9 @@ func (e *fuseLoop) Leftovers() ([]Leftover, error) {
 	return out, nil
 }
 
-// scan returns the kernel state under StateDir by export id.
-func (e *fuseLoop) scan() (map[string]*Leftover, error) {
+// scan returns the kernel state under StateDir by export id, and with held what the holder
+// holds.
+func (e *fuseLoop) scan(held bool) (map[string]*Leftover, error) {
 	sd := e.opts.StateDir
 	out := map[string]*Leftover{}
 	get := func(id string) *Leftover {
@@ -193,11 +294,25 @@ func (e *fuseLoop) scan() (map[string]*Leftover, error) {
 			get(id).Mounted = true
 		}
 	}
+	if held && e.link != nil {
+		keys, err := e.link.keys()
+		if errors.Is(err, ErrNoHolder) {
+			e.log.Warn("holder not running: it holds no export", "err", err)
+			keys = nil
+		} else if err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			if id, ok := strings.CutPrefix(k, sd+"/"); ok && ValidID(id) {
+				get(id).Held = true
+			}
+		}
+	}
 	return out, nil
 }
 
-func (e *fuseLoop) leftoversOf(id string) (Leftover, error) {
-	all, err := e.scan()
+func (e *fuseLoop) leftoversOf(id string, held bool) (Leftover, error) {
+	all, err := e.scan(held)
 	if err != nil {
 		return Leftover{}, err
 	}
@@ -207,8 +322,10 @@ func (e *fuseLoop) leftoversOf(id string) (Leftover, error) {
 	return Leftover{ID: id}, nil
 }
 
-// Cleanup tears down what an earlier export of id left: loop devices on its file, the FUSE
-// mount (dead or alive) and the directory.
+// Cleanup tears down what an earlier export of id left: its connection in the holder, loop
+// devices on its file, the FUSE mount (dead or alive) and the directory. The holder lets go of
+// the connection first (once no device is busy), so that requests queued on it with nobody
+// serving them fail instead of holding up the detach.
 func (e *fuseLoop) Cleanup(id string) error {
 	if !ValidID(id) {
 		return &Error{Op: "clean up", ID: id, Err: invalidf("id %q", id)}
@@ -223,21 +340,34 @@ func (e *fuseLoop) Cleanup(id string) error {
 		return &Error{Op: "clean up", ID: id, Err: wrapf(ErrExists, "served by this process: close its device")}
 	}
 	defer e.forget(id)
-	lo, err := e.leftoversOf(id)
+	lo, err := e.leftoversOf(id, true)
 	if err != nil {
 		return &Error{Op: "look for leftovers", ID: id, Err: err}
 	}
+	loops := make([]int, 0, len(lo.Devices))
 	for _, dev := range lo.Devices {
 		var n int
 		if _, err := fmt.Sscanf(dev, "/dev/loop%d", &n); err != nil {
 			continue
 		}
-		if err := loopDetach(n); err != nil {
-			return &Error{Op: "detach loop device", ID: id, Device: dev, Err: err}
+		if err := loopInUse(n); err != nil {
+			return &Error{Op: "clean up", ID: id, Device: dev, Err: err}
 		}
-		e.log.Info("detached leftover loop device", "id", id, "device", dev)
+		loops = append(loops, n)
 	}
 	dir := e.dir(id)
+	if lo.Held {
+		if err := e.link.drop(dir); err != nil {
+			return &Error{Op: "drop the connection from the holder", ID: id, Err: err}
+		}
+		e.log.Info("dropped leftover connection from the holder", "id", id)
+	}
+	for _, n := range loops {
+		if err := loopDetach(n); err != nil {
+			return &Error{Op: "detach loop device", ID: id, Device: loopPath(n), Err: err}
+		}
+		e.log.Info("detached leftover loop device", "id", id, "device", loopPath(n))
+	}
 	if lo.Mounted {
 		lazy, err := unmount(dir)
 		if err != nil {
@@ -257,9 +387,10 @@ type fuseDevice struct {
 	id   string
 	dir  string
 	loop int // loop device number; -1 before it is attached
-	srv  *fuse.Server
-	file *diskFile
+	conn *fuseConn
+	disk Disk
 	log  *slog.Logger
+	held bool // the holder holds the connection (or is to, once it is back)
 
 	// mu serializes Resize and Close; I/O does not take it.
 	mu struct {
@@ -289,14 +420,14 @@ func (dev *fuseDevice) Resize() error {
 	if dev.mu.detached || dev.mu.closed {
 		return dev.fail("resize", invalidf("device is closed"))
 	}
-	size := dev.file.d.Size()
+	size := dev.disk.Size()
 	if bs := int64(dev.e.opts.BlockSize); size <= 0 || size%bs != 0 {
 		return dev.fail("resize", invalidf("disk size %d is not a positive multiple of the block size %d", size, bs))
 	}
 	// The loop device reads the size the kernel caches for the file: drop it (attributes are not
 	// cached, but an inode's size is refreshed only by a GETATTR), and have the kernel fetch it.
-	if errno := dev.file.NotifyContent(-1, 0); errno != 0 {
-		dev.log.Debug("notify inode", "errno", errno)
+	if err := dev.conn.srv.InvalidateFile(); err != nil {
+		return dev.fail("resize: invalidate the FUSE file's size", err)
 	}
 	st, err := os.Stat(filepath.Join(dev.dir, diskName))
 	if err != nil {
@@ -334,7 +465,7 @@ func (dev *fuseDevice) Close() error {
 	if !dev.mu.flushed {
 		// Writes that reached the device without a flush request (a buffered writer's close
 		// syncs the page cache but sends no flush) become durable here.
-		if err := dev.file.d.Flush(); err != nil {
+		if err := dev.disk.Flush(); err != nil {
 			return dev.fail("flush disk", err)
 		}
 		dev.mu.flushed = true
@@ -345,10 +476,20 @@ func (dev *fuseDevice) Close() error {
 			return dev.fail("unmount FUSE at "+dev.dir, err)
 		}
 		dev.mu.unmounted = true
+		if dev.held {
+			// The connection is gone; the holder's copies would only keep a dead one. A holder
+			// that cannot be reached holds nothing of this process (its exports go into it
+			// again when it is back, and this one no longer is one).
+			if err := dev.e.link.drop(dev.dir); err != nil && !errors.Is(err, ErrNoHolder) {
+				dev.log.Warn("drop the connection from the holder", "err", err)
+			}
+		}
 		if lazy {
+			// The server serves until the last user lets go of the mount.
 			dev.log.Warn("FUSE mount stayed busy: detached lazily", "dir", dev.dir)
+			go dev.conn.close()
 		} else {
-			dev.srv.Wait() // the server's loops end once the kernel drops the connection
+			dev.conn.close() // the server's workers end once the kernel drops the connection
 		}
 	}
 	if err := os.Remove(dev.dir); err != nil && !errors.Is(err, os.ErrNotExist) {

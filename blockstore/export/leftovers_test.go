@@ -19,20 +19,27 @@ import (
 	"github.com/dataimage/dataimage/blockstore/export"
 )
 
-// The leftover test re-executes the test binary as a FUSE server (TestMain runs serveChild), kills
-// it, and cleans up after it from the parent.
+// The leftover and restart tests re-execute the test binary as a FUSE server or a holder (TestMain
+// runs serveChild, serveExportChild or runHolderChild), kill it, and clean up after it from the
+// parent.
 const (
 	childEnv = "DATAIMAGE_EXPORT_CHILD" // "pool path|state dir|id"
 	readyMsg = "READY "
 )
 
 func TestMain(m *testing.M) {
-	if arg := os.Getenv(childEnv); arg != "" {
-		if err := serveChild(arg); err != nil {
-			fmt.Fprintln(os.Stderr, "child:", err)
-			os.Exit(2)
+	for env, child := range map[string]func(string) error{
+		childEnv:       serveChild,
+		serverChildEnv: serveExportChild,
+		holderChildEnv: runHolderChild,
+	} {
+		if arg := os.Getenv(env); arg != "" {
+			if err := child(arg); err != nil {
+				fmt.Fprintln(os.Stderr, "child:", err)
+				os.Exit(2)
+			}
+			os.Exit(0)
 		}
-		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -73,10 +73,7 @@ func loopDetach(n int) error {
 	if loopBacking(n) == "" {
 		return nil
 	}
-	f, err := openLoop(n, os.O_RDWR|unix.O_EXCL)
-	if errors.Is(err, unix.EBUSY) {
-		return fmt.Errorf("%w: %s is held (mounted?)", ErrBusy, loopPath(n))
-	}
+	f, err := openLoopExcl(n)
 	if err != nil {
 		return err
 	}
@@ -93,6 +90,29 @@ func loopDetach(n int) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
+}
+
+// openLoopExcl opens loop device n exclusively: ErrBusy while something holds it exclusively
+// (a mounted file system).
+func openLoopExcl(n int) (*os.File, error) {
+	f, err := openLoop(n, os.O_RDWR|unix.O_EXCL)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, fmt.Errorf("%w: %s is held (mounted?)", ErrBusy, loopPath(n))
+	}
+	return f, err
+}
+
+// loopInUse fails with ErrBusy while something holds loop device n exclusively; a device that
+// is gone is not in use.
+func loopInUse(n int) error {
+	f, err := openLoopExcl(n)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // loopSetCapacity makes loop device n re-read its backing file's size.

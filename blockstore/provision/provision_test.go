@@ -18,6 +18,7 @@ import (
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/provision"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 const mib = 1 << 20
@@ -41,29 +42,6 @@ func needTools(t testing.TB, tools ...string) {
 			skip("needs %s (make deps)", tool)
 		}
 	}
-}
-
-func run(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	require.NoError(t, err, "%s %s: %s", name, strings.Join(args, " "), out)
-	return string(out)
-}
-
-// loopDevice attaches a loop device to a new sparse file of size bytes and returns both; the
-// device is detached at cleanup.
-func loopDevice(t testing.TB, size int64) (dev, backing string) {
-	t.Helper()
-	backing = filepath.Join(t.TempDir(), "disk")
-	require.NoError(t, os.WriteFile(backing, nil, 0o600))
-	require.NoError(t, os.Truncate(backing, size))
-	dev = strings.TrimSpace(run(t, "losetup", "--find", "--show", backing))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
-		}
-	})
-	return dev, backing
 }
 
 // digest is the SHA-256 of the first and last 2 MiB of the file at path, and its size.
@@ -122,7 +100,7 @@ func usedPoolOn(t testing.TB, dev string) {
 // is opened (not made again) afterwards.
 func TestBlankDeviceBecomesPool(t *testing.T) {
 	needTools(t)
-	dev, _ := loopDevice(t, 64*mib)
+	dev, _ := nodetest.LoopDevice(t, 64*mib)
 	require.NoError(t, provision.Check(dev))
 	_, _, err := provision.Open(dev, provision.Options{})
 	require.ErrorIs(t, err, provision.ErrNoPool)
@@ -166,7 +144,7 @@ func TestNonBlankDevicesAreNeverFormatted(t *testing.T) {
 		{"gpt partition table", func(t *testing.T, dev, _ string) {
 			sfdisk(t, dev, "label: gpt\n,16MiB,L\n")
 		}, []string{"a gpt partition table"}, false, false},
-		{"swap signature", func(t *testing.T, dev, _ string) { run(t, "mkswap", dev) }, []string{"a swap signature"}, false, false},
+		{"swap signature", func(t *testing.T, dev, _ string) { nodetest.Run(t, "mkswap", dev) }, []string{"a swap signature"}, false, false},
 		{"pool with both superblocks damaged", func(t *testing.T, dev, backing string) {
 			usedPoolOn(t, dev)
 			corruptSuperblocks(t, dev)
@@ -186,7 +164,7 @@ func TestNonBlankDevicesAreNeverFormatted(t *testing.T) {
 		{"mounted, signature wiped", func(t *testing.T, dev, _ string) {
 			mkfsExt4(t, dev)
 			mountAt(t, dev)
-			run(t, "wipefs", "--all", "--force", dev)
+			nodetest.Run(t, "wipefs", "--all", "--force", dev)
 			out, _ := exec.Command("blkid", "-p", dev).CombinedOutput()
 			require.Empty(t, strings.TrimSpace(string(out)), "blkid finds nothing any more")
 		}, []string{"mounted at ", "claimed by another user"}, true, false},
@@ -200,8 +178,8 @@ func TestNonBlankDevicesAreNeverFormatted(t *testing.T) {
 			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 		}, []string{"open in process ", "(sleep)"}, true, false},
 		{"backing a loop device", func(t *testing.T, dev, _ string) {
-			upper := strings.TrimSpace(run(t, "losetup", "--find", "--show", dev))
-			t.Cleanup(func() { run(t, "losetup", "--detach", upper) })
+			upper := strings.TrimSpace(nodetest.Run(t, "losetup", "--find", "--show", dev))
+			t.Cleanup(func() { nodetest.Run(t, "losetup", "--detach", upper) })
 		}, []string{"the backing file of loop device /dev/loop"}, true, false},
 		{"read errors past 8 MiB", func(t *testing.T, dev, backing string) {
 			// The loop device keeps its size; reads past the backing file's end fail (EIO).
@@ -212,7 +190,7 @@ func TestNonBlankDevicesAreNeverFormatted(t *testing.T) {
 		}, []string{"input/output error"}, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dev, backing := loopDevice(t, 64*mib)
+			dev, backing := nodetest.LoopDevice(t, 64*mib)
 			tc.setup(t, dev, backing)
 			before := digest(t, backing)
 			tracesBefore := traces(t, backing)
@@ -255,7 +233,7 @@ func TestNonBlankDevicesAreNeverFormatted(t *testing.T) {
 // initialization writes to it later, while it is mounted.
 func mkfsExt4(t testing.TB, dev string) {
 	t.Helper()
-	run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
+	nodetest.Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
 }
 
 func sfdisk(t testing.TB, dev, script string) {
@@ -271,7 +249,7 @@ func sfdisk(t testing.TB, dev, script string) {
 func mountAt(t testing.TB, dev string) {
 	t.Helper()
 	mnt := t.TempDir()
-	run(t, "mount", "-o", "ro", dev, mnt)
+	nodetest.Run(t, "mount", "-o", "ro", dev, mnt)
 	t.Cleanup(func() {
 		for i := 0; ; i++ {
 			err := syscall.Unmount(mnt, 0)
@@ -319,7 +297,7 @@ func TestPoolFiles(t *testing.T) {
 	ext4 := filepath.Join(dir, "ext4.img")
 	require.NoError(t, os.WriteFile(ext4, nil, 0o600))
 	require.NoError(t, os.Truncate(ext4, 64*mib))
-	run(t, "mkfs.ext4", "-q", "-F", ext4)
+	nodetest.Run(t, "mkfs.ext4", "-q", "-F", ext4)
 	junk := filepath.Join(dir, "junk")
 	require.NoError(t, os.WriteFile(junk, bytes.Repeat([]byte("x"), mib), 0o600))
 	zeros := filepath.Join(dir, "zeros")

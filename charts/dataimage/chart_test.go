@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -45,12 +46,20 @@ var combinations = []struct {
 		if n := len(r.all("CustomResourceDefinition")); n != 1 {
 			t.Errorf("%d CRDs, want the DataImage CRD only", n)
 		}
-		plugin := r.container(t, "plugin")
-		wantArgs(t, plugin, "--pool=/var/lib/dataimage/pool.img", "--pool-size=100Gi", "--preallocate=false", "--default-fstype=ext4")
-		r.mount(t, plugin, "/var/lib/dataimage", "")
+		plugin, dp := r.container(t, "plugin"), r.container(t, "dataplane")
+		wantArgs(t, dp, "--pool=/var/lib/dataimage/pool.img", "--pool-size=100Gi", "--preallocate=false", "--socket=/run/dataimage/dataplane/dataplane.sock",
+			"--export-state-dir=/run/dataimage/export")
+		wantArgs(t, plugin, "--dataplane-socket=/run/dataimage/dataplane/dataplane.sock", "--default-fstype=ext4", "--pool-check-interval=12h")
+		r.mount(t, dp, "/var/lib/dataimage", "")
+		r.mount(t, dp, "/dev", "")
+		r.mount(t, dp, "/run/dataimage", corev1.MountPropagationBidirectional)
 		r.mount(t, plugin, "/var/lib/kubelet", corev1.MountPropagationBidirectional)
 		r.mount(t, plugin, "/dev", "")
 		r.mount(t, plugin, "/registration", "")
+		r.mount(t, plugin, "/run/dataimage/dataplane", "")
+		if dp.LivenessProbe != nil {
+			t.Error("the data plane has a liveness probe: its kill would end the volumes' I/O")
+		}
 		if plugin.LivenessProbe == nil || r.container(t, "livenessprobe") == nil {
 			t.Error("the plugin has no liveness probe on the livenessprobe sidecar")
 		}
@@ -104,9 +113,9 @@ var combinations = []struct {
 		wantArgs(t, &d.Spec.Template.Spec.Containers[0], "--enable-distributed-snapshotting=true", "--leader-election=true")
 	}},
 	{"blockDevice", []string{"node.pool.device=/dev/disk/by-id/nvme-pool", "node.pool.formatBlankDevice=true"}, func(t *testing.T, r *rendered) {
-		plugin := r.container(t, "plugin")
-		wantArgs(t, plugin, "--pool=/dev/disk/by-id/nvme-pool", "--pool-size=100Gi")
-		for _, a := range plugin.Args {
+		dp := r.container(t, "dataplane")
+		wantArgs(t, dp, "--pool=/dev/disk/by-id/nvme-pool", "--pool-size=100Gi")
+		for _, a := range dp.Args {
 			if strings.HasPrefix(a, "--preallocate") || strings.Contains(a, "pool.img") {
 				t.Errorf("a block device pool has %s", a)
 			}
@@ -116,16 +125,18 @@ var combinations = []struct {
 				t.Errorf("formatBlankDevice renders %s", a)
 			}
 		}
-		for _, v := range r.daemonSet(t).Spec.Template.Spec.Volumes {
-			if v.Name == "pool-dir" {
-				t.Error("a block device pool still mounts the pool file's directory")
+		for _, c := range []string{"node", "dataplane"} {
+			for _, v := range r.daemonSet(t, c).Spec.Template.Spec.Volumes {
+				if v.Name == "pool-dir" {
+					t.Errorf("%s: a block device pool still mounts the pool file's directory", c)
+				}
 			}
 		}
 	}},
 	{"blockDeviceNoFormat", []string{"node.pool.device=/dev/sdb"}, func(t *testing.T, r *rendered) {
-		plugin := r.container(t, "plugin")
-		wantArgs(t, plugin, "--pool=/dev/sdb")
-		for _, a := range plugin.Args {
+		dp := r.container(t, "dataplane")
+		wantArgs(t, dp, "--pool=/dev/sdb")
+		for _, a := range dp.Args {
 			if strings.HasPrefix(a, "--pool-size") {
 				t.Errorf("a device pool without formatBlankDevice has %s", a)
 			}
@@ -141,17 +152,26 @@ var combinations = []struct {
 		"images.plugin.tag=dev", "images.plugin.pullPolicy=Never", "imagePullSecrets[0].name=regcred",
 		"controller.allowedHostPaths[0]=/srv/backups", "controller.allowedImages[0]=registry.example/dba/*",
 		"controller.engines.postgres.runAsUser=70", "controller.engines.postgres.runAsGroup=70",
+		"node.exportStateDir=/run/di/", "node.dataplane.logLevel=2", "images.dataplane.repository=registry.example/dp",
+		"images.dataplane.tag=7", "node.dataplane.resources.limits.memory=1Gi",
 	}, func(t *testing.T, r *rendered) {
 		r.none(t, "CustomResourceDefinition")
 		if r.container(t, "livenessprobe") != nil || r.container(t, "plugin").LivenessProbe != nil {
 			t.Error("livenessprobe disabled but rendered")
 		}
-		plugin := r.container(t, "plugin")
-		wantArgs(t, plugin, "--preallocate=true", "--default-fstype=xfs", "--overprovision-ratio=4", "--export=fuse-loop",
+		plugin, dp := r.container(t, "plugin"), r.container(t, "dataplane")
+		wantArgs(t, dp, "--preallocate=true", "--overprovision-ratio=4", "--export=fuse-loop", "--socket=/run/di/dataplane/dataplane.sock",
+			"--export-state-dir=/run/di/export", "--v=2")
+		wantArgs(t, plugin, "--default-fstype=xfs", "--dataplane-socket=/run/di/dataplane/dataplane.sock",
 			"--kubelet-registration-path=/var/lib/k0s/kubelet/plugins/csi.dataimage.io/csi.sock")
 		r.mount(t, plugin, "/var/lib/k0s/kubelet", corev1.MountPropagationBidirectional)
+		r.mount(t, plugin, "/run/di/dataplane", "")
+		r.mount(t, dp, "/run/di", corev1.MountPropagationBidirectional)
 		if plugin.Image != "docker.io/dataimage/dataimage-csi:dev" || plugin.ImagePullPolicy != corev1.PullNever {
 			t.Errorf("plugin image %s %s", plugin.Image, plugin.ImagePullPolicy)
+		}
+		if dp.Image != "registry.example/dp:7" || dp.Resources.Limits.Memory().String() != "1Gi" {
+			t.Errorf("data plane image %s, resources %v", dp.Image, dp.Resources)
 		}
 		sc := r.get(t, "StorageClass", "fast").(*storagev1.StorageClass)
 		if sc.Annotations["storageclass.kubernetes.io/is-default-class"] != "true" || sc.Parameters["csi.storage.k8s.io/fstype"] != "xfs" {
@@ -171,6 +191,20 @@ var combinations = []struct {
 			t.Errorf("controller config: allowedHostPaths %v, allowedImages %v, engines %+v", cfg.AllowedHostPaths, cfg.AllowedImages, cfg.Engines)
 		}
 		r.get(t, "DaemonSet", "di-node")
+		r.get(t, "DaemonSet", "di-dataplane")
+	}},
+	// An upgrade of the plugin (its image, its flags, its sidecars) changes nothing of the
+	// data plane's DaemonSet: `helm upgrade` rolls the plugin alone.
+	{"pluginUpgrade", []string{"images.plugin.tag=9.9.9", "node.logLevel=4", "node.maxVolumes=9", "node.fsType=xfs",
+		"node.livenessProbe.enabled=false", "images.provisioner.tag=v6.3.0", "node.resources.plugin.limits.cpu=2"}, func(t *testing.T, r *rendered) {
+		_, before := render(t, nil)
+		a, b := r.daemonSet(t, "dataplane"), before.daemonSet(t, "dataplane")
+		if !reflect.DeepEqual(a.Spec, b.Spec) {
+			t.Errorf("a plugin upgrade changes the data plane's DaemonSet:\n%+v\n%+v", a.Spec, b.Spec)
+		}
+		if reflect.DeepEqual(r.daemonSet(t, "node").Spec, before.daemonSet(t, "node").Spec) {
+			t.Error("the plugin's DaemonSet did not change")
+		}
 	}},
 	{"everything", []string{"metrics.podMonitor.enabled=true", "snapshotController.install=true", "node.pool.device=/dev/sdb"}, nil},
 }
@@ -221,22 +255,29 @@ func (r *rendered) none(t *testing.T, kind string, name ...string) {
 	}
 }
 
-func (r *rendered) daemonSet(t *testing.T) *appsv1.DaemonSet {
+// daemonSet returns the DaemonSet of a component: "node" (the plugin) or "dataplane".
+func (r *rendered) daemonSet(t *testing.T, component string) *appsv1.DaemonSet {
 	t.Helper()
-	ds := r.all("DaemonSet")
-	if len(ds) != 1 {
-		t.Fatalf("%d DaemonSets, want 1", len(ds))
+	for _, o := range r.all("DaemonSet") {
+		ds := o.Value.(*appsv1.DaemonSet)
+		if ds.Spec.Template.Labels["app.kubernetes.io/component"] == component {
+			return ds
+		}
 	}
-	return ds[0].Value.(*appsv1.DaemonSet)
+	t.Fatalf("no DaemonSet of component %s", component)
+	return nil
 }
 
-// container returns the node DaemonSet's container, nil when it has none of that name.
+// container returns the container of that name of the DaemonSets (the plugin's pod or the data
+// plane's), nil when they have none.
 func (r *rendered) container(t *testing.T, name string) *corev1.Container {
 	t.Helper()
-	cs := r.daemonSet(t).Spec.Template.Spec.Containers
-	for i := range cs {
-		if cs[i].Name == name {
-			return &cs[i]
+	for _, o := range r.all("DaemonSet") {
+		cs := o.Value.(*appsv1.DaemonSet).Spec.Template.Spec.Containers
+		for i := range cs {
+			if cs[i].Name == name {
+				return &cs[i]
+			}
 		}
 	}
 	return nil
@@ -432,9 +473,75 @@ func checkObjects(t *testing.T, r *rendered) {
 			}
 		}
 	}
-	if len(r.all("DaemonSet")) != 1 || len(r.all("CSIDriver")) != 1 {
-		t.Errorf("want one DaemonSet and one CSIDriver")
+	if len(r.all("DaemonSet")) != 2 || len(r.all("CSIDriver")) != 1 {
+		t.Errorf("want two DaemonSets (the plugin's and the data plane's) and one CSIDriver")
 	}
+	checkNode(t, r)
+}
+
+// checkNode: the data plane and the plugin run in DaemonSets of their own on the same nodes;
+// the data plane's is updated only by deleting its pods (OnDelete), the plugin's rolls; both
+// mount the one host directory of the data plane's socket, where the flags put it.
+func checkNode(t *testing.T, r *rendered) {
+	t.Helper()
+	node, dp := r.daemonSet(t, "node"), r.daemonSet(t, "dataplane")
+	if s := dp.Spec.UpdateStrategy.Type; s != appsv1.OnDeleteDaemonSetStrategyType {
+		t.Errorf("the data plane's DaemonSet is updated by %s, want OnDelete", s)
+	}
+	if s := node.Spec.UpdateStrategy.Type; s != appsv1.RollingUpdateDaemonSetStrategyType {
+		t.Errorf("the plugin's DaemonSet is updated by %s, want RollingUpdate", s)
+	}
+	ns, ds := node.Spec.Template.Spec, dp.Spec.Template.Spec
+	if !reflect.DeepEqual(ns.NodeSelector, ds.NodeSelector) || !reflect.DeepEqual(ns.Tolerations, ds.Tolerations) {
+		t.Errorf("the plugin and the data plane run on other nodes: %v %v, %v %v", ns.NodeSelector, ns.Tolerations, ds.NodeSelector, ds.Tolerations)
+	}
+	plugin, dataplane := r.container(t, "plugin"), r.container(t, "dataplane")
+	sock := strings.TrimPrefix(flagValue(plugin, "dataplane-socket"), "")
+	if sock == "" || flagValue(dataplane, "socket") != sock {
+		t.Fatalf("the plugin calls the data plane at %q, which listens at %q", sock, flagValue(dataplane, "socket"))
+	}
+	if hostPathOf(t, &ns, plugin, filepath.Dir(sock)) != hostPathOf(t, &ds, dataplane, filepath.Dir(sock)) {
+		t.Errorf("the plugin and the data plane see other host directories at %s", filepath.Dir(sock))
+	}
+	for _, a := range plugin.Args {
+		for _, moved := range []string{"--pool=", "--pool-size", "--preallocate", "--export=", "--export-state-dir", "--overprovision-ratio"} {
+			if strings.HasPrefix(a, moved) {
+				t.Errorf("the plugin has %s, a flag of the data plane", a)
+			}
+		}
+	}
+}
+
+// flagValue returns the value of --name in c's arguments.
+func flagValue(c *corev1.Container, name string) string {
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// hostPathOf returns the host directory that container c of pod spec sees at path (through
+// the hostPath volume mounted at path or at one of its parents).
+func hostPathOf(t *testing.T, spec *corev1.PodSpec, c *corev1.Container, path string) string {
+	t.Helper()
+	best, bestMount := "", ""
+	for _, m := range c.VolumeMounts {
+		rel, err := filepath.Rel(m.MountPath, path)
+		if err != nil || strings.HasPrefix(rel, "..") || len(m.MountPath) < len(bestMount) {
+			continue
+		}
+		for _, v := range spec.Volumes {
+			if v.Name == m.Name && v.HostPath != nil {
+				best, bestMount = filepath.Join(v.HostPath.Path, rel), m.MountPath
+			}
+		}
+	}
+	if best == "" {
+		t.Errorf("container %s sees no host directory at %s", c.Name, path)
+	}
+	return best
 }
 
 func checkBinding(t *testing.T, o manifest.Object, ref rbacv1.RoleRef, ns string, subjects []rbacv1.Subject, roles, accounts map[string]bool) {
@@ -604,6 +711,8 @@ func programFlags(t *testing.T, container, image string) (known, pending map[str
 			t.Fatalf("livenessprobe %s: check its flags and update livenessprobeFlags", tag)
 		}
 		f = set(livenessprobeFlags...)
+	case "dataplane":
+		f = helpFlags(t, "dataimage-dataplane")
 	case "plugin":
 		f = helpFlags(t, "dataimage-csi")
 		for _, p := range pendingPluginFlags {
@@ -689,7 +798,8 @@ func hasMain(name string) bool {
 	return err == nil && strings.TrimSpace(string(out)) == "main"
 }
 
-// helpFlags builds cmd/<name> and returns the flags its --help lists.
+// helpFlags builds cmd/<name> and returns the flags its --help lists, but those it says it
+// refuses (the plugin's flags that moved to the data plane).
 func helpFlags(t *testing.T, name string) map[string]bool {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), name)
@@ -698,8 +808,10 @@ func helpFlags(t *testing.T, name string) map[string]bool {
 	}
 	out, _ := exec.Command(bin, "--help").CombinedOutput()
 	flags := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^\s+--?([a-z][a-z0-9-]*)`).FindAllStringSubmatch(string(out), -1) {
-		flags[m[1]] = true
+	for _, m := range regexp.MustCompile(`(?m)^\s+--?([a-z][a-z0-9-]*).*\n(.*)$`).FindAllStringSubmatch(string(out), -1) {
+		if !strings.Contains(m[2], "refused here") {
+			flags[m[1]] = true
+		}
 	}
 	if len(flags) == 0 {
 		t.Fatalf("%s --help lists no flags:\n%s", name, out)

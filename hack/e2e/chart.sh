@@ -19,6 +19,7 @@ write_values() {
 # Values of the dataimage chart for the e2e cluster (hack/e2e/chart.sh).
 images:
   plugin: {pullPolicy: Never}
+  dataplane: {pullPolicy: Never}
   controller: {pullPolicy: Never}
   builder: {pullPolicy: Never}
   provisioner: {pullPolicy: Never}
@@ -80,6 +81,9 @@ main() {
 		-f "$E2E_STATE/values.yaml"
 	if ! e2e_kubectl -n "$DATAIMAGE_NAMESPACE" rollout status "daemonset/$DATAIMAGE_RELEASE-node" --timeout=120s >&2 ||
 		! e2e_wait 60 "csi.dataimage.io to register with the kubelet (CSINode $NODE_NAME)" plugin_registered; then
+		# The plugin waits for its data plane (DaemonSet $DATAIMAGE_RELEASE-dataplane, OnDelete:
+		# no rollout status) before it serves.
+		show dataplane
 		show node
 		e2e_die "the node plugin is not running or not registered with the kubelet"
 	fi

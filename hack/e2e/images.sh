@@ -13,7 +13,7 @@
 #               the engine image of build Jobs and the image of the tests' StatefulSets. Its
 #               postgres user is uid 999, gid 999, as in the official image: build Jobs run as
 #               the uid the chart gives the engine (controller.engines.postgres.runAsUser)
-#   project     `make images` (bin/images: dataimage-csi, -builder, -controller)
+#   project     `make images` (bin/images: dataimage-csi, -dataplane, -builder, -controller)
 #
 # Idempotent: an archive is rebuilt only when it is older than what it is made of.
 set -euo pipefail

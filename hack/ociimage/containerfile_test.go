@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-// TestPluginToolsMatchContainerfile: the plugin image `make images` builds (the Makefile's
-// PLUGIN_HOST_FILES) and the one cmd/dataimage-csi/Containerfile builds hold the same tools:
-// every host file comes from a Debian package the Containerfile installs, and every package it
-// installs provides one of them.
+// TestPluginToolsMatchContainerfile: the plugin's and the data plane's images `make images`
+// builds (the Makefile's PLUGIN_HOST_FILES, DATAPLANE_HOST_FILES) and the ones their
+// Containerfiles build hold the same tools: every host file comes from a Debian package the
+// Containerfile installs, and every package it installs provides one of them.
 func TestPluginToolsMatchContainerfile(t *testing.T) {
 	if _, err := exec.LookPath("dpkg-query"); err != nil {
 		t.Skip("no dpkg-query: not a Debian machine")
@@ -20,12 +20,24 @@ func TestPluginToolsMatchContainerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^PLUGIN_HOST_FILES := ((?:.*\\\n)*.*)$`).FindSubmatch(mk)
+	for _, img := range []struct{ variable, containerfile string }{
+		{"PLUGIN_HOST_FILES", "../../cmd/dataimage-csi/Containerfile"},
+		{"DATAPLANE_HOST_FILES", "../../cmd/dataimage-dataplane/Containerfile"},
+	} {
+		t.Run(img.variable, func(t *testing.T) { checkImageTools(t, mk, img.variable, img.containerfile) })
+	}
+}
+
+// checkImageTools checks the host files of the Makefile's variable against the packages the
+// Containerfile installs.
+func checkImageTools(t *testing.T, mk []byte, variable, containerfile string) {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + variable + ` := ((?:.*\\\n)*.*)$`).FindSubmatch(mk)
 	if m == nil {
-		t.Fatal("the Makefile has no PLUGIN_HOST_FILES")
+		t.Fatalf("the Makefile has no %s", variable)
 	}
 	files := strings.Fields(strings.ReplaceAll(string(m[1]), "\\", " "))
-	cf, err := os.ReadFile("../../cmd/dataimage-csi/Containerfile")
+	cf, err := os.ReadFile(containerfile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +62,7 @@ func TestPluginToolsMatchContainerfile(t *testing.T) {
 	}
 	for p, used := range installed {
 		if !used {
-			t.Errorf("the Containerfile installs %s, which provides none of PLUGIN_HOST_FILES", p)
+			t.Errorf("the Containerfile installs %s, which provides none of %s", p, variable)
 		}
 	}
 }

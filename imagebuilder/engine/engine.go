@@ -67,6 +67,9 @@ var (
 	// ErrRestoreLimit: a physical backup would restore more bytes or more files than
 	// RestoreOptions allows (an archive that expands beyond its volume: a tar bomb).
 	ErrRestoreLimit = errors.New("engine: backup exceeds the restore's limits")
+	// ErrNotRunning: Adopt found no server of the instance running (no pid file, or one that
+	// names a process that is gone or is not the instance's server).
+	ErrNotRunning = errors.New("engine: no server runs on the instance")
 )
 
 // DataDir is where an instance rooted at root keeps its data directory.
@@ -132,6 +135,16 @@ type Engine interface {
 	// instance (a clone's lock) and has stopped whatever ran there. It changes nothing else
 	// and is a no-op for an engine that keeps no such lock in the data directory.
 	PrepareClone(root string) error
+	// Adopt returns the server that a Start of an earlier process (one that died or restarted
+	// since: the local daemon) left running on the instance under root, given the options of
+	// that Start (RuntimeDir, RunAs, ListenAddress and Port; Output is not followed), once it
+	// answers a query through its socket. The Instance works as a started one does (Stop,
+	// Checkpoint, Query, Conn without the password, Done, PID, LogTail), except that the
+	// server is not this process's child: its exit status is unknown, and a server that
+	// exits is taken to have stopped cleanly. It fails with an error wrapping ErrNotRunning
+	// when no server of the instance runs, and with a *ServerError when one runs but does not
+	// answer (the caller stops it: kill the processes working on root).
+	Adopt(ctx context.Context, root string, opts StartOptions) (Instance, error)
 }
 
 // Instance is a running server.

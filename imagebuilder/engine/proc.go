@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dataimage/dataimage/internal/atomicfile"
 )
 
@@ -136,6 +138,52 @@ func (u *User) WriteFile(path string, data []byte, perm os.FileMode) error {
 func isDir(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.IsDir()
+}
+
+// WatchPID returns the process pid, which this process did not start (it is not a child, so
+// it cannot be waited for), and a channel closed once it has exited: a pidfd (Linux 5.3)
+// becomes readable then. The process is reached through its pidfd too (os.FindProcess uses
+// one), so that a signal never reaches another process that reused the pid. It fails with an
+// error wrapping ErrNotRunning when the process is gone.
+func WatchPID(pid int) (*os.Process, <-chan struct{}, error) {
+	if pid <= 0 {
+		return nil, nil, fmt.Errorf("%w: pid %d", ErrNotRunning, pid)
+	}
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, nil, fmt.Errorf("%w: process %d is gone", ErrNotRunning, pid)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("engine: pidfd of process %d: %w", pid, err)
+	}
+	unix.CloseOnExec(fd)
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, fmt.Errorf("engine: process %d: %w", pid, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+				return
+			}
+		}
+	}()
+	return proc, exited, nil
+}
+
+// CommandLine returns the arguments of process pid (its /proc/<pid>/cmdline), nil when it is
+// gone.
+func CommandLine(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
 }
 
 // Run runs cmd to completion. Its standard output and error are kept (the last 64 KiB) and

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -120,4 +121,36 @@ func WriteSynced(t testing.TB, path string, data []byte) {
 	require.NoError(t, err)
 	require.NoError(t, f.Sync())
 	require.NoError(t, f.Close())
+}
+
+// AlignedBuf returns an n-byte buffer aligned for O_DIRECT (4 KiB).
+func AlignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := int(4096-uintptr(unsafe.Pointer(&b[0]))%4096) % 4096
+	return b[off : off+n]
+}
+
+// Run runs a command to completion, failing the test with its output if it fails, and returns
+// its output.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	require.NoError(t, err, "%s %s: %s", name, strings.Join(args, " "), out)
+	return string(out)
+}
+
+// LoopDevice attaches a loop device to a new sparse file of size bytes and returns both; the
+// device is detached at cleanup.
+func LoopDevice(t testing.TB, size int64) (dev, backing string) {
+	t.Helper()
+	backing = filepath.Join(t.TempDir(), "disk")
+	require.NoError(t, os.WriteFile(backing, nil, 0o600))
+	require.NoError(t, os.Truncate(backing, size))
+	dev = strings.TrimSpace(Run(t, "losetup", "--find", "--show", backing))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
+		}
+	})
+	return dev, backing
 }

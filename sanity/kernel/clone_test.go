@@ -132,7 +132,7 @@ func (p *inProcess) blockClones(t *testing.T) {
 	f, err := os.OpenFile(srcDev, os.O_RDWR|unix.O_DIRECT, 0)
 	require.NoError(t, err)
 	for i, e := range extents {
-		data[i] = alignedBuf(int(e.n))
+		data[i] = nodetest.AlignedBuf(int(e.n))
 		_, _ = rand.Read(data[i])
 		n, err := f.WriteAt(data[i], e.off)
 		require.NoError(t, err)
@@ -152,13 +152,13 @@ func (p *inProcess) blockClones(t *testing.T) {
 		defer f.Close()
 		var out [][]byte
 		for _, e := range extents {
-			b := alignedBuf(int(e.n))
+			b := nodetest.AlignedBuf(int(e.n))
 			n, err := f.ReadAt(b, e.off)
 			require.NoError(t, err)
 			require.Equal(t, int(e.n), n)
 			out = append(out, b)
 		}
-		hole := alignedBuf(64 << 10) // never written: zeros
+		hole := nodetest.AlignedBuf(64 << 10) // never written: zeros
 		_, err = f.ReadAt(hole, 8*mib)
 		require.NoError(t, err)
 		require.Equal(t, make([]byte, len(hole)), hole)
@@ -169,7 +169,7 @@ func (p *inProcess) blockClones(t *testing.T) {
 	// A write to the clone's device stays in the clone.
 	f, err = os.OpenFile(cloneDev, os.O_RDWR|unix.O_DIRECT, 0)
 	require.NoError(t, err)
-	other := alignedBuf(int(extents[1].n))
+	other := nodetest.AlignedBuf(int(extents[1].n))
 	_, _ = rand.Read(other)
 	_, err = f.WriteAt(other, extents[1].off)
 	require.NoError(t, err)

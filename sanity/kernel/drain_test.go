@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // drainOp is one request of the direct-I/O writer: a write of a block or a flush, when it was
@@ -65,7 +66,7 @@ func startDrainWriter(t *testing.T, dev string, size int64, workers int) *drainW
 func (w *drainWriter) work(f *os.File, worker int) {
 	rng := rand.New(rand.NewPCG(uint64(worker), 7))
 	share := w.blocks / int64(w.workers)
-	buf := alignedBuf(int(w.bs))
+	buf := nodetest.AlignedBuf(int(w.bs))
 	for seq := 0; ; seq++ {
 		select {
 		case <-w.stop:
@@ -103,16 +104,92 @@ func (w *drainWriter) halt() {
 	w.wg.Wait()
 }
 
-// TestSIGTERMDrainsIO sends SIGTERM to the plugin binary while a direct-I/O writer (8 workers,
-// writes and flushes) writes to a published block volume. The plugin drains: every request
-// submitted before the SIGTERM succeeds (the ones in flight at that moment included), the
-// plugin answers no I/O with an error, it exits 0, and requests that reached it after the
-// drain fail with EIO only once it has exited (the kernel ends the FUSE connection).
+// failed returns the first error a request of the writer got, if any.
+func (w *drainWriter) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ops := range w.ops {
+		for _, op := range ops {
+			if op.err != nil {
+				return fmt.Errorf("request %d of worker %d (flush %v, block %d): %w", op.seq, op.worker, op.flush, op.block, op.err)
+			}
+		}
+	}
+	return nil
+}
+
+// summary returns how many writes were acknowledged, and the longest time a request that was
+// in flight at one of the instants took.
+func (w *drainWriter) summary(instants []time.Time) (acked int, longest time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ops := range w.ops {
+		for _, op := range ops {
+			if !op.flush && op.err == nil {
+				acked++
+			}
+			for _, at := range instants {
+				if op.start.Before(at) && op.end.After(at) {
+					longest = max(longest, op.end.Sub(op.start))
+				}
+			}
+		}
+	}
+	return acked, longest
+}
+
+// verify checks that every block read (read fills buf with block b) holds the last write
+// acknowledged to it, or a later write that was not acknowledged (zeros for a block never
+// acknowledged), whole (not torn). The writer must have halted.
+func (w *drainWriter) verify(t *testing.T, read func(b int64, buf []byte)) {
+	t.Helper()
+	last := map[int64]uint64{}      // block -> tag of the last acknowledged write
+	unacked := map[int64][]uint64{} // block -> tags of writes after it that were not acknowledged
+	for _, ops := range w.ops {
+		for _, op := range ops {
+			switch {
+			case op.flush:
+			case op.err == nil:
+				last[op.block] = op.tag()
+				delete(unacked, op.block)
+			default:
+				unacked[op.block] = append(unacked[op.block], op.tag())
+			}
+		}
+	}
+	buf := nodetest.AlignedBuf(int(w.bs))
+	var bad []string
+	for b := range w.blocks {
+		read(b, buf)
+		got := binary.LittleEndian.Uint64(buf)
+		for i := 8; i < len(buf); i += 8 {
+			if binary.LittleEndian.Uint64(buf[i:]) != got {
+				bad = append(bad, fmt.Sprintf("block %d is torn", b))
+				break
+			}
+		}
+		ok := got == last[b] // 0 for a block never acknowledged: zeros
+		for _, tag := range unacked[b] {
+			ok = ok || got == tag
+		}
+		if !ok {
+			bad = append(bad, fmt.Sprintf("block %d holds write %#x, want the last acknowledged %#x or one of %#x", b, got, last[b], unacked[b]))
+		}
+	}
+	require.Empty(t, bad, "%d blocks differ from the model:\n%s", len(bad), strings.Join(bad[:min(len(bad), 20)], "\n"))
+	t.Logf("%d blocks hold what the model says (%d written)", w.blocks, len(last))
+}
+
+// TestSIGTERMDrainsIO sends SIGTERM to the data plane binary while a direct-I/O writer (8
+// workers, writes and flushes) writes to a volume published through the plugin. The data plane
+// drains: every request submitted before the SIGTERM succeeds (the ones in flight at that
+// moment included), it answers no I/O with an error, it exits 0, and requests that reached it
+// after the drain fail with EIO only once it has exited (the kernel ends the FUSE connection).
 // Reopened, the pool checks clean and holds, for every block, the last write acknowledged to it
 // (or a later one that was not acknowledged).
 func TestSIGTERMDrainsIO(t *testing.T) {
 	e := newRestartEnv(t)
-	plugin, c := e.start(t)
+	dp, plugin, c := e.start(t)
 	const size = 64 * mib
 	vol := c.createVolume(t, "drain", size, blockCap(), nil)
 	target := c.stagePublish(t, "vol", vol, blockCap())
@@ -134,7 +211,7 @@ func TestSIGTERMDrainsIO(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	sig := time.Now()
-	require.NoError(t, plugin.stop(t, syscall.SIGTERM), "exit status after SIGTERM")
+	require.NoError(t, dp.stop(t, syscall.SIGTERM), "exit status after SIGTERM")
 	exited := time.Now()
 
 	// The workers' writes held at the drain fail once the process is gone: promptly.
@@ -143,13 +220,11 @@ func TestSIGTERMDrainsIO(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
-		t.Fatal("writes still hang 30 s after the plugin exited")
+		t.Fatal("writes still hang 30 s after the data plane exited")
 	}
 	w.halt()
 
-	var before, inflight, flushes, acked, failed int
-	last := map[int64]uint64{}      // block -> tag of the last acknowledged write
-	unacked := map[int64][]uint64{} // block -> tags of writes after it that were not acknowledged
+	var before, inflight, flushes, failed int
 	for _, ops := range w.ops {
 		for _, op := range ops {
 			switch {
@@ -171,59 +246,37 @@ func TestSIGTERMDrainsIO(t *testing.T) {
 			if op.err != nil {
 				failed++
 			}
-			switch {
-			case op.flush:
-			case op.err == nil:
-				acked++
-				last[op.block] = op.tag()
-				delete(unacked, op.block)
-			default:
-				unacked[op.block] = append(unacked[op.block], op.tag())
-			}
 		}
 	}
+	acked, _ := w.summary(nil)
 	t.Logf("requests: %d submitted before SIGTERM, %d of them in flight at it (%d flushes); %d writes acknowledged in all; %d requests failed (EIO, after the exit); exit %v after SIGTERM",
 		before, inflight, flushes, acked, failed, exited.Sub(sig).Round(time.Millisecond))
 	require.Positive(t, inflight, "no write was in flight at SIGTERM: nothing was drained")
 
-	logs, err := os.ReadFile(e.logPath)
+	logs, err := os.ReadFile(e.dataPlaneLog)
 	require.NoError(t, err)
-	// The plugin answered no request with an error: those that failed, failed in the kernel
-	// once the process was gone.
-	require.NotContains(t, string(logs), "disk I/O failed", "the plugin answered I/O with an error")
+	// The data plane answered no request with an error: those that failed, failed in the
+	// kernel once the process was gone.
+	require.NotContains(t, string(logs), "disk I/O failed", "the data plane answered I/O with an error")
 	require.Contains(t, string(logs), "exports drained and the pool flushed")
+
+	// The plugin runs on; the dead volume unpublishes and unstages once the data plane is back.
+	require.True(t, plugin.running())
+	dp = e.startDataPlane(t)
+	c.unpublishUnstage(t, "vol", vol)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
+	e.stopAll(t, dp, plugin)
 
 	// Reopened: clean, and every block holds its last acknowledged write (or a later one).
 	p, err := blockstore.Open(e.pool, blockstore.Options{})
 	require.NoError(t, err)
 	defer p.Close()
-	rep, err := p.Check(false)
-	require.NoError(t, err)
-	require.True(t, rep.OK(), "fsck: %s", rep)
 	info, err := p.LookupVolume("drain")
 	require.NoError(t, err)
 	v, err := p.Volume(info.ID)
 	require.NoError(t, err)
-	buf := make([]byte, w.bs)
-	var bad []string
-	for b := range w.blocks {
+	w.verify(t, func(b int64, buf []byte) {
 		_, err := v.ReadAt(buf, b*w.bs)
 		require.NoError(t, err)
-		got := binary.LittleEndian.Uint64(buf)
-		for i := 8; i < len(buf); i += 8 {
-			if binary.LittleEndian.Uint64(buf[i:]) != got {
-				bad = append(bad, fmt.Sprintf("block %d is torn", b))
-				break
-			}
-		}
-		ok := got == last[b] // 0 for a block never acknowledged: zeros
-		for _, tag := range unacked[b] {
-			ok = ok || got == tag
-		}
-		if !ok {
-			bad = append(bad, fmt.Sprintf("block %d holds write %#x, want the last acknowledged %#x or one of %#x", b, got, last[b], unacked[b]))
-		}
-	}
-	require.Empty(t, bad, "%d blocks differ from the model:\n%s", len(bad), strings.Join(bad[:min(len(bad), 20)], "\n"))
-	t.Logf("%d blocks hold what the model says (%d written)", w.blocks, len(last))
+	})
 }

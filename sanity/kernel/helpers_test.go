@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/require"
@@ -206,13 +205,6 @@ func forceTeardown(t *testing.T, dir, stateDir string) {
 	}
 }
 
-// alignedBuf returns an n-byte buffer aligned for O_DIRECT.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := int(4096-uintptr(unsafe.Pointer(&b[0]))%4096) % 4096
-	return b[off : off+n]
-}
-
 // writeFiles writes n files named prefix0, prefix1, ... of random content (whole 4 KiB blocks,
 // 64 KiB to about 1 MiB) into dir, fsyncs each, and returns their sha256 sums by name.
 func writeFiles(t *testing.T, dir, prefix string, n int) map[string]string {
@@ -240,7 +232,7 @@ func readSums(t *testing.T, dir string) map[string]string {
 	ents, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	sums := map[string]string{}
-	buf := alignedBuf(1 << 20)
+	buf := nodetest.AlignedBuf(1 << 20)
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
 			continue

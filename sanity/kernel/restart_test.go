@@ -2,8 +2,11 @@ package kernel
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,13 +17,15 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
-// buildPlugin builds cmd/dataimage-csi into a temp dir and returns the binary's path.
-func buildPlugin(t *testing.T) string {
+// buildBinary builds ./cmd/<name> into a temp dir and returns the binary's path.
+func buildBinary(t *testing.T, name string) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -31,29 +36,29 @@ func buildPlugin(t *testing.T) string {
 	gomod := strings.TrimSpace(string(out))
 	require.NotEmpty(t, gomod)
 	require.NotEqual(t, os.DevNull, gomod, "not in a module")
-	bin := filepath.Join(t.TempDir(), "dataimage-csi")
-	cmd := exec.Command(goTool, "build", "-o", bin, "./cmd/dataimage-csi")
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command(goTool, "build", "-o", bin, "./cmd/"+name)
 	cmd.Dir = filepath.Dir(gomod)
 	out, err = cmd.CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 	return bin
 }
 
-// process is a running plugin binary.
+// process is a running binary: the plugin or the data plane.
 type process struct {
+	name   string
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd.Wait returned
 	err    error         // cmd.Wait's; read after exited is closed
-	log    *os.File
 }
 
-// startPlugin starts the plugin binary with args, its log going to logPath (appended). Cleanup
-// kills it if it is still running.
-func startPlugin(t *testing.T, bin, logPath string, args ...string) *process {
+// startProcess starts bin with args, its output appended to logPath. Cleanup kills it if it is
+// still running.
+func startProcess(t *testing.T, bin, logPath string, args ...string) *process {
 	t.Helper()
 	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	require.NoError(t, err)
-	p := &process{cmd: exec.Command(bin, args...), exited: make(chan struct{}), log: log}
+	p := &process{name: filepath.Base(bin), cmd: exec.Command(bin, args...), exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = log, log
 	require.NoError(t, p.cmd.Start())
 	go func() {
@@ -80,51 +85,246 @@ func (p *process) stop(t *testing.T, sig syscall.Signal) error {
 	case <-p.exited:
 		return p.err
 	case <-time.After(time.Minute):
-		t.Fatalf("the plugin did not exit after %v", sig)
+		t.Fatalf("%s did not exit after %v", p.name, sig)
 		return nil
 	}
 }
 
-// restartEnv is a plugin binary with its flags, pool, state directory and log in a temp dir.
-type restartEnv struct {
-	bin, dir, stateDir, pool, logPath, paths, endpoint string
-	args                                               []string
+// running reports whether the process has not exited.
+func (p *process) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
 }
 
-// newRestartEnv builds the plugin. Cleanup (after the processes are killed) unmounts what is
-// left under paths, tears down the exports left in stateDir, and prints the plugin's log if
-// the test failed.
+// restartEnv is a node's two processes, as the chart runs them: the data plane
+// (dataimage-dataplane: the pool and the exports) and the CSI plugin (dataimage-csi), which
+// reaches it over its socket; their binaries, flags, pool, state directory and logs are in a
+// temp dir.
+type restartEnv struct {
+	pluginBin, dataPlaneBin                      string
+	dir, stateDir, pool, paths, endpoint, dpSock string
+	pluginLog, dataPlaneLog                      string
+	pluginArgs, dataPlaneArgs                    []string
+}
+
+// newRestartEnv builds the two binaries. Cleanup (after the processes are killed) unmounts
+// what is left under paths, tears down the exports left in stateDir, and prints the logs if the
+// test failed.
 func newRestartEnv(t *testing.T) *restartEnv {
 	t.Helper()
 	needKernel(t)
-	e := &restartEnv{bin: buildPlugin(t), dir: t.TempDir()}
-	e.stateDir, e.pool, e.logPath = filepath.Join(e.dir, "export"), filepath.Join(e.dir, "pool"), filepath.Join(e.dir, "plugin.log")
-	e.paths = filepath.Join(e.dir, "paths")
-	e.endpoint = "unix://" + filepath.Join(e.dir, "csi.sock")
-	e.args = []string{"--endpoint", e.endpoint, "--node-id", "n1", "--pool", e.pool, "--pool-size", "2Gi", "--export-state-dir", e.stateDir}
+	e := &restartEnv{pluginBin: buildBinary(t, "dataimage-csi"), dataPlaneBin: buildBinary(t, "dataimage-dataplane")}
+	dir, err := os.MkdirTemp("", "kernel") // short: socket paths are limited to 107 bytes
+	require.NoError(t, err)
+	e.dir = dir
+	e.stateDir, e.pool, e.paths = filepath.Join(dir, "export"), filepath.Join(dir, "pool"), filepath.Join(dir, "paths")
+	e.pluginLog, e.dataPlaneLog = filepath.Join(dir, "plugin.log"), filepath.Join(dir, "dataplane.log")
+	e.endpoint, e.dpSock = "unix://"+filepath.Join(dir, "csi.sock"), filepath.Join(dir, "dp", "dataplane.sock")
+	e.dataPlaneArgs = []string{"--socket", e.dpSock, "--pool", e.pool, "--pool-size", "2Gi", "--export-state-dir", e.stateDir}
+	e.pluginArgs = []string{"--endpoint", e.endpoint, "--node-id", "n1", "--dataplane-socket", e.dpSock}
 	t.Cleanup(func() {
 		forceTeardown(t, e.paths, e.stateDir)
 		if t.Failed() {
-			b, _ := os.ReadFile(e.logPath)
-			t.Logf("plugin log:\n%s", b)
+			for _, l := range []string{e.dataPlaneLog, e.pluginLog} {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s:\n%s", filepath.Base(l), b)
+			}
 		}
+		os.RemoveAll(dir)
 	})
 	return e
 }
 
-// start starts the plugin and connects to it.
-func (e *restartEnv) start(t *testing.T) (*process, *client) {
+// startDataPlane starts the data plane and waits until it answers.
+func (e *restartEnv) startDataPlane(t *testing.T) *process {
 	t.Helper()
-	p := startPlugin(t, e.bin, e.logPath, e.args...)
+	p := startProcess(t, e.dataPlaneBin, e.dataPlaneLog, e.dataPlaneArgs...)
+	c := dataplane.NewClient(e.dpSock)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, c.WaitReady(ctx, nil))
+	return p
+}
+
+// startPlugin starts the plugin and connects to it (it answers once its data plane does).
+func (e *restartEnv) startPlugin(t *testing.T) (*process, *client) {
+	t.Helper()
+	p := startProcess(t, e.pluginBin, e.pluginLog, e.pluginArgs...)
 	return p, dial(t, e.endpoint, e.paths, false)
 }
 
-// publishAndKill starts the plugin, creates, stages and publishes an ext4 volume, writes a file
-// (fsynced), kills the plugin with SIGKILL and starts it again. It returns the new process and
-// client, the volume ID, its target path and the file's content.
-func (e *restartEnv) publishAndKill(t *testing.T) (*process, *client, string, string, []byte) {
+// start starts the data plane and the plugin.
+func (e *restartEnv) start(t *testing.T) (dp, plugin *process, c *client) {
 	t.Helper()
-	first, c := e.start(t)
+	dp = e.startDataPlane(t)
+	plugin, c = e.startPlugin(t)
+	return dp, plugin, c
+}
+
+// stopAll stops the plugin and then the data plane with SIGTERM (both exit 0), and checks the
+// pool: clean, and closed cleanly (nothing to replay).
+func (e *restartEnv) stopAll(t *testing.T, dp, plugin *process) {
+	t.Helper()
+	require.NoError(t, plugin.stop(t, syscall.SIGTERM), "the plugin's exit status after SIGTERM")
+	require.NoError(t, dp.stop(t, syscall.SIGTERM), "the data plane's exit status after SIGTERM")
+	for _, sock := range []string{strings.TrimPrefix(e.endpoint, "unix://"), e.dpSock} {
+		_, err := os.Stat(sock)
+		require.True(t, errors.Is(err, os.ErrNotExist), "the socket %s is removed: %v", sock, err)
+	}
+	p, err := blockstore.Open(e.pool, blockstore.Options{})
+	require.NoError(t, err)
+	defer p.Close()
+	require.Zero(t, p.Recovery().Records, "a clean stop leaves nothing to replay")
+	rep, err := p.Check(false)
+	require.NoError(t, err)
+	require.True(t, rep.OK(), "fsck: %s", rep)
+}
+
+// requireHealthy asserts that NodeGetVolumeHealth reports no problem for vol at path.
+func requireHealthy(t *testing.T, c *client, vol, path string) {
+	t.Helper()
+	h, err := c.node.NodeGetVolumeHealth(rpcContext(t), &csi.NodeGetVolumeHealthRequest{VolumeId: vol, VolumePublishPath: path})
+	require.NoError(t, err)
+	require.Empty(t, h.GetVolumeHealth().GetHealthStatuses(), "health of %s at %s", vol, path)
+}
+
+// fioResult is what the test reads of fio's JSON output.
+type fioResult struct {
+	Jobs []struct {
+		Error int `json:"error"`
+		Read  struct {
+			IOBytes int64 `json:"io_bytes"`
+		} `json:"read"`
+		Write struct {
+			IOBytes int64 `json:"io_bytes"`
+		} `json:"write"`
+	} `json:"jobs"`
+}
+
+// startFio runs fio on a file under dir for runtime: 4 KiB random direct writes, each block
+// verified (crc32c) once 64 more are written and at the end, stopping at the first mismatch
+// or I/O error (--verify_fatal, --continue_on_error=none). It returns a function that waits for
+// fio and returns its result.
+func startFio(t *testing.T, dir string, runtime time.Duration) func() fioResult {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := exec.Command("fio", "--name=verify", "--filename="+filepath.Join(dir, "fio.dat"), "--size=32M", "--rw=randwrite", "--bs=4k",
+		"--ioengine=psync", "--direct=1", "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=64", "--verify_state_save=0", "--continue_on_error=none",
+		"--time_based", fmt.Sprintf("--runtime=%ds", int(runtime.Seconds())), "--output-format=json")
+	cmd.Stdout, cmd.Stderr, cmd.Dir = &out, &errOut, t.TempDir()
+	require.NoError(t, cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return func() fioResult {
+		t.Helper()
+		var err error
+		select {
+		case err = <-done:
+			done <- err
+		case <-time.After(runtime + 2*time.Minute):
+			t.Fatal("fio did not finish")
+		}
+		require.NoError(t, err, "fio: %s\n%s", errOut.String(), out.String())
+		var res fioResult
+		require.NoError(t, json.Unmarshal(out.Bytes(), &res), "fio output: %s", out.String())
+		require.Len(t, res.Jobs, 1)
+		return res
+	}
+}
+
+// TestPluginKilledIOContinues: the CSI plugin is killed (SIGKILL) three times, and started
+// again each time, while fio writes and verifies a file on a staged and published ext4 volume
+// and a direct-I/O writer writes and flushes a published block volume. The I/O goes on
+// throughout, without an error: the data plane, not the plugin, serves it. Each new plugin
+// adopts the staged volumes (healthy, no leftovers), fio's verification passes, every block of
+// the block volume holds the last write acknowledged to it, and the volumes unpublish and
+// unstage through the last plugin, leaving nothing behind. On a tree where the plugin serves
+// the exports itself, the first kill fails every later I/O with EIO.
+func TestPluginKilledIOContinues(t *testing.T) {
+	if _, err := exec.LookPath("fio"); err != nil {
+		t.Skip("needs fio (make deps)")
+	}
+	e := newRestartEnv(t)
+	dp, plugin, c := e.start(t)
+	fsCap := mountCap("ext4")
+	fsVol := c.createVolume(t, "fs", 256*mib, fsCap, nil)
+	fsTarget := c.stagePublish(t, "fs", fsVol, fsCap)
+	const blkSize = 64 * mib
+	blkVol := c.createVolume(t, "blk", blkSize, blockCap(), nil)
+	blkTarget := c.stagePublish(t, "blk", blkVol, blockCap())
+
+	const runtime = 12 * time.Second
+	waitFio := startFio(t, fsTarget, runtime)
+	w := startDrainWriter(t, blkTarget, blkSize, 4)
+	start := time.Now()
+	var kills []time.Time
+	for i := range 3 {
+		time.Sleep(2 * time.Second)
+		require.NoError(t, w.failed(), "the block writer before kill %d", i+1)
+		kills = append(kills, time.Now())
+		require.Error(t, plugin.stop(t, syscall.SIGKILL), "killed")
+		plugin, c = e.startPlugin(t)
+		for _, v := range []struct{ id, label string }{{fsVol, "fs"}, {blkVol, "blk"}} {
+			requireHealthy(t, c, v.id, c.stagingPath(v.label))
+			requireHealthy(t, c, v.id, c.targetPath(v.label))
+		}
+	}
+	require.Less(t, time.Since(start), runtime, "the kills happened while fio ran")
+	require.True(t, dp.running(), "the data plane never stopped")
+
+	res := waitFio()
+	require.Zero(t, res.Jobs[0].Error)
+	require.Positive(t, res.Jobs[0].Write.IOBytes)
+	require.Positive(t, res.Jobs[0].Read.IOBytes, "fio verified what it wrote")
+	w.halt()
+	require.NoError(t, w.failed(), "the block writer across the kills")
+	acked, longest := w.summary(kills)
+	t.Logf("fio: %d MiB written and %d MiB verified across %d plugin kills; block writer: %d writes acknowledged, longest request spanning a kill %v",
+		res.Jobs[0].Write.IOBytes>>20, res.Jobs[0].Read.IOBytes>>20, len(kills), acked, longest)
+	logs, err := os.ReadFile(e.pluginLog)
+	require.NoError(t, err)
+	require.Equal(t, 3, strings.Count(string(logs), `msg="volume staged by an earlier run of the plugin" volume=`+fsVol), "each new plugin adopts the file system volume")
+	require.NotContains(t, string(logs), "export left by an earlier data plane")
+
+	// The block volume holds, block by block, the last write acknowledged (read back through
+	// the device with O_DIRECT: from the data plane).
+	f, err := os.OpenFile(blkTarget, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	w.verify(t, func(b int64, buf []byte) {
+		_, err := f.ReadAt(buf, b*w.bs)
+		require.NoError(t, err)
+	})
+	f.Close()
+
+	// The last plugin unpublishes and unstages what the first one staged.
+	c.unpublishUnstage(t, "fs", fsVol)
+	c.unpublishUnstage(t, "blk", blkVol)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
+	e.stopAll(t, dp, plugin)
+}
+
+// TestDataPlaneKilled: the data plane is killed (SIGKILL) while an ext4 volume is staged and
+// published, and started again; the plugin runs on. The volume's export died with the data
+// plane (its I/O fails; keeping it alive across the data plane's death is the holder's job):
+// the plugin reports it INACCESSIBLE at both paths, the dead mounts unpublish and unstage,
+// nothing is left behind, the volume stages again with the data fsynced before the kill, and
+// both processes stop cleanly on SIGTERM with a pool that checks clean.
+func TestDataPlaneKilled(t *testing.T) {
+	e := newRestartEnv(t)
+	dp, plugin, c := e.start(t)
 	vc := mountCap("ext4")
 	vol := c.createVolume(t, "restart", 64*mib, vc, nil)
 	target := c.stagePublish(t, "vol", vol, vc)
@@ -132,62 +332,15 @@ func (e *restartEnv) publishAndKill(t *testing.T) (*process, *client, string, st
 	_, _ = rand.Read(data)
 	nodetest.WriteSynced(t, filepath.Join(target, "before-kill"), data)
 
-	require.Error(t, first.stop(t, syscall.SIGKILL))
-	// The FUSE server died with the plugin: the mounts and the loop device are still there.
+	require.Error(t, dp.stop(t, syscall.SIGKILL))
+	// The FUSE server died with the data plane: the mounts and the loop device are still there.
 	require.NotEmpty(t, nodetest.Mounts(t, e.paths))
 	require.NotEmpty(t, nodetest.LoopDevicesOn(t, e.stateDir))
+	dp = e.startDataPlane(t)
+	logs, err := os.ReadFile(e.dataPlaneLog)
+	require.NoError(t, err)
+	require.Contains(t, string(logs), "export left by an earlier data plane")
 
-	second, c := e.start(t)
-	logs, err := os.ReadFile(e.logPath)
-	require.NoError(t, err)
-	require.Contains(t, string(logs), "export left by an earlier run")
-	return second, c, vol, target, data
-}
-
-// TestRestartAfterKill kills the plugin binary while a volume is staged and published, starts
-// it again, and checks that the dead mounts unpublish and unstage, that nothing is left behind,
-// that the volume stages again with the data fsynced before the kill, and that SIGTERM stops
-// the plugin cleanly with a pool that checks clean.
-func TestRestartAfterKill(t *testing.T) {
-	e := newRestartEnv(t)
-	second, c, vol, target, data := e.publishAndKill(t)
-	_, err := c.node.NodeUnpublishVolume(rpcContext(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target})
-	require.NoError(t, err)
-	_, err = c.node.NodeUnstageVolume(rpcContext(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: c.stagingPath("vol")})
-	require.NoError(t, err)
-	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
-
-	// Staged anew, the volume holds the data fsynced before the kill.
-	vc := mountCap("ext4")
-	target = c.stagePublish(t, "vol", vol, vc)
-	got, err := os.ReadFile(filepath.Join(target, "before-kill"))
-	require.NoError(t, err)
-	require.True(t, bytes.Equal(data, got), "the file written before the kill differs")
-	c.unpublishUnstage(t, "vol", vol)
-	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
-
-	require.NoError(t, second.stop(t, syscall.SIGTERM), "exit status after SIGTERM")
-	_, err = os.Stat(filepath.Join(e.dir, "csi.sock"))
-	require.True(t, errors.Is(err, os.ErrNotExist), "the socket is removed: %v", err)
-
-	p, err := blockstore.Open(e.pool, blockstore.Options{})
-	require.NoError(t, err)
-	defer p.Close()
-	rep, err := p.Check(false)
-	require.NoError(t, err)
-	require.True(t, rep.OK(), "fsck: %s", rep)
-	info, err := p.LookupVolume("restart")
-	require.NoError(t, err)
-	require.Equal(t, 64*mib, info.Size)
-	require.NoError(t, p.Close())
-}
-
-// TestHealthAfterKill: after a restart, a volume still published from the killed plugin's run
-// serves no I/O (its FUSE server is gone; reads come from the page cache and writes are lost),
-// and NodeGetVolumeHealth says so, as its documentation promises: INACCESSIBLE.
-func TestHealthAfterKill(t *testing.T) {
-	e := newRestartEnv(t)
-	second, c, vol, target, _ := e.publishAndKill(t)
 	for _, path := range []string{target, c.stagingPath("vol")} {
 		h, err := c.node.NodeGetVolumeHealth(rpcContext(t), &csi.NodeGetVolumeHealthRequest{VolumeId: vol, VolumePublishPath: path})
 		require.NoError(t, err)
@@ -195,12 +348,27 @@ func TestHealthAfterKill(t *testing.T) {
 		for _, s := range h.GetVolumeHealth().GetHealthStatuses() {
 			inaccessible = inaccessible || s.GetStatus() == csi.VolumeHealthErrorType_INACCESSIBLE
 		}
-		if !inaccessible {
-			t.Errorf("NodeGetVolumeHealth(%s) of a volume whose export died with the plugin: %v, want an INACCESSIBLE status", path, h)
-		}
+		require.True(t, inaccessible, "NodeGetVolumeHealth(%s) of a volume whose export died with the data plane: %v, want INACCESSIBLE", path, h)
 	}
-	// Unpublish, unstage and stop, as in TestRestartAfterKill.
+	_, err = c.node.NodeUnpublishVolume(rpcContext(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target})
+	require.NoError(t, err)
+	_, err = c.node.NodeUnstageVolume(rpcContext(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: c.stagingPath("vol")})
+	require.NoError(t, err)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
+
+	// Staged anew, the volume holds the data fsynced before the kill.
+	target = c.stagePublish(t, "vol", vol, vc)
+	got, err := os.ReadFile(filepath.Join(target, "before-kill"))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(data, got), "the file written before the kill differs")
 	c.unpublishUnstage(t, "vol", vol)
 	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
-	require.NoError(t, second.stop(t, syscall.SIGTERM))
+	e.stopAll(t, dp, plugin)
+
+	p, err := blockstore.Open(e.pool, blockstore.Options{})
+	require.NoError(t, err)
+	defer p.Close()
+	info, err := p.LookupVolume("restart")
+	require.NoError(t, err)
+	require.Equal(t, 64*mib, info.Size)
 }

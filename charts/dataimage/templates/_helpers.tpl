@@ -23,16 +23,23 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
-{{/* An image reference from images.<name>; an empty tag is the chart's appVersion. */}}
+{{/* An image reference from images.<name>; an empty tag is the chart's appVersion. A tag given
+as a number (--set images.plugin.tag=7) is written as one. */}}
 {{- define "dataimage.image" -}}
 {{- $root := index . 0 -}}
 {{- $img := index $root.Values.images (index . 1) -}}
-{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) -}}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag | toString) -}}
 {{- end -}}
 
 {{/* The directory of the kubelet's plugin sockets for this driver. */}}
 {{- define "dataimage.pluginDir" -}}
 {{- printf "%s/plugins/csi.dataimage.io" (trimSuffix "/" .Values.node.kubeletDir) -}}
+{{- end -}}
+
+{{/* The host directory of the data plane's socket: shared by the data plane (which sees it
+under node.exportStateDir) and the plugin (which mounts it alone). */}}
+{{- define "dataimage.dataplaneSocketDir" -}}
+{{- printf "%s/dataplane" (trimSuffix "/" .Values.node.exportStateDir) -}}
 {{- end -}}
 
 {{/* Adds helm.sh/resource-policy: keep to a CRD read from a file and prints it. */}}

@@ -12,16 +12,15 @@ import (
 	"net/http"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/export"
-	"github.com/dataimage/dataimage/blockstore/provision"
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/driver"
-	"github.com/dataimage/dataimage/internal/units"
+	"github.com/dataimage/dataimage/internal/cli"
 )
 
 // Version is the plugin's version (set at link time with -X).
@@ -29,21 +28,15 @@ var Version = "dev"
 
 // Config is what the flags say.
 type Config struct {
-	Endpoint    string
-	NodeID      string
-	Pool        string
-	PoolSize    int64
-	Preallocate bool
-	// PoolFormatNonBlank makes a new pool on a device that is not blank (what it holds is lost);
-	// never on a device in use or one that fails reads.
-	PoolFormatNonBlank bool
-	Export             string
-	ExportStateDir     string
-	DefaultFSType      string
-	OverProvisionRatio float64
-	MaxVolumes         int
-	Verbosity          int
-	LogFormat          string
+	Endpoint string
+	NodeID   string
+	// DataPlaneSocket is the data plane's socket (dataimage-dataplane --socket): the plugin
+	// holds no pool and no export of its own.
+	DataPlaneSocket string
+	DefaultFSType   string
+	MaxVolumes      int
+	Verbosity       int
+	LogFormat       string
 	// PluginRegistrationPath is the kubelet's plugin registration directory as mounted in the
 	// plugin's container; empty: no registration (the kubelet is not told of the plugin).
 	PluginRegistrationPath string
@@ -55,15 +48,42 @@ type Config struct {
 	PoolCheckInterval time.Duration
 }
 
+// movedFlags are the flags of the plugin's pool and exports, which moved to the data plane
+// (dataimage-dataplane) when it became a process of its own. The plugin refuses them, naming
+// the new place, rather than ignoring them: a command line that still gives them expects this
+// process to own the pool, and it does not.
+var movedFlags = []struct {
+	name string
+	bool bool // takes no value
+}{
+	{"pool", false}, {"pool-size", false}, {"pool-format-nonblank", true}, {"preallocate", true},
+	{"overprovision-ratio", false}, {"export", false}, {"export-state-dir", false},
+}
+
+const movedUsage = "moved to dataimage-dataplane (refused here)"
+
 // parse reads the flags into a Config.
 func parse(args []string, out io.Writer) (Config, error) {
 	var c Config
 	fs := flag.NewFlagSet("dataimage-csi", flag.ContinueOnError)
 	fs.SetOutput(out)
+	var moved []string
+	for _, m := range movedFlags {
+		set := func(string) error { moved = append(moved, "--"+m.name); return nil }
+		if m.bool {
+			fs.BoolFunc(m.name, movedUsage, set)
+		} else {
+			fs.Func(m.name, movedUsage, set)
+		}
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: dataimage-csi --node-id NAME --pool PATH [flags]\n\n"+
+		fmt.Fprintf(out, "Usage: dataimage-csi --node-id NAME [--dataplane-socket PATH] [flags]\n\n"+
 			"The Dataimage CSI plugin: volumes, snapshots and O(1) clones of this node's block store pool,\n"+
 			"exported to the kernel as block devices. Serves CSI Identity, Controller and Node on --endpoint.\n\n"+
+			"The pool and the exports belong to the node's data plane (dataimage-dataplane), which the plugin\n"+
+			"reaches over --dataplane-socket: the plugin waits for it at start, and its own restarts, crashes\n"+
+			"and upgrades never touch the volumes' I/O. The pool's flags (--pool, --pool-size, --preallocate,\n"+
+			"--pool-format-nonblank, --overprovision-ratio, --export, --export-state-dir) are the data plane's.\n\n"+
 			"With --plugin-registration-path it registers itself with the kubelet (no node-driver-registrar),\n"+
 			"serving the kubelet's plugin registration API on <path>/csi.dataimage.io-reg.sock; it exits with\n"+
 			"code 1 if the kubelet refuses the registration. With --metrics-address it serves Prometheus\n"+
@@ -72,14 +92,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 	}
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/socket or a path")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (required): the CSI node ID and topology value")
-	fs.StringVar(&c.Pool, "pool", "", "the pool: a file (created with --pool-size if absent) or a block device (made a pool with --pool-size only if blank) (required)")
-	size := fs.String("pool-size", "", "size of a pool file to create when --pool does not exist, e.g. 100Gi, 1.5Ti, 500G; for a device, the confirmation that it may be made a pool if it is blank")
-	fs.BoolVar(&c.PoolFormatNonBlank, "pool-format-nonblank", false, "with --pool-size: make a pool on a device that is not blank, destroying what it holds (file systems, partition tables, RAID/LVM metadata, a damaged pool); never on a device in use or one that fails reads")
-	fs.BoolVar(&c.Preallocate, "preallocate", false, "create the pool file thick (fallocated, freed blocks keep their space): faster first writes")
-	fs.StringVar(&c.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
-	fs.StringVar(&c.ExportStateDir, "export-state-dir", export.DefaultStateDir, "directory for export state (FUSE mounts); should be on tmpfs")
+	fs.StringVar(&c.DataPlaneSocket, "dataplane-socket", dataplane.DefaultSocket, "the data plane's unix socket (dataimage-dataplane --socket), which serves the pool and the exports")
 	fs.StringVar(&c.DefaultFSType, "default-fstype", "ext4", "file system made on a blank volume whose capability names none: ext4 or xfs")
-	fs.Float64Var(&c.OverProvisionRatio, "overprovision-ratio", 0, "bound on the sum of volume sizes as a multiple of the pool's capacity (0 keeps the pool's, 10 for a new pool)")
 	fs.IntVar(&c.MaxVolumes, "max-volumes", 0, "volumes that can be published on this node at once (0: no limit)")
 	fs.DurationVar(&c.PoolCheckInterval, "pool-check-interval", 12*time.Hour, "how often to verify the pool with a read-only check (no I/O stops; volume health and metrics report problems); 0: never")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
@@ -93,22 +107,16 @@ func parse(args []string, out io.Writer) (Config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	if *size != "" {
-		n, err := units.ParseSize(*size)
-		if err != nil {
-			return c, fmt.Errorf("--pool-size: %w", err)
-		}
-		c.PoolSize = n
-	}
 	switch {
+	case len(moved) > 0:
+		return c, fmt.Errorf("%s: moved to dataimage-dataplane, the data plane process that owns the pool and serves the volumes' I/O; "+
+			"give them to it, and this plugin --dataplane-socket (its --socket, default %s)", strings.Join(slices.Compact(moved), ", "), dataplane.DefaultSocket)
 	case c.NodeID == "":
 		return c, errors.New("--node-id is required")
-	case c.Pool == "":
-		return c, errors.New("--pool is required")
-	case c.PoolFormatNonBlank && c.PoolSize == 0:
-		return c, errors.New("--pool-format-nonblank needs --pool-size (it applies only when a pool is made)")
-	case c.LogFormat != "text" && c.LogFormat != "json":
-		return c, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	case c.DataPlaneSocket == "" || !filepath.IsAbs(c.DataPlaneSocket):
+		return c, fmt.Errorf("--dataplane-socket %q: want an absolute path", c.DataPlaneSocket)
+	case cli.CheckFormat(c.LogFormat) != nil:
+		return c, cli.CheckFormat(c.LogFormat)
 	case c.PoolCheckInterval < 0:
 		return c, fmt.Errorf("--pool-check-interval %s: must not be negative", c.PoolCheckInterval)
 	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
@@ -135,69 +143,34 @@ func Main(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := Run(ctx, c, logger(c, stderr)); err != nil {
+	if err := Run(ctx, c, cli.NewLogger(stderr, c.LogFormat, c.Verbosity)); err != nil {
 		fmt.Fprintf(stderr, "dataimage-csi: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func logger(c Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if c.Verbosity > 0 {
-		opts.Level = slog.LevelDebug
-	}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// drainTimeout bounds how long the drain at the end waits for the exports' I/O in flight
-// (Server.DrainIO). With the CSI calls' grace period (30 s) and the checkpoint it fits the
-// chart's terminationGracePeriodSeconds (60).
-const drainTimeout = 20 * time.Second
-
-// Run opens (or creates) the pool, serves the plugin until ctx ends, then stops: CSI calls in
-// flight finish (driver.Server.ServeListener), the exports' I/O drains (new I/O waits, the I/O
-// in flight completes and the pool is flushed: Server.DrainIO), and the pool is closed (a
-// checkpoint). Nothing is unmounted or detached: the exports' kernel state outlives the
-// process, and their I/O fails once it has exited (docs/driver.md, "Stopping").
+// Run waits until the data plane answers on its socket, serves the plugin until ctx ends,
+// then stops: CSI calls in flight finish (driver.Server.ServeListener). The plugin owns no
+// pool and no export: the volumes it staged stay staged and their I/O goes on, served by the
+// data plane, while it is stopped; the next run adopts them (driver.Server.RegisterNode).
 func Run(ctx context.Context, c Config, log *slog.Logger) error {
-	pool, err := openPool(c, log)
-	if err != nil {
+	store := dataplane.NewClient(c.DataPlaneSocket)
+	defer store.Close()
+	if err := store.WaitReady(ctx, log); err != nil {
 		return err
 	}
-	rec := pool.Recovery()
-	log.Info("pool open", "pool", c.Pool, "recoveredRecords", rec.Records, "checkpointLSN", rec.CheckpointLSN, "lastLSN", rec.LastLSN)
-	exp, err := export.Detect(export.Options{StateDir: c.ExportStateDir, Method: c.Export, Logger: log})
-	if err != nil {
-		pool.Close()
-		return err
-	}
-	srv, err := driver.NewServer(driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, PoolCheckInterval: c.PoolCheckInterval, Logger: log}, pool)
+	srv, err := driver.NewServer(ctx, driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, PoolCheckInterval: c.PoolCheckInterval, Logger: log}, store)
 	if err == nil {
-		err = srv.RegisterNode(pool, driver.NodeConfig{Exporter: exp, DefaultFSType: c.DefaultFSType})
+		err = srv.RegisterNode(ctx, driver.NodeConfig{DefaultFSType: c.DefaultFSType})
 	}
 	if err != nil {
-		pool.Close()
 		return err
 	}
-	log.Info("serving", "endpoint", c.Endpoint, "nodeID", c.NodeID, "export", exp.Name(), "version", Version)
-	serr := serve(ctx, c, srv, log)
-	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	if derr := srv.DrainIO(dctx); derr != nil {
-		log.Error("drain", "err", derr)
-		if serr == nil {
-			serr = derr
-		}
-	}
-	cancel()
-	if cerr := pool.Close(); serr == nil && cerr != nil {
-		serr = fmt.Errorf("close pool: %w", cerr)
-	}
+	log.Info("serving", "endpoint", c.Endpoint, "nodeID", c.NodeID, "dataPlane", c.DataPlaneSocket, "version", Version)
+	err = serve(ctx, c, srv, log)
 	log.Info("stopped")
-	return serr
+	return err
 }
 
 // serve runs the CSI server, and the metrics endpoint and the kubelet registration when
@@ -256,19 +229,4 @@ func serve(ctx context.Context, c Config, srv *driver.Server, log *slog.Logger) 
 	wg.Wait()
 	close(errs)
 	return <-errs // the first error, or nil
-}
-
-// openPool opens the pool, making it only where that destroys nothing (package provision): a
-// file that does not exist, or a blank device, and only with --pool-size.
-func openPool(c Config, log *slog.Logger) (*blockstore.Pool, error) {
-	opts := blockstore.Options{OverProvisionRatio: c.OverProvisionRatio, DirectIO: true, Logger: log,
-		Size: c.PoolSize, Preallocate: c.Preallocate}
-	p, _, err := provision.Open(c.Pool, provision.Options{Pool: opts, Create: c.PoolSize > 0, FormatNonBlank: c.PoolFormatNonBlank})
-	switch {
-	case errors.Is(err, provision.ErrNoPool):
-		return nil, fmt.Errorf("%w (a pool is made only with --pool-size: a new file of that size, or the whole blank device)", err)
-	case errors.Is(err, provision.ErrNotBlank) && !errors.Is(err, provision.ErrInUse) && !c.PoolFormatNonBlank:
-		return nil, fmt.Errorf("%w (erase it first, e.g. wipefs --all %s for the signatures blkid knows, or give --pool-format-nonblank to make it a pool anyway)", err, c.Pool)
-	}
-	return p, err
 }

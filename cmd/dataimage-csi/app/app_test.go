@@ -7,10 +7,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,24 +22,27 @@ import (
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export"
+	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/driver"
-	"github.com/dataimage/dataimage/internal/units"
+	"github.com/dataimage/dataimage/internal/cli"
+	"github.com/dataimage/dataimage/internal/nodetest"
 )
 
 // required are the flags every valid command line has.
-var required = []string{"--node-id", "n1", "--pool", "/var/lib/dataimage/pool"}
+var required = []string{"--node-id", "n1"}
 
 func TestParseDefaults(t *testing.T) {
 	var out bytes.Buffer
 	c, err := parse(required, &out)
 	require.NoError(t, err)
 	require.Equal(t, Config{
-		Endpoint:       "unix:///csi/csi.sock",
-		NodeID:         "n1",
-		Pool:           "/var/lib/dataimage/pool",
-		ExportStateDir: "/run/dataimage/export",
-		DefaultFSType:  "ext4",
-		LogFormat:      "text",
+		Endpoint:        "unix:///csi/csi.sock",
+		NodeID:          "n1",
+		DataPlaneSocket: dataplane.DefaultSocket,
+		DefaultFSType:   "ext4",
+		LogFormat:       "text",
 
 		PoolCheckInterval: 12 * time.Hour,
 	}, c)
@@ -49,18 +51,16 @@ func TestParseDefaults(t *testing.T) {
 
 func TestParseAll(t *testing.T) {
 	c, err := parse([]string{
-		"--endpoint", "unix:///tmp/x.sock", "--node-id", "worker-3", "--pool", "/dev/vdb",
-		"--pool-size", "100Gi", "--pool-format-nonblank", "--preallocate", "--export", "fuse-loop", "--export-state-dir", "/run/x",
-		"--default-fstype", "xfs", "--overprovision-ratio", "2.5", "--max-volumes", "7", "-v", "2",
+		"--endpoint", "unix:///tmp/x.sock", "--node-id", "worker-3", "--dataplane-socket", "/run/x/dp.sock",
+		"--default-fstype", "xfs", "--max-volumes", "7", "-v", "2",
 		"--log-format", "json", "--plugin-registration-path", "/registration",
 		"--kubelet-registration-path", "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock", "--metrics-address", ":9090",
 		"--pool-check-interval", "30m",
 	}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
-		Endpoint: "unix:///tmp/x.sock", NodeID: "worker-3", Pool: "/dev/vdb", PoolSize: 100 << 30,
-		PoolFormatNonBlank: true, Preallocate: true, Export: "fuse-loop", ExportStateDir: "/run/x", DefaultFSType: "xfs",
-		OverProvisionRatio: 2.5, MaxVolumes: 7, Verbosity: 2, LogFormat: "json",
+		Endpoint: "unix:///tmp/x.sock", NodeID: "worker-3", DataPlaneSocket: "/run/x/dp.sock", DefaultFSType: "xfs",
+		MaxVolumes: 7, Verbosity: 2, LogFormat: "json",
 		PluginRegistrationPath:  "/registration",
 		KubeletRegistrationPath: "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock",
 		MetricsAddress:          ":9090",
@@ -68,18 +68,27 @@ func TestParseAll(t *testing.T) {
 	}, c)
 }
 
-// TestPoolSizeFlag runs --pool-size through units.Examples: a size means the same here as to
-// every other command (the dataimage command's size flags run them too).
-func TestPoolSizeFlag(t *testing.T) {
-	for _, e := range units.Examples {
-		c, err := parse(append([]string{"--pool-size", e.Text}, required...), io.Discard)
-		if e.Rule == "" {
-			require.NoError(t, err, e.Text)
-			require.Equal(t, e.Bytes, c.PoolSize, e.Text)
-			continue
+// TestMovedFlags: the pool's and the exports' flags moved to dataimage-dataplane; the plugin
+// refuses each (with or without a value), naming them all and the new place, with exit code 2.
+func TestMovedFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--pool", "/var/lib/dataimage/pool"},
+		{"--pool=/dev/vdb", "--pool-size", "100Gi", "--pool-format-nonblank"},
+		{"--preallocate"},
+		{"--preallocate=false"},
+		{"--overprovision-ratio", "2"},
+		{"--export", "fuse-loop", "--export-state-dir", "/run/x"},
+	} {
+		var out bytes.Buffer
+		require.Equal(t, 2, Main(append(slices.Clone(required), args...), &out), "%q", args)
+		for _, a := range args {
+			if name, ok := strings.CutPrefix(a, "--"); ok {
+				name, _, _ = strings.Cut(name, "=")
+				require.Contains(t, out.String(), "--"+name, "%q", args)
+			}
 		}
-		require.ErrorContains(t, err, "--pool-size: invalid size "+strconv.Quote(e.Text)+": ", e.Text)
-		require.ErrorContains(t, err, e.Rule, e.Text)
+		require.Contains(t, out.String(), "moved to dataimage-dataplane")
+		require.Contains(t, out.String(), "--dataplane-socket")
 	}
 }
 
@@ -92,21 +101,14 @@ func TestMainExitCodes(t *testing.T) {
 		want []string // substrings of the output
 	}{
 		{"no flags", nil, []string{"--node-id is required"}},
-		{"no node id", []string{"--pool", "/p"}, []string{"--node-id is required"}},
-		{"no pool", []string{"--node-id", "n1"}, []string{"--pool is required"}},
-		{"empty node id", []string{"--node-id=", "--pool", "/p"}, []string{"--node-id is required"}},
-		{"bad size", append([]string{"--pool-size", "12GB"}, required...), []string{"--pool-size", `"12GB"`}},
-		{"zero size", append([]string{"--pool-size", "0"}, required...), []string{"--pool-size", `"0"`}},
-		{"negative size", append([]string{"--pool-size", "-1Gi"}, required...), []string{"--pool-size", `"-1Gi"`}},
-		{"huge size", append([]string{"--pool-size", "9999999999Ti"}, required...), []string{"--pool-size", "too large"}},
-		{"format without size", append([]string{"--pool-format-nonblank"}, required...), []string{"--pool-format-nonblank needs --pool-size"}},
+		{"empty node id", []string{"--node-id="}, []string{"--node-id is required"}},
+		{"relative data plane socket", append([]string{"--dataplane-socket", "dp.sock"}, required...), []string{`--dataplane-socket "dp.sock"`, "absolute"}},
 		{"log format", append([]string{"--log-format", "yaml"}, required...), []string{"--log-format", `"yaml"`}},
 		{"fs type", append([]string{"--default-fstype", "btrfs"}, required...), []string{"--default-fstype", `"btrfs"`}},
 		{"negative check interval", append([]string{"--pool-check-interval", "-1h"}, required...), []string{"--pool-check-interval -1h0m0s", "negative"}},
 		{"unexpected args", append(required, "extra", "more"), []string{"unexpected arguments: extra more"}},
 		{"unknown flag", append([]string{"--bogus"}, required...), []string{"flag provided but not defined: -bogus"}},
 		{"bad int", append([]string{"--max-volumes", "many"}, required...), []string{"-max-volumes", "many"}},
-		{"bad float", append([]string{"--overprovision-ratio", "x"}, required...), []string{"-overprovision-ratio"}},
 		{"missing value", append(required, "--endpoint"), []string{"flag needs an argument: -endpoint"}},
 		{"registration without endpoint", append([]string{"--plugin-registration-path", "/registration"}, required...), []string{"--plugin-registration-path needs --kubelet-registration-path"}},
 		{"endpoint without registration", append([]string{"--kubelet-registration-path", "/k/csi.sock"}, required...), []string{"--kubelet-registration-path is only used with --plugin-registration-path"}},
@@ -126,21 +128,12 @@ func TestMainExitCodes(t *testing.T) {
 	for _, help := range []string{"--help", "-h", "-help"} {
 		var out bytes.Buffer
 		require.Equal(t, 0, Main([]string{help}, &out), help)
-		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-pool-size", "-pool-format-nonblank", "-log-format", "-default-fstype", "-export-state-dir",
-			"-plugin-registration-path", "-kubelet-registration-path", "-metrics-address", "csi.dataimage.io-reg.sock", "/metrics"} {
+		for _, w := range []string{"Usage: dataimage-csi", "-node-id", "-dataplane-socket", "dataimage-dataplane", "-log-format", "-default-fstype",
+			"-plugin-registration-path", "-kubelet-registration-path", "-metrics-address", "csi.dataimage.io-reg.sock", "/metrics",
+			"-pool-size value\n    \tmoved to dataimage-dataplane"} {
 			require.Contains(t, out.String(), w, help)
 		}
 	}
-}
-
-func TestLogger(t *testing.T) {
-	var text, js bytes.Buffer
-	logger(Config{LogFormat: "text"}, &text).Debug("hidden")
-	logger(Config{LogFormat: "text"}, &text).Info("shown", "k", "v")
-	require.NotContains(t, text.String(), "hidden")
-	require.Contains(t, text.String(), "msg=shown k=v")
-	logger(Config{LogFormat: "json", Verbosity: 1}, &js).Debug("debug", "k", "v")
-	require.Contains(t, js.String(), `"msg":"debug","k":"v"`)
 }
 
 // syncBuffer is a log sink safe for the plugin's goroutines.
@@ -161,23 +154,41 @@ func (b *syncBuffer) String() string {
 	return b.data.String()
 }
 
-// TestRun runs the plugin in-process: it creates the pool file, serves Identity and Node on a
-// unix socket, stops when its context ends, and leaves a pool that reopens clean.
+// dataPlaneAt serves a data plane on a new pool at sock (exporting through this node's export
+// method, its state under dir) until cleanup.
+func dataPlaneAt(t *testing.T, dir, sock string) *blockstore.Pool {
+	t.Helper()
+	pool := nodetest.Pool(t, filepath.Join(dir, "pool"), 512<<20)
+	exp, err := export.Detect(export.Options{StateDir: filepath.Join(dir, "export")})
+	require.NoError(t, err)
+	lis, err := dataplane.Listen(sock)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- dataplane.NewServer(dataplane.NewLocal(pool, exp, nil), "test", nil).Serve(ctx, lis) }()
+	t.Cleanup(func() { // before the pool's cleanup
+		cancel()
+		require.NoError(t, <-served)
+	})
+	return pool
+}
+
+// TestRun runs the plugin in-process before its data plane is there: it waits for the data
+// plane, then serves Identity and Node on a unix socket, registers with the kubelet, serves
+// metrics (the pool's, from the data plane), and stops when its context ends, leaving the data
+// plane serving.
 func TestRun(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the export needs /dev/fuse and loop devices")
 	}
-	dir := t.TempDir()
+	dir := dataplanetest.SocketDir(t)
 	sock := filepath.Join(dir, "csi.sock")
-	require.Less(t, len(sock), 100, "socket path too long")
 	reg := filepath.Join(dir, "registration")
 	require.NoError(t, os.Mkdir(reg, 0o700))
 	c := Config{
 		Endpoint:                "unix://" + sock,
 		NodeID:                  "n1",
-		Pool:                    filepath.Join(dir, "pools", "pool"), // its directory is created too
-		PoolSize:                512 << 20,
-		ExportStateDir:          filepath.Join(dir, "export"),
+		DataPlaneSocket:         filepath.Join(dir, "dp", "dp.sock"),
 		DefaultFSType:           "ext4",
 		MaxVolumes:              3,
 		LogFormat:               "text",
@@ -189,7 +200,7 @@ func TestRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ran := make(chan error, 1)
-	go func() { ran <- Run(ctx, c, logger(c, logs)) }()
+	go func() { ran <- Run(ctx, c, cli.NewLogger(logs, c.LogFormat, c.Verbosity)) }()
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
@@ -197,6 +208,10 @@ func TestRun(t *testing.T) {
 			<-ran
 		}
 	})
+	time.Sleep(300 * time.Millisecond)
+	_, err := os.Stat(sock)
+	require.ErrorIs(t, err, os.ErrNotExist, "no CSI socket before the data plane answers")
+	dataPlaneAt(t, dir, c.DataPlaneSocket)
 
 	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
@@ -217,10 +232,6 @@ func TestRun(t *testing.T) {
 	require.Equal(t, "n1", ni.GetNodeId())
 	require.Equal(t, int64(3), ni.GetMaxVolumesPerNode())
 	require.Equal(t, map[string]string{driver.DefaultTopologyKey: "n1"}, ni.GetAccessibleTopology().GetSegments())
-
-	fi, err := os.Stat(c.Pool)
-	require.NoError(t, err)
-	require.Equal(t, c.PoolSize, fi.Size())
 
 	// The kubelet's registration: the plugin names its driver and the kubelet's endpoint.
 	regSock := filepath.Join(reg, "csi.dataimage.io-reg.sock")
@@ -256,9 +267,8 @@ func TestRun(t *testing.T) {
 	case <-time.After(40 * time.Second):
 		t.Fatalf("Run did not return after its context ended; logs:\n%s", logs)
 	}
-	out := logs.String()
-	for _, w := range []string{"creating pool", "pool open", "serving", "stopped"} {
-		require.Contains(t, out, w)
+	for _, w := range []string{"data plane answers", "serving", "stopped"} {
+		require.Contains(t, logs.String(), w)
 	}
 	_, err = os.Stat(sock)
 	require.ErrorIs(t, err, os.ErrNotExist, "the socket is removed when the server stops")
@@ -266,69 +276,38 @@ func TestRun(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist, "the registration socket too")
 	_, err = http.Get("http://" + addr[1] + "/metrics")
 	require.Error(t, err, "the metrics endpoint is closed")
-
-	p, err := blockstore.Open(c.Pool, blockstore.Options{})
-	require.NoError(t, err)
-	defer p.Close()
-	rec := p.Recovery()
-	require.Zero(t, rec.Records, "a clean stop leaves nothing to replay: %+v", rec)
-	rep, err := p.Check(false)
-	require.NoError(t, err)
-	require.True(t, rep.OK(), "fsck: %s", rep)
-	require.NoError(t, p.Close())
-
-	// A second run opens the existing pool (no --pool-size needed) and stops again.
-	c.PoolSize, c.PluginRegistrationPath, c.KubeletRegistrationPath, c.MetricsAddress = 0, "", "", ""
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	ran2 := make(chan error, 1)
-	go func() { ran2 <- Run(ctx2, c, slog.New(slog.DiscardHandler)) }()
-	_, err = idc.Probe(cctx, &csi.ProbeRequest{}, grpc.WaitForReady(true))
-	require.NoError(t, err)
-	cancel2()
-	require.NoError(t, <-ran2)
+	dp := dataplane.NewClient(c.DataPlaneSocket)
+	defer dp.Close()
+	require.NoError(t, dp.Health(context.Background()), "the data plane serves on after the plugin stopped")
 }
 
-// TestRunErrors: Run refuses a missing pool without --pool-size, a file that is not a pool, and
-// an unknown export method, and leaves the pool closed (a later Open works).
-func TestRunErrors(t *testing.T) {
-	dir := t.TempDir()
-	log := slog.New(slog.DiscardHandler)
-	base := Config{Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), NodeID: "n1",
-		ExportStateDir: filepath.Join(dir, "export"), DefaultFSType: "ext4", LogFormat: "text"}
-
-	c := base
-	c.Pool = filepath.Join(dir, "missing")
-	err := Run(context.Background(), c, log)
-	require.ErrorContains(t, err, "--pool-size")
-
-	c.Pool = filepath.Join(dir, "junk")
-	require.NoError(t, os.WriteFile(c.Pool, bytes.Repeat([]byte("x"), 1<<20), 0o600))
-	err = Run(context.Background(), c, log)
-	require.ErrorIs(t, err, blockstore.ErrNotPool)
-
-	c.Pool, c.PoolSize, c.Export = filepath.Join(dir, "pool"), 64<<20, "nbd"
-	err = Run(context.Background(), c, log)
-	require.ErrorContains(t, err, `"nbd"`)
-	p, err := blockstore.Open(c.Pool, blockstore.Options{}) // created, then closed
-	require.NoError(t, err)
-	require.NoError(t, p.Close())
+// TestRunNoDataPlane: a plugin whose data plane never answers waits, saying so, until its
+// context ends, and then fails naming the socket.
+func TestRunNoDataPlane(t *testing.T) {
+	dir := dataplanetest.SocketDir(t)
+	c := Config{Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), NodeID: "n1", DataPlaneSocket: filepath.Join(dir, "dp.sock"), DefaultFSType: "ext4"}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err := Run(ctx, c, slog.New(slog.DiscardHandler))
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorContains(t, err, "wait for the data plane at "+c.DataPlaneSocket)
+	_, err = os.Stat(filepath.Join(dir, "csi.sock"))
+	require.ErrorIs(t, err, os.ErrNotExist, "no CSI socket without a data plane")
 }
 
-// TestMainRegistrationRefused runs the command as the DaemonSet does and plays the kubelet:
+// TestMainRegistrationRefused runs the command as the DaemonSet does (its data plane serving) and plays the kubelet:
 // GetInfo on the registration socket, NodeGetInfo on the CSI endpoint, then a refusal. The
 // plugin exits with code 1 and says why, so that the pod restarts and registers again.
 func TestMainRegistrationRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the export needs /dev/fuse and loop devices")
 	}
-	dir, err := os.MkdirTemp("", "csi") // short: socket paths are limited to 108 bytes
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := dataplanetest.SocketDir(t)
 	reg := filepath.Join(dir, "registration")
 	require.NoError(t, os.Mkdir(reg, 0o700))
-	sock := filepath.Join(dir, "csi.sock")
-	args := []string{"--node-id", "n1", "--pool", filepath.Join(dir, "pool"), "--pool-size", "64Mi",
-		"--endpoint", "unix://" + sock, "--export-state-dir", filepath.Join(dir, "export"),
+	sock, dpSock := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "dp.sock")
+	dataPlaneAt(t, dir, dpSock)
+	args := []string{"--node-id", "n1", "--dataplane-socket", dpSock, "--endpoint", "unix://" + sock,
 		"--plugin-registration-path", reg, "--kubelet-registration-path", sock}
 	stderr := &syncBuffer{}
 	code := make(chan int, 1)
@@ -357,103 +336,4 @@ func TestMainRegistrationRefused(t *testing.T) {
 		t.Fatalf("the plugin did not exit after a refused registration; stderr:\n%s", stderr)
 	}
 	require.Contains(t, stderr.String(), "kubelet registration: driver: the kubelet refused the plugin's registration: RegisterPlugin error")
-	p, err := blockstore.Open(filepath.Join(dir, "pool"), blockstore.Options{}) // closed cleanly
-	require.NoError(t, err)
-	require.Zero(t, p.Recovery().Records)
-	require.NoError(t, p.Close())
-}
-
-// TestMainRefusesNonBlankDevices runs the command on devices that must never be made a pool,
-// with --pool-size: one with a file system, one with a pool whose superblocks are both damaged,
-// one that fails reads past 8 MiB (a loop device over a truncated file) and one mounted. It
-// exits with code 1 at once, the message names the device and what it found, and the device is
-// unchanged. A blank device without --pool-size is refused too (the size is the confirmation).
-func TestMainRefusesNonBlankDevices(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices")
-	}
-	for _, tool := range []string{"losetup", "blkid", "mkfs.ext4", "mount"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps)", tool)
-		}
-	}
-	for _, tc := range []struct {
-		name  string
-		setup func(t *testing.T, dev, backing string)
-		args  []string
-		want  []string
-	}{
-		{"ext4", func(t *testing.T, dev, _ string) { mustRun(t, "mkfs.ext4", "-q", dev) },
-			[]string{"--pool-size", "64Mi"}, []string{"is not blank: it holds an ext4 file system", "--pool-format-nonblank"}},
-		{"damaged pool", func(t *testing.T, dev, _ string) {
-			p, err := blockstore.Create(dev, blockstore.Options{})
-			require.NoError(t, err)
-			require.NoError(t, p.Close())
-			f, err := os.OpenFile(dev, os.O_RDWR, 0)
-			require.NoError(t, err)
-			for _, off := range []int64{20, 4096 + 20} {
-				_, err = f.WriteAt([]byte{0xff}, off)
-				require.NoError(t, err)
-			}
-			require.NoError(t, f.Close())
-		}, []string{"--pool-size", "64Mi"}, []string{"corrupt", "superblock"}},
-		{"read errors", func(t *testing.T, _, backing string) { require.NoError(t, os.Truncate(backing, 8<<20)) },
-			[]string{"--pool-size", "64Mi"}, []string{"input/output error"}},
-		{"mounted", func(t *testing.T, dev, _ string) {
-			mustRun(t, "mkfs.ext4", "-q", dev)
-			mnt := t.TempDir()
-			mustRun(t, "mount", "-o", "ro", dev, mnt)
-			t.Cleanup(func() { mustRun(t, "umount", mnt) })
-		}, []string{"--pool-size", "64Mi"}, []string{"in use", "mounted at"}},
-		{"blank, no size", func(t *testing.T, _, _ string) {}, nil, []string{"no pool at", "the device is blank", "--pool-size"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dev, backing := loopDevice(t, 64<<20)
-			tc.setup(t, dev, backing)
-			before, err := os.ReadFile(backing)
-			require.NoError(t, err)
-			dir := t.TempDir()
-			var out syncBuffer
-			exited := make(chan int, 1)
-			go func() {
-				exited <- Main(append([]string{"--node-id", "n1", "--pool", dev, "--endpoint", "unix://" + filepath.Join(dir, "csi.sock"),
-					"--export-state-dir", filepath.Join(dir, "export")}, tc.args...), &out)
-			}()
-			var code int
-			select {
-			case code = <-exited:
-			case <-time.After(time.Minute):
-				t.Fatalf("the plugin did not exit: it serves a pool it made on %s; output:\n%s", dev, out.String())
-			}
-			require.Equal(t, 1, code, "output: %s", out.String())
-			t.Logf("%s", out.String())
-			require.Contains(t, out.String(), "dataimage-csi: ")
-			require.Contains(t, out.String(), dev)
-			for _, w := range tc.want {
-				require.Contains(t, out.String(), w)
-			}
-			after, err := os.ReadFile(backing)
-			require.NoError(t, err)
-			require.True(t, bytes.Equal(before, after), "the device is unchanged")
-		})
-	}
-}
-
-func mustRun(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	require.NoError(t, err, "%s %v: %s", name, args, out)
-	return string(out)
-}
-
-// loopDevice attaches a loop device to a new sparse file of size bytes; it is detached at
-// cleanup.
-func loopDevice(t testing.TB, size int64) (dev, backing string) {
-	t.Helper()
-	backing = filepath.Join(t.TempDir(), "disk")
-	require.NoError(t, os.WriteFile(backing, nil, 0o600))
-	require.NoError(t, os.Truncate(backing, size))
-	dev = strings.TrimSpace(mustRun(t, "losetup", "--find", "--show", backing))
-	t.Cleanup(func() { mustRun(t, "losetup", "--detach", dev) })
-	return dev, backing
 }

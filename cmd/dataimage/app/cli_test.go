@@ -467,11 +467,14 @@ func TestDaemonConfig(t *testing.T) {
 		args []string
 		want local.Config
 	}{
-		{nil, local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval}},
+		{nil, local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval,
+			DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"}}}},
 		{[]string{"--home", "/srv/di", "--pool-size", "200Gi", "--preallocate", "--volume-size", "1T", "--listen-address", "0.0.0.0",
 			"--backup-root", "/backups", "--image-lifetime", "72h", "--clone-lifetime", "8h", "--reap-interval", "5s", "--max-archive-members", "-1"},
 			local.Config{Home: "/srv/di", PoolSize: 200 << 30, Preallocate: true, VolumeSize: 1e12, ListenAddress: "0.0.0.0",
-				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second, MaxArchiveMembers: -1}},
+				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second, MaxArchiveMembers: -1,
+				// The daemon starts the data plane with the pool's flags.
+				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", "/srv/di", "--log-format", "text", "--preallocate=true", "--pool-size=200Gi"}}}},
 	} {
 		c := &cli{env: h.env}
 		root := c.newRoot()

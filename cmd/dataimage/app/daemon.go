@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder/builder"
 	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
@@ -69,10 +70,19 @@ func (d *daemonOptions) forward(cmd *cobra.Command) []string {
 	return args
 }
 
-// config is the daemon's configuration.
+// config is the daemon's configuration. The daemon starts the home's data plane, when none
+// runs, as `dataimage dataplane` with the pool's flags of this command line.
 func (c *cli) config() local.Config {
 	d := &c.daemon
+	dpArgs := []string{"dataplane", "--home", c.home, "--log-format", c.logFormat, "--preallocate=" + strconv.FormatBool(d.preallocate)}
+	if d.poolSize != 0 {
+		dpArgs = append(dpArgs, "--pool-size="+d.poolSize.String())
+	}
+	if c.verbose > 0 {
+		dpArgs = append(dpArgs, "-v")
+	}
 	return local.Config{
+		DataPlane:            local.DataPlaneCommand{Args: dpArgs},
 		Home:                 c.home,
 		PoolSize:             int64(d.poolSize),
 		Preallocate:          d.preallocate,
@@ -118,6 +128,37 @@ the backups must be reachable by them.`,
 	}
 	c.daemon.addFlags(cmd.Flags(), false)
 	cmd.AddCommand(c.daemonStopCmd(), c.daemonStatusCmd())
+	return cmd
+}
+
+func (c *cli) dataPlaneCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dataplane",
+		Short: "Run the data plane (the pool and the clones' I/O) in the foreground",
+		Long: `Run the data plane of the data home in the foreground, logging to stderr, until SIGINT or SIGTERM.
+
+The data plane is the process that owns the pool under --home (made at the first start,
+--pool-size) and serves the volumes of images and clones to the kernel as block devices; the
+daemon mounts them and runs the servers. It is a process of its own so that the daemon can be
+restarted, upgraded or killed without touching the clones' I/O: their servers go on reading and
+writing, and the next daemon carries on with them. The daemon starts it in the background when
+none runs (its output goes to dataplane.log in the home) and stops it when the daemon stops
+cleanly; run it by hand only to watch it. Only one data plane runs per home.`,
+		Example: `  dataimage dataplane --home /srv/dataimage --pool-size 200Gi`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := dataplane.BecomeIOFlusher(); err != nil {
+				c.logger().Warn("cannot make the data plane an I/O flusher", "err", err)
+			}
+			if err := local.RunDataPlane(cmd.Context(), c.config()); err != nil {
+				return fmt.Errorf("data plane of %s: %w", c.home, err)
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.Var(&c.daemon.poolSize, "pool-size", "size of the pool file made at the first start, e.g. 64Gi (default "+units.FormatSize(local.DefaultPoolSize)+"; sparse unless --preallocate)")
+	fs.BoolVar(&c.daemon.preallocate, "preallocate", false, "make the pool file thick (fallocated) at the first start: faster first writes")
 	return cmd
 }
 

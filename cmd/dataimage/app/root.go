@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dataimage/dataimage/imagebuilder"
+	cmdcli "github.com/dataimage/dataimage/internal/cli"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -159,7 +160,7 @@ flags given on the command line (see 'dataimage daemon --help'). Sizes take Kube
 	pf.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	c.daemon.addFlags(pf, true)
 
-	root.AddCommand(c.daemonCmd(), c.imageCmd(), c.cloneCmd(), c.poolCmd())
+	root.AddCommand(c.daemonCmd(), c.dataPlaneCmd(), c.imageCmd(), c.cloneCmd(), c.poolCmd())
 	return root
 }
 
@@ -186,14 +187,7 @@ func (c *cli) checkGlobals(*cobra.Command, []string) error {
 
 // logger logs to stderr in the chosen format: info, or debug with -v.
 func (c *cli) logger() *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if c.verbose > 0 {
-		opts.Level = slog.LevelDebug
-	}
-	if c.logFormat == "json" {
-		return slog.New(slog.NewJSONHandler(c.env.stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(c.env.stderr, opts))
+	return cmdcli.NewLogger(c.env.stderr, c.logFormat, c.verbose)
 }
 
 // service connects to the daemon, starting it with the daemon flags given to cmd.

@@ -35,6 +35,7 @@ func Run(t *testing.T, a engine.Adapter, eng engine.Engine) {
 	t.Run("User", func(t *testing.T) { testUser(t, eng) })
 	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, eng) })
 	t.Run("Clone", func(t *testing.T) { testClone(t, a, eng) })
+	t.Run("Adopt", func(t *testing.T) { testAdopt(t, eng) })
 }
 
 // The adapter serves kinds of the definition format, and its engines are of those kinds.
@@ -145,6 +146,48 @@ func testClone(t *testing.T, a engine.Adapter, eng engine.Engine) {
 	conn.Close()
 
 	requireFilled(t, orig) // the original ran on all along
+}
+
+// A server that a Start left running is adopted with the same options (what a restarted local
+// daemon does with its clones' servers): the same process, its data, its socket and port; the
+// adopted Instance checkpoints and stops it, and sees it gone (Done). Once it is gone, or for an
+// instance on which nothing runs, Adopt fails with ErrNotRunning.
+func testAdopt(t *testing.T, eng engine.Engine) {
+	root := Root(t)
+	_, err := eng.Adopt(ctx(t), root, engine.StartOptions{RuntimeDir: RuntimeDir(t)})
+	require.ErrorIs(t, err, engine.ErrNotRunning, "nothing runs on an empty instance")
+	require.NoError(t, eng.Init(ctx(t), root, engine.InitOptions{}))
+	port, err := engine.FreePort("127.0.0.1")
+	require.NoError(t, err)
+	opts := engine.StartOptions{RuntimeDir: RuntimeDir(t), ListenAddress: "127.0.0.1", Port: port}
+	_, err = eng.Adopt(ctx(t), root, opts)
+	require.ErrorIs(t, err, engine.ErrNotRunning, "an instance that never ran")
+	inst := start(t, eng, root, opts)
+	fill(t, inst)
+
+	adopted, err := eng.Adopt(ctx(t), root, opts)
+	require.NoError(t, err)
+	require.Equal(t, inst.PID(), adopted.PID())
+	got, want := adopted.Conn(), inst.Conn()
+	require.Equal(t, want.Port, got.Port)
+	require.Equal(t, want.Host, got.Host)
+	require.Equal(t, want.Socket, got.Socket)
+	require.Equal(t, want.User, got.User)
+	requireFilled(t, adopted)
+	require.NoError(t, adopted.Checkpoint(ctx(t)))
+	require.NoError(t, adopted.Stop(ctx(t)), "the adopted server stops cleanly")
+	for _, i := range []engine.Instance{adopted, inst} {
+		select {
+		case <-i.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("Done not closed after the adopted server's Stop")
+		}
+	}
+	_, err = eng.Adopt(ctx(t), root, opts)
+	require.ErrorIs(t, err, engine.ErrNotRunning, "the server stopped")
+
+	again := start(t, eng, root, opts)
+	requireFilled(t, again)
 }
 
 // database is the database fill makes.

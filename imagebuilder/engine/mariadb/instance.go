@@ -38,8 +38,10 @@ type instance struct {
 	clientUser *engine.User
 	clientName string
 
-	cmd *exec.Cmd
-	// exited is closed when cmd.Wait returns, after waitErr is set.
+	// proc is the server: started by this process (Start), or by an earlier one (Adopt).
+	proc *os.Process
+	// exited is closed when the server has exited, after waitErr is set: its exit status, nil
+	// for an adopted server (not this process's child: the status is not known).
 	exited  chan struct{}
 	waitErr error
 	// done is closed after exited, once the follower has written the log's last line.
@@ -56,8 +58,9 @@ type instance struct {
 
 var _ engine.Instance = (*instance)(nil)
 
-func (in *instance) wait() {
-	in.waitErr = in.cmd.Wait()
+// wait waits for the server started by cmd (Start) and records its exit status.
+func (in *instance) wait(cmd *exec.Cmd) {
+	in.waitErr = cmd.Wait()
 	close(in.exited)
 }
 
@@ -166,7 +169,7 @@ func (in *instance) Conn() engine.ConnInfo {
 
 func (in *instance) Done() <-chan struct{} { return in.done }
 
-func (in *instance) PID() int { return in.cmd.Process.Pid }
+func (in *instance) PID() int { return in.proc.Pid }
 
 // LogTail returns the last n lines this server wrote to its log.
 func (in *instance) LogTail(n int) string {
@@ -306,7 +309,7 @@ func (in *instance) Stop(ctx context.Context) error {
 		in.kill()
 		return in.serverError("stop", fmt.Errorf("server (pid %d) not stopped: the context had ended (%w): killed with SIGKILL", in.PID(), ctx.Err()))
 	}
-	if err := in.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := in.proc.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return in.serverError("stop", fmt.Errorf("SIGTERM to pid %d: %w", in.PID(), err))
 	}
 	select {
@@ -325,7 +328,7 @@ func (in *instance) Stop(ctx context.Context) error {
 // terminate stops the server with SIGTERM, waiting up to grace before it kills it; it reports
 // whether it had to kill.
 func (in *instance) terminate(grace time.Duration) (killed bool) {
-	_ = in.cmd.Process.Signal(syscall.SIGTERM)
+	_ = in.proc.Signal(syscall.SIGTERM)
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {

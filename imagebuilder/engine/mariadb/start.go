@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -172,12 +173,12 @@ func (s *server) Start(ctx context.Context, root string, opts engine.StartOption
 		port:       opts.Port,
 		clientUser: clientUser,
 		clientName: clientName,
-		cmd:        cmd,
+		proc:       cmd.Process,
 		exited:     make(chan struct{}),
 		done:       make(chan struct{}),
 		drained:    make(chan chan struct{}),
 	}
-	go in.wait()
+	go in.wait(cmd)
 	go in.follow(opts.Output)
 	out, err := in.waitReady(ctx, readySQL)
 	if err != nil {
@@ -351,6 +352,70 @@ func retryable(err error) bool {
 		}
 	}
 	return errors.Is(err, os.ErrNotExist)
+}
+
+// Adopt returns the server an earlier process started on the instance under root with opts
+// (engine.Engine.Adopt): the one the pid file of the runtime directory names, when that
+// process runs this server on this data directory (a pid that was reused is not it) and
+// answers through the socket.
+func (s *server) Adopt(ctx context.Context, root string, opts engine.StartOptions) (engine.Instance, error) {
+	dataDir := engine.DataDir(root)
+	if opts.RuntimeDir == "" {
+		return nil, fmt.Errorf("%s: adopt %s: no runtime directory", s.kind, dataDir)
+	}
+	runtimeDir, err := filepath.Abs(opts.RuntimeDir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: adopt: runtime directory: %w", s.kind, err)
+	}
+	pidFile := filepath.Join(runtimeDir, pidFileName)
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: adopt %s: %w: %w", s.kind, dataDir, engine.ErrNotRunning, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("%s: adopt %s: %w: %s holds %q", s.kind, dataDir, engine.ErrNotRunning, pidFile, data)
+	}
+	if args := engine.CommandLine(pid); !slices.Contains(args, "--datadir="+dataDir) {
+		return nil, fmt.Errorf("%s: adopt %s: %w: process %d (%q) is not its server", s.kind, dataDir, engine.ErrNotRunning, pid, args)
+	}
+	clientUser, clientName, err := s.clientUser()
+	if err != nil {
+		return nil, err
+	}
+	proc, exited, err := engine.WatchPID(pid)
+	if err != nil {
+		return nil, fmt.Errorf("%s: adopt %s: %w", s.kind, dataDir, err)
+	}
+	logFile := filepath.Join(runtimeDir, logFileName)
+	var logStart int64
+	if st, err := os.Stat(logFile); err == nil {
+		logStart = st.Size() // LogTail shows what the server logs from now on
+	}
+	in := &instance{
+		srv:        s,
+		dataDir:    dataDir,
+		socket:     filepath.Join(runtimeDir, socketName),
+		logFile:    logFile,
+		logStart:   logStart,
+		host:       connectHost(opts),
+		port:       opts.Port,
+		clientUser: clientUser,
+		clientName: clientName,
+		proc:       proc,
+		exited:     make(chan struct{}),
+		done:       make(chan struct{}),
+		drained:    make(chan chan struct{}),
+	}
+	go func() {
+		<-exited
+		close(in.exited)
+	}()
+	go in.follow(nil)
+	if _, err := in.query(ctx, "", "SELECT 1"); err != nil {
+		return nil, in.serverError("adopt", fmt.Errorf("server (pid %d) runs but does not answer: %w", pid, err))
+	}
+	return in, nil
 }
 
 // PrepareClone does nothing: the server keeps its pid file and socket in the runtime directory,

@@ -8,7 +8,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -199,7 +198,7 @@ func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOpti
 		runtimeDir: rd,
 		logPath:    logPath,
 		port:       port,
-		cmd:        cmd,
+		proc:       cmd.Process,
 		done:       make(chan struct{}),
 		followDone: make(chan struct{}),
 		flushReq:   make(chan chan struct{}),
@@ -232,6 +231,66 @@ func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOpti
 		return nil, err
 	}
 	inst.flushLog()
+	return inst, nil
+}
+
+// Adopt returns the postmaster an earlier process started on the instance under root with
+// opts (engine.Engine.Adopt): the one postmaster.pid names, when it says "ready" and the
+// process runs postgres on this data directory (a pid that was reused is not it).
+func (e *pgEngine) Adopt(ctx context.Context, root string, opts engine.StartOptions) (engine.Instance, error) {
+	u, err := e.User(opts.RunAs)
+	if err != nil {
+		return nil, err
+	}
+	dataDir := engine.DataDir(root)
+	rd := opts.RuntimeDir
+	if rd == "" || !filepath.IsAbs(rd) {
+		return nil, fmt.Errorf("postgres: adopt: the runtime directory must be an absolute path, got %q", rd)
+	}
+	port := opts.Port
+	if port <= 0 {
+		port = socketOnlyPort
+	}
+	pidFile := filepath.Join(dataDir, lockFileName)
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: adopt %s: %w: %w", dataDir, engine.ErrNotRunning, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]))
+	if err != nil || !postmasterReady(pidFile, pid) {
+		return nil, fmt.Errorf("postgres: adopt %s: %w: %s names no ready postmaster", dataDir, engine.ErrNotRunning, pidFile)
+	}
+	if args := engine.CommandLine(pid); !slices.Contains(args, dataDir) {
+		return nil, fmt.Errorf("postgres: adopt %s: %w: process %d (%q) is not its postmaster", dataDir, engine.ErrNotRunning, pid, args)
+	}
+	proc, exited, err := engine.WatchPID(pid)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: adopt %s: %w", dataDir, err)
+	}
+	inst := &instance{
+		eng:        e,
+		user:       u,
+		dataDir:    dataDir,
+		runtimeDir: rd,
+		logPath:    filepath.Join(rd, logFileName),
+		port:       port,
+		proc:       proc,
+		done:       make(chan struct{}),
+		followDone: make(chan struct{}),
+		flushReq:   make(chan chan struct{}),
+	}
+	close(inst.followDone)
+	inst.mu.conn = engine.ConnInfo{Engine: imagebuilder.EnginePostgres, Socket: rd, User: AdminUser, Database: defaultDatabase}
+	if opts.Port > 0 {
+		inst.mu.conn.Host, inst.mu.conn.Port = connectHost(opts.ListenAddress), opts.Port
+	}
+	go func() {
+		<-exited
+		close(inst.done)
+	}()
+	if _, err := inst.Query(ctx, "", "SELECT 1"); err != nil {
+		return nil, &engine.ServerError{Op: "adopt", Err: fmt.Errorf("postgres (pid %d) runs but does not answer: %w", pid, err), LogTail: inst.LogTail(logTailLines)}
+	}
 	return inst, nil
 }
 
@@ -318,9 +377,11 @@ type instance struct {
 	runtimeDir string
 	logPath    string
 	port       int // the port in the socket's name, also without a TCP listener
-	cmd        *exec.Cmd
+	// proc is the postmaster: started by this process (Start), or by an earlier one (Adopt).
+	proc *os.Process
 
-	// done is closed when the process has exited; waitErr is its exit status, written before.
+	// done is closed when the process has exited; waitErr is its exit status, written before
+	// (nil for an adopted server, whose status is not known).
 	done    chan struct{}
 	waitErr error
 	// followDone is closed when the log follower has written every line to the output (at
@@ -352,7 +413,7 @@ func (i *instance) waitReady(ctx context.Context) error {
 			return &engine.ServerError{Op: "start", Err: fmt.Errorf("postgres was not accepting connections when the start's deadline passed (killed): %w", ctx.Err()), LogTail: i.LogTail(logTailLines)}
 		case <-t.C:
 		}
-		if postmasterReady(pidFile, i.cmd.Process.Pid) {
+		if postmasterReady(pidFile, i.proc.Pid) {
 			break
 		}
 	}
@@ -464,7 +525,7 @@ func (i *instance) Conn() engine.ConnInfo {
 
 func (i *instance) Done() <-chan struct{} { return i.done }
 
-func (i *instance) PID() int { return i.cmd.Process.Pid }
+func (i *instance) PID() int { return i.proc.Pid }
 
 // LogTail returns the last n lines of RuntimeDir/server.log, which holds every run of the
 // server with that runtime directory.
@@ -491,7 +552,7 @@ func (i *instance) Stop(ctx context.Context) error {
 		return &engine.ServerError{Op: "stop", Err: fmt.Errorf("postgres had exited: %w", exitError(i.waitErr)), LogTail: i.LogTail(logTailLines)}
 	default:
 	}
-	if err := i.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := i.proc.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("postgres: stop: signal %d: %w", i.PID(), err)
 	}
 	select {
@@ -510,7 +571,7 @@ func (i *instance) Stop(ctx context.Context) error {
 // is still there after quitGrace. It returns once the process has exited, saying how.
 func (i *instance) kill() string {
 	pid := i.PID()
-	_ = i.cmd.Process.Signal(syscall.SIGQUIT)
+	_ = i.proc.Signal(syscall.SIGQUIT)
 	select {
 	case <-i.done:
 		return "stopped with SIGQUIT (immediate shutdown)"
