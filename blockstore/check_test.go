@@ -324,9 +324,9 @@ func TestCheckReadOnlyDoesNotStopIO(t *testing.T) {
 }
 
 // Read-only Checks in a loop while writers write, discard, flush, snapshot and delete on a
-// pool whose small journal makes commits checkpoint often: every Check finds the checkpoint it
-// reads consistent (nothing it reads is reused under it), checkpoints still happen between
-// Checks, and the data is what the writers wrote. Run with -race.
+// pool whose small journal fills often, which forces checkpoints: every Check finds the
+// checkpoint it reads consistent (nothing it reads is reused under it), checkpoints still
+// happen between Checks, and the data is what the writers wrote. Run with -race.
 func TestCheckReadOnlyWhileWriting(t *testing.T) {
 	seed := concSeed(t)
 	const (
@@ -335,7 +335,7 @@ func TestCheckReadOnlyWhileWriting(t *testing.T) {
 		blocks  = 512 // per volume
 		ops     = 1500
 	)
-	p, _ := mustCreate(t, 48<<20, blockstore.Options{JournalSize: 64 << 10})
+	p, _ := mustCreate(t, 48<<20, blockstore.Options{JournalSize: 4 * bs}) // a few hundred records
 	type model struct {
 		vol *blockstore.Volume
 		seq map[uint64]uint64 // lbn -> version written (0: zeros)

@@ -163,6 +163,7 @@ func (p *Pool) prepareCheckpointLocked() (*ckptPlan, error) {
 	sb.OverProvision = uint32(math.Round(p.overProv * 100))
 	sb.NodeBlocks = p.nodeBlocks
 	sb.CatalogBlocks = uint64(len(newCat))
+	sb.Boot = p.boot // the journal of the epoch it starts goes through this kernel's page cache
 	c.sb = sb
 	return c, nil
 }
@@ -256,9 +257,7 @@ func (p *Pool) publishCheckpointLocked(c *ckptPlan) {
 	p.cutSeq++
 	p.markDurable(p.cutSeq)
 	p.ckptLSN = c.sb.CheckpointLSN
-	p.durableLSN = c.sb.CheckpointLSN
-	p.jbuf = nil
-	p.jpos = 0
+	p.restartJournalLocked(c.sb.CheckpointLSN)
 	for _, w := range c.pages {
 		p.rc.slot[w.page] = uint8(w.slot)
 	}

@@ -801,7 +801,8 @@ func TestCorruptRefcountPage(t *testing.T) {
 // ---- the journal tail ----
 
 // Damage the last journal block written before a crash: the pool reopens, replay stops at the
-// damaged record (later records of that commit are lost), and Check is clean.
+// last commit before the damaged record (the records of the commit it belongs to are lost:
+// their RecCommit record is past it), and Check is clean.
 func TestCorruptJournalTail(t *testing.T) {
 	ff, path := newCrashableFile(t, corruptPoolSize)
 	p, err := blockstore.CreateOn(ff, fixtureOptions())
@@ -866,15 +867,15 @@ scan:
 			break scan
 		}
 	}
-	require.Len(t, recs, len(writes), "one map record per write")
-	last := recs[len(recs)-1].blk
-	var tail []recAt
+	var maps []recAt // the other records are the commits' RecCommit records
 	for _, r := range recs {
-		if r.blk == last {
-			tail = append(tail, r)
+		if r.r.Type == format.RecMap {
+			maps = append(maps, r)
 		}
 	}
-	require.Len(t, tail, 5, "the last commit's five records share its block")
+	require.Len(t, maps, len(writes), "one map record per write")
+	tail := maps[len(maps)-5:]
+	require.Equal(t, tail[0].blk, tail[4].blk, "the last commit's five map records share a block")
 	damaged := tail[2]
 	flipDiskBit(t, path, int64(damaged.blk)*int64(l.bs)+int64(damaged.off)+format.RecordHeaderSize+1, 4)
 
@@ -882,16 +883,16 @@ scan:
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, p.Close()) }()
 	rec := p.Recovery()
-	assert.Equal(t, damaged.r.LSN-1, rec.LastLSN, "replay stops right before the damaged record")
-	assert.Equal(t, len(recs)-3, rec.Records)
+	assert.Equal(t, maps[2].r.LSN, rec.LastLSN, "replay stops at the last commit before the damaged record")
+	assert.Equal(t, 3, rec.Records, "the three writes committed alone")
 	vol, err = p.Volume(info.ID)
 	require.NoError(t, err)
 	for i, w := range writes {
 		got := mustRead(t, vol, w.off, len(w.data))
-		if uint64(i) < uint64(len(recs)) && recs[i].r.LSN < damaged.r.LSN {
-			mustEqual(t, got, w.data, fmt.Sprintf("write %d (before the damaged record)", i))
+		if i < 3 {
+			mustEqual(t, got, w.data, fmt.Sprintf("write %d (committed before the damaged record)", i))
 		} else {
-			mustEqual(t, got, make([]byte, len(w.data)), fmt.Sprintf("write %d (at or after the damaged record)", i))
+			mustEqual(t, got, make([]byte, len(w.data)), fmt.Sprintf("write %d (its commit is past the damaged record)", i))
 		}
 	}
 	mustEqual(t, mustRead(t, vol, 0, 128<<10), want[:128<<10], "checkpointed data")

@@ -18,17 +18,7 @@ func TestPoolOnBlockDevice(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to attach a loop device")
 	}
-	backing := filepath.Join(t.TempDir(), "disk")
-	require.NoError(t, os.WriteFile(backing, nil, 0o600))
-	require.NoError(t, os.Truncate(backing, 64<<20))
-	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-	require.NoError(t, err, "losetup: %s", out)
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
-		}
-	})
+	dev := attachLoop(t, 64<<20)
 
 	for _, direct := range []bool{false, true} {
 		p, err := blockstore.Create(dev, blockstore.Options{Size: 1 << 20, DirectIO: direct}) // Size is ignored for a device
@@ -55,4 +45,22 @@ func TestPoolOnBlockDevice(t *testing.T) {
 		mustEqual(t, mustRead(t, vol, 0, 1<<20), make([]byte, 1<<20), "discarded range")
 		mustCheckClose(t, p)
 	}
+}
+
+// attachLoop attaches a loop device over a new file of size bytes, detached at cleanup, and
+// returns its path. REQUIRES root.
+func attachLoop(t testing.TB, size int64) string {
+	t.Helper()
+	backing := filepath.Join(t.TempDir(), "disk")
+	require.NoError(t, os.WriteFile(backing, nil, 0o600))
+	require.NoError(t, os.Truncate(backing, size))
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	require.NoError(t, err, "losetup: %s", out)
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
+		}
+	})
+	return dev
 }

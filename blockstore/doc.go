@@ -9,12 +9,13 @@
 // proportional to what changed. Check verifies a checkpoint of the pool (fsck) in memory
 // bounded by a budget: holding the pool, or read-only while I/O goes on (CheckOptions).
 //
-// Crash safety: every change is described by a logical redo record in a journal and made durable
-// by Flush; checkpoints write changed metadata copy-on-write and commit it with alternating
-// checksummed superblocks; Open replays the journal (Pool.Recovery reports what) and starts a
-// new journal epoch. A write acknowledged by Flush survives a crash; an unflushed one may be
-// lost, never half-applied to metadata. A failed write or fdatasync of metadata fails the pool
-// (ErrFailed) until it is reopened. The commit order is documented in journal.go and tested by
+// Crash safety: every change is described by a logical redo record, written to the journal
+// (through the page cache) before the change returns and made durable by Flush; checkpoints
+// write changed metadata copy-on-write and commit it with alternating checksummed superblocks;
+// Open replays the journal (Pool.Recovery reports what) and starts a new journal epoch. A
+// write that returned survives the death of the process; a write acknowledged by Flush
+// survives a power loss too, an unflushed one may then be lost, never half-applied to metadata.
+// A failed write or fdatasync of metadata fails the pool (ErrFailed) until it is reopened. The commit order is documented in journal.go and tested by
 // killing processes, by dropping or tearing unsynced writes, several crashes in a row and
 // crashes during recovery, and by failing each file operation in turn (crash_test.go,
 // crashseq_test.go, crashio_test.go, kill_test.go).

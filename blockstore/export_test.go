@@ -18,6 +18,13 @@ func DiffVisits(p *Pool) uint64 {
 	return p.diffVisits
 }
 
+// Checkpoint takes a checkpoint, as a commit does when the journal fills: while I/O goes on.
+func Checkpoint(p *Pool) error {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	return p.checkpoint()
+}
+
 // LeakBlock gives a free data block a reference nothing holds, as a lost update would.
 func LeakBlock(p *Pool) uint64 {
 	p.mu.Lock()

@@ -1,12 +1,15 @@
 package blockstore
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -23,6 +26,19 @@ import (
 // A File that reads through a cache of its own may also have a method DropCache() error that
 // evicts the cache's clean contents; Open calls it first, so that recovery reads what the
 // storage holds (after a failed Sync, a cache may show writes that never reached it).
+//
+// A File whose completed writes outlive the process that made them for as long as the kernel
+// that took them runs (they are in its page cache or on the storage) may also have a method
+// Boot() [16]byte naming that kernel's boot (on Linux its boot_id; all zeros: unknown). The pool
+// records it with each checkpoint, and recovery under the same boot replays every journal
+// record a killed process wrote, flushed or not; under another boot (after a power loss or a
+// reboot), or without the method, only the records a commit covered (journal.go).
+//
+// A File may also have a method WriteAtCached(p []byte, off int64) (int, error) that writes
+// through the kernel's page cache, also when its WriteAt bypasses it (DirectIO), coherently
+// with ReadAt and covered by Sync: the pool writes its journal with it, before each change it
+// describes returns, so it should cost a copy, not a device write or a lock that waits for
+// the data I/O in flight (the pool's own files copy into a shared mapping).
 type File interface {
 	io.ReaderAt
 	io.WriterAt
@@ -35,6 +51,30 @@ type File interface {
 	Size() (int64, error)
 	Close() error
 }
+
+// fileBoot returns f's Boot (see File), all zeros (unknown) if it has none.
+func fileBoot(f File) [16]byte {
+	if b, ok := f.(interface{ Boot() [16]byte }); ok {
+		return b.Boot()
+	}
+	return [16]byte{}
+}
+
+// journalWriter returns what the pool writes its journal with: f's WriteAtCached if it has one
+// (see File), else f.
+func journalWriter(f File) io.WriterAt {
+	if c, ok := f.(interface {
+		WriteAtCached(b []byte, off int64) (int, error)
+	}); ok {
+		return writerAtFunc(c.WriteAtCached)
+	}
+	return f
+}
+
+// writerAtFunc makes an io.WriterAt of a function.
+type writerAtFunc func(b []byte, off int64) (int, error)
+
+func (w writerAtFunc) WriteAt(b []byte, off int64) (int, error) { return w(b, off) }
 
 // createFile makes a new pool file at path atomically (see Create).
 func createFile(path string, opts Options) (*Pool, error) {
@@ -89,8 +129,17 @@ func syncDir(dir string) error {
 type osFile struct {
 	f      *os.File
 	direct bool
-	block  bool // a block device
+	block  bool     // a block device
+	boot   [16]byte // the kernel's boot_id, read at open; zero if unreadable
+
+	// windows are the parts of the file mapped (MAP_SHARED) for WriteAtCached, by index
+	// (offset / mapWindow), each mapped at its first use and unmapped by Close.
+	mapMu   sync.Mutex
+	windows map[int64][]byte
 }
+
+// mapWindow is the size and alignment of the parts of a pool file WriteAtCached maps.
+const mapWindow = 2 << 20
 
 const directAlign = 4096
 
@@ -136,7 +185,7 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 		f.Close()
 		return nil, err
 	}
-	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0}
+	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0, boot: bootID()}
 	if create && !of.block {
 		if prealloc {
 			err = unix.Fallocate(int(f.Fd()), 0, 0, size)
@@ -144,7 +193,7 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 			err = f.Truncate(size)
 		}
 		if err != nil {
-			f.Close()
+			of.Close()
 			os.Remove(path)
 			return nil, fmt.Errorf("size pool file %s to %d bytes: %w", path, size, err)
 		}
@@ -164,6 +213,81 @@ func (o *osFile) WriteAt(p []byte, off int64) (int, error) {
 		return o.f.WriteAt(p, off)
 	}
 	return o.bounce(p, off, true)
+}
+
+// WriteAtCached writes p at off through the page cache, also when the file was opened with
+// DirectIO (see File): it copies p into a shared mapping of the file. A store to a mapped page
+// is in the page cache at once, survives the process and is covered by fdatasync; unlike a
+// buffered write(2) it takes no inode lock (ext4 takes it exclusively for a buffered write,
+// which would wait for every direct write in flight to the pool file and hold back the next).
+// A fault while copying (the page could not be read in, or the file system found no space
+// for a hole) is returned as an error.
+func (o *osFile) WriteAtCached(p []byte, off int64) (n int, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r)
+			}
+			err = fmt.Errorf("write %d bytes at %d through the page cache: a memory fault in the file's mapping (a page could not be read in or given space, or the file shrank)", len(p), off+int64(n))
+		}
+	}()
+	for n < len(p) {
+		at := off + int64(n)
+		w, err := o.window(at / mapWindow)
+		if err != nil {
+			return n, err
+		}
+		inner := at % mapWindow
+		if inner >= int64(len(w)) {
+			return n, fmt.Errorf("write at %d: past the end of the file", at)
+		}
+		n += copy(w[inner:], p[n:])
+	}
+	return n, nil
+}
+
+// window returns window i of the file (see osFile.windows), mapping it if needed.
+func (o *osFile) window(i int64) ([]byte, error) {
+	o.mapMu.Lock()
+	defer o.mapMu.Unlock()
+	if w, ok := o.windows[i]; ok {
+		return w, nil
+	}
+	size, err := o.Size()
+	if err != nil {
+		return nil, err
+	}
+	n := min(mapWindow, size-i*mapWindow)
+	if n <= 0 {
+		return nil, fmt.Errorf("map at %d: past the end of the file (%d bytes)", i*mapWindow, size)
+	}
+	w, err := unix.Mmap(int(o.f.Fd()), i*mapWindow, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %d bytes at %d: %w", n, i*mapWindow, err)
+	}
+	if o.windows == nil {
+		o.windows = make(map[int64][]byte)
+	}
+	o.windows[i] = w
+	return w, nil
+}
+
+// Boot returns the boot_id of the running kernel (see File), all zeros if it was unreadable.
+func (o *osFile) Boot() [16]byte { return o.boot }
+
+// bootID reads the running kernel's boot_id (a random UUID chosen at boot).
+func bootID() [16]byte {
+	var id [16]byte
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return id
+	}
+	h := strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")
+	if n, err := hex.Decode(id[:], []byte(h)); err != nil || n != len(id) || len(h) != 2*len(id) {
+		return [16]byte{}
+	}
+	return id
 }
 
 // bounce performs direct I/O for a buffer that is not aligned in memory through aligned buffers.
@@ -208,11 +332,9 @@ func (o *osFile) PunchHole(off, length int64) error {
 // DropCache evicts the file's clean pages from the page cache (posix_fadvise DONTNEED), so that
 // reads return what the disk holds. After a failed fdatasync, Linux may keep pages it could not
 // write back marked clean, showing data the disk does not have; a pool opened afterwards must not
-// build on them. With O_DIRECT there is no cache to drop.
+// build on them. Dirty pages stay (DONTNEED starts their write-back): what a killed process
+// wrote is still read. With O_DIRECT only the journal's pages (WriteAtCached) are cached.
 func (o *osFile) DropCache() error {
-	if o.direct {
-		return nil
-	}
 	return unix.Fadvise(int(o.f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
@@ -227,7 +349,15 @@ func (o *osFile) Size() (int64, error) {
 	return fi.Size(), nil
 }
 
-func (o *osFile) Close() error { return o.f.Close() }
+func (o *osFile) Close() error {
+	o.mapMu.Lock()
+	for i, w := range o.windows {
+		unix.Munmap(w)
+		delete(o.windows, i)
+	}
+	o.mapMu.Unlock()
+	return o.f.Close()
+}
 
 // isDevice reports whether path names an existing block device.
 func isDevice(path string) bool {

@@ -346,10 +346,11 @@ type readerAt interface {
 	ReadAt([]byte, int64) (int, error)
 }
 
-// Readers and writers on several volumes while snapshots, clones and deletes commit and a small
-// journal makes commits checkpoint often: readers see exactly what is there (a stable volume,
-// and on the written ones only versions that were written), the data is what the writers
-// wrote, and Check is clean, also after a reopen. Run with -race.
+// Readers and writers on several volumes while snapshots, clones and deletes commit and
+// checkpoints run often (those a small journal makes commits take, and more taken in a loop):
+// readers see exactly what is there (a stable volume, and on the written ones only versions
+// that were written), the data is what the writers wrote, and Check is clean, also after a
+// reopen. Run with -race.
 func TestConcurrentIODuringCheckpoints(t *testing.T) {
 	f, path := newCrashableFile(t, 64<<20)
 	f.writeDelay = 50 * time.Microsecond // data lands a little after the write decided where
@@ -416,6 +417,15 @@ func TestConcurrentIODuringCheckpoints(t *testing.T) {
 					last = st.CheckpointLSN
 				}
 				time.Sleep(200 * time.Microsecond)
+			}
+			return nil
+		},
+		func(*rand.Rand) error { // checkpoints, as commits take them when the journal fills
+			for !stop.Load() {
+				if err := blockstore.Checkpoint(p); err != nil {
+					return err
+				}
+				time.Sleep(time.Millisecond)
 			}
 			return nil
 		},

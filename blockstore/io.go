@@ -12,7 +12,8 @@ import (
 // Volume is a handle for I/O on one volume. It reads and writes like a disk: ReadAt and WriteAt
 // follow the io.ReaderAt and io.WriterAt contracts and may be called concurrently, also for
 // overlapping ranges (whose outcome is then any interleaving of whole blocks, as on a disk).
-// Writes are durable once Flush returns.
+// A write or discard that returned survives the death of the process (journal.go); it survives
+// a power loss once Flush returns.
 type Volume struct {
 	p *Pool
 	v *volState
@@ -215,12 +216,14 @@ func (p *Pool) readBlocks(b []byte, off int64, first uint64, pbns []uint64, what
 
 // WriteAt writes len(b) bytes at offset off. A write that would reach past the end of the
 // volume writes nothing and fails with ErrOutOfRange; a full pool fails it with ErrNoSpace.
-// When WriteAt fails, the blocks it covers hold old or new data.
+// When WriteAt fails, the blocks it covers hold old or new data. When it returns, the write
+// survives the death of the process (its data and journal records are in the kernel's hands);
+// it survives a power loss once Flush returns.
 func (vol *Volume) WriteAt(b []byte, off int64) (int, error) {
 	if err := vol.checkRange(off, int64(len(b)), "write"); err != nil || len(b) == 0 {
 		return 0, err
 	}
-	err := vol.p.retryNoSpace(func() error { return vol.write(b, off) })
+	err := vol.p.settled(vol.p.retryNoSpace(func() error { return vol.write(b, off) }))
 	if err != nil {
 		return 0, err
 	}
@@ -405,23 +408,32 @@ func (vol *Volume) write(b []byte, off int64) error {
 		return err
 	}
 
+	return p.journaled(p.mapFresh(vol, first, target, fresh))
+}
+
+// mapFresh maps the blocks a write wrote to new blocks and appends their records; it returns
+// the LSN of the last one (0 if none). REQUIRES p.writeGate and p.ioGate shared, the write's
+// stripes.
+func (p *Pool) mapFresh(vol *Volume, first uint64, target []uint64, fresh []bool) (uint64, error) {
+	v := vol.v
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := vol.stateLocked(); err != nil {
 		p.freeFresh(target, fresh)
-		return err
+		return 0, err
 	}
 	if p.hostFull && slices.Contains(fresh, true) {
 		p.hostFull = false // new blocks found room in the file system again
 	}
 	var rec format.Record
+	var last uint64
 	flushRec := func() {
 		if rec.C > 0 {
-			p.appendRecord(rec)
+			last = p.appendRecord(rec)
 			rec.C = 0
 		}
 	}
-	for i := range nblk {
+	for i := range target {
 		if !fresh[i] {
 			continue
 		}
@@ -429,12 +441,12 @@ func (vol *Volume) write(b []byte, off int64) error {
 		prev, err := p.setEntry(&v.t, lbn, target[i])
 		if err != nil {
 			flushRec()
-			for j := i; j < nblk; j++ {
+			for j := i; j < len(target); j++ {
 				if fresh[j] {
 					p.decref(target[j], 0)
 				}
 			}
-			return err
+			return last, err
 		}
 		if prev != 0 {
 			p.decref(prev, pendingCommit)
@@ -447,7 +459,7 @@ func (vol *Volume) write(b []byte, off int64) error {
 		rec = format.Record{Type: format.RecMap, Vol: uint64(v.id), A: lbn, B: target[i], C: 1}
 	}
 	flushRec()
-	return nil
+	return last, nil
 }
 
 // freeFresh frees blocks allocated for a write that will not map them. REQUIRES p.mu.
@@ -562,7 +574,7 @@ func (vol *Volume) WriteZeroes(off, length int64) error { return vol.Discard(off
 
 func (vol *Volume) zeroPartial(off, n int64) error {
 	z := make([]byte, n)
-	return vol.p.retryNoSpace(func() error { return vol.write(z, off) })
+	return vol.p.settled(vol.p.retryNoSpace(func() error { return vol.write(z, off) }))
 }
 
 // unmap unmaps logical blocks [first, last], in chunks so that p.mu is not held for long.
@@ -571,26 +583,28 @@ func (vol *Volume) unmap(first, last uint64) error {
 	const chunk = 1 << 16
 	for lo := first; lo <= last; lo += chunk {
 		hi := min(lo+chunk-1, last)
-		if err := func() error {
+		if err := p.settled(func() error {
 			p.writeGate.RLock()
 			defer p.writeGate.RUnlock()
 			p.ioGate.RLock()
 			defer p.ioGate.RUnlock()
 			defer v.lockStripes(lo, hi)()
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			if err := vol.stateLocked(); err != nil {
-				return err
-			}
-			if err := p.checkLocked(); err != nil {
-				return err
-			}
-			done, err := p.unmapRange(&v.t, lo, hi+1)
-			if done > lo {
-				p.appendRecord(format.Record{Type: format.RecUnmap, Vol: uint64(v.id), A: lo, C: done - lo})
-			}
-			return err
-		}(); err != nil {
+			return p.journaled(func() (uint64, error) {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				if err := vol.stateLocked(); err != nil {
+					return 0, err
+				}
+				if err := p.checkLocked(); err != nil {
+					return 0, err
+				}
+				done, err := p.unmapRange(&v.t, lo, hi+1)
+				if done > lo {
+					return p.appendRecord(format.Record{Type: format.RecUnmap, Vol: uint64(v.id), A: lo, C: done - lo}), err
+				}
+				return 0, err
+			}())
+		}()); err != nil {
 			return err
 		}
 	}

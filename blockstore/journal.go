@@ -3,6 +3,7 @@ package blockstore
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -11,67 +12,213 @@ import (
 
 // The journal and the commit order.
 //
-// Every change to volumes, snapshots and mappings is first applied in memory and described by a
-// logical redo record (format.Record) with the next log position (LSN). Records wait in p.jbuf
-// until a commit; tree nodes and refcount pages changed since the last checkpoint stay in memory.
+// Every change to volumes, snapshots and mappings is applied in memory and described by a
+// logical redo record (format.Record) with the next log position (LSN). Tree nodes and refcount
+// pages changed since the last checkpoint stay in memory: the records are what makes a change
+// findable after a crash.
 //
-// The journal is divided into epochs: epoch G holds the records committed after the checkpoint
+// The journal is divided into epochs: epoch G holds the records appended after the checkpoint
 // of generation G, and every record carries its epoch. A checkpoint starts a new epoch (the
 // journal restarts at its first block), and so does every Open (but the one within CreateOn,
-// whose journal holds only zeros).
+// whose journal holds only zeros). An epoch is written by one process, so under one boot.
+//
+// What survives what. A write, discard or other change returns only once its records are in
+// the journal region of the pool file, after its data: in the kernel's page cache (also in a
+// pool opened with DirectIO, through File.WriteAtCached). The death of the process loses
+// nothing it acknowledged. Nothing orders those writes on the disk before an fdatasync,
+// though: after a power loss the journal may hold records whose data never reached the disk,
+// so only the records a commit covered count there, and a write survives a power loss once a
+// Flush returned, as it always did. Recovery tells the two cases apart by the boot of the
+// kernel (File.Boot), which every checkpoint records in its superblock.
+//
+// Records are placed as they are appended (appendRecord, place): packed into the tail block
+// (a record never straddles a block), each with its CRC-32C. Before a change returns, its
+// writer writes the blocks placed since the last journal write and rewrites the tail block in
+// place (writeJournal): one write for the records of every writer waiting at the time. A
+// rewrite of the tail block leaves the bytes of the records already in it as they were, so a
+// rewrite that a power loss tears, sector by sector, keeps them. Every record leaves room for a
+// RecCommit record after it, so a commit can always end with one.
 //
 // Commit (Flush), in this order:
-//  1. fdatasync: data blocks written so far are durable (a record's data is always written
-//     before the record is appended);
-//  2. the waiting records, tagged with the current epoch, are written to the journal region
-//     after the last committed ones, packed into whole blocks (a record never straddles a
-//     block), each with its CRC-32C;
-//  3. fdatasync: the records are durable; Flush returns.
-//  4. data blocks freed by the committed records become reusable.
+//  1. cut: the records appended so far are the commit's (up to LSN c);
+//  2. if data was written since the last fdatasync: the records up to c that no journal write
+//     took yet (those of changes made under p.commitMu) are written, and fdatasync: the data
+//     of every record up to c is durable (a record's data is written before it is appended),
+//     and so are those records;
+//  3. a RecCommit record stating c is appended and written with every record before it;
+//  4. fdatasync: the RecCommit record is durable, and so is every record before it; Flush
+//     returns;
+//  5. data blocks freed by the records up to c become reusable.
 //
-// A failed write or fdatasync of a commit or a checkpoint fails the pool (ErrFailed): after a
-// failed fdatasync nothing is known of what reached the disk, so nothing is acknowledged any
-// more; reopening recovers the last acknowledged state. (A failed data write fails its WriteAt
-// only: the blocks it covers hold old or new data.)
+// Without data written since the last fdatasync, the records up to c become durable with the
+// RecCommit record in step 4: replay reaches a RecCommit record only through every record
+// before it. A commit without records to cover (none appended since the last commit's
+// RecCommit record) is the fdatasync of step 2, or nothing.
+//
+// A failed write or fdatasync of a commit, a journal write or a checkpoint fails the pool
+// (ErrFailed): after a failed fdatasync nothing is known of what reached the disk, so nothing
+// is acknowledged any more. The kernel may also have dropped pages it failed to write back, so
+// a failing pool rewrites its superblock without the boot (forgetBootLocked): reopening, in
+// the same boot or not, recovers what commits covered, as after a power loss. (A failed data
+// write fails its WriteAt only: the blocks it covers hold old or new data.)
 //
 // Checkpoint (checkpoint.go), when the journal or the dirty metadata grows large and at Close:
 //  1. new blocks for the catalog; dirty tree nodes, catalog blocks and dirty refcount pages
 //     (each to the slot that does not hold its durable copy) are written;
 //  2. fdatasync;
-//  3. the superblock, generation+1 with the checkpoint's LSN, is written to the other slot;
-//  4. fdatasync: the checkpoint is durable;
+//  3. the superblock, generation+1 with the checkpoint's LSN and the current boot, is written
+//     to the other slot;
+//  4. fdatasync: the checkpoint is durable, and with it every change up to its LSN;
 //  5. the journal restarts at its first block, in epoch generation+1; blocks the previous
 //     checkpoint referenced and every pending free become reusable.
 //
-// Recovery (Open) first drops the file's clean cached pages (osFile.DropCache), so that it
-// reads what the disk holds. It loads the superblock with the highest valid generation G, its
-// refcount pages and catalog, then replays journal records from the first journal block for as
-// long as each record is intact (its checksum holds), belongs to epoch G and has the LSN that
-// follows the previous one. Then it takes a checkpoint, always: that starts epoch G+1, so
-// whatever the journal holds past the last record replayed (the rest of a commit cut short,
-// whose blocks reached the disk in any order and any subset) stays in an old epoch and is never
-// replayed, however later commits of the new epoch come to lie next to it. Within one epoch the
-// journal is only appended to, and a commit starts only after the previous one is durable, so
-// replay stops exactly at the end of the last durable commit: a torn or lost block of the
-// commit cut short fails its checksum or holds an older epoch's records (or none). A record of
-// a newer epoch than G means the superblock that started it was lost: Open fails with
-// ErrCorrupt rather than go back to an older checkpoint. Recovery writes nothing before its
-// checkpoint, and the checkpoint commits with its superblock, so a crash during recovery leaves
-// the durable state as it was: the next Open recovers the same way.
+// No journal write is in flight while a checkpoint runs: writers write their records holding
+// p.writeGate shared, commits and durable changes hold p.commitMu, and a checkpoint holds both
+// from its first step to its last.
 //
-// A pool of format version 1 (records without epochs) is replayed by LSN alone, as that version
-// was, and its first checkpoint makes it version 2.
+// Recovery (Open) first drops the file's clean cached pages (osFile.DropCache): it reads what
+// the disk holds, and the dirty pages a killed process left (its records and data). It loads
+// the superblock with the highest valid generation G, its refcount pages and catalog, then
+// reads journal records from the first journal block for as long as each record is intact (its
+// checksum holds), belongs to epoch G and has the LSN that follows the previous one. If the
+// superblock names the boot that is running, neither a power loss nor a failure of the pool
+// came between (the page cache holds every record the last process wrote, and the data written
+// before each): every record is replayed.
+// Otherwise only the records up to the largest LSN a RecCommit record among them states; those
+// after it (Recovery.Dropped) may lack their data. Records replayed past the last RecCommit are
+// in no durable state yet: until the recovery checkpoint, the blocks they free are not reused
+// and those they unshare are not overwritten in place.
+//
+// Then recovery takes a checkpoint, always: that starts epoch G+1, so whatever the journal
+// holds past the last record replayed (records cut off by a power loss, any subset of whose
+// blocks reached the disk) stays in an old epoch and is never replayed, however later records
+// of the new epoch come to lie next to it. Within one epoch records are written in LSN order,
+// and a RecCommit record is written after the records it covers are durable, so replay finds
+// every committed record: a torn or lost block past them fails its checksum, holds an older
+// epoch's records (or none), or breaks the LSN sequence. A record of a newer epoch than G means
+// the superblock that started it was lost: Open fails with ErrCorrupt rather than go back to
+// an older checkpoint. Recovery writes nothing before its checkpoint (but, if it fails, the
+// superblock it loaded without the boot), and the checkpoint commits with its superblock, so
+// a crash during recovery leaves the durable state as it was: the next Open recovers the same
+// way.
+//
+// A pool of format version 1 or 2 (records written at commit, after their data was durable,
+// every one in the journal committed) is replayed as that version was, every record trusted;
+// its first checkpoint makes it version 3.
 
-// appendRecord assigns the next LSN to r and queues it for the next commit. During replay it
-// only advances the LSN. REQUIRES p.mu.
+// errJournalFull is what writeJournal reports for a record that did not fit in the journal:
+// only a checkpoint makes it durable (settleOverflow).
+var errJournalFull = errors.New("blockstore: the journal is full")
+
+// commitRecordSize is the size of the largest RecCommit record.
+var commitRecordSize = len(format.AppendRecord(nil, &format.Record{
+	Type: format.RecCommit, Epoch: math.MaxUint64, LSN: math.MaxUint64, A: math.MaxUint64}))
+
+// appendRecord assigns the next LSN to r and places it in the journal. During replay it only
+// advances the LSN. REQUIRES p.mu.
 func (p *Pool) appendRecord(r format.Record) uint64 {
 	if p.replaying {
 		return r.LSN
 	}
 	p.lsn++
 	r.LSN = p.lsn
-	p.jbuf = append(p.jbuf, r)
+	p.place(&r)
 	return r.LSN
+}
+
+// place encodes r at the tail of the journal, leaving room for a RecCommit record after it
+// (unless it is one), or keeps it in p.jover when the journal has no room for that, and every
+// record after it: records are written in LSN order. REQUIRES p.mu.
+func (p *Pool) place(r *format.Record) {
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
+	if len(p.jover) > 0 || p.jpos >= p.geo.JournalBlocks {
+		p.jover = append(p.jover, *r)
+		return
+	}
+	r.Epoch = p.generation
+	var tmp [format.MaxRecordSize]byte
+	enc := format.AppendRecord(tmp[:0], r)
+	pos, used := p.jpos, p.jused
+	if used+len(enc) > p.bs {
+		pos, used = pos+1, 0
+	}
+	need := pos + 1 // journal blocks needed
+	if r.Type != format.RecCommit && used+len(enc)+commitRecordSize > p.bs {
+		need++
+	}
+	if need > p.geo.JournalBlocks {
+		p.jover = append(p.jover, *r)
+		return
+	}
+	if pos > p.jpos {
+		p.jpend = append(p.jpend, make([]byte, p.bs)...)
+		p.jpos = pos
+	}
+	copy(p.jpend[len(p.jpend)-p.bs+used:], enc)
+	p.jused = used + len(enc)
+	p.jlast = r.LSN
+}
+
+// restartJournalLocked makes the journal empty, in the current epoch, after a checkpoint (or
+// Open) that holds every change up to lsn. REQUIRES p.mu, and no journal write in flight (see
+// the top of the file).
+func (p *Pool) restartJournalLocked(lsn uint64) {
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
+	p.jpos, p.jused, p.jpendAt = 0, 0, 0
+	if cap(p.jpend) >= p.bs {
+		p.jpend = p.jpend[:p.bs]
+		clear(p.jpend)
+	} else {
+		p.jpend = make([]byte, p.bs)
+	}
+	p.jover = nil
+	p.jlast = lsn
+	p.written.Store(lsn)
+	p.committedLSN, p.commitRecLSN = lsn, lsn
+}
+
+// writeJournal writes the record at lsn, with every record placed before it, to the journal
+// region: then they survive the process (see the top of the file). It fails with
+// errJournalFull when that record did not fit in the journal. It does not wait for p.mu, which
+// writers hold to look up and map blocks. REQUIRES none of p.mu, and p.writeGate shared or
+// p.commitMu (no checkpoint restarts the journal meanwhile).
+func (p *Pool) writeJournal(lsn uint64) error {
+	if p.written.Load() >= lsn {
+		return nil
+	}
+	p.jw.Lock()
+	defer p.jw.Unlock()
+	if p.written.Load() >= lsn {
+		return nil // written meanwhile, with the records of another writer
+	}
+	if err := p.Health(); err != nil {
+		return err
+	}
+	p.jmu.Lock()
+	if lsn > p.jlast {
+		p.jmu.Unlock()
+		return errJournalFull
+	}
+	last, at, n := p.jlast, p.jpendAt, len(p.jpend)
+	if cap(p.jwbuf) < n {
+		p.jwbuf = alignedBuf(max(n, 2*cap(p.jwbuf)))
+	}
+	buf := p.jwbuf[:n]
+	copy(buf, p.jpend)
+	if n > p.bs {
+		// The blocks before the tail are full: this is their last write. The tail stays.
+		copy(p.jpend, p.jpend[n-p.bs:])
+		p.jpend = p.jpend[:p.bs]
+		p.jpendAt = p.jpos
+	}
+	p.jmu.Unlock()
+	if _, err := p.jfile.WriteAt(buf, int64(p.geo.JournalStart+at)*int64(p.bs)); err != nil {
+		return p.failLocking(fmt.Errorf("write journal: %w", err))
+	}
+	p.written.Store(last)
+	return nil
 }
 
 // Flush makes every write and change that completed before it was called durable.
@@ -93,62 +240,65 @@ func (p *Pool) Flush() error {
 	return p.commitLocked()
 }
 
-// commitLocked commits the waiting records. REQUIRES p.commitMu, and none of p.writeGate,
-// p.ioGate, p.mu: it holds p.mu to take the records and to publish the commit, not across its
+// commitLocked commits (see the top of the file): every record appended and every data write
+// completed before it is durable when it returns. REQUIRES p.commitMu, and none of
+// p.writeGate, p.ioGate, p.mu: it holds p.mu to cut and to publish the commit, not across its
 // writes and syncs, and p.ioGate exclusively at the end only when the commit frees blocks.
 //
-// A commit becomes a checkpoint when the records do not fit in the journal, or when
+// A commit becomes a checkpoint when records did not fit in the journal, or when
 // needCheckpoint asks for one; if that checkpoint fails for lack of space (ErrNoSpace,
-// ErrHostFull: nothing durable changed) and the records fit, they are committed to the journal.
+// ErrHostFull: nothing durable changed) and every record is in the journal, the commit goes on
+// without it.
 func (p *Pool) commitLocked() error {
-	var recs []format.Record
-	var npend int
-	var blocks []byte
 	for attempt := 0; ; attempt++ {
 		p.mu.Lock()
 		if err := p.checkLocked(); err != nil {
 			p.mu.Unlock()
 			return err
 		}
-		recs = p.jbuf
-		npend = len(p.pendingCommit)
-		blocks = encodeRecords(recs, p.generation, p.bs)
-		fits := uint64(len(blocks)/p.bs) <= p.geo.JournalBlocks-p.jpos
-		if fits && (attempt > 0 || !p.needCheckpoint()) {
+		full := p.journalFullLocked()
+		if !full && (attempt > 0 || !p.needCheckpoint()) {
 			break // p.mu held
 		}
 		p.mu.Unlock()
 		err := p.checkpoint()
-		if err == nil || !fits || attempt > 0 || !errors.Is(err, ErrNoSpace) {
+		if err == nil || full || attempt > 0 || !errors.Is(err, ErrNoSpace) {
 			return err
 		}
 		p.log.Warn("checkpoint failed for lack of space; committing to the journal", "err", err)
 	}
-	p.jbuf = nil
-	pos := p.jpos
+	cut := p.lsn
+	records := p.recordsToCommitLocked()
+	npend := len(p.pendingCommit)
 	p.cutSeq++
 	seq := p.cutSeq
 	p.mu.Unlock()
 
 	// Data written since the last sync (every record's data was written before the record was
-	// appended, so before the cut above, so before this Swap) becomes durable first.
+	// appended, so before the cut above, so before this Swap) becomes durable, with the records.
 	if p.wrote.Swap(false) {
+		if records {
+			if err := p.writeJournal(cut); err != nil {
+				return err
+			}
+		}
 		if err := p.f.Sync(); err != nil {
-			return p.failLocking(fmt.Errorf("sync data: %w", err))
+			return p.failLocking(fmt.Errorf("sync: %w", err))
 		}
 	}
-	if len(recs) == 0 {
+	var at uint64
+	if records {
 		p.mu.Lock()
-		p.markDurable(seq)
+		at = p.appendRecord(format.Record{Type: format.RecCommit, A: cut})
 		p.mu.Unlock()
-		return nil
-	}
-	off := int64(p.geo.JournalStart+pos) * int64(p.bs)
-	if _, err := p.f.WriteAt(blocks, off); err != nil {
-		return p.failLocking(fmt.Errorf("write journal: %w", err))
-	}
-	if err := p.f.Sync(); err != nil {
-		return p.failLocking(fmt.Errorf("sync journal: %w", err))
+		if err := p.writeJournal(at); errors.Is(err, errJournalFull) {
+			return p.checkpoint() // place keeps room for it: not seen
+		} else if err != nil {
+			return err
+		}
+		if err := p.f.Sync(); err != nil {
+			return p.failLocking(fmt.Errorf("sync journal: %w", err))
+		}
 	}
 	if npend > 0 { // a read may still be reading a block freed by a write's copy-on-write
 		p.ioGate.Lock()
@@ -156,14 +306,68 @@ func (p *Pool) commitLocked() error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.jpos = pos + uint64(len(blocks)/p.bs)
-	p.durableLSN = recs[len(recs)-1].LSN
+	if records {
+		p.committedLSN, p.commitRecLSN = cut, at
+	}
 	p.markDurable(seq)
 	if npend > 0 {
 		p.release(p.pendingCommit[:npend])
 		p.pendingCommit = slices.Clone(p.pendingCommit[npend:]) // not the old backing array
 	}
 	return nil
+}
+
+// recordsToCommitLocked reports whether records were appended since the last commit's cut,
+// but for its own RecCommit record. REQUIRES p.mu.
+func (p *Pool) recordsToCommitLocked() bool {
+	n := p.lsn - p.committedLSN
+	if p.commitRecLSN > p.committedLSN {
+		n-- // the RecCommit record of the last commit
+	}
+	return n > 0
+}
+
+// journalFullLocked reports whether records wait that only a checkpoint makes durable: they
+// did not fit in the journal (or it was left full: recoveryCheckpoint). REQUIRES p.mu.
+func (p *Pool) journalFullLocked() bool {
+	return len(p.jover) > 0
+}
+
+// journaled ends a write or discard that appended records up to lsn (none if 0), whose own
+// outcome is err: it is acknowledged only once they are in the kernel's hands, written to the
+// journal (see the top of the file). REQUIRES what writeJournal requires.
+func (p *Pool) journaled(lsn uint64, err error) error {
+	if lsn == 0 {
+		return err
+	}
+	if jerr := p.writeJournal(lsn); err == nil {
+		err = jerr
+	}
+	return err
+}
+
+// settled returns err, unless it says that records of the operation that returned it did not
+// fit in the journal (errJournalFull): then it makes them durable first (settleOverflow).
+// REQUIRES none of the pool's locks.
+func (p *Pool) settled(err error) error {
+	if errors.Is(err, errJournalFull) {
+		return p.settleOverflow()
+	}
+	return err
+}
+
+// settleOverflow makes durable the records that did not fit in the journal: a commit, which
+// takes a checkpoint for them. REQUIRES none of the pool's locks.
+func (p *Pool) settleOverflow() error {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	p.mu.RLock()
+	full := p.journalFullLocked()
+	p.mu.RUnlock()
+	if !full {
+		return nil // a checkpoint took them meanwhile
+	}
+	return p.commitLocked()
 }
 
 // markDurable records that the commit started as seq completed. REQUIRES p.mu.
@@ -189,34 +393,10 @@ func (p *Pool) needCheckpoint() bool {
 		return false // a read-only Check reads the last one; or no room to write one
 	}
 	return p.jpos > p.geo.JournalBlocks/2 ||
+		len(p.jover) > 0 ||
 		len(p.rc.dirty) > max(p.rc.maxResident/2, 64) ||
-		uint64(len(p.jbuf)) > p.geo.JournalBlocks*16 ||
 		p.dirtyNodes > max(p.maxCleanNodes/2, 4096) ||
 		len(p.pendingCheckpoint) > int(p.rc.n/8)+1024
-}
-
-// encodeRecords packs records of the given epoch into whole blocks.
-func encodeRecords(recs []format.Record, epoch uint64, bs int) []byte {
-	if len(recs) == 0 {
-		return nil
-	}
-	var out []byte
-	blockStart := 0
-	for i := range recs {
-		mark := len(out)
-		recs[i].Epoch = epoch
-		out = format.AppendRecord(out, &recs[i])
-		if len(out)-blockStart > bs {
-			// Does not fit: pad the block and start the record in the next one.
-			rec := append([]byte(nil), out[mark:]...)
-			out = out[:mark]
-			out = append(out, make([]byte, blockStart+bs-mark)...)
-			blockStart += bs
-			out = append(out, rec...)
-		}
-	}
-	pad := (bs - len(out)%bs) % bs
-	return append(out, make([]byte, pad)...)
 }
 
 // recover replays the journal after the checkpoint that was loaded, then takes a checkpoint,
@@ -227,6 +407,27 @@ func (p *Pool) recover(fresh bool) error {
 	recs, err := p.readJournal()
 	if err != nil {
 		return err
+	}
+	// Which records to replay (see the top of the file): up to committed, or every one when
+	// the kernel that took the journal writes still runs. Versions 1 and 2 wrote records only
+	// once their data was durable.
+	committed := uint64(math.MaxUint64)
+	if p.geo.Version >= 3 {
+		committed = p.ckptLSN
+		for _, r := range recs {
+			if r.Type == format.RecCommit {
+				committed = max(committed, r.A)
+			}
+		}
+		p.recovery.SameBoot = p.boot != [16]byte{} && p.boot == p.geo.Boot // geo: the superblock loaded
+		if !p.recovery.SameBoot {
+			for len(recs) > 0 && recs[len(recs)-1].LSN > committed {
+				if recs[len(recs)-1].Type != format.RecCommit {
+					p.recovery.Dropped++
+				}
+				recs = recs[:len(recs)-1]
+			}
+		}
 	}
 	p.recovery.CheckpointLSN, p.recovery.LastLSN = p.ckptLSN, p.ckptLSN
 	p.mu.Lock()
@@ -242,26 +443,33 @@ func (p *Pool) recover(fresh bool) error {
 			}
 		}
 		for _, r := range recs {
+			p.replayVolatile = r.LSN > committed
 			if err := p.apply(&r); err != nil {
 				return fmt.Errorf("blockstore: replay %s record at LSN %d: %w", r.Type, r.LSN, err)
 			}
 			p.lsn = r.LSN
 		}
-		p.replaying = false
+		p.replaying, p.replayVolatile = false, false
 		p.reserved = nil
-		p.durableLSN = p.lsn
-		p.recovery.Records = len(recs)
+		for _, r := range recs {
+			if r.Type != format.RecCommit {
+				p.recovery.Records++
+			}
+		}
 		p.recovery.LastLSN = p.lsn
 		p.recovery.Duration = time.Since(start)
-		p.log.Info("journal replayed", "records", len(recs), "fromLSN", p.ckptLSN+1, "toLSN", p.lsn, "duration", p.recovery.Duration)
+		p.log.Info("journal replayed", "records", p.recovery.Records, "fromLSN", p.ckptLSN+1, "toLSN", p.lsn,
+			"sameBoot", p.recovery.SameBoot, "dropped", p.recovery.Dropped, "duration", p.recovery.Duration)
+	} else if p.recovery.Dropped > 0 {
+		p.log.Info("journal replayed", "records", 0, "sameBoot", false, "dropped", p.recovery.Dropped)
 	}
 	// A new epoch, also with nothing replayed, so that no record left past the end of the
-	// replay can ever be taken for one of the commits that follow (see the top of this file).
+	// replay can ever be taken for one of the records that follow (see the top of this file).
 	// A pool just formatted has nothing past it.
 	if fresh && len(recs) == 0 && len(p.recovery.DamagedRefcountPages) == 0 {
 		return nil
 	}
-	if err := p.recoveryCheckpoint(); err != nil {
+	if err := p.recoveryCheckpoint(committed); err != nil {
 		return fmt.Errorf("blockstore: checkpoint after recovery: %w", err)
 	}
 	return nil
@@ -277,7 +485,7 @@ func (p *Pool) readJournal() ([]format.Record, error) {
 	var recs []format.Record
 	want := p.ckptLSN + 1
 	chunk := min(256, p.geo.JournalBlocks)
-	buf := make([]byte, chunk*uint64(p.bs))
+	buf := alignedBuf(int(chunk) * p.bs)
 	for b := uint64(0); b < p.geo.JournalBlocks; b += chunk {
 		n := min(chunk, p.geo.JournalBlocks-b)
 		if _, err := p.f.ReadAt(buf[:n*uint64(p.bs)], int64(p.geo.JournalStart+b)*int64(p.bs)); err != nil {
@@ -292,13 +500,13 @@ func (p *Pool) readJournal() ([]format.Record, error) {
 					break
 				}
 				if err != nil {
-					return recs, nil // the end of the last durable commit
+					return recs, nil // the end of what was written
 				}
 				if err := p.checkEpoch(&r, want, p.geo.JournalStart+b+i); err != nil {
 					return nil, err
 				}
 				if (p.geo.Version > 1 && r.Epoch != p.generation) || r.LSN != want {
-					return recs, nil // an older epoch's record: the end of the last durable commit
+					return recs, nil // an older epoch's record: the end of what was written
 				}
 				sawRecord = true
 				recs = append(recs, r)
@@ -462,6 +670,8 @@ func (p *Pool) apply(r *format.Record) error {
 		if err := p.drop(old.root, old.height-1); err != nil {
 			return err
 		}
+	case format.RecCommit:
+		// Changes nothing: it says how far the journal was durable (see the top of the file).
 	default:
 		return fmt.Errorf("%w: unknown record type %d", ErrCorrupt, r.Type)
 	}

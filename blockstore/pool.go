@@ -63,6 +63,10 @@ type Pool struct {
 	now      func() time.Time
 	direct   bool     // O_DIRECT: no sub-block writes
 	recovery Recovery // what Open replayed; not changed afterwards
+	// jfile is where journal blocks are written: f, or its WriteAtCached when it has one, so
+	// that they go through the kernel's page cache (journal.go).
+	jfile io.WriterAt
+	boot  [16]byte // f's Boot (zero: unknown), recorded by every checkpoint
 
 	// No lock: each is safe for concurrent use.
 
@@ -139,6 +143,10 @@ type Pool struct {
 	pendingCheckpoint []uint64            // blocks the last checkpoint references, freed since
 	reserved          map[uint64]struct{} // during replay: blocks later records map
 	replaying         bool
+	// replayVolatile is set while replay applies a record past the last RecCommit, durable in
+	// no state yet (journal.go): until the recovery checkpoint, the data blocks it frees are
+	// not reused (dataFreeMark) and those it unshares are not overwritten in place (decref).
+	replayVolatile bool
 
 	// unshared holds blocks (data blocks and tree nodes) whose refcount dropped to 1 by a
 	// change not yet durable, with the commit sequence at the time. The holder left may not
@@ -161,12 +169,35 @@ type Pool struct {
 	maxHeight     uint8  // tallest volume tree seen since Open (sizes the metadata reserve)
 	catalogBlocks []uint64
 
-	lsn        uint64          // last LSN assigned
-	jbuf       []format.Record // records not yet committed
-	jpos       uint64          // next free block in the journal region
-	durableLSN uint64          // last LSN known durable
-	generation uint64          // generation of the last durable checkpoint
+	lsn        uint64 // last LSN assigned
+	generation uint64 // generation of the last durable checkpoint
 	ckptLSN    uint64
+
+	// The journal's tail (journal.go). Records are placed here as they are appended, and
+	// written to the journal region (writeJournal) before the change they describe returns.
+	// jmu guards jpend and jpendAt; the other fields of the tail change holding both mu and
+	// jmu, so either suffices to read them. It is taken last, and held only to copy bytes:
+	// writeJournal takes it, not mu, so that it does not wait for writers looking up blocks.
+	jmu     sync.Mutex
+	jpos    uint64          // journal block of the tail (JournalBlocks: the journal is full)
+	jused   int             // bytes of the tail block holding records
+	jpend   []byte          // journal blocks jpendAt..jpos: full ones not written yet, then the tail
+	jpendAt uint64          // journal block of jpend[0]
+	jlast   uint64          // LSN of the last record placed in the journal
+	jover   []format.Record // records that did not fit in the journal: only a checkpoint makes them durable
+	// committedLSN is the LSN up to which the last commit made the records durable with their
+	// data, which its RecCommit record (at commitRecLSN) states; both are the checkpoint's LSN
+	// after a checkpoint.
+	committedLSN uint64
+	commitRecLSN uint64
+
+	// jw serializes the writes of the journal region (writeJournal); it is taken before jmu
+	// (and before mu where it meets it: a failed journal write fails the pool). written is the
+	// LSN up to which every record placed has been written (read without jw); jwbuf is
+	// writeJournal's buffer (REQUIRES jw).
+	jw      sync.Mutex
+	written atomic.Uint64
+	jwbuf   []byte
 
 	diffVisits uint64 // nodes compared by diffs (tests show diffs cost what changed)
 }
@@ -174,9 +205,17 @@ type Pool struct {
 // Recovery reports what Open replayed from the journal.
 type Recovery struct {
 	CheckpointLSN uint64        // the checkpoint recovery started from
-	Records       int           // journal records replayed
+	Records       int           // journal records replayed (RecCommit records aside: they change nothing)
 	LastLSN       uint64        // LSN of the last record replayed (CheckpointLSN if none)
 	Duration      time.Duration // time spent replaying
+	// SameBoot is set when the journal was written under the boot that is running (File.Boot):
+	// no power loss came between, and every record the last process wrote was replayed,
+	// whether a commit covered it or not.
+	SameBoot bool
+	// Dropped counts the records found past the last commit that were not replayed because
+	// the journal was written under another boot: a power loss or a reboot came between, and
+	// their data may not have reached the disk (journal.go).
+	Dropped int
 	// DamagedRefcountPages lists refcount page slots that failed verification (each a
 	// *CorruptionError naming its block). Refcounts were then rebuilt from the trees and
 	// written anew, so the pool is consistent again.
@@ -340,6 +379,7 @@ func CreateOn(f File, opts Options) (*Pool, error) {
 		Created:       opts.now().UnixNano(),
 		OverProvision: uint32(math.Round(ratio * 100)),
 	}
+	sb.Boot = fileBoot(f) // the journal is written before the first checkpoint (journal.go)
 	if opts.Preallocate {
 		sb.Flags |= format.FlagThick
 	}
@@ -372,7 +412,9 @@ func OpenOn(f File, opts Options) (*Pool, error) { return openOn(f, opts, false)
 func openOn(f File, opts Options, fresh bool) (*Pool, error) {
 	opts.defaults()
 	// Recovery reads what the disk holds, not pages that a failed write-back left in the cache
-	// marked clean (see File and osFile.DropCache). CreateOn has just written and synced all.
+	// marked clean (see File and osFile.DropCache). Dirty pages stay: what a killed process
+	// wrote, its journal records included, is read back (journal.go). CreateOn has just
+	// written and synced all.
 	if d, ok := f.(interface{ DropCache() error }); ok && !fresh {
 		if err := d.DropCache(); err != nil {
 			opts.Logger.Warn("dropping the pool's cached pages failed; recovery may read pages a failed write-back left in the cache", "err", err)
@@ -403,11 +445,13 @@ func openOn(f File, opts Options, fresh bool) (*Pool, error) {
 		generation: sb.Generation,
 		ckptLSN:    sb.CheckpointLSN,
 		lsn:        sb.CheckpointLSN,
-		durableLSN: sb.CheckpointLSN,
 		nodeBlocks: sb.NodeBlocks,
+		jfile:      journalWriter(f),
+		boot:       fileBoot(f),
 	}
 	p.bufs.New = func() any { b := alignedBuf(bs); return &b }
 	p.unpinned = sync.NewCond(&p.mu)
+	p.restartJournalLocked(sb.CheckpointLSN)
 	if opts.OverProvisionRatio != 0 {
 		if !validRatio(opts.OverProvisionRatio) {
 			return nil, invalidf("over-provisioning ratio %v: must be from 1 to 1000", opts.OverProvisionRatio)
@@ -624,8 +668,37 @@ func (p *Pool) fail(err error) error {
 		p.failed = err
 		p.log.Error("pool failed; reopen to recover", "err", err)
 		p.publishHealthLocked()
+		p.forgetBootLocked()
 	}
 	return fmt.Errorf("%w: %w", ErrFailed, err)
+}
+
+// forgetBootLocked rewrites the superblock that recovery loads (generation p.generation)
+// without its boot, so that recovery takes only what commits covered, as after a power loss
+// (journal.go): once a write or fdatasync failed, the kernel may have dropped pages it could
+// not write back, and the page cache no longer holds everything the pool wrote. It is best
+// effort: a pool failing for lack of a working disk may not manage this write either.
+// REQUIRES p.mu.
+func (p *Pool) forgetBootLocked() {
+	if p.geo.Version < 3 || p.boot == [16]byte{} {
+		return // a pool not upgraded yet (every record is committed), or no boot to forget
+	}
+	buf := p.blockBuf()
+	defer p.putBlockBuf(buf)
+	off := int64(p.generation%2) * int64(p.bs)
+	if _, err := p.f.ReadAt(buf, off); err != nil {
+		p.log.Warn("the failed pool's superblock could not be read to forget its boot", "err", err)
+		return
+	}
+	sb, err := format.DecodeSuperblock(buf)
+	if err != nil || sb.Generation != p.generation || sb.Boot == [16]byte{} {
+		return
+	}
+	sb.Boot = [16]byte{}
+	format.EncodeSuperblock(buf, sb)
+	if _, err := p.f.WriteAt(buf, off); err != nil {
+		p.log.Warn("the failed pool's superblock could not be rewritten without its boot: after a restart under the same boot, recovery trusts the page cache", "err", err)
+	}
 }
 
 // Health returns nil while the pool works, an error wrapping ErrClosed once it is closed, or
@@ -726,13 +799,21 @@ func (p *Pool) Close() error {
 
 // recoveryCheckpoint takes the checkpoint that ends Open's recovery. When the file system
 // holding the pool file has no room for it (ErrHostFull), Open goes on without it: the
-// journal keeps the records just replayed and counts as full, so the next commit must take the
+// journal keeps the records just replayed and counts as full, so the next change must take the
 // checkpoint, and fails with ErrHostFull until space is freed, while reads and writes into
-// blocks that have their space go on. REQUIRES exclusive use (Open).
-func (p *Pool) recoveryCheckpoint() error {
+// blocks that have their space go on. So does a commit, if records replayed past committed
+// (the last LSN a commit covered: journal.go) wait for it to make them durable. REQUIRES
+// exclusive use (Open).
+func (p *Pool) recoveryCheckpoint(committed uint64) error {
 	err := p.checkpointLocked()
 	if errors.Is(err, ErrHostFull) {
-		p.jpos = p.geo.JournalBlocks
+		p.jmu.Lock()
+		p.jpos = p.geo.JournalBlocks // full: records go to p.jover, and commits checkpoint
+		p.jlast = p.lsn
+		p.jmu.Unlock()
+		p.written.Store(p.lsn)
+		p.committedLSN = min(committed, p.lsn)
+		p.commitRecLSN = p.committedLSN
 		p.log.Warn("pool opened without its recovery checkpoint: the file system holding it is full; commits fail until space is freed", "err", err)
 		return nil
 	}

@@ -18,7 +18,8 @@ import (
 //     block still mapped while it already holds another volume's data.
 //   - pendingCheckpoint: a block that the last durable checkpoint still references (a clean tree
 //     node or catalog block). Reused only after the next checkpoint is durable, since recovery
-//     reads that checkpoint.
+//     reads that checkpoint. Also a data block freed by a record that recovery replayed past
+//     the last commit (journal.go): reused after the recovery checkpoint.
 //
 // Refcount pages are written at checkpoints with both marks stored as zero.
 const (
@@ -196,7 +197,7 @@ func (p *Pool) decref(pbn uint64, mark uint32) (last bool) {
 	}
 	if c > 1 {
 		p.rc.set(pbn, c-1)
-		if c == 2 && !p.replaying {
+		if c == 2 && (!p.replaying || p.replayVolatile) {
 			p.unshared[pbn] = p.cutSeq
 		}
 		return false

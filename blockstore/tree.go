@@ -303,13 +303,18 @@ func (p *Pool) drop(pbn uint64, level uint8) error {
 	return nil
 }
 
-// dataFreeMark is how a freed data block waits: until the next commit in normal operation, not
-// at all during replay (the records replayed are durable already).
+// dataFreeMark is how a freed data block waits: until the next commit in normal operation;
+// during replay not at all when the record freeing it is durable, else until the recovery
+// checkpoint (replayVolatile).
 func (p *Pool) dataFreeMark() uint32 {
-	if p.replaying {
+	switch {
+	case !p.replaying:
+		return pendingCommit
+	case p.replayVolatile:
+		return pendingCheckpoint
+	default:
 		return 0
 	}
-	return pendingCommit
 }
 
 // lift raises a tree to height h, putting the old root under slot 0 of new roots, one per

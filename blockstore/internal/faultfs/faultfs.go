@@ -5,12 +5,13 @@
 //
 // What it models:
 //
-//   - Power loss (Restart): the disk keeps what was synced; each page written since the last
+//   - Power loss (Restart): the machine boots again (Boot changes), and the disk keeps what was synced; each page written since the last
 //     Sync holds its synced contents or its contents as they were after one of the writes to it
 //     (a page is written back whole, at some moment). With Loss.Torn, each 512-byte sector of
 //     such a page is written back on its own: a page may hold a mix of versions, sector by
 //     sector, as on a drive that only guarantees sector atomicity.
-//   - A process kill (AfterKill): the page cache survives, dirty pages included.
+//   - A process kill (AfterKill): the page cache survives, dirty pages included, and the boot
+//     stays the same.
 //   - A failed write (FailAfter on a WriteAt): the call fails, and each sector it covers may or
 //     may not hold the new bytes (as after a partially completed write).
 //   - A failed fsync (FailAfter on a Sync): the call fails and the error is then forgotten, as on
@@ -24,11 +25,13 @@
 package faultfs
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrCrashed is returned by every operation after the crash point.
@@ -75,6 +78,18 @@ type File struct {
 	closed     bool
 	ops        int
 	syncs      int
+	boot       [16]byte // the boot of the machine the file is on (Boot)
+}
+
+// boots numbers the boots of the machines files are on.
+var boots atomic.Uint64
+
+// newBoot returns the identity of a boot no file had before.
+func newBoot() [16]byte {
+	var b [16]byte
+	b[0] = 0xb0
+	binary.LittleEndian.PutUint64(b[8:], boots.Add(1))
+	return b
 }
 
 // pages maps a page number to its contents (Unit bytes); a missing page holds zeros.
@@ -95,12 +110,20 @@ func (ps pages) page(pg int64) []byte {
 	return b
 }
 
-// New returns a zero-filled file of size bytes.
-func New(size int64) *File { return newFile(size, pages{}, pages{}) }
+// New returns a zero-filled file of size bytes, on a machine just booted.
+func New(size int64) *File { return newFile(size, pages{}, pages{}, newBoot()) }
 
-func newFile(size int64, durable, cur pages) *File {
+func newFile(size int64, durable, cur pages, boot [16]byte) *File {
 	return &File{size: size, durable: durable, cur: cur, dirty: map[int64][][]byte{},
-		crashAfter: -1, crashSyncs: -1, failAfter: -1, rng: rand.New(rand.NewPCG(1, 2))}
+		crashAfter: -1, crashSyncs: -1, failAfter: -1, rng: rand.New(rand.NewPCG(1, 2)), boot: boot}
+}
+
+// Boot identifies the boot of the machine the file is on: Restart and RestartKeeping boot it
+// again, AfterKill and Reopen do not (see blockstore.File).
+func (f *File) Boot() [16]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.boot
 }
 
 // Seed makes the outcomes of injected failures (which sectors of a failed write or fsync
@@ -371,7 +394,7 @@ func (f *File) Close() error {
 func (f *File) Reopen() *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	nf := newFile(f.size, f.cur.clone(), f.cur)
+	nf := newFile(f.size, f.cur.clone(), f.cur, f.boot)
 	f.cur, f.durable, f.dirty, f.closed = nil, nil, nil, true
 	return nf
 }
@@ -382,7 +405,7 @@ func (f *File) Reopen() *File {
 func (f *File) AfterKill() *File {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	nf := newFile(f.size, f.durable, f.cur)
+	nf := newFile(f.size, f.durable, f.cur, f.boot)
 	nf.dirty = f.dirty
 	f.cur, f.durable, f.dirty, f.closed = nil, nil, nil, true
 	return nf
@@ -395,7 +418,7 @@ func (f *File) Restart(rng *rand.Rand, loss Loss) *File {
 	defer f.mu.Unlock()
 	img := f.durable.clone()
 	f.writeBack(img, rng, loss)
-	return newFile(f.size, img, img.clone())
+	return newFile(f.size, img, img.clone(), newBoot())
 }
 
 // RestartKeeping is Restart with the choice made by keep: each page (by its offset) written
@@ -409,5 +432,5 @@ func (f *File) RestartKeeping(keep func(pageOff int64) bool) *File {
 			img[pg] = vs[len(vs)-1]
 		}
 	}
-	return newFile(f.size, img, img.clone())
+	return newFile(f.size, img, img.clone(), newBoot())
 }

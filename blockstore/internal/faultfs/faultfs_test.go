@@ -154,3 +154,20 @@ func TestCrashAtSync(t *testing.T) {
 		t.Fatal("the disk does not hold the last synced contents")
 	}
 }
+
+// A process kill and a clean reopen keep the boot; a power loss boots the machine again.
+func TestBoot(t *testing.T) {
+	f := New(4 * Unit)
+	boot := f.Boot()
+	if boot == [16]byte{} || New(Unit).Boot() == boot {
+		t.Fatalf("boot %x: zero, or shared with another machine", boot)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	if f.Restart(rng, Loss{}).Boot() == boot || f.RestartKeeping(func(int64) bool { return true }).Boot() == boot {
+		t.Fatal("a power loss kept the boot")
+	}
+	killed := f.AfterKill()
+	if killed.Boot() != boot || killed.Reopen().Boot() != boot {
+		t.Fatal("a process kill or a reopen changed the boot")
+	}
+}

@@ -35,13 +35,16 @@ const (
 //	1  the first format.
 //	2  journal records carry the generation of the checkpoint they follow (Record.Epoch) and
 //	   have their own magic; replay takes only the loaded checkpoint's epoch.
+//	3  journal records are written as they are appended, not at commit, and each commit ends
+//	   with a RecCommit record; the superblock names the boot of the kernel that wrote the
+//	   journal after it (Superblock.Boot). Records are encoded as in version 2.
 //
 // A build writes Version into new pools and opens pools from MinVersion to Version. A pool of
 // an older version is read as it is (its journal with the old record format) and upgraded by the
 // checkpoint that recovery takes: from then on it has Version, and builds older than Version
 // refuse it (the superblock's version check names both).
 const (
-	Version    = 2
+	Version    = 3
 	MinVersion = 1
 )
 
@@ -108,6 +111,10 @@ type Superblock struct {
 	Flags         uint32 // FlagThick, ...
 	NodeBlocks    uint64 // blocks held by tree nodes
 	CatalogBlocks uint64 // blocks held by the catalog
+	// Boot identifies the boot of the kernel that ran the process which wrote this superblock
+	// (on Linux the boot_id): the journal records written after it went through that kernel's
+	// page cache. Zero when unknown, and in superblocks of format versions 1 and 2.
+	Boot [16]byte
 }
 
 // EncodeSuperblock writes sb into b (at least SuperblockSize bytes) with its checksum.
@@ -133,6 +140,7 @@ func EncodeSuperblock(b []byte, sb *Superblock) {
 	le.PutUint32(b[124:], sb.Flags)
 	le.PutUint64(b[128:], sb.NodeBlocks)
 	le.PutUint64(b[136:], sb.CatalogBlocks)
+	copy(b[144:160], sb.Boot[:])
 	le.PutUint32(b[8:], Checksum(b[12:SuperblockSize]))
 }
 
@@ -167,6 +175,7 @@ func DecodeSuperblock(b []byte) (*Superblock, error) {
 		Flags:         le.Uint32(b[124:]),
 		NodeBlocks:    le.Uint64(b[128:]),
 		CatalogBlocks: le.Uint64(b[136:]),
+		Boot:          [16]byte(b[144:160]),
 	}
 	if err := sb.validate(); err != nil {
 		return nil, err

@@ -47,6 +47,7 @@ func testSuperblock() *Superblock {
 	sb.NodeBlocks = 42
 	sb.NextVolumeID = 5
 	sb.NextSnapID = 3
+	sb.Boot = [16]byte{0x80, 0xab, 0x5e, 0x5a, 15: 0x6b}
 	return sb
 }
 
@@ -155,7 +156,8 @@ func TestRecordTypeString(t *testing.T) {
 	require.Equal(t, "map", RecMap.String())
 	require.Equal(t, "revert", RecRevert.String())
 	require.Equal(t, "record-type(0)", RecordType(0).String())
-	require.Equal(t, "record-type(11)", RecordType(11).String())
+	require.Equal(t, "commit", RecCommit.String())
+	require.Equal(t, "record-type(12)", RecordType(12).String())
 }
 
 // ---- superblock ----

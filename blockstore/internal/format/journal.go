@@ -21,12 +21,16 @@ const (
 	RecCloneSnapshot  RecordType = 8  // Vol: new volume from snapshot Snap, size A bytes, named Name
 	RecCloneVolume    RecordType = 9  // Vol: new volume from volume B, size A bytes, named Name
 	RecRevert         RecordType = 10 // Vol: point back at snapshot Snap
-	recTypeMax        RecordType = 10
+	// RecCommit changes nothing: it says that every record up to LSN A, and the data those
+	// records map, was durable (an fdatasync had returned) before it was written. Format
+	// version 3.
+	RecCommit  RecordType = 11
+	recTypeMax RecordType = 11
 )
 
 func (t RecordType) String() string {
 	names := [...]string{"", "map", "unmap", "create-volume", "delete-volume", "grow-volume",
-		"create-snapshot", "delete-snapshot", "clone-snapshot", "clone-volume", "revert"}
+		"create-snapshot", "delete-snapshot", "clone-snapshot", "clone-volume", "revert", "commit"}
 	if t == 0 || t > recTypeMax {
 		return fmt.Sprintf("record-type(%d)", uint16(t))
 	}

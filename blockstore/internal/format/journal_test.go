@@ -136,6 +136,7 @@ func testRecords() []Record {
 		{LSN: 8, Type: RecRevert, Vol: 1, Snap: 1},
 		{LSN: 9, Type: RecDeleteSnapshot, Snap: 1},
 		{LSN: 10, Type: RecDeleteVolume, Vol: 3},
+		{Epoch: 7, LSN: 11, Type: RecCommit, A: 9},
 		{Epoch: math.MaxUint64, LSN: math.MaxUint64, Type: RecCreateVolume, Vol: math.MaxUint64, Snap: math.MaxUint64, A: math.MaxUint64,
 			B: math.MaxUint64, C: math.MaxUint64, Time: math.MinInt64, Name: strings.Repeat("n", MaxNameLen)},
 		{LSN: 0, Type: RecMap, Time: math.MaxInt64},

@@ -1,9 +1,10 @@
 //go:build ignore
 
-// mkv1 writes a pool of format version 1 whose journal holds records past its last checkpoint,
-// as a build of that version leaves it when its process dies after a Flush. It made
-// testdata/pool-v1.img.gz with the block store of commit 9a2af88 (format version 1), copied into
-// a module of its own at cmd/mkv1: go run ./cmd/mkv1 pool-v1.img && gzip -9 pool-v1.img
+// mkold writes a pool of an older format version whose journal holds records past its last
+// checkpoint, as a build of that version leaves it when its process dies after a Flush. Copied
+// to cmd/mkold of a checkout of an older commit (go run ./cmd/mkold pool-vN.img && gzip -9
+// pool-vN.img), it made testdata/pool-v1.img.gz with the block store of commit 9a2af88 (format
+// version 1) and testdata/pool-v2.img.gz with that of commit 335548b (format version 2).
 package main
 
 import (
