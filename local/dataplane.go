@@ -23,6 +23,11 @@ import (
 type DataPlaneCommand struct {
 	Executable string
 	Args       []string
+	// HolderArgs are the arguments of Executable that run the home's FUSE holder (RunHolder;
+	// the dataimage command's `fuse-holder` verb), started before the data plane when none
+	// answers (holder.go). Empty: none is started, and the clones' I/O fails when the data
+	// plane dies.
+	HolderArgs []string
 }
 
 // DataPlaneSocketPath is where the data plane of home serves its API.
@@ -55,6 +60,7 @@ func RunDataPlane(ctx context.Context, cfg Config) error {
 		OverProvisionRatio: DefaultOverProvisionRatio,
 		ExportStateDir:     s.exportDir(),
 		StateDir:           filepath.Join(s.Home, "dataplane"),
+		Holder:             HolderSocketPath(s.Home),
 		Logger:             s.Logger,
 	})
 }
@@ -81,6 +87,10 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 		c.Close()
 		return nil, errorf(ErrUnavailable, "no data plane answers at %s (start one: dataimage dataplane --home %s)", s.dataPlaneSocket(), s.Home)
 	}
+	if err := startHolder(ctx, s); err != nil {
+		c.Close()
+		return nil, err
+	}
 	s.Logger.Info("starting the data plane", "home", s.Home, "log", DataPlaneLogPath(s.Home))
 	err = spawn{what: "data plane", home: s.Home, executable: s.DataPlane.Executable, args: s.DataPlane.Args,
 		logPath: DataPlaneLogPath(s.Home), timeout: dataPlaneStartTimeout, ready: ready,
@@ -97,7 +107,7 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 
 // stopDataPlane stops the home's data plane when it exports nothing (SIGTERM to the process
 // that holds its lock: it drains and closes the pool) and waits until it has exited, for at
-// most dataPlaneStopTimeout. A data plane that still exports volumes is left running: their
+// most dataPlaneStopTimeout; then the FUSE holder, which holds nothing then (stopHolder). A data plane that still exports volumes is left running: their
 // file systems are still mounted, and stopping it would fail their I/O.
 func (d *Daemon) stopDataPlane() error {
 	ctx, cancel := context.WithTimeout(context.Background(), dataPlaneStopTimeout)
@@ -124,6 +134,9 @@ func (d *Daemon) stopDataPlane() error {
 	for {
 		if _, held, err := dataplane.LockHolder(sock); err != nil || !held {
 			d.log.Info("data plane stopped", "pid", pid)
+			if err == nil {
+				err = stopHolder(d.cfg.Home)
+			}
 			return err
 		}
 		select {
