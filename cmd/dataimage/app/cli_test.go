@@ -468,13 +468,15 @@ func TestDaemonConfig(t *testing.T) {
 		want local.Config
 	}{
 		{nil, local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval,
-			DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"}}}},
+			DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"},
+				HolderArgs: []string{"fuse-holder", "--home", local.DefaultHome, "--log-format", "text"}}}},
 		{[]string{"--home", "/srv/di", "--pool-size", "200Gi", "--preallocate", "--volume-size", "1T", "--listen-address", "0.0.0.0",
 			"--backup-root", "/backups", "--image-lifetime", "72h", "--clone-lifetime", "8h", "--reap-interval", "5s", "--max-archive-members", "-1"},
 			local.Config{Home: "/srv/di", PoolSize: 200 << 30, Preallocate: true, VolumeSize: 1e12, ListenAddress: "0.0.0.0",
 				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second, MaxArchiveMembers: -1,
-				// The daemon starts the data plane with the pool's flags.
-				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", "/srv/di", "--log-format", "text", "--preallocate=true", "--pool-size=200Gi"}}}},
+				// The daemon starts the FUSE holder, then the data plane with the pool's flags.
+				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", "/srv/di", "--log-format", "text", "--preallocate=true", "--pool-size=200Gi"},
+					HolderArgs: []string{"fuse-holder", "--home", "/srv/di", "--log-format", "text"}}}},
 	} {
 		c := &cli{env: h.env}
 		root := c.newRoot()
