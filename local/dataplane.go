@@ -45,11 +45,8 @@ const dataPlaneStartTimeout = 5 * time.Minute
 // the exports on DataPlaneSocketPath. One runs per home (it waits while another holds the
 // socket's lock).
 func RunDataPlane(ctx context.Context, cfg Config) error {
-	s, err := cfg.settings()
+	s, err := cfg.homeSettings()
 	if err != nil {
-		return err
-	}
-	if err := makeHome(s); err != nil {
 		return err
 	}
 	return dataplane.Run(ctx, dataplane.Config{
@@ -155,4 +152,17 @@ const dataPlaneStopTimeout = 2 * time.Minute
 func dataPlaneRunning(home string) bool {
 	_, held, _ := dataplane.LockHolder(DataPlaneSocketPath(home))
 	return held
+}
+
+// homeSettings completes c and makes its home: what a process of the home (the data plane,
+// the holder) does first.
+func (c Config) homeSettings() (*settings, error) {
+	s, err := c.settings()
+	if err != nil {
+		return nil, err
+	}
+	if err := makeHome(s); err != nil {
+		return nil, err
+	}
+	return s, nil
 }

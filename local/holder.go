@@ -29,11 +29,8 @@ func HolderLogPath(home string) string { return filepath.Join(home, "fuse-holder
 // A holder that answers there already is left alone: this one fails with ErrUnavailable
 // rather than take its socket (the connections it holds would end with it).
 func RunHolder(ctx context.Context, cfg Config) error {
-	s, err := cfg.settings()
+	s, err := cfg.homeSettings()
 	if err != nil {
-		return err
-	}
-	if err := makeHome(s); err != nil {
 		return err
 	}
 	path := HolderSocketPath(s.Home)

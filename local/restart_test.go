@@ -276,10 +276,11 @@ func (w *fileWriter) stop(t *testing.T) int {
 // it. So when the data plane and then the holder are killed (SIGKILL), the kernel aborts the
 // FUSE connections, and I/O on the clone, through its file system and through its block device,
 // fails at once instead of blocking in D state forever (the data plane's death alone is
-// TestDataPlaneKilledPgbenchRunsOn's). The daemon is killed too; the next one starts a new data plane, cleans up (kills the server,
-// unmounts, detaches the loop device) and starts the clone again with its committed data, and
-// the home can be removed. The reads run in processes of their own with a deadline, so that a
-// regression fails the test (and its cleanup aborts the connections) instead of hanging it.
+// TestDataPlaneKilledPgbenchRunsOn's). The daemon is killed too; the next one starts a new data
+// plane, cleans up (kills the server, unmounts, detaches the loop device) and starts the clone
+// again with its committed data, and the home can be removed. The reads run in processes of
+// their own with a deadline, so that a regression fails the test (and its cleanup aborts the
+// connections) instead of hanging it.
 func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 	eng := needEngine(t, imagebuilder.EnginePostgres)
 	dir := testDir(t)
@@ -292,16 +293,7 @@ func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 		require.NoError(t, err)
 		return c
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			abortFUSEUnder(t, home) // a connection nobody serves would hang everything below
-		}
-		stopChildDaemon(t, home)
-		if t.Failed() {
-			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
-			cleanHome(t, home)
-		}
-	})
+	cleanupChildHome(t, home)
 
 	c := connect()
 	defer c.Close()
@@ -397,20 +389,7 @@ func TestDataPlaneKilledPgbenchRunsOn(t *testing.T) {
 	home := filepath.Join(dir, "home")
 	t.Setenv(daemonChildEnv, home)
 	ctx := context.Background()
-	t.Cleanup(func() {
-		if t.Failed() {
-			if pid, err := holderPIDOf(home); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL) // its connections end: nothing hangs below
-			}
-			abortFUSEUnder(t, home)
-		}
-		stopChildDaemon(t, home)
-		if t.Failed() {
-			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
-			t.Logf("dataplane.log (last lines):\n%s", engine.TailFile(DataPlaneLogPath(home), 40))
-			cleanHome(t, home)
-		}
-	})
+	cleanupChildHome(t, home)
 	c, err := Connect(ctx, home, ConnectOptions{Start: true, Executable: os.Args[0], DaemonArgs: []string{"-test.run=^$"}, Timeout: 2 * time.Minute})
 	require.NoError(t, err)
 	defer c.Close()
@@ -468,6 +447,27 @@ func TestDataPlaneKilledPgbenchRunsOn(t *testing.T) {
 	require.NoError(t, c.DeleteImage(ctx, "pg"))
 	stopChildDaemon(t, home)
 	requireNothingLeft(t, home)
+}
+
+// cleanupChildHome stops, at the test's end, the daemon started by Connect for home (and so its
+// data plane and holder). After a failure it first kills the holder and aborts the FUSE
+// connections under home (a connection nobody serves would hang everything below), logs the
+// ends of the daemon's and the data plane's logs, and cleans the home up.
+func cleanupChildHome(t *testing.T, home string) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			if pid, err := holderPIDOf(home); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			abortFUSEUnder(t, home)
+		}
+		stopChildDaemon(t, home)
+		if t.Failed() {
+			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
+			t.Logf("dataplane.log (last lines):\n%s", engine.TailFile(DataPlaneLogPath(home), 40))
+			cleanHome(t, home)
+		}
+	})
 }
 
 // holderPIDOf returns the pid of the FUSE holder of home, if one runs.

@@ -293,7 +293,7 @@ func TestHandover(t *testing.T) {
 	nodetest.Need(t, "fio")
 	r := newRestartRig(t)
 	const handovers = 6
-	f := nodetest.StartFIOVerify(t, r.device, 64*mib, 4*time.Second+handovers*time.Second)
+	f := nodetest.StartFIOVerify(t, r.device, 64*mib, 4*time.Second+handovers*3*time.Second)
 	for i := range handovers {
 		time.Sleep(700 * time.Millisecond)
 		require.True(t, f.Running(), "fio ended early")

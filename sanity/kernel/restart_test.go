@@ -303,12 +303,7 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	}
 	e := newRestartEnv(t)
 	dp, plugin, c := e.start(t)
-	fsCap := mountCap("ext4")
-	fsVol := c.createVolume(t, "fs", 256*mib, fsCap, nil)
-	fsTarget := c.stagePublish(t, "fs", fsVol, fsCap)
-	const blkSize = 64 * mib
-	blkVol := c.createVolume(t, "blk", blkSize, blockCap(), nil)
-	blkTarget := c.stagePublish(t, "blk", blkVol, blockCap())
+	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 12 * time.Second
 	waitFio := startFio(t, fsTarget, runtime)
@@ -343,21 +338,8 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	require.Equal(t, 3, strings.Count(string(logs), `msg="volume staged by an earlier run of the plugin" volume=`+fsVol), "each new plugin adopts the file system volume")
 	require.NotContains(t, string(logs), "export left by an earlier data plane")
 
-	// The block volume holds, block by block, the last write acknowledged (read back through
-	// the device with O_DIRECT: from the data plane).
-	f, err := os.OpenFile(blkTarget, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	require.NoError(t, err)
-	w.verify(t, func(b int64, buf []byte) {
-		_, err := f.ReadAt(buf, b*w.bs)
-		require.NoError(t, err)
-	})
-	f.Close()
-
 	// The last plugin unpublishes and unstages what the first one staged.
-	c.unpublishUnstage(t, "fs", fsVol)
-	c.unpublishUnstage(t, "blk", blkVol)
-	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
-	e.stopAll(t, dp, plugin)
+	e.verifyAndTearDown(t, c, w, blkTarget, fsVol, blkVol, dp, plugin)
 }
 
 // TestDataPlaneKilled: the data plane and then the FUSE holder are killed (SIGKILL) while an
@@ -461,12 +443,7 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 	e := newRestartEnv(t)
 	e.useHolder(t)
 	dp, plugin, c := e.start(t)
-	fsCap := mountCap("ext4")
-	fsVol := c.createVolume(t, "fs", 256*mib, fsCap, nil)
-	fsTarget := c.stagePublish(t, "fs", fsVol, fsCap)
-	const blkSize = 64 * mib
-	blkVol := c.createVolume(t, "blk", blkSize, blockCap(), nil)
-	blkTarget := c.stagePublish(t, "blk", blkVol, blockCap())
+	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 25 * time.Second
 	waitFio := startFio(t, fsTarget, runtime)
@@ -523,8 +500,15 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 	require.Equal(t, 1, strings.Count(string(logs), `msg="exports handed over" handedOver=2 drained=0`), "the upgraded data plane hands both exports over")
 	require.NotContains(t, string(logs), "export left by an earlier data plane")
 
-	// The block volume holds, block by block, the last write acknowledged (read back through
-	// the device with O_DIRECT: from the data plane).
+	e.verifyAndTearDown(t, c, w, blkTarget, fsVol, blkVol, dp, plugin)
+}
+
+// verifyAndTearDown ends a restart test whose block writer w wrote to the block volume published
+// at blkTarget: the volume holds, block by block, the last write acknowledged (read back through
+// the device with O_DIRECT: from the data plane); then the file system volume ("fs") and the
+// block volume ("blk") are unpublished and unstaged, nothing is left, and both processes stop.
+func (e *restartEnv) verifyAndTearDown(t *testing.T, c *client, w *drainWriter, blkTarget, fsVol, blkVol string, dp, plugin *process) {
+	t.Helper()
 	f, err := os.OpenFile(blkTarget, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	require.NoError(t, err)
 	w.verify(t, func(b int64, buf []byte) {
@@ -532,9 +516,23 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 		require.NoError(t, err)
 	})
 	f.Close()
-
 	c.unpublishUnstage(t, "fs", fsVol)
 	c.unpublishUnstage(t, "blk", blkVol)
 	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
 	e.stopAll(t, dp, plugin)
+}
+
+// blkSize is the size of the block volume of stageTwo.
+const blkSize = 64 * mib
+
+// stageTwo creates, stages and publishes an ext4 volume of 256 MiB ("fs") and a block volume of
+// blkSize ("blk") through c.
+func stageTwo(t *testing.T, c *client) (fsVol, fsTarget, blkVol, blkTarget string) {
+	t.Helper()
+	fsCap := mountCap("ext4")
+	fsVol = c.createVolume(t, "fs", 256*mib, fsCap, nil)
+	fsTarget = c.stagePublish(t, "fs", fsVol, fsCap)
+	blkVol = c.createVolume(t, "blk", blkSize, blockCap(), nil)
+	blkTarget = c.stagePublish(t, "blk", blkVol, blockCap())
+	return fsVol, fsTarget, blkVol, blkTarget
 }
