@@ -97,6 +97,10 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 		}}.start(ctx)
 	if err != nil {
 		c.Close()
+		// A holder started for it holds nothing yet: it goes too.
+		if serr := stopHolder(s.Home); serr != nil {
+			s.Logger.Warn("stop the FUSE holder", "err", serr)
+		}
 		return nil, err
 	}
 	return c, nil
