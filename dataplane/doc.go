@@ -18,17 +18,19 @@
 //   - Run: the data plane process (cmd/dataimage-dataplane, and `dataimage dataplane` for the
 //     local daemon): a lock per socket, the kernel checks (kernel.go: FUSE request timeouts
 //     refused, PR_SET_IO_FLUSHER), the pool recovered, the exports an earlier process left
-//     found with their records (records.go: each export's volume and attrs, kept beside the
-//     socket), the API served, and at the end the exports' I/O drained and the pool closed
-//     (drain.go).
+//     served again where the FUSE holder kept them, with their records (records.go: each
+//     export's volume and attrs, kept beside the socket), the API served, and at the end the
+//     exports handed over to the next data plane (or, with no holder, their I/O drained) and
+//     the pool closed (drain.go).
 //
 // What it must not know: CSI, Kubernetes, mounts and file systems (mkfs, mount and bind mounts
 // stay with the control plane, in its mount namespace: package nodevolume), images, clones and
 // database engines. The block devices it makes are global (/dev/loopN): any mount namespace
 // that has /dev reaches them.
 //
-// What survives what: a control plane's death changes nothing here. This process's death
-// still ends its exports' FUSE connections (their I/O fails with EIO until the volumes are
-// detached and attached again); a holder process that keeps the connections across it is the
-// next step (Run's start-up order leaves the place for it).
+// What survives what: a control plane's death changes nothing here. With a FUSE holder
+// (Config.Holder), neither does this process's death: the holder keeps each export's connection,
+// the kernel queues its I/O, and the next data plane serves it again (startExports). Without
+// one, or once the holder is gone too, this process's death ends its exports' FUSE connections
+// (their I/O fails with EIO until the volumes are detached and attached again).
 package dataplane

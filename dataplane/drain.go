@@ -188,8 +188,39 @@ func (c *ioCounters) count(op int, n int, err error) {
 // flushes anyway and returns an error saying what was left (the pool's Close then waits for
 // the I/O still in flight).
 func (l *Local) Drain(ctx context.Context) error {
+	return l.drain(ctx, l.served())
+}
+
+// Handover hands the exports over to the next data plane (export.Device.Handover): each stops
+// reading requests, answers those it read and flushes the pool; their connections wait in the
+// holder, and I/O submitted meanwhile waits in the kernel for the next data plane (Run,
+// startExports), which the kernel resends what is pending to. An export that cannot be handed
+// over (the holder does not hold it now) is drained instead (Drain). Call it where Drain would
+// be called.
+func (l *Local) Handover(ctx context.Context) error {
 	start := time.Now()
-	exports := l.served()
+	var rest []*served
+	var errs []error
+	for _, s := range l.served() {
+		err := s.dev.Handover()
+		switch {
+		case errors.Is(err, export.ErrNoHolder):
+			l.log.Warn("export not handed over: drained instead (its I/O fails once this process exits)", "export", s.ID, "err", err)
+			rest = append(rest, s)
+		case err != nil:
+			// It stopped serving and stays in the holder: the next data plane resends what
+			// waits. Only the flush failed.
+			errs = append(errs, err)
+		}
+	}
+	l.log.Info("exports handed over", "handedOver", len(l.served())-len(rest), "drained", len(rest),
+		"took", time.Since(start).Round(time.Microsecond))
+	return errors.Join(append(errs, l.drain(ctx, rest))...)
+}
+
+// drain drains exports (see Drain), closes the gate and flushes the pool.
+func (l *Local) drain(ctx context.Context, exports []*served) error {
+	start := time.Now()
 	l.log.Info("draining the exports' I/O", "devices", len(exports))
 	waitErr := l.drainDevices(ctx, exports)
 	inflight, idle := l.gate.close()

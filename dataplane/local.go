@@ -197,6 +197,30 @@ func (l *Local) Export(ctx context.Context, spec ExportSpec) (Export, error) {
 	return s.copy(), nil
 }
 
+// adopt serves again, under its record, an export an earlier data plane left whose
+// connection the holder kept (export.Exporter.Adopt): the record's volume behind the device the
+// kernel still has, with the record's attrs. Run calls it before the socket serves.
+func (l *Local) adopt(rec record) (Export, error) {
+	exp, err := l.exporter("adopt", rec.ID)
+	if err != nil {
+		return Export{}, err
+	}
+	vol, err := l.pool.Volume(blockstore.VolumeID(rec.Volume))
+	if err != nil {
+		return Export{}, fmt.Errorf("dataplane: adopt export %s: volume %d: %w", rec.ID, rec.Volume, err)
+	}
+	dev, err := exp.Adopt(rec.ID, exportDisk{Volume: vol, c: &l.io, gate: l.gate})
+	if err != nil {
+		return Export{}, err
+	}
+	s := &served{Export: Export{ID: rec.ID, Volume: blockstore.VolumeID(rec.Volume), Device: dev.Path(), Method: exp.Name(),
+		Attrs: maps.Clone(rec.Attrs)}, dev: dev}
+	l.mu.Lock()
+	l.mu.exports[rec.ID] = s
+	l.mu.Unlock()
+	return s.copy(), nil
+}
+
 // copy returns the export's description, its attrs copied. REQUIRES l.mu (or a served not
 // shared yet).
 func (s *served) copy() Export {

@@ -47,6 +47,12 @@ type Config struct {
 	// exports' state (default export.DefaultStateDir; a tmpfs).
 	Export         string
 	ExportStateDir string
+	// Holder is the socket of the FUSE holder (holder.Run: cmd/dataimage-fuse-holder, or
+	// `dataimage fuse-holder` for the local daemon) that keeps the exports' connections open
+	// across the death of this process ("": none; an export's I/O fails once its data plane
+	// is gone). With it, a data plane that starts serves again the exports an earlier one
+	// left (startExports), and one that stops hands them over rather than draining them.
+	Holder string
 	// StateDir holds the data plane's record of each export (records.go; default: "exports"
 	// beside the socket). It must outlive the process as long as the exports' kernel state
 	// does: a tmpfs is right.
@@ -92,18 +98,18 @@ func (c Config) complete() (Config, error) {
 
 // Run is the data plane process: it takes the socket's lock (waiting while another data plane
 // holds it), checks the kernel's FUSE settings, opens (recovers, or makes) the pool, detects
-// the export method, finds what an earlier data plane left, and serves the API on the socket
-// until ctx ends. Then it stops: API calls in flight finish, the exports' I/O drains
-// (Local.Drain: what was submitted completes and is flushed, later I/O waits), and the pool is
-// closed (a checkpoint). Nothing is unexported: the exports' kernel state outlives the process
-// (docs/driver.md, "Stopping the data plane").
+// the export method, serves again what an earlier data plane left, and serves the API on the
+// socket until ctx ends. Then it stops: API calls in flight finish; with a holder the exports
+// are handed over (Local.Handover: no new request is read, what was read is answered and
+// flushed, and the connections wait in the holder for the next data plane), without one their
+// I/O drains (Local.Drain: what was submitted completes and is flushed, later I/O waits until
+// the process exits, then fails); the pool is closed (a checkpoint). Nothing is unexported: the
+// exports' kernel state outlives the process (docs/driver.md, "Stopping the data plane").
 //
-// Start-up order, and where a holder will fit: the pool is recovered first (every write
-// acknowledged before the previous process died is replayed), then the exports: today what an
-// earlier process left are leftovers (their connections died with it) that the control plane
-// tears down; a holder process that keeps each /dev/fuse connection open across the data
-// plane's death will hand them over at this step instead (startExports), before the socket
-// serves.
+// Start-up order: the pool is recovered first (every write acknowledged before the previous
+// process died is replayed), then the exports an earlier process left are served again where
+// the holder kept their connections (startExports: the kernel resends what that process had
+// read and not answered), before the socket serves.
 func Run(ctx context.Context, c Config) error {
 	c, err := c.complete()
 	if err != nil {
@@ -128,7 +134,7 @@ func Run(ctx context.Context, c Config) error {
 	rec := pool.Recovery()
 	log.Info("pool open", "pool", c.Pool, "recoveredRecords", rec.Records, "checkpointLSN", rec.CheckpointLSN, "lastLSN", rec.LastLSN,
 		"took", rec.Duration)
-	exp, err := export.Detect(export.Options{StateDir: c.ExportStateDir, Method: c.Export, Logger: log})
+	exp, err := export.Detect(export.Options{StateDir: c.ExportStateDir, Method: c.Export, Logger: log, Holder: c.Holder})
 	if err != nil {
 		return errors.Join(err, pool.Close())
 	}
@@ -144,8 +150,12 @@ func Run(ctx context.Context, c Config) error {
 	log.Info("serving", "socket", c.Socket, "export", exp.Name(), "version", c.Version)
 	serr := NewServer(local, c.Version, log).Serve(ctx, lis)
 	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	if derr := local.Drain(dctx); derr != nil {
-		log.Error("drain", "err", derr)
+	stop, what := local.Drain, "drain"
+	if c.Holder != "" {
+		stop, what = local.Handover, "hand over"
+	}
+	if derr := stop(dctx); derr != nil {
+		log.Error(what, "err", derr)
 		serr = errors.Join(serr, derr)
 	}
 	cancel()
@@ -158,15 +168,14 @@ func Run(ctx context.Context, c Config) error {
 
 // startExports takes over what an earlier data plane process left, before the socket serves.
 // The kernel side of each export it made is still there (the loop device, the FUSE mount), and
-// so is its record (records.go: the volume and the attrs). Today its FUSE connection died with
-// that process, so the export is a leftover, whose I/O fails; the control plane (package
-// nodevolume) tears it down once nothing of its own uses it, and the record goes with it.
-//
-// This is where a hand-over will go: when the kernel side of an export can be adopted (a
-// holder kept its /dev/fuse connection), the export is served again here under its record —
-// the record's volume behind the adopted device, with the record's attrs — before the socket
-// serves, so that the control planes find it exported (and adopt it in turn, nodevolume.New)
-// rather than left over. Records with no kernel state left are stale and removed.
+// so is its record (records.go: the volume and the attrs). An export whose connection the holder
+// kept (Leftover.Held) and that has a record is served again under it (Local.adopt): the
+// record's volume behind the device the kernel still has, with the record's attrs, so that the
+// control planes find it exported (and adopt it in turn, nodevolume.New). The others are
+// leftovers, whose I/O fails (no holder kept them: none runs, or it died while no data plane
+// did; or a record is missing): the control plane (package nodevolume) tears them down once
+// nothing of its own uses them, and their records go with them. Records with no kernel state
+// left are stale and removed.
 func startExports(ctx context.Context, l *Local, log *slog.Logger) error {
 	recs, bad, err := l.recs.load()
 	if err != nil {
@@ -181,9 +190,21 @@ func startExports(ctx context.Context, l *Local, log *slog.Logger) error {
 	}
 	for _, lo := range left {
 		rec, ok := recs[lo.ID]
-		log.Warn("export left by an earlier data plane; its I/O fails until the volume is detached and attached again",
-			"export", lo.ID, "devices", lo.Devices, "mounted", lo.Mounted, "recorded", ok, "volume", rec.Volume)
 		delete(recs, lo.ID)
+		if ok && lo.Held && lo.Mounted {
+			start := time.Now()
+			e, err := l.adopt(rec)
+			if err == nil {
+				log.Info("export of an earlier data plane served again", "export", lo.ID, "volume", rec.Volume, "device", e.Device,
+					"took", time.Since(start).Round(time.Microsecond))
+				continue
+			}
+			log.Error("serve again an export of an earlier data plane; its I/O fails until the volume is detached and attached again",
+				"export", lo.ID, "volume", rec.Volume, "err", err)
+			continue
+		}
+		log.Warn("export left by an earlier data plane; its I/O fails until the volume is detached and attached again",
+			"export", lo.ID, "devices", lo.Devices, "mounted", lo.Mounted, "held", lo.Held, "recorded", ok, "volume", rec.Volume)
 	}
 	for id := range recs {
 		if err := l.recs.remove(id); err != nil {

@@ -23,6 +23,11 @@ import (
 type DataPlaneCommand struct {
 	Executable string
 	Args       []string
+	// HolderArgs are the arguments of Executable that run the home's FUSE holder (RunHolder;
+	// the dataimage command's `fuse-holder` verb), started before the data plane when none
+	// answers (holder.go). Empty: none is started, and the clones' I/O fails when the data
+	// plane dies.
+	HolderArgs []string
 }
 
 // DataPlaneSocketPath is where the data plane of home serves its API.
@@ -40,11 +45,8 @@ const dataPlaneStartTimeout = 5 * time.Minute
 // the exports on DataPlaneSocketPath. One runs per home (it waits while another holds the
 // socket's lock).
 func RunDataPlane(ctx context.Context, cfg Config) error {
-	s, err := cfg.settings()
+	s, err := cfg.homeSettings()
 	if err != nil {
-		return err
-	}
-	if err := makeHome(s); err != nil {
 		return err
 	}
 	return dataplane.Run(ctx, dataplane.Config{
@@ -55,6 +57,7 @@ func RunDataPlane(ctx context.Context, cfg Config) error {
 		OverProvisionRatio: DefaultOverProvisionRatio,
 		ExportStateDir:     s.exportDir(),
 		StateDir:           filepath.Join(s.Home, "dataplane"),
+		Holder:             HolderSocketPath(s.Home),
 		Logger:             s.Logger,
 	})
 }
@@ -81,6 +84,10 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 		c.Close()
 		return nil, errorf(ErrUnavailable, "no data plane answers at %s (start one: dataimage dataplane --home %s)", s.dataPlaneSocket(), s.Home)
 	}
+	if err := startHolder(ctx, s); err != nil {
+		c.Close()
+		return nil, err
+	}
 	s.Logger.Info("starting the data plane", "home", s.Home, "log", DataPlaneLogPath(s.Home))
 	err = spawn{what: "data plane", home: s.Home, executable: s.DataPlane.Executable, args: s.DataPlane.Args,
 		logPath: DataPlaneLogPath(s.Home), timeout: dataPlaneStartTimeout, ready: ready,
@@ -90,6 +97,10 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 		}}.start(ctx)
 	if err != nil {
 		c.Close()
+		// A holder started for it holds nothing yet: it goes too.
+		if serr := stopHolder(s.Home); serr != nil {
+			s.Logger.Warn("stop the FUSE holder", "err", serr)
+		}
 		return nil, err
 	}
 	return c, nil
@@ -97,7 +108,7 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 
 // stopDataPlane stops the home's data plane when it exports nothing (SIGTERM to the process
 // that holds its lock: it drains and closes the pool) and waits until it has exited, for at
-// most dataPlaneStopTimeout. A data plane that still exports volumes is left running: their
+// most dataPlaneStopTimeout; then the FUSE holder, which holds nothing then (stopHolder). A data plane that still exports volumes is left running: their
 // file systems are still mounted, and stopping it would fail their I/O.
 func (d *Daemon) stopDataPlane() error {
 	ctx, cancel := context.WithTimeout(context.Background(), dataPlaneStopTimeout)
@@ -124,6 +135,9 @@ func (d *Daemon) stopDataPlane() error {
 	for {
 		if _, held, err := dataplane.LockHolder(sock); err != nil || !held {
 			d.log.Info("data plane stopped", "pid", pid)
+			if err == nil {
+				err = stopHolder(d.cfg.Home)
+			}
 			return err
 		}
 		select {
@@ -142,4 +156,17 @@ const dataPlaneStopTimeout = 2 * time.Minute
 func dataPlaneRunning(home string) bool {
 	_, held, _ := dataplane.LockHolder(DataPlaneSocketPath(home))
 	return held
+}
+
+// homeSettings completes c and makes its home: what a process of the home (the data plane,
+// the holder) does first.
+func (c Config) homeSettings() (*settings, error) {
+	s, err := c.settings()
+	if err != nil {
+		return nil, err
+	}
+	if err := makeHome(s); err != nil {
+		return nil, err
+	}
+	return s, nil
 }

@@ -41,9 +41,15 @@ const daemonChildEnv = "DATAIMAGE_LOCAL_TEST_DAEMON"
 // tests start it so (testConfig), as the dataimage command starts `dataimage dataplane`.
 const dataPlaneChildArg = "dataimage-local-test-dataplane"
 
+// holderChildArg, likewise, makes it run the FUSE holder (RunHolder) of the home.
+const holderChildArg = "dataimage-local-test-fuse-holder"
+
 func TestMain(m *testing.M) {
 	if len(os.Args) == 3 && os.Args[1] == dataPlaneChildArg {
 		os.Exit(runChildDataPlane(os.Args[2]))
+	}
+	if len(os.Args) == 3 && os.Args[1] == holderChildArg {
+		os.Exit(runChild("FUSE holder", os.Args[2], RunHolder))
 	}
 	if home := os.Getenv(daemonChildEnv); home != "" {
 		os.Exit(runChildDaemon(home))
@@ -76,7 +82,8 @@ func runChild(what, home string, run func(context.Context, Config) error) int {
 }
 
 // testConfig is the configuration of the tests' daemons: a small sparse pool, small thin
-// volumes, no periodic reaping (tests call reap), and this test binary as the data plane.
+// volumes, no periodic reaping (tests call reap), and this test binary as the data plane and
+// the FUSE holder.
 func testConfig(home string, log *slog.Logger) Config {
 	exe, err := os.Executable()
 	if err != nil {
@@ -87,7 +94,7 @@ func testConfig(home string, log *slog.Logger) Config {
 		PoolSize:     8 << 30,
 		VolumeSize:   2 << 30,
 		ReapInterval: time.Hour,
-		DataPlane:    DataPlaneCommand{Executable: exe, Args: []string{dataPlaneChildArg, home}},
+		DataPlane:    DataPlaneCommand{Executable: exe, Args: []string{dataPlaneChildArg, home}, HolderArgs: []string{holderChildArg, home}},
 		Logger:       log,
 	}
 }
@@ -225,6 +232,7 @@ func closeAndCheck(t testing.TB, d *Daemon, cfg Config) {
 func requireNothingLeft(t testing.TB, home string) {
 	t.Helper()
 	require.False(t, dataPlaneRunning(home), "a data plane still runs for the home")
+	require.False(t, holderRunning(HolderSocketPath(home)), "a FUSE holder still runs for the home")
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
 	require.NotContains(t, string(mi), home+"/", "mounts under the home")

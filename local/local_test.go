@@ -317,6 +317,7 @@ func TestDaemonKeepsForeignPoolFile(t *testing.T) {
 			after, err := os.ReadFile(path)
 			require.NoError(t, err)
 			require.Equal(t, before, after, "the file is left as it was")
+			require.False(t, holderRunning(HolderSocketPath(cfg.Home)), "the FUSE holder started for the data plane stopped with it")
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	mount "k8s.io/mount-utils"
 
+	"github.com/dataimage/dataimage/blockstore/export/holder"
 	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -270,15 +271,16 @@ func (w *fileWriter) stop(t *testing.T) int {
 }
 
 // TestDataPlaneKilledFailsCloneIO: while a clone runs, the data plane (a process of its own,
-// started by the daemon, which Connect started) is the only process that holds /dev/fuse:
-// neither the daemon nor the clone's server nor any process under it. So when the data plane is
-// killed (SIGKILL), the kernel aborts the FUSE connections it served, and I/O on the clone,
-// through its file system and through its block device, fails at once instead of blocking in D
-// state forever (keeping the connections across the data plane's death is the holder's job).
-// The daemon is killed too; the next one starts a new data plane, cleans up (kills the server,
-// unmounts, detaches the loop device) and starts the clone again with its committed data, and
-// the home can be removed. The reads run in processes of their own with a deadline, so that a
-// regression fails the test (and its cleanup aborts the connections) instead of hanging it.
+// started by the daemon, which Connect started) and the FUSE holder (likewise) are the only
+// processes that hold /dev/fuse: neither the daemon nor the clone's server nor any process under
+// it. So when the data plane and then the holder are killed (SIGKILL), the kernel aborts the
+// FUSE connections, and I/O on the clone, through its file system and through its block device,
+// fails at once instead of blocking in D state forever (the data plane's death alone is
+// TestDataPlaneKilledPgbenchRunsOn's). The daemon is killed too; the next one starts a new data
+// plane, cleans up (kills the server, unmounts, detaches the loop device) and starts the clone
+// again with its committed data, and the home can be removed. The reads run in processes of
+// their own with a deadline, so that a regression fails the test (and its cleanup aborts the
+// connections) instead of hanging it.
 func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 	eng := needEngine(t, imagebuilder.EnginePostgres)
 	dir := testDir(t)
@@ -291,16 +293,7 @@ func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 		require.NoError(t, err)
 		return c
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			abortFUSEUnder(t, home) // a connection nobody serves would hang everything below
-		}
-		stopChildDaemon(t, home)
-		if t.Failed() {
-			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
-			cleanHome(t, home)
-		}
-	})
+	cleanupChildHome(t, home)
 
 	c := connect()
 	defer c.Close()
@@ -320,23 +313,27 @@ func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 	mnt := filepath.Join(home, "mnt", cl.Name)
 	require.Contains(t, cmdline(serverPID), mnt, "the recorded pid is the clone's server")
 
-	// (i) Only the data plane holds /dev/fuse.
+	// (i) Only the data plane and the FUSE holder hold /dev/fuse.
+	hpid := holderPID(t, home)
 	tree := descendants(daemonPID, serverPID, dpPID)
 	require.Greater(t, len(tree), 3, "the daemon, the data plane, the clone's server and its processes: %v", tree)
 	var holders []string
 	for _, pid := range tree {
-		if pid != dpPID && holdsDevFUSE(pid) {
+		if pid != dpPID && pid != hpid && holdsDevFUSE(pid) {
 			holders = append(holders, fmt.Sprintf("%d (%s)", pid, cmdline(pid)))
 		}
 	}
-	require.Empty(t, holders, "processes that hold /dev/fuse (only the data plane %d may)", dpPID)
+	require.Empty(t, holders, "processes that hold /dev/fuse (only the data plane %d and the holder %d may)", dpPID, hpid)
 	require.True(t, holdsDevFUSE(dpPID), "the data plane serves the clone's export")
+	require.True(t, holdsDevFUSE(hpid), "the holder keeps the clone's export")
 
-	// (ii) Killing the data plane makes the clone's I/O fail promptly.
+	// (ii) Killing the data plane and the holder makes the clone's I/O fail promptly.
 	loops := nodetest.LoopDevicesOn(t, filepath.Join(home, "export"))
 	require.NotEmpty(t, loops, "the clone's loop device")
 	require.NoError(t, syscall.Kill(dpPID, syscall.SIGKILL))
 	require.Eventually(t, func() bool { return !dataPlaneRunning(home) }, 30*time.Second, 20*time.Millisecond, "the killed data plane exits")
+	require.NoError(t, syscall.Kill(hpid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return !holderRunning(HolderSocketPath(home)) }, 30*time.Second, 20*time.Millisecond, "the killed holder exits")
 	start := time.Now()
 	for _, path := range append([]string{filepath.Join(mnt, "data", "global", "pg_control")}, loops...) {
 		out, err := nodetest.DirectReadWithin(path, 10*time.Second)
@@ -369,6 +366,118 @@ func TestDataPlaneKilledFailsCloneIO(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatalf("rm -rf %s did not finish within a minute", home)
 	}
+}
+
+// holderPID returns the pid of the FUSE holder of home.
+func holderPID(t testing.TB, home string) int {
+	t.Helper()
+	pid, err := holderPIDOf(home)
+	require.NoError(t, err, "a FUSE holder serves the home")
+	return pid
+}
+
+// TestDataPlaneKilledPgbenchRunsOn: a PostgreSQL clone runs pgbench while the home's data plane
+// is killed (SIGKILL) twice and started again; the daemon, the FUSE holder and the clone's
+// server run on. Each new data plane serves the clone's export again (the holder kept its
+// connection, the kernel resends what the dead one had read), so pgbench reports no failed
+// transaction and exits 0, its balance invariant holds, and the clone's server never restarts.
+// On a tree whose data plane does not adopt, the kill fails the clone's I/O and PostgreSQL
+// PANICs.
+func TestDataPlaneKilledPgbenchRunsOn(t *testing.T) {
+	eng := needEngine(t, imagebuilder.EnginePostgres)
+	dir := testDir(t)
+	home := filepath.Join(dir, "home")
+	t.Setenv(daemonChildEnv, home)
+	ctx := context.Background()
+	cleanupChildHome(t, home)
+	c, err := Connect(ctx, home, ConnectOptions{Start: true, Executable: os.Args[0], DaemonArgs: []string{"-test.run=^$"}, Timeout: 2 * time.Minute})
+	require.NoError(t, err)
+	defer c.Close()
+	build(t, c, pgDefinition(eng, "pg", "sourceType: empty\n"), "")
+	cl, err := c.CreateClone(ctx, CloneRequest{Image: "pg", Name: "bench"})
+	require.NoError(t, err)
+	cat, err := loadCatalog(filepath.Join(home, "catalog.json"))
+	require.NoError(t, err)
+	serverPID := cat.Clones[cl.Name].PID
+	require.Positive(t, serverPID)
+
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(lctx, pgTool(t, eng, "pgbench"), "-i", "-s", "2", "-q", cl.Connection).CombinedOutput()
+	require.NoError(t, err, "pgbench -i: %s", out)
+	const runtime = 20 * time.Second
+	bench := exec.CommandContext(lctx, pgTool(t, eng, "pgbench"), "-n", "-T", strconv.Itoa(int(runtime.Seconds())), "-c", "4", cl.Connection)
+	var benchOut strings.Builder
+	bench.Stdout, bench.Stderr = &benchOut, &benchOut
+	require.NoError(t, bench.Start())
+	start := time.Now()
+	cfg := testConfig(home, nil)
+	for i := range 2 {
+		time.Sleep(5 * time.Second)
+		dpPID, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+		require.NoError(t, err)
+		require.True(t, held, "a data plane serves the home before kill %d", i+1)
+		require.NoError(t, syscall.Kill(dpPID, syscall.SIGKILL))
+		require.Eventually(t, func() bool { return !dataPlaneRunning(home) }, 30*time.Second, 20*time.Millisecond, "the killed data plane exits")
+		s, err := cfg.settings()
+		require.NoError(t, err)
+		dp, err := connectDataPlane(ctx, s) // starts a new one, as a daemon does
+		require.NoError(t, err)
+		dp.Close()
+	}
+	require.Less(t, time.Since(start), runtime, "the kills happened while pgbench ran")
+	require.NoError(t, bench.Wait(), "pgbench: %s", benchOut.String())
+	t.Logf("pgbench across 2 data-plane kills:\n%s", benchOut.String())
+	require.Contains(t, benchOut.String(), "number of failed transactions: 0 ")
+	// The balance invariant of pgbench's schema: every delta went to all three.
+	require.Equal(t, "t", sql(t, cl, `SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(bbalance) FROM pgbench_branches)
+		AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(tbalance) FROM pgbench_tellers)
+		AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)`))
+	got, err := c.Clone(ctx, cl.Name)
+	require.NoError(t, err)
+	require.Equal(t, CloneRunning, got.State, got.Message)
+	cat, err = loadCatalog(filepath.Join(home, "catalog.json"))
+	require.NoError(t, err)
+	require.Equal(t, serverPID, cat.Clones[cl.Name].PID, "the clone's server never restarted")
+	logs, err := os.ReadFile(DataPlaneLogPath(home))
+	require.NoError(t, err)
+	require.Equal(t, 2, strings.Count(string(logs), "export of an earlier data plane served again"), "each new data plane serves the clone's export again")
+
+	require.NoError(t, c.DeleteClone(ctx, cl.Name))
+	require.NoError(t, c.DeleteImage(ctx, "pg"))
+	stopChildDaemon(t, home)
+	requireNothingLeft(t, home)
+}
+
+// cleanupChildHome stops, at the test's end, the daemon started by Connect for home (and so its
+// data plane and holder). After a failure it first kills the holder and aborts the FUSE
+// connections under home (a connection nobody serves would hang everything below), logs the
+// ends of the daemon's and the data plane's logs, and cleans the home up.
+func cleanupChildHome(t *testing.T, home string) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			if pid, err := holderPIDOf(home); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			abortFUSEUnder(t, home)
+		}
+		stopChildDaemon(t, home)
+		if t.Failed() {
+			t.Logf("daemon.log (last lines):\n%s", engine.TailFile(LogPath(home), 80))
+			t.Logf("dataplane.log (last lines):\n%s", engine.TailFile(DataPlaneLogPath(home), 40))
+			cleanHome(t, home)
+		}
+	})
+}
+
+// holderPIDOf returns the pid of the FUSE holder of home, if one runs.
+func holderPIDOf(home string) (int, error) {
+	c, err := holder.Dial(HolderSocketPath(home))
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.PID()
 }
 
 // descendants returns the processes under the given ones (by parent pid), them included.

@@ -3,6 +3,7 @@ package export
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,5 +43,30 @@ func loopDrain(n int) error {
 	if err := unix.IoctlLoopSetStatus64(int(f.Fd()), info); err != nil {
 		return fmt.Errorf("LOOP_SET_STATUS64: %w", err)
 	}
+	return nil
+}
+
+// Handover stops the FUSE server for the next process (see Device.Handover), once the holder
+// says it holds the connection.
+func (dev *fuseDevice) Handover() error {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	if dev.mu.detached || dev.mu.closed {
+		return dev.fail("hand over", invalidf("device is closed"))
+	}
+	if !dev.held {
+		return dev.fail("hand over", wrapf(ErrNoHolder, "this exporter has no holder (Options.Holder)"))
+	}
+	keys, err := dev.e.link.keys()
+	if err != nil {
+		return dev.fail("hand over", err)
+	}
+	if !slices.Contains(keys, dev.dir) {
+		return dev.fail("hand over", wrapf(ErrNoHolder, "the holder does not hold the connection (it restarted, and this process has not put it back yet)"))
+	}
+	if err := dev.conn.srv.Stop(); err != nil {
+		return dev.fail("hand over", err)
+	}
+	dev.log.Info("handed over: the connection waits in the holder for the next process", "device", dev.Path())
 	return nil
 }

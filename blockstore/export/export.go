@@ -84,6 +84,13 @@ type Device interface {
 	// it returns, then go on. It changes nothing. A clean stop drains before it stops serving,
 	// so that nothing submitted earlier is still queued in the kernel.
 	Drain() error
+	// Handover stops serving the export for the next process (Adopt), leaving it in the
+	// holder: no new request is read, those being served are answered, and the Disk is
+	// flushed; requests submitted from then on wait in the kernel. Afterwards only Close is
+	// useful, and it tears the export down for good. It fails with ErrNoHolder, changing
+	// nothing, when the holder does not hold the export's connection now (there is none, or it
+	// is not running): then only a drain keeps its I/O from failing.
+	Handover() error
 	// Close tears the export down: the block device, then what served it. It fails with
 	// ErrBusy, changing nothing, while the block device is in use (a file system on it is
 	// mounted). Close is idempotent, and may be retried after an error.

@@ -46,7 +46,8 @@ type serverConfig struct {
 
 // serveExportChild serves cfg.Disk as export cfg.ID: adopted when an earlier server left it and
 // the holder kept it, exported anew otherwise. It prints readyMsg, how it started and the device
-// once it serves; on SIGTERM it closes the export and exits.
+// once it serves; on SIGTERM it closes the export and exits, on SIGUSR1 it hands the export
+// over (Device.Handover) and exits.
 func serveExportChild(arg string) error {
 	var cfg serverConfig
 	if err := json.Unmarshal([]byte(arg), &cfg); err != nil {
@@ -81,9 +82,15 @@ func serveExportChild(arg string) error {
 	if err != nil {
 		return err
 	}
+	handover := make(chan os.Signal, 1)
+	signal.Notify(handover, syscall.SIGUSR1)
 	fmt.Println(readyMsg+how, dev.Path())
-	<-term
-	return dev.Close()
+	select {
+	case <-term:
+		return dev.Close()
+	case <-handover:
+		return dev.Handover()
+	}
 }
 
 // runHolderChild runs a holder on the socket until SIGTERM. It prints readyMsg once it listens.
@@ -275,6 +282,38 @@ func TestAdoptAfterSIGKILL(t *testing.T) {
 		kills, restarts, res.Writes, res.Reads, res.MaxStall(), res.MaxWrite, res.MaxRead)
 	r.kmsg.RequireNoErrorsAbout(t, r.device)
 	require.Positive(t, res.Reads, "fio verified what it wrote")
+}
+
+// TestHandover: fio writes and verifies (crc32c) at queue depth 32 on an export's device while
+// its server hands the export over (Device.Handover) and exits, a new server adopting it each
+// time. fio ends without an error and the kernel logs no error for the device: a graceful
+// upgrade. A Handover that finds the export not held (the holder gone) fails with ErrNoHolder and
+// changes nothing: the server serves on.
+func TestHandover(t *testing.T) {
+	nodetest.Need(t, "fio")
+	r := newRestartRig(t)
+	const handovers = 6
+	f := nodetest.StartFIOVerify(t, r.device, 64*mib, 4*time.Second+handovers*3*time.Second)
+	for i := range handovers {
+		time.Sleep(700 * time.Millisecond)
+		require.True(t, f.Running(), "fio ended early")
+		require.NoError(t, r.server.cmd.Process.Signal(syscall.SIGUSR1))
+		<-r.server.done
+		require.NoError(t, r.server.err, "the exit status of a server that handed over")
+		r.startServer(t, "adopted")
+		t.Logf("hand-over %d: a new server adopted the export in %v", i, r.server.took.Round(time.Millisecond))
+	}
+	res := f.Wait(t)
+	t.Logf("%d hand-overs; fio: %d writes, %d verifying reads, longest stall %v", handovers, res.Writes, res.Reads, res.MaxStall())
+	r.kmsg.RequireNoErrorsAbout(t, r.device)
+	require.Positive(t, res.Reads, "fio verified what it wrote")
+
+	r.holder.kill()
+	require.NoError(t, r.server.cmd.Process.Signal(syscall.SIGUSR1))
+	<-r.server.done
+	require.ErrorContains(t, r.server.err, "exit status", "a hand-over without the holder fails")
+	// The server exited (the child returns Handover's error): without a holder, that ended the
+	// export. What is left is torn down by the rig's cleanup.
 }
 
 // TestHolderRestart: the holder is SIGKILLed while the server serves, under fio: nothing is

@@ -48,8 +48,14 @@ var combinations = []struct {
 		}
 		plugin, dp := r.container(t, "plugin"), r.container(t, "dataplane")
 		wantArgs(t, dp, "--pool=/var/lib/dataimage/pool.img", "--pool-size=100Gi", "--preallocate=false", "--socket=/run/dataimage/dataplane/dataplane.sock",
-			"--export-state-dir=/run/dataimage/export")
+			"--export-state-dir=/run/dataimage/export", "--holder=/run/dataimage/fuse-holder/fuse-holder.sock")
 		wantArgs(t, plugin, "--dataplane-socket=/run/dataimage/dataplane/dataplane.sock", "--default-fstype=ext4", "--pool-check-interval=12h")
+		holder := r.container(t, "fuse-holder")
+		wantArgs(t, holder, "--socket=/run/dataimage/fuse-holder/fuse-holder.sock")
+		r.mount(t, holder, "/run/dataimage/fuse-holder", "")
+		if holder.LivenessProbe != nil {
+			t.Error("the FUSE holder has a liveness probe: its kill would end the I/O of volumes whose data plane is not running")
+		}
 		r.mount(t, dp, "/var/lib/dataimage", "")
 		r.mount(t, dp, "/dev", "")
 		r.mount(t, dp, "/run/dataimage", corev1.MountPropagationBidirectional)
@@ -194,13 +200,15 @@ var combinations = []struct {
 		r.get(t, "DaemonSet", "di-dataplane")
 	}},
 	// An upgrade of the plugin (its image, its flags, its sidecars) changes nothing of the
-	// data plane's DaemonSet: `helm upgrade` rolls the plugin alone.
+	// data plane's DaemonSet nor the holder's: `helm upgrade` rolls the plugin alone.
 	{"pluginUpgrade", []string{"images.plugin.tag=9.9.9", "node.logLevel=4", "node.maxVolumes=9", "node.fsType=xfs",
 		"node.livenessProbe.enabled=false", "images.provisioner.tag=v6.3.0", "node.resources.plugin.limits.cpu=2"}, func(t *testing.T, r *rendered) {
 		_, before := render(t, nil)
-		a, b := r.daemonSet(t, "dataplane"), before.daemonSet(t, "dataplane")
-		if !reflect.DeepEqual(a.Spec, b.Spec) {
-			t.Errorf("a plugin upgrade changes the data plane's DaemonSet:\n%+v\n%+v", a.Spec, b.Spec)
+		for _, c := range []string{"dataplane", "fuse-holder"} {
+			a, b := r.daemonSet(t, c), before.daemonSet(t, c)
+			if !reflect.DeepEqual(a.Spec, b.Spec) {
+				t.Errorf("a plugin upgrade changes the %s DaemonSet:\n%+v\n%+v", c, a.Spec, b.Spec)
+			}
 		}
 		if reflect.DeepEqual(r.daemonSet(t, "node").Spec, before.daemonSet(t, "node").Spec) {
 			t.Error("the plugin's DaemonSet did not change")
@@ -473,8 +481,8 @@ func checkObjects(t *testing.T, r *rendered) {
 			}
 		}
 	}
-	if len(r.all("DaemonSet")) != 2 || len(r.all("CSIDriver")) != 1 {
-		t.Errorf("want two DaemonSets (the plugin's and the data plane's) and one CSIDriver")
+	if len(r.all("DaemonSet")) != 3 || len(r.all("CSIDriver")) != 1 {
+		t.Errorf("want three DaemonSets (the plugin's, the data plane's and the FUSE holder's) and one CSIDriver")
 	}
 	checkNode(t, r)
 }
@@ -502,6 +510,24 @@ func checkNode(t *testing.T, r *rendered) {
 	}
 	if hostPathOf(t, &ns, plugin, filepath.Dir(sock)) != hostPathOf(t, &ds, dataplane, filepath.Dir(sock)) {
 		t.Errorf("the plugin and the data plane see other host directories at %s", filepath.Dir(sock))
+	}
+	// The FUSE holder: OnDelete, on the same nodes, listening where the data plane calls it,
+	// in a host directory both see.
+	fh := r.daemonSet(t, "fuse-holder")
+	if s := fh.Spec.UpdateStrategy.Type; s != appsv1.OnDeleteDaemonSetStrategyType {
+		t.Errorf("the FUSE holder's DaemonSet is updated by %s, want OnDelete", s)
+	}
+	hs := fh.Spec.Template.Spec
+	if !reflect.DeepEqual(hs.NodeSelector, ds.NodeSelector) || !reflect.DeepEqual(hs.Tolerations, ds.Tolerations) {
+		t.Errorf("the FUSE holder and the data plane run on other nodes: %v %v, %v %v", hs.NodeSelector, hs.Tolerations, ds.NodeSelector, ds.Tolerations)
+	}
+	holder := r.container(t, "fuse-holder")
+	hsock := flagValue(dataplane, "holder")
+	if hsock == "" || flagValue(holder, "socket") != hsock {
+		t.Fatalf("the data plane calls the FUSE holder at %q, which listens at %q", hsock, flagValue(holder, "socket"))
+	}
+	if hostPathOf(t, &hs, holder, filepath.Dir(hsock)) != hostPathOf(t, &ds, dataplane, filepath.Dir(hsock)) {
+		t.Errorf("the FUSE holder and the data plane see other host directories at %s", filepath.Dir(hsock))
 	}
 	for _, a := range plugin.Args {
 		for _, moved := range []string{"--pool=", "--pool-size", "--preallocate", "--export=", "--export-state-dir", "--overprovision-ratio"} {
@@ -713,6 +739,8 @@ func programFlags(t *testing.T, container, image string) (known, pending map[str
 		f = set(livenessprobeFlags...)
 	case "dataplane":
 		f = helpFlags(t, "dataimage-dataplane")
+	case "fuse-holder":
+		f = helpFlags(t, "dataimage-fuse-holder")
 	case "plugin":
 		f = helpFlags(t, "dataimage-csi")
 		for _, p := range pendingPluginFlags {

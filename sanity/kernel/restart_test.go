@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/export/holder"
 	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/internal/nodetest"
 )
@@ -109,6 +110,35 @@ type restartEnv struct {
 	dir, stateDir, pool, paths, endpoint, dpSock string
 	pluginLog, dataPlaneLog                      string
 	pluginArgs, dataPlaneArgs                    []string
+	// With useHolder: the FUSE holder (dataimage-fuse-holder), which start starts first.
+	holderBin, holderSock, holderLog string
+	holder                           *process
+}
+
+// useHolder builds the FUSE holder and has the data plane use it (--holder), as the chart
+// runs them: start starts the holder before the data plane.
+func (e *restartEnv) useHolder(t *testing.T) {
+	t.Helper()
+	e.holderBin = buildBinary(t, "dataimage-fuse-holder")
+	e.holderSock, e.holderLog = filepath.Join(e.dir, "holder.sock"), filepath.Join(e.dir, "holder.log")
+	e.dataPlaneArgs = append(e.dataPlaneArgs, "--holder", e.holderSock)
+}
+
+// startHolder starts the holder and waits until it answers.
+func (e *restartEnv) startHolder(t *testing.T) {
+	t.Helper()
+	e.holder = startProcess(t, e.holderBin, e.holderLog, "--socket", e.holderSock)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c, err := holder.Dial(e.holderSock)
+		if err == nil {
+			c.Close()
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "the holder does not answer: %v", err)
+		require.True(t, e.holder.running(), "the holder exited")
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // newRestartEnv builds the two binaries. Cleanup (after the processes are killed) unmounts
@@ -129,7 +159,10 @@ func newRestartEnv(t *testing.T) *restartEnv {
 	t.Cleanup(func() {
 		forceTeardown(t, e.paths, e.stateDir)
 		if t.Failed() {
-			for _, l := range []string{e.dataPlaneLog, e.pluginLog} {
+			for _, l := range []string{e.dataPlaneLog, e.pluginLog, e.holderLog} {
+				if l == "" {
+					continue
+				}
 				b, _ := os.ReadFile(l)
 				t.Logf("%s:\n%s", filepath.Base(l), b)
 			}
@@ -161,6 +194,9 @@ func (e *restartEnv) startPlugin(t *testing.T) (*process, *client) {
 // start starts the data plane and the plugin.
 func (e *restartEnv) start(t *testing.T) (dp, plugin *process, c *client) {
 	t.Helper()
+	if e.holderBin != "" {
+		e.startHolder(t)
+	}
 	dp = e.startDataPlane(t)
 	plugin, c = e.startPlugin(t)
 	return dp, plugin, c
@@ -172,6 +208,9 @@ func (e *restartEnv) stopAll(t *testing.T, dp, plugin *process) {
 	t.Helper()
 	require.NoError(t, plugin.stop(t, syscall.SIGTERM), "the plugin's exit status after SIGTERM")
 	require.NoError(t, dp.stop(t, syscall.SIGTERM), "the data plane's exit status after SIGTERM")
+	if e.holder != nil && e.holder.running() {
+		require.NoError(t, e.holder.stop(t, syscall.SIGTERM), "the holder's exit status after SIGTERM")
+	}
 	for _, sock := range []string{strings.TrimPrefix(e.endpoint, "unix://"), e.dpSock} {
 		_, err := os.Stat(sock)
 		require.True(t, errors.Is(err, os.ErrNotExist), "the socket %s is removed: %v", sock, err)
@@ -196,14 +235,19 @@ func requireHealthy(t *testing.T, c *client, vol, path string) {
 // fioResult is what the test reads of fio's JSON output.
 type fioResult struct {
 	Jobs []struct {
-		Error int `json:"error"`
-		Read  struct {
-			IOBytes int64 `json:"io_bytes"`
-		} `json:"read"`
-		Write struct {
-			IOBytes int64 `json:"io_bytes"`
-		} `json:"write"`
+		Error int    `json:"error"`
+		Read  fioDir `json:"read"`
+		Write fioDir `json:"write"`
 	} `json:"jobs"`
+}
+
+// fioDir is what the test reads of one direction of a fio job.
+type fioDir struct {
+	IOBytes int64 `json:"io_bytes"`
+	// Lat is the requests' total latency (submission to completion); Max is the longest stall.
+	Lat struct {
+		Max float64 `json:"max"`
+	} `json:"lat_ns"`
 }
 
 // startFio runs fio on a file under dir for runtime: 4 KiB random direct writes, each block
@@ -259,12 +303,7 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	}
 	e := newRestartEnv(t)
 	dp, plugin, c := e.start(t)
-	fsCap := mountCap("ext4")
-	fsVol := c.createVolume(t, "fs", 256*mib, fsCap, nil)
-	fsTarget := c.stagePublish(t, "fs", fsVol, fsCap)
-	const blkSize = 64 * mib
-	blkVol := c.createVolume(t, "blk", blkSize, blockCap(), nil)
-	blkTarget := c.stagePublish(t, "blk", blkVol, blockCap())
+	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 12 * time.Second
 	waitFio := startFio(t, fsTarget, runtime)
@@ -299,31 +338,20 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	require.Equal(t, 3, strings.Count(string(logs), `msg="volume staged by an earlier run of the plugin" volume=`+fsVol), "each new plugin adopts the file system volume")
 	require.NotContains(t, string(logs), "export left by an earlier data plane")
 
-	// The block volume holds, block by block, the last write acknowledged (read back through
-	// the device with O_DIRECT: from the data plane).
-	f, err := os.OpenFile(blkTarget, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	require.NoError(t, err)
-	w.verify(t, func(b int64, buf []byte) {
-		_, err := f.ReadAt(buf, b*w.bs)
-		require.NoError(t, err)
-	})
-	f.Close()
-
 	// The last plugin unpublishes and unstages what the first one staged.
-	c.unpublishUnstage(t, "fs", fsVol)
-	c.unpublishUnstage(t, "blk", blkVol)
-	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
-	e.stopAll(t, dp, plugin)
+	e.verifyAndTearDown(t, c, w, blkTarget, fsVol, blkVol, dp, plugin)
 }
 
-// TestDataPlaneKilled: the data plane is killed (SIGKILL) while an ext4 volume is staged and
-// published, and started again; the plugin runs on. The volume's export died with the data
-// plane (its I/O fails; keeping it alive across the data plane's death is the holder's job):
+// TestDataPlaneKilled: the data plane and then the FUSE holder are killed (SIGKILL) while an
+// ext4 volume is staged and published, and both are started again; the plugin runs on. With
+// both gone the volume's export ended (its I/O fails at once; TestDataPlaneRestartIOContinues
+// is the data plane's death alone, which the holder bridges):
 // the plugin reports it INACCESSIBLE at both paths, the dead mounts unpublish and unstage,
 // nothing is left behind, the volume stages again with the data fsynced before the kill, and
 // both processes stop cleanly on SIGTERM with a pool that checks clean.
 func TestDataPlaneKilled(t *testing.T) {
 	e := newRestartEnv(t)
+	e.useHolder(t)
 	dp, plugin, c := e.start(t)
 	vc := mountCap("ext4")
 	vol := c.createVolume(t, "restart", 64*mib, vc, nil)
@@ -333,9 +361,35 @@ func TestDataPlaneKilled(t *testing.T) {
 	nodetest.WriteSynced(t, filepath.Join(target, "before-kill"), data)
 
 	require.Error(t, dp.stop(t, syscall.SIGKILL))
+	// I/O waits in the kernel while the holder keeps the connection; its death ends it: the
+	// write fails, promptly.
+	werr := make(chan error, 1)
+	go func() {
+		f, err := os.Create(filepath.Join(target, "after-kill"))
+		if err == nil {
+			_, err = f.Write(data)
+			err = errors.Join(err, f.Sync(), f.Close())
+		}
+		werr <- err
+	}()
+	select {
+	case err := <-werr:
+		t.Fatalf("an fsynced write while the data plane is dead and the holder keeps its connection returned %v: want it to wait", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	require.Error(t, e.holder.stop(t, syscall.SIGKILL))
+	killed := time.Now()
+	select {
+	case err := <-werr:
+		require.Error(t, err, "an fsynced write once the data plane and the holder are dead")
+		t.Logf("the fsynced write waiting at the holder's death failed after %v: %v", time.Since(killed).Round(time.Millisecond), err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("an fsynced write still hangs 30 s after the data plane and the holder died")
+	}
 	// The FUSE server died with the data plane: the mounts and the loop device are still there.
 	require.NotEmpty(t, nodetest.Mounts(t, e.paths))
 	require.NotEmpty(t, nodetest.LoopDevicesOn(t, e.stateDir))
+	e.startHolder(t)
 	dp = e.startDataPlane(t)
 	logs, err := os.ReadFile(e.dataPlaneLog)
 	require.NoError(t, err)
@@ -371,4 +425,114 @@ func TestDataPlaneKilled(t *testing.T) {
 	info, err := p.LookupVolume("restart")
 	require.NoError(t, err)
 	require.Equal(t, 64*mib, info.Size)
+}
+
+// TestDataPlaneRestartIOContinues: while fio writes and verifies a file on a staged and
+// published ext4 volume and a direct-I/O writer writes and flushes a published block volume,
+// the data plane is killed (SIGKILL) three times and upgraded once (SIGTERM: it hands the
+// exports over), a new one started each time; the FUSE holder and the plugin run on. The I/O
+// waits across each restart and goes on, without an error: each new data plane serves again
+// the exports the holder kept (the kernel resends what the dead one had read). fio's
+// verification passes, every block of the block volume holds the last write acknowledged to it,
+// and the volumes unpublish and unstage, leaving nothing behind. On a tree whose data plane
+// does not adopt, the first kill fails every later I/O with EIO.
+func TestDataPlaneRestartIOContinues(t *testing.T) {
+	if _, err := exec.LookPath("fio"); err != nil {
+		t.Skip("needs fio (make deps)")
+	}
+	e := newRestartEnv(t)
+	e.useHolder(t)
+	dp, plugin, c := e.start(t)
+	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
+
+	const runtime = 25 * time.Second
+	waitFio := startFio(t, fsTarget, runtime)
+	w := startDrainWriter(t, blkTarget, blkSize, 4)
+	// Run first among the cleanups of a failed test: with the holder gone (and so the
+	// connections, if no data plane runs), the writers' I/O fails instead of waiting forever.
+	t.Cleanup(func() {
+		if e.holder.running() {
+			_ = e.holder.cmd.Process.Kill()
+			<-e.holder.exited
+		}
+	})
+	start := time.Now()
+	var restarts []time.Time
+	signals := []syscall.Signal{syscall.SIGKILL, syscall.SIGKILL, syscall.SIGTERM, syscall.SIGKILL}
+	for i, sig := range signals {
+		time.Sleep(3 * time.Second)
+		require.NoError(t, w.failed(), "the block writer before restart %d", i+1)
+		restarts = append(restarts, time.Now())
+		err := dp.stop(t, sig)
+		if sig == syscall.SIGTERM {
+			require.NoError(t, err, "the exit status of a data plane that hands over")
+		} else {
+			require.Error(t, err, "killed")
+		}
+		dp = e.startDataPlane(t)
+		for _, v := range []struct{ id, label string }{{fsVol, "fs"}, {blkVol, "blk"}} {
+			requireHealthy(t, c, v.id, c.stagingPath(v.label))
+			requireHealthy(t, c, v.id, c.targetPath(v.label))
+		}
+	}
+	require.Less(t, time.Since(start), runtime, "the restarts happened while fio ran")
+	require.True(t, e.holder.running(), "the holder never stopped")
+
+	res := waitFio()
+	job := res.Jobs[0]
+	require.Zero(t, job.Error)
+	require.Positive(t, job.Write.IOBytes)
+	require.Positive(t, job.Read.IOBytes, "fio verified what it wrote")
+	w.halt()
+	require.NoError(t, w.failed(), "the block writer across the restarts")
+	acked, longest := w.summary(restarts)
+	fioStall := time.Duration(max(job.Write.Lat.Max, job.Read.Lat.Max))
+	t.Logf("fio: %d MiB written and %d MiB verified across %d data-plane restarts (SIGKILL, SIGKILL, SIGTERM, SIGKILL), longest fio request %v; "+
+		"block writer: %d writes acknowledged, longest request spanning a restart %v",
+		job.Write.IOBytes>>20, job.Read.IOBytes>>20, len(restarts), fioStall.Round(time.Millisecond), acked, longest.Round(time.Millisecond))
+	// Generous: the target is 2 s; this bounds a stall that would be a hang.
+	require.Less(t, longest, 20*time.Second, "the longest block request spanning a restart")
+	require.Less(t, fioStall, 20*time.Second, "the longest fio request")
+
+	logs, err := os.ReadFile(e.dataPlaneLog)
+	require.NoError(t, err)
+	require.Equal(t, 2*len(signals), strings.Count(string(logs), `msg="export of an earlier data plane served again"`), "each new data plane serves both exports again")
+	require.Equal(t, 1, strings.Count(string(logs), `msg="exports handed over" handedOver=2 drained=0`), "the upgraded data plane hands both exports over")
+	require.NotContains(t, string(logs), "export left by an earlier data plane")
+
+	e.verifyAndTearDown(t, c, w, blkTarget, fsVol, blkVol, dp, plugin)
+}
+
+// verifyAndTearDown ends a restart test whose block writer w wrote to the block volume published
+// at blkTarget: the volume holds, block by block, the last write acknowledged (read back through
+// the device with O_DIRECT: from the data plane); then the file system volume ("fs") and the
+// block volume ("blk") are unpublished and unstaged, nothing is left, and both processes stop.
+func (e *restartEnv) verifyAndTearDown(t *testing.T, c *client, w *drainWriter, blkTarget, fsVol, blkVol string, dp, plugin *process) {
+	t.Helper()
+	f, err := os.OpenFile(blkTarget, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	w.verify(t, func(b int64, buf []byte) {
+		_, err := f.ReadAt(buf, b*w.bs)
+		require.NoError(t, err)
+	})
+	f.Close()
+	c.unpublishUnstage(t, "fs", fsVol)
+	c.unpublishUnstage(t, "blk", blkVol)
+	nodetest.RequireNothingLeft(t, e.paths, e.stateDir)
+	e.stopAll(t, dp, plugin)
+}
+
+// blkSize is the size of the block volume of stageTwo.
+const blkSize = 64 * mib
+
+// stageTwo creates, stages and publishes an ext4 volume of 256 MiB ("fs") and a block volume of
+// blkSize ("blk") through c.
+func stageTwo(t *testing.T, c *client) (fsVol, fsTarget, blkVol, blkTarget string) {
+	t.Helper()
+	fsCap := mountCap("ext4")
+	fsVol = c.createVolume(t, "fs", 256*mib, fsCap, nil)
+	fsTarget = c.stagePublish(t, "fs", fsVol, fsCap)
+	blkVol = c.createVolume(t, "blk", blkSize, blockCap(), nil)
+	blkTarget = c.stagePublish(t, "blk", blkVol, blockCap())
+	return fsVol, fsTarget, blkVol, blkTarget
 }

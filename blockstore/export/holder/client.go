@@ -6,6 +6,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // callTimeout bounds one request and its reply: a holder that takes longer is stuck, and the
@@ -123,4 +125,20 @@ func (c *Client) call(req request, fds []int) (reply, []int, error) {
 		return reply{}, nil, &RemoteError{Op: req.Op, Key: req.Key, Code: rep.Code, Msg: rep.Error}
 	}
 	return rep, got, nil
+}
+
+// PID returns the process id of the holder (SO_PEERCRED: as the kernel saw it when the
+// connection was made), e.g. to stop a holder that holds nothing.
+func (c *Client) PID() (int, error) {
+	var cred *unix.Ucred
+	var cerr error
+	if err := c.raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, fmt.Errorf("holder: SO_PEERCRED: %w", cerr)
+	}
+	return int(cred.Pid), nil
 }

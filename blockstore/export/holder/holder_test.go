@@ -272,3 +272,11 @@ func TestRun(t *testing.T) {
 	_, err = holder.Dial(path)
 	require.Error(t, err, "nothing listens after Run")
 }
+
+// TestPID: a client learns the holder's process id (here: this process).
+func TestPID(t *testing.T) {
+	_, path := startHolder(t)
+	pid, err := dial(t, path).PID()
+	require.NoError(t, err)
+	assert.Equal(t, os.Getpid(), pid)
+}

@@ -42,6 +42,12 @@ under node.exportStateDir) and the plugin (which mounts it alone). */}}
 {{- printf "%s/dataplane" (trimSuffix "/" .Values.node.exportStateDir) -}}
 {{- end -}}
 
+{{/* The host directory of the FUSE holder's socket: shared by the holder (which mounts it
+alone) and the data plane (which sees it under node.exportStateDir). */}}
+{{- define "dataimage.fuseHolderSocketDir" -}}
+{{- printf "%s/fuse-holder" (trimSuffix "/" .Values.node.exportStateDir) -}}
+{{- end -}}
+
 {{/* Adds helm.sh/resource-policy: keep to a CRD read from a file and prints it. */}}
 {{- define "dataimage.keptCRD" -}}
 {{- $crd := fromYaml . -}}

@@ -44,9 +44,12 @@ func parse(args []string, out io.Writer) (Config, error) {
 			"kernel (the exports: FUSE file + loop device). The CSI plugin (dataimage-csi --dataplane-socket)\n"+
 			"and the local daemon reach it over the unix socket --socket; their restarts, crashes and upgrades\n"+
 			"never touch the volumes' I/O.\n\n"+
-			"On SIGTERM or SIGINT it lets API calls in flight finish, drains the exports' I/O (what was\n"+
-			"submitted completes and is flushed), checkpoints and closes the pool. It unexports nothing: the\n"+
-			"volumes stay staged, and their I/O fails until a data plane serves them again (docs/driver.md).\n"+
+			"With --holder (a dataimage-fuse-holder running apart from it), the exports' FUSE connections\n"+
+			"outlive this process: killed, their I/O waits in the kernel, and the next data plane serves it\n"+
+			"again; on SIGTERM or SIGINT it hands them over (reads no new request, answers and flushes what it\n"+
+			"read), checkpoints and closes the pool. Without one it drains the exports' I/O (what was\n"+
+			"submitted completes and is flushed) instead, and their I/O fails once it has exited. It\n"+
+			"unexports nothing: the volumes stay staged (docs/driver.md).\n"+
 			"Only one data plane runs per socket (the lock file <socket>.lock); a second one waits for it.\n\n"+
 			"Flags:\n")
 		fs.PrintDefaults()
@@ -59,6 +62,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.Float64Var(&d.OverProvisionRatio, "overprovision-ratio", 0, "bound on the sum of volume sizes as a multiple of the pool's capacity (0 keeps the pool's, 10 for a new pool)")
 	fs.StringVar(&d.Export, "export", "", "how volumes reach the kernel: fuse-loop; empty picks the best this node has")
 	fs.StringVar(&d.ExportStateDir, "export-state-dir", export.DefaultStateDir, "directory for export state (FUSE mounts); should be on tmpfs")
+	fs.StringVar(&d.Holder, "holder", "", "the FUSE holder's unix socket (dataimage-fuse-holder --socket): with it the exports survive this process's death and are handed over on SIGTERM; empty: none, an export's I/O fails once this process is gone")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&c.IOFlusher, "io-flusher", true, "make the process an I/O flusher (PR_SET_IO_FLUSHER: its allocations never wait for the writeback it serves; needs CAP_SYS_RESOURCE, Linux 5.6); it executes itself again with the flag set")

@@ -42,12 +42,12 @@ func TestParseAll(t *testing.T) {
 	c, err := parse([]string{
 		"--socket", "/run/x/dp.sock", "--pool", "/dev/vdb", "--pool-size", "100Gi", "--pool-format-nonblank", "--preallocate",
 		"--export", "fuse-loop", "--export-state-dir", "/run/x", "--overprovision-ratio", "2.5", "-v", "2",
-		"--log-format", "json", "--io-flusher=false",
+		"--log-format", "json", "--io-flusher=false", "--holder", "/run/x/holder.sock",
 	}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
 		DataPlane: dataplane.Config{Socket: "/run/x/dp.sock", Pool: "/dev/vdb", PoolSize: 100 << 30, PoolFormatNonBlank: true, Preallocate: true,
-			Export: "fuse-loop", ExportStateDir: "/run/x", OverProvisionRatio: 2.5},
+			Export: "fuse-loop", ExportStateDir: "/run/x", OverProvisionRatio: 2.5, Holder: "/run/x/holder.sock"},
 		Verbosity: 2, LogFormat: "json",
 	}, c)
 }

@@ -525,17 +525,20 @@ func TestDaemonConfig(t *testing.T) {
 		want local.Config
 	}{
 		{nil, local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval,
-			DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"}}}},
+			DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"},
+				HolderArgs: []string{"fuse-holder", "--home", local.DefaultHome, "--log-format", "text"}}}},
 		{[]string{"--home", "/srv/di", "--pool-size", "200Gi", "--preallocate", "--volume-size", "1T", "--listen-address", "0.0.0.0",
 			"--backup-root", "/backups", "--image-lifetime", "72h", "--clone-lifetime", "8h", "--reap-interval", "5s", "--max-archive-members", "-1"},
 			local.Config{Home: "/srv/di", PoolSize: 200 << 30, Preallocate: true, VolumeSize: 1e12, ListenAddress: "0.0.0.0",
 				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second, MaxArchiveMembers: -1,
-				// The daemon starts the data plane with the pool's flags.
-				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", "/srv/di", "--log-format", "text", "--preallocate=true", "--pool-size=200Gi"}}}},
+				// The daemon starts the FUSE holder, then the data plane with the pool's flags.
+				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", "/srv/di", "--log-format", "text", "--preallocate=true", "--pool-size=200Gi"},
+					HolderArgs: []string{"fuse-holder", "--home", "/srv/di", "--log-format", "text"}}}},
 		{[]string{"--remote", "s3://images/team", "--remote-endpoint", "http://127.0.0.1:8333", "--remote-region", "r1", "--remote-ca-file", "/ca.pem", "--remote-path-style"},
 			local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval,
-				Remote:    local.Remote{URL: "s3://images/team", Endpoint: "http://127.0.0.1:8333", Region: "r1", CAFile: "/ca.pem", PathStyle: true},
-				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"}}}},
+				Remote: local.Remote{URL: "s3://images/team", Endpoint: "http://127.0.0.1:8333", Region: "r1", CAFile: "/ca.pem", PathStyle: true},
+				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"},
+					HolderArgs: []string{"fuse-holder", "--home", local.DefaultHome, "--log-format", "text"}}}},
 	} {
 		c := &cli{env: h.env}
 		root := c.newRoot()

@@ -103,7 +103,8 @@ func (c *cli) config() local.Config {
 		dpArgs = append(dpArgs, "-v")
 	}
 	return local.Config{
-		DataPlane:            local.DataPlaneCommand{Args: dpArgs},
+		DataPlane: local.DataPlaneCommand{Args: dpArgs,
+			HolderArgs: []string{"fuse-holder", "--home", c.home, "--log-format", c.logFormat}},
 		Home:                 c.home,
 		PoolSize:             int64(d.poolSize),
 		Preallocate:          d.preallocate,
@@ -185,6 +186,29 @@ cleanly; run it by hand only to watch it. Only one data plane runs per home.`,
 	fs.Var(&c.daemon.poolSize, "pool-size", "size of the pool file made at the first start, e.g. 64Gi (default "+units.FormatSize(local.DefaultPoolSize)+"; sparse unless --preallocate)")
 	fs.BoolVar(&c.daemon.preallocate, "preallocate", false, "make the pool file thick (fallocated) at the first start: faster first writes")
 	return cmd
+}
+
+func (c *cli) fuseHolderCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "fuse-holder",
+		Short: "Run the FUSE holder (keeps the clones' I/O alive across the data plane's death) in the foreground",
+		Long: `Run the FUSE holder of the data home in the foreground, logging to stderr, until SIGINT or SIGTERM.
+
+The holder keeps a copy of the kernel connection of each volume the data plane serves, so that
+the data plane can be killed, restarted or upgraded while the clones' databases run: their I/O
+waits in the kernel and the next data plane serves it again. It holds them in memory only, so
+it is small and meant to run for long; stopping it while no data plane runs ends the clones'
+I/O. The daemon starts it in the background before the data plane (its output goes to
+fuse-holder.log in the home) and stops it when it stops cleanly and nothing is held.`,
+		Example: `  dataimage fuse-holder --home /srv/dataimage`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := local.RunHolder(cmd.Context(), c.config()); err != nil {
+				return fmt.Errorf("FUSE holder of %s: %w", c.home, err)
+			}
+			return nil
+		},
+	}
 }
 
 func (c *cli) daemonStopCmd() *cobra.Command {

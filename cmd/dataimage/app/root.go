@@ -160,7 +160,7 @@ flags given on the command line (see 'dataimage daemon --help'). Sizes take Kube
 	pf.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	c.daemon.addFlags(pf, true)
 
-	root.AddCommand(c.daemonCmd(), c.dataPlaneCmd(), c.imageCmd(), c.cloneCmd(), c.poolCmd())
+	root.AddCommand(c.daemonCmd(), c.dataPlaneCmd(), c.fuseHolderCmd(), c.imageCmd(), c.cloneCmd(), c.poolCmd())
 	return root
 }
 
