@@ -28,6 +28,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 	"github.com/dataimage/dataimage/internal/atomicfile"
+	"github.com/dataimage/dataimage/local"
 )
 
 // config is what the flags say.
@@ -46,7 +47,30 @@ type config struct {
 	only     string
 }
 
+// dataPlaneArg and holderArg, as the first argument with a home as the second, make this
+// program run that home's data plane (local.RunDataPlane) or FUSE holder (local.RunHolder)
+// until SIGTERM: the bench's daemon starts them so, as the dataimage command starts
+// `dataimage dataplane` and `dataimage fuse-holder`.
+const (
+	dataPlaneArg = "-run-dataplane"
+	holderArg    = "-run-fuse-holder"
+)
+
 func main() {
+	if len(os.Args) == 3 && (os.Args[1] == dataPlaneArg || os.Args[1] == holderArg) {
+		run := local.RunDataPlane
+		if os.Args[1] == holderArg {
+			run = local.RunHolder
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err := run(ctx, local.Config{Home: os.Args[2], Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "imagebench: %s: %v\n", os.Args[1], err)
+			os.Exit(1)
+		}
+		return
+	}
 	var c config
 	flag.StringVar(&c.dir, "dir", "/var/tmp", "directory for scratch files (a temporary directory is made and removed in it); its disk is the one measured")
 	flag.BoolVar(&c.quick, "quick", false, "smoke run of a few minutes: pgbench scale 5, 5 s runs, 5 clones")
