@@ -46,7 +46,7 @@ MODEL_OPS ?= 1000000
 # Packages whose Fuzz targets make fuzz runs, each for FUZZTIME. A failing input is saved under
 # the package's testdata/fuzz/ and is a regression test from then on: commit it with the fix.
 FUZZ_PKGS ?= ./blockstore/internal/format ./blockstore/export ./driver ./imagebuilder ./imagebuilder/tarx \
-	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./local ./controllers/dataimage
+	./imagebuilder/engine/postgres ./imagebuilder/engine/mariadb ./local ./controllers/dataimage ./exportset
 FUZZTIME ?= 30s
 
 .DEFAULT_GOAL := build

@@ -45,6 +45,21 @@ var layerRules = []struct {
 		why: "a volume attached on this node as a file system or block device: the CSI node service and the local daemon both use it, and it knows neither",
 	},
 	{
+		pkgs: "exportset/...", except: []string{"exportset/poolvol", "exportset/internal/exporttest"}, only: []string{"exportset", "exportset/remote", "internal/..."},
+		// The tests of push, pull and collection run them on real pools.
+		testHelpers: []string{"internal/s3test", "exportset/internal/exporttest"},
+		why:         "export sets (format, push, pull, GC, targets) are read by those who hold no pool (the DataImage controller lists, deletes and collects): they know no store, only the Source and Sink they are given",
+	},
+	{
+		pkgs: "exportset/poolvol", only: []string{"exportset", "exportset/remote", "blockstore/...", "internal/..."},
+		testHelpers: []string{"internal/nodetest", "internal/s3test", "exportset/internal/exporttest"},
+		why:         "the pool's side of export sets sits just above the store; the CSI node, the data plane and the local daemon call it, it knows none of them",
+	},
+	{
+		pkgs: "exportset/internal/exporttest", only: []string{"exportset/...", "blockstore/...", "internal/..."},
+		why: "what the tests of export sets share: pools, targets, the S3 server; nothing of the products",
+	},
+	{
 		pkgs: "internal/...", except: []string{"internal/nodetest", "internal/kubetest"}, only: []string{"internal/..."},
 		why: "the shared utilities (sizes, atomic files, per-key locks, ...) are leaves: everything may use them, so they use nothing above them",
 	},

@@ -12,6 +12,9 @@
 #   Go tools (go install):         staticcheck, pinned below
 #   Kubernetes tools:              hack/install-k8s-tools.sh (skipped with
 #                                  DATAIMAGE_DEPS=local, as make demo does)
+#   S3 server for the tests:       hack/install-seaweedfs.sh (SeaweedFS built
+#                                  from its Go module; skipped with
+#                                  DATAIMAGE_DEPS=local too)
 #
 # The project runs its own database servers, on its own data directories,
 # sockets and ports. The packages' own services (Debian's "main" PostgreSQL
@@ -147,4 +150,6 @@ fi
 # `make demo` needs none of them: it runs with DATAIMAGE_DEPS=local.
 if [[ "${DATAIMAGE_DEPS:-all}" != local ]]; then
 	"$(dirname "$0")/install-k8s-tools.sh"
+	# The real S3 server of the export set tests (internal/s3test).
+	"$(dirname "$0")/install-seaweedfs.sh"
 fi

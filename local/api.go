@@ -61,6 +61,17 @@ type Service interface {
 	// CheckPool runs the block store's consistency check (fsck): read-only while clones run, or,
 	// with repair, holding the pool to free leaked blocks.
 	CheckPool(ctx context.Context, repair bool) (*CheckReport, error)
+
+	// PushImage pushes an image into a registry (docs/export-sets.md) and reports progress
+	// through progress (which may be nil): the step push.
+	PushImage(ctx context.Context, req PushRequest, progress func(wire.Event)) (*Image, error)
+	// PullImage pulls an image from a registry into the pool: the step pull.
+	PullImage(ctx context.Context, req PullRequest, progress func(wire.Event)) (*Image, error)
+	// RemoteImages lists a registry's images.
+	RemoteImages(ctx context.Context, r Remote) ([]RemoteImage, error)
+	// DeleteRemoteImage deletes an image (or a name of it) from a registry and collects the
+	// objects no image names any more.
+	DeleteRemoteImage(ctx context.Context, ref string, r Remote) (*RemoteDeletion, error)
 }
 
 // ResetToImage is ResetClone's name for "the image the clone was made from".
@@ -90,6 +101,15 @@ type Image struct {
 	// FromClone and FromRevision name the clone revision an image was graduated from.
 	FromClone    string `json:"fromClone,omitempty"`
 	FromRevision string `json:"fromRevision,omitempty"`
+	// Parent is the local image this one was made from (a graduated clone's image, or the
+	// image a pull started from), if any.
+	Parent string `json:"parent,omitempty"`
+	// Digest is the image's digest in a registry (docs/export-sets.md): that of its last push
+	// or of its pull; empty until then. ParentDigest is the lineage its manifest records.
+	Digest       string `json:"digest,omitempty"`
+	ParentDigest string `json:"parentDigest,omitempty"`
+	// Pulled is when the image was pulled from a registry (Created is when it was made).
+	Pulled time.Time `json:"pulled,omitzero"`
 	// Size is the volume's size; DataBytes the bytes the image's data occupies in the pool.
 	Size      int64 `json:"size"`
 	DataBytes int64 `json:"dataBytes"`
@@ -201,6 +221,7 @@ var (
 	ErrInvalid       = errors.New("invalid request")
 	ErrNoSpace       = errors.New("pool is full")
 	ErrBuildFailed   = errors.New("image build failed")
+	ErrRemote        = errors.New("registry failed")
 	ErrUnavailable   = errors.New("daemon unavailable")
 )
 

@@ -37,6 +37,9 @@ const catalogVersion = 1
 // when the image is read, not kept.
 type imageRecord struct {
 	Image
+	// ParentCreated is the creation time of the image Parent names, which tells it from a later
+	// image of the same name.
+	ParentCreated time.Time `json:"parentCreated,omitzero"`
 	// Deleting is set while the image's snapshot is being deleted.
 	Deleting bool `json:"deleting,omitempty"`
 }

@@ -189,7 +189,39 @@ func responseError(resp *http.Response) error {
 // skipped too, and the first of them is reported to progress as an event without a step whose
 // message says why progress is not shown; the build goes on.
 func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func(wire.Event)) (*Image, error) {
-	resp, err := c.send(ctx, http.MethodPost, "/v1/images", req)
+	return c.stream(ctx, "build", "/v1/images", req, progress)
+}
+
+// PushImage implements Service; its events are read as BuildImage's.
+func (c *Client) PushImage(ctx context.Context, req PushRequest, progress func(wire.Event)) (*Image, error) {
+	return c.stream(ctx, "push", "/v1/images/"+url.PathEscape(req.Image)+"/push", req, progress)
+}
+
+// PullImage implements Service; its events are read as BuildImage's.
+func (c *Client) PullImage(ctx context.Context, req PullRequest, progress func(wire.Event)) (*Image, error) {
+	return c.stream(ctx, "pull", "/v1/remote/pull", req, progress)
+}
+
+// RemoteImages implements Service.
+func (c *Client) RemoteImages(ctx context.Context, r Remote) ([]RemoteImage, error) {
+	var out []RemoteImage
+	err := c.do(ctx, http.MethodPost, "/v1/remote/list", r, &out)
+	return out, err
+}
+
+// DeleteRemoteImage implements Service.
+func (c *Client) DeleteRemoteImage(ctx context.Context, ref string, r Remote) (*RemoteDeletion, error) {
+	var out RemoteDeletion
+	if err := c.do(ctx, http.MethodPost, "/v1/remote/delete", remoteDeleteRequest{Ref: ref, Remote: r}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// stream sends a request whose answer is a stream of buildLine (a build, a push, a pull) and
+// reads it: events to progress, then the image or the error. what names it in messages.
+func (c *Client) stream(ctx context.Context, what, path string, req any, progress func(wire.Event)) (*Image, error) {
+	resp, err := c.send(ctx, http.MethodPost, path, req)
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +235,7 @@ func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func
 	for sc.Scan() {
 		var line buildLine
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			return nil, fmt.Errorf("local: build: decode the daemon's stream: %w", err)
+			return nil, fmt.Errorf("local: %s: decode the daemon's stream: %w", what, err)
 		}
 		switch {
 		case line.Event != nil:
@@ -214,7 +246,7 @@ func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func
 				progress(ev)
 			case !unreadable:
 				unreadable = true
-				progress(wire.Event{Message: fmt.Sprintf("build progress not shown: %v", err)})
+				progress(wire.Event{Message: fmt.Sprintf("%s progress not shown: %v", what, err)})
 			}
 		case line.Image != nil:
 			return line.Image, nil
@@ -224,11 +256,11 @@ func (c *Client) BuildImage(ctx context.Context, req BuildRequest, progress func
 	}
 	if err := sc.Err(); err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("local: build: %w", ctx.Err())
+			return nil, fmt.Errorf("local: %s: %w", what, ctx.Err())
 		}
-		return nil, &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the daemon's build stream broke: %v", err)}
+		return nil, &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the daemon's %s stream broke: %v", what, err)}
 	}
-	return nil, &Error{Kind: ErrUnavailable, Message: "the daemon's build stream ended without a result (did the daemon stop?)"}
+	return nil, &Error{Kind: ErrUnavailable, Message: fmt.Sprintf("the daemon's %s stream ended without a result (did the daemon stop?)", what)}
 }
 
 // Images implements Service.

@@ -54,6 +54,10 @@ type Config struct {
 	// MaxArchiveMembers bounds the files, directories and links a physical restore's archives
 	// hold (0: builder.DefaultMaxArchiveMembers; negative: no limit).
 	MaxArchiveMembers int64
+	// Remote is the default registry of pushes and pulls (docs/export-sets.md): each empty
+	// field of a request's Remote takes its value. Its Credentials are the daemon's (the cmd
+	// reads them from the daemon's AWS environment).
+	Remote Remote
 	// Engines are the database engines builds and clones use (nil: registry.Discover, once).
 	Engines engine.Set
 	// Logger receives structured logs (default: discard).

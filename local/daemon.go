@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/exportset/poolvol"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
@@ -49,6 +50,9 @@ type Daemon struct {
 	log *slog.Logger
 	// store is the home's data plane (dataplane.go): the pool and the volumes' exports.
 	store *dataplane.Client
+	// pv is the pool as pushes read it and pulls write it (remote.go): through the store and
+	// the volumes' block devices (vols).
+	pv *poolvol.Node
 	// vols attaches the volumes of builds and clones (export, file system, mount); at start it
 	// holds what a previous daemon left, which recover tears down.
 	vols *nodevolume.Attacher
@@ -149,6 +153,7 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return fail(fmt.Errorf("local: pool status: %w", err))
 	}
+	d.pv = poolvol.WithDevices(store, devices{d.vols}, st.BlockSize, log)
 	log.Info("daemon ready", "home", s.Home, "pool", s.poolPath(), "capacity", st.PhysicalBytes, "used", st.UsedBytes,
 		"images", len(d.mu.cat.Images), "clones", len(d.mu.cat.Clones), "dataPlane", s.dataPlaneSocket())
 	return d, nil

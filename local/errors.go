@@ -25,6 +25,7 @@ var errorKinds = []struct {
 	{ErrInvalid, "invalid", http.StatusBadRequest},
 	{ErrNoSpace, "no_space", http.StatusInsufficientStorage},
 	{ErrBuildFailed, "build_failed", http.StatusUnprocessableEntity},
+	{ErrRemote, "remote_failed", http.StatusBadGateway},
 	{ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
 }
 

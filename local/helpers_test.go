@@ -28,6 +28,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/registry"
 	"github.com/dataimage/dataimage/internal/nodetest"
+	"github.com/dataimage/dataimage/internal/s3test"
 )
 
 // daemonChildEnv makes the test binary run a daemon (RunDaemon) for the home it names instead
@@ -47,8 +48,11 @@ func TestMain(m *testing.M) {
 	if home := os.Getenv(daemonChildEnv); home != "" {
 		os.Exit(runChildDaemon(home))
 	}
-	os.Exit(m.Run())
+	os.Exit(s3test.Main(m, &s3srv))
 }
+
+// s3srv is the S3 server of the registry tests.
+var s3srv *s3test.Server
 
 // runChildDaemon runs the daemon of home until SIGTERM or SIGINT (daemon.log, through
 // Connect).

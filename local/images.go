@@ -132,7 +132,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		Expires:      expires(now, res.Lifetime),
 		BuildSeconds: time.Since(start).Seconds(),
 	}
-	if err := d.recordImage(img); err != nil {
+	if err := d.recordImage(imageRecord{Image: img}); err != nil {
 		return failed(errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID)))
 	}
 	log.Info("image ready", "engine", img.Engine, "version", img.Version, "dataBytes", img.DataBytes, "seconds", img.BuildSeconds)
@@ -198,9 +198,9 @@ func (d *Daemon) unreserveImage(name string) {
 }
 
 // recordImage adds an image whose snapshot exists to the catalog.
-func (d *Daemon) recordImage(img Image) error {
+func (d *Daemon) recordImage(r imageRecord) error {
 	return d.commit(func(c *catalog) error {
-		c.Images[img.Name] = &imageRecord{Image: img}
+		c.Images[r.Name] = &r
 		return nil
 	})
 }
@@ -467,6 +467,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 		Database:     database,
 		FromClone:    r.Name,
 		FromRevision: req.Revision,
+		Parent:       source.Name,
 		Size:         snap.Size,
 		DataBytes:    dataBytes,
 		Created:      now,
@@ -474,7 +475,7 @@ func (d *Daemon) ImageFromClone(ctx context.Context, req ImageFromCloneRequest) 
 		Lifetime:     lifetime.String(),
 		Expires:      expires(now, lifetime),
 	}
-	if err := d.recordImage(img); err != nil {
+	if err := d.recordImage(imageRecord{Image: img, ParentCreated: source.Created}); err != nil {
 		return nil, errors.Join(err, d.store.DeleteSnapshot(storeCtx, snap.ID))
 	}
 	d.log.Info("image made from a clone", "image", img.Name, "clone", r.Name, "revision", req.Revision)

@@ -50,6 +50,8 @@ const (
 	revPrefix   = "rev/"   // a clone's revision: rev/<clone>/<revision>, a snapshot of the clone
 	buildPrefix = "build/" // the volume an image is being built in
 	tmpPrefix   = "tmp/"   // a volume that carries a revision to a new image's snapshot
+	pullPrefix  = "pull/"  // the volume an image is pulled into (remote.go)
+	pushPrefix  = "push/"  // the clone of an image's snapshot a push reads (remote.go)
 )
 
 func imageObject(name string) string          { return imagePrefix + name }
@@ -59,6 +61,8 @@ func revObject(clone, revision string) string { return revPrefix + clone + "/" +
 // Export ids (one per exported volume, valid file names).
 func cloneExportID(name string) string { return "clone-" + name }
 func buildExportID(name string) string { return "build-" + name }
+func pushExportID(name string) string  { return "push-" + name }
+func pullExportID(name string) string  { return "pull-" + name }
 
 // randomHex returns n random bytes in hex.
 func randomHex(n int) string {

@@ -33,10 +33,15 @@ import (
 //	POST   /v1/clones/{name}/save       saveRequest -> Revision
 //	GET    /v1/pool                     -> PoolStatus
 //	POST   /v1/pool/check               checkRequest -> CheckReport
+//	POST   /v1/images/{name}/push       PushRequest -> a stream of buildLine (NDJSON)
+//	POST   /v1/remote/pull              PullRequest -> a stream of buildLine (NDJSON)
+//	POST   /v1/remote/list              Remote -> []RemoteImage
+//	POST   /v1/remote/delete            remoteDeleteRequest -> RemoteDeletion
 //
 // Failures are a wireError ({"kind", "message"}) with the HTTP status of the kind (errors.go).
-// A build answers 200 once it has started and streams one buildLine per line: progress events,
-// then the image or the error.
+// A build, a push and a pull answer 200 once they have started and stream one buildLine per
+// line: progress events, then the image or the error. Registry requests are POSTs: they carry
+// the client's credentials, which never go in a URL.
 
 type resetRequest struct {
 	To string `json:"to,omitempty"`
@@ -48,6 +53,11 @@ type saveRequest struct {
 
 type checkRequest struct {
 	Repair bool `json:"repair,omitempty"`
+}
+
+type remoteDeleteRequest struct {
+	Ref    string `json:"ref"`
+	Remote Remote `json:"remote,omitzero"`
 }
 
 type healthResponse struct {
@@ -121,7 +131,21 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, healthResponse{PID: os.Getpid()})
 	})
-	mux.HandleFunc("POST /v1/images", d.serveBuild)
+	mux.HandleFunc("POST /v1/images", streamHandler(d.BuildImage, nil))
+	mux.HandleFunc("POST /v1/images/{name}/push", streamHandler(d.PushImage, func(req *PushRequest, r *http.Request) { req.Image = r.PathValue("name") }))
+	mux.HandleFunc("POST /v1/remote/pull", streamHandler(d.PullImage, nil))
+	mux.HandleFunc("POST /v1/remote/list", func(w http.ResponseWriter, r *http.Request) {
+		var req Remote
+		if decode(w, r, &req) {
+			reply(d.RemoteImages(r.Context(), req))(w)
+		}
+	})
+	mux.HandleFunc("POST /v1/remote/delete", func(w http.ResponseWriter, r *http.Request) {
+		var req remoteDeleteRequest
+		if decode(w, r, &req) {
+			reply(d.DeleteRemoteImage(r.Context(), req.Ref, req.Remote))(w)
+		}
+	})
 	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
 		reply(d.Images(r.Context()))(w)
 	})
@@ -182,13 +206,25 @@ func (d *Daemon) handler() http.Handler {
 	return d.logRequests(mux)
 }
 
-// serveBuild runs a build and streams its progress. The response's status is the error's when
-// the build fails before its first event (an invalid definition), else 200 with the stream.
-func (d *Daemon) serveBuild(w http.ResponseWriter, r *http.Request) {
-	var req BuildRequest
-	if !decode(w, r, &req) {
-		return
+// streamHandler serves a request whose answer is a stream (streamResult) of run; path, when
+// set, takes what the request's path says into the decoded request.
+func streamHandler[T any](run func(context.Context, T, func(wire.Event)) (*Image, error), path func(*T, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req T
+		if !decode(w, r, &req) {
+			return
+		}
+		if path != nil {
+			path(&req, r)
+		}
+		streamResult(w, func(progress func(wire.Event)) (*Image, error) { return run(r.Context(), req, progress) })
 	}
+}
+
+// streamResult runs a build, a push or a pull and streams its progress. The response's status is
+// the error's when it fails before its first event (an invalid definition, an unknown image),
+// else 200 with the stream.
+func streamResult(w http.ResponseWriter, run func(progress func(wire.Event)) (*Image, error)) {
 	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
 	var mu sync.Mutex
@@ -208,7 +244,7 @@ func (d *Daemon) serveBuild(w http.ResponseWriter, r *http.Request) {
 			_ = rc.Flush()
 		}
 	}
-	img, err := d.BuildImage(r.Context(), req, func(ev wire.Event) {
+	img, err := run(func(ev wire.Event) {
 		b, err := json.Marshal(ev)
 		if err != nil {
 			panic(err) // unreachable: an event holds strings and numbers

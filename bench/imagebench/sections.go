@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/internal/units"
@@ -64,6 +65,38 @@ type source struct {
 	inst engine.Instance
 }
 
+// startDataPlane runs the data plane of home (local.RunDataPlane) in this process, as
+// `dataimage dataplane` would in its own, and waits until it answers; the undo stack stops it
+// after the daemon.
+func (b *bench) startDataPlane(home string) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	exited := make(chan struct{})
+	var runErr error
+	go func() {
+		runErr = local.RunDataPlane(ctx, local.Config{Home: home, Logger: b.log})
+		close(exited)
+	}()
+	b.undo.push("data plane", func() error { cancel(); <-exited; return runErr })
+	c := dataplane.NewClient(local.DataPlaneSocketPath(home))
+	defer c.Close()
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		select {
+		case <-exited:
+			return fmt.Errorf("data plane: %w", runErr)
+		default:
+		}
+		vctx, vcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, _, err := c.Version(vctx)
+		vcancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("data plane: no answer at %s: %w", local.DataPlaneSocketPath(home), err)
+		}
+	}
+}
+
 // all runs every section.
 func (b *bench) all() (*report, error) {
 	rep := &report{cfg: b.cfg, pgVersion: b.pg.Version()}
@@ -74,7 +107,11 @@ func (b *bench) all() (*report, error) {
 	}
 	rep.backupSize, rep.sourceTime = size, time.Since(t0)
 
-	d, err := local.NewDaemon(local.Config{Home: filepath.Join(b.dir, "home"), Logger: b.log,
+	home := filepath.Join(b.dir, "home")
+	if err := b.startDataPlane(home); err != nil {
+		return nil, err
+	}
+	d, err := local.NewDaemon(local.Config{Home: home, Logger: b.log,
 		BackupRoot: filepath.Dir(backupDir)})
 	if err != nil {
 		return nil, err

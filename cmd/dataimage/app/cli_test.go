@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/dataimage/dataimage/exportset/remote"
 	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
@@ -134,6 +135,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"daemon", "--image-lifetime", "forever"}, `invalid argument "forever" for "--image-lifetime" flag`},
 		{[]string{"daemon", "--reap-interval", "often"}, `invalid argument "often" for "--reap-interval" flag`},
 		{[]string{"daemon", "stop", "--timeout", "soon"}, `invalid argument "soon" for "--timeout" flag`},
+		{[]string{"image", "push"}, "dataimage image push needs the image's name"},
+		{[]string{"image", "push", "x", "--to", "http://bucket"}, `registry URL "http://bucket": want s3://bucket/prefix or file:///dir`},
+		{[]string{"image", "pull", "x", "--from", "file:relative"}, "must be absolute"},
+		{[]string{"image", "list", "--from", "s3://b"}, "dataimage image list: --from needs --remote"},
+		{[]string{"image", "delete", "x", "--endpoint", "https://e"}, "dataimage image delete: --endpoint needs --remote"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			h := newHarness(t)
@@ -212,6 +218,16 @@ func TestVerbsSendRequests(t *testing.T) {
 		{[]string{"pool", "status"}, call{"PoolStatus", nil}},
 		{[]string{"pool", "check"}, call{"CheckPool", []any{false}}},
 		{[]string{"pool", "check", "--repair"}, call{"CheckPool", []any{true}}},
+		{[]string{"image", "push", "sales-2024"}, call{"PushImage", []any{local.PushRequest{Image: "sales-2024"}}}},
+		{[]string{"image", "push", "sales-2024", "--to", "s3://images/team", "--endpoint", "https://minio:9000", "--path-style", "--region", "eu-1", "--ca-file", "/ca.pem", "--whole"},
+			call{"PushImage", []any{local.PushRequest{Image: "sales-2024", Whole: true,
+				Remote: local.Remote{URL: "s3://images/team", Endpoint: "https://minio:9000", PathStyle: true, Region: "eu-1", CAFile: "/ca.pem"}}}}},
+		{[]string{"image", "pull", "sales-2024", "--from", "file:///mnt/images"}, call{"PullImage", []any{local.PullRequest{Ref: "sales-2024", Remote: local.Remote{URL: "file:///mnt/images"}}}}},
+		{[]string{"image", "pull", "sha256:" + strings.Repeat("ab", 32), "--name", "copy"},
+			call{"PullImage", []any{local.PullRequest{Ref: "sha256:" + strings.Repeat("ab", 32), Name: "copy"}}}},
+		{[]string{"image", "list", "--remote"}, call{"RemoteImages", []any{local.Remote{}}}},
+		{[]string{"image", "list", "--remote", "--from", "s3://b"}, call{"RemoteImages", []any{local.Remote{URL: "s3://b"}}}},
+		{[]string{"image", "delete", "--remote", "old", "--from", "s3://b/p"}, call{"DeleteRemoteImage", []any{"old", local.Remote{URL: "s3://b/p"}}}},
 	} {
 		for _, out := range []string{"table", "json", "yaml"} {
 			t.Run(strings.Join(tc.args, " ")+" -o "+out, func(t *testing.T) {
@@ -278,6 +294,9 @@ func TestListOutputs(t *testing.T) {
 		{[]string{"clone", "get", "sales-dev"}, "clone-running.table"},
 		{[]string{"pool", "status"}, "pool.table"},
 		{[]string{"image", "build", "-f", "testdata/image.json"}, "built.table"}, // any file: the recorder does not parse it
+		{[]string{"image", "list", "--remote"}, "remote-images.table"},
+		{[]string{"image", "push", "sales-2024"}, "pushed.table"},
+		{[]string{"image", "delete", "--remote", "sales-2023"}, "remote-deleted.table"},
 	} {
 		if code := h.run(tc.args...); code != 0 {
 			t.Fatalf("%v: exit %d: %s", tc.args, code, h.stderr.String())
@@ -461,6 +480,44 @@ func TestSizeFlags(t *testing.T) {
 	}
 }
 
+func TestPushShowsProgress(t *testing.T) {
+	h := newHarness(t)
+	if code := h.run("image", "push", "sales-2024"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.stderr.String())
+	}
+	for _, want := range []string{"[  0.0s] push       pushing\n", "[  0.0s] push       1 MiB / 1 MiB  100%\n"} {
+		if !strings.Contains(h.stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, h.stderr.String())
+		}
+	}
+}
+
+// TestRemoteCredentials: a registry request carries the command's AWS environment (credentials,
+// region, endpoint); flags win over it.
+func TestRemoteCredentials(t *testing.T) {
+	h := newHarness(t)
+	vars := map[string]string{"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "tok",
+		"AWS_REGION": "eu-west-3", "AWS_ENDPOINT_URL_S3": "https://s3.example", "HOME": t.TempDir()}
+	h.env.getenv = func(k string) string { return vars[k] }
+	if code := h.run("image", "pull", "x", "--region", "us-east-2"); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.stderr.String())
+	}
+	want := local.Remote{Endpoint: "https://s3.example", Region: "us-east-2",
+		Credentials: remote.Credentials{AccessKeyID: "AKID", SecretAccessKey: "secret", SessionToken: "tok"}}
+	if got := h.rec.calls[0].args[0].(local.PullRequest).Remote; !reflect.DeepEqual(got, want) {
+		t.Errorf("remote %+v, want %+v", got, want)
+	}
+	vars["AWS_PROFILE"] = "nowhere"
+	delete(vars, "AWS_ACCESS_KEY_ID")
+	delete(vars, "AWS_SECRET_ACCESS_KEY")
+	if code := h.run("image", "pull", "x"); code != exitError || !strings.Contains(h.stderr.String(), "AWS profile nowhere") {
+		t.Errorf("a broken AWS profile: exit %d, %q", code, h.stderr.String())
+	}
+	if len(h.connects) != 0 {
+		t.Errorf("a broken AWS profile connected to the daemon")
+	}
+}
+
 func TestDaemonConfig(t *testing.T) {
 	h := newHarness(t)
 	for _, tc := range []struct {
@@ -475,6 +532,10 @@ func TestDaemonConfig(t *testing.T) {
 				BackupRoot: "/backups", DefaultImageLifetime: "72h", DefaultCloneLifetime: "8h", ReapInterval: 5 * time.Second, MaxArchiveMembers: -1,
 				// The daemon starts the data plane with the pool's flags.
 				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", "/srv/di", "--log-format", "text", "--preallocate=true", "--pool-size=200Gi"}}}},
+		{[]string{"--remote", "s3://images/team", "--remote-endpoint", "http://127.0.0.1:8333", "--remote-region", "r1", "--remote-ca-file", "/ca.pem", "--remote-path-style"},
+			local.Config{Home: local.DefaultHome, ListenAddress: local.DefaultListenAddress, ReapInterval: local.DefaultReapInterval,
+				Remote:    local.Remote{URL: "s3://images/team", Endpoint: "http://127.0.0.1:8333", Region: "r1", CAFile: "/ca.pem", PathStyle: true},
+				DataPlane: local.DataPlaneCommand{Args: []string{"dataplane", "--home", local.DefaultHome, "--log-format", "text", "--preallocate=false"}}}},
 	} {
 		c := &cli{env: h.env}
 		root := c.newRoot()
@@ -488,7 +549,10 @@ func TestDaemonConfig(t *testing.T) {
 		if err := c.checkGlobals(cmd, nil); err != nil {
 			t.Fatal(err)
 		}
-		got := c.config()
+		got, err := c.daemonConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if got.Logger == nil {
 			t.Errorf("%v: no logger", tc.args)
 		}

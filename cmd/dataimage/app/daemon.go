@@ -32,10 +32,12 @@ type daemonOptions struct {
 	cloneLifetime lifetimeFlag
 	reapInterval  time.Duration
 	maxMembers    int64
+	remote        remoteFlags // the default registry
 }
 
 // daemonFlagNames are the daemon's flags, in the order they are forwarded.
-var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "listen-address", "backup-root", "image-lifetime", "clone-lifetime", "reap-interval", "max-archive-members"}
+var daemonFlagNames = []string{"pool-size", "preallocate", "volume-size", "listen-address", "backup-root", "image-lifetime", "clone-lifetime", "reap-interval", "max-archive-members",
+	"remote", "remote-endpoint", "remote-region", "remote-ca-file", "remote-path-style"}
 
 // addFlags defines the daemon's flags in fs, hidden ones for the commands that only forward them.
 func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
@@ -48,6 +50,11 @@ func (d *daemonOptions) addFlags(fs *pflag.FlagSet, hidden bool) {
 	fs.Var(&d.cloneLifetime, "clone-lifetime", `lifetime of clones made without --lifetime: "0" (never, the default) or <n>s, <n>m, <n>h`)
 	fs.DurationVar(&d.reapInterval, "reap-interval", local.DefaultReapInterval, "how often expired clones and images are deleted")
 	fs.Int64Var(&d.maxMembers, "max-archive-members", 0, fmt.Sprintf("most files, directories and links a base backup's archives may hold (0: %d; negative: no limit); a build also writes at most --volume-size", builder.DefaultMaxArchiveMembers))
+	fs.StringVar(&d.remote.url, "remote", "", "the default registry of image push and pull: s3://bucket/prefix or file:///dir")
+	fs.StringVar(&d.remote.endpoint, "remote-endpoint", "", "the default registry's S3 server, e.g. https://minio.example:9000")
+	fs.StringVar(&d.remote.region, "remote-region", "", "the default registry's S3 region")
+	fs.StringVar(&d.remote.caFile, "remote-ca-file", "", "PEM bundle of the certificate authorities the default registry's S3 server is checked against")
+	fs.BoolVar(&d.remote.pathStyle, "remote-path-style", false, "address the default registry's bucket in the URL's path")
 	if hidden {
 		for _, name := range daemonFlagNames {
 			if err := fs.MarkHidden(name); err != nil {
@@ -70,8 +77,22 @@ func (d *daemonOptions) forward(cmd *cobra.Command) []string {
 	return args
 }
 
-// config is the daemon's configuration. The daemon starts the home's data plane, when none
-// runs, as `dataimage dataplane` with the pool's flags of this command line.
+// daemonConfig is the daemon's configuration: config and the default registry, whose
+// credentials (and the region and endpoint its flags do not give) come from the daemon's AWS
+// environment.
+func (c *cli) daemonConfig() (local.Config, error) {
+	cfg := c.config()
+	r, err := c.remote(c.daemon.remote)
+	if err != nil {
+		return cfg, fmt.Errorf("the default registry: %w", err)
+	}
+	cfg.Remote = r
+	return cfg, nil
+}
+
+// config is the configuration of the daemon and the data plane. The daemon starts the home's
+// data plane, when none runs, as `dataimage dataplane` with the pool's flags of this command
+// line.
 func (c *cli) config() local.Config {
 	d := &c.daemon
 	dpArgs := []string{"dataplane", "--home", c.home, "--log-format", c.logFormat, "--preallocate=" + strconv.FormatBool(d.preallocate)}
@@ -120,7 +141,11 @@ the backups must be reachable by them.`,
   dataimage daemon stop`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := local.RunDaemon(cmd.Context(), c.config()); err != nil {
+			cfg, err := c.daemonConfig()
+			if err != nil {
+				return err
+			}
+			if err := local.RunDaemon(cmd.Context(), cfg); err != nil {
 				return fmt.Errorf("daemon of %s: %w", c.home, err)
 			}
 			return nil

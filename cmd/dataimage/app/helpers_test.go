@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/local"
@@ -204,6 +206,35 @@ func (r *recorder) PoolStatus(context.Context) (*local.PoolStatus, error) {
 func (r *recorder) CheckPool(_ context.Context, repair bool) (*local.CheckReport, error) {
 	rep := r.check
 	return &rep, r.record("CheckPool", repair)
+}
+
+func (r *recorder) PushImage(_ context.Context, req local.PushRequest, progress func(wire.Event)) (*local.Image, error) {
+	im := testImages()[0]
+	im.Digest = "sha256:" + strings.Repeat("ab", 32)
+	if progress != nil {
+		progress(wire.Event{Step: "push", Message: "pushing"})
+		progress(wire.Event{Step: "push", Done: 1 << 20, Total: 1 << 20})
+	}
+	return &im, r.record("PushImage", req)
+}
+
+func (r *recorder) PullImage(_ context.Context, req local.PullRequest, progress func(wire.Event)) (*local.Image, error) {
+	im := testImages()[0]
+	im.Digest = "sha256:" + strings.Repeat("ab", 32)
+	return &im, r.record("PullImage", req)
+}
+
+func (r *recorder) RemoteImages(_ context.Context, rm local.Remote) ([]local.RemoteImage, error) {
+	return []local.RemoteImage{
+		{Digest: exportset.Digest("sha256:" + strings.Repeat("ab", 32)), Names: []string{"sales-2024", "latest"}, Name: "sales-2024",
+			Engine: "postgres", Version: "16.4", Size: 32 << 30, StoredBytes: 700 << 20, Created: testNow.Add(-2 * time.Hour)},
+		{Digest: exportset.Digest("sha256:" + strings.Repeat("cd", 32)), Error: "exportset: unsupported format version: manifest format 2"},
+	}, r.record("RemoteImages", rm)
+}
+
+func (r *recorder) DeleteRemoteImage(_ context.Context, ref string, rm local.Remote) (*local.RemoteDeletion, error) {
+	return &local.RemoteDeletion{Digest: exportset.Digest("sha256:" + strings.Repeat("ab", 32)), Deleted: true, Collected: 3, CollectedBytes: 5 << 20},
+		r.record("DeleteRemoteImage", ref, rm)
 }
 
 var _ local.Service = (*recorder)(nil)

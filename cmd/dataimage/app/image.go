@@ -23,11 +23,14 @@ definition: an empty instance, or one restored from backups. Clones start from i
 		Example: `  dataimage image build -f sales/image.yaml
   dataimage image list
   dataimage image get sales-2024 -o yaml
-  dataimage image delete sales-2024`,
+  dataimage image delete sales-2024
+  dataimage image push sales-2024 --to s3://images/team
+  dataimage image pull sales-2024 --from s3://images/team`,
 		Args: cobra.ArbitraryArgs,
 		RunE: groupRun,
 	}
-	cmd.AddCommand(c.imageBuildCmd(), c.imageListCmd(), c.imageGetCmd(), c.imageDeleteCmd(), c.imageCreateCmd())
+	cmd.AddCommand(c.imageBuildCmd(), c.imageListCmd(), c.imageGetCmd(), c.imageDeleteCmd(), c.imageCreateCmd(),
+		c.imagePushCmd(), c.imagePullCmd())
 	return cmd
 }
 
@@ -126,16 +129,31 @@ func (v view) built(w io.Writer, im *local.Image) error {
 }
 
 func (c *cli) imageListCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:     "list",
+	var rf remoteFlags
+	var inRegistry bool
+	cmd := &cobra.Command{
+		Use:     "list [--remote [--from REGISTRY]]",
 		Aliases: []string{"ls"},
-		Short:   "List the images",
+		Short:   "List the images (here, or in a registry)",
 		Long: `List the images, by name: engine and version, volume size, the bytes the image's data holds
-in the pool, its clones, when it was built and when it expires.`,
+in the pool, its clones, when it was built and when it expires.
+
+With --remote, list a registry's images instead: the names that point at each, its digest, its
+own name, engine and version, size, the bytes its objects take in the registry, and when it was
+made. ` + registryHelp,
 		Example: `  dataimage image list
-  dataimage image list -o json`,
+  dataimage image list -o json
+  dataimage image list --remote --from s3://images/team`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if inRegistry {
+				return c.remoteList(cmd, rf)
+			}
+			for _, f := range []string{"from", "endpoint", "region", "ca-file", "path-style"} {
+				if cmd.Flags().Changed(f) {
+					return usagef("%s: --%s needs --remote", cmd.CommandPath(), f)
+				}
+			}
 			svc, err := c.service(cmd)
 			if err != nil {
 				return err
@@ -156,6 +174,9 @@ in the pool, its clones, when it was built and when it expires.`,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&inRegistry, "remote", false, "list a registry's images")
+	rf.add(cmd.Flags(), "from")
+	return cmd
 }
 
 func (c *cli) imageGetCmd() *cobra.Command {
@@ -181,16 +202,32 @@ func (c *cli) imageGetCmd() *cobra.Command {
 }
 
 func (c *cli) imageDeleteCmd() *cobra.Command {
-	return &cobra.Command{
+	var rf remoteFlags
+	var inRegistry bool
+	cmd := &cobra.Command{
 		Use:     "delete NAME",
 		Aliases: []string{"rm"},
-		Short:   "Delete an image",
+		Short:   "Delete an image (here, or from a registry)",
 		Long: `Delete an image and free the blocks only it holds. An image that still has clones is not
 deleted: delete its clones first (images made from its clones' revisions are independent and do
-not count).`,
-		Example: `  dataimage image delete sales-2024`,
-		Args:    oneName("image"),
+not count).
+
+With --remote, delete the image from a registry instead (NAME is a name there, or a digest):
+the name goes, and the image with it unless another name points at it; then the objects no
+image of the registry needs any more are collected. A collection waits for no push: while one
+runs, the data stays until a later delete collects it. ` + registryHelp,
+		Example: `  dataimage image delete sales-2024
+  dataimage image delete sales-2023 --remote --from s3://images/team`,
+		Args: oneName("image"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if inRegistry {
+				return c.remoteDelete(cmd, args[0], rf)
+			}
+			for _, f := range []string{"from", "endpoint", "region", "ca-file", "path-style"} {
+				if cmd.Flags().Changed(f) {
+					return usagef("%s: --%s needs --remote", cmd.CommandPath(), f)
+				}
+			}
 			svc, err := c.service(cmd)
 			if err != nil {
 				return err
@@ -202,6 +239,9 @@ not count).`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&inRegistry, "remote", false, "delete the image from a registry")
+	rf.add(cmd.Flags(), "from")
+	return cmd
 }
 
 func (c *cli) imageCreateCmd() *cobra.Command {

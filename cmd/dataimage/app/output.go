@@ -143,6 +143,19 @@ func (v view) image(w io.Writer, im *local.Image) error {
 	}
 	row("Lifetime", v.lifetime(im.Lifetime, im.Expires))
 	row("Clones", strconv.Itoa(im.Clones))
+	if im.Digest != "" {
+		row("Digest", im.Digest)
+	}
+	if im.ParentDigest != "" {
+		parent := im.ParentDigest
+		if im.Parent != "" {
+			parent += " (" + im.Parent + ")"
+		}
+		row("Parent", parent)
+	}
+	if !im.Pulled.IsZero() {
+		row("Pulled", v.time(im.Pulled)+" ("+v.ago(im.Pulled)+")")
+	}
 	if im.Status != "" {
 		row("Status", im.Status)
 	}

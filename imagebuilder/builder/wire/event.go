@@ -16,7 +16,8 @@ import (
 type Event struct {
 	// Step is the step running: the builder's (init, restore, start, prescript, postscript,
 	// checkpoint, stop), the builder binary's (validate) and the local daemon's (volume,
-	// filesystem, freeze). A reader shows a step it does not know as it is.
+	// filesystem, freeze; push and pull, whose Done and Total count the bytes of the image read
+	// and the stored bytes downloaded). A reader shows a step it does not know as it is.
 	Step string
 	// Message says what happens, for people.
 	Message string

@@ -1,0 +1,102 @@
+package poolvol_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/exportset"
+	"github.com/dataimage/dataimage/exportset/internal/exporttest"
+)
+
+// BenchmarkTransfer measures pushes and pulls of a 512 MiB image of page data against the S3
+// server, each as a ratio to a baseline measured in the same run:
+//
+//   - push/raw and pull/raw: the image's throughput against minio-go moving its raw bytes as
+//     one object (a multipart upload of 5 MiB parts, S3's smallest, 8 at a time; 8 ranged GETs
+//     of 4 MiB at a time), the push and pull running 8 workers on 4 MiB chunks;
+//   - for a child with 1% and 10% of its blocks rewritten at random places: the bytes uploaded
+//     and downloaded against the changed blocks compressed (zstd, fastest level), the pool's
+//     growth on a node holding the parent against the changed bytes, and the push's time.
+//
+// It moves the image once whatever b.N: run it with -benchtime=1x.
+//
+//	go test -run '^$' -bench BenchmarkTransfer -benchtime=1x ./exportset/poolvol/
+func BenchmarkTransfer(b *testing.B) {
+	ctx := context.Background()
+	const size = 512 << 20
+	a := exporttest.NewNode(b)
+	rng := rand.New(rand.NewPCG(1, 1))
+	data := exporttest.PageData(rng, size)
+	base := a.Image("base", 0, size, func(v *blockstore.Volume) { exporttest.Write(b, v, data, 0) })
+	tg := exporttest.S3Target(b)
+	c := tg.Client()
+
+	start := time.Now()
+	_, err := c.PutObject(ctx, tg.Bucket(), "raw/object", bytes.NewReader(data), size, minio.PutObjectOptions{PartSize: 5 << 20, NumThreads: 8})
+	require.NoError(b, err)
+	rawPut := time.Since(start)
+	start = time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for off := int64(0); off < size; off += 4 << 20 {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			o := minio.GetObjectOptions{}
+			require.NoError(b, o.SetRange(off, off+(4<<20)-1))
+			obj, err := c.GetObject(ctx, tg.Bucket(), "raw/object", o)
+			require.NoError(b, err)
+			defer obj.Close()
+			var buf bytes.Buffer
+			_, err = buf.ReadFrom(obj)
+			require.NoError(b, err)
+		})
+	}
+	wg.Wait()
+	rawGet := time.Since(start)
+
+	cnt := &exporttest.Counter{Target: tg}
+	r := exportset.New(cnt, exportset.Options{Workers: 8})
+	start = time.Now()
+	res, err := r.Push(ctx, exportset.PushRequest{Source: a.Source(base), Image: exporttest.Image("base")})
+	require.NoError(b, err)
+	push := time.Since(start)
+	node := exporttest.NewNode(b)
+	start = time.Now()
+	_, _, err = node.Pull(ctx, r, string(res.Digest), "base")
+	require.NoError(b, err)
+	pull := time.Since(start)
+	b.ReportMetric(rawPut.Seconds()/push.Seconds(), "push/raw")
+	b.ReportMetric(rawGet.Seconds()/pull.Seconds(), "pull/raw")
+	b.Logf("raw put %.2fs, push %.2fs (%d MiB stored); raw get %.2fs, pull %.2fs", rawPut.Seconds(), push.Seconds(), res.UploadedBytes>>20, rawGet.Seconds(), pull.Seconds())
+
+	for _, pct := range []int{1, 10} {
+		var changed [][]byte
+		child := a.Image(fmt.Sprintf("child-%d", pct), base, size, func(v *blockstore.Volume) { changed = changeBlocks(b, rng, v, float64(pct)/100) })
+		comp := float64(compressedSize(b, changed))
+		cnt.Reset()
+		start = time.Now()
+		cr, err := r.Push(ctx, exportset.PushRequest{Source: a.Source(child), Image: exporttest.Image("child"),
+			Parent: &exportset.Parent{Digest: res.Digest, Source: a.Source(base)}})
+		require.NoError(b, err)
+		elapsed := time.Since(start)
+		up := float64(cnt.PutBytes.Load())
+		cnt.Reset()
+		before := node.Used()
+		_, _, err = node.Pull(ctx, r, string(cr.Digest), fmt.Sprintf("child-%d", pct))
+		require.NoError(b, err)
+		b.ReportMetric(up/comp, fmt.Sprintf("up/changed-%d%%", pct))
+		b.ReportMetric(float64(cnt.GetBytes.Load())/comp, fmt.Sprintf("down/changed-%d%%", pct))
+		b.ReportMetric(float64(node.Used()-before)/float64(len(changed)*exporttest.BlockSize), fmt.Sprintf("growth/changed-%d%%", pct))
+		b.ReportMetric(elapsed.Seconds(), fmt.Sprintf("push-s-%d%%", pct))
+	}
+}

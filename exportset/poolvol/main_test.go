@@ -1,0 +1,16 @@
+package poolvol_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/dataimage/dataimage/exportset/internal/exporttest"
+	"github.com/dataimage/dataimage/internal/s3test"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild())
+	}
+	os.Exit(s3test.Main(m, &exporttest.S3))
+}
