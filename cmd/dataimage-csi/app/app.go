@@ -10,12 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/dataimage/dataimage/dataplane"
@@ -134,20 +132,9 @@ func parse(args []string, out io.Writer) (Config, error) {
 // Main runs the command and returns its exit code.
 func Main(args []string, stderr io.Writer) int {
 	c, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "dataimage-csi: %v (see --help)\n", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := Run(ctx, c, cli.NewLogger(stderr, c.LogFormat, c.Verbosity)); err != nil {
-		fmt.Fprintf(stderr, "dataimage-csi: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Main("dataimage-csi", stderr, err, func(ctx context.Context) error {
+		return Run(ctx, c, cli.NewLogger(stderr, c.LogFormat, c.Verbosity))
+	})
 }
 
 // Run waits until the data plane answers on its socket, serves the plugin until ctx ends,

@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/dataplane"
@@ -97,26 +95,15 @@ func parse(args []string, out io.Writer) (Config, error) {
 // again with the flag set); without CAP_SYS_RESOURCE it warns and goes on.
 func Main(args []string, stderr io.Writer) int {
 	c, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "dataimage-dataplane: %v (see --help)\n", err)
-		return 2
-	}
-	log := cli.NewLogger(stderr, c.LogFormat, c.Verbosity)
-	if c.IOFlusher {
-		if err := dataplane.BecomeIOFlusher(); err != nil {
-			log.Warn("cannot make the data plane an I/O flusher", "err", err)
+	return cli.Main("dataimage-dataplane", stderr, err, func(ctx context.Context) error {
+		log := cli.NewLogger(stderr, c.LogFormat, c.Verbosity)
+		if c.IOFlusher {
+			if err := dataplane.BecomeIOFlusher(); err != nil {
+				log.Warn("cannot make the data plane an I/O flusher", "err", err)
+			}
 		}
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := Run(ctx, c, log); err != nil {
-		fmt.Fprintf(stderr, "dataimage-dataplane: %v\n", err)
-		return 1
-	}
-	return 0
+		return Run(ctx, c, log)
+	})
 }
 
 // Run runs the data plane until ctx ends (dataplane.Run).
