@@ -294,6 +294,11 @@ type DataState struct {
 	Time time.Time
 	// Source says where Time came from, e.g. "backup_label START TIME".
 	Source string
+	// LogPosition is the engine's log position the data stands at, in the engine's own terms
+	// and prefixed with what it is: "LSN 0/3000060" (PostgreSQL: where recovery ended),
+	// "GTID 0-1-42" or "binlog mariadb-bin.000003:1234" (MariaDB; both, separated by ", ",
+	// when both are known); empty when the backup does not say.
+	LogPosition string
 }
 
 // ServerError is a failure of the server or of a client tool, with the tail of the server's log.
