@@ -37,6 +37,10 @@ var (
 	// superblocks are ErrCorrupt, and a read error is neither: only ErrNotPool says that the
 	// file holds no pool (Traces looks further before a pool is made over it).
 	ErrNotPool = errors.New("blockstore: not a pool")
+	// ErrInUse: another open of the pool holds it (Open and Create lock a pool file, or claim
+	// a block device exclusively, for as long as the pool is open): two processes serving one
+	// pool would each overwrite the other's metadata.
+	ErrInUse = errors.New("blockstore: pool is in use")
 )
 
 // CorruptionError reports metadata that failed verification, naming the block that holds it.

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -159,10 +160,17 @@ func aligned(p []byte) bool {
 	return len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))&(directAlign-1) == 0
 }
 
+// lockWait is how long an open waits for a pool file's lock held elsewhere before it fails
+// with ErrInUse.
+const lockWait = 2 * time.Second
+
 // openOSFile opens path, creating a file of size bytes when create is set. A block device is
 // opened exclusively (O_EXCL): the open fails with EBUSY while a file system on it is mounted or
 // something else claims it (device-mapper, md, swap, another exclusive opener), and while the
-// pool is open nobody can mount it or claim it.
+// pool is open nobody can mount it or claim it. A regular file is locked (flock, exclusive,
+// waiting at most lockWait) for as long as it is open: a second open, in this process or
+// another, fails with ErrInUse. The lock goes with the file's description, so the kernel drops
+// it when the process holding it dies: a data plane that was killed leaves no lock behind.
 func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*osFile, error) {
 	flags := os.O_RDWR
 	if create {
@@ -175,7 +183,7 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 	}
 	f, err := os.OpenFile(path, flags, 0o600)
 	if errors.Is(err, unix.EBUSY) && !create {
-		return nil, fmt.Errorf("%w (the device is in use: mounted, or held by device-mapper, md, swap or another exclusive opener)", err)
+		return nil, fmt.Errorf("%w: %w (the device is in use: mounted, or held by device-mapper, md, swap or another exclusive opener)", ErrInUse, err)
 	}
 	if err != nil {
 		return nil, err
@@ -184,6 +192,27 @@ func openOSFile(path string, create bool, size int64, prealloc, direct bool) (*o
 	if err != nil {
 		f.Close()
 		return nil, err
+	}
+	if fi.Mode().IsRegular() {
+		// A lock held by an open file description outlives its Close while a child forked by
+		// another thread of the holder has not yet exec'd (the child's copy of the descriptor
+		// is closed at exec): so a lock that is taken is retried for a while before the open
+		// is refused.
+		for deadline := time.Now().Add(lockWait); ; {
+			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			if err == unix.EINTR || err == unix.EWOULDBLOCK && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			break
+		}
+		if err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("%w: another open of the pool file holds its lock (a data plane, a daemon or a pool check may be running)", ErrInUse)
+			}
+			return nil, fmt.Errorf("lock the pool file: %w", err)
+		}
 	}
 	of := &osFile{f: f, direct: direct, block: fi.Mode()&os.ModeDevice != 0, boot: bootID()}
 	if create && !of.block {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	mount "k8s.io/mount-utils"
 
+	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export/holder"
 	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/imagebuilder"
@@ -276,7 +277,7 @@ func (w *fileWriter) stop(t *testing.T) int {
 // it. So when the data plane and then the holder are killed (SIGKILL), the kernel aborts the
 // FUSE connections, and I/O on the clone, through its file system and through its block device,
 // fails at once instead of blocking in D state forever (the data plane's death alone is
-// TestDataPlaneKilledPgbenchRunsOn's). The daemon is killed too; the next one starts a new data
+// TestRestartsUnderLoad's). The daemon is killed too; the next one starts a new data
 // plane, cleans up (kills the server, unmounts, detaches the loop device) and starts the clone
 // again with its committed data, and the home can be removed. The reads run in processes of
 // their own with a deadline, so that a regression fails the test (and its cleanup aborts the
@@ -376,23 +377,41 @@ func holderPID(t testing.TB, home string) int {
 	return pid
 }
 
-// TestDataPlaneKilledPgbenchRunsOn: a PostgreSQL clone runs pgbench while the home's data plane
-// is killed (SIGKILL) twice and started again; the daemon, the FUSE holder and the clone's
-// server run on. Each new data plane serves the clone's export again (the holder kept its
-// connection, the kernel resends what the dead one had read), so pgbench reports no failed
-// transaction and exits 0, its balance invariant holds, and the clone's server never restarts.
-// On a tree whose data plane does not adopt, the kill fails the clone's I/O and PostgreSQL
-// PANICs.
-func TestDataPlaneKilledPgbenchRunsOn(t *testing.T) {
+// Restarts of TestRestartsUnderLoad: the daemon and the data plane are each killed this many
+// times, alternately, then the data plane is upgraded once (SIGTERM: it hands over).
+const underLoadKills = 10
+
+// TestRestartsUnderLoad: a PostgreSQL clone runs pgbench, and fio writes and verifies a file on
+// the clone's file system, while the home's daemon is killed (SIGKILL) underLoadKills times and
+// its data plane underLoadKills times, alternately, each started again as the product does (the
+// next Connect starts a daemon; a daemon starts a data plane), and the data plane is upgraded
+// once (SIGTERM: it hands the exports over to the FUSE holder). The FUSE holder and the clone's
+// server run on. Nothing fails: fio exits 0 with its verification passed, pgbench reports no
+// failed transaction and exits 0, its balance invariant holds, the clone's server never
+// restarted, each new data plane served the clone's export again, the kernel logged no I/O or
+// EXT4 error on the clone's device, and once stopped the clone's file system checks clean
+// (e2fsck -fn) and so does the pool. On a tree whose data plane does not adopt, the first kill
+// fails the clone's I/O and PostgreSQL PANICs.
+func TestRestartsUnderLoad(t *testing.T) {
 	eng := needEngine(t, imagebuilder.EnginePostgres)
+	for _, tool := range []string{"fio", "e2fsck", "dmesg"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			skipOrFail(t, "needs %s (make deps)", tool)
+		}
+	}
 	dir := testDir(t)
 	home := filepath.Join(dir, "home")
 	t.Setenv(daemonChildEnv, home)
 	ctx := context.Background()
 	cleanupChildHome(t, home)
-	c, err := Connect(ctx, home, ConnectOptions{Start: true, Executable: os.Args[0], DaemonArgs: []string{"-test.run=^$"}, Timeout: 2 * time.Minute})
-	require.NoError(t, err)
-	defer c.Close()
+	connect := func() *Client {
+		t.Helper()
+		c, err := Connect(ctx, home, ConnectOptions{Start: true, Executable: os.Args[0], DaemonArgs: []string{"-test.run=^$"}, Timeout: 2 * time.Minute})
+		require.NoError(t, err)
+		return c
+	}
+	c := connect()
+	defer func() { c.Close() }()
 	build(t, c, pgDefinition(eng, "pg", "sourceType: empty\n"), "")
 	cl, err := c.CreateClone(ctx, CloneRequest{Image: "pg", Name: "bench"})
 	require.NoError(t, err)
@@ -400,53 +419,150 @@ func TestDataPlaneKilledPgbenchRunsOn(t *testing.T) {
 	require.NoError(t, err)
 	serverPID := cat.Clones[cl.Name].PID
 	require.Positive(t, serverPID)
+	mnt := filepath.Join(home, "mnt", cl.Name)
+	device := nodetest.MountSource(t, mnt)
+	kmsg := nodetest.MarkKernelLog(t)
 
-	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(lctx, pgTool(t, eng, "pgbench"), "-i", "-s", "2", "-q", cl.Connection).CombinedOutput()
+	pgbench := pgTool(t, eng, "pgbench")
+	out, err := exec.Command(pgbench, "-i", "-s", "2", "-q", cl.Connection).CombinedOutput()
 	require.NoError(t, err, "pgbench -i: %s", out)
-	const runtime = 20 * time.Second
-	bench := exec.CommandContext(lctx, pgTool(t, eng, "pgbench"), "-n", "-T", strconv.Itoa(int(runtime.Seconds())), "-c", "4", cl.Connection)
+	// The restarts come every interval; each takes a second or two more (more under load):
+	// the load is given 5 s for each, so that it runs past them all.
+	const interval = 2 * time.Second
+	events := 2*underLoadKills + 1
+	runtime := time.Duration(events)*5*time.Second + 10*time.Second
+	fioDir := filepath.Join(mnt, "fio")
+	require.NoError(t, os.Mkdir(fioDir, 0o700))
+	waitFio := nodetest.StartFio(t, fioDir, runtime)
+	bench := exec.Command(pgbench, "-n", "-T", strconv.Itoa(int(runtime.Seconds())), "-c", "4", cl.Connection)
 	var benchOut strings.Builder
 	bench.Stdout, bench.Stderr = &benchOut, &benchOut
 	require.NoError(t, bench.Start())
+	benchDone := make(chan error, 1)
+	go func() { benchDone <- bench.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case err := <-benchDone:
+			benchDone <- err
+		default:
+			_ = bench.Process.Kill()
+		}
+	})
+
 	start := time.Now()
 	cfg := testConfig(home, nil)
-	for i := range 2 {
-		time.Sleep(5 * time.Second)
-		dpPID, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
-		require.NoError(t, err)
-		require.True(t, held, "a data plane serves the home before kill %d", i+1)
-		require.NoError(t, syscall.Kill(dpPID, syscall.SIGKILL))
-		require.Eventually(t, func() bool { return !dataPlaneRunning(home) }, 30*time.Second, 20*time.Millisecond, "the killed data plane exits")
+	newDataPlane := func() {
+		t.Helper()
+		require.Eventually(t, func() bool { return !dataPlaneRunning(home) }, 30*time.Second, 20*time.Millisecond, "the data plane exits")
 		s, err := cfg.settings()
 		require.NoError(t, err)
 		dp, err := connectDataPlane(ctx, s) // starts a new one, as a daemon does
 		require.NoError(t, err)
 		dp.Close()
 	}
-	require.Less(t, time.Since(start), runtime, "the kills happened while pgbench ran")
-	require.NoError(t, bench.Wait(), "pgbench: %s", benchOut.String())
-	t.Logf("pgbench across 2 data-plane kills:\n%s", benchOut.String())
+	for i := range events {
+		time.Sleep(interval)
+		select {
+		case err := <-benchDone:
+			t.Fatalf("pgbench ended early, before restart %d: %v\n%s", i+1, err, benchOut.String())
+		default:
+		}
+		switch {
+		case i == events-1:
+			dpPID, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+			require.NoError(t, err)
+			require.True(t, held, "a data plane serves the home before its upgrade")
+			require.NoError(t, syscall.Kill(dpPID, syscall.SIGTERM))
+			newDataPlane()
+		case i%2 == 0:
+			pid := lockPID(t, home)
+			require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+			require.Eventually(t, func() bool { return !lockHeld(home) }, 30*time.Second, 20*time.Millisecond, "the killed daemon releases its lock")
+			c.Close()
+			c = connect()
+		default:
+			dpPID, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+			require.NoError(t, err)
+			require.True(t, held, "a data plane serves the home before kill %d", i+1)
+			require.NoError(t, syscall.Kill(dpPID, syscall.SIGKILL))
+			newDataPlane()
+		}
+		got, err := c.Clone(ctx, cl.Name)
+		require.NoError(t, err)
+		require.Equal(t, CloneRunning, got.State, "after restart %d: %s", i+1, got.Message)
+	}
+	elapsed := time.Since(start)
+	require.Less(t, elapsed, runtime, "the restarts happened while the load ran")
+
+	res := waitFio()
+	require.Zero(t, res.Jobs[0].Error)
+	require.Positive(t, res.Jobs[0].Read.IOBytes, "fio verified what it wrote")
+	select {
+	case err = <-benchDone:
+	case <-time.After(runtime + 2*time.Minute):
+		t.Fatal("pgbench did not finish")
+	}
+	require.NoError(t, err, "pgbench: %s", benchOut.String())
+	t.Logf("across %d restarts in %v: fio wrote %d MiB and verified %d MiB, longest fio request %v; pgbench:\n%s", events, elapsed.Round(time.Second),
+		res.Jobs[0].Write.IOBytes>>20, res.Jobs[0].Read.IOBytes>>20, res.Stall().Round(time.Millisecond), benchOut.String())
 	require.Contains(t, benchOut.String(), "number of failed transactions: 0 ")
-	// The balance invariant of pgbench's schema: every delta went to all three.
-	require.Equal(t, "t", sql(t, cl, `SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(bbalance) FROM pgbench_branches)
-		AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT sum(tbalance) FROM pgbench_tellers)
-		AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)`))
-	got, err := c.Clone(ctx, cl.Name)
-	require.NoError(t, err)
-	require.Equal(t, CloneRunning, got.State, got.Message)
+	require.Equal(t, "t", sql(t, cl, nodetest.PgbenchBalanced), "pgbench's balance invariant")
 	cat, err = loadCatalog(filepath.Join(home, "catalog.json"))
 	require.NoError(t, err)
 	require.Equal(t, serverPID, cat.Clones[cl.Name].PID, "the clone's server never restarted")
+	require.Contains(t, cmdline(serverPID), filepath.Join(mnt, "data"), "the clone's first server still runs")
 	logs, err := os.ReadFile(DataPlaneLogPath(home))
 	require.NoError(t, err)
-	require.Equal(t, 2, strings.Count(string(logs), "export of an earlier data plane served again"), "each new data plane serves the clone's export again")
+	require.Equal(t, underLoadKills+1, strings.Count(string(logs), "export of an earlier data plane served again"), "each new data plane serves the clone's export again")
+	kmsg.RequireNoDeviceErrors(t, device)
 
+	// Stopped, the clone's file system checks clean, read from the pool; so does the pool.
+	_, err = c.StopClone(ctx, cl.Name)
+	require.NoError(t, err)
+	stopChildDaemon(t, home)
+	requireVolumeFSClean(t, filepath.Join(home, "pool.img"), "clone/"+cl.Name)
+	c.Close()
+	c = connect()
 	require.NoError(t, c.DeleteClone(ctx, cl.Name))
 	require.NoError(t, c.DeleteImage(ctx, "pg"))
 	stopChildDaemon(t, home)
 	requireNothingLeft(t, home)
+}
+
+// requireVolumeFSClean copies the volume named vol of the pool at path (closed: no process
+// holds it) into a sparse file and requires e2fsck -fn to find it clean, and the pool to check
+// clean.
+func requireVolumeFSClean(t *testing.T, path, vol string) {
+	t.Helper()
+	p, err := blockstore.Open(path, blockstore.Options{})
+	require.NoError(t, err)
+	defer p.Close()
+	rep, err := p.Check(false)
+	require.NoError(t, err)
+	require.True(t, rep.OK(), "fsck of the pool: %s", rep)
+	info, err := p.LookupVolume(vol)
+	require.NoError(t, err)
+	v, err := p.Volume(info.ID)
+	require.NoError(t, err)
+	img := filepath.Join(t.TempDir(), "volume.img")
+	f, err := os.Create(img)
+	require.NoError(t, err)
+	defer f.Close()
+	require.NoError(t, f.Truncate(info.Size))
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < info.Size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), info.Size-off)
+		_, err := v.ReadAt(buf[:n], off)
+		require.NoError(t, err)
+		if !bytes.Equal(buf[:n], make([]byte, n)) {
+			_, err = f.WriteAt(buf[:n], off)
+			require.NoError(t, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // e2fsck stats the loop devices' files: a hung FUSE file elsewhere would hang it
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "e2fsck", "-fn", img).CombinedOutput()
+	require.NoError(t, err, "e2fsck -fn of %s: %s", vol, out)
 }
 
 // cleanupChildHome stops, at the test's end, the daemon started by Connect for home (and so its

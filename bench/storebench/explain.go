@@ -254,7 +254,7 @@ func (r *report) memFindings() []string {
 	return out
 }
 
-// explainRestart says what a stall across a restart is made of (section 9).
+// explainRestart says what a stall across a restart is made of (the restarts section).
 func (r *report) explainRestart() string {
 	if r.restart == nil {
 		return ""

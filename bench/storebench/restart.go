@@ -20,9 +20,9 @@ import (
 	"github.com/dataimage/dataimage/dataplane"
 )
 
-// ---- 9. I/O across restarts of the data plane and the CSI plugin ----
+// ---- Restarts: I/O across restarts of the data plane and the CSI plugin ----
 
-// restartScenario is one row of section 9: what happens to the node's processes while fio runs.
+// restartScenario is one row of the restarts section: what happens to the node's processes while fio runs.
 type restartScenario struct {
 	name   string
 	what   string // "" (none: the baseline), "dataplane" or "plugin"
@@ -147,7 +147,7 @@ func waitFor(d time.Duration, f func() error) error {
 	}
 }
 
-// restarts measures section 9: a block volume of the node's processes, staged and published
+// restarts measures the restarts section: a block volume of the node's processes, staged and published
 // through the plugin, runs fio (4 KiB random writes, each block verified) while the data plane or
 // the plugin is stopped and started again restartEvents times.
 func (b *bench) restarts() (*restartResult, error) {
@@ -344,7 +344,7 @@ func (r *report) restartSection(w0 *strings.Builder) {
 	if res == nil {
 		return
 	}
-	w("## 9. I/O across restarts of the data plane and the CSI plugin\n\n")
+	w("## Restarts: the longest I/O stall across restarts of the data plane and the CSI plugin\n\n")
 	w("How: the node's three processes run as the chart runs them, from binaries built from this tree (`go build ./cmd/dataimage-fuse-holder ./cmd/dataimage-dataplane ./cmd/dataimage-csi`): the FUSE holder, the data plane with `--holder` (a 2 GiB pool in the scratch directory) and the plugin with `--dataplane-socket`. A 256 MiB block volume is created, staged and published through the plugin's CSI API (as the kubelet does), and fio writes 4 KiB blocks at random on the published device and verifies each (command below). In each row but the baseline, the process named is stopped with the signal named and started again %d times, evenly spread over fio's run; a new data plane adopts the exports the holder kept and the kernel resends what the dead one had read (`FUSE_NOTIFY_RESEND`). **Longest request** is fio's maximum total latency (`lat_ns` max, reads and writes): the longest stall an application saw. **Restart** is the longest time from the signal to the new process answering (the data plane's readiness, the plugin's Probe). The baseline row shows the longest request with no restart, for scale.\n\n", restartEvents)
 	w("The plugin is not on the I/O path, so its target (no stall beyond 100 ms) is read against the baseline: its longest request may exceed the baseline's longest request by at most 100 ms. The data plane's target (2 s) is absolute.\n\n")
 	w("| Event | Restarts | fio exit | I/O errors | I/Os | Longest request | Restart | Target | Met |\n|---|---|---|---|---|---|---|---|---|\n")

@@ -106,6 +106,14 @@ func TestRestartsUnderLoad(t *testing.T) {
 		}
 	})
 
+	// Run first among the cleanups of a failed test: with the holder gone (and so the
+	// connections, if no data plane runs), the load's I/O fails instead of waiting forever.
+	t.Cleanup(func() {
+		if t.Failed() && e.holder.running() {
+			_ = e.holder.cmd.Process.Kill()
+			<-e.holder.exited
+		}
+	})
 	start := time.Now()
 	var kinds []string
 	for i := range events {
@@ -176,7 +184,9 @@ func TestRestartsUnderLoad(t *testing.T) {
 		_, err := c.node.NodeUnpublishVolume(rpcContext(t), &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: c.targetPath(v.label)})
 		require.NoError(t, err)
 		require.NoError(t, unix.Unmount(c.stagingPath(v.label), 0))
-		out, err := exec.Command("e2fsck", "-fn", devices[v.label]).CombinedOutput()
+		ectx, cancel := context.WithTimeout(ctx, 5*time.Minute) // e2fsck stats the loop devices' files: a hung FUSE file elsewhere would hang it
+		out, err := exec.CommandContext(ectx, "e2fsck", "-fn", devices[v.label]).CombinedOutput()
+		cancel()
 		require.NoError(t, err, "e2fsck -fn of the %s volume after the restarts: %s", v.label, out)
 		_, err = c.node.NodeUnstageVolume(rpcContext(t), &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: c.stagingPath(v.label)})
 		require.NoError(t, err)

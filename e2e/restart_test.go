@@ -1,0 +1,198 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// pgbenchBalanced is true when pgbench's balance invariant holds: every delta went to an
+// account, a branch and a teller.
+const pgbenchBalanced = `SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)
+	AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)
+	AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)`
+
+// TestRestartsUnderPgbench: a StatefulSet of two PostgreSQL clones of a data image runs pgbench
+// while `helm upgrade` rolls the plugin's DaemonSet (a new plugin pod replaces the old one) and
+// the node's data plane is killed (SIGKILL; the kubelet restarts its container, which adopts the
+// exports the FUSE holder kept). pgbench exits 0 with no failed transaction on both, the
+// balance invariant holds, and no database pod restarted or was replaced. The chart is then
+// upgraded back to its values.
+func TestRestartsUnderPgbench(t *testing.T) {
+	needCluster(t)
+	helm, chart := os.Getenv("E2E_HELM"), os.Getenv("E2E_CHART")
+	if helm == "" || chart == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("E2E_HELM and E2E_CHART are not set (hack/e2e/e2e.sh sets them)")
+		}
+		t.Skip("E2E_HELM and E2E_CHART are not set (hack/e2e/e2e.sh sets them)")
+	}
+	ns := newNamespace(t, "restart")
+	create(t, dataImage(ns, "bench", makeBackup(t, "bench"), "0"))
+	img, _ := waitImageReady(t, ns, "bench")
+	const replicas = 2
+	create(t, &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "pg", Namespace: ns},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:            ptr.To[int32](replicas),
+			ServiceName:         "pg",
+			PodManagementPolicy: appsv1.ParallelPodManagement,
+			Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": "pg"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "pg"}},
+				Spec:       postgresPodSpec("data", img.Status.NodeName),
+			},
+			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{*claim("", "data", "1Gi", img.Status.VolumeSnapshotName, false)},
+		},
+	})
+	pods := make([]string, replicas)
+	uids := map[string]types.UID{}
+	for i := range pods {
+		pods[i] = fmt.Sprintf("pg-%d", i)
+		p := waitPodReady(t, ns, pods[i])
+		uids[pods[i]] = p.UID
+		execIn(t, ns, pods[i], postgresContainer, "pgbench", "-h", postgresSocketDir, "-U", "postgres", "-i", "-s", "2", "-q", "postgres")
+	}
+
+	// pgbench on both, long enough for the upgrade and the kill to happen while it runs.
+	const runtime = 150 * time.Second
+	type run struct {
+		out  bytes.Buffer
+		done chan error
+	}
+	runs := map[string]*run{}
+	for _, p := range pods {
+		r := &run{done: make(chan error, 1)}
+		cmd := exec.Command(cfg.kubectl, "-n", ns, "exec", p, "-c", postgresContainer, "--",
+			"pgbench", "-h", postgresSocketDir, "-U", "postgres", "-n", "-c", "4", "-T", strconv.Itoa(int(runtime.Seconds())), "postgres")
+		cmd.Stdout, cmd.Stderr = &r.out, &r.out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { r.done <- cmd.Wait() }()
+		t.Cleanup(func() { _ = cmd.Process.Kill() })
+		runs[p] = r
+	}
+	start := time.Now()
+	time.Sleep(10 * time.Second)
+
+	// helm upgrade: a new plugin log level changes the plugin DaemonSet's template, which rolls.
+	upgrade := func(extra ...string) {
+		t.Helper()
+		args := append([]string{"--kubeconfig", cfg.kubeconfig, "upgrade", cfg.release, chart, "--namespace", cfg.namespace,
+			"-f", cfg.state + "/values.yaml"}, extra...)
+		out, err := exec.Command(helm, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		if out, err := kubectl(t, "-n", cfg.namespace, "rollout", "status", "daemonset/"+cfg.release+"-node", "--timeout=180s"); err != nil {
+			t.Fatalf("the plugin's DaemonSet does not roll out: %v\n%s", err, out)
+		}
+	}
+	oldPlugin := componentPod(t, "node")
+	upgrade("--set", "node.logLevel=5")
+	t.Cleanup(func() { upgrade() })
+	newPlugin := componentPod(t, "node")
+	if newPlugin.UID == oldPlugin.UID {
+		t.Fatalf("helm upgrade did not replace the plugin pod %s", oldPlugin.Name)
+	}
+	t.Logf("helm upgrade replaced the plugin pod %s by %s at %v", oldPlugin.Name, newPlugin.Name, time.Since(start).Round(time.Second))
+
+	// Kill the data plane: its container restarts in the same pod.
+	dp := componentPod(t, "dataplane")
+	restarts := dp.Status.ContainerStatuses[0].RestartCount
+	out, err := exec.Command("pgrep", "-f", "^/usr/local/bin/dataimage-dataplane( |$)").Output() // the image's entrypoint
+	if err != nil {
+		t.Fatalf("no data plane process on the node: %v", err)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) != 1 {
+		t.Fatalf("data plane processes: %q, want one", out)
+	}
+	pid, _ := strconv.Atoi(fields[0])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "the data plane's container to restart and be ready", func(c context.Context) (bool, string, error) {
+		var p corev1.Pod
+		if err := kube.Get(c, client.ObjectKeyFromObject(dp), &p); err != nil {
+			return false, "", err
+		}
+		if len(p.Status.ContainerStatuses) == 0 {
+			return false, "no container status", nil
+		}
+		cs := p.Status.ContainerStatuses[0]
+		return cs.RestartCount > restarts && cs.Ready, podState(&p), nil
+	})
+	t.Logf("the data plane was killed and its container restarted at %v", time.Since(start).Round(time.Second))
+	if elapsed := time.Since(start); elapsed > runtime-10*time.Second {
+		t.Fatalf("the upgrade and the kill took %v: pgbench (%v) ended before them", elapsed, runtime)
+	}
+
+	for _, p := range pods {
+		r := runs[p]
+		select {
+		case err = <-r.done:
+		case <-time.After(runtime + 3*time.Minute):
+			t.Fatalf("pgbench in %s did not finish", p)
+		}
+		if err != nil {
+			t.Fatalf("pgbench in %s: %v\n%s", p, err, r.out.String())
+		}
+		if !strings.Contains(r.out.String(), "number of failed transactions: 0 ") {
+			t.Errorf("pgbench in %s failed transactions:\n%s", p, r.out.String())
+		}
+		t.Logf("pgbench in %s across the plugin's upgrade and the data plane's kill:\n%s", p, r.out.String())
+		if got := psql(t, ns, p, pgbenchBalanced); got != "t" {
+			t.Errorf("%s: pgbench's balance invariant: %q", p, got)
+		}
+		var pod corev1.Pod
+		if err := kube.Get(ctx(t), client.ObjectKey{Namespace: ns, Name: p}, &pod); err != nil {
+			t.Fatal(err)
+		}
+		if pod.UID != uids[p] {
+			t.Errorf("%s was replaced", p)
+		}
+		for _, cs := range pod.Status.ContainerStatuses {
+			if cs.RestartCount != 0 || !cs.Ready {
+				t.Errorf("%s: container %s restarted %d times, ready %v", p, cs.Name, cs.RestartCount, cs.Ready)
+			}
+		}
+	}
+}
+
+// componentPod returns the one pod of a Dataimage component (node, dataplane, ...) in the
+// chart's namespace.
+func componentPod(t *testing.T, component string) *corev1.Pod {
+	t.Helper()
+	var pods corev1.PodList
+	if err := kube.List(ctx(t), &pods, client.InNamespace(cfg.namespace), client.MatchingLabels{"app.kubernetes.io/component": component}); err != nil {
+		t.Fatal(err)
+	}
+	var live []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			live = append(live, p)
+		}
+	}
+	if len(live) != 1 {
+		t.Fatalf("%d live pods of component %s, want 1", len(live), component)
+	}
+	return &live[0]
+}
