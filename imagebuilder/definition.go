@@ -99,6 +99,8 @@ const (
 	FormatPgDumpCustom  BackupFormat = "pg_dump-custom" // pg_dump --format=custom
 	FormatSQL           BackupFormat = "sql"            // a plain SQL script (pg_dump, mysqldump, mariadb-dump)
 	FormatPgDumpAll     BackupFormat = "pg_dumpall"     // pg_dumpall output
+	FormatMariaBackup   BackupFormat = "mariabackup"    // mariabackup --backup: its target directory, or its --stream=xbstream output (plain, gzip or zstd)
+	FormatBinlog        BackupFormat = "binlog"         // a MariaDB binary log file, replayed after a mariabackup
 )
 
 // Limits of the definition's values.

@@ -48,7 +48,7 @@ var engines = []engineSpec{
 	},
 	{
 		kind:            EngineMariaDB,
-		formats:         []BackupFormat{FormatSQL},
+		formats:         []BackupFormat{FormatSQL, FormatMariaBackup, FormatBinlog},
 		systemDatabases: []string{"information_schema", "mysql", "performance_schema", "sys"},
 	},
 }

@@ -93,6 +93,10 @@ type server struct {
 	client string
 	// installDB is mariadb-install-db; empty for MySQL, which initializes with mysqld itself.
 	installDB string
+	// backupTool, mbstream and binlogTool are mariabackup, mbstream and mariadb-binlog, which
+	// restore physical backups and replay binary logs (MariaDB only); empty when not installed
+	// (Debian's mariadb-backup package has the first two).
+	backupTool, mbstream, binlogTool string
 	// runAs is Options.RunAs: the OS user when an operation's options name none.
 	runAs string
 }
@@ -223,19 +227,6 @@ func (s *server) initDataDir(ctx context.Context, u *engine.User, dataDir, datab
 // defaultCharset is the character set Debian's packages configure for MariaDB, whose compiled
 // default is still latin1.
 var defaultCharset = []string{"--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci"}
-
-// Physical reports false: MariaDB and MySQL backups restore through a running server.
-func (s *server) Physical(imagebuilder.BackupFormat) bool { return false }
-
-// RestorePhysical fails: there are no physical backup formats for MariaDB and MySQL yet.
-func (s *server) RestorePhysical(_ context.Context, root string, backups []engine.BackupFile, _ engine.RestoreOptions) (engine.DataState, error) {
-	names := make([]string, len(backups))
-	for i, b := range backups {
-		names[i] = fmt.Sprintf("%s (%s)", b.Path, b.Format)
-	}
-	return engine.DataState{}, fmt.Errorf("%w: %s restores no physical backups (into %s): %s",
-		engine.ErrFormat, s.kind, root, strings.Join(names, ", "))
-}
 
 // checkTraversable reports whether u can reach dir: as root, every directory from / to dir must
 // let u through, or the server (which runs as u) fails with a less helpful message.
