@@ -3,7 +3,9 @@ package mariadb_test
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -88,7 +90,6 @@ func checkRestored(t *testing.T, e engine.Engine, root, want string) engine.Inst
 	if got != want {
 		t.Errorf("restored checksums:\n%s\nwant (the source's):\n%s", got, want)
 	}
-	checkShop(t, in, "shop")
 	// Isolation: the restored server has no binary log, whatever its source had.
 	if v := mariadbtest.Query(t, in, "", "SELECT @@log_bin"); v != "0" {
 		t.Errorf("log_bin = %s on the restored server, want 0", v)
@@ -129,7 +130,8 @@ func TestMariaBackupRestore(t *testing.T) {
 			if last := p.last(); last != size(t, path) {
 				t.Errorf("progress ends at %d, want the backup's %d bytes", last, size(t, path))
 			}
-			checkRestored(t, e, root, want)
+			in := checkRestored(t, e, root, want)
+			checkShop(t, in, "shop") // the view, the procedure, the AUTO_INCREMENT counter
 		})
 	}
 }
@@ -160,4 +162,200 @@ func noDataDir(t *testing.T, root string) {
 	if _, err := os.Stat(engine.DataDir(root)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("data directory left behind after a failed restore (stat: %v)", err)
 	}
+}
+
+// Bad and partial backups fail with a message naming the file and what is wrong, and leave no
+// data directory.
+func TestMariaBackupFailures(t *testing.T) {
+	t.Parallel()
+	e := mariadbtest.Engine(t)
+	src := mariadbtest.StartSource(t, e)
+	sourceData(t, src)
+	dir := src.DirBackup(t)
+	stream := src.StreamBackup(t, "")
+
+	// copyDir copies the directory backup, for a test to break.
+	copyDir := func(t *testing.T) string {
+		t.Helper()
+		to := filepath.Join(t.TempDir(), "backup")
+		if out, err := exec.Command("cp", "-a", dir, to).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v\n%s", err, out)
+		}
+		return to
+	}
+	cases := []struct {
+		name string
+		path func(t *testing.T) string
+		want []string
+	}{
+		{
+			name: "truncated stream",
+			path: func(t *testing.T) string {
+				data, err := os.ReadFile(stream)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := filepath.Join(t.TempDir(), "cut.xb")
+				if err := os.WriteFile(p, data[:len(data)/2], 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			},
+			want: []string{"cut.xb: truncated: the stream ends in the middle of "},
+		},
+		{
+			name: "corrupt stream",
+			path: func(t *testing.T) string {
+				data, err := os.ReadFile(stream)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data[len(data)/2] ^= 0xff
+				p := filepath.Join(t.TempDir(), "flipped.xb")
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			},
+			want: []string{"flipped.xb: ", "the stream is corrupt"},
+		},
+		{
+			name: "mariabackup --compress",
+			path: func(t *testing.T) string { return src.DirBackup(t, "--compress") },
+			want: []string{".qp is compressed by mariabackup --compress (QuickLZ), which the image builder does not restore"},
+		},
+		{
+			name: "another major version",
+			path: func(t *testing.T) string {
+				p := copyDir(t)
+				info := filepath.Join(p, "xtrabackup_info")
+				data, err := os.ReadFile(info)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data = regexp.MustCompile(`(?m)^server_version = .*$`).ReplaceAll(data, []byte("server_version = 10.6.21-MariaDB-log"))
+				if err := os.WriteFile(info, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			},
+			want: []string{"a backup of MariaDB 10.6 (xtrabackup_info server_version 10.6.21-MariaDB-log), and this engine is MariaDB " + e.Version(),
+				`build it with version "10.6"`},
+		},
+		{
+			name: "not preparable",
+			path: func(t *testing.T) string {
+				p := copyDir(t)
+				if err := os.Truncate(filepath.Join(p, "ib_logfile0"), 1000); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			},
+			want: []string{"mariabackup --prepare failed", "the backup cannot be prepared", "ib_logfile0 is too small"},
+		},
+		{
+			name: "incomplete directory",
+			path: func(t *testing.T) string {
+				p := copyDir(t)
+				if err := os.Remove(filepath.Join(p, "xtrabackup_info")); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			},
+			want: []string{"not a complete mariabackup backup: no mariadb_backup_info nor xtrabackup_info"},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := c.path(t)
+			root, _, err := restore(t, e, engine.RestoreOptions{}, p)
+			if !errors.Is(err, engine.ErrFormat) {
+				t.Fatalf("err = %v, want ErrFormat", err)
+			}
+			if !strings.Contains(err.Error(), p) {
+				t.Errorf("error does not name %s: %v", p, err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q:\n%v", w, err)
+				}
+			}
+			noDataDir(t, root)
+		})
+	}
+}
+
+// Binary logs replay onto a backup from its binlog position, in file order, to the end of the
+// last transaction; a missing or cut file fails, naming it.
+func TestMariaBackupBinlogReplay(t *testing.T) {
+	t.Parallel()
+	e := mariadbtest.Engine(t)
+	src := mariadbtest.StartSource(t, e)
+	sourceData(t, src)
+	backup := src.StreamBackup(t, "")
+	checksums := func() string { return mariadbtest.Checksums(t, func(sql string) string { return src.Query(t, sql) }) }
+
+	// After the backup: row changes, a non-transactional table, DDL, across three binary logs.
+	src.Exec(t, "INSERT INTO shop.orders VALUES (13, 3, 1.00);\nUPDATE shop.events SET payload = 'changed' WHERE id < 100;")
+	src.Exec(t, "FLUSH BINARY LOGS;")
+	src.Exec(t, "CREATE TABLE shop.later (id INT PRIMARY KEY, v BLOB) ENGINE=InnoDB;\nINSERT INTO shop.later VALUES (1, X'00FF0A'), (2, NULL);\nINSERT INTO ledger.entries VALUES (3, 1.25);")
+	src.Exec(t, "FLUSH BINARY LOGS;")
+	src.Exec(t, "DELETE FROM shop.events WHERE id > 19000;\nALTER TABLE shop.later ADD COLUMN w INT DEFAULT 7;")
+	end, endSums := src.Position(t), checksums()
+	binlogs := src.Binlogs(t)
+	if len(binlogs) != 3 {
+		t.Fatalf("binary logs: %v, want 3", binlogs)
+	}
+	for _, b := range binlogs {
+		if f, err := e.Detect(b); err != nil || f != imagebuilder.FormatBinlog {
+			t.Fatalf("Detect(%s) = %q, %v; want binlog", b, f, err)
+		}
+	}
+
+	t.Run("to the end", func(t *testing.T) {
+		// In any order: the files are replayed in sequence.
+		root, state, err := restore(t, e, engine.RestoreOptions{}, backup, binlogs[2], binlogs[0], binlogs[1])
+		if err != nil {
+			t.Fatalf("RestorePhysical: %v", err)
+		}
+		if state.LogPosition != end {
+			t.Errorf("LogPosition = %q, want %q (the source's at the end)", state.LogPosition, end)
+		}
+		if !strings.Contains(state.Source, "binlog.000003") {
+			t.Errorf("Source = %q, want the last binary log's transaction", state.Source)
+		}
+		checkRestored(t, e, root, endSums)
+	})
+	t.Run("gap", func(t *testing.T) {
+		root, _, err := restore(t, e, engine.RestoreOptions{}, backup, binlogs[0], binlogs[2])
+		want := "binary log binlog.000002 is missing: the binary logs given go from binlog.000001 to binlog.000001, and the next one given is " + binlogs[2]
+		if !errors.Is(err, engine.ErrFormat) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err = %v, want %q", err, want)
+		}
+		noDataDir(t, root)
+	})
+	t.Run("first missing", func(t *testing.T) {
+		root, _, err := restore(t, e, engine.RestoreOptions{}, backup, binlogs[1], binlogs[2])
+		want := "binary log binlog.000001 is missing: the backup stands at binlog.000001:"
+		if !errors.Is(err, engine.ErrFormat) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err = %v, want %q", err, want)
+		}
+		noDataDir(t, root)
+	})
+	t.Run("cut", func(t *testing.T) {
+		data, err := os.ReadFile(binlogs[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cut := filepath.Join(t.TempDir(), "binlog.000003")
+		if err := os.WriteFile(cut, data[:len(data)-100], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		root, _, err := restore(t, e, engine.RestoreOptions{}, backup, binlogs[0], binlogs[1], cut)
+		want := cut + ": it ends in the middle of "
+		if !errors.Is(err, engine.ErrFormat) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "binary log binlog.000003 is cut short; the binary logs up to it end at binlog.000003:") {
+			t.Fatalf("err = %v, want %q", err, want)
+		}
+		noDataDir(t, root)
+	})
 }

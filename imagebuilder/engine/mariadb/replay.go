@@ -196,7 +196,8 @@ func planReplay(meta *backupMeta, files []*binlogFile, target *replayTarget) (re
 			}
 			last = replayStop{f, tx}
 		}
-		if f.cut != "" && (i < len(files)-1 || target != nil) {
+		// Reaching a cut means going past it: the files must be whole up to the target.
+		if f.cut != "" {
 			return replayStop{}, fmt.Errorf("%w: %s: %s (binary log %s is cut short%s)", engine.ErrFormat, f.path, f.cut, f.name, reachedSoFar(files[:i+1], meta))
 		}
 	}
