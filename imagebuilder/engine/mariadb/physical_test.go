@@ -359,3 +359,31 @@ func TestMariaBackupBinlogReplay(t *testing.T) {
 		noDataDir(t, root)
 	})
 }
+
+// A dump taken with --master-data and --gtid records the source's position: the restore
+// returns it as the data's log position.
+func TestDumpLogPosition(t *testing.T) {
+	t.Parallel()
+	e := mariadbtest.Engine(t)
+	src := mariadbtest.StartSource(t, e)
+	sourceData(t, src)
+	want := src.Position(t)
+	for _, masterData := range []string{"--master-data=1", "--master-data=2"} {
+		dump := src.Dump(t, masterData, "--gtid", "--single-transaction", "--databases", "shop")
+		in, _ := mariadbtest.Instance(t, e, engine.InitOptions{}, engine.StartOptions{})
+		state, err := in.RestoreLogical(ctx(t), engine.BackupFile{Path: dump, Format: imagebuilder.FormatSQL}, engine.RestoreOptions{})
+		if err != nil {
+			t.Fatalf("%s: RestoreLogical: %v", masterData, err)
+		}
+		if state.LogPosition != want {
+			t.Errorf("%s: LogPosition = %q, want %q", masterData, state.LogPosition, want)
+		}
+	}
+	// Without --master-data, no position.
+	dump := src.Dump(t, "--databases", "shop")
+	in, _ := mariadbtest.Instance(t, e, engine.InitOptions{}, engine.StartOptions{})
+	state, err := in.RestoreLogical(ctx(t), engine.BackupFile{Path: dump, Format: imagebuilder.FormatSQL}, engine.RestoreOptions{})
+	if err != nil || state.LogPosition != "" {
+		t.Errorf("plain dump: LogPosition = %q, %v; want none", state.LogPosition, err)
+	}
+}

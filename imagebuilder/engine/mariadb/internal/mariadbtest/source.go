@@ -265,3 +265,20 @@ func Checksums(t testing.TB, query func(sql string) string) string {
 	}
 	return b.String()
 }
+
+// Dump runs the real mariadb-dump against the source with args and returns the dump's path.
+func (s *Source) Dump(t testing.TB, args ...string) string {
+	t.Helper()
+	tool := Tool(t, "mariadb-client", "mariadb-dump", "mysqldump")
+	path := filepath.Join(t.TempDir(), "dump.sql")
+	cmd := exec.Command(tool, append([]string{"--no-defaults", "--socket=" + s.Socket, "--user=root"}, args...)...)
+	cmd.Env = append(os.Environ(), "TZ=UTC")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v", tool, strings.Join(args, " "), err)
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
