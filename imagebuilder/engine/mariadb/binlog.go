@@ -108,7 +108,7 @@ func (p gtidPos) String() string {
 type binlogTx struct {
 	gtid       gtid
 	start, end int64     // the position of its GTID event and the end of its last event
-	time       time.Time // its GTID event's timestamp
+	time       time.Time // when it committed: the timestamp of its last event (whole seconds)
 }
 
 // binlogFile is what a scan found in one binary log file.
@@ -268,6 +268,7 @@ func scanBinlogEvents(r *bufio.Reader, bf *binlogFile) error {
 		pos += size
 		if ends && open != nil {
 			open.end = pos
+			open.time = time.Unix(int64(ts), 0).UTC()
 			bf.txs = append(bf.txs, *open)
 			bf.end = pos
 			open = nil

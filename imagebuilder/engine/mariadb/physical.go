@@ -99,7 +99,7 @@ func (s *server) RestorePhysical(ctx context.Context, root string, backups []eng
 		return engine.DataState{}, err
 	}
 	if target != nil && len(binlogs) == 0 {
-		return engine.DataState{}, fmt.Errorf("%w: recovery target %s: no binary logs to replay (backups of format binlog after the mariabackup backup)", engine.ErrFormat, target.what)
+		return engine.DataState{}, fmt.Errorf("%w: %s: no binary logs to replay (backups of format binlog after the mariabackup backup)", engine.ErrFormat, target.what)
 	}
 	u, err := s.User(opts.RunAs)
 	if err != nil {

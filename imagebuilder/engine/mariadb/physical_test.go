@@ -2,13 +2,16 @@ package mariadb_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -297,6 +300,12 @@ func TestMariaBackupBinlogReplay(t *testing.T) {
 
 	// After the backup: row changes, a non-transactional table, DDL, across three binary logs.
 	src.Exec(t, "INSERT INTO shop.orders VALUES (13, 3, 1.00);\nUPDATE shop.events SET payload = 'changed' WHERE id < 100;")
+	mid, midSums, midGTID := src.Position(t), checksums(), src.Query(t, "SELECT @@gtid_binlog_pos")
+	// Binary logs record whole seconds: the time target lies between two seconds that the
+	// transactions before and after it do not share.
+	time.Sleep(1200 * time.Millisecond)
+	midTime := time.Now().UTC()
+	time.Sleep(1200 * time.Millisecond)
 	src.Exec(t, "FLUSH BINARY LOGS;")
 	src.Exec(t, "CREATE TABLE shop.later (id INT PRIMARY KEY, v BLOB) ENGINE=InnoDB;\nINSERT INTO shop.later VALUES (1, X'00FF0A'), (2, NULL);\nINSERT INTO ledger.entries VALUES (3, 1.25);")
 	src.Exec(t, "FLUSH BINARY LOGS;")
@@ -326,6 +335,58 @@ func TestMariaBackupBinlogReplay(t *testing.T) {
 		}
 		checkRestored(t, e, root, endSums)
 	})
+	seq := func(g string) int {
+		n, err := strconv.Atoi(g[strings.LastIndexByte(g, '-')+1:])
+		if err != nil {
+			t.Fatalf("GTID %q: %v", g, err)
+		}
+		return n
+	}
+	all := []string{backup, binlogs[0], binlogs[1], binlogs[2]}
+	exclusive := false
+	midFile, midOff, _ := strings.Cut(strings.TrimPrefix(mid[strings.Index(mid, "binlog "):], "binlog "), ":")
+	for _, tc := range []struct {
+		name   string
+		target imagebuilder.RecoveryTarget
+	}{
+		{"gtid", imagebuilder.RecoveryTarget{GTID: midGTID}},
+		{"gtid exclusive", imagebuilder.RecoveryTarget{GTID: fmt.Sprintf("0-1-%d", seq(midGTID)+1), Inclusive: &exclusive}},
+		{"binlog position", imagebuilder.RecoveryTarget{BinlogPosition: midFile + ":" + midOff}},
+		{"time", imagebuilder.RecoveryTarget{Time: midTime.Format(time.RFC3339Nano)}},
+	} {
+		t.Run("to "+tc.name, func(t *testing.T) {
+			root, state, err := restore(t, e, engine.RestoreOptions{RecoveryTarget: &tc.target}, all...)
+			if err != nil {
+				t.Fatalf("RestorePhysical: %v", err)
+			}
+			if state.LogPosition != mid {
+				t.Errorf("LogPosition = %q, want %q", state.LogPosition, mid)
+			}
+			checkRestored(t, e, root, midSums)
+		})
+	}
+	for _, tc := range []struct {
+		name   string
+		target imagebuilder.RecoveryTarget
+		want   string
+	}{
+		{"not reached", imagebuilder.RecoveryTarget{GTID: "0-1-99999"},
+			`recoveryTarget gtid "0-1-99999" not reached: the binary logs end at binlog.000003:` + end[strings.LastIndexByte(end, ':')+1:] + " (the last transaction: GTID " + strings.TrimPrefix(end[:strings.IndexByte(end, ',')], "GTID ")},
+		{"time not reached", imagebuilder.RecoveryTarget{Time: "2099-01-01T00:00:00Z"},
+			`recoveryTarget time "2099-01-01T00:00:00Z" not reached: the binary logs end at binlog.000003:`},
+		{"before the backup", imagebuilder.RecoveryTarget{GTID: "0-1-1"},
+			`recoveryTarget gtid "0-1-1" is not after the backup, which already stands at GTID `},
+		{"not a transaction's end", imagebuilder.RecoveryTarget{BinlogPosition: fmt.Sprintf("%s:%d", midFile, seq(midOff)-1)},
+			fmt.Sprintf(`recoveryTarget binlogPosition "%s:%d" is not the end of a transaction of %s: the transaction of GTID %s goes from `, midFile, seq(midOff)-1, midFile, midGTID)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root, _, err := restore(t, e, engine.RestoreOptions{RecoveryTarget: &tc.target}, all...)
+			if !errors.Is(err, engine.ErrFormat) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v\nwant %q", err, tc.want)
+			}
+			noDataDir(t, root)
+		})
+	}
 	t.Run("gap", func(t *testing.T) {
 		root, _, err := restore(t, e, engine.RestoreOptions{}, backup, binlogs[0], binlogs[2])
 		want := "binary log binlog.000002 is missing: the binary logs given go from binlog.000001 to binlog.000001, and the next one given is " + binlogs[2]

@@ -21,14 +21,14 @@ import (
 
 // replayTarget is where a replay stops (engine.RestoreOptions.RecoveryTarget, for MariaDB).
 type replayTarget struct {
-	what string // the target as messages name it: `GTID 0-1-42`
+	what string // the target as messages name it: `recoveryTarget gtid "0-1-42"`
 	// One of:
-	gtid *gtid
-	file string // with pos: a binlog position
+	gtids gtidPos // the transactions to reach, one per domain
+	file  string  // with pos: a binlog position
 	pos  int64
 	time time.Time
-	// exclusive stops before the target transaction (GTID) or before the transactions at
-	// the target time, rather than after them.
+	// exclusive stops before the target transaction (GTID: the last of the target's GTIDs to
+	// come) or before the transactions at the target time, rather than after them.
 	exclusive bool
 }
 
@@ -151,15 +151,22 @@ func binlogSequence(meta *backupMeta, binlogs []engine.BackupFile) ([]*binlogFil
 func planReplay(meta *backupMeta, files []*binlogFile, target *replayTarget) (replayStop, error) {
 	var last replayStop
 	backupPos, _ := parseGTIDPos(meta.gtid)
-	if target != nil && target.gtid != nil {
-		if g, ok := backupPos[target.gtid.domain]; ok && g.seq >= target.gtid.seq {
-			return replayStop{}, fmt.Errorf("%w: recovery target %s is not after the backup, which already stands at GTID %s",
+	// missing are the target's GTIDs not reached yet.
+	missing := gtidPos{}
+	if target != nil && target.gtids != nil {
+		for d, g := range target.gtids {
+			if b, ok := backupPos[d]; !ok || b.seq < g.seq {
+				missing[d] = g
+			}
+		}
+		if len(missing) == 0 {
+			return replayStop{}, fmt.Errorf("%w: %s is not after the backup, which already stands at GTID %s",
 				engine.ErrFormat, target.what, meta.gtid)
 		}
 	}
 	if target != nil && target.file != "" {
 		if _, tseq, ok := splitBinlogName(target.file); !ok || tseq < files[0].seq || target.file == meta.binlogFile && target.pos < meta.binlogPos {
-			return replayStop{}, fmt.Errorf("%w: recovery target %s is before the backup, which stands at %s:%d",
+			return replayStop{}, fmt.Errorf("%w: %s is before the backup, which stands at %s:%d",
 				engine.ErrFormat, target.what, meta.binlogFile, meta.binlogPos)
 		}
 		if target.file == meta.binlogFile && target.pos == meta.binlogPos {
@@ -174,19 +181,22 @@ func planReplay(meta *backupMeta, files []*binlogFile, target *replayTarget) (re
 			}
 			switch {
 			case target == nil:
-			case target.gtid != nil:
-				if tx.gtid == *target.gtid {
-					if target.exclusive {
-						return last, nil
+			case target.gtids != nil:
+				if g, ok := missing[tx.gtid.domain]; ok && g == tx.gtid {
+					delete(missing, tx.gtid.domain)
+					if len(missing) == 0 {
+						if target.exclusive {
+							return last, nil
+						}
+						return replayStop{f, tx}, nil
 					}
-					return replayStop{f, tx}, nil
 				}
 			case target.file != "":
 				if f.name == target.file && tx.end == target.pos {
 					return replayStop{f, tx}, nil
 				}
 				if f.name == target.file && tx.end > target.pos {
-					return replayStop{}, fmt.Errorf("%w: recovery target %s is not the end of a transaction of %s: the transaction of GTID %s goes from %d to %d",
+					return replayStop{}, fmt.Errorf("%w: %s is not the end of a transaction of %s: the transaction of GTID %s goes from %d to %d",
 						engine.ErrFormat, target.what, f.name, tx.gtid, tx.start, tx.end)
 				}
 			case !target.time.IsZero():
@@ -204,7 +214,7 @@ func planReplay(meta *backupMeta, files []*binlogFile, target *replayTarget) (re
 	if target == nil {
 		return last, nil
 	}
-	return replayStop{}, fmt.Errorf("%w: recovery target %s not reached: the binary logs end at %s", engine.ErrFormat, target.what, endOf(files, meta))
+	return replayStop{}, fmt.Errorf("%w: %s not reached: the binary logs end at %s", engine.ErrFormat, target.what, endOf(files, meta))
 }
 
 // endOf says where the binary logs end: the last one, the end of its last transaction, and
