@@ -25,8 +25,8 @@ type replayTarget struct {
 	// One of:
 	gtids gtidPos // the transactions to reach, one per domain
 	file  string  // with pos: a binlog position
-	pos  int64
-	time time.Time
+	pos   int64
+	time  time.Time
 	// exclusive stops before the target transaction (GTID: the last of the target's GTIDs to
 	// come) or before the transactions at the target time, rather than after them.
 	exclusive bool
