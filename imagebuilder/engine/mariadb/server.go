@@ -58,6 +58,22 @@
 // an account without FILE or any other global privilege; with no database name they run with
 // none selected, and name their tables' databases or USE one.
 //
+// # Physical backups and binary logs
+//
+// MariaDB's physical backups are mariabackup's (physical.go): its target directory, or its
+// --stream=xbstream output, plain, gzip'd or zstd-compressed. RestorePhysical places one into
+// the data directory (a stream checked chunk by chunk before mbstream -x extracts it, within
+// engine.RestoreOptions' limits; a directory copied), refuses an incremental backup, one of
+// another major version and one made with --compress, runs mariabackup --prepare as the
+// server's user and removes mariabackup's own files. The data state is xtrabackup_info's
+// end_time (read as UTC) and the GTID and binlog position of xtrabackup_binlog_info. Binary logs
+// given after the backup (binlog.go, replay.go) are replayed in sequence from that position to
+// the recovery target by mariadb-binlog through the client, into a server RestorePhysical
+// starts and stops itself; the data state is then the last transaction replayed. A failed
+// restore leaves no data directory. A dump's --master-data and --gtid comments give its log
+// position too. The tools come from Debian's mariadb-backup (mariabackup, mbstream) and
+// mariadb-client (mariadb-binlog) packages; Discover finds them next to the server.
+//
 // # Images
 //
 // Checkpoint flushes every table (MyISAM and Aria write their buffers) and sets
