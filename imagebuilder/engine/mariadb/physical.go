@@ -270,7 +270,12 @@ func (s *server) extractStream(ctx context.Context, u *engine.User, path, dir st
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("%s: %w", s.mbstream, err)
 	}
-	fwdErr := forwardXBStream(r, stdin, path, lim)
+	// Chunk headers are small writes: batched, so that mbstream reads big pieces of a pipe.
+	bw := bufio.NewWriterSize(stdin, 1<<20)
+	fwdErr := forwardXBStream(r, bw, path, lim)
+	if fwdErr == nil {
+		fwdErr = bw.Flush()
+	}
 	if fwdErr != nil {
 		cancel() // mbstream is not to finish what was checked so far
 	}
