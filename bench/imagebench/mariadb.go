@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb"
 	"github.com/dataimage/dataimage/internal/units"
@@ -36,16 +36,13 @@ const mariaBackupPath = "mariadb/backup.xb"
 // (mbstream -x onto ext4 on a raw loop file, mariabackup --prepare there, sync) with an image
 // build of the same stream.
 func (b *bench) mariaBackupVsPrepare(d *local.Daemon, backupRoot string) (*mariaResult, error) {
+	// The first server the adapter finds (Debian's MariaDB; a MySQL server would fail the
+	// backup, which is MariaDB's).
 	engines, err := mariadb.Discover(mariadb.Options{})
-	var e engine.Engine
-	for _, c := range engines {
-		if c.Kind() == imagebuilder.EngineMariaDB {
-			e = c
-		}
+	if len(engines) == 0 {
+		return nil, fmt.Errorf("no MariaDB server (hack/install-deps.sh installs it): %w", errors.Join(engine.ErrNotFound, err))
 	}
-	if e == nil {
-		return nil, fmt.Errorf("no MariaDB server (hack/install-deps.sh installs it): %v", err)
-	}
+	e := engines[0]
 	res := &mariaResult{version: e.Version()}
 	stream := filepath.Join(backupRoot, mariaBackupPath)
 	if err := b.mariaSource(e, stream, res); err != nil {
