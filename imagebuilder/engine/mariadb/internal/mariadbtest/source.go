@@ -112,14 +112,19 @@ func StartSource(t testing.TB, e engine.Engine) *Source {
 	}
 }
 
-func (s *Source) client(args ...string) *exec.Cmd {
-	user := "root"
+// account is the MariaDB account the tools log in with through the socket: root as OS root,
+// else the account of the OS user (mariadb-install-db makes both, by unix_socket).
+func account() string {
 	if os.Geteuid() != 0 {
 		if u, err := engine.ResolveUser("", ""); err == nil {
-			user = u.Name
+			return u.Name
 		}
 	}
-	return exec.Command("mariadb", append([]string{"--no-defaults", "--socket=" + s.Socket, "--user=" + user,
+	return "root"
+}
+
+func (s *Source) client(args ...string) *exec.Cmd {
+	return exec.Command("mariadb", append([]string{"--no-defaults", "--socket=" + s.Socket, "--user=" + account(),
 		"--default-character-set=utf8mb4", "-N", "-B"}, args...)...)
 }
 
@@ -166,7 +171,7 @@ func (s *Source) Position(t testing.TB) string {
 func (s *Source) backup(t testing.TB, args ...string) []byte {
 	t.Helper()
 	tool := Tool(t, "mariadb-backup", "mariabackup", "mariadb-backup")
-	cmd := exec.Command(tool, append([]string{"--no-defaults", "--backup", "--socket=" + s.Socket, "--user=root"}, args...)...)
+	cmd := exec.Command(tool, append([]string{"--no-defaults", "--backup", "--socket=" + s.Socket, "--user=" + account()}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -271,7 +276,7 @@ func (s *Source) Dump(t testing.TB, args ...string) string {
 	t.Helper()
 	tool := Tool(t, "mariadb-client", "mariadb-dump", "mysqldump")
 	path := filepath.Join(t.TempDir(), "dump.sql")
-	cmd := exec.Command(tool, append([]string{"--no-defaults", "--socket=" + s.Socket, "--user=root"}, args...)...)
+	cmd := exec.Command(tool, append([]string{"--no-defaults", "--socket=" + s.Socket, "--user=" + account()}, args...)...)
 	cmd.Env = append(os.Environ(), "TZ=UTC")
 	out, err := cmd.Output()
 	if err != nil {
