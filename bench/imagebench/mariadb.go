@@ -206,7 +206,6 @@ func (r *report) mariaMarkdown(p func(string, ...any)) {
 	p("server on the prepared data and stops it after a slow shutdown, so that every clone starts without crash\n")
 	p("recovery or purge work, and it freezes the result as an image that clones in O(1). Its restore step writes the\n")
 	p("extracted files and --prepare's pages through the volume's export (loop → FUSE → pool), the write path of\n")
-	p("section 9; on a plain directory of the same disk the adapter's restore takes about what the by-hand\n")
-	p("commands take (`go test ./imagebuilder/engine/mariadb -run TestMariaBackupRestore` restores each kind).\n")
+	p("section 9's image build (the baseline writes through a loop device over a file).\n")
 	p("Steps of the last build: %s.\n\n", strings.Join(m.steps, ", "))
 }
