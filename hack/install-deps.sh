@@ -7,8 +7,9 @@
 #                                  blkid wipefs sfdisk qemu-img fio, and gcc
 #                                  for `go test -race`
 #   database engines (apt):        PostgreSQL (Debian's default, 15) and
-#                                  MariaDB (Debian's default, 10.11), server
-#                                  and client tools, for the image builder
+#                                  MariaDB (Debian's default, 10.11): server,
+#                                  client tools and mariadb-backup (mariabackup,
+#                                  mbstream), for the image builder
 #   Go tools (go install):         staticcheck, pinned below
 #   Kubernetes tools:              hack/install-k8s-tools.sh (skipped with
 #                                  DATAIMAGE_DEPS=local, as make demo does)
@@ -50,7 +51,7 @@ declare -A apt_packages=(
 
 # db_packages are the database engines' packages, checked by package rather
 # than by command: the server binaries are not on PATH.
-db_packages=(postgresql postgresql-contrib postgresql-client mariadb-server mariadb-client)
+db_packages=(postgresql postgresql-contrib postgresql-client mariadb-server mariadb-client mariadb-backup)
 
 log() { echo "install-deps: $*" >&2; }
 

@@ -6,10 +6,12 @@
 //  2. pgbench TPS on a clone vs on the same data on ext4 over a raw loop file;
 //  3. clone create -> accepting connections, for a small (empty) and a large image;
 //  4. space: N clones each running the same pgbench transactions: pool growth vs the bytes the
-//     transactions rewrote.
+//     transactions rewrote;
+//  5. image build from a mariabackup stream (1 GiB of InnoDB data) vs mbstream -x + mariabackup
+//     --prepare of the same stream onto ext4 on a raw loop file.
 //
 // Everything runs against the real daemon code (local, in process) and the real
-// PostgreSQL of this machine; the baselines use the same PostgreSQL, data and settings. Scratch
+// PostgreSQL and MariaDB of this machine; the baselines use the same PostgreSQL, data and settings. Scratch
 // files go in a temporary directory under -dir and are removed at the end.
 package main
 
@@ -28,6 +30,7 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 	"github.com/dataimage/dataimage/internal/atomicfile"
+	"github.com/dataimage/dataimage/internal/units"
 	"github.com/dataimage/dataimage/local"
 )
 
@@ -45,6 +48,8 @@ type config struct {
 	txns     int
 	creates  int
 	only     string
+	// mariaSize is the InnoDB data of the mariabackup section's source.
+	mariaSize int64
 }
 
 // dataPlaneArg and holderArg, as the first argument with a home as the second, make this
@@ -83,12 +88,15 @@ func main() {
 	flag.IntVar(&c.clones, "clones", 0, "clones of the space measurement (default 20, 5 with -quick)")
 	flag.IntVar(&c.txns, "transactions", 0, "pgbench transactions each clone of the space measurement runs (default 2000, 200 with -quick)")
 	flag.IntVar(&c.creates, "creates", 0, "clones created per image for the creation time (default 5, 3 with -quick)")
-	flag.StringVar(&c.only, "only", "", "comma-separated sections: build, tps, create, space (default all; a partial report cannot be written)")
+	flag.StringVar(&c.only, "only", "", "comma-separated sections: build, tps, create, space, mariabackup (default all; a partial report cannot be written)")
+	var mariaSize units.SizeFlag
+	flag.Var(&mariaSize, "mariadb-size", "InnoDB data of the mariabackup section's source (default 1Gi, 64Mi with -quick)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "Usage: imagebench [flags]\n\nMeasures data image builds, clones and pgbench on clones against baselines on a raw loop file\n(see BENCHMARKS.md), as root, with PostgreSQL installed.\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "Usage: imagebench [flags]\n\nMeasures data image builds, clones and pgbench on clones against baselines on a raw loop file\n(see BENCHMARKS.md), as root, with PostgreSQL and MariaDB (with mariadb-backup) installed.\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	c.mariaSize = int64(mariaSize)
 	c.defaults()
 	if c.write && c.only != "" {
 		fmt.Fprintln(os.Stderr, "imagebench: -write needs every section (drop -only)")
@@ -116,6 +124,12 @@ func (c *config) defaults() {
 	def(&c.clones, 20, 5)
 	def(&c.txns, 2000, 200)
 	def(&c.creates, 5, 3)
+	if c.mariaSize == 0 {
+		c.mariaSize = 1 << 30
+		if c.quick {
+			c.mariaSize = 64 << 20
+		}
+	}
 	if c.duration == 0 {
 		c.duration = 30 * time.Second
 		if c.quick {

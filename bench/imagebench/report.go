@@ -141,6 +141,7 @@ func (r *report) markdown() string {
 		p("The %d clones together took %s: %.1f%% of the %s that %d full copies of the image would take.\n\n",
 			s.clones, units.FormatBytes(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), units.FormatBytes(s.imageBytes*int64(s.clones)), s.clones)
 	}
+	r.mariaMarkdown(p)
 	r.analysis(p)
 	return w.String()
 }

@@ -28,6 +28,7 @@ type report struct {
 	tps        *tpsResult
 	create     *createResult
 	space      *spaceResult
+	maria      *mariaResult
 	elapsed    time.Duration
 }
 
@@ -67,18 +68,25 @@ type source struct {
 // all runs every section.
 func (b *bench) all() (*report, error) {
 	rep := &report{cfg: b.cfg, pgVersion: b.pg.Version()}
-	t0 := time.Now()
-	backupDir, size, err := b.makeBackup()
-	if err != nil {
-		return nil, fmt.Errorf("source backup: %w", err)
+	backupRoot := filepath.Join(b.dir, "backups")
+	if err := os.MkdirAll(backupRoot, 0o755); err != nil {
+		return nil, err
 	}
-	rep.backupSize, rep.sourceTime = size, time.Since(t0)
+	var backupDir string
+	if b.cfg.runs("build") || b.cfg.runs("tps") || b.cfg.runs("create") || b.cfg.runs("space") {
+		t0 := time.Now()
+		dir, size, err := b.makeBackup()
+		if err != nil {
+			return nil, fmt.Errorf("source backup: %w", err)
+		}
+		backupDir, rep.backupSize, rep.sourceTime = dir, size, time.Since(t0)
+	}
 
 	home := filepath.Join(b.dir, "home")
 	// The daemon starts its home's FUSE holder and data plane as the dataimage command does,
 	// each in a process of its own: this program again, with holderArg or dataPlaneArg (main).
 	d, err := local.NewDaemon(local.Config{Home: home, Logger: b.log,
-		BackupRoot: filepath.Dir(backupDir), DataPlane: local.DataPlaneCommand{Args: []string{dataPlaneArg, home}, HolderArgs: []string{holderArg, home}}})
+		BackupRoot: backupRoot, DataPlane: local.DataPlaneCommand{Args: []string{dataPlaneArg, home}, HolderArgs: []string{holderArg, home}}})
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +124,14 @@ func (b *bench) all() (*report, error) {
 			return nil, fmt.Errorf("space: %w", err)
 		}
 		rep.space = res
+	}
+	if b.cfg.runs("mariabackup") {
+		b.logf("image build from a mariabackup vs mbstream -x + mariabackup --prepare onto ext4 on a raw loop file")
+		res, err := b.mariaBackupVsPrepare(d, backupRoot)
+		if err != nil {
+			return nil, fmt.Errorf("mariabackup: %w", err)
+		}
+		rep.maria = res
 	}
 	return rep, nil
 }
@@ -263,43 +279,65 @@ func (b *bench) buildVsTar(d *local.Daemon, backupDir string) (*buildResult, *ra
 		if err := b.settle(); err != nil {
 			return nil, nil, err
 		}
-		var restoreStart, restoreEnd time.Time
-		var steps []string
-		last, lastAt := "", time.Now()
-		t0 := time.Now()
-		img, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: b.definition(name)}, func(ev wire.Event) {
-			if ev.Step == last || ev.Log != "" {
-				return
-			}
-			now := time.Now()
-			if last != "" {
-				steps = append(steps, fmt.Sprintf("%s %.2fs", last, now.Sub(lastAt).Seconds()))
-			}
-			if ev.Step == "restore" {
-				restoreStart = now
-			} else if last == "restore" {
-				restoreEnd = now
-			}
-			last, lastAt = ev.Step, now
-		})
+		tb, err := b.timedBuild(d, b.definition(name))
 		if err != nil {
 			return nil, nil, err
 		}
-		dur = time.Since(t0)
-		steps = append(steps, fmt.Sprintf("%s %.2fs", last, time.Since(lastAt).Seconds()))
+		dur, steps := tb.dur, tb.steps
 		res.build = append(res.build, dur)
-		if !restoreStart.IsZero() && !restoreEnd.IsZero() {
-			res.restore = append(res.restore, restoreEnd.Sub(restoreStart))
+		if tb.restore > 0 {
+			res.restore = append(res.restore, tb.restore)
 		}
 		res.steps = steps
 		b.logf("  build: %s (%s)", dur.Round(time.Millisecond), strings.Join(steps, ", "))
 		if i < rounds-1 {
-			if err := d.DeleteImage(b.ctx, img.Name); err != nil {
+			if err := d.DeleteImage(b.ctx, tb.img.Name); err != nil {
 				return nil, nil, err
 			}
 		}
 	}
 	return res, raw, nil
+}
+
+// timedBuild is one timed image build.
+type timedBuild struct {
+	img     *local.Image
+	dur     time.Duration // request to frozen image
+	restore time.Duration // the restore step (0 if not seen)
+	steps   []string      // each step with its time
+}
+
+// timedBuild builds the image def defines through the daemon, timing it and its steps (from
+// the build's events).
+func (b *bench) timedBuild(d *local.Daemon, def []byte) (*timedBuild, error) {
+	var restoreStart, restoreEnd time.Time
+	tb := &timedBuild{}
+	last, lastAt := "", time.Now()
+	t0 := time.Now()
+	img, err := d.BuildImage(b.ctx, local.BuildRequest{Definition: def}, func(ev wire.Event) {
+		if ev.Step == last || ev.Log != "" {
+			return
+		}
+		now := time.Now()
+		if last != "" {
+			tb.steps = append(tb.steps, fmt.Sprintf("%s %.2fs", last, now.Sub(lastAt).Seconds()))
+		}
+		if ev.Step == "restore" {
+			restoreStart = now
+		} else if last == "restore" {
+			restoreEnd = now
+		}
+		last, lastAt = ev.Step, now
+	})
+	if err != nil {
+		return nil, err
+	}
+	tb.img, tb.dur = img, time.Since(t0)
+	tb.steps = append(tb.steps, fmt.Sprintf("%s %.2fs", last, time.Since(lastAt).Seconds()))
+	if !restoreStart.IsZero() && !restoreEnd.IsZero() {
+		tb.restore = restoreEnd.Sub(restoreStart)
+	}
+	return tb, nil
 }
 
 // settle starts a timed operation from the same state on both sides: a global sync, the page
@@ -325,39 +363,8 @@ func (b *bench) settle() error {
 // tarX makes ext4 on a loop device over a raw sparse file of the daemon's volume size, mounts
 // it, and times tar -x of base.tar into data/ and pg_wal.tar into data/pg_wal, then sync.
 func (b *bench) tarX(backupDir string, i int) (string, time.Duration, error) {
-	img := filepath.Join(b.dir, fmt.Sprintf("raw-%d.img", i))
-	f, err := os.Create(img)
+	mnt, err := b.mountRaw(fmt.Sprintf("raw-%d", i))
 	if err != nil {
-		return "", 0, err
-	}
-	err = f.Truncate(local.DefaultVolumeSize)
-	f.Close()
-	if err != nil {
-		return "", 0, err
-	}
-	b.undo.push("remove "+img, func() error { return os.Remove(img) })
-	out, err := execOut(b.ctx, "losetup", "--direct-io=on", "--sector-size", "4096", "--find", "--show", img)
-	if err != nil {
-		return "", 0, err
-	}
-	dev := strings.TrimSpace(out)
-	b.undo.push("detach "+dev, func() error { _, err := execOut(context.Background(), "losetup", "-d", dev); return err })
-	// The options k8s.io/mount-utils (and so the daemon) format with, but with the inode
-	// tables and the journal initialized by mkfs (not timed) instead of by ext4's lazyinit
-	// thread after the mount: left lazy, that thread writes in the background for minutes
-	// and slows whatever else uses the disk, the store side included.
-	if _, err := execOut(b.ctx, "mkfs.ext4", "-F", "-m0", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev); err != nil {
-		return "", 0, err
-	}
-	mnt := filepath.Join(b.dir, fmt.Sprintf("raw-%d", i))
-	if err := os.MkdirAll(mnt, 0o711); err != nil {
-		return "", 0, err
-	}
-	if _, err := execOut(b.ctx, "mount", "-t", "ext4", dev, mnt); err != nil {
-		return "", 0, err
-	}
-	b.undo.push("unmount "+mnt, func() error { _, err := execOut(context.Background(), "umount", mnt); return err })
-	if err := os.Chmod(mnt, 0o711); err != nil {
 		return "", 0, err
 	}
 	data := filepath.Join(mnt, "data")
@@ -380,6 +387,44 @@ func (b *bench) tarX(backupDir string, i int) (string, time.Duration, error) {
 		return "", 0, err
 	}
 	return mnt, dur, u.Chown(data)
+}
+
+// mountRaw makes ext4 on a loop device (direct I/O) over a raw sparse file of the daemon's
+// volume size, dir/name.img, and mounts it on dir/name (mode 0711), undone at the end.
+func (b *bench) mountRaw(name string) (string, error) {
+	img := filepath.Join(b.dir, name+".img")
+	f, err := os.Create(img)
+	if err != nil {
+		return "", err
+	}
+	err = f.Truncate(local.DefaultVolumeSize)
+	f.Close()
+	if err != nil {
+		return "", err
+	}
+	b.undo.push("remove "+img, func() error { return os.Remove(img) })
+	out, err := execOut(b.ctx, "losetup", "--direct-io=on", "--sector-size", "4096", "--find", "--show", img)
+	if err != nil {
+		return "", err
+	}
+	dev := strings.TrimSpace(out)
+	b.undo.push("detach "+dev, func() error { _, err := execOut(context.Background(), "losetup", "-d", dev); return err })
+	// The options k8s.io/mount-utils (and so the daemon) format with, but with the inode
+	// tables and the journal initialized by mkfs (not timed) instead of by ext4's lazyinit
+	// thread after the mount: left lazy, that thread writes in the background for minutes
+	// and slows whatever else uses the disk, the store side included.
+	if _, err := execOut(b.ctx, "mkfs.ext4", "-F", "-m0", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev); err != nil {
+		return "", err
+	}
+	mnt := filepath.Join(b.dir, name)
+	if err := os.MkdirAll(mnt, 0o711); err != nil {
+		return "", err
+	}
+	if _, err := execOut(b.ctx, "mount", "-t", "ext4", dev, mnt); err != nil {
+		return "", err
+	}
+	b.undo.push("unmount "+mnt, func() error { _, err := execOut(context.Background(), "umount", mnt); return err })
+	return mnt, os.Chmod(mnt, 0o711)
 }
 
 func execOut(ctx context.Context, name string, args ...string) (string, error) {

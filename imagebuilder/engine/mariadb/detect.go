@@ -11,6 +11,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
@@ -18,16 +20,22 @@ import (
 // sniffSize is how much of a backup (after decompression) Detect reads.
 const sniffSize = 64 << 10
 
-// Detect names the format of the backup at path: FormatSQL for a mariadb-dump or mysqldump
-// file, or any text that starts with an SQL statement, plain or gzip'd; anything else fails
-// with engine.ErrFormat naming what it is.
+// Detect names the format of the backup at path, by content: FormatMariaBackup for a
+// mariabackup target directory (it has xtrabackup_checkpoints or mariadb_backup_checkpoints) or
+// an xbstream (mbstream) stream, plain, gzip'd or zstd-compressed; FormatBinlog for a binary log
+// file; FormatSQL for a mariadb-dump or mysqldump file, or any text that starts with an SQL
+// statement, plain or gzip'd; anything else fails with engine.ErrFormat naming what it is.
+// Physical backups are MariaDB's: for MySQL, they fail too.
 func (s *server) Detect(path string) (imagebuilder.BackupFormat, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return "", fmt.Errorf("%s: detect: %w", s.kind, err)
 	}
 	if st.IsDir() {
-		return "", fmt.Errorf("%w: %s is a directory; %s restores one SQL dump file (mariadb-dump, mysqldump), plain or gzip'd",
+		if isMariaBackupDir(path) {
+			return s.physicalFormat(path, imagebuilder.FormatMariaBackup, "a mariabackup directory")
+		}
+		return "", fmt.Errorf("%w: %s is a directory without xtrabackup_checkpoints or mariadb_backup_checkpoints, not a mariabackup target directory; %s restores SQL dump files (mariadb-dump, mysqldump), plain or gzip'd, and MariaDB's mariabackup backups (a directory or a --stream=xbstream file)",
 			engine.ErrFormat, path, s.kind)
 	}
 	f, err := os.Open(path)
@@ -35,17 +43,45 @@ func (s *server) Detect(path string) (imagebuilder.BackupFormat, error) {
 		return "", fmt.Errorf("%s: detect: %w", s.kind, err)
 	}
 	defer f.Close()
+	raw := make([]byte, 4)
+	n, err := io.ReadFull(f, raw)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return "", fmt.Errorf("%s: detect %s: %w", s.kind, path, err)
+	}
+	switch {
+	case string(raw[:n]) == binlogMagic:
+		return s.physicalFormat(path, imagebuilder.FormatBinlog, "a binary log")
+	case bytes.Equal(raw[:n], zstdMagic):
+		// A zstd stream: of an xbstream, or refused below.
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return "", fmt.Errorf("%s: detect %s: %w", s.kind, path, err)
+		}
+		if zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1)); err == nil {
+			head := make([]byte, len(xbMagic))
+			_, rerr := io.ReadFull(zr, head)
+			zr.Close()
+			if rerr == nil && string(head) == xbMagic {
+				return s.physicalFormat(path, imagebuilder.FormatMariaBackup, "a zstd-compressed xbstream")
+			}
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", fmt.Errorf("%s: detect: %w", s.kind, err)
+	}
 	r, gz, err := decompress(f)
 	if err != nil {
 		return "", fmt.Errorf("%w: %s: %w", engine.ErrFormat, path, err)
 	}
 	head := make([]byte, sniffSize)
-	n, err := io.ReadFull(r, head)
+	n, err = io.ReadFull(r, head)
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 		if gz {
 			return "", fmt.Errorf("%w: %s: a corrupt gzip stream: %w", engine.ErrFormat, path, err)
 		}
 		return "", fmt.Errorf("%s: detect %s: %w", s.kind, path, err)
+	}
+	if bytes.HasPrefix(head[:n], []byte(xbMagic)) {
+		return s.physicalFormat(path, imagebuilder.FormatMariaBackup, "an xbstream (mariabackup --stream=xbstream)")
 	}
 	if what, ok := classify(head[:n]); !ok {
 		if gz {
@@ -54,6 +90,15 @@ func (s *server) Detect(path string) (imagebuilder.BackupFormat, error) {
 		return "", fmt.Errorf("%w: %s: %s, not an SQL dump", engine.ErrFormat, path, what)
 	}
 	return imagebuilder.FormatSQL, nil
+}
+
+// physicalFormat returns format, found in the backup at path (what it is), for MariaDB, and
+// fails for MySQL, which restores dumps only.
+func (s *server) physicalFormat(path string, format imagebuilder.BackupFormat, what string) (imagebuilder.BackupFormat, error) {
+	if !s.mariaDB() {
+		return "", fmt.Errorf("%w: %s: %s (MariaDB's physical backup format); %s restores SQL dumps only", engine.ErrFormat, path, what, s.kind)
+	}
+	return format, nil
 }
 
 // decompress returns r, or the gzip stream r holds decompressed (gz true).
@@ -128,7 +173,7 @@ func classify(head []byte) (what string, sql bool) {
 	tok, kind, at := firstToken(text)
 	switch kind {
 	case tokBinary:
-		return binary(head), false
+		return describeBinary(head), false
 	case tokEnd:
 		if isPostgresDump(text) {
 			return "a PostgreSQL dump (pg_dump or pg_dumpall)", false
@@ -158,8 +203,8 @@ func isPostgresDump(text []byte) bool {
 		bytes.Contains(head, []byte("-- PostgreSQL database cluster dump"))
 }
 
-// binary describes head as binary data by its first bytes.
-func binary(head []byte) string {
+// describeBinary describes head as binary data by its first bytes.
+func describeBinary(head []byte) string {
 	return fmt.Sprintf("binary data (starting % x)", head[:min(len(head), 8)])
 }
 

@@ -125,6 +125,10 @@ func probe(bin string, dirs []string, runAs string) (*server, error) {
 		if s.installDB == "" {
 			missing = append(missing, "mariadb-install-db")
 		}
+		// Optional: without them, RestorePhysical says what to install.
+		s.backupTool = lookTool(search, "mariadb-backup", "mariabackup")
+		s.mbstream = lookTool(search, "mbstream")
+		s.binlogTool = lookTool(search, "mariadb-binlog", "mysqlbinlog")
 	default:
 		s.client = lookTool(search, "mysql")
 		if s.client == "" {

@@ -68,6 +68,9 @@ func (in *instance) RestoreLogical(ctx context.Context, b engine.BackupFile, opt
 		return engine.DataState{}, fmt.Errorf("%s: restore: read %s: %w", in.srv.kind, b.Path, err)
 	}
 	own, dumpDB := scanDatabases(head)
+	// head is br's buffer, which the restore overwrites: what dumpPosition reads of it (the
+	// comments before the first table) is kept.
+	headStart := bytes.Clone(head[:min(len(head), 64<<10)])
 
 	db := ""
 	if !own {
@@ -95,10 +98,36 @@ func (in *instance) RestoreLogical(ctx context.Context, b engine.BackupFile, opt
 		in.database = dumpDB
 		in.mu.Unlock()
 	}
+	state := engine.DataState{LogPosition: dumpPosition(headStart, trailer.Bytes())}
 	if t, ok := dumpTime(trailer.Bytes()); ok {
-		return engine.DataState{Time: t, Source: dumpTimeSource}, nil
+		state.Time, state.Source = t, dumpTimeSource
 	}
-	return engine.DataState{}, nil
+	return state, nil
+}
+
+// The binlog position and GTID a dump taken with --master-data (--dump-slave) and --gtid
+// records, commented out (=2) or not: the position near the start, the GTID near the end.
+var (
+	dumpBinlogRE = regexp.MustCompile(`(?m)^(?:-- )?CHANGE MASTER TO MASTER_LOG_FILE='([^'\n]+)', MASTER_LOG_POS=(\d+)`)
+	dumpGTIDRE   = regexp.MustCompile(`(?m)^(?:-- )?SET GLOBAL gtid_slave_pos='([0-9,-]*)'`)
+)
+
+// dumpPosition is the log position a dump records in its head or its trailer
+// (DataState.LogPosition), "" when it records none.
+func dumpPosition(head, trailer []byte) string {
+	var file, gtid string
+	var pos int64
+	if m := dumpBinlogRE.FindSubmatch(head); m != nil {
+		file = string(m[1])
+		pos, _ = strconv.ParseInt(string(m[2]), 10, 64)
+	}
+	for _, b := range [][]byte{trailer, head} {
+		if m := dumpGTIDRE.FindSubmatch(b); m != nil {
+			gtid = string(m[1])
+			break
+		}
+	}
+	return formatPosition(gtid, file, pos)
 }
 
 // scanDatabases reads the start of a dump, up to the first statement that needs a current

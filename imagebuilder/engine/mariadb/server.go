@@ -58,6 +58,22 @@
 // an account without FILE or any other global privilege; with no database name they run with
 // none selected, and name their tables' databases or USE one.
 //
+// # Physical backups and binary logs
+//
+// MariaDB's physical backups are mariabackup's (physical.go): its target directory, or its
+// --stream=xbstream output, plain, gzip'd or zstd-compressed. RestorePhysical places one into
+// the data directory (a stream checked chunk by chunk before mbstream -x extracts it, within
+// engine.RestoreOptions' limits; a directory copied), refuses an incremental backup, one of
+// another major version and one made with --compress, runs mariabackup --prepare as the
+// server's user and removes mariabackup's own files. The data state is xtrabackup_info's
+// end_time (read as UTC) and the GTID and binlog position of xtrabackup_binlog_info. Binary logs
+// given after the backup (binlog.go, replay.go) are replayed in sequence from that position to
+// the recovery target by mariadb-binlog through the client, into a server RestorePhysical
+// starts and stops itself; the data state is then the last transaction replayed. A failed
+// restore leaves no data directory. A dump's --master-data and --gtid comments give its log
+// position too. The tools come from Debian's mariadb-backup (mariabackup, mbstream) and
+// mariadb-client (mariadb-binlog) packages; Discover finds them next to the server.
+//
 // # Images
 //
 // Checkpoint flushes every table (MyISAM and Aria write their buffers) and sets
@@ -93,6 +109,10 @@ type server struct {
 	client string
 	// installDB is mariadb-install-db; empty for MySQL, which initializes with mysqld itself.
 	installDB string
+	// backupTool, mbstream and binlogTool are mariabackup, mbstream and mariadb-binlog, which
+	// restore physical backups and replay binary logs (MariaDB only); empty when not installed
+	// (Debian's mariadb-backup package has the first two).
+	backupTool, mbstream, binlogTool string
 	// runAs is Options.RunAs: the OS user when an operation's options name none.
 	runAs string
 }
@@ -223,19 +243,6 @@ func (s *server) initDataDir(ctx context.Context, u *engine.User, dataDir, datab
 // defaultCharset is the character set Debian's packages configure for MariaDB, whose compiled
 // default is still latin1.
 var defaultCharset = []string{"--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci"}
-
-// Physical reports false: MariaDB and MySQL backups restore through a running server.
-func (s *server) Physical(imagebuilder.BackupFormat) bool { return false }
-
-// RestorePhysical fails: there are no physical backup formats for MariaDB and MySQL yet.
-func (s *server) RestorePhysical(_ context.Context, root string, backups []engine.BackupFile, _ engine.RestoreOptions) (engine.DataState, error) {
-	names := make([]string, len(backups))
-	for i, b := range backups {
-		names[i] = fmt.Sprintf("%s (%s)", b.Path, b.Format)
-	}
-	return engine.DataState{}, fmt.Errorf("%w: %s restores no physical backups (into %s): %s",
-		engine.ErrFormat, s.kind, root, strings.Join(names, ", "))
-}
 
 // checkTraversable reports whether u can reach dir: as root, every directory from / to dir must
 // let u through, or the server (which runs as u) fails with a less helpful message.
