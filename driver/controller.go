@@ -9,6 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/internal/keylock"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,6 +42,9 @@ type controllerServer struct {
 	locks   keylock.Locks
 	size    sizing
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
+	// images pulls the images of snapshot handles this pool lacks (images.go); nil: no
+	// registry, or no Node service yet.
+	images *images
 }
 
 func newControllerServer(cfg *Config, store dataplane.Volumes, blockSize int) *controllerServer {
@@ -155,6 +159,10 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	case src.GetSnapshot() != nil:
 		snapID := src.GetSnapshot().GetSnapshotId()
 		snap, err := c.lookupSnapshot(ctx, snapID)
+		if status.Code(err) == codes.NotFound && c.images != nil {
+			// Another node's image, or one this pool lost: from the registry.
+			snap, err = c.images.clonable(ctx, snapID)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -193,6 +201,22 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	return &csi.CreateVolumeResponse{Volume: c.volume(info, src, vc)}, nil
 }
 
+// origin returns the snapshot of this pool a clone of snapshot handle is made from: the
+// handle's own, or the image it names in the registry once pulled here.
+func (c *controllerServer) origin(ctx context.Context, handle string) (blockstore.SnapshotID, error) {
+	info, err := c.lookupSnapshot(ctx, handle)
+	if status.Code(err) == codes.NotFound && c.images != nil {
+		var d exportset.Digest
+		if d, err = c.images.digest(ctx, handle); err == nil {
+			var held bool
+			if info, held, err = c.images.held(ctx, d); err == nil && !held {
+				err = fmt.Errorf("image %s of snapshot %s is not in this pool", d, handle)
+			}
+		}
+	}
+	return info.ID, err
+}
+
 // compatible checks a volume found by name against a repeated CreateVolume: ALREADY_EXISTS
 // unless its size fits the capacity range and its content source matches. The pool stores the
 // name, size and origin snapshot of a volume, so that is what can be compared: capabilities
@@ -210,7 +234,7 @@ func (c *controllerServer) compatible(ctx context.Context, existing blockstore.V
 	var want blockstore.SnapshotID // the origin the request implies
 	switch {
 	case src.GetSnapshot() != nil:
-		snapID, err := c.ids.parseSnapshotID(src.GetSnapshot().GetSnapshotId())
+		snapID, err := c.origin(ctx, src.GetSnapshot().GetSnapshotId())
 		if err != nil {
 			return status.Errorf(codes.AlreadyExists, "volume %q exists (%s), not cloned from snapshot %q", req.GetName(), id, src.GetSnapshot().GetSnapshotId())
 		}
