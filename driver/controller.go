@@ -9,7 +9,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/dataplane"
-	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/internal/keylock"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -203,18 +202,25 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 
 // origin returns the snapshot of this pool a clone of snapshot handle is made from: the
 // handle's own, or the image it names in the registry once pulled here.
+//
+// A clone records its origin's number, which outlives the snapshot: a handle of this pool whose
+// snapshot is gone still matches by number, unless its clone came from the registry.
 func (c *controllerServer) origin(ctx context.Context, handle string) (blockstore.SnapshotID, error) {
-	info, err := c.lookupSnapshot(ctx, handle)
-	if status.Code(err) == codes.NotFound && c.images != nil {
-		var d exportset.Digest
-		if d, err = c.images.digest(ctx, handle); err == nil {
-			var held bool
-			if info, held, err = c.images.held(ctx, d); err == nil && !held {
-				err = fmt.Errorf("image %s of snapshot %s is not in this pool", d, handle)
+	ref, perr := c.ids.parseSnapshotHandle(handle)
+	if perr == nil {
+		info, err := c.store.SnapshotInfo(ctx, ref.id)
+		if c.images == nil || err == nil && ref.names(info) {
+			return ref.id, nil
+		}
+	}
+	if c.images != nil {
+		if d, err := c.images.digest(ctx, handle); err == nil {
+			if info, held, err := c.images.held(ctx, d); err == nil && held {
+				return info.ID, nil
 			}
 		}
 	}
-	return info.ID, err
+	return ref.id, perr
 }
 
 // compatible checks a volume found by name against a repeated CreateVolume: ALREADY_EXISTS

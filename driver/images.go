@@ -86,6 +86,7 @@ type images struct {
 	reg   *exportset.Registry
 	store dataplane.Store
 	node  *poolvol.Node
+	devs  attacherDevices
 	ids   ids
 	log   *slog.Logger
 	now   func() time.Time
@@ -125,7 +126,7 @@ func (a attacherDevices) Detach(ctx context.Context, id string) error {
 func newImages(cfg *Config, store dataplane.Store, vols *nodevolume.Attacher, blockSize int) *images {
 	im := &images{
 		cfg: cfg, reg: cfg.Registry, store: store, ids: ids{tag: nodeTag(cfg.NodeID)}, log: cfg.Logger, now: time.Now,
-		node: poolvol.WithDevices(store, attacherDevices{vols}, blockSize, cfg.Logger),
+		node: poolvol.WithDevices(store, attacherDevices{vols}, blockSize, cfg.Logger), devs: attacherDevices{vols},
 	}
 	im.mu.pulls = map[exportset.Digest]*transfer{}
 	im.mu.pushes = map[string]*transfer{}
@@ -276,12 +277,12 @@ func (im *images) pull(d exportset.Digest, handle string, t *transfer) (blocksto
 
 // native returns the snapshot a handle names in this pool, if it is one of this node's.
 func (im *images) native(ctx context.Context, handle string) (blockstore.SnapshotInfo, bool, error) {
-	id, err := im.ids.parseSnapshotID(handle)
+	ref, err := im.ids.parseSnapshotHandle(handle)
 	if err != nil {
 		return blockstore.SnapshotInfo{}, false, nil
 	}
-	info, err := im.store.SnapshotInfo(ctx, id)
-	if errors.Is(err, blockstore.ErrNotFound) {
+	info, err := im.store.SnapshotInfo(ctx, ref.id)
+	if errors.Is(err, blockstore.ErrNotFound) || err == nil && !ref.names(info) {
 		return info, false, nil
 	}
 	return info, err == nil, err
@@ -325,7 +326,20 @@ func (im *images) push(p cluster.Placement, snap blockstore.SnapshotInfo, t *tra
 	}
 	start := im.now()
 	im.log.Info("pushing image", "snapshot", p.Handle, "image", meta.Name, "registry", im.reg.String())
-	src, err := im.node.NewSource(ctx, snap.ID, pushPrefix+p.Handle, pushPrefix+p.Handle)
+	name := pushPrefix + p.Handle
+	// What a push that was interrupted (the plugin killed) left: its device and its clone.
+	if err := im.devs.Detach(ctx, name); err != nil {
+		return "", fmt.Errorf("driver: push %s: detach what an earlier push left: %w", p.Handle, err)
+	}
+	if old, err := im.store.LookupVolume(ctx, name); err == nil {
+		im.log.Info("deleting what an interrupted push left", "volume", name)
+		if err := im.store.DeleteVolume(ctx, old.ID); err != nil {
+			return "", fmt.Errorf("driver: push %s: delete the leftover volume %s: %w", p.Handle, name, err)
+		}
+	} else if !errors.Is(err, blockstore.ErrNotFound) {
+		return "", fmt.Errorf("driver: push %s: %w", p.Handle, err)
+	}
+	src, err := im.node.NewSource(ctx, snap.ID, name, name)
 	if err != nil {
 		return "", fmt.Errorf("driver: push %s: %w", p.Handle, err)
 	}

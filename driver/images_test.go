@@ -343,3 +343,27 @@ func TestCorruptChunk(t *testing.T) {
 		b.requireVolume(t, resp.GetVolume().GetVolumeId(), want)
 	})
 }
+
+// TestPushAfterInterruption: what a push killed half-way leaves (its source clone, attached)
+// does not stop the next push of the image.
+func TestPushAfterInterruption(t *testing.T) {
+	tg, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
+	require.NoError(t, err)
+	a := newRegNode(t, testNode, &slowTarget{Target: tg})
+	handle, _ := a.makeImage(t, "img", 6)
+	ref, err := a.c.ids.parseSnapshotHandle(handle)
+	require.NoError(t, err)
+	left, err := a.pool.Clone(ref.id, pushPrefix+handle, 0)
+	require.NoError(t, err)
+	_, err = a.devs().Attach(context.Background(), pushPrefix+handle, left.ID)
+	require.NoError(t, err)
+	place(t, a.reg, handle)
+	s, ok := a.syncAll(t).Image(handle)
+	require.True(t, ok)
+	require.Equal(t, cluster.StateHeld, s.State, "%+v", s)
+	require.True(t, s.Pushed)
+	_, err = a.pool.LookupVolume(pushPrefix + handle)
+	require.ErrorIs(t, err, blockstore.ErrNotFound, "the push's clone is deleted after it")
+}
+
+func (n *regNode) devs() attacherDevices { return n.im.devs }
