@@ -112,7 +112,9 @@ func removeStaleSocket(path string) error {
 // ServeListener serves the CSI services on lis until ctx ends, then stops gracefully: no new
 // calls, calls in flight get gracePeriod to finish. It returns nil after a stop caused by ctx.
 // The exports' I/O is the data plane's: it goes on whatever this server does.
-// Meanwhile it checks the pool every Config.PoolCheckInterval (a read-only Check).
+// Meanwhile it checks the pool every Config.PoolCheckInterval (a read-only Check) and, with a
+// registry and the Node service, syncs with the registry every Config.RegistrySync
+// (driver/images.go).
 func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	s.cfg.Logger.Info("serving CSI", "endpoint", lis.Addr().String(), "driver", s.cfg.DriverName,
 		"version", s.cfg.Version, "node", s.cfg.NodeID)
