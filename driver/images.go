@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,7 +33,8 @@ import (
 //     deadline returns ABORTED with the pull's progress, and its retry joins the same pull; a
 //     failed pull is the error of the calls that wait for it, and the next call starts again;
 //   - pre-pulls the images whose placement names its node, and writes a report of what it
-//     holds, pushes and pulls (cluster.NodeReport), every Config.RegistrySync.
+//     holds, pushes and pulls (cluster.NodeReport), every Config.RegistrySync, and deletes the
+//     images it pulled that no placement names any more.
 
 // DefaultRegistrySync is Config.RegistrySync's default.
 const DefaultRegistrySync = 10 * time.Second
@@ -384,10 +386,20 @@ func (im *images) sync(ctx context.Context) error {
 	}
 	rep := cluster.NodeReport{Node: im.cfg.NodeID, Updated: im.now().UTC()}
 	if err == nil {
+		placed := map[exportset.Digest]bool{}
+		complete := len(bad) == 0
 		for _, p := range ps {
 			if s, ok := im.syncOne(ctx, p); ok {
 				rep.Images = append(rep.Images, s)
 			}
+			if d, derr := im.digest(ctx, p.Handle); derr == nil {
+				placed[d] = true
+			} else if !errors.Is(derr, exportset.ErrNotFound) {
+				complete = false
+			}
+		}
+		if complete {
+			im.dropUnplaced(ctx, placed)
 		}
 	} else {
 		rep.Error = err.Error()
@@ -465,4 +477,33 @@ func (im *images) syncOne(ctx context.Context, p cluster.Placement) (cluster.Ima
 	s.State = cluster.StatePulling
 	s.Done, s.Total = pull.chunks()
 	return s, true
+}
+
+// dropUnplaced deletes the images this node pulled whose digest no placement names any more
+// (their DataImage's snapshot is gone): the clones made of them keep their data. placed must
+// come from a complete reading of the placements.
+func (im *images) dropUnplaced(ctx context.Context, placed map[exportset.Digest]bool) {
+	snaps, err := im.store.ListSnapshots(ctx)
+	if err != nil {
+		im.log.Warn("listing the pool's snapshots", "err", err)
+		return
+	}
+	for _, s := range snaps {
+		hex, ok := strings.CutPrefix(s.Name, pulledPrefix)
+		if !ok {
+			continue
+		}
+		d := exportset.Digest("sha256:" + hex)
+		im.mu.Lock()
+		pulling := im.mu.pulls[d] != nil
+		im.mu.Unlock()
+		if !d.Valid() || placed[d] || pulling {
+			continue
+		}
+		if err := im.store.DeleteSnapshot(ctx, s.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+			im.log.Warn("deleting a pulled image no placement names", "digest", d, "err", err)
+			continue
+		}
+		im.log.Info("deleted a pulled image no placement names", "digest", d)
+	}
 }

@@ -367,3 +367,34 @@ func TestPushAfterInterruption(t *testing.T) {
 }
 
 func (n *regNode) devs() attacherDevices { return n.im.devs }
+
+// TestUnplacedPulledImageDropped: once its placement is withdrawn (its DataImage's snapshot
+// deleted), a node's sync deletes the image it pulled; the clone made of it keeps its data;
+// the image's own node keeps its snapshot (the CSI snapshot, not the node's to delete).
+func TestUnplacedPulledImageDropped(t *testing.T) {
+	tg, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
+	require.NoError(t, err)
+	st := &slowTarget{Target: tg}
+	a := newRegNode(t, testNode, st)
+	b := newRegNode(t, otherNode, st)
+	handle, want, d := a.pushed(t, "img", 7, otherNode)
+	kept, _, _ := a.pushed(t, "img2", 8, otherNode)
+	b.syncAll(t)
+	resp, err := b.c.CreateVolume(context.Background(), cloneReq("clone", handle))
+	require.NoError(t, err)
+	_, err = b.pool.LookupSnapshot(pulledName(d))
+	require.NoError(t, err)
+
+	require.NoError(t, cluster.DeletePlacement(context.Background(), tg, handle))
+	b.syncAll(t)
+	_, err = b.pool.LookupSnapshot(pulledName(d))
+	require.ErrorIs(t, err, blockstore.ErrNotFound, "the unplaced pulled image is deleted")
+	b.requireVolume(t, resp.GetVolume().GetVolumeId(), want)
+	dk, err := b.reg.Resolve(context.Background(), kept)
+	require.NoError(t, err)
+	_, err = b.pool.LookupSnapshot(pulledName(dk))
+	require.NoError(t, err, "a placed image stays")
+	a.syncAll(t)
+	_, err = a.c.GetSnapshot(context.Background(), &csi.GetSnapshotRequest{SnapshotId: handle})
+	require.NoError(t, err)
+}
