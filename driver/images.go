@@ -46,8 +46,8 @@ const retryAfter = time.Minute
 // name the volumes (and exports) of pulls and pushes in progress.
 const (
 	pulledPrefix = "image-sha256-"
-	pullPrefix   = "pull-"
-	pushPrefix   = "push-"
+	pullPrefix   = "dataimage-pull-"
+	pushPrefix   = "dataimage-push-"
 )
 
 func pulledName(d exportset.Digest) string { return pulledPrefix + d.Hex() }
@@ -360,8 +360,10 @@ func (im *images) push(p cluster.Placement, snap blockstore.SnapshotInfo, t *tra
 	return res.Digest, nil
 }
 
-// run syncs every interval until ctx ends.
+// run deletes what transfers of an earlier run of the plugin left, then syncs every interval
+// until ctx ends.
 func (im *images) run(ctx context.Context, interval time.Duration) {
+	im.cleanup(ctx)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -505,5 +507,38 @@ func (im *images) dropUnplaced(ctx context.Context, placed map[exportset.Digest]
 			continue
 		}
 		im.log.Info("deleted a pulled image no placement names", "digest", d)
+	}
+}
+
+// cleanup deletes the volumes (and their devices) of pushes and pulls that no transfer of this
+// process runs: an earlier plugin was stopped in the middle of them. A pull left this way
+// made no image (pulls are atomic); a push is run again by the next sync.
+func (im *images) cleanup(ctx context.Context) {
+	vols, err := im.store.ListVolumes(ctx)
+	if err != nil {
+		im.log.Warn("listing the pool's volumes", "err", err)
+		return
+	}
+	for _, v := range vols {
+		pull, isPull := strings.CutPrefix(v.Name, pullPrefix)
+		push, isPush := strings.CutPrefix(v.Name, pushPrefix)
+		if !isPull && !isPush {
+			continue
+		}
+		im.mu.Lock()
+		running := isPull && im.mu.pulls[exportset.Digest("sha256:"+pull)] != nil || isPush && im.mu.pushes[push] != nil
+		im.mu.Unlock()
+		if running {
+			continue
+		}
+		if err := im.devs.Detach(ctx, v.Name); err != nil {
+			im.log.Warn("detaching what an interrupted transfer left", "volume", v.Name, "err", err)
+			continue
+		}
+		if err := im.store.DeleteVolume(ctx, v.ID); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
+			im.log.Warn("deleting what an interrupted transfer left", "volume", v.Name, "err", err)
+			continue
+		}
+		im.log.Info("deleted what an interrupted transfer left", "volume", v.Name)
 	}
 }

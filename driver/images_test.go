@@ -398,3 +398,25 @@ func TestUnplacedPulledImageDropped(t *testing.T) {
 	_, err = a.c.GetSnapshot(context.Background(), &csi.GetSnapshotRequest{SnapshotId: handle})
 	require.NoError(t, err)
 }
+
+// TestCleanupLeftovers: the volumes and devices of pulls and pushes an earlier plugin left are
+// deleted when the registry loop starts; other volumes stay.
+func TestCleanupLeftovers(t *testing.T) {
+	tg, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
+	require.NoError(t, err)
+	a := newRegNode(t, testNode, &slowTarget{Target: tg})
+	ctx := context.Background()
+	keep := mustCreateVolume(t, a.c, "pull-me-not", mib)
+	for _, name := range []string{pullPrefix + strings.Repeat("ab", 32), pushPrefix + "ds-00000000-0000000000000001"} {
+		v, err := a.pool.CreateVolume(name, mib)
+		require.NoError(t, err)
+		_, err = a.devs().Attach(ctx, name, v.ID)
+		require.NoError(t, err)
+	}
+	a.im.cleanup(ctx)
+	vols := a.pool.Volumes()
+	require.Len(t, vols, 1)
+	require.Equal(t, "pull-me-not", vols[0].Name)
+	_, err = a.c.ids.parseVolumeID(keep.GetVolumeId())
+	require.NoError(t, err)
+}
