@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/driver/wellknown"
+	"github.com/dataimage/dataimage/exportset"
 )
 
 // Defaults for Config fields left zero.
@@ -45,6 +46,14 @@ type Config struct {
 	// (which does not stop I/O); volume health (DEGRADED "PoolCheckFailed") and the metrics
 	// report what the last one found. 0: never.
 	PoolCheckInterval time.Duration
+	// Registry, when set, is the cluster's image registry (driver/images.go): the plugin
+	// pushes the snapshots that placements name, pulls the images of snapshot handles its pool
+	// lacks (CreateVolume), pre-pulls placed images and reports what it holds. It needs the
+	// Node service (RegisterNode), whose attachments read and write the images' volumes.
+	Registry *exportset.Registry
+	// RegistrySync is how often the plugin reads the placements and writes its report.
+	// Default DefaultRegistrySync.
+	RegistrySync time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -64,6 +73,9 @@ func (c Config) complete() (Config, error) {
 	if c.DefaultVolumeSize == 0 {
 		c.DefaultVolumeSize = DefaultVolumeSize
 	}
+	if c.RegistrySync == 0 {
+		c.RegistrySync = DefaultRegistrySync
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -80,6 +92,8 @@ func (c Config) complete() (Config, error) {
 		return c, fmt.Errorf("driver: config: max volumes %d: must not be negative", c.MaxVolumes)
 	case c.DefaultVolumeSize < 0:
 		return c, fmt.Errorf("driver: config: default volume size %d: must not be negative", c.DefaultVolumeSize)
+	case c.RegistrySync < 0:
+		return c, fmt.Errorf("driver: config: registry sync interval %s: must not be negative", c.RegistrySync)
 	case c.PoolCheckInterval < 0:
 		return c, fmt.Errorf("driver: config: pool check interval %s: must not be negative", c.PoolCheckInterval)
 	}

@@ -41,6 +41,9 @@ type controllerServer struct {
 	locks   keylock.Locks
 	size    sizing
 	checker *poolChecker // the periodic pool check, for volume health; nil: none
+	// images pulls the images of snapshot handles this pool lacks (images.go); nil: no
+	// registry, or no Node service yet.
+	images *images
 }
 
 func newControllerServer(cfg *Config, store dataplane.Volumes, blockSize int) *controllerServer {
@@ -155,6 +158,10 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	case src.GetSnapshot() != nil:
 		snapID := src.GetSnapshot().GetSnapshotId()
 		snap, err := c.lookupSnapshot(ctx, snapID)
+		if status.Code(err) == codes.NotFound && c.images != nil {
+			// Another node's image, or one this pool lost: from the registry.
+			snap, err = c.images.clonable(ctx, snapID)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -193,6 +200,29 @@ func (c *controllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	return &csi.CreateVolumeResponse{Volume: c.volume(info, src, vc)}, nil
 }
 
+// origin returns the snapshot of this pool a clone of snapshot handle is made from: the
+// handle's own, or the image it names in the registry once pulled here.
+//
+// A clone records its origin's number, which outlives the snapshot: a handle of this pool whose
+// snapshot is gone still matches by number, unless its clone came from the registry.
+func (c *controllerServer) origin(ctx context.Context, handle string) (blockstore.SnapshotID, error) {
+	ref, perr := c.ids.parseSnapshotHandle(handle)
+	if perr == nil {
+		info, err := c.store.SnapshotInfo(ctx, ref.id)
+		if c.images == nil || err == nil && ref.names(info) {
+			return ref.id, nil
+		}
+	}
+	if c.images != nil {
+		if d, err := c.images.digest(ctx, handle); err == nil {
+			if info, held, err := c.images.held(ctx, d); err == nil && held {
+				return info.ID, nil
+			}
+		}
+	}
+	return ref.id, perr
+}
+
 // compatible checks a volume found by name against a repeated CreateVolume: ALREADY_EXISTS
 // unless its size fits the capacity range and its content source matches. The pool stores the
 // name, size and origin snapshot of a volume, so that is what can be compared: capabilities
@@ -210,7 +240,7 @@ func (c *controllerServer) compatible(ctx context.Context, existing blockstore.V
 	var want blockstore.SnapshotID // the origin the request implies
 	switch {
 	case src.GetSnapshot() != nil:
-		snapID, err := c.ids.parseSnapshotID(src.GetSnapshot().GetSnapshotId())
+		snapID, err := c.origin(ctx, src.GetSnapshot().GetSnapshotId())
 		if err != nil {
 			return status.Errorf(codes.AlreadyExists, "volume %q exists (%s), not cloned from snapshot %q", req.GetName(), id, src.GetSnapshot().GetSnapshotId())
 		}

@@ -14,6 +14,11 @@
 // keeping their chain. The node service decides the CSI side of staging and publishing; making a
 // volume a device and a file system on the node, and undoing it, is package nodevolume's.
 //
+// With a registry (Config.Registry, images.go) images are not bound to their node: the plugin
+// pushes the snapshots that the cluster's placements name, pulls the image of a snapshot ID its
+// pool lacks before cloning it (exportset/poolvol through its attachments), pre-pulls placed
+// images and reports what it holds (exportset/cluster).
+//
 // Server registers the services on a gRPC server and serves them on a unix socket. Volume
 // expansion is node-only: NodeExpandVolume grows the volume in the pool, then its file system;
 // the controller service does not offer it.

@@ -9,6 +9,7 @@ import (
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/nodevolume"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -107,6 +108,40 @@ func codeOf(err error) codes.Code {
 	default:
 		return codes.Internal
 	}
+}
+
+// registryError turns an error of a registry (a resolve, a pull) into a gRPC error:
+//
+//	exportset.ErrCorrupt, ErrMalformed (a chunk or      DataLoss: the image in the registry is
+//	  a manifest that does not verify)                 damaged; the message names the chunk
+//	exportset.ErrNotFound (no such name or image, a    Unavailable: retried; the name appears when
+//	  missing chunk is a ChunkError: DataLoss)         the image's node has pushed it
+//	exportset.ErrInvalid                               InvalidArgument
+//	the pool's errors                                  as codeOf
+//	anything else (the network, the server)            Unavailable
+//
+// A missing name is Unavailable rather than NOT_FOUND: the snapshot exists on its node and is
+// pushed shortly after it is made, and the provisioner treats NOT_FOUND as final.
+func registryError(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	var chunk *exportset.ChunkError
+	code := codes.Unavailable
+	switch {
+	case errors.As(err, &chunk), errors.Is(err, exportset.ErrCorrupt), errors.Is(err, exportset.ErrMalformed):
+		code = codes.DataLoss
+	case errors.Is(err, exportset.ErrNotFound):
+		code = codes.Unavailable
+	case errors.Is(err, exportset.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, blockstore.ErrClosed), errors.Is(err, dataplane.ErrUnavailable),
+		errors.Is(err, blockstore.ErrNoSpace), errors.Is(err, blockstore.ErrOverProvisioned),
+		errors.Is(err, blockstore.ErrFailed), errors.Is(err, blockstore.ErrCorrupt):
+		code = codeOf(err)
+	}
+	return &rpcError{code: code, msg: fmt.Sprintf(format, args...), err: err}
 }
 
 // unhealthyError is Probe's answer for a pool that cannot serve: FAILED_PRECONDITION ("Plugin

@@ -1,8 +1,13 @@
 package driver
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
 
 	"github.com/dataimage/dataimage/blockstore"
 	"github.com/stretchr/testify/require"
@@ -77,4 +82,44 @@ func FuzzParseID(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSnapshotHandleNameTag: a snapshot's ID carries the tag of its name; an ID whose number
+// names a snapshot of another name (a pool made again on the node numbers from the start)
+// names nothing: lookups say NOT_FOUND, a delete deletes nothing, while the old 28-byte IDs
+// still name their snapshot.
+func TestSnapshotHandleNameTag(t *testing.T) {
+	c, _ := newTestController(t)
+	ctx := context.Background()
+	vol := mustCreateVolume(t, c, "v", mib)
+	snap := mustCreateSnapshot(t, c, "snapshot-1", vol.GetVolumeId())
+	h := snap.GetSnapshotId()
+	require.Len(t, h, taggedIDLen)
+	ref, err := c.ids.parseSnapshotHandle(h)
+	require.NoError(t, err)
+	require.True(t, ref.tagged)
+	old := h[:idLen] // the same snapshot, as IDs were before name tags
+	_, err = c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: old})
+	require.NoError(t, err)
+
+	other := old + fmt.Sprintf("-%08x", nodeTag("snapshot-of-an-earlier-pool"))
+	_, err = c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: other})
+	requireCode(t, codes.NotFound, err)
+	require.ErrorIs(t, err, errOtherSnapshot)
+	_, err = c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "clone", VolumeCapabilities: createReq("x", mib).VolumeCapabilities,
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: other}}}})
+	requireCode(t, codes.NotFound, err)
+	_, err = c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: other})
+	require.NoError(t, err)
+	_, err = c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: h})
+	require.NoError(t, err, "deleting another pool's ID deleted this pool's snapshot")
+
+	for _, bad := range []string{h + "0", h[:len(h)-1], old + "-ABCDEF01", old + "_01234567", old + "-0123456g"} {
+		_, err := c.ids.parseSnapshotHandle(bad)
+		require.ErrorIs(t, err, errMalformedID, "%q", bad)
+	}
+	_, err = c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: h})
+	require.NoError(t, err)
+	_, err = c.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: h})
+	requireCode(t, codes.NotFound, err)
 }

@@ -70,6 +70,10 @@ func (s *Server) RegisterNode(ctx context.Context, nc NodeConfig) error {
 	n.checker = s.checker
 	csi.RegisterNodeServer(s.grpc, n)
 	s.node = n
+	if s.cfg.Registry != nil {
+		s.images = newImages(&s.cfg, s.store, n.vols, st.BlockSize)
+		s.controller.images = s.images
+	}
 	return nil
 }
 

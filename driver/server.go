@@ -29,6 +29,10 @@ type Server struct {
 	metrics *metrics
 	node    *nodeServer // nil until RegisterNode
 	checker *poolChecker
+	// controller is the Controller service; images its registry side (nil: no registry or
+	// no Node service).
+	controller *controllerServer
+	images     *images
 }
 
 // NewServer checks cfg (filling in defaults) and registers the Identity and Controller
@@ -56,6 +60,7 @@ func NewServer(ctx context.Context, cfg Config, store dataplane.Store, opts ...g
 	csi.RegisterIdentityServer(s.grpc, &identityServer{cfg: &s.cfg, store: store})
 	cs := newControllerServer(&s.cfg, store, st.BlockSize)
 	cs.checker = s.checker
+	s.controller = cs
 	csi.RegisterControllerServer(s.grpc, cs)
 	return s, nil
 }
@@ -107,7 +112,9 @@ func removeStaleSocket(path string) error {
 // ServeListener serves the CSI services on lis until ctx ends, then stops gracefully: no new
 // calls, calls in flight get gracePeriod to finish. It returns nil after a stop caused by ctx.
 // The exports' I/O is the data plane's: it goes on whatever this server does.
-// Meanwhile it checks the pool every Config.PoolCheckInterval (a read-only Check).
+// Meanwhile it checks the pool every Config.PoolCheckInterval (a read-only Check) and, with a
+// registry and the Node service, syncs with the registry every Config.RegistrySync
+// (driver/images.go).
 func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	s.cfg.Logger.Info("serving CSI", "endpoint", lis.Addr().String(), "driver", s.cfg.DriverName,
 		"version", s.cfg.Version, "node", s.cfg.NodeID)
@@ -121,6 +128,14 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 		s.checker.run(ctx)
 	}()
 	defer func() { <-checked }()
+	if s.images != nil {
+		synced := make(chan struct{})
+		go func() {
+			defer close(synced)
+			s.images.run(ctx, s.cfg.RegistrySync)
+		}()
+		defer func() { <-synced }()
+	}
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

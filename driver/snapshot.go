@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -16,7 +17,7 @@ import (
 // durable on return, so every snapshot is ready to use.
 func (c *controllerServer) snapshot(info blockstore.SnapshotInfo) *csi.Snapshot {
 	return &csi.Snapshot{
-		SnapshotId:         c.ids.snapshotID(info.ID),
+		SnapshotId:         c.ids.snapshotHandle(info),
 		SourceVolumeId:     c.ids.volumeID(info.Volume),
 		SizeBytes:          info.Size,
 		CreationTime:       timestamppb.New(info.Created),
@@ -28,11 +29,14 @@ func (c *controllerServer) snapshot(info blockstore.SnapshotInfo) *csi.Snapshot 
 // lookupSnapshot finds a snapshot by CSI ID: NOT_FOUND for an ID that is malformed, another
 // node's, or unknown.
 func (c *controllerServer) lookupSnapshot(ctx context.Context, snapshotID string) (blockstore.SnapshotInfo, error) {
-	id, err := c.ids.parseSnapshotID(snapshotID)
+	ref, err := c.ids.parseSnapshotHandle(snapshotID)
 	if err != nil {
 		return blockstore.SnapshotInfo{}, idError(err)
 	}
-	info, err := c.store.SnapshotInfo(ctx, id)
+	info, err := c.store.SnapshotInfo(ctx, ref.id)
+	if err == nil && !ref.names(info) {
+		return blockstore.SnapshotInfo{}, idError(fmt.Errorf("snapshot ID %q: %w", snapshotID, errOtherSnapshot))
+	}
 	return info, mapError(err, "snapshot %s", snapshotID)
 }
 
@@ -63,7 +67,7 @@ func (c *controllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err == nil {
 		if got := c.ids.volumeID(existing.Volume); got != srcID {
 			return nil, status.Errorf(codes.AlreadyExists, "snapshot %q exists (%s) of volume %s, not of %s",
-				name, c.ids.snapshotID(existing.ID), got, srcID)
+				name, c.ids.snapshotHandle(existing), got, srcID)
 		}
 		return &csi.CreateSnapshotResponse{Snapshot: c.snapshot(existing)}, nil
 	}
@@ -89,18 +93,30 @@ func (c *controllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	if snapshotID == "" {
 		return nil, invalidf("snapshot_id is required")
 	}
-	id, err := c.ids.parseSnapshotID(snapshotID)
+	ref, err := c.ids.parseSnapshotHandle(snapshotID)
 	switch {
 	case errors.Is(err, errMalformedID):
 		return &csi.DeleteSnapshotResponse{}, nil
 	case err != nil:
 		return nil, idError(err)
 	}
+	id := ref.id
 	unlock, err := c.locks.Lock(ctx, "snapshot/"+strconv.FormatUint(uint64(id), 10))
 	if err != nil {
 		return nil, ctxError(err)
 	}
 	defer unlock()
+	if ref.tagged {
+		// An ID of an earlier pool of this node names another snapshot of this one: its own is
+		// gone, there is nothing to delete.
+		info, err := c.store.SnapshotInfo(ctx, id)
+		if errors.Is(err, blockstore.ErrNotFound) || err == nil && !ref.names(info) {
+			return &csi.DeleteSnapshotResponse{}, nil
+		}
+		if err != nil {
+			return nil, mapError(err, "snapshot %s", snapshotID)
+		}
+	}
 	if err := c.store.DeleteSnapshot(ctx, id); err != nil && !errors.Is(err, blockstore.ErrNotFound) {
 		return nil, mapError(err, "delete snapshot %s", snapshotID)
 	}

@@ -50,6 +50,13 @@ var combinations = []struct {
 		wantArgs(t, dp, "--pool=/var/lib/dataimage/pool.img", "--pool-size=100Gi", "--preallocate=false", "--socket=/run/dataimage/dataplane/dataplane.sock",
 			"--export-state-dir=/run/dataimage/export", "--holder=/run/dataimage/fuse-holder/fuse-holder.sock")
 		wantArgs(t, plugin, "--dataplane-socket=/run/dataimage/dataplane/dataplane.sock", "--default-fstype=ext4", "--pool-check-interval=12h")
+		for _, c := range []*corev1.Container{plugin, r.container(t, "controller")} {
+			for _, a := range c.Args {
+				if strings.HasPrefix(a, "--registry") {
+					t.Errorf("no registry by default, but container %s has %s", c.Name, a)
+				}
+			}
+		}
 		holder := r.container(t, "fuse-holder")
 		wantArgs(t, holder, "--socket=/run/dataimage/fuse-holder/fuse-holder.sock")
 		r.mount(t, holder, "/run/dataimage/fuse-holder", "")
@@ -137,6 +144,48 @@ var combinations = []struct {
 					t.Errorf("%s: a block device pool still mounts the pool file's directory", c)
 				}
 			}
+		}
+	}},
+	{"registryS3", []string{
+		"registry.url=s3://images/prod", "registry.endpoint=https://minio.example:9000", "registry.pathStyle=true",
+		"registry.credentialsSecret=s3-keys", "registry.caBundle.configMap=minio-ca", "registry.syncInterval=30s",
+	}, func(t *testing.T, r *rendered) {
+		plugin, ctl := r.container(t, "plugin"), r.container(t, "controller")
+		for _, c := range []*corev1.Container{plugin, ctl} {
+			wantArgs(t, c, "--registry=s3://images/prod", "--registry-endpoint=https://minio.example:9000", "--registry-path-style=true",
+				"--registry-ca-file=/etc/dataimage/registry-ca/ca.crt")
+			r.mount(t, c, "/etc/dataimage/registry-ca", "")
+			keys := map[string]string{}
+			for _, e := range c.Env {
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+					keys[e.Name] = e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+				}
+			}
+			if keys["AWS_ACCESS_KEY_ID"] != "s3-keys/AWS_ACCESS_KEY_ID" || keys["AWS_SECRET_ACCESS_KEY"] != "s3-keys/AWS_SECRET_ACCESS_KEY" {
+				t.Errorf("container %s: credentials from %v, want Secret s3-keys", c.Name, keys)
+			}
+		}
+		wantArgs(t, plugin, "--registry-sync=30s")
+	}},
+	{"registryDir", []string{"registry.url=file:///mnt/images", "registry.directory.nfs.server=nfs.example", "registry.directory.nfs.path=/exports/images"}, func(t *testing.T, r *rendered) {
+		plugin, ctl := r.container(t, "plugin"), r.container(t, "controller")
+		for _, c := range []*corev1.Container{plugin, ctl} {
+			wantArgs(t, c, "--registry=file:///mnt/images")
+			r.mount(t, c, "/mnt/images", "")
+			for _, a := range c.Args {
+				if strings.HasPrefix(a, "--registry-ca-file") || strings.HasPrefix(a, "--registry-endpoint") {
+					t.Errorf("container %s: %s without the value", c.Name, a)
+				}
+			}
+		}
+		found := false
+		for _, v := range r.daemonSet(t, "node").Spec.Template.Spec.Volumes {
+			if v.Name == "registry-dir" && v.NFS != nil && v.NFS.Server == "nfs.example" && v.NFS.Path == "/exports/images" {
+				found = true
+			}
+		}
+		if !found {
+			t.Error("the plugin has no NFS volume for the registry's directory")
 		}
 	}},
 	{"blockDeviceNoFormat", []string{"node.pool.device=/dev/sdb"}, func(t *testing.T, r *rendered) {
@@ -277,11 +326,18 @@ func (r *rendered) daemonSet(t *testing.T, component string) *appsv1.DaemonSet {
 }
 
 // container returns the container of that name of the DaemonSets (the plugin's pod or the data
-// plane's), nil when they have none.
+// plane's) or the Deployments (the controller's), nil when they have none.
 func (r *rendered) container(t *testing.T, name string) *corev1.Container {
 	t.Helper()
+	var specs []*corev1.PodSpec
 	for _, o := range r.all("DaemonSet") {
-		cs := o.Value.(*appsv1.DaemonSet).Spec.Template.Spec.Containers
+		specs = append(specs, &o.Value.(*appsv1.DaemonSet).Spec.Template.Spec)
+	}
+	for _, o := range r.all("Deployment") {
+		specs = append(specs, &o.Value.(*appsv1.Deployment).Spec.Template.Spec)
+	}
+	for _, spec := range specs {
+		cs := spec.Containers
 		for i := range cs {
 			if cs[i].Name == name {
 				return &cs[i]

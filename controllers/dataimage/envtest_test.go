@@ -26,6 +26,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/kubetest"
@@ -85,6 +86,8 @@ type harness struct {
 	logs   *cannedLogs
 	config *v1alpha1.ControllerConfig
 	stop   func()
+	// registry is the controller's registry (withRegistry); nil: none.
+	registry exportset.Target
 }
 
 const testConfigYAML = `apiVersion: dataimage.io/v1alpha1
@@ -179,7 +182,7 @@ func (h *harness) startManager() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if err := Setup(mgr, Options{Config: h.config, Logs: h.logs, ProgressInterval: 100 * time.Millisecond}); err != nil {
+	if err := Setup(mgr, Options{Config: h.config, Logs: h.logs, ProgressInterval: 100 * time.Millisecond, Registry: h.registry}); err != nil {
 		h.t.Fatal(err)
 	}
 	h.stop = kubetest.Start(h.t, mgr)

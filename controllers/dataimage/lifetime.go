@@ -82,6 +82,7 @@ func (r *reconciler) live(ctx context.Context, st *state) (ctrl.Result, error) {
 		if err := r.release(ctx, snap); err != nil {
 			return ctrl.Result{}, err
 		}
+		r.withdraw(ctx, st)
 		r.expired(st, snap.Name)
 		return ctrl.Result{}, nil
 	case !snap.DeletionTimestamp.IsZero() && len(clones) > 0:
@@ -91,6 +92,7 @@ func (r *reconciler) live(ctx context.Context, st *state) (ctrl.Result, error) {
 		if err := r.release(ctx, snap); err != nil {
 			return ctrl.Result{}, err
 		}
+		r.withdraw(ctx, st)
 		r.lost(st, fmt.Sprintf("VolumeSnapshot %s was deleted outside the controller", snap.Name))
 		return ctrl.Result{}, nil
 	}
@@ -109,12 +111,21 @@ func (r *reconciler) live(ctx context.Context, st *state) (ctrl.Result, error) {
 	if di.Status.ExpiresAt != nil {
 		msg += "; expires at " + di.Status.ExpiresAt.UTC().Format(time.RFC3339)
 	}
-	setMessage(di, "%s", msg)
-	if di.Status.ExpiresAt == nil {
-		return ctrl.Result{}, nil
+	again, where, err := r.distribute(ctx, st, snap)
+	if where != "" {
+		msg += "; " + where
 	}
-	// Wake up at the expiry; a little late rather than early.
-	return ctrl.Result{RequeueAfter: di.Status.ExpiresAt.Sub(now) + 100*time.Millisecond}, nil
+	setMessage(di, "%s", msg)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if di.Status.ExpiresAt != nil {
+		// Wake up at the expiry; a little late rather than early.
+		if untilExpiry := di.Status.ExpiresAt.Sub(now) + 100*time.Millisecond; again == 0 || untilExpiry < again {
+			again = untilExpiry
+		}
+	}
+	return ctrl.Result{RequeueAfter: again}, nil
 }
 
 // expired records an image whose lifetime ended and whose snapshot is gone (or going).
@@ -140,6 +151,7 @@ func (r *reconciler) expired(st *state, snapName string) {
 	di.Status.Phase = v1alpha1.PhaseExpired
 	di.Status.Clones = 0
 	di.Status.VolumeSnapshotName = ""
+	di.Status.Nodes = nil
 	setCondition(di, v1alpha1.ConditionExpired, metav1.ConditionTrue, v1alpha1.ReasonSnapshotDeleted, msg)
 	setCondition(di, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSnapshotDeleted, msg)
 	setMessage(di, "%s", msg)
@@ -156,6 +168,7 @@ func (r *reconciler) lost(st *state, msg string) {
 	}
 	di.Status.Phase = v1alpha1.PhaseFailed
 	di.Status.VolumeSnapshotName = ""
+	di.Status.Nodes = nil
 	setCondition(di, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSnapshotDeleted, msg)
 	setMessage(di, "%s", msg)
 }
@@ -201,6 +214,7 @@ func (r *reconciler) finalize(ctx context.Context, st *state) (ctrl.Result, erro
 			return ctrl.Result{}, err
 		}
 	}
+	r.withdraw(ctx, st)
 	if err := r.removeFinalizer(ctx, di, v1alpha1.Finalizer); err != nil {
 		return ctrl.Result{}, err
 	}

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/imagebuilder"
 )
 
@@ -45,6 +46,8 @@ type reconciler struct {
 	events   recorder.EventRecorder
 	interval time.Duration
 	now      func() time.Time
+	// registry is the cluster's image registry (registry.go); nil: none.
+	registry exportset.Target
 }
 
 // state is one reconcile of one DataImage.

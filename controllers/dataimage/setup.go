@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
+	"github.com/dataimage/dataimage/exportset"
 )
 
 const (
@@ -37,6 +38,9 @@ type Options struct {
 	// ProgressInterval is how often a running build is looked at again (its progress read from
 	// the log). Zero means DefaultProgressInterval.
 	ProgressInterval time.Duration
+	// Registry is the cluster's image registry, which the nodes' plugins push images to and
+	// pull them from (registry.go); nil: none, images stay on the node that built them.
+	Registry exportset.Target
 }
 
 // NewScheme returns a scheme with the types the controller reads and writes: Kubernetes' own,
@@ -95,6 +99,7 @@ func Setup(mgr manager.Manager, opts Options) error {
 		events:   mgr.GetEventRecorder(Name),
 		interval: opts.ProgressInterval,
 		now:      time.Now,
+		registry: opts.Registry,
 	}
 	err = ctrl.NewControllerManagedBy(mgr).
 		Named("dataimage").

@@ -50,6 +50,9 @@ func TestCRDValidationRules(t *testing.T) {
 		{"no source", "backupSource: {}", "exactly one of persistentVolumeClaim, nfs and hostPath must be set"},
 		{"two sources", "backupSource: {nfs: {server: s, path: /p}, hostPath: {path: /b}}", "exactly one of persistentVolumeClaim, nfs and hostPath must be set"},
 		{"two nodes", "backupSource: {hostPath: {path: /b, nodeName: n2}}\nnodeName: n1", "nodeName and backupSource.hostPath.nodeName must name the same node"},
+		{"placement on all nodes", "backupSource: {nfs: {server: s, path: /p}}\nplacement: {allNodes: true}", ""},
+		{"placement by labels", "backupSource: {nfs: {server: s, path: /p}}\nplacement: {nodeSelector: {zone: a}}", ""},
+		{"placement both", "backupSource: {nfs: {server: s, path: /p}}\nplacement: {allNodes: true, nodeSelector: {zone: a}}", "allNodes and nodeSelector exclude each other"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var obj map[string]any

@@ -27,6 +27,9 @@ func (in *DataImageSpec) DeepCopyInto(out *DataImageSpec) {
 	if in.Builder != nil {
 		out.Builder = in.Builder.DeepCopy()
 	}
+	if in.Placement != nil {
+		out.Placement = in.Placement.DeepCopy()
+	}
 }
 
 // DeepCopy returns a deep copy of the receiver, or nil for nil.

@@ -25,6 +25,7 @@ import (
 // +kubebuilder:printcolumn:name="Snapshot",type=string,priority=1,JSONPath=`.status.volumeSnapshotName`
 // +kubebuilder:printcolumn:name="Clones",type=integer,priority=1,JSONPath=`.status.clones`
 // +kubebuilder:printcolumn:name="Step",type=string,priority=1,JSONPath=`.status.step`
+// +kubebuilder:printcolumn:name="Digest",type=string,priority=1,JSONPath=`.status.digest`
 type DataImage struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -79,6 +80,26 @@ type DataImageSpec struct {
 	// Builder overrides how the build Job runs.
 	// +optional
 	Builder *BuilderSpec `json:"builder,omitempty"`
+
+	// Placement names the cloning nodes that pull the image ahead of any clone, so that clones
+	// there are made at once. It needs the cluster's registry (the chart's registry values):
+	// the image is pushed there after its build, and any cloning node pulls it when a clone is
+	// made there anyway (docs/kubernetes.md, "Images on every node").
+	// +optional
+	Placement *Placement `json:"placement,omitempty"`
+}
+
+// Placement is where an image is pre-pulled: every cloning node, or the cloning nodes with
+// some labels.
+//
+// +kubebuilder:validation:XValidation:rule="!(has(self.allNodes) && self.allNodes && has(self.nodeSelector))",message="allNodes and nodeSelector exclude each other"
+type Placement struct {
+	// AllNodes pre-pulls the image on every cloning node, those that join later included.
+	// +optional
+	AllNodes bool `json:"allNodes,omitempty"`
+	// NodeSelector pre-pulls the image on the cloning nodes that have these labels.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 }
 
 // BackupSource says where the backups are: exactly one of its sources. The source's root is
@@ -187,6 +208,10 @@ const (
 	ConditionBuilt = "Built"
 	// ConditionReady: the image's VolumeSnapshot is ready to use.
 	ConditionReady = "Ready"
+	// ConditionPushed: the image is in the cluster's registry (status.digest); False with
+	// reason Pushing while its node pushes it, PushFailed when the push failed (the node tries
+	// again). Absent without a registry.
+	ConditionPushed = "Pushed"
 	// ConditionExpired: the lifetime has passed (reason ClonesExist while clones keep the
 	// snapshot, SnapshotDeleted once it is gone).
 	ConditionExpired = "Expired"
@@ -208,6 +233,9 @@ const (
 	ReasonSnapshotReady   = "SnapshotReady"
 	ReasonClonesExist     = "ClonesExist"
 	ReasonSnapshotDeleted = "SnapshotDeleted"
+	ReasonPushing         = "Pushing"
+	ReasonPushed          = "Pushed"
+	ReasonPushFailed      = "PushFailed"
 )
 
 // Labels, annotations and the finalizer the controller puts on the objects it makes.
@@ -291,6 +319,19 @@ type DataImageStatus struct {
 	// Clones counts the PVCs cloned from the image's VolumeSnapshot that exist.
 	// +optional
 	Clones int32 `json:"clones,omitempty"`
+	// SnapshotHandle is the CSI snapshot handle of the image's VolumeSnapshotContent: its name
+	// in the registry.
+	// +optional
+	SnapshotHandle string `json:"snapshotHandle,omitempty"`
+	// Digest is the image's identity in the registry (sha256: and the hex digest of its
+	// manifest), once its push is complete.
+	// +optional
+	Digest string `json:"digest,omitempty"`
+	// Nodes are the cloning nodes that hold the image (made or pulled it) as they last
+	// reported, sorted.
+	// +optional
+	// +listType=set
+	Nodes []string `json:"nodes,omitempty"`
 	// Message says, for people, what is happening or what went wrong.
 	// +optional
 	Message string `json:"message,omitempty"`

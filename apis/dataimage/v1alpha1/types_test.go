@@ -94,7 +94,7 @@ spec:
 // DataImageSpec or a reference field added to imagebuilder.Definition fails here until
 // deepcopy.go copies it.
 func TestDeepCopySpec(t *testing.T) {
-	known := map[string]bool{"Definition": true, "BackupSource": true, "NodeName": true, "StorageClassName": true, "VolumeSize": true, "Builder": true}
+	known := map[string]bool{"Definition": true, "BackupSource": true, "NodeName": true, "StorageClassName": true, "VolumeSize": true, "Builder": true, "Placement": true}
 	st := reflect.TypeFor[DataImageSpec]()
 	for i := range st.NumField() {
 		if f := st.Field(i); !known[f.Name] {

@@ -57,3 +57,87 @@ alone) and the data plane (which sees it under node.exportStateDir). */}}
 {{- $_ := set $meta "annotations" $ann -}}
 {{ toYaml $crd }}
 {{- end -}}
+
+{{/* The registry flags of the plugin and the controller (registry.*), one "- --flag" a line. */}}
+{{- define "dataimage.registryArgs" -}}
+{{- with .Values.registry }}
+{{- if .url }}
+{{- if not (or (hasPrefix "s3://" .url) (hasPrefix "file:///" .url)) }}
+{{- fail (printf "registry.url %q: want s3://bucket/prefix or file:///dir" .url) }}
+{{- end }}
+{{- if and (hasPrefix "file://" .url) (not .directory) }}
+{{- fail "registry.directory: a file:// registry needs the volume that holds the directory" }}
+{{- end }}
+{{- if and .caBundle.configMap .caBundle.secret }}
+{{- fail "registry.caBundle: configMap and secret exclude each other" }}
+{{- end }}
+- --registry={{ .url }}
+{{- with .endpoint }}
+- --registry-endpoint={{ . }}
+{{- end }}
+{{- with .region }}
+- --registry-region={{ . }}
+{{- end }}
+{{- if .pathStyle }}
+- --registry-path-style=true
+{{- end }}
+{{- if or .caBundle.configMap .caBundle.secret }}
+- --registry-ca-file=/etc/dataimage/registry-ca/{{ .caBundle.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The registry's credentials, as environment variables from registry.credentialsSecret. */}}
+{{- define "dataimage.registryEnv" -}}
+{{- if and .Values.registry.url .Values.registry.credentialsSecret }}
+{{- range $key := list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.registry.credentialsSecret }}
+      key: {{ $key }}
+      {{- if eq $key "AWS_SESSION_TOKEN" }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The registry's volume mounts: the CA bundle, the directory of a file:// registry. */}}
+{{- define "dataimage.registryMounts" -}}
+{{- with .Values.registry }}
+{{- if .url }}
+{{- if or .caBundle.configMap .caBundle.secret }}
+- name: registry-ca
+  mountPath: /etc/dataimage/registry-ca
+  readOnly: true
+{{- end }}
+{{- if hasPrefix "file://" .url }}
+- name: registry-dir
+  mountPath: {{ trimPrefix "file://" .url }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The registry's volumes. */}}
+{{- define "dataimage.registryVolumes" -}}
+{{- with .Values.registry }}
+{{- if .url }}
+{{- if .caBundle.configMap }}
+- name: registry-ca
+  configMap:
+    name: {{ .caBundle.configMap }}
+{{- else if .caBundle.secret }}
+- name: registry-ca
+  secret:
+    secretName: {{ .caBundle.secret }}
+{{- end }}
+{{- if hasPrefix "file://" .url }}
+- name: registry-dir
+  {{- toYaml .directory | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}

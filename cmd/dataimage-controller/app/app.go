@@ -27,6 +27,7 @@ import (
 	"github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/controllers/dataimage"
 	"github.com/dataimage/dataimage/controllers/resize"
+	"github.com/dataimage/dataimage/exportset/remote"
 )
 
 // Version is the controller's version (set at link time with -X).
@@ -54,6 +55,8 @@ type Config struct {
 	// Verbosity (0 info, 1 and more debug) and LogFormat (text or json) of the logs on stderr.
 	Verbosity int
 	LogFormat string
+	// Registry is the cluster's image registry (none when its URL is empty).
+	Registry remote.Flags
 }
 
 // parse reads the flags into a Config.
@@ -76,6 +79,7 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "listen address of the Prometheus /metrics endpoint (\"0\" turns it off)")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz (\"0\" turns them off)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", dataimage.DefaultProgressInterval, "how often a running build's progress is read from its pod's log")
+	c.Registry.Register(fs)
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -170,7 +174,14 @@ func Run(ctx context.Context, c Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := dataimage.Setup(mgr, dataimage.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval}); err != nil {
+	registry, err := c.Registry.Open(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if registry != nil {
+		logger.Info("image registry", "registry", registry.String())
+	}
+	if err := dataimage.Setup(mgr, dataimage.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval, Registry: registry}); err != nil {
 		return err
 	}
 	if err := resize.Setup(mgr, resize.Options{Reporter: dataimage.Name}); err != nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/dataimage/dataimage/dataplane"
 	"github.com/dataimage/dataimage/driver"
+	"github.com/dataimage/dataimage/exportset"
+	"github.com/dataimage/dataimage/exportset/remote"
 	"github.com/dataimage/dataimage/internal/cli"
 )
 
@@ -44,6 +47,10 @@ type Config struct {
 	MetricsAddress string
 	// PoolCheckInterval is how often the pool is verified with a read-only Check; 0: never.
 	PoolCheckInterval time.Duration
+	// Registry is the cluster's image registry (none when its URL is empty); RegistrySync how
+	// often the plugin reads its placements and writes its report.
+	Registry     remote.Flags
+	RegistrySync time.Duration
 }
 
 // movedFlags are the flags of the plugin's pool and exports, which moved to the data plane
@@ -94,6 +101,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.DefaultFSType, "default-fstype", "ext4", "file system made on a blank volume whose capability names none: ext4 or xfs")
 	fs.IntVar(&c.MaxVolumes, "max-volumes", 0, "volumes that can be published on this node at once (0: no limit)")
 	fs.DurationVar(&c.PoolCheckInterval, "pool-check-interval", 12*time.Hour, "how often to verify the pool with a read-only check (no I/O stops; volume health and metrics report problems); 0: never")
+	c.Registry.Register(fs)
+	fs.DurationVar(&c.RegistrySync, "registry-sync", driver.DefaultRegistrySync, "how often to read the registry's placements (push, pre-pull) and write this node's report")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.PluginRegistrationPath, "plugin-registration-path", "", "the kubelet's plugin registration directory (<kubelet dir>/plugins_registry) as mounted here; empty: do not register with the kubelet")
@@ -117,6 +126,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, cli.CheckFormat(c.LogFormat)
 	case c.PoolCheckInterval < 0:
 		return c, fmt.Errorf("--pool-check-interval %s: must not be negative", c.PoolCheckInterval)
+	case c.RegistrySync <= 0:
+		return c, fmt.Errorf("--registry-sync %s: must be positive", c.RegistrySync)
 	case c.DefaultFSType != "ext4" && c.DefaultFSType != "xfs":
 		return c, fmt.Errorf("--default-fstype %q: want ext4 or xfs", c.DefaultFSType)
 	case c.PluginRegistrationPath != "" && c.KubeletRegistrationPath == "":
@@ -147,7 +158,17 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	if err := store.WaitReady(ctx, log); err != nil {
 		return err
 	}
-	srv, err := driver.NewServer(ctx, driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, PoolCheckInterval: c.PoolCheckInterval, Logger: log}, store)
+	target, err := c.Registry.Open(os.Getenv)
+	if err != nil {
+		return err
+	}
+	dcfg := driver.Config{NodeID: c.NodeID, Version: Version, MaxVolumes: c.MaxVolumes, PoolCheckInterval: c.PoolCheckInterval,
+		RegistrySync: c.RegistrySync, Logger: log}
+	if target != nil {
+		dcfg.Registry = exportset.New(target, exportset.Options{Logger: log})
+		log.Info("image registry", "registry", target.String(), "sync", c.RegistrySync)
+	}
+	srv, err := driver.NewServer(ctx, dcfg, store)
 	if err == nil {
 		err = srv.RegisterNode(ctx, driver.NodeConfig{DefaultFSType: c.DefaultFSType})
 	}

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"github.com/dataimage/dataimage/exportset/remote"
 	"io"
 	"log/slog"
 	"net/http"
@@ -45,6 +46,7 @@ func TestParseDefaults(t *testing.T) {
 		LogFormat:       "text",
 
 		PoolCheckInterval: 12 * time.Hour,
+		RegistrySync:      10 * time.Second,
 	}, c)
 	require.Empty(t, out.String())
 }
@@ -55,7 +57,8 @@ func TestParseAll(t *testing.T) {
 		"--default-fstype", "xfs", "--max-volumes", "7", "-v", "2",
 		"--log-format", "json", "--plugin-registration-path", "/registration",
 		"--kubelet-registration-path", "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock", "--metrics-address", ":9090",
-		"--pool-check-interval", "30m",
+		"--pool-check-interval", "30m", "--registry", "s3://images/prod", "--registry-endpoint", "https://s3.example:9000",
+		"--registry-region", "eu-1", "--registry-ca-file", "/etc/ca.pem", "--registry-path-style", "--registry-sync", "30s",
 	}, &bytes.Buffer{})
 	require.NoError(t, err)
 	require.Equal(t, Config{
@@ -65,7 +68,36 @@ func TestParseAll(t *testing.T) {
 		KubeletRegistrationPath: "/var/lib/kubelet/plugins/csi.dataimage.io/csi.sock",
 		MetricsAddress:          ":9090",
 		PoolCheckInterval:       30 * time.Minute,
+		Registry: remote.Flags{URL: "s3://images/prod", Endpoint: "https://s3.example:9000", Region: "eu-1", CAFile: "/etc/ca.pem",
+			PathStyle: true},
+		RegistrySync: 30 * time.Second,
 	}, c)
+}
+
+// TestRegistryFlags: a registry that does not parse, or registry options without one, stop
+// the plugin naming the flag; credentials come from the AWS environment.
+func TestRegistryFlags(t *testing.T) {
+	for _, tc := range []struct {
+		f    remote.Flags
+		want string
+	}{
+		{remote.Flags{URL: "http://images"}, "--registry"},
+		{remote.Flags{Endpoint: "https://s3.example"}, "need --registry"},
+		{remote.Flags{URL: "s3://images", Endpoint: "ftp://x"}, "endpoint"},
+	} {
+		_, err := tc.f.Open(func(string) string { return "" })
+		require.ErrorContains(t, err, tc.want, "%+v", tc.f)
+	}
+	tg, err := remote.Flags{URL: "s3://images/prod", Endpoint: "http://127.0.0.1:1", PathStyle: true}.Open(func(k string) string {
+		return map[string]string{"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"}[k]
+	})
+	require.NoError(t, err)
+	require.Equal(t, "s3://images/prod", tg.String()[:len("s3://images/prod")])
+	tg, err = remote.Flags{}.Open(func(string) string { return "" })
+	require.NoError(t, err)
+	require.Nil(t, tg)
+	_, err = parse(append(slices.Clone(required), "--registry-sync", "0s"), &bytes.Buffer{})
+	require.ErrorContains(t, err, "--registry-sync")
 }
 
 // TestMovedFlags: the pool's and the exports' flags moved to dataimage-dataplane; the plugin
