@@ -106,6 +106,42 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 	return c, nil
 }
 
+// dataPlaneCheckInterval is how often the daemon checks that its data plane runs.
+const dataPlaneCheckInterval = time.Second
+
+// superviseDataPlane starts a new data plane when the home's has died (killed, out of memory),
+// so that the clones' I/O, which the FUSE holder keeps waiting in the kernel meanwhile, resumes
+// without anyone running a command: every dataPlaneCheckInterval it looks whether the data
+// plane's lock is held (it is while one runs), until the daemon closes. A data plane that hands
+// over (SIGTERM, an upgrade) is replaced the same way; one that the daemon does not start
+// (Config.DataPlane empty: run by hand) is left to whoever runs it.
+func (d *Daemon) superviseDataPlane() {
+	if d.cfg.DataPlane.Executable == "" && len(d.cfg.DataPlane.Args) == 0 {
+		return
+	}
+	t := time.NewTicker(dataPlaneCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, held, err := dataplane.LockHolder(d.cfg.dataPlaneSocket()); err != nil || held {
+			continue
+		}
+		d.log.Warn("the data plane is gone: starting a new one", "home", d.cfg.Home)
+		c, err := connectDataPlane(d.ctx, d.cfg)
+		if err != nil {
+			if d.ctx.Err() == nil {
+				d.log.Warn("start the data plane", "err", err)
+			}
+			continue
+		}
+		c.Close()
+	}
+}
+
 // stopDataPlane stops the home's data plane when it exports nothing (SIGTERM to the process
 // that holds its lock: it drains and closes the pool) and waits until it has exited, for at
 // most dataPlaneStopTimeout; then the FUSE holder, which holds nothing then (stopHolder). A data plane that still exports volumes is left running: their

@@ -384,7 +384,8 @@ const underLoadKills = 10
 // TestRestartsUnderLoad: a PostgreSQL clone runs pgbench, and fio writes and verifies a file on
 // the clone's file system, while the home's daemon is killed (SIGKILL) underLoadKills times and
 // its data plane underLoadKills times, alternately, each started again as the product does (the
-// next Connect starts a daemon; a daemon starts a data plane), and the data plane is upgraded
+// next Connect starts a daemon; the daemon sees its data plane gone and starts a new one), and
+// the data plane is upgraded
 // once (SIGTERM: it hands the exports over to the FUSE holder). The FUSE holder and the clone's
 // server run on. Nothing fails: fio exits 0 with its verification passed, pgbench reports no
 // failed transaction and exits 0, its balance invariant holds, the clone's server never
@@ -450,15 +451,18 @@ func TestRestartsUnderLoad(t *testing.T) {
 	})
 
 	start := time.Now()
-	cfg := testConfig(home, nil)
-	newDataPlane := func() {
+	// The daemon notices that its data plane is gone and starts a new one (superviseDataPlane).
+	newDataPlane := func(old int) {
 		t.Helper()
-		require.Eventually(t, func() bool { return !dataPlaneRunning(home) }, 30*time.Second, 20*time.Millisecond, "the data plane exits")
-		s, err := cfg.settings()
-		require.NoError(t, err)
-		dp, err := connectDataPlane(ctx, s) // starts a new one, as a daemon does
-		require.NoError(t, err)
-		dp.Close()
+		require.Eventually(t, func() bool {
+			pid, held, err := dataplane.LockHolder(DataPlaneSocketPath(home))
+			return err == nil && held && pid != old
+		}, time.Minute, 20*time.Millisecond, "the daemon starts a new data plane")
+		c := dataplane.NewClient(DataPlaneSocketPath(home))
+		defer c.Close()
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		require.NoError(t, c.WaitReady(wctx, nil))
 	}
 	for i := range events {
 		time.Sleep(interval)
@@ -473,7 +477,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, held, "a data plane serves the home before its upgrade")
 			require.NoError(t, syscall.Kill(dpPID, syscall.SIGTERM))
-			newDataPlane()
+			newDataPlane(dpPID)
 		case i%2 == 0:
 			pid := lockPID(t, home)
 			require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
@@ -485,7 +489,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, held, "a data plane serves the home before kill %d", i+1)
 			require.NoError(t, syscall.Kill(dpPID, syscall.SIGKILL))
-			newDataPlane()
+			newDataPlane(dpPID)
 		}
 		got, err := c.Clone(ctx, cl.Name)
 		require.NoError(t, err)
