@@ -95,10 +95,15 @@ type BackupFormat string
 // The backup formats a definition may name.
 const (
 	FormatDetect        BackupFormat = ""
-	FormatBaseBackupTar BackupFormat = "basebackup-tar" // pg_basebackup --format=tar
-	FormatPgDumpCustom  BackupFormat = "pg_dump-custom" // pg_dump --format=custom
-	FormatSQL           BackupFormat = "sql"            // a plain SQL script (pg_dump, mysqldump, mariadb-dump)
-	FormatPgDumpAll     BackupFormat = "pg_dumpall"     // pg_dumpall output
+	FormatBaseBackupTar BackupFormat = "basebackup-tar"    // pg_basebackup --format=tar
+	FormatPgDumpCustom  BackupFormat = "pg_dump-custom"    // pg_dump --format=custom
+	FormatSQL           BackupFormat = "sql"               // a plain SQL script (pg_dump, mysqldump, mariadb-dump)
+	FormatPgDumpAll     BackupFormat = "pg_dumpall"        // pg_dumpall output
+	FormatPgDumpDir     BackupFormat = "pg_dump-directory" // pg_dump --format=directory
+	FormatPgDumpTar     BackupFormat = "pg_dump-tar"       // pg_dump --format=tar
+	// FormatWAL is write-ahead log to replay after a base backup (to a recoveryTarget, or to
+	// its end): a directory of WAL segments, one segment, or a tar archive of segments.
+	FormatWAL BackupFormat = "wal"
 )
 
 // Limits of the definition's values.

@@ -201,11 +201,11 @@ func TestBadDefinitions(t *testing.T) {
 		{"backup path with backslashes", bkup + "backups: [{path: 'a\\b.tar'}]\n", `backups[0].path: must use / as the separator, got "a\\b.tar"`},
 		{"backup path with a newline", bkup + "backups: [{path: \"a\\nb\"}]\n", `backups[0].path: must not contain control characters, got "a\nb"`},
 		{"same backup twice", bkup + "backups: [{path: a.tar}, {path: ./a.tar}]\n", "backups[1].path: names the same path as backups[0].path"},
-		{"unknown format", bkup + "backups: [{path: a.tar, format: zip}]\n", `backups[0].format: must be one of basebackup-tar, pg_dump-custom, sql, pg_dumpall for postgres (or omitted to detect it), got "zip"`},
+		{"unknown format", bkup + "backups: [{path: a.tar, format: zip}]\n", `backups[0].format: must be one of basebackup-tar, wal, pg_dump-custom, pg_dump-directory, pg_dump-tar, sql, pg_dumpall for postgres (or omitted to detect it), got "zip"`},
 		{"postgres format for mysql", "name: a\nengine: mysql\nversion: '8.4.2'\nsourceType: backup\nbackups: [{path: a.dump, format: pg_dump-custom}]\n",
 			`backups[0].format: must be sql for mysql (or omitted to detect it), got "pg_dump-custom"`},
 		{"format with an unknown engine", "name: a\nengine: db2\nversion: '1'\nsourceType: backup\nbackups: [{path: a, format: tar}]\n",
-			`engine: must be one of postgres, postgresql, mysql, mariadb; got "db2"; backups[0].format: must be one of basebackup-tar, pg_dump-custom, sql, pg_dumpall (or omitted to detect it), got "tar"`},
+			`engine: must be one of postgres, postgresql, mysql, mariadb; got "db2"; backups[0].format: must be one of basebackup-tar, wal, pg_dump-custom, pg_dump-directory, pg_dump-tar, sql, pg_dumpall (or omitted to detect it), got "tar"`},
 
 		// initialDatabaseName.
 		{"database name starting with a digit", ok + "name: a\ninitialDatabaseName: 1db\n", `initialDatabaseName: must be an ASCII letter or '_' followed by ASCII letters, digits and '_', got "1db"`},

@@ -38,7 +38,7 @@ var engines = []engineSpec{
 	{
 		kind:            EnginePostgres,
 		aliases:         []string{"postgresql"},
-		formats:         []BackupFormat{FormatBaseBackupTar, FormatPgDumpCustom, FormatSQL, FormatPgDumpAll},
+		formats:         []BackupFormat{FormatBaseBackupTar, FormatWAL, FormatPgDumpCustom, FormatPgDumpDir, FormatPgDumpTar, FormatSQL, FormatPgDumpAll},
 		systemDatabases: []string{"template0", "template1"},
 	},
 	{

@@ -268,6 +268,11 @@ type RestoreOptions struct {
 	// Database is the database a single-database dump is restored into ("" = the engine's
 	// default database).
 	Database string
+	// RecordedDatabase restores a single-database dump that records the name of the database
+	// it was dumped from (PostgreSQL's pg_dump archive formats) into a database of that name,
+	// made if missing, instead of Database. The builder sets it for a definition with several
+	// dumps: one per database. A dump that records no name (plain SQL) still goes into Database.
+	RecordedDatabase bool
 	// Progress, if set, is called with the bytes of backup input consumed so far, at most a few
 	// times a second and once at the end.
 	Progress func(done int64)
