@@ -68,6 +68,9 @@ type Definition struct {
 	// PostScript is a SQL script file run after the backups are restored, as a path relative to
 	// the backup root. Only with sourceType backup. Optional.
 	PostScript string `json:"postScript,omitempty" yaml:"postScript,omitempty"`
+	// RecoveryTarget is where replaying the log given with a physical backup stops
+	// (point-in-time recovery); see RecoveryTarget. Only with sourceType backup. Optional.
+	RecoveryTarget *RecoveryTarget `json:"recoveryTarget,omitempty" yaml:"recoveryTarget,omitempty"`
 }
 
 // Backup is one backup file (or directory) of a definition.
@@ -101,9 +104,9 @@ const (
 	FormatPgDumpAll     BackupFormat = "pg_dumpall"        // pg_dumpall output
 	FormatPgDumpDir     BackupFormat = "pg_dump-directory" // pg_dump --format=directory
 	FormatPgDumpTar     BackupFormat = "pg_dump-tar"       // pg_dump --format=tar
-	// FormatWAL is write-ahead log to replay after a base backup (to a recoveryTarget, or to
-	// its end): a directory of WAL segments, one segment, or a tar archive of segments.
-	FormatWAL BackupFormat = "wal"
+	FormatWAL           BackupFormat = "wal"               // WAL segments to replay: a directory or a tar of them
+	FormatMariaBackup   BackupFormat = "mariabackup"       // mariabackup --backup: a target directory or an xbstream
+	FormatBinlog        BackupFormat = "binlog"            // a MariaDB/MySQL binary log file to replay
 )
 
 // Limits of the definition's values.
@@ -292,6 +295,8 @@ func (d *Definition) Validate(env ValidationEnv) error {
 			checkPath(&ps, s.field, s.path, root, true)
 		}
 	}
+
+	checkRecoveryTarget(&ps, d.RecoveryTarget, engine, source)
 
 	err := ps.err()
 	if rootErr != nil {

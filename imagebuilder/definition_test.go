@@ -49,6 +49,18 @@ func TestGoodDefinitions(t *testing.T) {
 			Tags:       []string{"shop", "masked", "2024"},
 			Lifetime:   "0",
 		}},
+		{"pg-pitr.yaml", Definition{
+			Name: "sales-before-migration", Engine: "postgres", Version: "16", SourceType: "backup",
+			Backups:        []Backup{{Path: "sales/base.tar.zst"}, {Path: "sales/wal/", Format: "wal"}},
+			RecoveryTarget: &RecoveryTarget{Time: "2026-12-01T10:00:00Z", Inclusive: new(false)},
+		}},
+		{"mariadb-binlog.yaml", Definition{
+			Name: "shop-pitr", Engine: "mariadb", Version: "11.4", SourceType: "backup",
+			Backups: []Backup{
+				{Path: "shop/backup.xb.zst"}, {Path: "shop/mariadb-bin.000007", Format: "binlog"}, {Path: "shop/mariadb-bin.000008"},
+			},
+			RecoveryTarget: &RecoveryTarget{GTID: "0-1-1042"},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -201,11 +213,11 @@ func TestBadDefinitions(t *testing.T) {
 		{"backup path with backslashes", bkup + "backups: [{path: 'a\\b.tar'}]\n", `backups[0].path: must use / as the separator, got "a\\b.tar"`},
 		{"backup path with a newline", bkup + "backups: [{path: \"a\\nb\"}]\n", `backups[0].path: must not contain control characters, got "a\nb"`},
 		{"same backup twice", bkup + "backups: [{path: a.tar}, {path: ./a.tar}]\n", "backups[1].path: names the same path as backups[0].path"},
-		{"unknown format", bkup + "backups: [{path: a.tar, format: zip}]\n", `backups[0].format: must be one of basebackup-tar, wal, pg_dump-custom, pg_dump-directory, pg_dump-tar, sql, pg_dumpall for postgres (or omitted to detect it), got "zip"`},
+		{"unknown format", bkup + "backups: [{path: a.tar, format: zip}]\n", `backups[0].format: must be one of basebackup-tar, pg_dump-custom, pg_dump-directory, pg_dump-tar, sql, pg_dumpall, wal for postgres (or omitted to detect it), got "zip"`},
 		{"postgres format for mysql", "name: a\nengine: mysql\nversion: '8.4.2'\nsourceType: backup\nbackups: [{path: a.dump, format: pg_dump-custom}]\n",
 			`backups[0].format: must be sql for mysql (or omitted to detect it), got "pg_dump-custom"`},
 		{"format with an unknown engine", "name: a\nengine: db2\nversion: '1'\nsourceType: backup\nbackups: [{path: a, format: tar}]\n",
-			`engine: must be one of postgres, postgresql, mysql, mariadb; got "db2"; backups[0].format: must be one of basebackup-tar, wal, pg_dump-custom, pg_dump-directory, pg_dump-tar, sql, pg_dumpall (or omitted to detect it), got "tar"`},
+			`engine: must be one of postgres, postgresql, mysql, mariadb; got "db2"; backups[0].format: must be one of basebackup-tar, pg_dump-custom, pg_dump-directory, pg_dump-tar, sql, pg_dumpall, wal, mariabackup, binlog (or omitted to detect it), got "tar"`},
 
 		// initialDatabaseName.
 		{"database name starting with a digit", ok + "name: a\ninitialDatabaseName: 1db\n", `initialDatabaseName: must be an ASCII letter or '_' followed by ASCII letters, digits and '_', got "1db"`},
@@ -232,6 +244,22 @@ func TestBadDefinitions(t *testing.T) {
 		{"postScript with an empty source", ok + "name: a\npostScript: after.sql\n", "postScript: only allowed when sourceType is backup"},
 		{"script path absolute", bkup + "backups: [{path: a.sql}]\npostScript: /etc/passwd\n", `postScript: must be relative to the backup root, got "/etc/passwd"`},
 		{"script path escaping", bkup + "backups: [{path: a.sql}]\npreScript: ../x.sql\n", `preScript: must not leave the backup root, got "../x.sql"`},
+
+		// recoveryTarget.
+		{"target with an empty source", ok + "name: a\nrecoveryTarget: {lsn: 0/3000060}\n", "recoveryTarget: only allowed when sourceType is backup"},
+		{"target a string", bkup + "backups: [{path: a}]\nrecoveryTarget: 0/3000060\n", `line 6: recoveryTarget: must be a mapping with one of time, lsn, name, gtid, binlogPosition (and inclusive), got "0/3000060"`},
+		{"target unknown field", bkup + "backups: [{path: a}]\nrecoveryTarget: {xid: 7}\n", "line 6: recoveryTarget.xid: unknown field"},
+		{"no target", bkup + "backups: [{path: a}]\nrecoveryTarget: {inclusive: true}\n", "recoveryTarget: must set exactly one of time, lsn, name, gtid, binlogPosition"},
+		{"two targets", bkup + "backups: [{path: a}]\nrecoveryTarget: {lsn: 0/1, name: x}\n", "recoveryTarget: must set exactly one of time, lsn, name, gtid, binlogPosition, got lsn and name"},
+		{"inclusive not a bool", bkup + "backups: [{path: a}]\nrecoveryTarget: {lsn: 0/1, inclusive: 'no'}\n", `line 6: recoveryTarget.inclusive: must be true or false, got "no"`},
+		{"time without a zone", bkup + "backups: [{path: a}]\nrecoveryTarget: {time: '2026-12-01 10:00:00'}\n", `recoveryTarget.time: must be an RFC 3339 time with a time zone (2026-12-01T10:00:00Z), got "2026-12-01 10:00:00"`},
+		{"bad lsn", bkup + "backups: [{path: a}]\nrecoveryTarget: {lsn: 3000060}\n", `recoveryTarget.lsn: must be a WAL location X/X in hexadecimal (0/3000060), got "3000060"`},
+		{"restore point too long", bkup + "backups: [{path: a}]\nrecoveryTarget: {name: " + strings.Repeat("n", 64) + "}\n", `recoveryTarget.name: must be a restore point name of at most 63 bytes without control characters, got "` + strings.Repeat("n", 64) + `"`},
+		{"gtid for postgres", bkup + "backups: [{path: a}]\nrecoveryTarget: {gtid: 0-1-42}\n", "recoveryTarget.gtid: postgres takes a recovery target of time, lsn, name only"},
+		{"lsn for mariadb", "name: a\nengine: mariadb\nversion: '11.4'\nsourceType: backup\nbackups: [{path: a}]\nrecoveryTarget: {lsn: 0/1}\n", "recoveryTarget.lsn: mariadb takes a recovery target of time, gtid, binlogPosition only"},
+		{"target for mysql", "name: a\nengine: mysql\nversion: '8.0'\nsourceType: backup\nbackups: [{path: a}]\nrecoveryTarget: {gtid: 0-1-42}\n", "recoveryTarget.gtid: mysql takes no recovery target"},
+		{"bad gtid", "name: a\nengine: mariadb\nversion: '11.4'\nsourceType: backup\nbackups: [{path: a}]\nrecoveryTarget: {gtid: '0-1'}\n", `recoveryTarget.gtid: must be domain-server-sequence GTIDs separated by commas (0-1-42), got "0-1"`},
+		{"bad binlog position", "name: a\nengine: mariadb\nversion: '11.4'\nsourceType: backup\nbackups: [{path: a}]\nrecoveryTarget: {binlogPosition: 'bin.1:x'}\n", `recoveryTarget.binlogPosition: must be a binary log file and offset, file:offset (mariadb-bin.000003:1234), got "bin.1:x"`},
 
 		// Everything at once, in field order.
 		{"every field wrong",

@@ -28,6 +28,8 @@ type engineSpec struct {
 	aliases []string
 	// formats are the backup formats the kind's adapter restores, FormatDetect aside.
 	formats []BackupFormat
+	// targets are the recovery target kinds the kind's adapter replays its log to.
+	targets []TargetKind
 	// systemDatabases are the names an initial database may not take (compared
 	// case-insensitively).
 	systemDatabases []string
@@ -38,7 +40,8 @@ var engines = []engineSpec{
 	{
 		kind:            EnginePostgres,
 		aliases:         []string{"postgresql"},
-		formats:         []BackupFormat{FormatBaseBackupTar, FormatWAL, FormatPgDumpCustom, FormatPgDumpDir, FormatPgDumpTar, FormatSQL, FormatPgDumpAll},
+		formats:         []BackupFormat{FormatBaseBackupTar, FormatPgDumpCustom, FormatPgDumpDir, FormatPgDumpTar, FormatSQL, FormatPgDumpAll, FormatWAL},
+		targets:         []TargetKind{TargetTime, TargetLSN, TargetName},
 		systemDatabases: []string{"template0", "template1"},
 	},
 	{
@@ -48,7 +51,8 @@ var engines = []engineSpec{
 	},
 	{
 		kind:            EngineMariaDB,
-		formats:         []BackupFormat{FormatSQL},
+		formats:         []BackupFormat{FormatSQL, FormatMariaBackup, FormatBinlog},
+		targets:         []TargetKind{TargetTime, TargetGTID, TargetBinlogPosition},
 		systemDatabases: []string{"information_schema", "mysql", "performance_schema", "sys"},
 	},
 }
@@ -126,4 +130,16 @@ func (e Engine) systemDatabases() []string {
 		return s.systemDatabases
 	}
 	return nil
+}
+
+// takesTarget reports whether engine e replays its log to a recovery target of kind k.
+func (e Engine) takesTarget(k TargetKind) bool {
+	if s := e.spec(); s != nil {
+		for _, t := range s.targets {
+			if t == k {
+				return true
+			}
+		}
+	}
+	return false
 }

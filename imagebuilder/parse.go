@@ -83,6 +83,7 @@ func ParseDefinition(data []byte) (*Definition, error) {
 				d.Backups = append(d.Backups, parseBackup(&ps, item, fmt.Sprintf("%s[%d]", field, i)))
 			}
 		},
+		"recoveryTarget": func(n *yaml.Node, field string) { d.RecoveryTarget = parseRecoveryTarget(&ps, n, field) },
 	}
 	mapping(&ps, root, "", fields)
 	if err := ps.err(); err != nil {
@@ -116,6 +117,40 @@ func parseBackup(ps *problems, n *yaml.Node, field string) Backup {
 		"format": func(v *yaml.Node, f string) { b.Format, _ = scalar(ps, v, f, true) },
 	})
 	return b
+}
+
+// parseRecoveryTarget parses recoveryTarget: a mapping of strings and the boolean inclusive;
+// null gives none.
+func parseRecoveryTarget(ps *problems, n *yaml.Node, field string) *RecoveryTarget {
+	n = deref(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		ps.add(n.Line, field, "must be a mapping with one of time, lsn, name, gtid, binlogPosition (and inclusive), got %s", describe(n))
+		return nil
+	}
+	var t RecoveryTarget
+	str := func(p *string) func(*yaml.Node, string) {
+		return func(v *yaml.Node, f string) { *p, _ = scalar(ps, v, f, true) }
+	}
+	mapping(ps, n, field+".", map[string]func(*yaml.Node, string){
+		"time":           str(&t.Time),
+		"lsn":            str(&t.LSN),
+		"name":           str(&t.Name),
+		"gtid":           str(&t.GTID),
+		"binlogPosition": str(&t.BinlogPosition),
+		"inclusive": func(v *yaml.Node, f string) {
+			v = deref(v)
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" {
+				ps.add(v.Line, f, "must be true or false, got %s", describe(v))
+				return
+			}
+			b := v.Value == "true" || v.Value == "True" || v.Value == "TRUE"
+			t.Inclusive = &b
+		},
+	})
+	return &t
 }
 
 // mapping walks the mapping n, calling fields[key] for each known key with the value and the

@@ -357,6 +357,11 @@ func TestBuildFailures(t *testing.T) {
 			step: StepRestore, is: engine.ErrFormat, msg: "an image is built from one kind",
 		},
 		{
+			name: "recovery target with a dump",
+			def:  "backups:\n  - path: app.dump\nrecoveryTarget: {lsn: 0/3000060}\n",
+			step: StepRestore, is: engine.ErrFormat, msg: `recoveryTarget (lsn "0/3000060") needs a physical backup to replay a log from; backups[0] is a logical backup (pg_dump-custom)`,
+		},
+		{
 			name: "failing postScript",
 			def:  "backups:\n  - path: app.dump\npostScript: bad.sql\n",
 			step: StepPostScript, is: engine.ErrScript, msg: "postScript bad.sql line 2: SELECT 1/0: ERROR: division by zero (SQLSTATE 22012)",

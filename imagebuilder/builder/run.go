@@ -217,10 +217,11 @@ func (b *build) buildPhysical(ctx context.Context, backups []engine.BackupFile) 
 		b.report(Event{Step: StepRestore, Message: fmt.Sprintf("extracting %s (%s)", strings.Join(names, ", "), units.FormatBytes(total)), Total: total})
 		b.log.Info("restore limits", "maxBytes", maxBytes, "maxMembers", maxMembers)
 		state, err = b.eng.RestorePhysical(ctx, b.req.Root, backups, engine.RestoreOptions{
-			RunAs:      b.req.RunAs,
-			Progress:   func(done int64) { b.report(Event{Step: StepRestore, Done: min(done, total), Total: total}) },
-			MaxBytes:   maxBytes,
-			MaxMembers: maxMembers,
+			RunAs:          b.req.RunAs,
+			Progress:       func(done int64) { b.report(Event{Step: StepRestore, Done: min(done, total), Total: total}) },
+			MaxBytes:       maxBytes,
+			MaxMembers:     maxMembers,
+			RecoveryTarget: b.def.RecoveryTarget,
 		})
 		if err == nil {
 			// The engine may skip files it does not restore (a backup manifest).
@@ -247,6 +248,10 @@ func (b *build) buildPhysical(ctx context.Context, backups []engine.BackupFile) 
 // buildLogical: init -> start -> prescript -> restore -> postscript -> checkpoint.
 func (b *build) buildLogical(ctx context.Context, backups []engine.BackupFile) (engine.DataState, error) {
 	var state engine.DataState
+	if t := b.def.RecoveryTarget; t != nil {
+		return state, &StepError{Step: StepRestore, Err: fmt.Errorf("%w: recoveryTarget (%s) needs a physical backup to replay a log from; backups[0] is a logical backup (%s)",
+			engine.ErrFormat, t, backups[0].Format)}
+	}
 	makesDatabases := false
 	for i, bf := range backups {
 		if b.eng.Physical(bf.Format) {

@@ -283,6 +283,11 @@ type RestoreOptions struct {
 	// ErrRestoreLimit before the member that passes it is written. Zero or negative: no limit.
 	MaxBytes   int64
 	MaxMembers int64
+	// RecoveryTarget, for a physical restore, is where replaying the log given with the backup
+	// (WAL, binary logs) stops; nil replays all of it. A target the log does not reach fails
+	// the restore naming the last log file replayed. The image keeps no trace of the replay's
+	// configuration (see Isolation).
+	RecoveryTarget *imagebuilder.RecoveryTarget
 }
 
 // BackupFile is one backup of a definition, resolved to a path on this machine.

@@ -40,7 +40,7 @@ func (in *DataImageSpec) DeepCopy() *DataImageSpec {
 }
 
 // copyDefinition deep-copies an image definition: its only reference fields are the Backups and
-// Tags slices (Backup holds strings only).
+// Tags slices (Backup holds strings only) and RecoveryTarget (strings and a *bool).
 func copyDefinition(in, out *imagebuilder.Definition) {
 	*out = *in
 	if in.Backups != nil {
@@ -50,5 +50,13 @@ func copyDefinition(in, out *imagebuilder.Definition) {
 	if in.Tags != nil {
 		out.Tags = make([]string, len(in.Tags))
 		copy(out.Tags, in.Tags)
+	}
+	if in.RecoveryTarget != nil {
+		t := *in.RecoveryTarget
+		if t.Inclusive != nil {
+			b := *t.Inclusive
+			t.Inclusive = &b
+		}
+		out.RecoveryTarget = &t
 	}
 }

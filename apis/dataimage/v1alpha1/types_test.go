@@ -107,6 +107,13 @@ func TestDeepCopySpec(t *testing.T) {
 		switch {
 		case f.Name == "Backups" && f.Type == reflect.TypeFor[[]imagebuilder.Backup]():
 		case f.Name == "Tags" && f.Type == reflect.TypeFor[[]string]():
+		case f.Name == "RecoveryTarget" && f.Type == reflect.TypeFor[*imagebuilder.RecoveryTarget]():
+			rt := reflect.TypeFor[imagebuilder.RecoveryTarget]()
+			for j := range rt.NumField() {
+				if g := rt.Field(j); g.Type.Kind() != reflect.String && g.Type != reflect.TypeFor[*bool]() {
+					t.Errorf("imagebuilder.RecoveryTarget.%s (%s): copyDefinition copies strings and *bool only", g.Name, g.Type)
+				}
+			}
 		case f.Type.Kind() == reflect.String || f.Type.Kind() == reflect.Bool || f.Type.Kind() <= reflect.Float64 && f.Type.Kind() >= reflect.Int:
 		default:
 			t.Errorf("imagebuilder.Definition.%s (%s) is a reference type copyDefinition does not copy", f.Name, f.Type)
