@@ -3,13 +3,17 @@ package postgres_test
 import (
 	"archive/tar"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -320,4 +324,149 @@ func TestRestoreDumpFormats(t *testing.T) {
 	_, err = inst.RestoreLogical(ctx, engine.BackupFile{Path: bad, Format: imagebuilder.FormatPgDumpTar}, engine.RestoreOptions{})
 	require.ErrorIs(t, err, engine.ErrFormat)
 	require.ErrorContains(t, err, bad+": pg_restore cannot read it as a pg_dump tar-format archive")
+}
+
+// copyDir copies the files of the directory src into a new directory, but those skip names.
+func copyDir(t *testing.T, src string, skip ...string) string {
+	t.Helper()
+	dir := pgtest.Dir(t)
+	ents, err := os.ReadDir(src)
+	require.NoError(t, err)
+	for _, ent := range ents {
+		if !slices.Contains(skip, ent.Name()) {
+			copyFile(t, filepath.Join(src, ent.Name()), filepath.Join(dir, ent.Name()))
+		}
+	}
+	return dir
+}
+
+// TestRestorePointInTime restores the PITR base backup with the WAL past it to each kind of
+// target (the restore point, its LSN, its time), and to the end of the WAL without one: every
+// table of app is as in the source at that point, and nothing of the recovery stays behind.
+func TestRestorePointInTime(t *testing.T) {
+	e := pgEngine(t)
+	m := pgtest.MoreFixtures(t)
+	exclusive := false
+	for _, tc := range []struct {
+		name   string
+		target *imagebuilder.RecoveryTarget
+		wal    string
+		sums   string
+	}{
+		{"restore point", &imagebuilder.RecoveryTarget{Name: m.RestorePoint}, m.PITRWal, m.SumsAtRestorePoint},
+		{"lsn", &imagebuilder.RecoveryTarget{LSN: m.RestorePointLSN}, m.PITRWalTar, m.SumsAtRestorePoint},
+		{"time", &imagebuilder.RecoveryTarget{Time: m.RestorePointTime.Format(time.RFC3339Nano), Inclusive: &exclusive}, m.PITRWal, m.SumsAtRestorePoint},
+		{"end of the WAL", nil, m.PITRWal, m.SumsAtEnd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			root := filepath.Join(pgtest.Dir(t), "vol")
+			backups := physical(t, m.PITRBase, tc.wal)
+			state, err := e.RestorePhysical(ctx, root, backups, engine.RestoreOptions{RecoveryTarget: tc.target})
+			require.NoError(t, err)
+			t.Logf("data state: %+v", state)
+			require.Regexp(t, `^LSN [0-9A-F]+/[0-9A-F]+$`, state.LogPosition)
+			if tc.target == nil {
+				require.Equal(t, "recovery to the end of the WAL: the last transaction replayed", state.Source)
+				require.True(t, state.Time.After(m.RestorePointTime), "the last transaction replayed (%v) is batch 2's", state.Time)
+				require.Greater(t, lsnOf(t, strings.TrimPrefix(state.LogPosition, "LSN ")), lsnOf(t, m.RestorePointLSN))
+			} else {
+				require.Contains(t, state.Source, "recovery to "+tc.target.String())
+				require.False(t, state.Time.After(m.RestorePointTime), "the last transaction replayed (%v) is before the target", state.Time)
+				require.True(t, state.Time.After(m.Made), "the last transaction replayed (%v) is batch 1's, after the backup", state.Time)
+				lsn, target := lsnOf(t, strings.TrimPrefix(state.LogPosition, "LSN ")), lsnOf(t, m.RestorePointLSN)
+				if tc.target.Time == "" {
+					require.LessOrEqual(t, lsn, target, "recovery ended at the restore point")
+					require.Greater(t, lsn, target-4096, "recovery ended at the restore point")
+				} else {
+					require.Greater(t, lsn, target, "recovery ended before batch 2's commit, after its rows' records")
+				}
+			}
+			for _, gone := range []string{"wal-staging", "wal-verify"} {
+				require.NoDirExists(t, filepath.Join(root, gone), "the recovery's staging is removed")
+			}
+			dataDir := engine.DataDir(root)
+			require.NoFileExists(t, filepath.Join(dataDir, "recovery.signal"))
+			auto, err := os.ReadFile(filepath.Join(dataDir, "postgresql.auto.conf"))
+			require.NoError(t, err)
+			require.NotContains(t, string(auto), "restore_command")
+			require.NotContains(t, string(auto), "recovery_target")
+
+			inst := startInstance(t, e, root, engine.StartOptions{})
+			require.Equal(t, tc.sums, query(t, inst, "app", pgtest.ChecksumSQL))
+			require.Equal(t, m.Sums["shop"], query(t, inst, "shop", pgtest.ChecksumSQL))
+			require.Equal(t, "f", query(t, inst, "", "SELECT pg_is_in_recovery()"))
+			require.NoError(t, inst.Stop(ctx))
+		})
+	}
+
+	// The failures: a target past the WAL, a segment missing.
+	segs, err := filepath.Glob(filepath.Join(m.PITRWal, "0*"))
+	require.NoError(t, err)
+	slices.Sort(segs)
+	last := filepath.Base(segs[len(segs)-1])
+	for _, tc := range []struct {
+		name   string
+		target *imagebuilder.RecoveryTarget
+		wal    func(t *testing.T) string
+		msg    []string
+	}{
+		{"target past the WAL", &imagebuilder.RecoveryTarget{Name: "no_such_point"}, func(*testing.T) string { return m.PITRWal }, []string{
+			`postgres: recovery: engine: unrecognized backup format: recovery to name "no_such_point" failed: recovery ended before configured recovery target was reached; the last WAL segment replayed is ` + last,
+			"; the next segment, " + nextName(t, last) + ", is not among the backups\nserver log (last lines):\n",
+		}},
+		{"missing segment", &imagebuilder.RecoveryTarget{Name: m.RestorePoint}, func(t *testing.T) string { return copyDir(t, m.PITRWal, last) }, []string{
+			`postgres: recovery: engine: unrecognized backup format: recovery to name "` + m.RestorePoint + `" failed: recovery ended before configured recovery target was reached; the last WAL segment replayed is `,
+			"; the next segment, " + last + ", is not among the backups",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			root := filepath.Join(pgtest.Dir(t), "vol")
+			_, err := e.RestorePhysical(ctx, root, physical(t, m.PITRBase, tc.wal(t)), engine.RestoreOptions{RecoveryTarget: tc.target})
+			t.Log(err)
+			require.ErrorIs(t, err, engine.ErrFormat)
+			require.ErrorIs(t, err, engine.ErrServer)
+			for _, msg := range tc.msg {
+				require.ErrorContains(t, err, msg)
+			}
+			require.Empty(t, serversOn(t, root), "the recovery's server is stopped")
+		})
+	}
+}
+
+// nextName returns the name of the WAL segment after seg (16 MiB segments).
+func nextName(t *testing.T, seg string) string {
+	t.Helper()
+	n, err := strconv.ParseUint(seg[16:], 16, 32)
+	require.NoError(t, err)
+	require.Less(t, n, uint64(0xFF))
+	return seg[:16] + fmt.Sprintf("%08X", n+1)
+}
+
+func lsnOf(t *testing.T, s string) uint64 {
+	t.Helper()
+	var hi, lo uint64
+	_, err := fmt.Sscanf(s, "%X/%X", &hi, &lo)
+	require.NoError(t, err, s)
+	return hi<<32 | lo
+}
+
+// serversOn returns the PIDs of the processes whose command line mentions dir.
+func serversOn(t *testing.T, dir string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	require.NoError(t, err)
+	var pids []int
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +36,13 @@ type archive struct {
 type walSource struct {
 	archive *archive // a tar archive, or nil
 	files   []string // segment and history files, when archive is nil
+	// own is whether it is the base backup's own WAL (pg_basebackup's pg_wal.tar, by its
+	// name), rather than WAL past the backup.
+	own bool
 }
+
+// walArchiveRE matches the name pg_basebackup gives the archive of a backup's own WAL.
+var walArchiveRE = regexp.MustCompile(`^pg_wal\.tar(?:\.gz|\.lz4|\.zst)?$`)
 
 // physicalPlan is what RestorePhysical restores, told by content.
 type physicalPlan struct {
@@ -113,7 +120,7 @@ func collectArchives(backups []engine.BackupFile) (*physicalPlan, error) {
 		case kindBase:
 			base = append(base, a)
 		case kindWAL:
-			plan.wal = append(plan.wal, walSource{archive: &a})
+			plan.wal = append(plan.wal, walSource{archive: &a, own: walArchiveRE.MatchString(filepath.Base(a.path))})
 		case kindTablespace:
 			m := tablespaceTarRE.FindStringSubmatch(filepath.Base(p))
 			if m == nil {
@@ -303,15 +310,28 @@ func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []e
 	if err := r.tablespaces(ctx, root, plan); err != nil {
 		return state, err
 	}
-	walDest := filepath.Join(dataDir, "pg_wal")
-	if target != nil {
-		walDest = filepath.Join(root, walStagingDir)
+	// The backup's own WAL goes into pg_wal; WAL past it, and all of it for a recovery to a
+	// target, into the staging directory that the recovery run reads.
+	pgWAL, staging := filepath.Join(dataDir, "pg_wal"), filepath.Join(root, walStagingDir)
+	recovery := target != nil
+	for _, w := range plan.wal {
+		recovery = recovery || !w.own
 	}
-	if err := ensureDir(u, walDest); err != nil {
-		return state, fmt.Errorf("postgres: restore WAL into %s: %w", walDest, err)
+	walDir := pgWAL
+	if recovery {
+		walDir = staging
+	}
+	for _, dir := range []string{pgWAL, walDir} {
+		if err := ensureDir(u, dir); err != nil {
+			return state, fmt.Errorf("postgres: restore WAL into %s: %w", dir, err)
+		}
 	}
 	for _, w := range plan.wal {
-		if err := r.restoreWAL(ctx, w, walDest); err != nil {
+		dest := pgWAL
+		if recovery {
+			dest = staging
+		}
+		if err := r.restoreWAL(ctx, w, dest); err != nil {
 			return state, err
 		}
 	}
@@ -321,7 +341,7 @@ func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []e
 
 	var endLSN string
 	if plan.manifest != "" {
-		if endLSN, err = e.verifyManifest(ctx, u, root, plan.manifest, walDest); err != nil {
+		if endLSN, err = e.verifyManifest(ctx, u, root, plan.manifest, walDir); err != nil {
 			return state, err
 		}
 	}
@@ -338,10 +358,10 @@ func (e *pgEngine) RestorePhysical(ctx context.Context, root string, backups []e
 	if endLSN != "" {
 		state.LogPosition = "LSN " + endLSN
 	}
-	if target == nil {
+	if !recovery {
 		return state, nil
 	}
-	return e.recoverTo(ctx, root, u, *target, state)
+	return e.recoverTo(ctx, root, u, target, state)
 }
 
 // restorer restores the archives and WAL files of one RestorePhysical, within its limits.

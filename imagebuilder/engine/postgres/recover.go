@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
@@ -80,10 +81,15 @@ func parseRecoveryLog(p string) (recoveryLog, error) {
 	return l, sc.Err()
 }
 
-// recoverTo runs the recovery of the restored instance under root to target, replaying the WAL
-// in root/walStagingDir, promotes it and stops it cleanly, then removes the staging directory.
-// It returns the data's state where the recovery ended (backup is the restored backup's).
-func (e *pgEngine) recoverTo(ctx context.Context, root string, u *engine.User, target recoveryTarget, backup engine.DataState) (engine.DataState, error) {
+// recoverTo runs the recovery of the restored instance under root to target (nil: to the end of
+// the WAL), replaying the WAL in root/walStagingDir and pg_wal, promotes it and stops it
+// cleanly, then removes the staging directory. It returns the data's state where the recovery
+// ended (backup is the restored backup's).
+func (e *pgEngine) recoverTo(ctx context.Context, root string, u *engine.User, t *recoveryTarget, backup engine.DataState) (engine.DataState, error) {
+	target := recoveryTarget{what: "the end of the WAL"}
+	if t != nil {
+		target = *t
+	}
 	staging := filepath.Join(root, walStagingDir)
 	segSize, err := segmentSize(staging, filepath.Join(engine.DataDir(root), "pg_wal"))
 	if err != nil {
@@ -95,12 +101,17 @@ func (e *pgEngine) recoverTo(ctx context.Context, root string, u *engine.User, t
 	}
 	defer os.RemoveAll(rd)
 	settings := map[string]string{
-		"restore_command":           "cp " + shellQuote(staging) + `/%f "%p"`,
-		target.setting:              target.value,
-		"recovery_target_inclusive": map[bool]string{true: "on", false: "off"}[target.inclusive],
-		"recovery_target_action":    "promote",
-		"recovery_target_timeline":  "latest",
-		"log_timezone":              "UTC",
+		// cp fails for a file that is not there: the server then looks in pg_wal.
+		"restore_command":          "cp " + shellQuote(staging) + `/%f "%p"`,
+		"recovery_target_timeline": "latest",
+		"log_timezone":             "UTC",
+		// No connection before the promotion: the server is ready only once recovery is over.
+		"hot_standby": "off",
+	}
+	if t != nil {
+		settings[target.setting] = target.value
+		settings["recovery_target_inclusive"] = map[bool]string{true: "on", false: "off"}[target.inclusive]
+		settings["recovery_target_action"] = "promote"
 	}
 	inst, err := e.start(ctx, root, engine.StartOptions{RuntimeDir: rd, RunAs: u.Name, Volatile: true}, settings)
 	logPath := filepath.Join(rd, logFileName)
@@ -112,36 +123,43 @@ func (e *pgEngine) recoverTo(ctx context.Context, root string, u *engine.User, t
 	}
 	rl, logErr := parseRecoveryLog(logPath)
 	if err != nil && !errors.Is(err, errNoAdminRole) {
-		if logErr != nil {
+		var se *engine.ServerError
+		if logErr != nil || !errors.As(err, &se) {
 			return backup, err
 		}
-		return backup, recoveryError(target, rl, segSize, err)
+		return backup, recoveryError(target, rl, segSize, se.LogTail)
 	}
 	if logErr != nil {
 		return backup, fmt.Errorf("postgres: recovery to %s: read the server log: %w", target.what, logErr)
 	}
-	if rl.stopping == "" || rl.redoDone == "" {
-		return backup, recoveryError(target, rl, segSize, errors.New("the server ended recovery without reaching the target"))
+	if (t != nil && rl.stopping == "") || rl.redoDone == "" {
+		rl.fatal = append(rl.fatal, "the server ended recovery without saying it reached the target")
+		return backup, recoveryError(target, rl, segSize, engine.TailFile(logPath, logTailLines))
 	}
 	if err := os.RemoveAll(staging); err != nil {
 		return backup, fmt.Errorf("postgres: recovery to %s: remove the staging directory: %w", target.what, err)
 	}
+	how := target.what
+	if rl.stopping != "" {
+		how += ": " + rl.stopping
+	}
 	state := engine.DataState{
 		Time:        backup.Time,
-		Source:      fmt.Sprintf("%s (recovery to %s: %s; no transaction replayed after the backup)", backup.Source, target.what, rl.stopping),
+		Source:      fmt.Sprintf("%s (recovery to %s; no transaction replayed after the backup)", backup.Source, how),
 		LogPosition: "LSN " + rl.redoDone,
 	}
 	if rl.lastXact != "" {
-		if t, err := time.Parse("2006-01-02 15:04:05.999999-07", rl.lastXact); err == nil {
-			state.Time = t.UTC()
-			state.Source = fmt.Sprintf("recovery to %s: the last transaction replayed (%s)", target.what, rl.stopping)
+		if at, err := time.Parse("2006-01-02 15:04:05.999999-07", rl.lastXact); err == nil {
+			state.Time = at.UTC()
+			state.Source = fmt.Sprintf("recovery to %s: the last transaction replayed", how)
 		}
 	}
 	return state, nil
 }
 
-// recoveryError describes a recovery that did not reach its target.
-func recoveryError(target recoveryTarget, rl recoveryLog, segSize uint64, err error) error {
+// recoveryError describes a recovery that did not reach its target: a *engine.ServerError
+// matching engine.ErrFormat too (the backups lack the WAL to reach it).
+func recoveryError(target recoveryTarget, rl recoveryLog, segSize uint64, logTail string) error {
 	var msg strings.Builder
 	fmt.Fprintf(&msg, "recovery to %s failed", target.what)
 	if len(rl.fatal) > 0 {
@@ -168,7 +186,7 @@ func recoveryError(target recoveryTarget, rl recoveryLog, segSize uint64, err er
 	} else {
 		msg.WriteString("; no WAL segment was replayed from the backups")
 	}
-	return fmt.Errorf("postgres: %s: %w", msg.String(), err)
+	return &engine.ServerError{Op: "postgres: recovery", Err: fmt.Errorf("%w: %s", engine.ErrFormat, msg.String()), LogTail: logTail}
 }
 
 // segmentSize returns the size of the WAL segments in the directories dirs (from the page
@@ -200,7 +218,30 @@ func segmentSize(dirs ...string) (uint64, error) {
 // shellQuote quotes s for sh, in single quotes.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// recoveryTargetOf returns the recovery target of opts in PostgreSQL's terms, or nil.
+// recoveryTargetOf returns the recovery target of opts in PostgreSQL's terms, or nil: a time
+// (RFC 3339, given to the server in UTC), an LSN or a restore point's name.
 func recoveryTargetOf(opts engine.RestoreOptions) (*recoveryTarget, error) {
-	return nil, nil
+	t := opts.RecoveryTarget
+	if t == nil {
+		return nil, nil
+	}
+	rt := &recoveryTarget{inclusive: t.IsInclusive(), what: t.String()}
+	switch k := t.Kind(); k {
+	case imagebuilder.TargetTime:
+		at, err := t.ParsedTime()
+		if err != nil {
+			return nil, fmt.Errorf("postgres: recoveryTarget: %w", err)
+		}
+		rt.setting, rt.value = "recovery_target_time", at.UTC().Format("2006-01-02 15:04:05.999999")+"+00"
+	case imagebuilder.TargetLSN:
+		if _, err := parseLSN(t.LSN); err != nil {
+			return nil, fmt.Errorf("postgres: recoveryTarget: %w", err)
+		}
+		rt.setting, rt.value = "recovery_target_lsn", t.LSN
+	case imagebuilder.TargetName:
+		rt.setting, rt.value = "recovery_target_name", t.Name
+	default:
+		return nil, fmt.Errorf("postgres: recoveryTarget %s: PostgreSQL recovers to a time, an LSN or a restore point's name", t)
+	}
+	return rt, nil
 }

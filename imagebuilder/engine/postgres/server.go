@@ -160,7 +160,13 @@ func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOpti
 	if err != nil {
 		return nil, err
 	}
-	maps.Copy(settings, recovery)
+	if recovery != nil {
+		// PostgreSQL refuses a second recovery_target_* setting even when empty.
+		for _, name := range []string{"recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"} {
+			delete(settings, name)
+		}
+		maps.Copy(settings, recovery)
+	}
 	if err := prepareRuntimeDir(u, rd); err != nil {
 		return nil, fmt.Errorf("postgres: start: runtime directory %s: %w", rd, err)
 	}
