@@ -111,3 +111,43 @@ func TestBuildBadBaseBackup(t *testing.T) {
 	require.ErrorContains(t, err, "reading contents: tarx: invalid archive: unexpected EOF")
 	require.Empty(t, serversUsing(t, run))
 }
+
+// TestBuildPointInTime builds an image from a base backup and the WAL past it, replayed to a
+// restore point: the image holds the data of that point, and no recovery setting.
+func TestBuildPointInTime(t *testing.T) {
+	e, m := moreEnv(t)
+	rec := &recorder{}
+	def := "name: pitr\nengine: postgres\nversion: \"" + e.eng.Version() + "\"\nsourceType: backup\nbackups:\n  - path: pitr-base\n  - path: pitr-wal\n    format: wal\n" +
+		"recoveryTarget:\n  name: " + m.RestorePoint + "\n"
+	res, root, run, err := e.build(t, def, rec)
+	require.NoError(t, err, rec.logText())
+	checkResult(t, e, res, []string{StepRestore, StepStart, StepCheckpoint, StepStop})
+	require.Regexp(t, `^LSN [0-9A-F]+/[0-9A-F]+$`, res.DataState.LogPosition)
+	require.Contains(t, res.DataState.Source, `recovery to name "`+m.RestorePoint+`": recovery stopping at restore point "`+m.RestorePoint+`"`)
+	require.Empty(t, serversUsing(t, run))
+	auto, err := os.ReadFile(filepath.Join(engine.DataDir(root), "postgresql.auto.conf"))
+	require.NoError(t, err)
+	require.Contains(t, string(auto), "restore_command = ''\n", "the isolation settings: no WAL restored from anywhere")
+	require.NotRegexp(t, `restore_command = '.+'`, string(auto))
+	require.NoFileExists(t, filepath.Join(engine.DataDir(root), "recovery.signal"))
+
+	inst := e.restart(t, root)
+	require.Equal(t, m.SumsAtRestorePoint, query(t, inst, "app", pgtest.ChecksumSQL))
+
+	// Without the segment the restore point is in, the build fails naming it.
+	segs, err := filepath.Glob(filepath.Join(e.root, "pitr-wal", "0*"))
+	require.NoError(t, err)
+	last := segs[len(segs)-1]
+	require.NoError(t, os.Remove(last))
+	rec = &recorder{}
+	_, _, run, err = e.build(t, def, rec)
+	var se *StepError
+	require.ErrorAs(t, err, &se)
+	require.Equal(t, StepRestore, se.Step)
+	require.ErrorIs(t, err, engine.ErrFormat)
+	require.ErrorContains(t, err, "builder: step restore failed: postgres: recovery: engine: unrecognized backup format: recovery to name \""+m.RestorePoint+
+		"\" failed: recovery ended before configured recovery target was reached; the last WAL segment replayed is ")
+	require.ErrorContains(t, err, "; the next segment, "+filepath.Base(last)+", is not among the backups")
+	require.Contains(t, se.LogTail, "FATAL:  recovery ended before configured recovery target was reached")
+	require.Empty(t, serversUsing(t, run))
+}

@@ -221,9 +221,9 @@ func (e *pgEngine) Version() string { return e.version }
 func (e *pgEngine) String() string { return "PostgreSQL " + e.version + " (" + e.bin + ")" }
 
 // Physical reports whether format is restored into the data directory before the server
-// starts: base backups are, dumps are not.
+// starts: base backups and WAL are, dumps are not.
 func (e *pgEngine) Physical(format imagebuilder.BackupFormat) bool {
-	return format == imagebuilder.FormatBaseBackupTar
+	return format == imagebuilder.FormatBaseBackupTar || format == imagebuilder.FormatWAL
 }
 
 // tool returns the path of one of the installation's binaries.
