@@ -23,7 +23,10 @@
 // # Layout of an instance
 //
 // An instance lives in one directory, the root of a volume's file system: the engine's data
-// directory is DataDir(root) (root/data), owned by the user the server runs as. Everything the
+// directory is DataDir(root) (root/data), owned by the user the server runs as. An adapter may
+// keep data of the instance beside it, under root (PostgreSQL's restored tablespaces), reached
+// from the data directory by relative links only, so that a copy of the volume mounted
+// anywhere (a clone) is self-contained. Everything the
 // server needs that is not data (sockets, generated access rules, the server's log, the pid
 // file) lives in a runtime directory outside the volume, given to Start, so an image holds data
 // only and each clone brings its own access rules.

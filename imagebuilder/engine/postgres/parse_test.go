@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/imagebuilder"
@@ -232,6 +234,14 @@ func tarBytes(t *testing.T, gz bool, names ...string) []byte {
 	return gzipBytes(t, buf.Bytes())
 }
 
+func zstdBytes(t *testing.T, b []byte) []byte {
+	t.Helper()
+	zw, err := zstd.NewWriter(nil)
+	require.NoError(t, err)
+	defer zw.Close()
+	return zw.EncodeAll(b, nil)
+}
+
 func gzipBytes(t *testing.T, b []byte) []byte {
 	t.Helper()
 	var out bytes.Buffer
@@ -269,6 +279,8 @@ func TestDetect(t *testing.T) {
 		write("dump.sql", []byte("--\n-- PostgreSQL database dump\n--\n\nSET x = 1;\n")):                 imagebuilder.FormatSQL,
 		write("all.sql", []byte("--\n-- PostgreSQL database cluster dump\n--\n\nSET x = 1;\n")):          imagebuilder.FormatPgDumpAll,
 		write("all.sql.gz", gzipBytes(t, []byte("--\n-- PostgreSQL database cluster dump\n--\n"))):       imagebuilder.FormatPgDumpAll,
+		write("all.sql.zst", zstdBytes(t, []byte("--\n-- PostgreSQL database cluster dump\n--\n"))):      imagebuilder.FormatPgDumpAll,
+		write("base3.tar.zst", zstdBytes(t, tarBytes(t, false, "backup_label", "PG_VERSION"))):           imagebuilder.FormatBaseBackupTar,
 		write("script.sql", []byte("\uFEFFCREATE TABLE t (s text);\nINSERT INTO t VALUES ('héllo');\n")): imagebuilder.FormatSQL,
 		write("base.tar", tarBytes(t, false, "backup_label", "tablespace_map", "PG_VERSION", "global/")): imagebuilder.FormatBaseBackupTar,
 		write("base2.tar.gz", tarBytes(t, true, "./pg_stat/", "./global/", "./global/1262")):             imagebuilder.FormatBaseBackupTar,
@@ -375,4 +387,56 @@ func FuzzGlobalsFilter(f *testing.F) {
 			}
 		}
 	})
+}
+
+func FuzzTablespaceMap(f *testing.F) {
+	f.Add("16384 /srv/ts1\n16385 /srv/with space\n")
+	f.Add("x y\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		p := filepath.Join(t.TempDir(), "tablespace_map")
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m, err := readTablespaceMap(p)
+		if err != nil {
+			return
+		}
+		for oid := range m {
+			if _, err := strconv.ParseUint(oid, 10, 32); err != nil {
+				t.Fatalf("oid %q accepted", oid)
+			}
+		}
+	})
+}
+
+func FuzzWALNames(f *testing.F) {
+	f.Add("000000010000000000000009", uint64(16<<20), "0/9013468")
+	f.Add("0000000100000000000000FF", uint64(16<<20), "1/FF000000")
+	f.Fuzz(func(t *testing.T, name string, segSize uint64, lsn string) {
+		if segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
+			return
+		}
+		next := nextSegment(name, segSize)
+		if next != "" && (len(next) != 24 || next <= name && name[:8] == next[:8]) {
+			t.Fatalf("next of %q is %q", name, next)
+		}
+		if v, err := parseLSN(lsn); err == nil {
+			seg := segmentName(1, v, segSize)
+			if len(seg) != 24 {
+				t.Fatalf("segment of %q: %q", lsn, seg)
+			}
+		}
+	})
+}
+
+func TestWALNames(t *testing.T) {
+	require.Equal(t, "00000001000000010000000A", segmentName(1, 0x10A000000, 16<<20))
+	require.Equal(t, "000000010000000100000000", nextSegment("0000000100000000000000FF", 16<<20))
+	require.Equal(t, "00000002000000000000000A", nextSegment("000000020000000000000009", 16<<20))
+	require.Equal(t, "", nextSegment("00000001000000000000000", 16<<20))
+	lsn, err := parseLSN("16/B374D848")
+	require.NoError(t, err)
+	require.Equal(t, uint64(0x16B374D848), lsn)
+	require.True(t, isWALSegment(walHead()))
+	require.False(t, isWALSegment(walHead()[:39]))
 }

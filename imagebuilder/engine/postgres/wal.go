@@ -80,7 +80,7 @@ func segmentName(tli uint32, lsn uint64, segSize uint64) string {
 // nextSegment returns the name of the segment after the one called name, for segments of
 // segSize bytes, or "" when name is not a segment's.
 func nextSegment(name string, segSize uint64) string {
-	if len(name) != 24 || segSize == 0 {
+	if len(name) != 24 || !walFileRE.MatchString(name) || segSize == 0 {
 		return ""
 	}
 	tli, err1 := strconv.ParseUint(name[:8], 16, 32)
