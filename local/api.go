@@ -116,6 +116,8 @@ type Image struct {
 	// Created is when the build finished; DataState the point in time the data holds.
 	Created   time.Time `json:"created"`
 	DataState time.Time `json:"dataState,omitzero"`
+	// LogPosition is the engine's log position the data stands at ("LSN 0/3000060"), when known.
+	LogPosition string `json:"logPosition,omitempty"`
 	// Lifetime as written ("0" = never); Expires is zero when the image never expires.
 	Lifetime string    `json:"lifetime"`
 	Expires  time.Time `json:"expires,omitzero"`

@@ -128,6 +128,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req BuildRequest, progress func
 		DataBytes:    dataBytes,
 		Created:      now,
 		DataState:    res.DataState.Time,
+		LogPosition:  res.DataState.LogPosition,
 		Lifetime:     res.Lifetime.String(),
 		Expires:      expires(now, res.Lifetime),
 		BuildSeconds: time.Since(start).Seconds(),

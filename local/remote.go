@@ -282,7 +282,7 @@ func (d *Daemon) snapshotOf(dg exportset.Digest) (blockstore.SnapshotID, bool) {
 // imageMeta is the metadata a pushed image's manifest records.
 func imageMeta(img *Image) (exportset.Image, error) {
 	m := exportset.Image{Name: img.Name, Engine: string(img.Engine), Version: img.Version, SourceType: string(img.SourceType),
-		Database: img.Database, Tags: img.Tags, DataState: img.DataState, Created: img.Created}
+		Database: img.Database, Tags: img.Tags, DataState: img.DataState, LogPosition: img.LogPosition, Created: img.Created}
 	if img.Definition != nil {
 		def, err := yaml.Marshal(img.Definition)
 		if err != nil {
@@ -385,7 +385,7 @@ func (d *Daemon) pulledImage(name string, res *exportset.PullResult, snap blocks
 	img := Image{
 		Name: name, Engine: imagebuilder.Engine(m.Image.Engine), Version: m.Image.Version,
 		SourceType: imagebuilder.SourceType(m.Image.SourceType), Tags: slices.Clone(m.Image.Tags), Database: m.Image.Database,
-		Size: m.Size, DataBytes: dataBytes, Created: m.Image.Created, DataState: m.Image.DataState,
+		Size: m.Size, DataBytes: dataBytes, Created: m.Image.Created, DataState: m.Image.DataState, LogPosition: m.Image.LogPosition,
 		Lifetime: d.cfg.imageLifetime.String(), Expires: expires(now, d.cfg.imageLifetime),
 		Digest: string(res.Digest), ParentDigest: string(m.Parent), Pulled: now,
 	}

@@ -100,6 +100,9 @@ func TestBuildSucceeds(t *testing.T) {
 	if got.Status.EngineVersion != "16.4" || got.Status.DataStateTime == nil || !got.Status.DataStateTime.Equal(&metav1.Time{Time: time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)}) || got.Status.BuiltAt == nil {
 		t.Errorf("result in status: engineVersion %q dataStateTime %v builtAt %v", got.Status.EngineVersion, got.Status.DataStateTime, got.Status.BuiltAt)
 	}
+	if got.Status.LogPosition != "LSN 0/3000060" {
+		t.Errorf("result in status: logPosition %q", got.Status.LogPosition)
+	}
 	if ok, msg := h.deleted(&batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "sales-build", Namespace: h.ns}}); ok {
 		t.Errorf("the Job is deleted before the snapshot is ready: %s", msg)
 	}
@@ -232,6 +235,7 @@ func checkSnapshot(t *testing.T, vs *snapshotv1.VolumeSnapshot) {
 		v1alpha1.AnnotationEngine:        "postgres",
 		v1alpha1.AnnotationEngineVersion: "16.4",
 		v1alpha1.AnnotationDataStateTime: "2024-05-06T07:08:09Z",
+		v1alpha1.AnnotationLogPosition:   "LSN 0/3000060",
 		v1alpha1.AnnotationTags:          `["sales","nightly build"]`,
 	}
 	if !reflect.DeepEqual(vs.Annotations, wantAnn) {

@@ -309,7 +309,7 @@ func (h *harness) endPod(pod *corev1.Pod, code int32, msg string) {
 func outcomeOK(t *testing.T) string {
 	t.Helper()
 	o := wire.Outcome{OK: true, Engine: imagebuilder.EnginePostgres, EngineVersion: "16.4",
-		DataStateTime: time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC), DataStateSource: "backup_label", DataBytes: 123 << 20}
+		DataStateTime: time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC), DataStateSource: "backup_label", LogPosition: "LSN 0/3000060", DataBytes: 123 << 20}
 	return string(o.Encode())
 }
 

@@ -273,6 +273,7 @@ func (r *reconciler) built(ctx context.Context, st *state, res *result, job *bat
 	if !out.DataStateTime.IsZero() {
 		di.Status.DataStateTime = &metav1.Time{Time: out.DataStateTime}
 	}
+	di.Status.LogPosition = out.LogPosition
 	took := finished.Sub(job.CreationTimestamp.Time)
 	msg := fmt.Sprintf("built with %s %s in %s", di.Spec.NormalizedEngine(), out.EngineVersion, took.Round(1e9))
 	setCondition(di, v1alpha1.ConditionBuilt, metav1.ConditionTrue, reasonBuildSucceeded, msg)
@@ -378,6 +379,9 @@ func (r *reconciler) snapshot(di *v1alpha1.DataImage) (*snapshotv1.VolumeSnapsho
 	}
 	if t := di.Status.DataStateTime; t != nil {
 		ann[v1alpha1.AnnotationDataStateTime] = t.UTC().Format(time.RFC3339)
+	}
+	if p := di.Status.LogPosition; p != "" {
+		ann[v1alpha1.AnnotationLogPosition] = p
 	}
 	source := buildName(di)
 	class := r.cfg.VolumeSnapshotClassName

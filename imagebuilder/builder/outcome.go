@@ -21,5 +21,5 @@ func OutcomeOf(res *Result, err error) Outcome {
 		return o
 	}
 	return Outcome{OK: true, Engine: res.Engine, EngineVersion: res.Version, DataBytes: res.DataBytes,
-		DataStateTime: res.DataState.Time, DataStateSource: res.DataState.Source}
+		DataStateTime: res.DataState.Time, DataStateSource: res.DataState.Source, LogPosition: res.DataState.LogPosition}
 }

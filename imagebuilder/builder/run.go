@@ -172,7 +172,7 @@ func (b *build) run(ctx context.Context) (res *Result, err error) {
 		return nil, fmt.Errorf("%w: measure the data directory: %w", ErrBuild, err)
 	}
 	res.Steps = b.steps
-	b.log.Info("image built", "took", time.Since(start), "dataBytes", res.DataBytes, "dataState", res.DataState.Time, "dataStateSource", res.DataState.Source)
+	b.log.Info("image built", "took", time.Since(start), "dataBytes", res.DataBytes, "dataState", res.DataState.Time, "dataStateSource", res.DataState.Source, "logPosition", res.DataState.LogPosition)
 	return res, nil
 }
 

@@ -225,6 +225,9 @@ const (
 	AnnotationEngineVersion = "dataimage.io/engine-version"
 	// AnnotationDataStateTime is the point in time the image's data holds (RFC 3339).
 	AnnotationDataStateTime = "dataimage.io/data-state-time"
+	// AnnotationLogPosition is the engine's log position the image's data stands at, e.g.
+	// "LSN 0/3000060" or "GTID 0-1-42, binlog mariadb-bin.000003:1234".
+	AnnotationLogPosition = "dataimage.io/log-position"
 	// Finalizer keeps a DataImage, and the VolumeSnapshot it owns, while PVCs cloned from the
 	// snapshot exist.
 	Finalizer = "dataimage.io/clones"
@@ -274,6 +277,11 @@ type DataImageStatus struct {
 	// DataStateTime is the point in time the image's data holds.
 	// +optional
 	DataStateTime *metav1.Time `json:"dataStateTime,omitempty"`
+	// LogPosition is the engine's log position the image's data stands at, as the engine
+	// names it: "LSN 0/3000060" (PostgreSQL), "GTID 0-1-42, binlog mariadb-bin.000003:1234"
+	// (MariaDB); empty when the backup does not say.
+	// +optional
+	LogPosition string `json:"logPosition,omitempty"`
 	// BuiltAt is when the build finished.
 	// +optional
 	BuiltAt *metav1.Time `json:"builtAt,omitempty"`

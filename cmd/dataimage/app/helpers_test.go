@@ -37,8 +37,8 @@ func testImages() []local.Image {
 			},
 			Size: 32 << 30, DataBytes: 1181116006,
 			Created:   testNow.Add(-3*time.Hour - 12*time.Minute),
-			DataState: time.Date(2026, 11, 21, 2, 30, 0, 0, time.UTC),
-			Lifetime:  "0", BuildSeconds: 72.4, Clones: 3,
+			DataState: time.Date(2026, 11, 21, 2, 30, 0, 0, time.UTC), LogPosition: "LSN 0/5000028",
+			Lifetime: "0", BuildSeconds: 72.4, Clones: 3,
 		},
 		{
 			Name: "sales-masked", Engine: imagebuilder.EnginePostgres, Version: "15.18",

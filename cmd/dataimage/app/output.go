@@ -134,6 +134,9 @@ func (v view) image(w io.Writer, im *local.Image) error {
 	if !im.DataState.IsZero() {
 		row("Data as of", v.time(im.DataState))
 	}
+	if im.LogPosition != "" {
+		row("Log position", im.LogPosition)
+	}
 	row("Tags", dash(strings.Join(im.Tags, ", ")))
 	row("Size", units.FormatBytes(im.Size))
 	row("Data", units.FormatBytes(im.DataBytes))

@@ -14,9 +14,9 @@ import (
 // termination message (/dev/termination-log) and the DataImage controller reads back from the
 // pod's status. Encode keeps it within the kubelet's limit (MaxOutcomeBytes).
 //
-// Format 1.0 (OutcomeVersion) has no version field. A later version writes
-// "buildOutcome":"MAJOR.MINOR"; ParseOutcome reads every 1.x (ignoring fields it does not know)
-// and refuses another major version.
+// Format 1.0 has no version field. Later versions (OutcomeVersion) write
+// "buildOutcome":"MAJOR.MINOR" first; ParseOutcome reads every 1.x (ignoring fields it does not
+// know) and refuses another major version.
 type Outcome struct {
 	// OK says the build succeeded; then Engine, EngineVersion, DataBytes and the data state
 	// are set. Otherwise Step and Message say what failed.
@@ -27,7 +27,10 @@ type Outcome struct {
 	// DataStateSource says where it was read.
 	DataStateTime   time.Time `json:"dataStateTime,omitzero"`
 	DataStateSource string    `json:"dataStateSource,omitempty"`
-	DataBytes       int64     `json:"dataBytes,omitempty"`
+	// LogPosition is the engine's log position the data stands at (engine.DataState), e.g.
+	// "LSN 0/3000060"; empty when the backup does not say. Added in 1.1: a 1.0 reader ignores it.
+	LogPosition string `json:"logPosition,omitempty"`
+	DataBytes   int64  `json:"dataBytes,omitempty"`
 	// Step is the step that failed (a build step, or "validate" and the like for failures
 	// before the build starts).
 	Step string `json:"step,omitempty"`
@@ -43,7 +46,10 @@ const MaxOutcomeBytes = 4096
 // oldest lines first, then the message is cut (marked with "...").
 func (o Outcome) Encode() []byte {
 	for {
-		b, err := json.Marshal(o)
+		b, err := json.Marshal(struct {
+			Version string `json:"buildOutcome"`
+			Outcome
+		}{OutcomeVersion, o})
 		if err != nil {
 			panic(err) // unreachable: Outcome holds only strings, numbers and a time
 		}

@@ -23,19 +23,28 @@ func TestOutcomeRoundTrip(t *testing.T) {
 	}
 }
 
-// TestOutcomeFormats: the termination message a builder writes now is format 1.0, without a
-// version field, as builders wrote before the format had versions (controllers of that time
-// refuse a field they do not know); a later 1.x's fields are ignored; another major is refused,
-// saying which.
+// TestOutcomeFormats: the termination message a builder writes now is format 1.1, its version
+// first; 1.0 (no version field, written before the format had versions) still reads; a later
+// 1.x's fields are ignored; another major is refused, saying which.
 func TestOutcomeFormats(t *testing.T) {
-	now := `{"ok":true,"engine":"postgres","engineVersion":"16.4","dataStateTime":"2026-06-01T12:00:00Z","dataBytes":1048576}`
-	o := Outcome{OK: true, Engine: imagebuilder.EnginePostgres, EngineVersion: "16.4", DataBytes: 1 << 20, DataStateTime: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
-	require.Equal(t, "1.0", OutcomeVersion)
+	now := `{"buildOutcome":"1.1","ok":true,"engine":"postgres","engineVersion":"16.4","dataStateTime":"2026-06-01T12:00:00Z","logPosition":"LSN 0/3000060","dataBytes":1048576}`
+	o := Outcome{OK: true, Engine: imagebuilder.EnginePostgres, EngineVersion: "16.4", DataBytes: 1 << 20,
+		DataStateTime: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC), LogPosition: "LSN 0/3000060"}
+	require.Equal(t, "1.1", OutcomeVersion)
 	require.Equal(t, now, string(o.Encode()))
+	got, err := ParseOutcome([]byte(now))
+	require.NoError(t, err)
+	assert.Equal(t, o, *got)
+
+	v10 := `{"ok":true,"engine":"postgres","engineVersion":"16.4","dataStateTime":"2026-06-01T12:00:00Z","dataBytes":1048576}`
+	got, err = ParseOutcome([]byte(v10))
+	require.NoError(t, err)
+	o.LogPosition = ""
+	assert.Equal(t, o, *got)
 
 	newer := `{"buildOutcome":"1.4","ok":false,"step":"restore","message":"pg_restore failed","logTail":"ERROR: x",` +
 		`"exitCode":1,"steps":[{"step":"init","seconds":1.5}],"node":{"name":"n1"}}`
-	got, err := ParseOutcome([]byte(newer))
+	got, err = ParseOutcome([]byte(newer))
 	require.NoError(t, err)
 	assert.Equal(t, Outcome{Step: "restore", Message: "pg_restore failed", LogTail: "ERROR: x"}, *got)
 

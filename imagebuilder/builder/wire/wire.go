@@ -40,11 +40,13 @@ const (
 	// EventVersion is the version of the events Event.MarshalJSON writes. 1.1 added the version
 	// field itself and event kinds to 1.0.
 	EventVersion = "1.1"
-	// OutcomeVersion is the version of the outcome Outcome.Encode writes. It is still 1.0, and
-	// 1.0 is written without its version field: controllers from before the format had
-	// versions refuse a termination message with a field they do not know, and would fail
-	// every build. The first writer of a later version adds the field (see Outcome).
-	OutcomeVersion = "1.0"
+	// OutcomeVersion is the version of the outcome Outcome.Encode writes. 1.0 was written
+	// without a version field; 1.1 added the field and logPosition. Controllers from before
+	// the format had versions refuse a field they do not know: they fail the builds of a 1.1
+	// builder. A controller picks the builder image it runs, so this happens only when a
+	// controller is rolled back past that release while its new builders run (docs/kubernetes.md,
+	// "Upgrading").
+	OutcomeVersion = "1.1"
 )
 
 // readMajor is the major version this package reads.
