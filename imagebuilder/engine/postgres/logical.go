@@ -65,7 +65,7 @@ var formatNames = map[imagebuilder.BackupFormat]string{
 func (i *instance) restoreArchive(ctx context.Context, b engine.BackupFile, opts engine.RestoreOptions) (engine.DataState, error) {
 	list, err := i.pgRestoreOutput(ctx, b, "-l")
 	if err != nil {
-		return engine.DataState{}, fmt.Errorf("%w: %s: pg_restore cannot read it as a pg_dump %s-format archive: %w", engine.ErrFormat, b.Path, formatNames[b.Format], err)
+		return engine.DataState{}, fmt.Errorf("%w: %s: pg_restore cannot read it as a pg_dump %s archive: %w", engine.ErrFormat, b.Path, formatNames[b.Format], err)
 	}
 	state := archiveState(list)
 

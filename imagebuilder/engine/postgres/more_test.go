@@ -323,7 +323,7 @@ func TestRestoreDumpFormats(t *testing.T) {
 	require.NoError(t, os.WriteFile(bad, []byte("not an archive"), 0o644))
 	_, err = inst.RestoreLogical(ctx, engine.BackupFile{Path: bad, Format: imagebuilder.FormatPgDumpTar}, engine.RestoreOptions{})
 	require.ErrorIs(t, err, engine.ErrFormat)
-	require.ErrorContains(t, err, bad+": pg_restore cannot read it as a pg_dump tar-format archive")
+	require.ErrorContains(t, err, bad+": pg_restore cannot read it as a pg_dump tar archive")
 }
 
 // copyDir copies the files of the directory src into a new directory, but those skip names.
