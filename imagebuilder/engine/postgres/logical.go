@@ -120,6 +120,11 @@ func (i *instance) restoreArchive(ctx context.Context, b engine.BackupFile, opts
 // directory), with the directory's path.
 func (i *instance) pgRestore(ctx context.Context, b engine.BackupFile, args ...string) (*exec.Cmd, *os.File, error) {
 	if b.Format == imagebuilder.FormatPgDumpDir {
+		// pg_restore opens the directory's files by name with this process's rights: they must
+		// be the regular files pg_dump writes, not links to files elsewhere.
+		if err := checkDumpDir(b.Path); err != nil {
+			return nil, nil, err
+		}
 		cmd := exec.CommandContext(ctx, i.eng.tool("pg_restore"), append(args, "--format=directory", b.Path)...)
 		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "LC_ALL=C.UTF-8", "TZ=UTC", "PGCONNECT_TIMEOUT=30"}
 		cmd.Dir = "/"
@@ -137,6 +142,22 @@ func (i *instance) pgRestore(ctx context.Context, b engine.BackupFile, args ...s
 	cmd := i.client(ctx, "pg_restore", args...)
 	cmd.Stdin = f
 	return cmd, f, nil
+}
+
+// checkDumpDir refuses a pg_dump directory archive holding anything but regular files (pg_dump
+// writes toc.dat and one file per table's data, nothing else).
+func checkDumpDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, ent := range entries {
+		if !ent.Type().IsRegular() {
+			return fmt.Errorf("%w: %s in the pg_dump directory archive %s is not a regular file (pg_dump writes only regular files there)",
+				engine.ErrFormat, ent.Name(), dir)
+		}
+	}
+	return nil
 }
 
 // pgRestoreOutput runs pg_restore with args on the archive b and returns its output.

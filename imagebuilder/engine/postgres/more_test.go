@@ -318,6 +318,16 @@ func TestRestoreDumpFormats(t *testing.T) {
 	}
 	require.Equal(t, "0", query(t, inst, "", "SELECT count(*) FROM pg_database WHERE datname = 'ignored'"))
 
+	// A directory archive with a link in it: refused before pg_restore opens anything.
+	linked := filepath.Join(t.TempDir(), "linked.dir")
+	out, err = osexec.Command("cp", "-a", m.AppDir, linked).CombinedOutput()
+	require.NoError(t, err, string(out))
+	require.NoError(t, os.Symlink("/etc/hostname", filepath.Join(linked, "9999.dat")))
+	_, err = inst.RestoreLogical(ctx, engine.BackupFile{Path: linked, Format: imagebuilder.FormatPgDumpDir}, engine.RestoreOptions{Database: "linked"})
+	require.ErrorIs(t, err, engine.ErrFormat)
+	require.ErrorContains(t, err, "9999.dat in the pg_dump directory archive "+linked+" is not a regular file")
+	require.Equal(t, "0", query(t, inst, "", "SELECT count(*) FROM pg_database WHERE datname = 'linked'"))
+
 	// A tar archive that is not one.
 	bad := filepath.Join(t.TempDir(), "bad.tar")
 	require.NoError(t, os.WriteFile(bad, []byte("not an archive"), 0o644))

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
@@ -516,7 +517,11 @@ func (r *restorer) copyFile(ctx context.Context, from, to string) error {
 		return fmt.Errorf("postgres: restore WAL file %s: %w: the backup's files would take more than %d bytes, the restore's byte limit (the size of the volume restored into)",
 			from, engine.ErrRestoreLimit, max)
 	}
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A later file of the same name replaces an earlier one; never written through a link.
+	if err := os.Remove(to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("postgres: restore WAL file %s: %w", from, err)
+	}
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("postgres: restore WAL file %s: %w", from, err)
 	}
