@@ -105,6 +105,7 @@ func (e *pgEngine) recoverTo(ctx context.Context, root string, u *engine.User, t
 		"restore_command":          "cp " + shellQuote(staging) + `/%f "%p"`,
 		"recovery_target_timeline": "latest",
 		"log_timezone":             "UTC",
+		"lc_messages":              "C", // the log lines parseRecoveryLog reads, untranslated
 		// No connection before the promotion: the server is ready only once recovery is over.
 		"hot_standby": "off",
 	}
