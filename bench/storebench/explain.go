@@ -34,6 +34,8 @@ func (r *report) explain(id string) string {
 		return r.explainCSI()
 	case "kread":
 		return r.explainKRead()
+	case "restart":
+		return r.explainRestart()
 	}
 	return ""
 }
@@ -250,4 +252,20 @@ func (r *report) memFindings() []string {
 			units.FormatBytes(s1.mapped), fmtMiB(float64(s1.deleted-s1.read)), fmtMiB(d), fmtMiB(after), m.plan.perPage))
 	}
 	return out
+}
+
+// explainRestart says what a stall across a restart is made of (section 9).
+func (r *report) explainRestart() string {
+	if r.restart == nil {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("Evidence: ")
+	var parts []string
+	for _, row := range r.restart.rows {
+		parts = append(parts, fmt.Sprintf("%s: longest request %s, restart %s", row.s.name, fmtLat(row.longest), fmtLat(row.restart)))
+	}
+	b.WriteString(strings.Join(parts, "; "))
+	b.WriteString(". A request that spans a data-plane restart waits in the kernel (the holder keeps the FUSE connection) for as long as the new data plane takes to start, recover the pool (replay its journal), adopt the exports and ask the kernel to resend: the longest request is about the restart time, which is mostly process start and pool recovery on a loaded machine. The plugin is not on the I/O path: a stall across its restart is the noise of the baseline row (CPU contention on 2 cores), not a wait for the plugin.")
+	return b.String()
 }

@@ -99,7 +99,7 @@ func main() {
 	flag.IntVar(&c.memGiB, "memgib", 0, "GiB mapped by the larger pool of the memory goal (the smaller maps 1/16 of it, at least 256 MiB; the transient table at most 4 GiB); default 16, 1 with -quick")
 	flag.IntVar(&c.fillLeaf, "fillleaves", 0, "1 TiB volume: 2 MiB regions given one 4 KiB block each; default 16384, 2048 with -quick")
 	flag.BoolVar(&c.verbose, "v", true, "progress on stderr")
-	flag.StringVar(&c.only, "only", "", "comma-separated sections to run: perf, thick, qemu, lat, snapread, mem, bs, csi, kdev, ext4, check (default all; a partial report cannot be written, except -only check, which replaces its section of -out)")
+	flag.StringVar(&c.only, "only", "", "comma-separated sections to run: perf, thick, qemu, lat, snapread, mem, bs, csi, kdev, ext4, restart, check (default all; a partial report cannot be written, except -only check, which replaces its section of -out)")
 	flag.IntVar(&c.checkGiB, "checkgib", 0, "GiB mapped by the pool of the Check memory measurement; default 64, 4 with -quick")
 	flag.StringVar(&c.checkBase, "checkbase", "", "commit whose Check is measured as the old one (default: the parent of the commit that introduced CheckWith)")
 	flag.StringVar(&c.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -309,6 +309,15 @@ func run(c config) error {
 			return fmt.Errorf("ext4 in a clone: %w", err)
 		}
 		rep.ext4 = res
+	}
+
+	if c.runs("restart") {
+		b.logf("fio on a published block volume across restarts of the data plane and the plugin")
+		res, err := b.restarts()
+		if err != nil {
+			return fmt.Errorf("restarts: %w", err)
+		}
+		rep.restart = res
 	}
 
 	if c.runs("check") {

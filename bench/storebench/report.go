@@ -28,6 +28,7 @@ type report struct {
 	csi      *csiResult
 	kdev     *kdevResult
 	ext4     *ext4Result
+	restart  *restartResult
 	check    *checkResult
 
 	goals []goal // filled while rendering
@@ -63,6 +64,7 @@ func (r *report) markdown() string {
 	r.csiSection(&body)
 	r.kdevSection(&body)
 	r.ext4Section(&body)
+	r.restartSection(&body)
 	r.checkSection(&body)
 
 	var out strings.Builder
@@ -548,7 +550,7 @@ func (r *report) analysis(out *strings.Builder) {
 }
 
 func analysisOrder(id string) int {
-	return strings.Index("read seq cow lat meta mem csi kread", id)
+	return strings.Index("read seq cow lat meta mem csi kread restart", id)
 }
 
 // otherFindings notes results without a goal that point at the store.

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -232,63 +230,6 @@ func requireHealthy(t *testing.T, c *client, vol, path string) {
 	require.Empty(t, h.GetVolumeHealth().GetHealthStatuses(), "health of %s at %s", vol, path)
 }
 
-// fioResult is what the test reads of fio's JSON output.
-type fioResult struct {
-	Jobs []struct {
-		Error int    `json:"error"`
-		Read  fioDir `json:"read"`
-		Write fioDir `json:"write"`
-	} `json:"jobs"`
-}
-
-// fioDir is what the test reads of one direction of a fio job.
-type fioDir struct {
-	IOBytes int64 `json:"io_bytes"`
-	// Lat is the requests' total latency (submission to completion); Max is the longest stall.
-	Lat struct {
-		Max float64 `json:"max"`
-	} `json:"lat_ns"`
-}
-
-// startFio runs fio on a file under dir for runtime: 4 KiB random direct writes, each block
-// verified (crc32c) once 64 more are written and at the end, stopping at the first mismatch
-// or I/O error (--verify_fatal, --continue_on_error=none). It returns a function that waits for
-// fio and returns its result.
-func startFio(t *testing.T, dir string, runtime time.Duration) func() fioResult {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	cmd := exec.Command("fio", "--name=verify", "--filename="+filepath.Join(dir, "fio.dat"), "--size=32M", "--rw=randwrite", "--bs=4k",
-		"--ioengine=psync", "--direct=1", "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=64", "--verify_state_save=0", "--continue_on_error=none",
-		"--time_based", fmt.Sprintf("--runtime=%ds", int(runtime.Seconds())), "--output-format=json")
-	cmd.Stdout, cmd.Stderr, cmd.Dir = &out, &errOut, t.TempDir()
-	require.NoError(t, cmd.Start())
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default:
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	return func() fioResult {
-		t.Helper()
-		var err error
-		select {
-		case err = <-done:
-			done <- err
-		case <-time.After(runtime + 2*time.Minute):
-			t.Fatal("fio did not finish")
-		}
-		require.NoError(t, err, "fio: %s\n%s", errOut.String(), out.String())
-		var res fioResult
-		require.NoError(t, json.Unmarshal(out.Bytes(), &res), "fio output: %s", out.String())
-		require.Len(t, res.Jobs, 1)
-		return res
-	}
-}
-
 // TestPluginKilledIOContinues: the CSI plugin is killed (SIGKILL) three times, and started
 // again each time, while fio writes and verifies a file on a staged and published ext4 volume
 // and a direct-I/O writer writes and flushes a published block volume. The I/O goes on
@@ -306,7 +247,7 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 12 * time.Second
-	waitFio := startFio(t, fsTarget, runtime)
+	waitFio := nodetest.StartFio(t, fsTarget, runtime)
 	w := startDrainWriter(t, blkTarget, blkSize, 4)
 	start := time.Now()
 	var kills []time.Time
@@ -446,7 +387,7 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 25 * time.Second
-	waitFio := startFio(t, fsTarget, runtime)
+	waitFio := nodetest.StartFio(t, fsTarget, runtime)
 	w := startDrainWriter(t, blkTarget, blkSize, 4)
 	// Run first among the cleanups of a failed test: with the holder gone (and so the
 	// connections, if no data plane runs), the writers' I/O fails instead of waiting forever.
@@ -486,7 +427,7 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 	w.halt()
 	require.NoError(t, w.failed(), "the block writer across the restarts")
 	acked, longest := w.summary(restarts)
-	fioStall := time.Duration(max(job.Write.Lat.Max, job.Read.Lat.Max))
+	fioStall := res.Stall()
 	t.Logf("fio: %d MiB written and %d MiB verified across %d data-plane restarts (SIGKILL, SIGKILL, SIGTERM, SIGKILL), longest fio request %v; "+
 		"block writer: %d writes acknowledged, longest request spanning a restart %v",
 		job.Write.IOBytes>>20, job.Read.IOBytes>>20, len(restarts), fioStall.Round(time.Millisecond), acked, longest.Round(time.Millisecond))
