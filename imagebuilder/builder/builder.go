@@ -20,8 +20,12 @@
 //
 // # Databases and scripts
 //
-// The definition's initialDatabaseName is created at init for empty and logical builds
-// (single-database dumps are restored into it; without it, into the engine's default database).
+// The definition's initialDatabaseName is created at init for empty and logical builds. A
+// single dump is restored into it (without it, into the engine's default database). With
+// several dumps, each dump that records the database it was dumped from (PostgreSQL's pg_dump
+// archive formats: custom, directory, tar) goes into a database of that name
+// (engine.RestoreOptions.RecordedDatabase), and one that records none (plain SQL) into
+// initialDatabaseName as a single dump would, in the definition's order.
 // When a backup makes its own databases (pg_dumpall), it is created after the restores if the
 // dumps did not make it, and for physical builds once the server is up if the backup lacks it.
 // Scripts run in initialDatabaseName when it exists at that point, else in the engine's default
@@ -121,7 +125,8 @@ type Result struct {
 	// DataState is the point in time the data holds: the latest a backup records.
 	DataState engine.DataState
 	Lifetime  imagebuilder.Lifetime
-	// DataBytes is the disk space the data directory takes (allocated blocks).
+	// DataBytes is the disk space the instance takes (allocated blocks under Root: the data
+	// directory and, for a base backup with tablespaces, the tablespaces beside it).
 	DataBytes int64
 	// Steps are the steps run, in order, with how long each took.
 	Steps []StepTime

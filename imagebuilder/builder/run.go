@@ -166,7 +166,8 @@ func (b *build) run(ctx context.Context) (res *Result, err error) {
 	if err := b.stop(ctx); err != nil {
 		return nil, err
 	}
-	res.DataBytes, err = allocatedBytes(engine.DataDir(b.req.Root))
+	// The whole root: a restored base backup's tablespaces are beside the data directory.
+	res.DataBytes, err = allocatedBytes(b.req.Root)
 	if err != nil {
 		return nil, fmt.Errorf("%w: measure the data directory: %w", ErrBuild, err)
 	}
@@ -280,7 +281,9 @@ func (b *build) buildLogical(ctx context.Context, backups []engine.BackupFile) (
 			s, err := b.inst.RestoreLogical(ctx, bf, engine.RestoreOptions{
 				RunAs:    b.req.RunAs,
 				Database: db,
-				Progress: func(done int64) { b.report(Event{Step: StepRestore, Done: offset + min(done, bf.Size), Total: total}) },
+				// Several dumps: one per database, each into the one it was dumped from.
+				RecordedDatabase: len(backups) > 1,
+				Progress:         func(done int64) { b.report(Event{Step: StepRestore, Done: offset + min(done, bf.Size), Total: total}) },
 			})
 			if err != nil {
 				return fmt.Errorf("backups[%d] %s: %w", i, b.def.Backups[i].NormalizedPath(), err)

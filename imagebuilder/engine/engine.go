@@ -23,7 +23,10 @@
 // # Layout of an instance
 //
 // An instance lives in one directory, the root of a volume's file system: the engine's data
-// directory is DataDir(root) (root/data), owned by the user the server runs as. Everything the
+// directory is DataDir(root) (root/data), owned by the user the server runs as. An adapter may
+// keep data of the instance beside it, under root (PostgreSQL's restored tablespaces), reached
+// from the data directory by relative links only, so that a copy of the volume mounted
+// anywhere (a clone) is self-contained. Everything the
 // server needs that is not data (sockets, generated access rules, the server's log, the pid
 // file) lives in a runtime directory outside the volume, given to Start, so an image holds data
 // only and each clone brings its own access rules.
@@ -268,6 +271,11 @@ type RestoreOptions struct {
 	// Database is the database a single-database dump is restored into ("" = the engine's
 	// default database).
 	Database string
+	// RecordedDatabase restores a single-database dump that records the name of the database
+	// it was dumped from (PostgreSQL's pg_dump archive formats) into a database of that name,
+	// made if missing, instead of Database. The builder sets it for a definition with several
+	// dumps: one per database. A dump that records no name (plain SQL) still goes into Database.
+	RecordedDatabase bool
 	// Progress, if set, is called with the bytes of backup input consumed so far, at most a few
 	// times a second and once at the end.
 	Progress func(done int64)

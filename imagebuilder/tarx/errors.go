@@ -20,11 +20,12 @@ var ErrTooLarge = errors.New("tarx: archive expands beyond the size limit")
 var ErrTooManyMembers = errors.New("tarx: archive has more members than the limit")
 
 // ErrInvalidArchive matches errors for input that is not a readable tar stream: empty input, a
-// broken tar header, a corrupt or truncated gzip stream, or data after the end-of-archive marker.
+// broken tar header, a corrupt or truncated gzip, zstd or lz4 stream, or data after the
+// end-of-archive marker.
 var ErrInvalidArchive = errors.New("tarx: invalid archive")
 
 // ErrUnsupported matches the error for input compressed with a method Extract cannot read
-// (zstd, lz4, bzip2, xz): only gzip and uncompressed tar are supported.
+// (bzip2, xz): only gzip, zstd, lz4 and uncompressed tar are supported.
 var ErrUnsupported = errors.New("tarx: unsupported compression")
 
 // MemberError reports a problem with one member of the archive. Its shape follows fs.PathError.

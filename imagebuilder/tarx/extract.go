@@ -101,10 +101,11 @@ func (x *extractor) close() {
 // run restores every member, then checks the rest of the input and every symbolic link, then
 // restores directory metadata. It stops at the first error.
 func (x *extractor) run() error {
-	stream, err := decompress(x.in)
+	stream, closeStream, err := decompress(x.in)
 	if err != nil {
 		return err
 	}
+	defer closeStream()
 	ts := &tarStream{r: stream}
 	tr := tar.NewReader(ts)
 	for {

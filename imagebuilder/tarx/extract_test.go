@@ -47,10 +47,10 @@ func pgLike() []member {
 }
 
 func TestExtractHappyPath(t *testing.T) {
-	for _, gz := range []bool{false, true} {
-		t.Run(map[bool]string{false: "tar", true: "tar.gz"}[gz], func(t *testing.T) {
+	for _, z := range []string{"", "gz", "zst", "lz4"} {
+		t.Run("tar"+map[bool]string{false: "", true: "."}[z != ""]+z, func(t *testing.T) {
 			s := newSandbox(t)
-			st, err := s.extract(t, buildTar(t, gz, pgLike()...), Options{})
+			st, err := s.extract(t, compressBytes(t, z, buildTar(t, false, pgLike()...)), Options{})
 			require.NoError(t, err)
 			assert.Equal(t, Stats{Files: 6, Dirs: 6, Links: 3, Bytes: 3 + 30 + 8192 + 7 + 10 + 1, Members: 15}, st)
 			s.assertUntouched(t)
@@ -265,6 +265,17 @@ func TestExtractMaxBytes(t *testing.T) {
 		assertMemberError(t, err, 1, "zeros")
 		assert.NoFileExists(t, filepath.Join(s.dest, "zeros"))
 	})
+	for _, z := range []string{"zst", "lz4"} {
+		t.Run(z+" bomb", func(t *testing.T) {
+			s := newSandbox(t)
+			data := compressBytes(t, z, buildTar(t, false, file("zeros", string(make([]byte, 8<<20)), 0o600)))
+			require.Less(t, len(data), 1<<20, "compresses well")
+			_, err := s.extract(t, data, Options{MaxBytes: 1 << 20})
+			require.ErrorIs(t, err, ErrTooLarge)
+			assertMemberError(t, err, 1, "zeros")
+			assert.NoFileExists(t, filepath.Join(s.dest, "zeros"))
+		})
+	}
 	t.Run("exactly at the limit", func(t *testing.T) {
 		s := newSandbox(t)
 		_, err := s.extract(t, buildTar(t, false, file("a", "12345", 0o600), file("b", "67890", 0o600)), Options{MaxBytes: 10})
@@ -435,6 +446,8 @@ func TestExtractInvalidInput(t *testing.T) {
 	goodGz := gzipBytes(t, good)
 	corrupt := bytes.Clone(goodGz)
 	corrupt[len(corrupt)-8] ^= 0xff // CRC-32
+	big := buildTar(t, false, file("a", strings.Repeat("0123456789abcdef", 8192), 0o600))
+	goodZst, goodLz4 := compressBytes(t, "zst", big), compressBytes(t, "lz4", big)
 	for _, tc := range []struct {
 		name string
 		data []byte
@@ -442,9 +455,11 @@ func TestExtractInvalidInput(t *testing.T) {
 		msg  string
 	}{
 		{"empty", nil, ErrInvalidArchive, "tarx: invalid archive: empty input"},
-		{"zstd", []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0}, ErrUnsupported, "tarx: unsupported compression: input is zstd-compressed; only gzip and plain tar are supported"},
-		{"lz4", []byte{0x04, 0x22, 0x4d, 0x18, 0, 0, 0}, ErrUnsupported, ""},
-		{"xz", []byte{0xfd, '7', 'z', 'X', 'Z', 0, 0}, ErrUnsupported, ""},
+		{"xz", []byte{0xfd, '7', 'z', 'X', 'Z', 0, 0}, ErrUnsupported, "tarx: unsupported compression: input is xz-compressed; only gzip, zstd, lz4 and plain tar are supported"},
+		{"bad zstd frame", []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0}, ErrInvalidArchive, ""},
+		{"truncated zstd", goodZst[:len(goodZst)/2], ErrInvalidArchive, ""},
+		{"bad lz4 frame", []byte{0x04, 0x22, 0x4d, 0x18, 0, 0, 0}, ErrInvalidArchive, ""},
+		{"truncated lz4", goodLz4[:len(goodLz4)/2], ErrInvalidArchive, ""},
 		{"bzip2", []byte("BZh91AY&SY"), ErrUnsupported, ""},
 		{"garbage", bytes.Repeat([]byte("not a tar archive "), 100), ErrInvalidArchive, ""},
 		{"truncated tar", good[:700], ErrInvalidArchive, ""},

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 	"github.com/stretchr/testify/require"
 )
 
@@ -70,6 +73,32 @@ func gzipBytes(t testing.TB, b []byte) []byte {
 	require.NoError(t, err)
 	require.NoError(t, zw.Close())
 	return zb.Bytes()
+}
+
+// compressBytes compresses b as pg_basebackup does for the file name suffix z: "" (none),
+// "gz", "zst" or "lz4" (frame format).
+func compressBytes(t testing.TB, z string, b []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	var w io.WriteCloser
+	switch z {
+	case "":
+		return b
+	case "gz":
+		return gzipBytes(t, b)
+	case "zst":
+		zw, err := zstd.NewWriter(&out)
+		require.NoError(t, err)
+		w = zw
+	case "lz4":
+		w = lz4.NewWriter(&out)
+	default:
+		t.Fatalf("unknown compression %q", z)
+	}
+	_, err := w.Write(b)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	return out.Bytes()
 }
 
 // sandbox is a temporary directory holding the destination and an empty sibling that an escape

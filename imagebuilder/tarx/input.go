@@ -10,6 +10,9 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 )
 
 // defaultProgressEvery is the least time between two Progress calls when Options.ProgressEvery
@@ -113,32 +116,49 @@ var (
 	magicBzip2 = []byte{'B', 'Z', 'h'}
 )
 
-// decompress returns the tar stream in in: in itself (buffered), or in through gzip.
-func decompress(in *input) (io.Reader, error) {
+// maxZstdWindow bounds the window a zstd stream may ask for (the memory its decoder takes):
+// 256 MiB, above pg_basebackup's largest (--compress=zstd:long uses zstd's default long window,
+// 128 MiB).
+const maxZstdWindow = 256 << 20
+
+// decompress returns the tar stream in in: in itself (buffered), or in through gzip, zstd or
+// lz4 (frame format), told apart by their magic bytes. The returned close releases the
+// decoder.
+func decompress(in *input) (io.Reader, func(), error) {
+	nop := func() {}
 	br := bufio.NewReaderSize(in, 64<<10)
 	head, err := br.Peek(len(magicXz))
 	if len(head) == 0 {
 		if err == nil || err == io.EOF {
-			return nil, fmt.Errorf("%w: empty input", ErrInvalidArchive)
+			return nil, nop, fmt.Errorf("%w: empty input", ErrInvalidArchive)
 		}
-		return nil, in.wrap(err)
+		return nil, nop, in.wrap(err)
 	}
 	for _, c := range []struct {
 		magic []byte
 		name  string
-	}{{magicZstd, "zstd"}, {magicLZ4, "lz4"}, {magicXz, "xz"}, {magicBzip2, "bzip2"}} {
+	}{{magicXz, "xz"}, {magicBzip2, "bzip2"}} {
 		if bytes.HasPrefix(head, c.magic) {
-			return nil, fmt.Errorf("%w: input is %s-compressed; only gzip and plain tar are supported", ErrUnsupported, c.name)
+			return nil, nop, fmt.Errorf("%w: input is %s-compressed; only gzip, zstd, lz4 and plain tar are supported", ErrUnsupported, c.name)
 		}
 	}
-	if !bytes.HasPrefix(head, magicGzip) {
-		return br, nil
+	switch {
+	case bytes.HasPrefix(head, magicGzip):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, nop, in.wrap(err)
+		}
+		return zr, nop, nil
+	case bytes.HasPrefix(head, magicZstd):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxZstdWindow))
+		if err != nil {
+			return nil, nop, in.wrap(err)
+		}
+		return zr, zr.Close, nil
+	case bytes.HasPrefix(head, magicLZ4):
+		return lz4.NewReader(br), nop, nil
 	}
-	zr, err := gzip.NewReader(br)
-	if err != nil {
-		return nil, in.wrap(err)
-	}
-	return zr, nil
+	return br, nop, nil
 }
 
 // drain reads what follows the end-of-archive marker, so that a gzip stream is read to its end

@@ -2,9 +2,10 @@
 // `pg_basebackup -Ft`, into a directory, refusing every member that could write or point outside
 // it.
 //
-// Extract reads plain tar or gzip-compressed tar (told apart by the gzip magic bytes). Other
-// compressions that pg_basebackup can write (zstd, lz4) and bzip2/xz are recognised by their magic
-// bytes and refused with ErrUnsupported: no zstd or lz4 library is a dependency of this module.
+// Extract reads plain tar and tar compressed with gzip, zstd or lz4 (frame format): every
+// compression pg_basebackup writes, client or server side, told apart by their magic bytes and
+// decompressed as a stream. bzip2 and xz are recognised by theirs and refused with
+// ErrUnsupported.
 //
 // # Safety rules
 //
@@ -125,7 +126,7 @@ func (s Stats) Add(t Stats) Stats {
 	return Stats{Files: s.Files + t.Files, Dirs: s.Dirs + t.Dirs, Links: s.Links + t.Links, Bytes: s.Bytes + t.Bytes, Members: s.Members + t.Members}
 }
 
-// Extract restores the tar archive read from r, plain or gzip-compressed, into the existing
+// Extract restores the tar archive read from r, plain or compressed (gzip, zstd, lz4), into the existing
 // directory dest, following the rules in the package documentation. It returns what it restored,
 // also on error. Errors about one member are *MemberError values; errors about the stream match
 // ErrInvalidArchive or ErrUnsupported; cancellation returns an error matching ctx.Err().

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"errors"
@@ -15,11 +16,14 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
 )
 
-// sniffSize is how much of a file (decompressed, for gzip) Detect looks at.
+// sniffSize is how much of a file (decompressed) Detect looks at.
 const sniffSize = 64 << 10
 
 // maxSniffMembers bounds how many tar members Detect reads before giving up on telling a base
@@ -30,13 +34,13 @@ const maxSniffMembers = 256
 var (
 	magicPgDump = []byte("PGDMP")
 	magicGzip   = []byte{0x1f, 0x8b}
-	// Compressions pg_basebackup (zstd, lz4) or people (bzip2, xz) may use; tarx reads none.
+	magicZstd   = []byte{0x28, 0xb5, 0x2f, 0xfd}
+	magicLZ4    = []byte{0x04, 0x22, 0x4d, 0x18}
+	// Compressions people may use that pg_basebackup does not write; tarx reads neither.
 	unsupportedMagic = []struct {
 		magic []byte
 		name  string
 	}{
-		{[]byte{0x28, 0xb5, 0x2f, 0xfd}, "zstd"},
-		{[]byte{0x04, 0x22, 0x4d, 0x18}, "lz4"},
 		{[]byte("BZh"), "bzip2"},
 		{[]byte{0xfd, '7', 'z', 'X', 'Z', 0x00}, "xz"},
 	}
@@ -56,6 +60,7 @@ const (
 	kindBase                   // the data directory: backup_label, PG_VERSION, global/...
 	kindWAL                    // pg_wal: segments, timeline history, archive_status/
 	kindTablespace             // a tablespace: PG_<major>_<catversion>/...
+	kindDumpTar                // pg_dump --format=tar: toc.dat first
 )
 
 func (k archiveKind) String() string {
@@ -66,6 +71,8 @@ func (k archiveKind) String() string {
 		return "WAL archive"
 	case kindTablespace:
 		return "tablespace archive"
+	case kindDumpTar:
+		return "pg_dump tar archive"
 	}
 	return "unknown archive"
 }
@@ -76,36 +83,58 @@ var (
 	walFileRE = regexp.MustCompile(`^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$`)
 	// tablespaceDirRE matches the top directory of a tablespace archive.
 	tablespaceDirRE = regexp.MustCompile(`^PG_[0-9]+_[0-9]+$`)
-	// tablespaceTarRE matches the file name pg_basebackup gives a tablespace archive.
-	tablespaceTarRE = regexp.MustCompile(`^[0-9]+\.tar(?:\.gz)?$`)
+	// tablespaceTarRE matches the file name pg_basebackup gives a tablespace archive: the
+	// tablespace's OID, then the compression's suffix.
+	tablespaceTarRE = regexp.MustCompile(`^([0-9]+)\.tar(?:\.gz|\.lz4|\.zst)?$`)
+	// baseTarRE matches the names pg_basebackup gives the base and WAL archives.
+	baseTarRE = regexp.MustCompile(`^(?:base|pg_wal)\.tar(?:\.gz|\.lz4|\.zst)?$`)
 )
 
 // Detect names the format of the backup at path by its content:
-//   - a file starting with "PGDMP": FormatPgDumpCustom;
-//   - a tar archive, plain or gzip-compressed, whose first members are those of a data
-//     directory (backup_label, PG_VERSION, global/) or of pg_wal (24-hex-digit segments,
-//     archive_status/): FormatBaseBackupTar; a directory holding base.tar[.gz] (and possibly
-//     pg_wal.tar[.gz], backup_manifest): FormatBaseBackupTar as well;
-//   - text, plain or gzip-compressed, starting with pg_dumpall's header comment:
-//     FormatPgDumpAll; any other SQL text (pg_dump's plain output included): FormatSQL.
+//   - a file starting with "PGDMP": FormatPgDumpCustom; a directory holding toc.dat (which
+//     starts so): FormatPgDumpDir;
+//   - a tar archive, plain or compressed (gzip, lz4, zstd), whose first members are those of a
+//     data directory (backup_label, PG_VERSION, global/), of pg_wal (24-hex-digit segments,
+//     archive_status/) or of a tablespace (PG_<major>_<catalog version>/): FormatBaseBackupTar;
+//     a directory holding base.tar[.gz|.lz4|.zst] (and possibly pg_wal.tar*, <oid>.tar* of the
+//     tablespaces, backup_manifest): FormatBaseBackupTar as well;
+//   - a tar archive whose first member is toc.dat: FormatPgDumpTar;
+//   - a WAL segment (its first page's header: the magic of a PostgreSQL version, a long
+//     header, a sane segment and block size), or a directory holding only WAL files
+//     (segments, timeline history and backup history files): FormatWAL;
+//   - text, plain or compressed, starting with pg_dumpall's header comment: FormatPgDumpAll;
+//     any other SQL text (pg_dump's plain output included): FormatSQL.
 //
-// Anything else fails with engine.ErrFormat naming what was found; tablespace archives,
-// zstd/lz4/bzip2/xz compression and pg_dump directory archives fail with ErrUnsupported too.
+// Anything else fails with engine.ErrFormat naming what was found; bzip2 and xz compression fail
+// with ErrUnsupported too.
 func (e *pgEngine) Detect(p string) (imagebuilder.BackupFormat, error) {
 	st, err := os.Stat(p)
 	if err != nil {
 		return "", fmt.Errorf("postgres: detect the format of %s: %w", p, err)
 	}
 	if st.IsDir() {
-		if _, err := collectArchives([]engine.BackupFile{{Path: p}}); err != nil {
-			return "", err
-		}
-		return imagebuilder.FormatBaseBackupTar, nil
+		return detectDir(p)
 	}
 	if !st.Mode().IsRegular() {
 		return "", fmt.Errorf("%w: %s is not a regular file or a directory", engine.ErrFormat, p)
 	}
 	return detectFile(p)
+}
+
+// detectDir is Detect for a directory.
+func detectDir(p string) (imagebuilder.BackupFormat, error) {
+	if st, err := os.Stat(filepath.Join(p, "toc.dat")); err == nil && st.Mode().IsRegular() {
+		return imagebuilder.FormatPgDumpDir, nil
+	}
+	if ok, err := walDir(p); err != nil {
+		return "", err
+	} else if ok {
+		return imagebuilder.FormatWAL, nil
+	}
+	if _, err := collectArchives([]engine.BackupFile{{Path: p}}); err != nil {
+		return "", err
+	}
+	return imagebuilder.FormatBaseBackupTar, nil
 }
 
 // detectFile is Detect for a regular file.
@@ -120,12 +149,15 @@ func detectFile(p string) (imagebuilder.BackupFormat, error) {
 	if bytes.HasPrefix(head, magicPgDump) {
 		return imagebuilder.FormatPgDumpCustom, nil
 	}
+	if isWALSegment(head) {
+		return imagebuilder.FormatWAL, nil
+	}
 	if err := checkCompression(p, head); err != nil {
 		return "", err
 	}
-	compressed := bytes.HasPrefix(head, magicGzip)
-	if compressed {
-		head, err = gunzipHead(p)
+	compression := compressionOf(head)
+	if compression != "" {
+		head, err = decompressedHead(p)
 		if err != nil {
 			return "", err
 		}
@@ -136,52 +168,105 @@ func detectFile(p string) (imagebuilder.BackupFormat, error) {
 			return "", err
 		}
 		switch kind {
-		case kindBase, kindWAL:
+		case kindBase, kindWAL, kindTablespace:
 			return imagebuilder.FormatBaseBackupTar, nil
-		case kindTablespace:
-			return "", tablespaceError(p)
+		case kindDumpTar:
+			return imagebuilder.FormatPgDumpTar, nil
 		}
-		return "", fmt.Errorf("%w: %s is a tar archive of neither a base backup nor WAL (first members: %s)",
+		return "", fmt.Errorf("%w: %s is a tar archive of neither a base backup, WAL nor a pg_dump (first members: %s)",
 			engine.ErrFormat, p, strings.Join(names, ", "))
 	}
-	return classifyText(p, head, compressed)
+	return classifyText(p, head, compression)
 }
 
 // checkCompression refuses the compressions the adapter does not read.
 func checkCompression(p string, head []byte) error {
 	for _, m := range unsupportedMagic {
 		if bytes.HasPrefix(head, m.magic) {
-			return fmt.Errorf("%w: %w: %s is %s-compressed; only plain and gzip-compressed archives are supported (decompress it, or take the backup with pg_basebackup --compress=gzip)",
+			return fmt.Errorf("%w: %w: %s is %s-compressed; only plain, gzip-, lz4- and zstd-compressed backups are supported (decompress it, or take the backup with pg_basebackup --compress=gzip, lz4 or zstd)",
 				engine.ErrFormat, ErrUnsupported, p, m.name)
 		}
 	}
 	return nil
 }
 
-func tablespaceError(p string) error {
-	return fmt.Errorf("%w: %w: %s is the archive of a tablespace; base backups with tablespaces outside the data directory are not supported",
-		engine.ErrFormat, ErrUnsupported, p)
+// compressionOf names the compression head starts with: "gzip", "lz4", "zstd" or "" (none).
+func compressionOf(head []byte) string {
+	switch {
+	case bytes.HasPrefix(head, magicGzip):
+		return "gzip"
+	case bytes.HasPrefix(head, magicLZ4):
+		return "lz4"
+	case bytes.HasPrefix(head, magicZstd):
+		return "zstd"
+	}
+	return ""
 }
 
-// gunzipHead returns the first sniffSize bytes of the gzip-compressed file at p.
-func gunzipHead(p string) ([]byte, error) {
+// decompressor returns a reader of what r holds, decompressed when it starts with the magic of
+// gzip, lz4 or zstd. The returned close releases the decoder (not r).
+func decompressor(r io.Reader) (io.Reader, func(), error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	head, _ := br.Peek(4)
+	nop := func() {}
+	switch compressionOf(head) {
+	case "gzip":
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, nop, fmt.Errorf("corrupt gzip stream: %w", err)
+		}
+		return zr, nop, nil
+	case "lz4":
+		return lz4.NewReader(br), nop, nil
+	case "zstd":
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(256<<20))
+		if err != nil {
+			return nil, nop, fmt.Errorf("corrupt zstd stream: %w", err)
+		}
+		return zr, zr.Close, nil
+	}
+	return br, nop, nil
+}
+
+// openDecompressed opens the file at p, decompressing it (see decompressor). The caller calls
+// the returned close.
+func openDecompressed(p string) (io.Reader, func(), error) {
 	f, err := os.Open(p)
 	if err != nil {
+		return nil, nil, err
+	}
+	r, closeDec, err := decompressor(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %s: %w", engine.ErrFormat, p, err)
+	}
+	return r, func() { closeDec(); f.Close() }, nil
+}
+
+// decompressedHead returns the first sniffSize bytes of the compressed file at p.
+func decompressedHead(p string) ([]byte, error) {
+	r, closeR, err := openDecompressed(p)
+	if err != nil {
+		if errors.Is(err, engine.ErrFormat) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("postgres: detect the format of %s: %w", p, err)
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s starts like gzip but is not: %v", engine.ErrFormat, p, err)
-	}
-	head, err := io.ReadAll(io.LimitReader(zr, sniffSize))
+	defer closeR()
+	head, err := io.ReadAll(io.LimitReader(r, sniffSize))
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return nil, fmt.Errorf("%w: %s: corrupt gzip stream: %v", engine.ErrFormat, p, err)
+		return nil, fmt.Errorf("%w: %s: corrupt %s stream: %v", engine.ErrFormat, p, compressionOf(mustSniff(p)), err)
 	}
 	if len(head) == 0 {
-		return nil, fmt.Errorf("%w: %s is an empty gzip stream", engine.ErrFormat, p)
+		return nil, fmt.Errorf("%w: %s is an empty or truncated %s stream", engine.ErrFormat, p, compressionOf(mustSniff(p)))
 	}
 	return head, nil
+}
+
+// mustSniff returns the first bytes of p, or nothing: for messages.
+func mustSniff(p string) []byte {
+	b, _ := engine.Sniff(p, 8)
+	return b
 }
 
 // isTar reports whether b starts with a POSIX (ustar) or GNU tar header, as pg_basebackup and
@@ -190,38 +275,15 @@ func isTar(b []byte) bool {
 	return len(b) >= 512 && bytes.Equal(b[257:262], []byte("ustar"))
 }
 
-// openArchive opens the tar archive at p, decompressing gzip. The caller closes the returned
-// closer.
-func openArchive(p string) (*tar.Reader, io.Closer, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, nil, err
-	}
-	var magic [2]byte
-	n, _ := io.ReadFull(f, magic[:])
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	if n == 2 && bytes.Equal(magic[:], magicGzip) {
-		zr, err := gzip.NewReader(f)
-		if err != nil {
-			f.Close()
-			return nil, nil, fmt.Errorf("%w: corrupt gzip stream: %v", engine.ErrFormat, err)
-		}
-		return tar.NewReader(zr), f, nil
-	}
-	return tar.NewReader(f), f, nil
-}
-
-// classifyTar tells what the tar archive at p (plain or gzip) holds from its first members. It
-// returns the names it looked at, for messages.
+// classifyTar tells what the tar archive at p (plain or compressed) holds from its first
+// members. It returns the names it looked at, for messages.
 func classifyTar(p string) (archiveKind, []string, error) {
-	tr, c, err := openArchive(p)
+	r, closeR, err := openDecompressed(p)
 	if err != nil {
 		return kindUnknown, nil, fmt.Errorf("postgres: read archive %s: %w", p, err)
 	}
-	defer c.Close()
+	defer closeR()
+	tr := tar.NewReader(r)
 	var names []string
 	for i := 0; i < maxSniffMembers; i++ {
 		hdr, err := tr.Next()
@@ -234,6 +296,9 @@ func classifyTar(p string) (archiveKind, []string, error) {
 		name := memberName(hdr.Name)
 		if len(names) < 5 {
 			names = append(names, fmt.Sprintf("%q", hdr.Name))
+		}
+		if i == 0 && name == "toc.dat" {
+			return kindDumpTar, names, nil
 		}
 		if k := memberKind(name); k != kindUnknown {
 			return k, names, nil
@@ -266,10 +331,10 @@ func memberKind(name string) archiveKind {
 }
 
 // classifyText names the format of a text file from its first bytes (decompressed).
-func classifyText(p string, head []byte, compressed bool) (imagebuilder.BackupFormat, error) {
+func classifyText(p string, head []byte, compression string) (imagebuilder.BackupFormat, error) {
 	what := ""
-	if compressed {
-		what = "gzip-compressed "
+	if compression != "" {
+		what = compression + "-compressed "
 	}
 	if !isText(head) {
 		n := min(len(head), 16)
@@ -314,9 +379,9 @@ func isText(b []byte) bool {
 	return ctl*100 <= len(b) // at most 1%
 }
 
-// dirArchives returns the archives of the pg_basebackup -Ft output directory dir: base.tar[.gz]
-// and pg_wal.tar[.gz]. Other files (backup_manifest) are ignored; tablespace archives and
-// compressions the adapter cannot read are refused.
+// dirArchives returns the archives of the pg_basebackup -Ft output directory dir: base.tar,
+// pg_wal.tar and the tablespaces' <oid>.tar, each plain or compressed (.gz, .lz4, .zst). Other
+// files (backup_manifest) are left to the caller.
 func dirArchives(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -328,21 +393,14 @@ func dirArchives(dir string) ([]string, error) {
 		name := ent.Name()
 		found = append(found, name)
 		switch {
-		case name == "toc.dat":
-			return nil, fmt.Errorf("%w: %w: %s is a pg_dump directory-format archive; take the dump with pg_dump --format=custom instead",
-				engine.ErrFormat, ErrUnsupported, dir)
-		case tablespaceTarRE.MatchString(name):
-			return nil, tablespaceError(filepath.Join(dir, name))
-		case name == "base.tar" || name == "base.tar.gz" || name == "pg_wal.tar" || name == "pg_wal.tar.gz":
-			if ent.Type()&os.ModeType != 0 {
-				if st, err := os.Stat(filepath.Join(dir, name)); err != nil || !st.Mode().IsRegular() {
-					return nil, fmt.Errorf("%w: %s in %s is not a regular file", engine.ErrFormat, name, dir)
-				}
+		case baseTarRE.MatchString(name) || tablespaceTarRE.MatchString(name):
+			if st, err := os.Stat(filepath.Join(dir, name)); err != nil || !st.Mode().IsRegular() {
+				return nil, fmt.Errorf("%w: %s in %s is not a regular file", engine.ErrFormat, name, dir)
 			}
 			hasBase = hasBase || strings.HasPrefix(name, "base.")
 			archives = append(archives, filepath.Join(dir, name))
 		case strings.HasPrefix(name, "base.tar.") || strings.HasPrefix(name, "pg_wal.tar."):
-			return nil, fmt.Errorf("%w: %w: %s in %s is compressed with a method other than gzip; only plain and gzip-compressed archives are supported",
+			return nil, fmt.Errorf("%w: %w: %s in %s is compressed with a method pg_basebackup does not write; only plain, .gz, .lz4 and .zst archives are supported",
 				engine.ErrFormat, ErrUnsupported, name, dir)
 		}
 	}
@@ -350,9 +408,9 @@ func dirArchives(dir string) ([]string, error) {
 		if len(found) == 0 {
 			found = []string{"nothing"}
 		}
-		return nil, fmt.Errorf("%w: directory %s holds no base.tar or base.tar.gz of pg_basebackup --format=tar (found: %s)",
+		return nil, fmt.Errorf("%w: directory %s holds no base.tar[.gz|.lz4|.zst] of pg_basebackup --format=tar (found: %s)",
 			engine.ErrFormat, dir, strings.Join(found, ", "))
 	}
-	slices.Sort(archives) // base.* before pg_wal.*
+	slices.Sort(archives)
 	return archives, nil
 }

@@ -3,13 +3,14 @@ package postgres
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
@@ -18,48 +19,57 @@ import (
 
 // RestoreLogical restores a dump through the running server:
 //
-//   - FormatPgDumpCustom with pg_restore --exit-on-error --no-tablespaces into opts.Database
-//     (created if missing; "" = postgres);
-//   - FormatSQL with psql (ON_ERROR_STOP) on opts.Database, plain or gzip-compressed;
+//   - FormatPgDumpCustom, FormatPgDumpDir and FormatPgDumpTar (pg_dump's archive formats) with
+//     pg_restore --exit-on-error --no-tablespaces into opts.Database (created if missing; "" =
+//     postgres), or, with opts.RecordedDatabase, into the database the archive was dumped from
+//     (its "dbname" header);
+//   - FormatSQL with psql (ON_ERROR_STOP) on opts.Database, plain or compressed (gzip, lz4,
+//     zstd): a plain dump records no database name, so RecordedDatabase does not change where
+//     it goes;
 //   - FormatPgDumpAll with psql on the postgres database (the dump makes its own databases).
 //
-// Roles: a single-database dump (custom, or plain with pg_dump's header) keeps the ownership and
-// privileges it records. pg_dump does not dump roles, so the roles it names that the instance
-// lacks are created first, as NOLOGIN roles with a comment saying why (restore a pg_dumpall
-// --globals-only dump first, or create them in the preScript, to have them as in the source).
-// A pg_dumpall dump creates its roles itself; its "CREATE ROLE r;" statements for roles that
-// already exist (AdminUser always does) are skipped, and so is "DROP ROLE postgres;" (--clean),
-// each by itself: every other statement still stops the restore at its first error.
+// Roles: a single-database dump (an archive, or plain with pg_dump's header) keeps the ownership
+// and privileges it records. pg_dump does not dump roles, so the roles it names that the
+// instance lacks are created first, as NOLOGIN roles with a comment saying why (restore a
+// pg_dumpall --globals-only dump first, or create them in the preScript, to have them as in the
+// source). A pg_dumpall dump creates its roles itself; its "CREATE ROLE r;" statements for roles
+// that already exist (AdminUser always does) are skipped, and so is "DROP ROLE postgres;"
+// (--clean), each by itself: every other statement still stops the restore at its first error.
 //
 // The data's point in time is the archive's creation time (pg_restore -l) or a plain dump's
 // "-- Started on" comment (pg_dump --verbose writes it); otherwise it is zero and Source says so.
+// A dump records no log position: LogPosition stays empty.
 func (i *instance) RestoreLogical(ctx context.Context, b engine.BackupFile, opts engine.RestoreOptions) (engine.DataState, error) {
 	defer i.flushLog()
 	switch b.Format {
-	case imagebuilder.FormatPgDumpCustom:
-		return i.restoreCustom(ctx, b, opts)
+	case imagebuilder.FormatPgDumpCustom, imagebuilder.FormatPgDumpDir, imagebuilder.FormatPgDumpTar:
+		return i.restoreArchive(ctx, b, opts)
 	case imagebuilder.FormatSQL:
 		return i.restorePlain(ctx, b, opts, false)
 	case imagebuilder.FormatPgDumpAll:
 		return i.restorePlain(ctx, b, opts, true)
-	case imagebuilder.FormatBaseBackupTar:
-		return engine.DataState{}, fmt.Errorf("%w: %s is a base backup, restored with RestorePhysical before the server starts", engine.ErrFormat, b.Path)
+	case imagebuilder.FormatBaseBackupTar, imagebuilder.FormatWAL:
+		return engine.DataState{}, fmt.Errorf("%w: %s is a base backup or WAL, restored with RestorePhysical before the server starts", engine.ErrFormat, b.Path)
 	}
 	return engine.DataState{}, fmt.Errorf("%w: %s: %q is not a format PostgreSQL restores through the server", engine.ErrFormat, b.Path, b.Format)
 }
 
-// restoreCustom restores a pg_dump custom archive with pg_restore.
-func (i *instance) restoreCustom(ctx context.Context, b engine.BackupFile, opts engine.RestoreOptions) (engine.DataState, error) {
-	// The client tools run as the server's user, who may not be allowed to open the backup:
-	// they read it as their standard input, opened here. A regular file there is seekable,
-	// so pg_restore skips what it does not need.
-	list, err := i.pgRestoreFile(ctx, b.Path, "-l")
+// formatNames are the pg_dump --format names of the archive formats, for messages.
+var formatNames = map[imagebuilder.BackupFormat]string{
+	imagebuilder.FormatPgDumpCustom: "custom",
+	imagebuilder.FormatPgDumpDir:    "directory",
+	imagebuilder.FormatPgDumpTar:    "tar",
+}
+
+// restoreArchive restores a pg_dump archive (custom, directory or tar format) with pg_restore.
+func (i *instance) restoreArchive(ctx context.Context, b engine.BackupFile, opts engine.RestoreOptions) (engine.DataState, error) {
+	list, err := i.pgRestoreOutput(ctx, b, "-l")
 	if err != nil {
-		return engine.DataState{}, fmt.Errorf("%w: %s: pg_restore cannot read it as a pg_dump custom archive: %w", engine.ErrFormat, b.Path, err)
+		return engine.DataState{}, fmt.Errorf("%w: %s: pg_restore cannot read it as a pg_dump %s archive: %w", engine.ErrFormat, b.Path, formatNames[b.Format], err)
 	}
 	state := archiveState(list)
 
-	roles, err := i.customRoles(ctx, b.Path)
+	roles, err := i.archiveRoles(ctx, b)
 	if err != nil {
 		return state, err
 	}
@@ -67,73 +77,143 @@ func (i *instance) restoreCustom(ctx context.Context, b engine.BackupFile, opts 
 		return state, err
 	}
 	db := targetDatabase(opts)
+	if opts.RecordedDatabase {
+		recorded := archiveDBName(list)
+		if recorded == "" {
+			return state, fmt.Errorf("%w: %s: the archive records no database name (pg_restore -l has no dbname line), so it cannot go into a database of its own", engine.ErrFormat, b.Path)
+		}
+		db = recorded
+	}
 	if db != defaultDatabase {
 		if err := i.CreateDatabase(ctx, db); err != nil {
 			return state, err
 		}
 	}
 
-	f, err := os.Open(b.Path)
+	cmd, f, err := i.pgRestore(ctx, b, "-d", i.conninfo(db), "--exit-on-error", "--no-tablespaces")
 	if err != nil {
 		return state, fmt.Errorf("postgres: restore %s: %w", b.Path, err)
 	}
-	defer f.Close()
-	cmd := i.client(ctx, "pg_restore", "-d", i.conninfo(db), "--exit-on-error", "--no-tablespaces")
-	cmd.Stdin = f
-	stop := pollOffset(f, opts.Progress)
+	stop := func() {}
+	if f != nil {
+		defer f.Close()
+		stop = pollOffset(f, opts.Progress)
+	}
 	_, err = engine.Run(cmd)
 	stop()
 	if err != nil {
 		return state, i.serverError("pg_restore "+b.Path, err)
 	}
-	reportSize(f, opts.Progress)
+	if f != nil {
+		reportSize(f, opts.Progress)
+	} else if opts.Progress != nil {
+		opts.Progress(b.Size)
+	}
 	return state, nil
 }
 
-// pgRestoreFile runs pg_restore with args on the archive at p (given as its standard input)
-// and returns its output.
-func (i *instance) pgRestoreFile(ctx context.Context, p string, args ...string) (string, error) {
-	f, err := os.Open(p)
+// pgRestore returns a pg_restore command with args reading the archive b. The client tools run
+// as the server's user, who may not be allowed to open the backup: an archive file is given as
+// their standard input, opened here (a regular file there is seekable, so pg_restore skips what
+// it does not need), and returned for the caller to close. A directory archive cannot be: its
+// pg_restore runs as this process's user (the server's, or root, who may enter the socket's
+// directory), with the directory's path.
+func (i *instance) pgRestore(ctx context.Context, b engine.BackupFile, args ...string) (*exec.Cmd, *os.File, error) {
+	if b.Format == imagebuilder.FormatPgDumpDir {
+		// pg_restore opens the directory's files by name with this process's rights: they must
+		// be the regular files pg_dump writes, not links to files elsewhere.
+		if err := checkDumpDir(b.Path); err != nil {
+			return nil, nil, err
+		}
+		cmd := exec.CommandContext(ctx, i.eng.tool("pg_restore"), append(args, "--format=directory", b.Path)...)
+		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "LC_ALL=C.UTF-8", "TZ=UTC", "PGCONNECT_TIMEOUT=30"}
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.WaitDelay = 5 * time.Second
+		return cmd, nil, nil
+	}
+	f, err := os.Open(b.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b.Format == imagebuilder.FormatPgDumpTar {
+		args = append(args, "--format=tar")
+	}
+	cmd := i.client(ctx, "pg_restore", args...)
+	cmd.Stdin = f
+	return cmd, f, nil
+}
+
+// checkDumpDir refuses a pg_dump directory archive holding anything but regular files (pg_dump
+// writes toc.dat and one file per table's data, nothing else).
+func checkDumpDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, ent := range entries {
+		if !ent.Type().IsRegular() {
+			return fmt.Errorf("%w: %s in the pg_dump directory archive %s is not a regular file (pg_dump writes only regular files there)",
+				engine.ErrFormat, ent.Name(), dir)
+		}
+	}
+	return nil
+}
+
+// pgRestoreOutput runs pg_restore with args on the archive b and returns its output.
+func (i *instance) pgRestoreOutput(ctx context.Context, b engine.BackupFile, args ...string) (string, error) {
+	cmd, f, err := i.pgRestore(ctx, b, args...)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
+	if f != nil {
+		defer f.Close()
+	}
 	var out bytes.Buffer
-	cmd := i.client(ctx, "pg_restore", args...)
-	cmd.Stdin, cmd.Stdout = f, &out
+	cmd.Stdout = &out
 	if _, err := engine.Run(cmd); err != nil {
 		return "", err
 	}
 	return out.String(), nil
 }
 
-// customRoles returns the roles a custom archive names, from its schema rendered as SQL.
-func (i *instance) customRoles(ctx context.Context, p string) ([]string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: restore %s: %w", p, err)
+// archiveDBName returns the database name pg_restore -l's header records (";     dbname: app").
+func archiveDBName(list string) string {
+	for _, line := range strings.Split(list, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(strings.TrimPrefix(line, ";")), "dbname: "); ok {
+			return strings.TrimSpace(v)
+		}
 	}
-	defer f.Close()
-	cmd := i.client(ctx, "pg_restore", "--schema-only", "-f", "-")
-	cmd.Stdin = f
+	return ""
+}
+
+// archiveRoles returns the roles an archive names, from its schema rendered as SQL.
+func (i *instance) archiveRoles(ctx context.Context, b engine.BackupFile) ([]string, error) {
+	cmd, f, err := i.pgRestore(ctx, b, "--schema-only", "-f", "-")
+	if err != nil {
+		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", b.Path, err)
+	}
+	if f != nil {
+		defer f.Close()
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", p, err)
+		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", b.Path, err)
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", p, err)
+		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", b.Path, err)
 	}
 	roles, scanErr := scanRoles(out)
 	if scanErr != nil {
 		_, _ = io.Copy(io.Discard, out)
 	}
 	if err := cmd.Wait(); err != nil {
-		return nil, fmt.Errorf("postgres: restore %s: list roles: pg_restore --schema-only: %w: %s", p, err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("postgres: restore %s: list roles: pg_restore --schema-only: %w: %s", b.Path, err, strings.TrimSpace(stderr.String()))
 	}
 	if scanErr != nil {
-		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", p, scanErr)
+		return nil, fmt.Errorf("postgres: restore %s: list roles: %w", b.Path, scanErr)
 	}
 	return roles, nil
 }
@@ -229,10 +309,11 @@ func (i *instance) restorePlain(ctx context.Context, b engine.BackupFile, opts e
 		pr := &engine.ProgressReader{R: f, Report: opts.Progress}
 		var r io.Reader = pr
 		if compressed {
-			zr, err := gzip.NewReader(pr)
+			zr, closeZ, err := decompressor(pr)
 			if err != nil {
 				return state, fmt.Errorf("%w: %s: %v", engine.ErrFormat, b.Path, err)
 			}
+			defer closeZ()
 			r = zr
 		}
 		if all {
@@ -253,16 +334,17 @@ func (i *instance) restorePlain(ctx context.Context, b engine.BackupFile, opts e
 	return state, nil
 }
 
-// textHead returns the first bytes of a plain dump, decompressed when it is gzip-compressed.
+// textHead returns the first bytes of a plain dump, decompressed when it is compressed (gzip,
+// lz4, zstd), and whether it is.
 func textHead(p string) (string, bool, error) {
 	head, err := engine.Sniff(p, sniffSize)
 	if err != nil {
 		return "", false, fmt.Errorf("postgres: restore %s: %w", p, err)
 	}
-	if !bytes.HasPrefix(head, magicGzip) {
+	if compressionOf(head) == "" {
 		return string(head), false, nil
 	}
-	head, err = gunzipHead(p)
+	head, err = decompressedHead(p)
 	if err != nil {
 		return "", false, err
 	}
@@ -278,10 +360,11 @@ func plainRoles(p string, compressed bool) ([]string, error) {
 	defer f.Close()
 	var r io.Reader = f
 	if compressed {
-		zr, err := gzip.NewReader(f)
+		zr, closeZ, err := decompressor(f)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", engine.ErrFormat, p, err)
 		}
+		defer closeZ()
 		r = zr
 	}
 	roles, err := scanRoles(r)

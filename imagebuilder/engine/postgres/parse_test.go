@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/imagebuilder"
@@ -232,6 +234,14 @@ func tarBytes(t *testing.T, gz bool, names ...string) []byte {
 	return gzipBytes(t, buf.Bytes())
 }
 
+func zstdBytes(t *testing.T, b []byte) []byte {
+	t.Helper()
+	zw, err := zstd.NewWriter(nil)
+	require.NoError(t, err)
+	defer zw.Close()
+	return zw.EncodeAll(b, nil)
+}
+
 func gzipBytes(t *testing.T, b []byte) []byte {
 	t.Helper()
 	var out bytes.Buffer
@@ -240,6 +250,15 @@ func gzipBytes(t *testing.T, b []byte) []byte {
 	require.NoError(t, err)
 	require.NoError(t, zw.Close())
 	return out.Bytes()
+}
+
+// walHead returns the start of a WAL segment: the long header of its first page (PostgreSQL 15's
+// magic, 16 MiB segments, 8 KiB pages).
+func walHead() []byte {
+	b := make([]byte, 8192)
+	copy(b, []byte{0x10, 0xd1, 0x02, 0x00, 0x01, 0, 0, 0})
+	copy(b[32:], []byte{0, 0, 0, 1, 0, 0x20, 0, 0})
+	return b
 }
 
 func TestDetect(t *testing.T) {
@@ -260,12 +279,19 @@ func TestDetect(t *testing.T) {
 		write("dump.sql", []byte("--\n-- PostgreSQL database dump\n--\n\nSET x = 1;\n")):                 imagebuilder.FormatSQL,
 		write("all.sql", []byte("--\n-- PostgreSQL database cluster dump\n--\n\nSET x = 1;\n")):          imagebuilder.FormatPgDumpAll,
 		write("all.sql.gz", gzipBytes(t, []byte("--\n-- PostgreSQL database cluster dump\n--\n"))):       imagebuilder.FormatPgDumpAll,
+		write("all.sql.zst", zstdBytes(t, []byte("--\n-- PostgreSQL database cluster dump\n--\n"))):      imagebuilder.FormatPgDumpAll,
+		write("base3.tar.zst", zstdBytes(t, tarBytes(t, false, "backup_label", "PG_VERSION"))):           imagebuilder.FormatBaseBackupTar,
 		write("script.sql", []byte("\uFEFFCREATE TABLE t (s text);\nINSERT INTO t VALUES ('héllo');\n")): imagebuilder.FormatSQL,
 		write("base.tar", tarBytes(t, false, "backup_label", "tablespace_map", "PG_VERSION", "global/")): imagebuilder.FormatBaseBackupTar,
 		write("base2.tar.gz", tarBytes(t, true, "./pg_stat/", "./global/", "./global/1262")):             imagebuilder.FormatBaseBackupTar,
 		write("wal.tar", tarBytes(t, false, "000000010000000000000002")):                                 imagebuilder.FormatBaseBackupTar,
 		write("wal2.tar", tarBytes(t, false, "archive_status/", "000000010000000000000003.partial")):     imagebuilder.FormatBaseBackupTar,
 		write("wal3.tar.gz", tarBytes(t, true, "00000002.history", "000000020000000000000003")):          imagebuilder.FormatBaseBackupTar,
+		write("16385.tar", tarBytes(t, false, "PG_15_202209061/", "PG_15_202209061/16384/")):             imagebuilder.FormatBaseBackupTar,
+		write("dump.tar", tarBytes(t, false, "toc.dat", "3338.dat", "restore.sql")):                      imagebuilder.FormatPgDumpTar,
+		filepath.Dir(write("dirdump/toc.dat", []byte("PGDMP"))):                                          imagebuilder.FormatPgDumpDir,
+		write("000000010000000000000003", walHead()):                                                     imagebuilder.FormatWAL,
+		filepath.Dir(write("waldir/000000010000000000000004", walHead())):                                imagebuilder.FormatWAL,
 		bbDir:  imagebuilder.FormatBaseBackupTar,
 		bb2Dir: imagebuilder.FormatBaseBackupTar,
 	}
@@ -283,18 +309,18 @@ func TestDetect(t *testing.T) {
 		{write("empty", nil), false, "is empty"},
 		{write("blank.sql", []byte("  \n\n")), false, "holds only white space"},
 		{write("binary", []byte{0, 1, 2, 3, 0xff}), false, "binary data of no known backup format (first bytes: 00 01 02 03 ff)"},
-		{write("zstd.tar.zst", []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0}), true, "is zstd-compressed"},
-		{write("lz4.tar.lz4", []byte{0x04, 0x22, 0x4d, 0x18, 0, 0}), true, "is lz4-compressed"},
+		{write("zstd.tar.zst", []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0}), false, "zstd.tar.zst is an empty or truncated zstd stream"},
+		{write("lz4.tar.lz4", []byte{0x04, 0x22, 0x4d, 0x18, 0, 0}), false, "lz4.tar.lz4 is an empty or truncated lz4 stream"},
 		{write("bz2", []byte("BZh91AY&SY")), true, "is bzip2-compressed"},
+		{write("walseg", append([]byte{0x10, 0xd1, 0x02, 0}, make([]byte, 60)...)), false, "binary data of no known backup format"},
 		{write("mysql.sql", []byte("-- MySQL dump 10.13  Distrib 8.0.36\n")), false, "is a MySQL or MariaDB dump"},
 		{write("bad.gz", []byte{0x1f, 0x8b, 0x08, 0, 0}), false, "gzip"},
-		{write("other.tar", tarBytes(t, false, "README", "src/main.go")), false, `a tar archive of neither a base backup nor WAL (first members: "README", "src/main.go")`},
-		{write("16385.tar", tarBytes(t, false, "PG_15_202209061/", "PG_15_202209061/16384/")), true, "is the archive of a tablespace"},
+		{write("other.tar", tarBytes(t, false, "README", "src/main.go")), false, `other.tar is a tar archive of neither a base backup, WAL nor a pg_dump (first members: "README", "src/main.go")`},
 		{filepath.Dir(write("nobase/base.tar", tarBytes(t, false, "000000010000000000000002"))), false, "no base backup among"},
-		{filepath.Dir(write("otherdir/README", []byte("hello"))), false, "holds no base.tar or base.tar.gz"},
-		{filepath.Dir(write("dirdump/toc.dat", []byte("PGDMP"))), true, "pg_dump directory-format archive"},
-		{filepath.Dir(write("zbb/base.tar.zst", []byte{0x28, 0xb5, 0x2f, 0xfd})), true, "compressed with a method other than gzip"},
-		{filepath.Dir(write("tsbb/16385.tar", tarBytes(t, false, "PG_15_202209061/"))), true, "16385.tar is the archive of a tablespace"},
+		{filepath.Dir(write("otherdir/README", []byte("hello"))), false, "holds no base.tar[.gz|.lz4|.zst] of pg_basebackup --format=tar (found: README)"},
+		{filepath.Dir(write("xzbb/base.tar.xz", []byte{0xfd, '7', 'z', 'X', 'Z', 0x00})), true, "base.tar.xz in " + filepath.Join(dir, "xzbb") + " is compressed with a method pg_basebackup does not write"},
+		{filepath.Dir(write("tsonly/16385.tar", tarBytes(t, false, "PG_15_202209061/"))), false, "holds no base.tar"},
+		{filepath.Dir(write("badwal/000000010000000000000002", []byte("not WAL"))), false, "000000010000000000000002 is named like a WAL segment but is not one"},
 	} {
 		_, err := e.Detect(tc.path)
 		require.Error(t, err, tc.path)
@@ -361,4 +387,56 @@ func FuzzGlobalsFilter(f *testing.F) {
 			}
 		}
 	})
+}
+
+func FuzzTablespaceMap(f *testing.F) {
+	f.Add("16384 /srv/ts1\n16385 /srv/with space\n")
+	f.Add("x y\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		p := filepath.Join(t.TempDir(), "tablespace_map")
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m, err := readTablespaceMap(p)
+		if err != nil {
+			return
+		}
+		for oid := range m {
+			if _, err := strconv.ParseUint(oid, 10, 32); err != nil {
+				t.Fatalf("oid %q accepted", oid)
+			}
+		}
+	})
+}
+
+func FuzzWALNames(f *testing.F) {
+	f.Add("000000010000000000000009", uint64(16<<20), "0/9013468")
+	f.Add("0000000100000000000000FF", uint64(16<<20), "1/FF000000")
+	f.Fuzz(func(t *testing.T, name string, segSize uint64, lsn string) {
+		if segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
+			return
+		}
+		next := nextSegment(name, segSize)
+		if next != "" && (len(next) != 24 || next <= name && name[:8] == next[:8]) {
+			t.Fatalf("next of %q is %q", name, next)
+		}
+		if v, err := parseLSN(lsn); err == nil {
+			seg := segmentName(1, v, segSize)
+			if len(seg) != 24 {
+				t.Fatalf("segment of %q: %q", lsn, seg)
+			}
+		}
+	})
+}
+
+func TestWALNames(t *testing.T) {
+	require.Equal(t, "00000001000000010000000A", segmentName(1, 0x10A000000, 16<<20))
+	require.Equal(t, "000000010000000100000000", nextSegment("0000000100000000000000FF", 16<<20))
+	require.Equal(t, "00000002000000000000000A", nextSegment("000000020000000000000009", 16<<20))
+	require.Equal(t, "", nextSegment("00000001000000000000000", 16<<20))
+	lsn, err := parseLSN("16/B374D848")
+	require.NoError(t, err)
+	require.Equal(t, uint64(0x16B374D848), lsn)
+	require.True(t, isWALSegment(walHead()))
+	require.False(t, isWALSegment(walHead()[:39]))
 }

@@ -24,12 +24,15 @@
 //
 // # Backups
 //
-// Detect tells the formats apart by content: pg_dump custom archives ("PGDMP"), plain SQL from
-// pg_dump or pg_dumpall (by their header comment) or any other SQL script, and tar archives
-// (plain or gzip) of a base backup or of its WAL, or a directory holding them (pg_basebackup
-// -Ft writes base.tar[.gz] and pg_wal.tar[.gz]). RestorePhysical unpacks base backups before
-// the server starts; RestoreLogical restores dumps through a running server. See their
-// documentation for what they do about roles, standby settings and missing configuration.
+// Detect tells the formats apart by content: pg_dump archives (custom, directory, tar), plain
+// SQL from pg_dump or pg_dumpall (by their header comment) or any other SQL script, tar
+// archives (plain, gzip, lz4 or zstd) of a base backup, of its WAL or of one of its tablespaces,
+// a directory holding them (pg_basebackup -Ft), and WAL segments (by their page header).
+// RestorePhysical unpacks base backups before the server starts (tablespaces beside the data
+// directory, backup_manifest verified with pg_verifybackup) and replays WAL past them to a
+// recovery target (recover.go); RestoreLogical restores dumps through a running server. See
+// their documentation for what they do about roles, standby settings, tablespaces and missing
+// configuration.
 //
 // It must not know the store, CSI, Kubernetes or the other adapters: callers reach it through the
 // engine interfaces, and only engine/registry names it.
@@ -221,9 +224,9 @@ func (e *pgEngine) Version() string { return e.version }
 func (e *pgEngine) String() string { return "PostgreSQL " + e.version + " (" + e.bin + ")" }
 
 // Physical reports whether format is restored into the data directory before the server
-// starts: base backups are, dumps are not.
+// starts: base backups and WAL are, dumps are not.
 func (e *pgEngine) Physical(format imagebuilder.BackupFormat) bool {
-	return format == imagebuilder.FormatBaseBackupTar
+	return format == imagebuilder.FormatBaseBackupTar || format == imagebuilder.FormatWAL
 }
 
 // tool returns the path of one of the installation's binaries.

@@ -17,7 +17,6 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
-	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 	"github.com/dataimage/dataimage/imagebuilder/internal/pgtest"
 )
 
@@ -168,13 +167,13 @@ func TestRestorePhysicalRefusals(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrFormat)
 	require.ErrorContains(t, err, "not a tar archive")
 
-	// A tablespace archive next to the base backup.
+	// A base archive named as a tablespace's, next to the base backup: told by content.
 	dir := pgtest.Dir(t)
 	copyFile(t, filepath.Join(b.BaseTar, "base.tar"), filepath.Join(dir, "base.tar"))
 	copyFile(t, filepath.Join(b.BaseTar, "base.tar"), filepath.Join(dir, "16385.tar"))
 	err = restore(dir)
-	require.ErrorIs(t, err, postgres.ErrUnsupported)
-	require.ErrorContains(t, err, "16385.tar is the archive of a tablespace")
+	require.ErrorIs(t, err, engine.ErrFormat)
+	require.ErrorContains(t, err, "more than one base backup: "+filepath.Join(dir, "16385.tar")+" and "+filepath.Join(dir, "base.tar"))
 }
 
 // TestRestoreLogical restores the real dumps into one instance, one after the other: a custom

@@ -78,7 +78,7 @@ const logTailLines = 30
 // in the log, and starts the server again.
 func (e *pgEngine) Start(ctx context.Context, root string, opts engine.StartOptions) (engine.Instance, error) {
 	for attempt := 1; ; attempt++ {
-		inst, err := e.start(ctx, root, opts)
+		inst, err := e.start(ctx, root, opts, nil)
 		switch {
 		case err == nil:
 			return inst, nil
@@ -133,8 +133,10 @@ func (e *pgEngine) createAdminRole(ctx context.Context, inst *instance) error {
 }
 
 // start is Start but for the missing role: then it returns the running instance and
-// errNoAdminRole.
-func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOptions) (*instance, error) {
+// errNoAdminRole. With recovery (only recoverTo gives it), the server runs an archive recovery:
+// recovery.signal is written once the recovery files are removed, and the recovery settings
+// replace the isolation settings of the same names.
+func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOptions, recovery map[string]string) (*instance, error) {
 	u, err := e.User(opts.RunAs)
 	if err != nil {
 		return nil, err
@@ -158,6 +160,13 @@ func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOpti
 	if err != nil {
 		return nil, err
 	}
+	if recovery != nil {
+		// PostgreSQL refuses a second recovery_target_* setting even when empty.
+		for _, name := range []string{"recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"} {
+			delete(settings, name)
+		}
+		maps.Copy(settings, recovery)
+	}
 	if err := prepareRuntimeDir(u, rd); err != nil {
 		return nil, fmt.Errorf("postgres: start: runtime directory %s: %w", rd, err)
 	}
@@ -179,6 +188,11 @@ func (e *pgEngine) start(ctx context.Context, root string, opts engine.StartOpti
 	}
 	if err != nil {
 		return nil, fmt.Errorf("postgres: start: %w", err)
+	}
+	if recovery != nil {
+		if err := u.WriteFile(filepath.Join(dataDir, "recovery.signal"), nil, 0o600); err != nil {
+			return nil, fmt.Errorf("postgres: start: %w", err)
+		}
 	}
 
 	args := []string{"-D", dataDir}

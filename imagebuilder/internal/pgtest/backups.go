@@ -92,10 +92,12 @@ func Fixtures(t testing.TB) *Backups {
 	return fixture
 }
 
-// Cleanup removes what Fixtures made.
+// Cleanup removes what Fixtures and MoreFixtures made.
 func Cleanup() {
-	if fixtureDir != "" {
-		_ = os.RemoveAll(fixtureDir)
+	for _, dir := range []string{fixtureDir, moreDir} {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
 	}
 }
 

@@ -162,9 +162,23 @@ func (s *Server) env() []string {
 // run runs one of the installation's tools as the server's user, with the client environment,
 // and returns its standard output.
 func (s *Server) run(tool string, args ...string) (string, error) {
+	return s.runPath(filepath.Join(s.Bin, tool), args...)
+}
+
+// runSystem runs a system tool (cp, tar), found on PATH, as run does.
+func (s *Server) runSystem(tool string, args ...string) (string, error) {
+	p, err := exec.LookPath(tool)
+	if err != nil {
+		return "", fmt.Errorf("pgtest: %w", err)
+	}
+	return s.runPath(p, args...)
+}
+
+func (s *Server) runPath(path string, args ...string) (string, error) {
+	tool := filepath.Base(path)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := s.user.Command(ctx, "", filepath.Join(s.Bin, tool), args, s.env()...)
+	cmd := s.user.Command(ctx, "", path, args, s.env()...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
