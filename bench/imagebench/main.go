@@ -8,7 +8,10 @@
 //  4. space: N clones each running the same pgbench transactions: pool growth vs the bytes the
 //     transactions rewrote;
 //  5. image build from a mariabackup stream (1 GiB of InnoDB data) vs mbstream -x + mariabackup
-//     --prepare of the same stream onto ext4 on a raw loop file.
+//     --prepare of the same stream onto ext4 on a raw loop file;
+//  6. export sets: push and pull of an image against a real S3 server vs minio-go moving its raw
+//     bytes, and the bytes and pool growth of incremental pushes and pulls (transfer.go runs
+//     exportset/poolvol's BenchmarkTransfer).
 //
 // Everything runs against the real daemon code (local, in process) and the real
 // PostgreSQL and MariaDB of this machine; the baselines use the same PostgreSQL, data and settings. Scratch
@@ -88,7 +91,7 @@ func main() {
 	flag.IntVar(&c.clones, "clones", 0, "clones of the space measurement (default 20, 5 with -quick)")
 	flag.IntVar(&c.txns, "transactions", 0, "pgbench transactions each clone of the space measurement runs (default 2000, 200 with -quick)")
 	flag.IntVar(&c.creates, "creates", 0, "clones created per image for the creation time (default 5, 3 with -quick)")
-	flag.StringVar(&c.only, "only", "", "comma-separated sections: build, tps, create, space, mariabackup (default all; a partial report cannot be written)")
+	flag.StringVar(&c.only, "only", "", "comma-separated sections: build, tps, create, space, mariabackup, transfer (default all; a partial report cannot be written)")
 	var mariaSize units.SizeFlag
 	flag.Var(&mariaSize, "mariadb-size", "InnoDB data of the mariabackup section's source (default 1Gi, 64Mi with -quick)")
 	flag.Usage = func() {

@@ -142,6 +142,7 @@ func (r *report) markdown() string {
 			s.clones, units.FormatBytes(all), 100*float64(all)/float64(max(s.imageBytes*int64(s.clones), 1)), units.FormatBytes(s.imageBytes*int64(s.clones)), s.clones)
 	}
 	r.mariaMarkdown(p)
+	r.transferMarkdown(p)
 	r.analysis(p)
 	return w.String()
 }

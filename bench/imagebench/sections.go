@@ -29,6 +29,7 @@ type report struct {
 	create     *createResult
 	space      *spaceResult
 	maria      *mariaResult
+	transfer   *transferResult
 	elapsed    time.Duration
 }
 
@@ -132,6 +133,14 @@ func (b *bench) all() (*report, error) {
 			return nil, fmt.Errorf("mariabackup: %w", err)
 		}
 		rep.maria = res
+	}
+	if b.cfg.runs("transfer") {
+		b.logf("export sets: push and pull against a real S3 server (exportset/poolvol BenchmarkTransfer)")
+		res, err := b.transfer()
+		if err != nil {
+			return nil, fmt.Errorf("transfer: %w", err)
+		}
+		rep.transfer = res
 	}
 	return rep, nil
 }

@@ -9,7 +9,7 @@ import (
 
 // specOnlyFields are the JSON fields of a DataImage spec (v1alpha1.DataImageSpec) around its
 // inline definition: --definition-json takes a whole spec too, and ignores them.
-var specOnlyFields = []string{"backupSource", "nodeName", "storageClassName", "volumeSize", "builder"}
+var specOnlyFields = []string{"backupSource", "nodeName", "storageClassName", "volumeSize", "builder", "placement"}
 
 // definitionJSON returns a definition given as JSON, for the definition's own parser (JSON is
 // YAML), so that it is as strict as a definition file: unknown, repeated and wrongly-cased
