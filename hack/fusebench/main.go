@@ -49,6 +49,7 @@ type config struct {
 	qd         int
 	bs         int
 	cpuprofile string
+	perf       string
 	disk       string // "pool" or "file"
 }
 
@@ -63,6 +64,7 @@ func run() error {
 	flag.IntVar(&c.qd, "qd", 32, "fio iodepth")
 	flag.IntVar(&c.bs, "bs", 4096, "fio block size")
 	flag.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the store side per workload to PREFIX-<rw>.pprof")
+	flag.StringVar(&c.perf, "perf", "", "record the whole system with perf (cpu-clock, call graphs) during the first store slice per workload to PREFIX-<rw>.perf")
 	flag.StringVar(&c.disk, "disk", "pool", "what the export serves: pool (a thick DirectIO pool volume), file (an O_DIRECT file) or zero (no I/O: the cost of the kernel path alone)")
 	flag.Parse()
 	c.rw = strings.Split(rw, ",")
@@ -167,7 +169,18 @@ func run() error {
 						}
 					}
 				}
+				var rec *exec.Cmd
+				if isStore && r == 0 && c.perf != "" {
+					rec = exec.Command("perf", "record", "-q", "-e", "cpu-clock", "-a", "-g", "-o", c.perf+"-"+rw+".perf")
+					if err := rec.Start(); err != nil {
+						return fmt.Errorf("perf record: %w", err)
+					}
+				}
 				res, use, err := runFIO(path, rw, c)
+				if rec != nil {
+					rec.Process.Signal(syscall.SIGINT)
+					rec.Wait()
+				}
 				if isStore && prof != nil {
 					pprof.StopCPUProfile()
 					// One profile per workload: later rounds append to a fresh file each time
