@@ -107,3 +107,26 @@ func TestBatches(t *testing.T) {
 	require.NoError(t, m.srv.Stop())
 	assert.Equal(t, int64(0), d.open.Load(), "workers closed their batchers")
 }
+
+// noBatcherDisk takes batches, but has no batcher to give (as when fs.aio-max-nr is reached).
+type noBatcherDisk struct{ *memDisk }
+
+func (noBatcherDisk) NewBatcher(int) (blockio.Batcher, error) {
+	return nil, unix.EAGAIN
+}
+
+// TestNoBatcher: a worker that gets no batcher serves its requests one by one.
+func TestNoBatcher(t *testing.T) {
+	nodetest.Need(t)
+	d := noBatcherDisk{newMemDisk(4 * mib)}
+	m := mountDisk(t, d, fusedev.Config{})
+	f := openFile(t, m.file(), unix.O_RDWR|unix.O_DIRECT)
+	_, err := f.WriteAt(pattern(3, 8192), 4096)
+	require.NoError(t, err)
+	got := alignedBuf(8192)
+	_, err = f.ReadAt(got, 4096)
+	require.NoError(t, err)
+	require.Equal(t, pattern(3, 8192), got)
+	require.Equal(t, pattern(3, 8192), d.at(4096, 4096+8192))
+	require.NoError(t, f.Close())
+}

@@ -70,9 +70,12 @@ func newWorker(s *Server, fd int) (*worker, error) {
 	}
 	if batch {
 		if w.batcher, err = bd.NewBatcher(nslots); err != nil {
-			w.close()
-			return nil, fmt.Errorf("disk batcher: %w", err)
+			// E.g. fs.aio-max-nr reached: this worker serves one request at a time.
+			s.log.Warn("worker serves requests one by one: no disk batcher", "err", err)
+			w.batcher = nil
 		}
+	}
+	if w.batcher != nil {
 		w.ops = make([]blockio.Op, 0, nslots)
 		w.opSlot = make([]int, 0, nslots)
 		w.other = make([]int, 0, nslots)
