@@ -56,18 +56,18 @@ func (vol *Volume) NewBatcher(ops int) (blockio.Batcher, error) {
 
 // iocb is struct iocb (linux/aio_abi.h; little-endian layout).
 type iocb struct {
-	data     uint64
-	key      uint32
-	rwFlags  int32
-	opcode   uint16
-	reqprio  int16
-	fd       uint32
-	buf      uint64
-	nbytes   uint64
-	offset   int64
-	reserved uint64
-	flags    uint32
-	resfd    uint32
+	data   uint64
+	_      uint32 // aio_key
+	_      int32  // aio_rw_flags
+	opcode uint16
+	_      int16 // aio_reqprio
+	fd     uint32
+	buf    uint64
+	nbytes uint64
+	offset int64
+	_      uint64 // aio_reserved2
+	_      uint32 // aio_flags
+	_      uint32 // aio_resfd
 }
 
 // ioEvent is struct io_event.
@@ -102,8 +102,9 @@ type batcher struct {
 }
 
 type opState struct {
-	async bool  // in the batched part
-	err   error // of a failed or short iocb of it
+	async   bool  // in the batched part
+	pending int   // its iocbs not completed yet
+	err     error // of a failed or short iocb of it
 }
 
 func (b *batcher) Close() error {
@@ -118,7 +119,7 @@ func (b *batcher) Close() error {
 	return nil
 }
 
-func (b *batcher) Do(ops []blockio.Op) {
+func (b *batcher) Do(ops []blockio.Op, done func(i int)) {
 	if cap(b.state) < len(ops) {
 		b.state = make([]opState, len(ops))
 	}
@@ -126,20 +127,20 @@ func (b *batcher) Do(ops []blockio.Op) {
 	clear(b.state)
 	wrote := false
 	if b.ctx != 0 {
-		wrote = b.batched(ops)
+		wrote = b.batched(ops, done)
 	}
 	for i := range ops {
 		op := &ops[i]
-		st := &b.state[i]
-		switch {
-		case !st.async && op.Write:
+		if b.state[i].async {
+			continue // completed in batched
+		}
+		if op.Write {
 			op.N, op.Err = b.vol.WriteAt(op.Buf, op.Off)
-		case !st.async:
+		} else {
 			op.N, op.Err = b.vol.ReadAt(op.Buf, op.Off)
-		case st.err != nil:
-			op.N, op.Err = 0, st.err
-		default:
-			op.N, op.Err = len(op.Buf), nil
+		}
+		if done != nil {
+			done(i)
 		}
 	}
 	if wrote {
@@ -147,9 +148,25 @@ func (b *batcher) Do(ops []blockio.Op) {
 	}
 }
 
+// complete ends batched op i: its outcome, and done.
+func (b *batcher) complete(ops []blockio.Op, i int, done func(int)) {
+	op, st := &ops[i], &b.state[i]
+	if st.err != nil {
+		op.N, op.Err = 0, st.err
+	} else {
+		op.N, op.Err = len(op.Buf), nil
+		if op.Write {
+			b.vol.p.wrote.Store(true) // after the write completed, before it is acknowledged (see writeBlocks)
+		}
+	}
+	if done != nil {
+		done(i)
+	}
+}
+
 // batched performs the ops that qualify (see the file's comment) through AIO, marking them
 // async, and reports whether any write was among them.
-func (b *batcher) batched(ops []blockio.Op) (wrote bool) {
+func (b *batcher) batched(ops []blockio.Op, done func(int)) (wrote bool) {
 	p, v := b.vol.p, b.vol.v
 	bs := int64(p.bs)
 	fits := func(op *blockio.Op) bool {
@@ -263,24 +280,27 @@ func (b *batcher) batched(ops []blockio.Op) (wrote bool) {
 			continue
 		}
 		b.state[i].async = true
+		b.state[i].pending = n - start
 		b.async++
 		wrote = wrote || op.Write
 	}
 	p.unlockMu(!writes)
-	if n == 0 {
-		return wrote
-	}
 	submitted := b.submit(n)
-	b.reap(submitted, ops)
-	if wrote {
-		p.wrote.Store(true) // after the writes completed (see writeBlocks)
+	for i := range ops {
+		if st := &b.state[i]; st.async && st.pending == 0 {
+			b.complete(ops, i, done) // unmapped blocks only: nothing to wait for
+		}
 	}
+	b.reap(submitted, ops, done)
 	return wrote
 }
 
 // submit submits iocbs [0, n) and returns how many the kernel took. The ops of those it did not
 // take go through ReadAt or WriteAt, after the batch (what they submitted before is done again).
 func (b *batcher) submit(n int) int {
+	if n == 0 {
+		return 0
+	}
 	done := 0
 	for done < n {
 		r, _, errno := unix.Syscall(unix.SYS_IO_SUBMIT, b.ctx, uintptr(n-done), uintptr(unsafe.Pointer(&b.ptrs[done])))
@@ -301,8 +321,9 @@ func (b *batcher) submit(n int) int {
 	return done
 }
 
-// reap waits for the completion of the first n iocbs and records their results.
-func (b *batcher) reap(n int, ops []blockio.Op) {
+// reap waits for the completion of the first n iocbs, records their results, and completes each
+// batched op whose last iocb completed.
+func (b *batcher) reap(n int, ops []blockio.Op, done func(int)) {
 	p, v := b.vol.p, b.vol.v
 	for got := 0; got < n; {
 		r, _, errno := unix.Syscall6(unix.SYS_IO_GETEVENTS, b.ctx, 1, uintptr(n-got), uintptr(unsafe.Pointer(&b.evs[0])), 0, 0)
@@ -318,8 +339,8 @@ func (b *batcher) reap(n int, ops []blockio.Op) {
 			k := int(ev.data)
 			i := b.owner[k]
 			st := &b.state[i]
-			if !st.async || st.err != nil {
-				continue
+			if !st.async {
+				continue // done again after the batch: it was not all submitted
 			}
 			cb := &b.cbs[k]
 			var err error
@@ -328,15 +349,18 @@ func (b *batcher) reap(n int, ops []blockio.Op) {
 				err = unix.Errno(-ev.res)
 			case uint64(ev.res) != cb.nbytes:
 				err = io.ErrUnexpectedEOF
-			default:
-				continue
 			}
-			pbn := uint64(cb.offset) / uint64(p.bs)
-			if ops[i].Write {
-				st.err = writeError(pbn, err)
-			} else {
-				lbn := uint64(ops[i].Off)/uint64(p.bs) + (cb.buf-uint64(uintptr(unsafe.Pointer(&ops[i].Buf[0]))))/uint64(p.bs)
-				st.err = fmt.Errorf("blockstore: read volume %d block %d: %w", v.id, lbn, err)
+			if err != nil && st.err == nil {
+				pbn := uint64(cb.offset) / uint64(p.bs)
+				if ops[i].Write {
+					st.err = writeError(pbn, err)
+				} else {
+					lbn := uint64(ops[i].Off)/uint64(p.bs) + (cb.buf-uint64(uintptr(unsafe.Pointer(&ops[i].Buf[0]))))/uint64(p.bs)
+					st.err = fmt.Errorf("blockstore: read volume %d block %d: %w", v.id, lbn, err)
+				}
+			}
+			if st.pending--; st.pending == 0 {
+				b.complete(ops, int(i), done)
 			}
 		}
 		got += int(r)

@@ -118,8 +118,17 @@ func TestBatcherMatchesModel(t *testing.T) {
 					ops = append(ops, blockio.Op{Write: write, Buf: buf, Off: off, N: -1, Err: errors.New("not done")})
 					want = append(want, nil)
 				}
-				bt.Do(ops)
+				called := make([]int, len(ops))
+				bt.Do(ops, func(i int) {
+					called[i]++
+					if ops[i].N < 0 {
+						t.Errorf("round %d: op %d reported done before its outcome was set", round, i)
+					}
+				})
 				for i, op := range ops {
+					if called[i] != 1 {
+						t.Fatalf("round %d: done called %d times for op %d, want once", round, called[i], i)
+					}
 					end := op.Off + int64(len(op.Buf))
 					switch {
 					case op.Write && end > size:
@@ -216,7 +225,7 @@ func TestBatcherConcurrent(t *testing.T) {
 						rng.Read(ops[i].Buf)
 					}
 				}
-				bt.Do(ops)
+				bt.Do(ops, nil)
 				for _, op := range ops {
 					rel := op.Off - int64(w*region)
 					if op.Err != nil || op.N != 4096 {

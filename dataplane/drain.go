@@ -141,17 +141,19 @@ type exportBatcher struct {
 	d exportDisk
 }
 
-func (e exportBatcher) Do(ops []blockio.Op) {
+func (e exportBatcher) Do(ops []blockio.Op, done func(int)) {
 	e.d.gate.enter()
 	defer e.d.gate.exit()
-	e.b.Do(ops)
-	for i := range ops {
+	e.b.Do(ops, func(i int) {
 		op := IORead
 		if ops[i].Write {
 			op = IOWrite
 		}
 		e.d.c.count(op, ops[i].N, ops[i].Err)
-	}
+		if done != nil {
+			done(i)
+		}
+	})
 }
 
 func (e exportBatcher) Close() error { return e.b.Close() }

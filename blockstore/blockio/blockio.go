@@ -20,8 +20,10 @@ type Batcher interface {
 	// Do performs ops, concurrently with each other as far as the disk can, and returns once
 	// every one has completed. Ops in one batch are concurrent I/O: overlapping ones end as
 	// some interleaving of whole blocks, as on a disk. Each op's outcome is that of a ReadAt or
-	// WriteAt of the same arguments, its durability included.
-	Do(ops []Op)
+	// WriteAt of the same arguments, its durability included. done, unless nil, is called on
+	// the calling goroutine with the index of each op as soon as it completed (its N and Err
+	// set), once per op, before Do returns; it must not call into the disk.
+	Do(ops []Op, done func(i int))
 	// Close releases what the Batcher holds (kernel I/O contexts). Do must not run.
 	Close() error
 }

@@ -35,7 +35,7 @@ func (b *batchDisk) NewBatcher(ops int) (blockio.Batcher, error) {
 
 type memBatcher struct{ b *batchDisk }
 
-func (m *memBatcher) Do(ops []blockio.Op) {
+func (m *memBatcher) Do(ops []blockio.Op, done func(int)) {
 	b := m.b
 	b.once.Do(func() {
 		close(b.entered)
@@ -56,6 +56,7 @@ func (m *memBatcher) Do(ops []blockio.Op) {
 		} else {
 			op.N, op.Err = b.ReadAt(op.Buf, op.Off)
 		}
+		done(i)
 	}
 }
 

@@ -48,8 +48,9 @@ type worker struct {
 	// batch.
 	batcher blockio.Batcher
 	ops     []blockio.Op
-	opSlot  []int // slot of ops[i]
-	other   []int // slots of the other requests
+	opSlot  []int       // slot of ops[i]
+	other   []int       // slots of the other requests
+	done    func(i int) // answers the request of ops[i] (w.finishOp)
 }
 
 func newWorker(s *Server, fd int) (*worker, error) {
@@ -76,6 +77,7 @@ func newWorker(s *Server, fd int) (*worker, error) {
 		}
 	}
 	if w.batcher != nil {
+		w.done = w.finishOp
 		w.ops = make([]blockio.Op, 0, nslots)
 		w.opSlot = make([]int, 0, nslots)
 		w.other = make([]int, 0, nslots)
@@ -183,7 +185,7 @@ func (w *worker) gather() int {
 }
 
 // serveBatch serves the requests in the first n slots: the Disk I/O of the READs and WRITEs in
-// one batch, then the others, each answered as soon as it is done.
+// one batch, each answered as soon as its I/O completed, then the others.
 func (w *worker) serveBatch(n int) {
 	w.ops, w.opSlot, w.other = w.ops[:0], w.opSlot[:0], w.other[:0]
 	for i := range n {
@@ -201,18 +203,20 @@ func (w *worker) serveBatch(n int) {
 		}
 	}
 	if len(w.ops) > 0 {
-		w.batcher.Do(w.ops)
-		for k := range w.ops {
-			sl := &w.slots[w.opSlot[k]]
-			sl.finish(sl.h, &w.ops[k])
-		}
-		clear(w.ops) // no buffers kept past the batch
+		w.batcher.Do(w.ops, w.done) // each answered as soon as its I/O completed
+		clear(w.ops)                // no buffers kept past the batch
 	}
 	for _, i := range w.other {
 		sl := &w.slots[i]
 		sl.dispatch(sl.h, sl.arg)
 		sl.arg = nil
 	}
+}
+
+// finishOp answers the request of ops[k].
+func (w *worker) finishOp(k int) {
+	sl := &w.slots[w.opSlot[k]]
+	sl.finish(sl.h, &w.ops[k])
 }
 
 // read reads one request into sl's buffer at reqOff. The descriptor is non-blocking, so the call
