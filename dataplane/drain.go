@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/blockstore/blockio"
 	"github.com/dataimage/dataimage/blockstore/export"
 )
 
@@ -122,7 +123,40 @@ type exportDisk struct {
 var (
 	_ export.Disk        = exportDisk{}
 	_ export.WriteZeroer = exportDisk{}
+	_ blockio.BatchDisk  = exportDisk{}
 )
+
+// NewBatcher passes the export's batches of reads and writes (blockio.BatchDisk) to the volume:
+// a batch passes the gate as one I/O, each of its ops is counted.
+func (d exportDisk) NewBatcher(ops int) (blockio.Batcher, error) {
+	b, err := d.Volume.NewBatcher(ops)
+	if err != nil {
+		return nil, err
+	}
+	return exportBatcher{b: b, d: d}, nil
+}
+
+type exportBatcher struct {
+	b blockio.Batcher
+	d exportDisk
+}
+
+func (e exportBatcher) Do(ops []blockio.Op, done func(int)) {
+	e.d.gate.enter()
+	defer e.d.gate.exit()
+	e.b.Do(ops, func(i int) {
+		op := IORead
+		if ops[i].Write {
+			op = IOWrite
+		}
+		e.d.c.count(op, ops[i].N, ops[i].Err)
+		if done != nil {
+			done(i)
+		}
+	})
+}
+
+func (e exportBatcher) Close() error { return e.b.Close() }
 
 func (d exportDisk) ReadAt(b []byte, off int64) (int, error) {
 	d.gate.enter()

@@ -34,6 +34,8 @@ func (r *report) explain(id string) string {
 		return r.explainCSI()
 	case "kread":
 		return r.explainKRead()
+	case "kcpu":
+		return r.explainKCPU()
 	case "restart":
 		return r.explainRestart()
 	}

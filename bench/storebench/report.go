@@ -550,7 +550,7 @@ func (r *report) analysis(out *strings.Builder) {
 }
 
 func analysisOrder(id string) int {
-	return strings.Index("read seq cow lat meta mem csi kread restart", id)
+	return strings.Index("read seq cow lat meta mem csi kread kcpu restart", id)
 }
 
 // otherFindings notes results without a goal that point at the store.

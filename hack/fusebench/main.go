@@ -49,6 +49,8 @@ type config struct {
 	qd         int
 	bs         int
 	cpuprofile string
+	perf       string
+	perfstat   bool
 	disk       string // "pool" or "file"
 }
 
@@ -63,6 +65,8 @@ func run() error {
 	flag.IntVar(&c.qd, "qd", 32, "fio iodepth")
 	flag.IntVar(&c.bs, "bs", 4096, "fio block size")
 	flag.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the store side per workload to PREFIX-<rw>.pprof")
+	flag.StringVar(&c.perf, "perf", "", "record the whole system with perf (cpu-clock, call graphs) during the first store slice per workload to PREFIX-<rw>.perf")
+	flag.BoolVar(&c.perfstat, "perfstat", false, "count this process's system calls (perf stat, syscall tracepoints) during the first store slice per workload, and print them per I/O")
 	flag.StringVar(&c.disk, "disk", "pool", "what the export serves: pool (a thick DirectIO pool volume), file (an O_DIRECT file) or zero (no I/O: the cost of the kernel path alone)")
 	flag.Parse()
 	c.rw = strings.Split(rw, ",")
@@ -167,7 +171,33 @@ func run() error {
 						}
 					}
 				}
+				var rec *exec.Cmd
+				if isStore && r == 0 && c.perf != "" {
+					rec = exec.Command("perf", "record", "-q", "-e", "cpu-clock", "-a", "-g", "-o", c.perf+"-"+rw+".perf")
+					if err := rec.Start(); err != nil {
+						return fmt.Errorf("perf record: %w", err)
+					}
+				}
+				var stat *exec.Cmd
+				statOut := filepath.Join(c.dir, "perfstat.csv")
+				if isStore && r == 0 && c.perfstat {
+					stat = exec.Command("perf", "stat", "-x", ",", "-o", statOut, "-p", strconv.Itoa(os.Getpid()), "-e", strings.Join(statEvents, ","))
+					if err := stat.Start(); err != nil {
+						return fmt.Errorf("perf stat: %w", err)
+					}
+				}
 				res, use, err := runFIO(path, rw, c)
+				if rec != nil {
+					rec.Process.Signal(syscall.SIGINT)
+					rec.Wait()
+				}
+				if stat != nil {
+					stat.Process.Signal(syscall.SIGINT)
+					stat.Wait()
+					if err == nil {
+						printStat(statOut, rw, res.ios)
+					}
+				}
 				if isStore && prof != nil {
 					pprof.StopCPUProfile()
 					// One profile per workload: later rounds append to a fresh file each time
@@ -282,6 +312,34 @@ func runFIO(path, rw string, c config) (fioRes, usage, error) {
 		d = o.Jobs[0].Write
 	}
 	return fioRes{ios: d.TotalIOs, dur: time.Duration(d.Runtime) * time.Millisecond, maxClat: time.Duration(d.ClatNS.Max)}, use, nil
+}
+
+// statEvents are the system calls -perfstat counts: the request loop's (/dev/fuse reads,
+// replies, waits) and the pool's I/O (synchronous or AIO).
+var statEvents = []string{"syscalls:sys_enter_read", "syscalls:sys_enter_writev", "syscalls:sys_enter_write",
+	"syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_pread64", "syscalls:sys_enter_pwrite64",
+	"syscalls:sys_enter_io_submit", "syscalls:sys_enter_io_getevents", "syscalls:sys_enter_futex", "context-switches"}
+
+// printStat prints the counts of perf stat's CSV output per I/O.
+func printStat(path, rw string, ios int64) {
+	b, err := os.ReadFile(path)
+	if err != nil || ios == 0 {
+		fmt.Fprintln(os.Stderr, "fusebench: perf stat:", err)
+		return
+	}
+	var parts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 3 {
+			continue
+		}
+		n, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f", strings.TrimPrefix(f[2], "syscalls:sys_enter_"), n/float64(ios)))
+	}
+	fmt.Printf("%s: per I/O of the first store slice: %s\n", rw, strings.Join(parts, ", "))
 }
 
 // usage is what this process used so far: CPU time, and context switches (voluntary and not).

@@ -16,6 +16,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dataimage/dataimage/blockstore/blockio"
 )
 
 // FileName is the name of the file that is the Disk, in the root of the mount.
@@ -24,24 +26,36 @@ const FileName = "disk"
 const entryValidSeconds = 3600
 
 // serve answers the request of n bytes at reqOff.
-func (w *worker) serve(n int) {
+func (w *slot) serve(n int) {
+	if h, arg, ok := w.header(n); ok {
+		w.dispatch(h, arg)
+	}
+}
+
+// header checks and counts the request of n bytes at reqOff, and returns its header and
+// arguments; a malformed one it answers (if it can) and reports false.
+func (w *slot) header(n int) (inHeader, []byte, bool) {
 	req := w.buf[reqOff : reqOff+n]
 	if n < inHeaderSize {
 		w.s.log.Error("FUSE request too short", "len", n)
-		return
+		return inHeader{}, nil, false
 	}
 	h := *(*inHeader)(unsafe.Pointer(&req[0]))
 	if int(h.Len) != n {
 		w.s.log.Error("FUSE request length mismatch", "len", n, "header", h.Len, "opcode", h.Opcode)
 		w.reply(h.Unique, unix.EIO, 0)
-		return
+		return inHeader{}, nil, false
 	}
-	arg := req[inHeaderSize:]
-	s := w.s
-	s.requests.Add(1)
+	w.s.requests.Add(1)
 	if h.Unique&uniqueResend != 0 {
-		s.resent.Add(1)
+		w.s.resent.Add(1)
 	}
+	return h, req[inHeaderSize:], true
+}
+
+// dispatch serves a request whose header checked out.
+func (w *slot) dispatch(h inHeader, arg []byte) {
+	s := w.s
 	switch h.Opcode {
 	case opForget, opBatchForget, opInterrupt, opNotifyReply:
 		// No reply. Lookups are not counted (the inodes are fixed); the loop device's requests
@@ -74,10 +88,8 @@ func (w *worker) serve(n int) {
 		w.open(h, fileID, unix.EISDIR, fopenDirectIO|fopenParallelDirectWrites)
 	case opOpendir:
 		w.open(h, rootID, unix.ENOTDIR, 0)
-	case opRead:
-		w.read1(h, arg)
-	case opWrite:
-		w.write1(h, arg)
+	case opRead, opWrite:
+		w.readWrite(h, arg)
 	case opFsync, opFlush:
 		// Flush (a close of a descriptor) flushes too: closes are rare (the loop device keeps its
 		// file open), and whoever closes after writing gets their writes made durable.
@@ -115,7 +127,7 @@ func (w *worker) serve(n int) {
 	}
 }
 
-func (w *worker) open(h inHeader, want uint64, wrongType unix.Errno, flags uint32) {
+func (w *slot) open(h inHeader, want uint64, wrongType unix.Errno, flags uint32) {
 	switch h.NodeID {
 	case want:
 		out := (*openOut)(unsafe.Pointer(&w.payload()[0]))
@@ -130,7 +142,7 @@ func (w *worker) open(h inHeader, want uint64, wrongType unix.Errno, flags uint3
 
 // setattr accepts what does not change the file (times, mode, a truncate to the current size) and
 // refuses a size change: the Disk's size changes only through the block store.
-func (w *worker) setattr(h inHeader, arg []byte) {
+func (w *slot) setattr(h inHeader, arg []byte) {
 	if len(arg) < int(unsafe.Sizeof(setattrIn{})) {
 		w.reply(h.Unique, unix.EINVAL, 0)
 		return
@@ -155,52 +167,80 @@ func (w *worker) setattr(h inHeader, arg []byte) {
 	w.reply(h.Unique, 0, int(unsafe.Sizeof(*out)))
 }
 
-func (w *worker) read1(h inHeader, arg []byte) {
-	if len(arg) < int(unsafe.Sizeof(readIn{})) {
-		w.reply(h.Unique, unix.EINVAL, 0)
-		return
-	}
-	in := *(*readIn)(unsafe.Pointer(&arg[0]))
+// diskOp returns the Disk I/O of a well-formed READ or WRITE of the file, to be done in a batch
+// and answered by finish; anything else (other requests, malformed ones) it reports false for.
+func (w *slot) diskOp(h inHeader, arg []byte) (blockio.Op, bool) {
 	if h.NodeID != fileID {
-		w.reply(h.Unique, unix.EISDIR, 0)
-		return
+		return blockio.Op{}, false
 	}
-	if in.Size > w.s.p.MaxWrite || int64(in.Offset) < 0 {
-		w.reply(h.Unique, unix.EINVAL, 0)
-		return
+	switch h.Opcode {
+	case opRead:
+		if len(arg) < int(unsafe.Sizeof(readIn{})) {
+			return blockio.Op{}, false
+		}
+		in := *(*readIn)(unsafe.Pointer(&arg[0]))
+		if in.Size > w.s.p.MaxWrite || int64(in.Offset) < 0 {
+			return blockio.Op{}, false
+		}
+		return blockio.Op{Buf: w.buf[dataOff : dataOff+int(in.Size)], Off: int64(in.Offset)}, true
+	case opWrite:
+		if len(arg) < writeInSize {
+			return blockio.Op{}, false
+		}
+		in := *(*writeIn)(unsafe.Pointer(&arg[0]))
+		data := arg[writeInSize:]
+		if int(in.Size) != len(data) || int64(in.Offset) < 0 {
+			return blockio.Op{}, false
+		}
+		return blockio.Op{Write: true, Buf: data, Off: int64(in.Offset)}, true
 	}
-	dest := w.buf[dataOff : dataOff+int(in.Size)]
-	n, err := w.s.disk.ReadAt(dest, int64(in.Offset))
-	if err != nil && n < len(dest) && !errors.Is(err, io.EOF) {
-		w.reply(h.Unique, w.s.errno("read", int64(in.Offset), int64(in.Size), err), 0)
-		return
-	}
-	w.replyData(h.Unique, dest[:n])
+	return blockio.Op{}, false
 }
 
-func (w *worker) write1(h inHeader, arg []byte) {
-	if len(arg) < writeInSize {
-		w.reply(h.Unique, unix.EINVAL, 0)
+// finish answers the READ or WRITE whose Disk I/O op was (see diskOp).
+func (w *slot) finish(h inHeader, op *blockio.Op) {
+	if op.Write {
+		if op.Err != nil {
+			w.reply(h.Unique, w.s.errno("write", op.Off, int64(len(op.Buf)), op.Err), 0)
+			return
+		}
+		out := (*writeOut)(unsafe.Pointer(&w.payload()[0]))
+		*out = writeOut{Size: uint32(op.N)}
+		w.reply(h.Unique, 0, int(unsafe.Sizeof(*out)))
 		return
 	}
-	in := *(*writeIn)(unsafe.Pointer(&arg[0]))
-	data := arg[writeInSize:]
+	if op.Err != nil && op.N < len(op.Buf) && !errors.Is(op.Err, io.EOF) {
+		w.reply(h.Unique, w.s.errno("read", op.Off, int64(len(op.Buf)), op.Err), 0)
+		return
+	}
+	w.replyData(h.Unique, op.Buf[:op.N])
+}
+
+// readWrite serves a READ or WRITE on its own: malformed ones get their error, others a
+// ReadAt or WriteAt.
+func (w *slot) readWrite(h inHeader, arg []byte) {
+	op, ok := w.diskOp(h, arg)
+	if !ok {
+		w.reply(h.Unique, w.malformed(h, arg), 0)
+		return
+	}
+	if op.Write {
+		op.N, op.Err = w.s.disk.WriteAt(op.Buf, op.Off)
+	} else {
+		op.N, op.Err = w.s.disk.ReadAt(op.Buf, op.Off)
+	}
+	w.finish(h, &op)
+}
+
+// malformed returns the error for a READ or WRITE that diskOp refused.
+func (w *slot) malformed(h inHeader, arg []byte) unix.Errno {
+	if h.Opcode == opRead && len(arg) < int(unsafe.Sizeof(readIn{})) || h.Opcode == opWrite && len(arg) < writeInSize {
+		return unix.EINVAL
+	}
 	if h.NodeID != fileID {
-		w.reply(h.Unique, unix.EISDIR, 0)
-		return
+		return unix.EISDIR
 	}
-	if int(in.Size) != len(data) || int64(in.Offset) < 0 {
-		w.reply(h.Unique, unix.EINVAL, 0)
-		return
-	}
-	n, err := w.s.disk.WriteAt(data, int64(in.Offset))
-	if err != nil {
-		w.reply(h.Unique, w.s.errno("write", int64(in.Offset), int64(in.Size), err), 0)
-		return
-	}
-	out := (*writeOut)(unsafe.Pointer(&w.payload()[0]))
-	*out = writeOut{Size: uint32(n)}
-	w.reply(h.Unique, 0, int(unsafe.Sizeof(*out)))
+	return unix.EINVAL
 }
 
 // allocate serves FALLOCATE: the loop device's discards (PUNCH_HOLE|KEEP_SIZE) and zeroing
@@ -244,7 +284,7 @@ func (s *Server) allocate(node uint64, in fallocateIn) unix.Errno {
 }
 
 // readdir lists ".", ".." and the file, from the offset the kernel asks for.
-func (w *worker) readdir(h inHeader, arg []byte) {
+func (w *slot) readdir(h inHeader, arg []byte) {
 	if len(arg) < int(unsafe.Sizeof(readIn{})) {
 		w.reply(h.Unique, unix.EINVAL, 0)
 		return

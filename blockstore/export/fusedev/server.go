@@ -4,15 +4,20 @@
 //
 // # The request loop
 //
-// Workers, goroutines each with a buffer of its own, read one request from /dev/fuse, serve it
+// Workers, goroutines each with buffers of their own, read requests from /dev/fuse, serve them
 // inline against the Disk (a read lands in the buffer the reply is written from; a write is
-// served from the buffer it was read into, page-aligned), and answer it with one write(2) or
+// served from the buffer it was read into, page-aligned), and answer each with one write(2) or
 // writev(2) of the header and the data: no copy, no handoff to another goroutine, no allocation.
 // The descriptors are non-blocking: a worker that finds no request waits in epoll_wait on its own
 // epoll set (EPOLLEXCLUSIVE, so a request wakes one waiter), where Stop can wake it too. A worker
-// that takes a request while no other waits starts another, up to Config.MaxWorkers: the Disk is
-// synchronous, so the workers serving at once are the queue depth it sees. Workers idle for
-// idleTimeout exit, down to one.
+// that takes a request while no other waits starts another, up to Config.MaxWorkers. Workers
+// idle for idleTimeout exit, down to one.
+//
+// With a Disk that takes batches (blockio.BatchDisk, as a pool volume does), a worker that got a
+// request reads the others waiting too, up to Config.Batch, and hands the reads and writes among
+// them to the Disk as one batch, which submits their I/O at once (one system call, one wait);
+// then it answers them, and serves the other requests. With a plain Disk, each request is served
+// on its own and the workers serving at once are the queue depth the Disk sees.
 //
 // # Adoption
 //
@@ -62,28 +67,35 @@ type WriteZeroer interface {
 
 // Config configures a Server. Zero values pick the defaults.
 type Config struct {
-	// MaxWorkers bounds the requests served at once. Default 64.
+	// MaxWorkers bounds the workers, each serving one request or one batch at a time.
+	// Default 64.
 	MaxWorkers int
+	// Batch is the most requests a worker reads before serving them, when the Disk takes its
+	// I/O in batches (blockio.BatchDisk): their READs and WRITEs then go to the Disk in one
+	// batch. Default 16; 1 serves each request on its own.
+	Batch int
 	// Logger receives structured logs. Default: discard.
 	Logger *slog.Logger
 }
 
 const (
 	defaultMaxWorkers = 64
+	defaultBatch      = 16
 	// idleTimeout is how long a worker beyond the first waits for a request before it exits.
 	idleTimeout = 2 * time.Second
 )
 
 // Server serves a Disk on a FUSE connection.
 type Server struct {
-	p    Params
-	disk Disk
-	zero WriteZeroer // disk's, or nil
-	fds  []int
-	log  *slog.Logger
-	max  int32 // Config.MaxWorkers
-	uid  uint32
-	gid  uint32
+	p     Params
+	disk  Disk
+	zero  WriteZeroer // disk's, or nil
+	fds   []int
+	log   *slog.Logger
+	max   int32 // Config.MaxWorkers
+	batch int   // Config.Batch
+	uid   uint32
+	gid   uint32
 
 	stopfd   int         // eventfd in every worker's epoll set, readable once stopping
 	stopping atomic.Bool // no worker reads another request
@@ -170,6 +182,12 @@ func newServer(fds []int, p Params, d Disk, cfg Config) (*Server, error) {
 	if cfg.MaxWorkers < 1 || cfg.MaxWorkers > 4096 {
 		return nil, wrapf(ErrInvalid, "max workers %d: want 1 to 4096", cfg.MaxWorkers)
 	}
+	if cfg.Batch == 0 {
+		cfg.Batch = defaultBatch
+	}
+	if cfg.Batch < 1 || cfg.Batch > 256 {
+		return nil, wrapf(ErrInvalid, "batch %d: want 1 to 256", cfg.Batch)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -183,7 +201,7 @@ func newServer(fds []int, p Params, d Disk, cfg Config) (*Server, error) {
 		return nil, &os.SyscallError{Syscall: "eventfd", Err: err}
 	}
 	s := &Server{
-		p: p, disk: d, fds: append([]int(nil), fds...), log: cfg.Logger, max: int32(cfg.MaxWorkers),
+		p: p, disk: d, fds: append([]int(nil), fds...), log: cfg.Logger, max: int32(cfg.MaxWorkers), batch: cfg.Batch,
 		uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()),
 		stopfd: stopfd, done: make(chan struct{}),
 	}

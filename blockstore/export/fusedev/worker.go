@@ -6,10 +6,12 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dataimage/dataimage/blockstore/blockio"
 )
 
-// A worker's buffer, anonymous memory (page-aligned, outside the Go heap, touched only where
-// used):
+// A slot is the buffer of one request, anonymous memory (page-aligned, outside the Go heap,
+// touched only where used):
 //
 //	[0, pageSize)        a reply other than read data: header, then payload
 //	[reqOff, dataOff)    a request's header and arguments: exactly those of READ and WRITE
@@ -21,22 +23,65 @@ const (
 	dataOff  = 2 * pageSize
 )
 
+// slot is one request being served: its buffer, and the descriptor it was read from and is
+// answered on.
+type slot struct {
+	s   *Server
+	fd  int
+	buf []byte
+	iov [2]unix.Iovec
+	n   int // length of the request read into buf
+	h   inHeader
+	arg []byte
+}
+
 type worker struct {
 	s      *Server
 	fd     int
-	ep     int // epoll set: fd (EPOLLEXCLUSIVE) and s.stopfd
-	buf    []byte
+	ep     int    // epoll set: fd (EPOLLEXCLUSIVE) and s.stopfd
+	mem    []byte // the slots' buffers
+	slots  []slot
 	events [2]unix.EpollEvent
-	iov    [2]unix.Iovec
+
+	// With a Disk that takes batches (blockio.BatchDisk): the worker reads up to len(slots)
+	// requests before serving any, and does the Disk I/O of their READs and WRITEs in one
+	// batch.
+	batcher blockio.Batcher
+	ops     []blockio.Op
+	opSlot  []int       // slot of ops[i]
+	other   []int       // slots of the other requests
+	done    func(i int) // answers the request of ops[i] (w.finishOp)
 }
 
 func newWorker(s *Server, fd int) (*worker, error) {
-	size := dataOff + int(s.p.MaxWrite) + pageSize
-	buf, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return nil, &os.SyscallError{Syscall: "mmap worker buffer", Err: err}
+	slotSize := (dataOff + int(s.p.MaxWrite) + pageSize + pageSize - 1) &^ (pageSize - 1)
+	nslots := 1
+	bd, batch := s.disk.(blockio.BatchDisk)
+	batch = batch && s.batch > 1
+	if batch {
+		nslots = s.batch
 	}
-	w := &worker{s: s, fd: fd, ep: -1, buf: buf}
+	mem, err := unix.Mmap(-1, 0, nslots*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, &os.SyscallError{Syscall: "mmap worker buffers", Err: err}
+	}
+	w := &worker{s: s, fd: fd, ep: -1, mem: mem, slots: make([]slot, nslots)}
+	for i := range w.slots {
+		w.slots[i] = slot{s: s, fd: fd, buf: mem[i*slotSize : (i+1)*slotSize : (i+1)*slotSize]}
+	}
+	if batch {
+		if w.batcher, err = bd.NewBatcher(nslots); err != nil {
+			// E.g. fs.aio-max-nr reached: this worker serves one request at a time.
+			s.log.Warn("worker serves requests one by one: no disk batcher", "err", err)
+			w.batcher = nil
+		}
+	}
+	if w.batcher != nil {
+		w.done = w.finishOp
+		w.ops = make([]blockio.Op, 0, nslots)
+		w.opSlot = make([]int, 0, nslots)
+		w.other = make([]int, 0, nslots)
+	}
 	if w.ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		w.close()
 		return nil, &os.SyscallError{Syscall: "epoll_create1", Err: err}
@@ -56,8 +101,13 @@ func (w *worker) close() {
 	if w.ep >= 0 {
 		unix.Close(w.ep)
 	}
-	if err := unix.Munmap(w.buf); err != nil {
-		w.s.log.Error("unmap worker buffer", "err", err)
+	if w.batcher != nil {
+		if err := w.batcher.Close(); err != nil {
+			w.s.log.Error("close disk batcher", "err", err)
+		}
+	}
+	if err := unix.Munmap(w.mem); err != nil {
+		w.s.log.Error("unmap worker buffers", "err", err)
 	}
 }
 
@@ -75,7 +125,7 @@ func (s *Server) worker(fd int) {
 	}
 	defer w.close()
 	for !s.stopping.Load() {
-		n, errno := w.read()
+		n, errno := w.read(&w.slots[0])
 		switch errno {
 		case 0:
 		case unix.EAGAIN:
@@ -102,7 +152,12 @@ func (s *Server) worker(fd int) {
 		if s.idle.Add(-1) == 0 {
 			s.spawn()
 		}
-		w.serve(n)
+		w.slots[0].n = n
+		if w.batcher == nil {
+			w.slots[0].serve(n)
+		} else {
+			w.serveBatch(w.gather())
+		}
 		s.idle.Add(1)
 	}
 out:
@@ -110,10 +165,64 @@ out:
 	s.workers.Add(-1)
 }
 
-// read reads one request into the buffer at reqOff. The descriptor is non-blocking, so the call
+// gather reads more requests, after the one in slot 0, while there are some waiting and free
+// slots, and returns how many slots hold one. What ends it other than an empty queue (the
+// connection's end, an error) the next read in the worker's loop sees again.
+func (w *worker) gather() int {
+	n := 1
+	for n < len(w.slots) && !w.s.stopping.Load() {
+		k, errno := w.read(&w.slots[n])
+		if errno == unix.EINTR || errno == unix.ENOENT {
+			continue
+		}
+		if errno != 0 {
+			break
+		}
+		w.slots[n].n = k
+		n++
+	}
+	return n
+}
+
+// serveBatch serves the requests in the first n slots: the Disk I/O of the READs and WRITEs in
+// one batch, each answered as soon as its I/O completed, then the others.
+func (w *worker) serveBatch(n int) {
+	w.ops, w.opSlot, w.other = w.ops[:0], w.opSlot[:0], w.other[:0]
+	for i := range n {
+		sl := &w.slots[i]
+		h, arg, ok := sl.header(sl.n)
+		if !ok {
+			continue
+		}
+		sl.h, sl.arg = h, arg
+		if op, ok := sl.diskOp(h, arg); ok {
+			w.ops = append(w.ops, op)
+			w.opSlot = append(w.opSlot, i)
+		} else {
+			w.other = append(w.other, i)
+		}
+	}
+	if len(w.ops) > 0 {
+		w.batcher.Do(w.ops, w.done) // each answered as soon as its I/O completed
+		clear(w.ops)                // no buffers kept past the batch
+	}
+	for _, i := range w.other {
+		sl := &w.slots[i]
+		sl.dispatch(sl.h, sl.arg)
+		sl.arg = nil
+	}
+}
+
+// finishOp answers the request of ops[k].
+func (w *worker) finishOp(k int) {
+	sl := &w.slots[w.opSlot[k]]
+	sl.finish(sl.h, &w.ops[k])
+}
+
+// read reads one request into sl's buffer at reqOff. The descriptor is non-blocking, so the call
 // does not wait: a raw system call, which the scheduler need not know about.
-func (w *worker) read() (int, unix.Errno) {
-	b := w.buf[reqOff:]
+func (w *worker) read(sl *slot) (int, unix.Errno) {
+	b := sl.buf[reqOff:]
 	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(w.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	return int(n), errno
 }
@@ -134,10 +243,10 @@ func (w *worker) wait() (bool, error) {
 }
 
 // payload returns the reply area after the header.
-func (w *worker) payload() []byte { return w.buf[outHeaderSize:pageSize] }
+func (w *slot) payload() []byte { return w.buf[outHeaderSize:pageSize] }
 
 // reply answers request unique with errno (0: success) and the first n bytes of payload().
-func (w *worker) reply(unique uint64, errno unix.Errno, n int) {
+func (w *slot) reply(unique uint64, errno unix.Errno, n int) {
 	h := (*outHeader)(unsafe.Pointer(&w.buf[0]))
 	*h = outHeader{Len: uint32(outHeaderSize + n), Error: -int32(errno), Unique: unique}
 	w.iov[0] = unix.Iovec{Base: &w.buf[0], Len: uint64(outHeaderSize + n)}
@@ -146,7 +255,7 @@ func (w *worker) reply(unique uint64, errno unix.Errno, n int) {
 
 // replyData answers request unique with data (in the buffer at dataOff), header and data in one
 // writev.
-func (w *worker) replyData(unique uint64, data []byte) {
+func (w *slot) replyData(unique uint64, data []byte) {
 	h := (*outHeader)(unsafe.Pointer(&w.buf[0]))
 	*h = outHeader{Len: uint32(outHeaderSize + len(data)), Unique: unique}
 	w.iov[0] = unix.Iovec{Base: &w.buf[0], Len: uint64(outHeaderSize)}
@@ -158,7 +267,7 @@ func (w *worker) replyData(unique uint64, data []byte) {
 	w.send(w.iov[:2])
 }
 
-func (w *worker) send(iov []unix.Iovec) {
+func (w *slot) send(iov []unix.Iovec) {
 	switch errno := writev(w.fd, iov); errno {
 	case 0:
 	case unix.ENOENT:
