@@ -422,7 +422,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	require.Positive(t, serverPID)
 	mnt := filepath.Join(home, "mnt", cl.Name)
 	device := nodetest.MountSource(t, mnt)
-	kmsg := nodetest.MarkKernelLog(t)
+	kmsg := nodetest.OpenKmsg(t)
 
 	pgbench := pgTool(t, eng, "pgbench")
 	out, err := exec.Command(pgbench, "-i", "-s", "2", "-q", cl.Connection).CombinedOutput()
@@ -434,7 +434,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	runtime := time.Duration(events)*5*time.Second + 10*time.Second
 	fioDir := filepath.Join(mnt, "fio")
 	require.NoError(t, os.Mkdir(fioDir, 0o700))
-	waitFio := nodetest.StartFio(t, fioDir, runtime)
+	fio := nodetest.StartFIOVerify(t, filepath.Join(fioDir, "fio.dat"), 32<<20, runtime)
 	bench := exec.Command(pgbench, "-n", "-T", strconv.Itoa(int(runtime.Seconds())), "-c", "4", cl.Connection)
 	var benchOut strings.Builder
 	bench.Stdout, bench.Stderr = &benchOut, &benchOut
@@ -498,17 +498,16 @@ func TestRestartsUnderLoad(t *testing.T) {
 	elapsed := time.Since(start)
 	require.Less(t, elapsed, runtime, "the restarts happened while the load ran")
 
-	res := waitFio()
-	require.Zero(t, res.Jobs[0].Error)
-	require.Positive(t, res.Jobs[0].Read.IOBytes, "fio verified what it wrote")
+	res := fio.Wait(t)
+	require.Positive(t, res.Reads, "fio verified what it wrote")
 	select {
 	case err = <-benchDone:
 	case <-time.After(runtime + 2*time.Minute):
 		t.Fatal("pgbench did not finish")
 	}
 	require.NoError(t, err, "pgbench: %s", benchOut.String())
-	t.Logf("across %d restarts in %v: fio wrote %d MiB and verified %d MiB, longest fio request %v; pgbench:\n%s", events, elapsed.Round(time.Second),
-		res.Jobs[0].Write.IOBytes>>20, res.Jobs[0].Read.IOBytes>>20, res.Stall().Round(time.Millisecond), benchOut.String())
+	t.Logf("across %d restarts in %v: fio wrote %d blocks and verified %d, longest fio request %v; pgbench:\n%s", events, elapsed.Round(time.Second),
+		res.Writes, res.Reads, res.MaxStall().Round(time.Millisecond), benchOut.String())
 	require.Contains(t, benchOut.String(), "number of failed transactions: 0 ")
 	require.Equal(t, "t", sql(t, cl, nodetest.PgbenchBalanced), "pgbench's balance invariant")
 	cat, err = loadCatalog(filepath.Join(home, "catalog.json"))
@@ -518,7 +517,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	logs, err := os.ReadFile(DataPlaneLogPath(home))
 	require.NoError(t, err)
 	require.Equal(t, underLoadKills+1, strings.Count(string(logs), "export of an earlier data plane served again"), "each new data plane serves the clone's export again")
-	kmsg.RequireNoDeviceErrors(t, device)
+	kmsg.RequireNoErrorsAbout(t, device)
 
 	// Stopped, the clone's file system checks clean, read from the pool; so does the pool.
 	_, err = c.StopClone(ctx, cl.Name)

@@ -2,8 +2,8 @@
 // driver, local, sanity/kernel, blockstore/export): Need skips a test that cannot attach loop
 // devices, mount FUSE or run the file system tools; Pool makes a pool that is checked (fsck) and
 // closed at cleanup; Mounts, LoopDevicesOn and RequireNothingLeft find what a test left in the
-// kernel; WriteSynced writes a file durably; StartFio, MountSource, MarkKernelLog and
-// PgbenchBalanced check a load across restarts (load.go). It is for tests only.
+// kernel; WriteSynced writes a file durably; StartFIOVerify and OpenKmsg (fio.go), MountSource
+// and PgbenchBalanced (load.go) check a load across restarts. It is for tests only.
 //
 // It must not know the layers above the store: it helps tests find and clean up what the kernel
 // holds.

@@ -247,7 +247,7 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 12 * time.Second
-	waitFio := nodetest.StartFio(t, fsTarget, runtime)
+	fio := nodetest.StartFIOVerify(t, filepath.Join(fsTarget, "fio.dat"), 32*mib, runtime)
 	w := startDrainWriter(t, blkTarget, blkSize, 4)
 	start := time.Now()
 	var kills []time.Time
@@ -265,15 +265,14 @@ func TestPluginKilledIOContinues(t *testing.T) {
 	require.Less(t, time.Since(start), runtime, "the kills happened while fio ran")
 	require.True(t, dp.running(), "the data plane never stopped")
 
-	res := waitFio()
-	require.Zero(t, res.Jobs[0].Error)
-	require.Positive(t, res.Jobs[0].Write.IOBytes)
-	require.Positive(t, res.Jobs[0].Read.IOBytes, "fio verified what it wrote")
+	res := fio.Wait(t)
+	require.Positive(t, res.Writes)
+	require.Positive(t, res.Reads, "fio verified what it wrote")
 	w.halt()
 	require.NoError(t, w.failed(), "the block writer across the kills")
 	acked, longest := w.summary(kills)
-	t.Logf("fio: %d MiB written and %d MiB verified across %d plugin kills; block writer: %d writes acknowledged, longest request spanning a kill %v",
-		res.Jobs[0].Write.IOBytes>>20, res.Jobs[0].Read.IOBytes>>20, len(kills), acked, longest)
+	t.Logf("fio: %d blocks written and %d verified across %d plugin kills; block writer: %d writes acknowledged, longest request spanning a kill %v",
+		res.Writes, res.Reads, len(kills), acked, longest)
 	logs, err := os.ReadFile(e.pluginLog)
 	require.NoError(t, err)
 	require.Equal(t, 3, strings.Count(string(logs), `msg="volume staged by an earlier run of the plugin" volume=`+fsVol), "each new plugin adopts the file system volume")
@@ -387,7 +386,7 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 	fsVol, fsTarget, blkVol, blkTarget := stageTwo(t, c)
 
 	const runtime = 25 * time.Second
-	waitFio := nodetest.StartFio(t, fsTarget, runtime)
+	fio := nodetest.StartFIOVerify(t, filepath.Join(fsTarget, "fio.dat"), 32*mib, runtime)
 	w := startDrainWriter(t, blkTarget, blkSize, 4)
 	// Run first among the cleanups of a failed test: with the holder gone (and so the
 	// connections, if no data plane runs), the writers' I/O fails instead of waiting forever.
@@ -419,18 +418,16 @@ func TestDataPlaneRestartIOContinues(t *testing.T) {
 	require.Less(t, time.Since(start), runtime, "the restarts happened while fio ran")
 	require.True(t, e.holder.running(), "the holder never stopped")
 
-	res := waitFio()
-	job := res.Jobs[0]
-	require.Zero(t, job.Error)
-	require.Positive(t, job.Write.IOBytes)
-	require.Positive(t, job.Read.IOBytes, "fio verified what it wrote")
+	res := fio.Wait(t)
+	require.Positive(t, res.Writes)
+	require.Positive(t, res.Reads, "fio verified what it wrote")
 	w.halt()
 	require.NoError(t, w.failed(), "the block writer across the restarts")
 	acked, longest := w.summary(restarts)
-	fioStall := res.Stall()
-	t.Logf("fio: %d MiB written and %d MiB verified across %d data-plane restarts (SIGKILL, SIGKILL, SIGTERM, SIGKILL), longest fio request %v; "+
+	fioStall := res.MaxStall()
+	t.Logf("fio: %d blocks written and %d verified across %d data-plane restarts (SIGKILL, SIGKILL, SIGTERM, SIGKILL), longest fio request %v; "+
 		"block writer: %d writes acknowledged, longest request spanning a restart %v",
-		job.Write.IOBytes>>20, job.Read.IOBytes>>20, len(restarts), fioStall.Round(time.Millisecond), acked, longest.Round(time.Millisecond))
+		res.Writes, res.Reads, len(restarts), fioStall.Round(time.Millisecond), acked, longest.Round(time.Millisecond))
 	// Generous: the target is 2 s; this bounds a stall that would be a hang.
 	require.Less(t, longest, 20*time.Second, "the longest block request spanning a restart")
 	require.Less(t, fioStall, 20*time.Second, "the longest fio request")

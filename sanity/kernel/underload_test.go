@@ -53,7 +53,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	pgVol := c.createVolume(t, "pg", 512*mib, fsCap, nil)
 	pgTarget := c.stagePublish(t, "pg", pgVol, fsCap)
 	devices := map[string]string{"fs": nodetest.MountSource(t, c.stagingPath("fs")), "pg": nodetest.MountSource(t, c.stagingPath("pg"))}
-	kmsg := nodetest.MarkKernelLog(t)
+	kmsg := nodetest.OpenKmsg(t)
 	for _, d := range []string{e.paths, filepath.Join(e.paths, "pg"), pgTarget} {
 		require.NoError(t, os.Chmod(d, 0o755))
 	}
@@ -91,7 +91,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	const interval = 2 * time.Second
 	events := 2*underLoadKills + 1
 	runtime := time.Duration(events)*5*time.Second + 10*time.Second
-	waitFio := nodetest.StartFio(t, fsTarget, runtime)
+	fio := nodetest.StartFIOVerify(t, filepath.Join(fsTarget, "fio.dat"), 32*mib, runtime)
 	bench := exec.Command(pgbench, "-n", "-T", strconv.Itoa(int(runtime.Seconds())), "-c", "4", url)
 	var benchOut strings.Builder
 	bench.Stdout, bench.Stderr = &benchOut, &benchOut
@@ -148,10 +148,8 @@ func TestRestartsUnderLoad(t *testing.T) {
 	require.Less(t, elapsed, runtime, "the restarts happened while the load ran")
 	require.True(t, e.holder.running(), "the holder never stopped")
 
-	res := waitFio()
-	job := res.Jobs[0]
-	require.Zero(t, job.Error)
-	require.Positive(t, job.Read.IOBytes, "fio verified what it wrote")
+	res := fio.Wait(t)
+	require.Positive(t, res.Reads, "fio verified what it wrote")
 	select {
 	case err = <-benchDone:
 	case <-time.After(runtime + 2*time.Minute):
@@ -171,13 +169,14 @@ func TestRestartsUnderLoad(t *testing.T) {
 	defer cancel()
 	require.NoError(t, inst.Stop(sctx))
 	stopped = true
-	t.Logf("across %d restarts in %v (%s): fio wrote %d MiB and verified %d MiB, longest fio request %v; pgbench:\n%s",
-		events, elapsed.Round(time.Second), strings.Join(kinds[:3], ", ")+", ...", job.Write.IOBytes>>20, job.Read.IOBytes>>20,
-		res.Stall().Round(time.Millisecond), benchOut.String())
+	t.Logf("across %d restarts in %v (%s): fio wrote %d blocks and verified %d, longest fio request %v; pgbench:\n%s",
+		events, elapsed.Round(time.Second), strings.Join(kinds[:3], ", ")+", ...", res.Writes, res.Reads,
+		res.MaxStall().Round(time.Millisecond), benchOut.String())
 
 	// No kernel error on the volumes' devices: a resent request that failed would show here
 	// even when the file systems above retried it.
-	kmsg.RequireNoDeviceErrors(t, devices["fs"], devices["pg"])
+	kmsg.RequireNoErrorsAbout(t, devices["fs"])
+	kmsg.RequireNoErrorsAbout(t, devices["pg"])
 
 	// Each file system checks clean, unmounted, on its device; then both volumes unstage.
 	for _, v := range []struct{ id, label string }{{fsVol, "fs"}, {pgVol, "pg"}} {
