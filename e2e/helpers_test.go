@@ -15,6 +15,7 @@ import (
 	"time"
 
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -269,6 +270,25 @@ func postgresPodSpec(claimVolume string, node string) corev1.PodSpec {
 				PeriodSeconds: 1, FailureThreshold: 3,
 			},
 		}},
+	}
+}
+
+// postgresStatefulSet is a StatefulSet "pg" of PostgreSQL pods on node, each on its own 1Gi
+// clone ("data-pg-N") of the VolumeSnapshot snapshot, all started at once.
+func postgresStatefulSet(ns string, replicas int32, node, snapshot string) *appsv1.StatefulSet {
+	return &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "pg", Namespace: ns},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:            ptr.To(replicas),
+			ServiceName:         "pg",
+			PodManagementPolicy: appsv1.ParallelPodManagement,
+			Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": "pg"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "pg"}},
+				Spec:       postgresPodSpec("data", node),
+			},
+			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{*claim("", "data", "1Gi", snapshot, false)},
+		},
 	}
 }
 

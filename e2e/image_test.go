@@ -11,7 +11,6 @@ import (
 	"time"
 
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
-	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -127,21 +126,7 @@ func TestDataImage(t *testing.T) {
 
 	t.Run("StatefulSet", func(t *testing.T) {
 		const replicas = 3
-		sts := &appsv1.StatefulSet{
-			ObjectMeta: metav1.ObjectMeta{Name: "pg", Namespace: ns},
-			Spec: appsv1.StatefulSetSpec{
-				Replicas:            ptr.To[int32](replicas),
-				ServiceName:         "pg",
-				PodManagementPolicy: appsv1.ParallelPodManagement,
-				Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": "pg"}},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "pg"}},
-					Spec:       postgresPodSpec("data", node),
-				},
-				VolumeClaimTemplates: []corev1.PersistentVolumeClaim{*claim("", "data", "1Gi", snap, false)},
-			},
-		}
-		create(t, sts)
+		create(t, postgresStatefulSet(ns, replicas, node, snap))
 		pods := make([]string, replicas)
 		for i := range pods {
 			pods[i] = fmt.Sprintf("pg-%d", i)

@@ -14,11 +14,8 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -47,20 +44,7 @@ func TestRestartsUnderPgbench(t *testing.T) {
 	create(t, dataImage(ns, "bench", makeBackup(t, "bench"), "0"))
 	img, _ := waitImageReady(t, ns, "bench")
 	const replicas = 2
-	create(t, &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "pg", Namespace: ns},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas:            ptr.To[int32](replicas),
-			ServiceName:         "pg",
-			PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": "pg"}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "pg"}},
-				Spec:       postgresPodSpec("data", img.Status.NodeName),
-			},
-			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{*claim("", "data", "1Gi", img.Status.VolumeSnapshotName, false)},
-		},
-	})
+	create(t, postgresStatefulSet(ns, replicas, img.Status.NodeName, img.Status.VolumeSnapshotName))
 	pods := make([]string, replicas)
 	uids := map[string]types.UID{}
 	for i := range pods {

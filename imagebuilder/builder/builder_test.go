@@ -15,6 +15,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 	"github.com/dataimage/dataimage/imagebuilder/internal/pgtest"
 )
@@ -173,25 +174,6 @@ func checkResult(t *testing.T, e *env, res *Result, steps []string) {
 	}
 }
 
-// serversUsing returns the PIDs of the processes whose command line mentions dir.
-func serversUsing(t *testing.T, dir string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	require.NoError(t, err)
-	var pids []int
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), dir) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 func TestBuildEmpty(t *testing.T) {
 	e := newEnv(t, nil)
 	rec := &recorder{}
@@ -203,7 +185,7 @@ func TestBuildEmpty(t *testing.T) {
 	require.Equal(t, defaultLifetime, res.Lifetime)
 	require.Contains(t, rec.logText(), "start: ", "the server's log lines come as events of the start step")
 	require.Contains(t, rec.logText(), "database system is shut down")
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 
 	inst := e.restart(t, root)
 	require.Equal(t, "app_dev", query(t, inst, "app_dev", "SELECT current_database()"))
@@ -254,7 +236,7 @@ lifetime: 72h
 		}
 	}
 	require.Equal(t, total, last)
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 
 	inst := e.restart(t, root)
 	require.Equal(t, "app|f|off|off", query(t, inst, "app", "SELECT * FROM pre_marker"),
@@ -385,7 +367,7 @@ func TestBuildFailures(t *testing.T) {
 			} else {
 				require.Empty(t, se.LogTail)
 			}
-			require.Empty(t, serversUsing(t, run), "no server is left running")
+			require.Empty(t, enginetest.ServersUsing(t, run), "no server is left running")
 			_, err = os.Stat(filepath.Join(engine.DataDir(root), "postmaster.pid"))
 			require.ErrorIs(t, err, os.ErrNotExist, "the server was stopped")
 		})
@@ -407,7 +389,7 @@ func TestBuildRefusesPathsOutOfTheRoot(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	require.Equal(t, StepPostScript, se.Step)
 	require.ErrorContains(t, err, "postScript escape.sql: openat escape.sql: path escapes from parent")
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 
 	// A backup behind a link out of the root.
 	require.NoError(t, os.Symlink(e.backups.Custom, filepath.Join(e.root, "linked.dump")))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 )
 
 // Builds from a mariabackup stream and the binary logs after it, taken with the real
@@ -160,7 +161,7 @@ func TestMariaDBBuildMariaBackup(t *testing.T) {
 		if res.DataState.Time.IsZero() || !strings.Contains(res.DataState.Source, "binlog.000001") {
 			t.Errorf("data state %+v: want the time of the last transaction replayed", res.DataState)
 		}
-		if pids := mariaServersUsing(t, run); len(pids) != 0 {
+		if pids := enginetest.ServersUsing(t, run); len(pids) != 0 {
 			t.Fatalf("servers left running: %v", pids)
 		}
 		inst := mariaStart(t, e, root)
@@ -179,7 +180,7 @@ func TestMariaDBBuildMariaBackup(t *testing.T) {
 		if _, err := os.Stat(engine.DataDir(root)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("data directory left in the volume (%v)", err)
 		}
-		if pids := mariaServersUsing(t, run); len(pids) != 0 {
+		if pids := enginetest.ServersUsing(t, run); len(pids) != 0 {
 			t.Fatalf("servers left running: %v", pids)
 		}
 	})

@@ -9,13 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/mariadb"
 )
 
@@ -198,27 +198,6 @@ func mariaBuild(t *testing.T, set engine.Set, backupRoot, def string, rec *recor
 	return res, root, run, err
 }
 
-// mariaServersUsing returns the PIDs of the processes whose command line mentions dir.
-func mariaServersUsing(t *testing.T, dir string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), dir) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 func mariaSteps(res *Result) []string {
 	var out []string
 	for _, s := range res.Steps {
@@ -256,7 +235,7 @@ func TestMariaDBBuildEmpty(t *testing.T) {
 	if !strings.Contains(log, "start: ") || !strings.Contains(log, "ready for connections") || !strings.Contains(log, "Shutdown complete") {
 		t.Fatalf("the server's log lines are not in the events:\n%s", log)
 	}
-	if pids := mariaServersUsing(t, run); len(pids) != 0 {
+	if pids := enginetest.ServersUsing(t, run); len(pids) != 0 {
 		t.Fatalf("servers left running: %v", pids)
 	}
 
@@ -318,7 +297,7 @@ lifetime: 0
 		if last != st.Size() {
 			t.Fatalf("last restore progress %d, want %d", last, st.Size())
 		}
-		if pids := mariaServersUsing(t, run); len(pids) != 0 {
+		if pids := enginetest.ServersUsing(t, run); len(pids) != 0 {
 			t.Fatalf("servers left running: %v", pids)
 		}
 
@@ -393,7 +372,7 @@ func TestMariaDBBuildFailures(t *testing.T) {
 			if se.Step != tc.step || !strings.Contains(err.Error(), "builder: step "+tc.step+" failed: ") || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("Build = %v; want step %s failing with %q", err, tc.step, tc.msg)
 			}
-			if pids := mariaServersUsing(t, run); len(pids) != 0 {
+			if pids := enginetest.ServersUsing(t, run); len(pids) != 0 {
 				t.Fatalf("servers left running: %v", pids)
 			}
 			if _, err := os.Stat(filepath.Join(run, "mysqld.pid")); !errors.Is(err, os.ErrNotExist) {

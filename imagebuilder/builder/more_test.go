@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/internal/pgtest"
 )
 
@@ -55,7 +56,7 @@ func TestBuildBaseBackupWithTablespace(t *testing.T) {
 	require.NoError(t, err, rec.logText())
 	checkResult(t, e, res, []string{StepRestore, StepStart, StepCheckpoint, StepStop})
 	require.Regexp(t, `^LSN [0-9A-F]+/[0-9A-F]+$`, res.DataState.LogPosition)
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 
 	inst := e.restart(t, root)
 	for db, sums := range m.Sums {
@@ -109,7 +110,7 @@ func TestBuildBadBaseBackup(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrFormat)
 	require.ErrorContains(t, err, "builder: step restore failed: engine: unrecognized backup format: tablespace archive "+filepath.Join(dir, ts)+" is truncated or corrupt: tarx: member ")
 	require.ErrorContains(t, err, "reading contents: tarx: invalid archive: unexpected EOF")
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 }
 
 // TestBuildPointInTime builds an image from a base backup and the WAL past it, replayed to a
@@ -124,7 +125,7 @@ func TestBuildPointInTime(t *testing.T) {
 	checkResult(t, e, res, []string{StepRestore, StepStart, StepCheckpoint, StepStop})
 	require.Regexp(t, `^LSN [0-9A-F]+/[0-9A-F]+$`, res.DataState.LogPosition)
 	require.Contains(t, res.DataState.Source, `recovery to name "`+m.RestorePoint+`": recovery stopping at restore point "`+m.RestorePoint+`"`)
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 	auto, err := os.ReadFile(filepath.Join(engine.DataDir(root), "postgresql.auto.conf"))
 	require.NoError(t, err)
 	require.Contains(t, string(auto), "restore_command = ''\n", "the isolation settings: no WAL restored from anywhere")
@@ -149,5 +150,5 @@ func TestBuildPointInTime(t *testing.T) {
 		"\" failed: recovery ended before configured recovery target was reached; the last WAL segment replayed is ")
 	require.ErrorContains(t, err, "; the next segment, "+filepath.Base(last)+", is not among the backups")
 	require.Contains(t, se.LogTail, "FATAL:  recovery ended before configured recovery target was reached")
-	require.Empty(t, serversUsing(t, run))
+	require.Empty(t, enginetest.ServersUsing(t, run))
 }

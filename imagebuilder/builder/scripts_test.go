@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/internal/pgtest"
 )
 
@@ -52,7 +53,7 @@ func TestBuildScriptEscapesPostgres(t *testing.T) {
 			require.Contains(t, err.Error(), tc.msg)
 			_, statErr := os.Stat(marker)
 			require.ErrorIs(t, statErr, os.ErrNotExist, "the script created %s", marker)
-			require.Empty(t, serversUsing(t, run))
+			require.Empty(t, enginetest.ServersUsing(t, run))
 		})
 	}
 }
@@ -138,7 +139,7 @@ func TestBuildScriptsMariaDB(t *testing.T) {
 			if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("the script created %s (%v)", marker, err)
 			}
-			if pids := mariaServersUsing(t, run); len(pids) != 0 {
+			if pids := enginetest.ServersUsing(t, run); len(pids) != 0 {
 				t.Fatalf("servers left running: %v", pids)
 			}
 		})

@@ -19,6 +19,7 @@ import (
 
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/engine"
+	"github.com/dataimage/dataimage/imagebuilder/engine/enginetest"
 	"github.com/dataimage/dataimage/imagebuilder/engine/postgres"
 	"github.com/dataimage/dataimage/imagebuilder/internal/pgtest"
 )
@@ -440,7 +441,7 @@ func TestRestorePointInTime(t *testing.T) {
 			for _, msg := range tc.msg {
 				require.ErrorContains(t, err, msg)
 			}
-			require.Empty(t, serversOn(t, root), "the recovery's server is stopped")
+			require.Empty(t, enginetest.ServersUsing(t, root), "the recovery's server is stopped")
 		})
 	}
 }
@@ -460,23 +461,4 @@ func lsnOf(t *testing.T, s string) uint64 {
 	_, err := fmt.Sscanf(s, "%X/%X", &hi, &lo)
 	require.NoError(t, err, s)
 	return hi<<32 | lo
-}
-
-// serversOn returns the PIDs of the processes whose command line mentions dir.
-func serversOn(t *testing.T, dir string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	require.NoError(t, err)
-	var pids []int
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), dir) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
