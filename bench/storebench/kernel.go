@@ -190,9 +190,10 @@ func (r fioRes) mbps() float64 { return float64(r.bytes) / r.dur.Seconds() / 1e6
 // fioOutput is the part of fio's JSON output read here.
 type fioOutput struct {
 	Jobs []struct {
-		Error int    `json:"error"`
-		Read  fioDir `json:"read"`
-		Write fioDir `json:"write"`
+		Error    int    `json:"error"`
+		TotalErr int    `json:"total_err"` // errors fio went on past (--continue_on_error)
+		Read     fioDir `json:"read"`
+		Write    fioDir `json:"write"`
 	} `json:"jobs"`
 }
 
@@ -203,6 +204,10 @@ type fioDir struct {
 	ClatNS   struct {
 		Percentile map[string]float64 `json:"percentile"`
 	} `json:"clat_ns"`
+	// LatNS is the total latency (submission to completion); Max is the longest request.
+	LatNS struct {
+		Max float64 `json:"max"`
+	} `json:"lat_ns"`
 }
 
 // fio runs the job and parses its report.
@@ -217,16 +222,9 @@ func (b *bench) fio(j fioJob) (fioRes, error) {
 // parseFIO reads the direction's totals from fio's JSON output (which fio may precede with
 // notes on stdout).
 func parseFIO(out string, write bool) (fioRes, error) {
-	i := strings.Index(out, "{")
-	if i < 0 {
-		return fioRes{}, fmt.Errorf("fio: no JSON in output: %q", out)
-	}
-	var o fioOutput
-	if err := json.Unmarshal([]byte(out[i:]), &o); err != nil {
-		return fioRes{}, fmt.Errorf("fio: parse JSON: %w", err)
-	}
-	if len(o.Jobs) != 1 {
-		return fioRes{}, fmt.Errorf("fio: %d jobs in output, want 1", len(o.Jobs))
+	o, err := decodeFIO(out)
+	if err != nil {
+		return fioRes{}, err
 	}
 	if e := o.Jobs[0].Error; e != 0 {
 		return fioRes{}, fmt.Errorf("fio: job error %d", e)
@@ -241,6 +239,22 @@ func parseFIO(out string, write bool) (fioRes, error) {
 	pct := func(k string) time.Duration { return time.Duration(d.ClatNS.Percentile[k]) }
 	return fioRes{ios: d.TotalIOs, bytes: d.IOBytes, dur: time.Duration(d.Runtime) * time.Millisecond,
 		p50: pct("50.000000"), p99: pct("99.000000")}, nil
+}
+
+// decodeFIO decodes fio's JSON output of one job (which fio may precede with notes on stdout).
+func decodeFIO(out string) (fioOutput, error) {
+	var o fioOutput
+	i := strings.Index(out, "{")
+	if i < 0 {
+		return o, fmt.Errorf("fio: no JSON in output: %q", out)
+	}
+	if err := json.Unmarshal([]byte(out[i:]), &o); err != nil {
+		return o, fmt.Errorf("fio: parse JSON: %w", err)
+	}
+	if len(o.Jobs) != 1 {
+		return o, fmt.Errorf("fio: %d jobs in output, want 1", len(o.Jobs))
+	}
+	return o, nil
 }
 
 // fioPair is a fio comparison of a store side with a raw side, in the alternating rounds of

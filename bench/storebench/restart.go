@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -304,37 +302,14 @@ func lastLine(s string) string {
 
 // parseRestartFIO reads a verify job's errors, I/Os and longest request from fio's JSON output.
 func parseRestartFIO(out string, row *restartRow) error {
-	i := strings.Index(out, "{")
-	if i < 0 {
-		return errors.New("no JSON in fio's output")
-	}
-	var o struct {
-		Jobs []struct {
-			TotalErr int `json:"total_err"`
-			Read     struct {
-				TotalIOs int64 `json:"total_ios"`
-				Lat      struct {
-					Max float64 `json:"max"`
-				} `json:"lat_ns"`
-			} `json:"read"`
-			Write struct {
-				TotalIOs int64 `json:"total_ios"`
-				Lat      struct {
-					Max float64 `json:"max"`
-				} `json:"lat_ns"`
-			} `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal([]byte(out[i:]), &o); err != nil {
-		return fmt.Errorf("fio output: %w", err)
-	}
-	if len(o.Jobs) != 1 {
-		return fmt.Errorf("fio output: %d jobs, want 1", len(o.Jobs))
+	o, err := decodeFIO(out)
+	if err != nil {
+		return err
 	}
 	j := o.Jobs[0]
 	row.ioErrors = j.TotalErr
 	row.ios = j.Read.TotalIOs + j.Write.TotalIOs
-	row.longest = time.Duration(max(j.Read.Lat.Max, j.Write.Lat.Max))
+	row.longest = time.Duration(max(j.Read.LatNS.Max, j.Write.LatNS.Max))
 	return nil
 }
 
