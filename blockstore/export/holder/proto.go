@@ -140,6 +140,10 @@ func recv(conn syscall.RawConn, msg any) (fds []int, ok bool, err error) {
 	return fds, true, nil
 }
 
+// parseRights returns the descriptors of the SCM_RIGHTS messages in oob, the control data of
+// recv's recvmsg. That call passes MSG_CMSG_CLOEXEC, so the kernel installed them close-on-exec
+// before any of them reached this process (TestHoldAcrossClose asserts FD_CLOEXEC on a received
+// one): parsing adds nothing to set.
 func parseRights(oob []byte) ([]int, error) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
