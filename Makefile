@@ -11,7 +11,7 @@
 #   make demo    data image from a pgbench backup, served as 3 clones (root; DEMO_SCALE=50)
 #   make manifests  regenerate the DataImage CRD and deepcopy, the chart's CRD copies, deploy/
 #   make images  OCI image archives (no container engine) of cmd/* into bin/images/
-#   make e2e     a real single-node Kubernetes on this machine runs the user story (root; docs/e2e.md)
+#   make e2e     a real two-node Kubernetes (and an S3 server) on this machine runs the user story (root; docs/e2e.md)
 #   make clean   remove build outputs
 
 GO ?= go

@@ -64,6 +64,17 @@ func asPostgres(t *testing.T, program string, args ...string) string {
 // backup source of a DataImage; it is removed when t ends.
 func makeBackup(t *testing.T, name string) string {
 	t.Helper()
+	return makeFilledBackup(t, name, 0)
+}
+
+// fillerRowsPerMiB is about how many rows of makeFilledBackup's table take a MiB.
+const fillerRowsPerMiB = 3500
+
+// makeFilledBackup is makeBackup with a table filler(i int, pad text) of about fillMiB MiB
+// besides (fillMiB*fillerRowsPerMiB rows of 256 random hex digits, about 290 bytes a row on disk: about half of it compresses
+// away, like much real data).
+func makeFilledBackup(t *testing.T, name string, fillMiB int) string {
+	t.Helper()
 	pg := lookupPostgres(t)
 	root := filepath.Join(cfg.state, "backups")
 	if err := os.MkdirAll(root, 0o755); err != nil {
@@ -112,6 +123,15 @@ func makeBackup(t *testing.T, name string) string {
 			"INSERT INTO sales SELECT i, 'item-' || i FROM generate_series(1, %d) AS i", salesRows))
 	if got := asPostgres(t, "psql", "-h", run, "-p", "5432", "-U", "postgres", "-d", "postgres", "-AtX", "-c", salesQuery); got != salesWant {
 		t.Fatalf("the source holds %q, want %q", got, salesWant)
+	}
+	if fillMiB > 0 {
+		asPostgres(t, "psql", "-h", run, "-p", "5432", "-U", "postgres", "-d", "postgres", "-AtX", "-v", "ON_ERROR_STOP=1", "-c",
+			fmt.Sprintf("CREATE TABLE filler AS SELECT i, %s AS pad FROM generate_series(1, %d) AS i",
+				strings.TrimSuffix(strings.Repeat("md5(random()::text) || ", 8), " || "),
+				fillMiB*fillerRowsPerMiB))
+		size := asPostgres(t, "psql", "-h", run, "-p", "5432", "-U", "postgres", "-d", "postgres", "-AtX", "-c",
+			"SELECT pg_size_pretty(pg_database_size('postgres'))")
+		t.Logf("backup %s: database of %s", name, size)
 	}
 	asPostgres(t, "pg_basebackup", "-h", run, "-p", "5432", "-U", "postgres", "-D", backup, "-Ft", "-X", "stream", "--checkpoint=fast")
 	stop()

@@ -226,8 +226,10 @@ func claim(ns, name, size, fromSnapshot string, block bool) *corev1.PersistentVo
 	return pvc
 }
 
-// busyboxPod is a pod that sleeps with a claim mounted at filesystemMountPath, or attached
-// at blockDevicePath when block is set.
+// busyboxPod is a pod on the first node (cfg.node) that sleeps with a claim mounted at
+// filesystemMountPath, or attached at blockDevicePath when block is set. (On the first node:
+// a VolumeSnapshot of a volume, unlike a DataImage, stays on its node, so clones of it must be
+// scheduled there.)
 func busyboxPod(ns, name, claimName string, block bool) *corev1.Pod {
 	c := corev1.Container{
 		Name: busyboxContainer, Image: cfg.busyboxImage, ImagePullPolicy: corev1.PullNever,
@@ -241,6 +243,7 @@ func busyboxPod(ns, name, claimName string, block bool) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.PodSpec{
+			NodeSelector:                  map[string]string{topologyKey: cfg.node},
 			Containers:                    []corev1.Container{c},
 			TerminationGracePeriodSeconds: ptr.To[int64](2),
 			Volumes: []corev1.Volume{{Name: "vol", VolumeSource: corev1.VolumeSource{

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -33,7 +34,7 @@ import (
 type config struct {
 	kubeconfig      string // KUBECONFIG: the admin's
 	kubectl         string // E2E_KUBECTL: the kubectl binary (exec, logs)
-	node            string // E2E_NODE_NAME: the one (cloning) node
+	node            string // E2E_NODE_NAME: the first cloning node, where the tests make backups
 	namespace       string // E2E_NAMESPACE: where the chart installed Dataimage
 	release         string // E2E_RELEASE: the chart's release name
 	postgresImage   string // E2E_POSTGRES_IMAGE: Debian with PostgreSQL, the engine image
@@ -43,6 +44,34 @@ type config struct {
 	kubeletDir      string // E2E_KUBELET_DIR
 	poolPath        string // E2E_POOL_PATH: the node plugin's pool file
 	exportDir       string // E2E_EXPORT_STATE_DIR: the plugin's FUSE exports
+	// others are the cluster's other cloning nodes (E2E_NODES: NAME=POOL=MOUNTINFO, comma
+	// separated); each sees the paths above in a mount namespace of its own.
+	others []otherNode
+}
+
+// otherNode is a cloning node besides the first.
+type otherNode struct {
+	name string
+	// pool is its pool file as this process sees it.
+	pool string
+	// mountinfo is /proc/PID/mountinfo of a process in its mount namespace.
+	mountinfo string
+}
+
+// parseNodes parses E2E_NODES.
+func parseNodes(s string) ([]otherNode, error) {
+	var nodes []otherNode
+	for _, item := range strings.Split(s, ",") {
+		if item == "" {
+			continue
+		}
+		f := strings.Split(item, "=")
+		if len(f) != 3 || f[0] == "" || !filepath.IsAbs(f[1]) || !filepath.IsAbs(f[2]) {
+			return nil, fmt.Errorf("E2E_NODES item %q: want NAME=POOL=MOUNTINFO, both paths absolute", item)
+		}
+		nodes = append(nodes, otherNode{name: f[0], pool: f[1], mountinfo: f[2]})
+	}
+	return nodes, nil
 }
 
 var (
@@ -101,6 +130,9 @@ func setup() string {
 	}
 	if kube, err = client.New(rc, client.Options{Scheme: scheme}); err != nil {
 		return fmt.Sprintf("client for %s: %v", cfg.kubeconfig, err)
+	}
+	if cfg.others, err = parseNodes(os.Getenv("E2E_NODES")); err != nil {
+		return err.Error()
 	}
 	if !filepath.IsAbs(cfg.state) {
 		return fmt.Sprintf("E2E_STATE %q: want an absolute path", cfg.state)

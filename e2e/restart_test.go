@@ -89,27 +89,20 @@ func TestRestartsUnderPgbench(t *testing.T) {
 			t.Fatalf("the plugin's DaemonSet does not roll out: %v\n%s", err, out)
 		}
 	}
-	oldPlugin := componentPod(t, "node")
+	node := img.Status.NodeName
+	oldPlugin := componentPod(t, "node", node)
 	upgrade("--set", "node.logLevel=5")
 	t.Cleanup(func() { upgrade() })
-	newPlugin := componentPod(t, "node")
+	newPlugin := componentPod(t, "node", node)
 	if newPlugin.UID == oldPlugin.UID {
 		t.Fatalf("helm upgrade did not replace the plugin pod %s", oldPlugin.Name)
 	}
 	t.Logf("helm upgrade replaced the plugin pod %s by %s at %v", oldPlugin.Name, newPlugin.Name, time.Since(start).Round(time.Second))
 
 	// Kill the data plane: its container restarts in the same pod.
-	dp := componentPod(t, "dataplane")
+	dp := componentPod(t, "dataplane", node)
 	restarts := dp.Status.ContainerStatuses[0].RestartCount
-	out, err := exec.Command("pgrep", "-f", "^/usr/local/bin/dataimage-dataplane( |$)").Output() // the image's entrypoint
-	if err != nil {
-		t.Fatalf("no data plane process on the node: %v", err)
-	}
-	fields := strings.Fields(string(out))
-	if len(fields) != 1 {
-		t.Fatalf("data plane processes: %q, want one", out)
-	}
-	pid, _ := strconv.Atoi(fields[0])
+	pid := podProcess(t, dp, "^/usr/local/bin/dataimage-dataplane( |$)") // the image's entrypoint
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +124,7 @@ func TestRestartsUnderPgbench(t *testing.T) {
 
 	for _, p := range pods {
 		r := runs[p]
+		var err error
 		select {
 		case err = <-r.done:
 		case <-time.After(runtime + 3*time.Minute):
@@ -161,9 +155,36 @@ func TestRestartsUnderPgbench(t *testing.T) {
 	}
 }
 
-// componentPod returns the one pod of a Dataimage component (node, dataplane, ...) in the
-// chart's namespace.
-func componentPod(t *testing.T, component string) *corev1.Pod {
+// podProcess returns the one process of pod whose command line matches pattern (pgrep -f):
+// the one of those whose cgroup is the pod's (every node's processes are this machine's).
+func podProcess(t *testing.T, pod *corev1.Pod, pattern string) int {
+	t.Helper()
+	out, err := exec.Command("pgrep", "-f", pattern).Output()
+	if err != nil {
+		t.Fatalf("no process matches %q: %v", pattern, err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		cg, err := os.ReadFile("/proc/" + f + "/cgroup")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// cgroupfs: .../pod<uid>/<container>; the systemd driver writes the UID with _.
+		uid := string(pod.UID)
+		if strings.Contains(string(cg), "pod"+uid) || strings.Contains(string(cg), "pod"+strings.ReplaceAll(uid, "-", "_")) {
+			pid, _ := strconv.Atoi(f)
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) != 1 {
+		t.Fatalf("processes of pod %s matching %q: %v, want one", pod.Name, pattern, pids)
+	}
+	return pids[0]
+}
+
+// componentPod returns the pod of a Dataimage component (node, dataplane, ...) in the chart's
+// namespace on node.
+func componentPod(t *testing.T, component, node string) *corev1.Pod {
 	t.Helper()
 	var pods corev1.PodList
 	if err := kube.List(ctx(t), &pods, client.InNamespace(cfg.namespace), client.MatchingLabels{"app.kubernetes.io/component": component}); err != nil {
@@ -171,12 +192,12 @@ func componentPod(t *testing.T, component string) *corev1.Pod {
 	}
 	var live []corev1.Pod
 	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil {
+		if p.DeletionTimestamp == nil && p.Spec.NodeName == node {
 			live = append(live, p)
 		}
 	}
 	if len(live) != 1 {
-		t.Fatalf("%d live pods of component %s, want 1", len(live), component)
+		t.Fatalf("%d live pods of component %s on %s, want 1", len(live), component, node)
 	}
 	return &live[0]
 }

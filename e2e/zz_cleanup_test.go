@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -19,15 +20,17 @@ import (
 
 	dataimagev1 "github.com/dataimage/dataimage/apis/dataimage/v1alpha1"
 	"github.com/dataimage/dataimage/blockstore"
+	"github.com/dataimage/dataimage/exportset"
 )
 
 // TestZZLeavesNothing runs last (go test runs the tests of a package in the order of their
 // files, and this file sorts last): once every test's namespace is gone, deleting everything
-// must have left no volume, snapshot or DataImage in the cluster, nothing mounted on the node
-// (no CSI mount, loop device over an exported volume, or FUSE export), and a pool that passes
-// the block store's check with no volume and no snapshot in it. For the check the node plugin
-// and the data plane are stopped (the pool is opened here, by this process), then started
-// again.
+// must have left no volume, snapshot or DataImage in the cluster, nothing mounted on any node
+// (no CSI mount, loop device over an exported volume, or FUSE export), and on every node a pool
+// that passes the block store's check with no volume and no snapshot in it (images pulled for
+// clones included: a node drops them once no DataImage places them). For the check the node
+// plugins and the data planes are stopped (the pools are opened here, by this process), then
+// started again.
 func TestZZLeavesNothing(t *testing.T) {
 	needCluster(t)
 	waitFor(t, defaultWait, "every test namespace to be deleted", func(c context.Context) (bool, string, error) {
@@ -45,17 +48,56 @@ func TestZZLeavesNothing(t *testing.T) {
 		left, err := driverObjects(c)
 		return len(left) == 0, strings.Join(left, ", "), err
 	})
-	if m := leftoverMounts(t); len(m) > 0 {
-		t.Errorf("left on the node with the plugin running:\n%s", strings.Join(m, "\n"))
+	nodes := append([]otherNode{{name: cfg.node, pool: cfg.poolPath, mountinfo: "/proc/self/mountinfo"}}, cfg.others...)
+	// A node drops the images it pulled in its first registry sync that begins once no
+	// placement names them (the DataImages are gone, and their placements with them).
+	if len(cfg.others) > 0 {
+		var names []string
+		for _, n := range nodes {
+			names = append(names, n.name)
+		}
+		reg := openRegistry(t)
+		nodeReportsAfter(t, reg, time.Now(), names)
+		// The controller withdrew every image (name, manifest) with its DataImage, and its
+		// garbage collection (every 20 s here) deletes their chunks.
+		waitFor(t, defaultWait, "the registry to hold no image, name or chunk", func(c context.Context) (bool, string, error) {
+			var left []string
+			for _, dir := range []string{"manifests/", "refs/", "chunks/"} {
+				if err := reg.Target().List(c, dir, func(o exportset.ObjectInfo) error {
+					left = append(left, o.Key)
+					return nil
+				}); err != nil {
+					return false, "", err
+				}
+			}
+			if len(left) > 5 {
+				left = append(left[:5], fmt.Sprintf("and %d more", len(left)-5))
+			}
+			return len(left) == 0, strings.Join(left, ", "), nil
+		})
+	}
+	for _, n := range nodes {
+		if m := leftoverMounts(t, n.mountinfo); len(m) > 0 {
+			t.Errorf("left on node %s with the plugin running:\n%s", n.name, strings.Join(m, "\n"))
+		}
 	}
 
 	stopNode(t)
-	if m := leftoverMounts(t); len(m) > 0 {
-		t.Errorf("left on the node after the plugin and the data plane stopped:\n%s", strings.Join(m, "\n"))
+	for _, n := range nodes {
+		if m := leftoverMounts(t, n.mountinfo); len(m) > 0 {
+			t.Errorf("left on node %s after the plugin and the data plane stopped:\n%s", n.name, strings.Join(m, "\n"))
+		}
+		checkEmptyPool(t, n)
 	}
-	pool, err := blockstore.Open(cfg.poolPath, blockstore.Options{})
+}
+
+// checkEmptyPool checks node n's pool and that it holds no volume and no snapshot.
+func checkEmptyPool(t *testing.T, n otherNode) {
+	t.Helper()
+	pool, err := blockstore.Open(n.pool, blockstore.Options{})
 	if err != nil {
-		t.Fatalf("open the node's pool %s: %v", cfg.poolPath, err)
+		t.Errorf("open node %s's pool %s: %v", n.name, n.pool, err)
+		return
 	}
 	report, err := pool.Check(false)
 	var vols []string
@@ -70,15 +112,16 @@ func TestZZLeavesNothing(t *testing.T) {
 		t.Errorf("close the pool: %v", cerr)
 	}
 	if err != nil {
-		t.Fatalf("check of the pool %s: %v", cfg.poolPath, err)
+		t.Errorf("check of node %s's pool %s: %v", n.name, n.pool, err)
+		return
 	}
-	t.Logf("pool check: %s", report)
+	t.Logf("node %s: pool check: %s", n.name, report)
 	if !report.OK() {
-		t.Errorf("the pool check found problems: %s", report)
+		t.Errorf("node %s: the pool check found problems: %s", n.name, report)
 	}
 	if report.Volumes != 0 || report.Snapshots != 0 {
-		t.Errorf("the pool still holds %d volumes %v and %d snapshots %v after everything was deleted",
-			report.Volumes, vols, report.Snapshots, snaps)
+		t.Errorf("node %s: the pool still holds %d volumes %v and %d snapshots %v after everything was deleted",
+			n.name, report.Volumes, vols, report.Snapshots, snaps)
 	}
 }
 
@@ -114,13 +157,14 @@ func driverObjects(c context.Context) ([]string, error) {
 	return left, nil
 }
 
-// leftoverMounts lists the node's mounts and loop devices that belong to Dataimage volumes:
-// CSI staging and publishing mounts under the kubelet's directory, FUSE exports and anything
-// else under the plugin's export directory, and loop devices over exported files.
-func leftoverMounts(t *testing.T) []string {
+// leftoverMounts lists a node's mounts (those of mountinfo, a /proc/PID/mountinfo of its mount
+// namespace) and the machine's loop devices that belong to Dataimage volumes: CSI staging and
+// publishing mounts under the kubelet's directory, FUSE exports and anything else under the
+// plugin's export directory, and loop devices over exported files.
+func leftoverMounts(t *testing.T, mountinfo string) []string {
 	t.Helper()
 	var left []string
-	info, err := os.ReadFile("/proc/self/mountinfo")
+	info, err := os.ReadFile(mountinfo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -105,4 +107,29 @@ func (r *report) transferMarkdown(p func(string, ...any)) {
 	p("\nPush time of the 1%% child %.2f s, of the 10%% child %.2f s: ×%.1f for ×10 the change (time ∝ change: the\n", m["push-s-1%"], m["push-s-10%"], scale)
 	p("push reads the store's diff against the parent, not the whole volume; a fixed cost of listing and the\n")
 	p("manifest keeps small pushes above the line).\n\n")
+	p("First clone of a 1 GiB image on a node that lacks it, claim created → pod Ready: measured on Kubernetes by\n")
+	p("`make e2e` (TestImageOnEveryNode: two nodes on this machine, the chart's registry on the same SeaweedFS; the\n")
+	p("image is about 1 GiB of data of a real base backup, the node's pool was wiped), not by `make bench`, which runs\n")
+	p("no cluster. %s\n\n", firstCloneLine())
+}
+
+// firstCloneLine is TestImageOnEveryNode's line about the first clone on a node without the
+// image, from the last `make e2e` log on this machine ($E2E_STATE/logs/go-test.log).
+func firstCloneLine() string {
+	state := os.Getenv("E2E_STATE")
+	if state == "" {
+		state = "/var/lib/dataimage-e2e"
+	}
+	f := filepath.Join(state, "logs", "go-test.log")
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return "No `make e2e` log on this machine (" + f + "): run `make e2e` first for this number."
+	}
+	st, _ := os.Stat(f)
+	for _, line := range strings.Split(string(b), "\n") {
+		if _, rest, ok := strings.Cut(line, ": first clone on "); ok {
+			return fmt.Sprintf("The last run's log (%s, %s): first clone on %s.", f, st.ModTime().UTC().Format("2006-01-02 15:04 MST"), strings.TrimSpace(rest))
+		}
+	}
+	return "The last `make e2e` log on this machine (" + f + ") has no such line (TestImageOnEveryNode did not run or failed)."
 }

@@ -149,6 +149,7 @@ var combinations = []struct {
 	{"registryS3", []string{
 		"registry.url=s3://images/prod", "registry.endpoint=https://minio.example:9000", "registry.pathStyle=true",
 		"registry.credentialsSecret=s3-keys", "registry.caBundle.configMap=minio-ca", "registry.syncInterval=30s",
+		"registry.gcInterval=15m",
 	}, func(t *testing.T, r *rendered) {
 		plugin, ctl := r.container(t, "plugin"), r.container(t, "controller")
 		for _, c := range []*corev1.Container{plugin, ctl} {
@@ -166,6 +167,7 @@ var combinations = []struct {
 			}
 		}
 		wantArgs(t, plugin, "--registry-sync=30s")
+		wantArgs(t, ctl, "--registry-gc-interval=15m")
 	}},
 	{"registryDir", []string{"registry.url=file:///mnt/images", "registry.directory.nfs.server=nfs.example", "registry.directory.nfs.path=/exports/images"}, func(t *testing.T, r *rendered) {
 		plugin, ctl := r.container(t, "plugin"), r.container(t, "controller")

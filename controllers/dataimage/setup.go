@@ -41,6 +41,9 @@ type Options struct {
 	// Registry is the cluster's image registry, which the nodes' plugins push images to and
 	// pull them from (registry.go); nil: none, images stay on the node that built them.
 	Registry exportset.Target
+	// RegistryGCInterval is how often the elected controller collects the registry's garbage
+	// (gc.go): the chunks of withdrawn images. Zero: never.
+	RegistryGCInterval time.Duration
 }
 
 // NewScheme returns a scheme with the types the controller reads and writes: Kubernetes' own,
@@ -111,6 +114,17 @@ func Setup(mgr manager.Manager, opts Options) error {
 		Complete(r)
 	if err != nil {
 		return fmt.Errorf("controller: DataImage reconciler: %w", err)
+	}
+
+	if opts.Registry != nil && opts.RegistryGCInterval > 0 {
+		gc := &registryGC{
+			reg:      exportset.New(opts.Registry, exportset.Options{}),
+			interval: opts.RegistryGCInterval,
+			log:      mgr.GetLogger().WithName("registry-gc"),
+		}
+		if err := mgr.Add(gc); err != nil {
+			return fmt.Errorf("controller: registry garbage collection: %w", err)
+		}
 	}
 
 	imageStats.use(mgr.GetClient())

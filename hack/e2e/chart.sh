@@ -5,8 +5,9 @@
 # directory and the pool under $E2E_STATE, the export state under $E2E_RUN, no livenessprobe
 # sidecar (its module is not on the Go module proxy, so there is no image), the Debian
 # PostgreSQL image of images.sh as the postgres engine's image (its postgres user is 999:999, the
-# chart's default), and the tests' backup directory as the one host path DataImages may use. Then
-# waits until the node plugin has registered with the kubelet and the controller is available.
+# chart's default), the tests' backup directory as the one host path DataImages may use, and the
+# cluster's S3 server as the registry (its keys in a Secret). Then waits until the node plugin
+# has registered with every node's kubelet and the controller is available.
 # helm, like kubectl, runs in the client's network namespace (lib.sh).
 set -euo pipefail
 # shellcheck source=hack/e2e/lib.sh
@@ -41,13 +42,35 @@ controller:
       versions: ["$POSTGRES_VERSION"]
   # The tests' backups are host directories under \$E2E_STATE/backups (e2e).
   allowedHostPaths: ["$E2E_STATE/backups"]
+# The cluster's SeaweedFS (cluster.sh start_s3), the images' registry.
+registry:
+  url: s3://$S3_BUCKET/images
+  endpoint: http://$S3_IP:$S3_PORT
+  region: us-east-1
+  pathStyle: true
+  credentialsSecret: $REGISTRY_SECRET
+  syncInterval: 5s
+  gcInterval: 20s
 EOF
 }
 
+REGISTRY_SECRET=dataimage-registry
+
+# registry_secret: the S3 server's keys (cluster.sh start_s3) as the Secret the chart's registry
+# names.
+registry_secret() {
+	e2e_kubectl create namespace "$DATAIMAGE_NAMESPACE" --dry-run=client -o yaml | e2e_kubectl apply -f - >/dev/null
+	e2e_kubectl -n "$DATAIMAGE_NAMESPACE" create secret generic "$REGISTRY_SECRET" \
+		--from-env-file="$E2E_STATE/s3/credentials.env" --dry-run=client -o yaml | e2e_kubectl apply -f - >/dev/null
+}
+
+# plugin_registered: whether the plugin registered with every node's kubelet.
 plugin_registered() {
-	local drivers
-	drivers="$(e2e_kubectl get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null)" || return 1
-	grep -qw csi.dataimage.io <<<"$drivers"
+	local drivers n
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		drivers="$(e2e_kubectl get csinode "$(node_name "$n")" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null)" || return 1
+		grep -qw csi.dataimage.io <<<"$drivers" || return 1
+	done
 }
 
 # capacity_published: whether the provisioner published the node's capacity for the chart's
@@ -75,12 +98,13 @@ main() {
 	[[ -n $helm ]] || helm="$("$GO" env GOPATH)/bin/helm"
 	[[ -x $helm ]] || e2e_die "helm is missing (hack/install-k8s-tools.sh)"
 	write_values
+	registry_secret
 	e2e_log "helm upgrade --install $DATAIMAGE_RELEASE charts/dataimage -n $DATAIMAGE_NAMESPACE -f $E2E_STATE/values.yaml"
 	e2e_quiet "$E2E_STATE/logs/helm.log" in_netns "$CLIENT_NS" "$helm" --kubeconfig "$KUBECONFIG_ADMIN" upgrade --install \
 		"$DATAIMAGE_RELEASE" "$REPO/charts/dataimage" --namespace "$DATAIMAGE_NAMESPACE" --create-namespace \
 		-f "$E2E_STATE/values.yaml"
 	if ! e2e_kubectl -n "$DATAIMAGE_NAMESPACE" rollout status "daemonset/$DATAIMAGE_RELEASE-node" --timeout=120s >&2 ||
-		! e2e_wait 60 "csi.dataimage.io to register with the kubelet (CSINode $NODE_NAME)" plugin_registered; then
+		! e2e_wait 90 "csi.dataimage.io to register with every node's kubelet (CSINode)" plugin_registered; then
 		# The plugin waits for its data plane (DaemonSet $DATAIMAGE_RELEASE-dataplane, OnDelete:
 		# no rollout status) before it serves.
 		show dataplane

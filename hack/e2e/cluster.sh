@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cluster.sh up|down|smoke: phase 3 (and 6) of the e2e harness (docs/e2e.md). `up` starts a
-# single-node Kubernetes cluster on this machine from the binaries of install.sh and the images
+# Kubernetes cluster of $E2E_NODES nodes on this machine from the binaries of install.sh and the images
 # of images.sh; `down` stops everything that `up` started, by PID, and releases what it left
 # (mounts, loop devices, FUSE mounts, network namespaces, cgroups), whatever state it is in, and
 # checks that the host's network namespace is as it was before (rootns.sh); `smoke` runs a
@@ -10,7 +10,10 @@
 # the client (kubectl, helm, the tests) each have a network namespace of their own, made here and
 # deleted by `down` (the layout is in lib.sh and docs/e2e.md). Processes enter only the network
 # namespace (nsenter --net): they share the host's mount namespace, so that the CSI plugin's
-# Bidirectional mounts reach the kubelet and the tests.
+# Bidirectional mounts reach the kubelet and the tests. Node N >= 2 has a mount namespace of its
+# own besides (lib.sh, node_state): its processes enter both.
+#
+# The S3 server of the chart's registry (SeaweedFS) runs in a network namespace of its own.
 set -euo pipefail
 # shellcheck source=hack/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -21,19 +24,37 @@ PKI="$E2E_STATE/pki"
 LOGS="$E2E_STATE/logs"
 PIDS="$E2E_RUN/pids"
 CGROUP_NAME="dataimage-e2e"
-CONTAINERD_SOCK="$E2E_RUN/containerd/containerd.sock"
+S3_STATE="$E2E_STATE/s3"
+# SeaweedFS's ports in its namespace: master, volume, filer, S3 (each with its gRPC port).
+S3_MASTER_PORT=9333 S3_VOLUME_PORT=8080 S3_FILER_PORT=8888
+
+# Node N's component names, cgroup (the kubelet's root in every hierarchy) and containerd socket.
+node_comp() { if (($2 == 1)); then echo "$1"; else echo "$1-node$2"; fi; }
+node_cgroup() { node_comp "$CGROUP_NAME" "$1"; }
+node_sock() { echo "$(node_run "$1")/containerd/containerd.sock"; }
+# node_mntns N: the mount namespace file of node N >= 2 (its keeper process's).
+node_mntns() {
+	local pid
+	read -r pid _ <"$PIDS/$(node_comp mntns "$1").pid"
+	echo "/proc/$pid/ns/mnt"
+}
 
 # Components in start order; `down` stops them in the reverse order.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet snapshot-controller)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler s3)
+for ((n = 1; n <= E2E_NODES; n++)); do COMPONENTS+=("$(node_comp containerd "$n")" "$(node_comp kubelet "$n")"); done
+COMPONENTS+=(snapshot-controller)
+unset n
 
 # ---------------------------------------------------------------- processes
 
 # start NS NAME CMD...: starts CMD in network namespace NS (nsenter execs it: the PID is CMD's)
-# and its own session, output in $LOGS/NAME.log, PID and executable in $PIDS/NAME.pid.
+# and its own session, output in $LOGS/NAME.log, PID and executable in $PIDS/NAME.pid. With
+# START_MNT set (a mount namespace file), in that mount namespace too.
 start() {
-	local ns=$1 name=$2
+	local ns=$1 name=$2 mnt=()
 	shift 2
-	setsid nsenter --net="$(netns_path "$ns")" -- "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+	if [[ -n ${START_MNT:-} ]]; then mnt=(--mount="$START_MNT"); fi
+	setsid nsenter --net="$(netns_path "$ns")" "${mnt[@]}" -- "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
 	local pid=$!
 	echo "$pid $(readlink -f "$(command -v "$1")")" >"$PIDS/$name.pid"
 	e2e_log "started $name in $ns (pid $pid, log $LOGS/$name.log)"
@@ -136,11 +157,14 @@ make_pki() {
 	cert admin dataimage-e2e-admin system:masters clientAuth
 	cert controller-manager system:kube-controller-manager "" clientAuth
 	cert scheduler system:kube-scheduler "" clientAuth
-	cert kubelet "system:node:$NODE_NAME" system:nodes clientAuth
+	local n
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		cert "$(node_comp kubelet "$n")" "system:node:$(node_name "$n")" system:nodes clientAuth
+	done
 	openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
 	openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
-	local n
-	for n in admin controller-manager scheduler kubelet; do kubeconfig "$n"; done
+	for n in admin controller-manager scheduler; do kubeconfig "$n"; done
+	for ((n = 1; n <= E2E_NODES; n++)); do kubeconfig "$(node_comp kubelet "$n")"; done
 }
 
 # ---------------------------------------------------------------- host setup
@@ -195,33 +219,126 @@ setup_network() {
 	ip -n "$NET_NS" link set "$NET_BRIDGE" up
 	attach "$CP_NS" "$CP_IP"
 	attach "$CLIENT_NS" "$CLIENT_IP"
-	attach "$NODE_NS" "$NODE_IP"
-	# The control plane holds the `kubernetes` Service's address (there is no kube-proxy), and
-	# routes each node's pods back to their node.
+	attach "$S3_NS" "$S3_IP"
+	# The control plane holds the `kubernetes` Service's address (there is no kube-proxy).
 	ip -n "$CP_NS" addr add "$SERVICE_IP/32" dev lo
-	ip -n "$CP_NS" route add "$POD_CIDR" via "$NODE_IP"
-	# The node routes between its pods and the bridge (also set by the CNI bridge plugin: both
-	# in the node's namespace, where the sysctl is the namespace's own), and sends the service
-	# range to the control plane.
-	in_netns "$NODE_NS" sysctl -qw net.ipv4.ip_forward=1
-	ip -n "$NODE_NS" route add "$SERVICE_CIDR" via "$CP_IP"
-	e2e_log "network: bridge $NET_BRIDGE in $NET_NS; $CP_NS $CP_IP (+ $SERVICE_IP), $CLIENT_NS $CLIENT_IP, $NODE_NS $NODE_IP (pods $POD_CIDR)"
+	local n m nodes=""
+	for ((n = 1; n <= E2E_NODES; n++)); do attach "$(node_ns "$n")" "$(node_ip "$n")"; done
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		# The control plane, the client and the S3 server route each node's pods to their node;
+		# so does every other node.
+		ip -n "$CP_NS" route add "$(pod_cidr "$n")" via "$(node_ip "$n")"
+		ip -n "$CLIENT_NS" route add "$(pod_cidr "$n")" via "$(node_ip "$n")"
+		ip -n "$S3_NS" route add "$(pod_cidr "$n")" via "$(node_ip "$n")"
+		for ((m = 1; m <= E2E_NODES; m++)); do
+			((m == n)) || ip -n "$(node_ns "$m")" route add "$(pod_cidr "$n")" via "$(node_ip "$n")"
+		done
+		# The node routes between its pods and the bridge (also set by the CNI bridge plugin:
+		# both in the node's namespace, where the sysctl is the namespace's own), and sends the
+		# service range to the control plane.
+		in_netns "$(node_ns "$n")" sysctl -qw net.ipv4.ip_forward=1
+		ip -n "$(node_ns "$n")" route add "$SERVICE_CIDR" via "$CP_IP"
+		nodes+=", $(node_ns "$n") $(node_ip "$n") (pods $(pod_cidr "$n"))"
+	done
+	e2e_log "network: bridge $NET_BRIDGE in $NET_NS; $CP_NS $CP_IP (+ $SERVICE_IP), $CLIENT_NS $CLIENT_IP, $S3_NS $S3_IP$nodes"
 }
 
-# setup_cgroups: the kubelet's cgroup root in every v1 hierarchy (cpuset needs its cpus and
+# start_mntns N: node N's (>= 2) mount namespace, kept by a sleeping process (component
+# mntns-nodeN): a copy of the host's in which $E2E_STATE and $E2E_RUN receive the host's mounts
+# but send none back, and the kubelet's root, the pool's directory and the export state are
+# node N's own directories, shared mounts (the plugin's Bidirectional mounts reach node N's
+# kubelet, and only it).
+start_mntns() {
+	local n=$1 name st rn i pid
+	name="$(node_comp mntns "$n")" st="$(node_state "$n")" rn="$(node_run "$n")"
+	mkdir -p "$st/kubelet" "$st/dataimage" "$rn/export" "$KUBELET_DIR" "$(dirname "$POOL_PATH")" "$EXPORT_STATE_DIR"
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	setsid unshare --mount --propagation unchanged -- bash -c '
+		set -e
+		mount --make-rslave "$1"
+		mount --make-rslave "$2"
+		shift 2
+		while (($# > 0)); do
+			mount --bind "$1" "$2"
+			mount --make-rshared "$2"
+			shift 2
+		done
+		exec sleep infinity' mntns "$E2E_STATE" "$E2E_RUN" \
+		"$st/kubelet" "$KUBELET_DIR" "$st/dataimage" "$(dirname "$POOL_PATH")" "$rn/export" "$EXPORT_STATE_DIR" \
+		</dev/null >>"$LOGS/$name.log" 2>&1 &
+	pid=$!
+	echo "$pid $(readlink -f "$(command -v sleep)")" >"$PIDS/$name.pid"
+	for ((i = 0; i < 50; i++)); do
+		alive "$name" && break
+		sleep 0.1
+	done
+	alive "$name" || {
+		cat "$LOGS/$name.log" >&2
+		e2e_die "node $n's mount namespace: setup failed"
+	}
+	e2e_log "node $n: mount namespace of pid $pid ($KUBELET_DIR, $(dirname "$POOL_PATH"), $EXPORT_STATE_DIR its own)"
+}
+
+# start_s3: SeaweedFS (weed server -s3) in $S3_NS with one identity, whose keys go to
+# $S3_STATE/credentials.env for chart.sh's Secret, and the bucket $S3_BUCKET.
+start_s3() {
+	[[ -x $WEED ]] || e2e_die "no SeaweedFS at $WEED: run hack/install-seaweedfs.sh"
+	mkdir -p "$S3_STATE/data"
+	local ak sk
+	ak="e2e$(openssl rand -hex 8)" sk="$(openssl rand -hex 20)"
+	printf '{"identities":[{"name":"dataimage","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","List","Tagging","Write"]}]}\n' \
+		"$ak" "$sk" >"$S3_STATE/s3.json"
+	printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$ak" "$sk" >"$S3_STATE/credentials.env"
+	chmod 0600 "$S3_STATE/s3.json" "$S3_STATE/credentials.env"
+	# weed reads master.toml from its working directory: one volume per new collection.
+	printf '[master.volume_growth]\ncopy_1 = 1\n' >"$S3_STATE/master.toml"
+	(cd "$S3_STATE" && start "$S3_NS" s3 "$WEED" -logdir="$S3_STATE" server \
+		-ip="$S3_IP" -ip.bind="$S3_IP" -dir="$S3_STATE/data" -volume.max=100 \
+		-master.port=$S3_MASTER_PORT -master.port.grpc=$((S3_MASTER_PORT + 10000)) \
+		-master.volumeSizeLimitMB=256 -master.telemetry=false \
+		-volume.port=$S3_VOLUME_PORT -volume.port.grpc=$((S3_VOLUME_PORT + 10000)) -volume.preStopSeconds=0 \
+		-filer.port=$S3_FILER_PORT -filer.port.grpc=$((S3_FILER_PORT + 10000)) -filer.localSocket="$S3_STATE/filer.sock" \
+		-s3 -s3.port=$S3_PORT -s3.port.grpc=$((S3_PORT + 10000)) -s3.port.iceberg=0 -s3.port.lance=0 \
+		-s3.config="$S3_STATE/s3.json")
+	e2e_wait 90 "SeaweedFS to make bucket $S3_BUCKET" make_bucket || {
+		expect_alive s3
+		e2e_die "SeaweedFS did not make bucket $S3_BUCKET (log: $LOGS/s3.log)"
+	}
+	expect_alive s3
+	e2e_log "S3: http://$S3_IP:$S3_PORT, bucket $S3_BUCKET"
+}
+
+make_bucket() {
+	local out
+	out="$(echo "s3.bucket.create -name $S3_BUCKET" | in_netns "$S3_NS" timeout 20 "$WEED" shell -master="$S3_IP:$S3_MASTER_PORT" 2>&1)" || return 1
+	grep -q "created bucket $S3_BUCKET\|already exists" <<<"$out"
+}
+
+# remove_s3_sockets: the unix sockets weed makes in /tmp for its gRPC ports.
+remove_s3_sockets() {
+	local p
+	for p in $((S3_MASTER_PORT + 10000)) $((S3_VOLUME_PORT + 10000)) $((S3_FILER_PORT + 10000)) $((S3_PORT + 10000)) $S3_FILER_PORT; do
+		rm -f /tmp/seaweedfs-*-"$p".sock
+	done
+}
+
+# setup_cgroups: each kubelet's cgroup root in every v1 hierarchy (cpuset needs its cpus and
 # mems filled in before anything can join it).
 setup_cgroups() {
-	local h
-	for h in /sys/fs/cgroup/*/; do
-		h=${h%/}
-		[[ -f "$h/cgroup.procs" ]] || continue
-		[[ "$(basename "$h")" == unified ]] && continue
-		mkdir -p "$h/$CGROUP_NAME"
+	local h n cg
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		cg="$(node_cgroup "$n")"
+		for h in /sys/fs/cgroup/*/; do
+			h=${h%/}
+			[[ -f "$h/cgroup.procs" ]] || continue
+			[[ "$(basename "$h")" == unified ]] && continue
+			mkdir -p "$h/$cg"
+		done
+		if [[ -d /sys/fs/cgroup/cpuset/$cg ]]; then
+			cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$cg/cpuset.cpus"
+			cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$cg/cpuset.mems"
+		fi
 	done
-	if [[ -d /sys/fs/cgroup/cpuset/$CGROUP_NAME ]]; then
-		cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$CGROUP_NAME/cpuset.cpus"
-		cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$CGROUP_NAME/cpuset.mems"
-	fi
 }
 
 # ---------------------------------------------------------------- components
@@ -268,20 +385,34 @@ start_controllers() {
 		--kubeconfig="$PKI/scheduler.kubeconfig" --secure-port=0 --leader-elect=false
 }
 
+# node_start N NAME CMD...: start, in node N's network namespace (and mount namespace, N >= 2).
+node_start() {
+	local n=$1
+	shift
+	if ((n == 1)); then
+		start "$(node_ns "$n")" "$@"
+	else
+		START_MNT="$(node_mntns "$n")" start "$(node_ns "$n")" "$@"
+	fi
+}
+
+# start_containerd N: node N's containerd.
 start_containerd() {
-	mkdir -p "$E2E_STATE/containerd" "$E2E_RUN/containerd" "$E2E_STATE/cni/net.d" "$E2E_STATE/cni/ipam"
-	cat >"$E2E_STATE/containerd.toml" <<EOF
-# containerd of the dataimage e2e cluster (hack/e2e/cluster.sh)
+	local n=$1 st rn sock name
+	st="$(node_state "$n")" rn="$(node_run "$n")" sock="$(node_sock "$n")" name="$(node_comp containerd "$n")"
+	mkdir -p "$st/containerd" "$rn/containerd" "$st/cni/net.d" "$st/cni/ipam"
+	cat >"$st/containerd.toml" <<EOF
+# containerd of node $n of the dataimage e2e cluster (hack/e2e/cluster.sh)
 version = 2
-root = "$E2E_STATE/containerd"
-state = "$E2E_RUN/containerd"
+root = "$st/containerd"
+state = "$rn/containerd"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 
 [grpc]
-  address = "$CONTAINERD_SOCK"
+  address = "$sock"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "$E2E_STATE/containerd-opt"
+  path = "$st/containerd-opt"
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
@@ -298,9 +429,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "$E2E_STATE/cni/net.d"
+    conf_dir = "$st/cni/net.d"
 EOF
-	cat >"$E2E_STATE/cni/net.d/10-dataimage-e2e.conflist" <<EOF
+	cat >"$st/cni/net.d/10-dataimage-e2e.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "dataimage-e2e",
@@ -312,41 +443,46 @@ EOF
       "ipMasq": false,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": "$POD_CIDR"}]],
+        "ranges": [[{"subnet": "$(pod_cidr "$n")"}]],
         "routes": [{"dst": "$CLUSTER_CIDR"}],
-        "dataDir": "$E2E_STATE/cni/ipam"
+        "dataDir": "$st/cni/ipam"
       }
     }
   ]
 }
 EOF
-	start "$NODE_NS" containerd /usr/bin/containerd --config "$E2E_STATE/containerd.toml"
-	e2e_wait 30 "containerd" ctr --address "$CONTAINERD_SOCK" version || expect_alive containerd
-	expect_alive containerd
+	node_start "$n" "$name" /usr/bin/containerd --config "$st/containerd.toml"
+	e2e_wait 30 "$name" ctr --address "$sock" version || expect_alive "$name"
+	expect_alive "$name"
 }
 
-# import_images: every OCI archive of $E2E_CACHE/images and the project's bin/images.
+# import_images N: every OCI archive of $E2E_CACHE/images and the project's bin/images, into
+# node N's containerd.
 import_images() {
-	local f n=0
+	local f i=0 sock
+	sock="$(node_sock "$1")"
 	for f in "$E2E_CACHE"/images/*.tar "$REPO"/bin/images/*.tar; do
 		[[ -f $f ]] || continue
-		e2e_quiet "$LOGS/ctr-import.log" ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$f"
-		n=$((n + 1))
+		e2e_quiet "$LOGS/ctr-import.log" ctr --address "$sock" -n k8s.io images import "$f"
+		i=$((i + 1))
 	done
-	e2e_log "imported $n image archives"
+	e2e_log "node $1: imported $i image archives"
 	# (grep -q on a pipe would end ctr with SIGPIPE: under pipefail that fails at random.)
 	local images
-	images="$(ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q)"
+	images="$(ctr --address "$sock" -n k8s.io images ls -q)"
 	grep -qxF "$PAUSE_IMAGE" <<<"$images" || e2e_die "no $PAUSE_IMAGE in containerd: run hack/e2e/images.sh"
 }
 
+# start_kubelet N: node N's kubelet, its root $KUBELET_DIR as node N sees it.
 start_kubelet() {
+	local n=$1 st
+	st="$(node_state "$n")"
 	mkdir -p "$KUBELET_DIR"
-	cat >"$E2E_STATE/kubelet.yaml" <<EOF
-# kubelet of the dataimage e2e cluster (hack/e2e/cluster.sh)
+	cat >"$st/kubelet.yaml" <<EOF
+# kubelet of node $n of the dataimage e2e cluster (hack/e2e/cluster.sh)
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: $NODE_IP
+address: $(node_ip "$n")
 port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -356,14 +492,14 @@ authentication:
   webhook: {enabled: true}
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+containerRuntimeEndpoint: unix://$(node_sock "$n")
 cgroupDriver: cgroupfs
-cgroupRoot: /$CGROUP_NAME
+cgroupRoot: /$(node_cgroup "$n")
 failCgroupV1: false
 failSwapOn: false
 clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
-volumePluginDir: $E2E_STATE/kubelet-plugins
+volumePluginDir: $st/kubelet-plugins
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 1%
@@ -374,9 +510,9 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 maxPods: 50
 EOF
-	start "$NODE_NS" kubelet "$E2E_BIN/kubelet" --config="$E2E_STATE/kubelet.yaml" \
-		--kubeconfig="$PKI/kubelet.kubeconfig" --root-dir="$KUBELET_DIR" \
-		--cert-dir="$E2E_STATE/kubelet-pki" --node-ip="$NODE_IP" --hostname-override="$NODE_NAME" --v=2
+	node_start "$n" "$(node_comp kubelet "$n")" "$E2E_BIN/kubelet" --config="$st/kubelet.yaml" \
+		--kubeconfig="$PKI/$(node_comp kubelet "$n").kubeconfig" --root-dir="$KUBELET_DIR" \
+		--cert-dir="$st/kubelet-pki" --node-ip="$(node_ip "$n")" --hostname-override="$(node_name "$n")" --v=2
 }
 
 # The host-wide kernel settings the kubelet sets at its start (setupKernelTunables in
@@ -408,8 +544,9 @@ restore_tunables() {
 	if ((${#changed[@]} > 0)); then e2e_log "put back the kernel settings the kubelet changed: ${changed[*]}"; fi
 }
 
+# node_ready NAME: whether node NAME is Ready.
 node_ready() {
-	[[ "$(e2e_kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+	[[ "$(e2e_kubectl get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }
 
 # install_snapshot_api: the six snapshot CRDs the chart ships (external-snapshotter client/v8,
@@ -454,17 +591,24 @@ up() {
 	start_apiserver
 	e2e_log "apiserver ready ($((SECONDS - t0)) s)"
 	start_controllers
-	start_containerd
-	import_images
+	start_s3
 	save_tunables
-	start_kubelet
+	local n
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		((n == 1)) || start_mntns "$n"
+		start_containerd "$n"
+		import_images "$n"
+		start_kubelet "$n"
+	done
 	install_snapshot_api
-	e2e_wait 120 "node $NODE_NAME Ready" node_ready || {
-		expect_alive kubelet
-		tail -n 30 "$LOGS/kubelet.log" >&2
-		e2e_die "node $NODE_NAME not Ready"
-	}
-	e2e_kubectl label node "$NODE_NAME" dataimage.io/cloning-node=true --overwrite >/dev/null
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		e2e_wait 120 "node $(node_name "$n") Ready" node_ready "$(node_name "$n")" || {
+			expect_alive "$(node_comp kubelet "$n")"
+			tail -n 30 "$LOGS/$(node_comp kubelet "$n").log" >&2
+			e2e_die "node $(node_name "$n") not Ready"
+		}
+		e2e_kubectl label node "$(node_name "$n")" dataimage.io/cloning-node=true --overwrite >/dev/null
+	done
 	for b in "${COMPONENTS[@]}"; do expect_alive "$b"; done
 	cp "$KUBECONFIG_ADMIN" "$E2E_RUN/kubeconfig"
 	e2e_log "cluster up in $((SECONDS - t0)) s: KUBECONFIG=$E2E_RUN/kubeconfig"
@@ -495,9 +639,13 @@ no_pods() {
 # kill_cgroup_procs: SIGKILL to every process left in the cluster's cgroups (containers whose
 # shim was killed).
 kill_cgroup_procs() {
-	local pids
-	[[ -d /sys/fs/cgroup/pids/$CGROUP_NAME ]] || return 0
-	pids="$(find "/sys/fs/cgroup/pids/$CGROUP_NAME" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"
+	local pids="" n cg
+	for ((n = 1; n <= E2E_NODES; n++)); do
+		cg="/sys/fs/cgroup/pids/$(node_cgroup "$n")"
+		[[ -d $cg ]] || continue
+		pids+="$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"$'\n'
+	done
+	pids="$(sed '/^$/d' <<<"$pids")"
 	if [[ -n $pids ]]; then
 		e2e_log "killing processes left in the cluster's cgroups: $(echo "$pids" | tr '\n' ' ')"
 		# shellcheck disable=SC2086
@@ -506,15 +654,32 @@ kill_cgroup_procs() {
 	fi
 }
 
-# kill_shims: the containerd shims of this cluster's containerd (their -address names its socket).
+# kill_shims: the containerd shims of this cluster's containerds (their -address names its
+# socket).
 kill_shims() {
-	local p cmd
+	local p cmd n
 	for p in /proc/[0-9]*; do
 		cmd="$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" || continue
-		if [[ $cmd == *containerd-shim*"-address $CONTAINERD_SOCK "* ]]; then
-			e2e_log "killing containerd shim ${p#/proc/}"
-			kill -KILL "${p#/proc/}" 2>/dev/null || true
+		for ((n = 1; n <= E2E_NODES; n++)); do
+			if [[ $cmd == *containerd-shim*"-address $(node_sock "$n") "* ]]; then
+				e2e_log "killing containerd shim ${p#/proc/} (node $n)"
+				kill -KILL "${p#/proc/}" 2>/dev/null || true
+			fi
+		done
+	done
+}
+
+# release_node_mounts: for each node N >= 2 whose mount namespace is still there, what it holds
+# released from inside it (release_mounts), then its keeper stopped: the namespace goes with it.
+release_node_mounts() {
+	local n name
+	for ((n = 2; n <= E2E_NODES; n++)); do
+		name="$(node_comp mntns "$n")"
+		if alive "$name"; then
+			nsenter --mount="$(node_mntns "$n")" -- "$HERE/cluster.sh" release-mounts ||
+				e2e_log "node $n: cannot release every mount"
 		fi
+		stop "$name"
 	done
 }
 
@@ -636,7 +801,7 @@ stop_test_servers() {
 
 release_cgroups() {
 	local h
-	for h in /sys/fs/cgroup/*/"$CGROUP_NAME"; do
+	for h in /sys/fs/cgroup/*/"$CGROUP_NAME" /sys/fs/cgroup/*/"$CGROUP_NAME"-node*; do
 		[[ -d $h ]] || continue
 		find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true
 		[[ -d $h ]] && e2e_log "cannot remove cgroup $h"
@@ -665,8 +830,10 @@ down() {
 	kill_shims
 	kill_cgroup_procs
 	stop_test_servers
+	release_node_mounts
 	kill_netns_procs
 	restore_tunables
+	remove_s3_sockets
 	release_mounts
 	release_netns
 	release_cgroups
@@ -716,6 +883,8 @@ case "${1:-}" in
 up) up ;;
 down) down ;;
 smoke) smoke ;;
+# (down, in a node's mount namespace)
+release-mounts) release_mounts ;;
 *)
 	echo "usage: $0 up|down|smoke" >&2
 	exit 2

@@ -37,8 +37,24 @@ run_tests() {
 		E2E_POSTGRES_IMAGE="$POSTGRES_IMAGE_REPO:$POSTGRES_VERSION" E2E_POSTGRES_VERSION="$POSTGRES_VERSION" \
 		E2E_BUSYBOX_IMAGE="$BUSYBOX_IMAGE" E2E_STATE="$E2E_STATE" E2E_RUN="$E2E_RUN" \
 		E2E_KUBELET_DIR="$KUBELET_DIR" E2E_POOL_PATH="$POOL_PATH" E2E_EXPORT_STATE_DIR="$EXPORT_STATE_DIR" \
+		E2E_NODES="$(other_nodes)" E2E_REGISTRY_URL="s3://$S3_BUCKET/images" \
+		E2E_REGISTRY_ENDPOINT="http://$S3_IP:$S3_PORT" E2E_REGISTRY_CREDENTIALS="$E2E_STATE/s3/credentials.env" \
 		E2E_HELM="$(command -v helm || echo "$("$GO" env GOPATH)/bin/helm")" E2E_CHART="$REPO/charts/dataimage" \
 		"$GO" test "${args[@]}" ./e2e/... 2>&1) | tee "$TEST_LOG"
+}
+
+# other_nodes: the nodes besides the first, for the tests: NAME=POOL=MOUNTINFO,... (the pool
+# file as the host sees it, and /proc/PID/mountinfo of a process in the node's mount namespace).
+other_nodes() {
+	local n pid list=()
+	for ((n = 2; n <= E2E_NODES; n++)); do
+		read -r pid _ <"$E2E_RUN/pids/mntns-node$n.pid" || e2e_die "node $n: no mount namespace (cluster.sh up)"
+		list+=("$(node_name "$n")=$(node_pool "$n")=/proc/$pid/mountinfo")
+	done
+	(
+		IFS=,
+		echo "${list[*]}"
+	)
 }
 
 # test_counts: "N passed, N failed" of the last test phase's top-level tests (and skips).

@@ -60,14 +60,28 @@ node_ns() { echo "$E2E_NETNS_PREFIX-node$1"; }
 node_ip() { echo "$E2E_SUBNET.0.$((10 + $1))"; }
 pod_cidr() { echo "$E2E_SUBNET.$1.0/24"; }
 
-# The single node of today's cluster.
+# The cluster's nodes: E2E_NODES of them (2: the multi-node tests need two). Node 1 is the one
+# the single-node tests use ($NODE_NAME, its directories the ones below); node N >= 2 is named
+# $NODE_NAME-N.
+E2E_NODES="${E2E_NODES:-2}"
 NODE_NS="$(node_ns 1)"
 NODE_IP="$(node_ip 1)"
 POD_CIDR="$(pod_cidr 1)"
 NODE_NAME="${E2E_NODE_NAME:-dataimage-e2e}"
+node_name() { if (($1 == 1)); then echo "$NODE_NAME"; else echo "$NODE_NAME-$1"; fi; }
+
+# The S3 server the chart's registry points at (SeaweedFS, hack/install-seaweedfs.sh): its own
+# network namespace on the bridge, reached by every node; one bucket, made by `up`.
+S3_NS="$E2E_NETNS_PREFIX-s3"
+S3_IP="$E2E_SUBNET.0.4"
+S3_PORT=8333
+S3_BUCKET=dataimage-e2e
+WEED="${WEED:-/usr/local/lib/dataimage/seaweedfs/weed}"
 
 # Every network namespace of the run, in the order they are made (the bridge's first).
-E2E_NETNS=("$NET_NS" "$CP_NS" "$CLIENT_NS" "$NODE_NS")
+E2E_NETNS=("$NET_NS" "$CP_NS" "$CLIENT_NS" "$S3_NS")
+for ((n = 1; n <= E2E_NODES; n++)); do E2E_NETNS+=("$(node_ns "$n")"); done
+unset n
 
 netns_path() { echo "/run/netns/$1"; }
 
@@ -93,6 +107,16 @@ DATAIMAGE_RELEASE=dataimage
 DATAIMAGE_NAMESPACE="${E2E_NAMESPACE:-dataimage-system}"
 POOL_PATH="$E2E_STATE/dataimage/pool.img"
 EXPORT_STATE_DIR="$E2E_RUN/export"
+
+# Node N >= 2 sees the same host, but through a mount namespace of its own in which the paths
+# the chart knows (the kubelet's root, the pool's directory, the export state) are bind mounts
+# of node N's own directories below: every node runs the same chart with the same values, as
+# on real machines, and none sees another's pool or mounts. Node 1 uses the host's paths.
+# node_state N, node_run N: node N's directories ($E2E_STATE, $E2E_RUN for node 1).
+node_state() { if (($1 == 1)); then echo "$E2E_STATE"; else echo "$E2E_STATE/node$1"; fi; }
+node_run() { if (($1 == 1)); then echo "$E2E_RUN"; else echo "$E2E_RUN/node$1"; fi; }
+# node_pool N: node N's pool file as the host (and the tests) see it.
+node_pool() { echo "$(node_state "$1")/dataimage/pool.img"; }
 
 # Images the harness builds (phase images) and imports (phase up).
 E2E_IMAGE_REGISTRY="localhost/dataimage-e2e"

@@ -57,6 +57,8 @@ type Config struct {
 	LogFormat string
 	// Registry is the cluster's image registry (none when its URL is empty).
 	Registry remote.Flags
+	// RegistryGCInterval is how often the registry's garbage is collected (0: never).
+	RegistryGCInterval time.Duration
 }
 
 // parse reads the flags into a Config.
@@ -80,6 +82,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "listen address of /healthz and /readyz (\"0\" turns them off)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", dataimage.DefaultProgressInterval, "how often a running build's progress is read from its pod's log")
 	c.Registry.Register(fs)
+	fs.DurationVar(&c.RegistryGCInterval, "registry-gc-interval", dataimage.DefaultRegistryGCInterval,
+		"how often the elected controller deletes the registry's objects that no image names any more (0: never)")
 	fs.IntVar(&c.Verbosity, "v", 0, "log verbosity: 0 info, 1 and more debug")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -96,6 +100,8 @@ func parse(args []string, out io.Writer) (Config, error) {
 		return c, fmt.Errorf("--v must not be negative, got %d", c.Verbosity)
 	case c.ProgressInterval <= 0:
 		return c, fmt.Errorf("--progress-interval must be positive, got %s", c.ProgressInterval)
+	case c.RegistryGCInterval < 0:
+		return c, fmt.Errorf("--registry-gc-interval must not be negative (0: never), got %s", c.RegistryGCInterval)
 	}
 	return c, nil
 }
@@ -181,7 +187,8 @@ func Run(ctx context.Context, c Config, logger *slog.Logger) error {
 	if registry != nil {
 		logger.Info("image registry", "registry", registry.String())
 	}
-	if err := dataimage.Setup(mgr, dataimage.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval, Registry: registry}); err != nil {
+	if err := dataimage.Setup(mgr, dataimage.Options{Config: cfg, Logs: logs, ProgressInterval: c.ProgressInterval, Registry: registry,
+		RegistryGCInterval: c.RegistryGCInterval}); err != nil {
 		return err
 	}
 	if err := resize.Setup(mgr, resize.Options{Reporter: dataimage.Name}); err != nil {

@@ -91,7 +91,7 @@ func TestChartArgs(t *testing.T) {
 		t.Fatalf("the chart's arguments %q: %v", args, err)
 	}
 	want := Config{ConfigFile: "/etc/dataimage/config.yaml", LeaderElect: true, MetricsAddr: ":8080", ProbeAddr: ":8081",
-		ProgressInterval: 3 * time.Second, Verbosity: 0, LogFormat: "json"}
+		ProgressInterval: 3 * time.Second, Verbosity: 0, LogFormat: "json", RegistryGCInterval: time.Hour}
 	if c != want {
 		t.Errorf("the chart's arguments give %+v, want %+v", c, want)
 	}
@@ -106,6 +106,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"--config=c", "--log-format=xml"}, "--log-format must be text or json"},
 		{[]string{"--config=c", "--v=-1"}, "--v must not be negative"},
 		{[]string{"--config=c", "--progress-interval=0s"}, "--progress-interval must be positive"},
+		{[]string{"--config=c", "--registry-gc-interval=-1m"}, "--registry-gc-interval must not be negative"},
 		{[]string{"--config=c", "extra"}, "unexpected arguments: extra"},
 		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
 	} {
