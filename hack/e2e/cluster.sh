@@ -477,7 +477,7 @@ import_images() {
 start_kubelet() {
 	local n=$1 st
 	st="$(node_state "$n")"
-	mkdir -p "$KUBELET_DIR"
+	mkdir -p "$KUBELET_DIR" "$st/pod-logs"
 	cat >"$st/kubelet.yaml" <<EOF
 # kubelet of node $n of the dataimage e2e cluster (hack/e2e/cluster.sh)
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -500,6 +500,9 @@ failSwapOn: false
 clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
 volumePluginDir: $st/kubelet-plugins
+# Each node's pod logs apart: a kubelet deletes the log directories of pods it does not run, so
+# two kubelets sharing /var/log/pods would delete each other's.
+podLogsDir: $st/pod-logs
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 1%
