@@ -82,6 +82,7 @@ var (
 
 func TestMain(m *testing.M) {
 	noSetup = setup()
+	recordLoops()
 	os.Exit(m.Run())
 }
 

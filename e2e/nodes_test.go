@@ -137,6 +137,14 @@ func TestImageOnEveryNode(t *testing.T) {
 		}
 		return len(left) == 0, strings.Join(left, ", "), nil
 	})
+	// The kubelet unstages a volume after its pod is gone, and DeleteVolume does not wait for
+	// that (no attach step orders them; the node's status.volumesInUse does not list volumes
+	// of a driver without attach): wait until A has no CSI mount, export or loop device left,
+	// or the wipe would pull the exports from under an unmount in flight.
+	waitFor(t, defaultWait, "node "+nodeA+" to have no volume staged", func(c context.Context) (bool, string, error) {
+		left := leftoverMounts(t, "/proc/self/mountinfo") // node A is the first node: the host's mounts
+		return len(left) == 0, strings.Join(left, "; "), nil
+	})
 	wipeNode(t, nodeA)
 
 	// A new clone on A: the image is only in the registry (and on B).

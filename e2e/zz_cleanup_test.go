@@ -191,9 +191,14 @@ func leftoverMounts(t *testing.T, mountinfo string) []string {
 			continue // detached meanwhile
 		}
 		back := strings.TrimSpace(string(b))
-		if strings.HasPrefix(back, cfg.exportDir+"/") || strings.HasPrefix(back, cfg.state+"/") {
-			dev := filepath.Base(filepath.Dir(filepath.Dir(f)))
+		dev := filepath.Base(filepath.Dir(filepath.Dir(f)))
+		switch {
+		case strings.HasPrefix(back, cfg.exportDir+"/") || strings.HasPrefix(back, cfg.state+"/"):
 			left = append(left, fmt.Sprintf("loop device /dev/%s over %s", dev, back))
+		case !loopsAtStart[dev] && !exists(back):
+			// Over a file of a FUSE mount that is gone (the kernel shows its path from the
+			// detached mount: "/disk"): an export that went while the device was attached.
+			left = append(left, fmt.Sprintf("loop device /dev/%s over %s, a file that is gone", dev, back))
 		}
 	}
 	return left
@@ -265,4 +270,20 @@ func stopNode(t *testing.T) {
 			return len(names) == 0, strings.Join(names, ", "), nil
 		})
 	}
+}
+
+// loopsAtStart are the loop devices attached before the tests ran (loopN), from TestMain.
+var loopsAtStart = map[string]bool{}
+
+// recordLoops fills loopsAtStart.
+func recordLoops() {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		loopsAtStart[filepath.Base(filepath.Dir(filepath.Dir(f)))] = true
+	}
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
