@@ -68,7 +68,7 @@ func (r *transferResult) parse(out string) error {
 			r.metrics[f[i+1]] = v
 		}
 	}
-	for _, k := range []string{"push/raw", "pull/raw", "up/changed-1%", "up/changed-10%", "down/changed-1%", "growth/changed-1%", "push-s-1%", "push-s-10%"} {
+	for _, k := range []string{"push/raw", "pull/raw", "pull/rawfile", "up/changed-1%", "up/changed-10%", "down/changed-1%", "growth/changed-1%", "push-s-1%", "push-s-10%"} {
 		if _, ok := r.metrics[k]; !ok {
 			return errors.New("no metric " + k + " in the benchmark's output")
 		}
@@ -97,7 +97,8 @@ func (r *report) transferMarkdown(p func(string, ...any)) {
 	}
 	p("| | measured | target | |\n|---|---|---|---|\n")
 	row("full push: throughput / raw upload", m["push/raw"], "≥ 0.8", m["push/raw"] >= 0.8)
-	row("full pull: throughput / raw download", m["pull/raw"], "≥ 0.8", m["pull/raw"] >= 0.8)
+	row("full pull: throughput / raw download (into memory)", m["pull/raw"], "≥ 0.8", m["pull/raw"] >= 0.8)
+	p("| full pull: throughput / raw download landed in a file beside the pool, synced | %.3f | (same work) | |\n", m["pull/rawfile"])
 	for _, pct := range []string{"1%", "10%"} {
 		row("push of a child, "+pct+" rewritten: bytes uploaded / changed bytes compressed", m["up/changed-"+pct], "≤ 1.2", m["up/changed-"+pct] <= 1.2)
 		row("pull of that child onto its parent's node: bytes downloaded / changed bytes compressed", m["down/changed-"+pct], "≤ 1.2", m["down/changed-"+pct] <= 1.2)
@@ -107,6 +108,12 @@ func (r *report) transferMarkdown(p func(string, ...any)) {
 	p("\nPush time of the 1%% child %.2f s, of the 10%% child %.2f s: ×%.1f for ×10 the change (time ∝ change: the\n", m["push-s-1%"], m["push-s-10%"], scale)
 	p("push reads the store's diff against the parent, not the whole volume; a fixed cost of listing and the\n")
 	p("manifest keeps small pushes above the line).\n\n")
+	p("The full pull lands the image in the pool and makes it durable (a pull is atomic: the image appears once its\n")
+	p("data is synced); the literal baseline only reads the bytes into memory, so on this machine's disk the pull\n")
+	p("stays below it (it downloads half the bytes, compressed, and spends the difference writing and syncing 512 MiB,\n")
+	p("verifying SHA-256 and decompressing, on the same 2 cores as the S3 server). Against the same download landed\n")
+	p("where a pull lands it (the second row: the ranged GETs written into a file beside the pool, then fdatasync) the\n")
+	p("pull is faster. The target, as the issue states it, is not met.\n\n")
 	p("First clone of a 1 GiB image on a node that lacks it, claim created → pod Ready: measured on Kubernetes by\n")
 	p("`make e2e` (TestImageOnEveryNode: two nodes on this machine, the chart's registry on the same SeaweedFS; the\n")
 	p("image is about 1 GiB of data of a real base backup, the node's pool was wiped), not by `make bench`, which runs\n")
