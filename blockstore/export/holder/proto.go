@@ -143,7 +143,8 @@ func recv(conn syscall.RawConn, msg any) (fds []int, ok bool, err error) {
 // parseRights returns the descriptors of the SCM_RIGHTS messages in oob, the control data of
 // recv's recvmsg. That call passes MSG_CMSG_CLOEXEC, so the kernel installed them close-on-exec
 // before any of them reached this process (TestHoldAcrossClose asserts FD_CLOEXEC on a received
-// one): parsing adds nothing to set.
+// one); each is marked close-on-exec here again all the same, so that the guarantee does not
+// rest on the flags of a call elsewhere.
 func parseRights(oob []byte) ([]int, error) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
@@ -158,6 +159,9 @@ func parseRights(oob []byte) ([]int, error) {
 		if err != nil {
 			closeAll(fds)
 			return nil, fmt.Errorf("%w: SCM_RIGHTS: %v", ErrProtocol, err)
+		}
+		for _, fd := range got {
+			unix.CloseOnExec(fd)
 		}
 		fds = append(fds, got...)
 	}
