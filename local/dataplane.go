@@ -94,6 +94,10 @@ func connectDataPlane(ctx context.Context, s *settings) (*dataplane.Client, erro
 		held: func() bool {
 			_, held, _ := dataplane.LockHolder(s.dataPlaneSocket())
 			return held
+		},
+		owner: func() int {
+			pid, _, _ := dataplane.LockHolder(s.dataPlaneSocket())
+			return pid
 		}}.start(ctx)
 	if err != nil {
 		c.Close()

@@ -25,6 +25,11 @@ type spawn struct {
 	// held reports whether a process of its kind holds its lock: one started concurrently
 	// by another caller, which is waited for when the one started here exits at once.
 	held func() bool
+	// owner, when set, returns the pid of the process that holds the lock (0: none or
+	// unknown), for a kind of process that waits for the lock instead of exiting (the data
+	// plane, which waits for the one it replaces): when another one answers, the one started
+	// here is waiting for that one's lock and is stopped, so that it does not take over later.
+	owner func() int
 }
 
 // start starts the process detached (its own session, so that neither the caller's exit nor
@@ -75,9 +80,36 @@ func (s spawn) start(ctx context.Context) error {
 			}
 			// Another one holds the lock: wait for it to answer.
 		case <-tick.C:
-			if err := s.ready(ctx); err == nil {
-				return nil
+			if err := s.ready(ctx); err != nil {
+				continue
 			}
+			if exited != nil && s.owner != nil {
+				if pid := s.owner(); pid > 0 && pid != cmd.Process.Pid {
+					s.stopLoser(cmd.Process, pid, exited)
+				}
+			}
+			return nil
 		}
 	}
 }
+
+// stopLoser stops p, started by start, which waits for the lock that process winner holds (a
+// concurrent start won): SIGTERM, SIGKILL after spawnLoserTimeout. It waits until p has exited.
+func (s spawn) stopLoser(p *os.Process, winner int, exited <-chan error) {
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(spawnLoserTimeout):
+		_ = p.Kill()
+		<-exited
+	}
+	// Its log says it waited; this says why it went.
+	if f, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0); err == nil {
+		fmt.Fprintf(f, "%s: the %s pid %d was stopped: pid %d, started at the same time, serves %s\n",
+			time.Now().UTC().Format(time.RFC3339Nano), s.what, p.Pid, winner, s.home)
+		f.Close()
+	}
+}
+
+// spawnLoserTimeout bounds how long a process that lost a concurrent start may take to stop.
+const spawnLoserTimeout = 10 * time.Second
