@@ -147,6 +147,9 @@ func (e *fuseLoop) export(id string, d Disk, lo Leftover) (*fuseDevice, error) {
 		if err == nil && !dio {
 			dev.log.Warn("loop device runs without direct I/O: data is cached twice", "device", dev.Path())
 		}
+		if err == nil {
+			err = e.recordLoop(id, dev.loop)
+		}
 	}
 	if err != nil {
 		return nil, teardown("attach loop device", err)
@@ -212,7 +215,15 @@ func (e *fuseLoop) adopt(id string, d Disk, lo Leftover) (*fuseDevice, error) {
 			dev.loop, _, err = loopAttach(f, e.opts.BlockSize)
 			f.Close()
 		}
+		if err == nil {
+			err = e.recordLoop(id, dev.loop)
+		}
 		if err != nil {
+			if dev.loop >= 0 {
+				if derr := loopDetach(dev.loop); derr != nil {
+					log.Error("detach the loop device after a failed adopt", "device", dev.Path(), "err", derr)
+				}
+			}
 			// Handed back as it was: still the holder's, still mounted.
 			e.link.forget(dir)
 			if serr := conn.srv.Stop(); serr != nil {
@@ -221,6 +232,10 @@ func (e *fuseLoop) adopt(id string, d Disk, lo Leftover) (*fuseDevice, error) {
 			closeFDs(fds)
 			return nil, fail("attach loop device", err)
 		}
+	} else if err := e.recordLoop(id, loop); err != nil {
+		// Recorded again (a version before records did not): without a record the device is
+		// found only by its path, while the mount namespace that attached it lives.
+		log.Warn("record the loop device", "device", dev.Path(), "err", err)
 	}
 	log.Info("adopted", "device", dev.Path(), "size", d.Size())
 	return dev, nil
@@ -281,6 +296,19 @@ func (e *fuseLoop) scan(held bool) (map[string]*Leftover, error) {
 	}
 	for n, backing := range loops {
 		id, _, _ := strings.Cut(strings.TrimPrefix(backing, sd+"/"), "/")
+		lo := get(id)
+		lo.Devices = append(lo.Devices, loopPath(n))
+		sort.Strings(lo.Devices)
+	}
+	// Devices whose mount namespace went (their backing file is no longer under sd).
+	recorded, err := e.recordedLoops()
+	if err != nil {
+		return nil, err
+	}
+	for n, id := range recorded {
+		if _, ok := loops[n]; ok {
+			continue
+		}
 		lo := get(id)
 		lo.Devices = append(lo.Devices, loopPath(n))
 		sort.Strings(lo.Devices)
@@ -367,6 +395,9 @@ func (e *fuseLoop) Cleanup(id string) error {
 			return &Error{Op: "detach loop device", ID: id, Device: loopPath(n), Err: err}
 		}
 		e.log.Info("detached leftover loop device", "id", id, "device", loopPath(n))
+	}
+	if err := e.dropLoopRecord(id); err != nil {
+		return &Error{Op: "remove the loop record", ID: id, Err: err}
 	}
 	if lo.Mounted {
 		lazy, err := unmount(dir)
@@ -458,6 +489,9 @@ func (dev *fuseDevice) Close() error {
 		if dev.loop >= 0 {
 			if err := loopDetach(dev.loop); err != nil {
 				return dev.fail("detach loop device", err)
+			}
+			if err := dev.e.dropLoopRecord(dev.id); err != nil {
+				dev.log.Warn("remove the loop record", "err", err)
 			}
 		}
 		dev.mu.detached = true

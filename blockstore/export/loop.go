@@ -182,3 +182,77 @@ func loopsBacking(dir string) (map[int]string, error) {
 func under(path, dir string) bool {
 	return strings.HasPrefix(path, dir+"/") && len(path) > len(dir)+1
 }
+
+// Loop records. A loop device names its backing file by the path the kernel finds from the
+// file's mount, which is the mount in the namespace of the process that attached the device.
+// When that namespace goes (the container of a data plane that restarted, while the mount
+// lives on in the host's namespace and the next container's), its copy of the mount is
+// detached and the device's backing file reads "/disk": no longer under StateDir. So an
+// export records its loop device in StateDir/.ID.loop (a name no export id has): the device's
+// number and its diskseq, a number the kernel gives each attach of a block device and never
+// gives again within a boot. A device whose diskseq is still the recorded one is the export's,
+// whatever path it reports. StateDir is a tmpfs (a reboot ends every loop device, and the
+// records with them), so the records are replaced atomically but not synced.
+
+// loopRecordPath is the path of export id's loop record.
+func (e *fuseLoop) loopRecordPath(id string) string {
+	return filepath.Join(e.opts.StateDir, "."+id+".loop")
+}
+
+// recordLoop records loop device n as export id's.
+func (e *fuseLoop) recordLoop(id string, n int) error {
+	seq := readSysInt(n, "diskseq")
+	if seq <= 0 {
+		return fmt.Errorf("record %s: no diskseq in %s", loopPath(n), filepath.Join(sysBlock, "loop"+strconv.Itoa(n)))
+	}
+	path := e.loopRecordPath(id)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %d\n", n, seq), 0o600); err != nil {
+		return fmt.Errorf("record %s: %w", loopPath(n), err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("record %s: %w", loopPath(n), err)
+	}
+	return nil
+}
+
+// dropLoopRecord removes export id's loop record; one that is not there is not an error.
+func (e *fuseLoop) dropLoopRecord(id string) error {
+	err := os.Remove(e.loopRecordPath(id))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// recordedLoops returns, by device number, the export ids whose records name a loop device
+// that is still the attach they recorded.
+func (e *fuseLoop) recordedLoops() (map[int]string, error) {
+	ents, err := os.ReadDir(e.opts.StateDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	out := map[int]string{}
+	for _, de := range ents {
+		name := de.Name()
+		id, ok := strings.CutSuffix(strings.TrimPrefix(name, "."), ".loop")
+		if !ok || !strings.HasPrefix(name, ".") || !ValidID(id) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(e.opts.StateDir, name))
+		if err != nil {
+			continue // removed meanwhile
+		}
+		var n int
+		var seq int64
+		if _, err := fmt.Sscanf(string(b), "%d %d", &n, &seq); err != nil || n < 0 {
+			e.log.Warn("unreadable loop record", "record", name, "content", string(b))
+			continue
+		}
+		if loopBacking(n) != "" && readSysInt(n, "diskseq") == seq {
+			out[n] = id
+		}
+	}
+	return out, nil
+}

@@ -118,8 +118,19 @@ type child struct {
 // it); a child that fails to start is killed.
 func startChild(t *testing.T, env, arg string) *child {
 	t.Helper()
+	return startChildIn(t, false, env, arg)
+}
+
+// startChildIn is startChild, the child in a mount namespace of its own when mntns is set (a
+// copy of this one, propagation unchanged: as a container's with a Bidirectional hostPath,
+// its mounts under a shared mount reach this namespace), which goes when the child exits.
+func startChildIn(t *testing.T, mntns bool, env, arg string) *child {
+	t.Helper()
 	start := time.Now()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	if mntns {
+		cmd = exec.Command("unshare", "--mount", "--propagation", "unchanged", "--", os.Args[0], "-test.run=^$")
+	}
 	cmd.Env = append(os.Environ(), env+"="+arg)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
@@ -177,6 +188,7 @@ func (c *child) stop() error {
 // restartRig is a holder child, a server child exporting a file, and the export's device.
 type restartRig struct {
 	cfg      serverConfig
+	mntns    bool // each server in a mount namespace of its own
 	holder   *child
 	server   *child
 	children []*child // every child started, killed at cleanup
@@ -186,8 +198,24 @@ type restartRig struct {
 
 func newRestartRig(t *testing.T) *restartRig {
 	t.Helper()
+	return newRestartRigIn(t, false)
+}
+
+// newRestartRigIn is newRestartRig, each server in a mount namespace of its own when mntns is
+// set: the state directory is then a shared mount, so that the servers' FUSE mounts reach this
+// namespace (and the next server's).
+func newRestartRigIn(t *testing.T, mntns bool) *restartRig {
+	t.Helper()
 	tmp := t.TempDir()
-	r := &restartRig{cfg: serverConfig{
+	if mntns {
+		nodetest.Need(t, "unshare")
+		sd := filepath.Join(tmp, "state")
+		require.NoError(t, os.Mkdir(sd, 0o700))
+		require.NoError(t, syscall.Mount(sd, sd, "", syscall.MS_BIND, ""))
+		t.Cleanup(func() { require.NoError(t, syscall.Unmount(sd, 0)) })
+		require.NoError(t, syscall.Mount("", sd, "", syscall.MS_SHARED, ""))
+	}
+	r := &restartRig{mntns: mntns, cfg: serverConfig{
 		StateDir: filepath.Join(tmp, "state"),
 		Holder:   filepath.Join(tmp, "holder.sock"),
 		ID:       "restart",
@@ -234,7 +262,7 @@ func (r *restartRig) startServer(t *testing.T, how string) {
 	t.Helper()
 	b, err := json.Marshal(r.cfg)
 	require.NoError(t, err)
-	r.server = startChild(t, serverChildEnv, string(b))
+	r.server = startChildIn(t, r.mntns, serverChildEnv, string(b))
 	r.children = append(r.children, r.server)
 	require.Len(t, r.server.fields, 2)
 	require.Equal(t, how, r.server.fields[0])
@@ -362,4 +390,35 @@ func TestHolderRestart(t *testing.T) {
 	require.ErrorIs(t, err, export.ErrNoHolder)
 	require.NoError(t, e.Cleanup(r.cfg.ID))
 	requireNothingLeft(t, e, r.cfg.StateDir)
+}
+
+// TestAdoptAcrossMountNamespaces: each server runs in a mount namespace of its own that goes
+// with it, as a data plane in a container that restarts. The loop device the first server
+// attached then reports its backing file from a detached mount (not under the state
+// directory), yet each new server adopts that same device (the export's loop record), under fio,
+// and closing the export detaches it: no loop device is left over a FUSE file that is gone.
+func TestAdoptAcrossMountNamespaces(t *testing.T) {
+	nodetest.Need(t, "fio")
+	r := newRestartRigIn(t, true)
+	backing := "/sys/block/" + filepath.Base(r.device) + "/loop/backing_file"
+	f := nodetest.StartFIOVerify(t, r.device, 64*mib, 8*time.Second)
+	for i := range 3 {
+		time.Sleep(1500 * time.Millisecond)
+		require.True(t, f.Running(), "fio ended early")
+		r.server.kill()
+		b, err := os.ReadFile(backing)
+		require.NoError(t, err)
+		require.False(t, strings.HasPrefix(string(b), r.cfg.StateDir+"/"),
+			"after its namespace went, %s reports %q: the test does not make the case it is for", r.device, b)
+		r.startServer(t, "adopted") // requires the same device
+		t.Logf("kill %d: a server in a new mount namespace adopted %s (backing file %q) in %v",
+			i, r.device, strings.TrimSpace(string(b)), r.server.took.Round(time.Millisecond))
+	}
+	res := f.Wait(t)
+	r.kmsg.RequireNoErrorsAbout(t, r.device)
+	require.Positive(t, res.Reads, "fio verified what it wrote")
+
+	require.NoError(t, r.server.stop(), "the server closes the export")
+	_, err := os.Stat(backing)
+	require.ErrorIs(t, err, os.ErrNotExist, "%s is still attached after the export closed", r.device)
 }
