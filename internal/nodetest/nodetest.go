@@ -47,7 +47,13 @@ func Need(t testing.TB, tools ...string) {
 // unless the test closed it.
 func Pool(t testing.TB, path string, size int64) *blockstore.Pool {
 	t.Helper()
-	p, err := blockstore.Create(path, blockstore.Options{Size: size})
+	return PoolWith(t, path, blockstore.Options{Size: size})
+}
+
+// PoolWith is Pool with options (opts.Size the size).
+func PoolWith(t testing.TB, path string, opts blockstore.Options) *blockstore.Pool {
+	t.Helper()
+	p, err := blockstore.Create(path, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { CloseChecked(t, p) })
 	return p

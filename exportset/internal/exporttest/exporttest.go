@@ -111,7 +111,17 @@ type Node struct {
 
 // NewNode makes a node with a sparse pool of 2 GiB, checked (fsck) and closed at cleanup.
 func NewNode(t testing.TB) *Node {
-	p := nodetest.Pool(t, filepath.Join(t.TempDir(), "pool"), 2<<30)
+	return newNode(t, blockstore.Options{})
+}
+
+// NewDirectNode is NewNode with the pool doing direct I/O, as a data plane opens it.
+func NewDirectNode(t testing.TB) *Node {
+	return newNode(t, blockstore.Options{DirectIO: true})
+}
+
+func newNode(t testing.TB, opts blockstore.Options) *Node {
+	opts.Size = 2 << 30
+	p := nodetest.PoolWith(t, filepath.Join(t.TempDir(), "pool"), opts)
 	return &Node{t: t, Pool: p, PV: poolvol.InProcess(p, nil), images: map[exportset.Digest]blockstore.SnapshotID{}}
 }
 
