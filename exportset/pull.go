@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -63,6 +64,7 @@ func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, erro
 		return nil, err
 	}
 	p.m = m
+	p.zeros = sync.OnceValue(func() []byte { return make([]byte, m.ChunkSize) })
 	base, bm, err := r.findBase(ctx, m, req.Sink)
 	if err != nil {
 		return nil, err
@@ -82,18 +84,7 @@ func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, erro
 	}()
 
 	work := p.plan(bm)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.workers)
-	for _, w := range work {
-		g.Go(func() error {
-			if err := p.chunk(gctx, w); err != nil {
-				return err
-			}
-			p.update(func(pr *Progress) { pr.Chunks++; pr.Bytes += w.bytes })
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	if err := p.transfer(ctx, work); err != nil {
 		return nil, err
 	}
 	p.update(func(pr *Progress) { pr.Phase = PhaseCommit })
@@ -141,6 +132,8 @@ type puller struct {
 	reporter
 
 	fetched, fetchedBytes, written, zeroed atomic.Int64
+	// zeros returns a chunk of zeros, read only: what an empty volume holds.
+	zeros func() []byte
 }
 
 // pullWork is a chunk to write: the image's entry c (nil: zeros) over the base's b (nil: the
@@ -196,52 +189,114 @@ func (p *puller) plan(bm *Manifest) []pullWork {
 // isPrefix reports whether a's objects are the first of b's.
 func isPrefix(a, b []Object) bool { return len(a) < len(b) && slices.Equal(a, b[:len(a)]) }
 
-// chunk writes chunk w into the volume.
-func (p *puller) chunk(ctx context.Context, w pullWork) error {
+// transfer downloads and writes the chunks of work. Downloads and writes overlap: r.workers
+// chunks download at a time, as many are written at a time, and a chunk whose download ended
+// waits for a writer before its download slot goes to the next chunk, so that at most twice
+// r.workers chunks are in memory.
+func (p *puller) transfer(ctx context.Context, work []pullWork) error {
+	g, gctx := errgroup.WithContext(ctx)
+	fetchers := make(chan struct{}, p.r.workers)
+	writers := make(chan struct{}, p.r.workers)
+	for _, w := range work {
+		select {
+		case fetchers <- struct{}{}:
+		case <-gctx.Done():
+			return g.Wait()
+		}
+		g.Go(func() error {
+			write, err := p.chunk(gctx, w)
+			if err == nil {
+				select {
+				case writers <- struct{}{}:
+				case <-gctx.Done():
+					err = context.Cause(gctx)
+				}
+			}
+			<-fetchers
+			if err != nil {
+				return err
+			}
+			defer func() { <-writers }()
+			if err := write(); err != nil {
+				return err
+			}
+			p.update(func(pr *Progress) { pr.Chunks++; pr.Bytes += w.bytes })
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// chunk downloads chunk w and returns what writes it into the volume.
+func (p *puller) chunk(ctx context.Context, w pullWork) (write func() error, err error) {
 	off, clen := w.index*p.m.ChunkSize, p.m.ChunkLen(w.index)
 	if w.c == nil {
-		return p.apply(off, []patchRecord{{off: 0, length: clen}})
+		return func() error { return p.apply(off, []patchRecord{{off: 0, length: clen}}) }, nil
 	}
 	if w.b != nil && isPrefix(w.b.Objects, w.c.Objects) {
-		// The volume holds the base's chunk: apply the patches that follow.
+		// The volume holds the base's chunk: the patches that follow, applied in order.
+		var patches [][]patchRecord
 		for _, o := range w.c.Objects[len(w.b.Objects):] {
 			payload, err := p.fetch(ctx, w.index, o)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			recs, err := decodePatch(payload, clen, p.m.BlockSize)
 			if err != nil {
-				return p.chunkError(w.index, o, err)
+				return nil, p.chunkError(w.index, o, err)
 			}
-			if err := p.apply(off, recs); err != nil {
-				return err
-			}
+			patches = append(patches, recs)
 		}
-		return nil
+		return func() error {
+			for _, recs := range patches {
+				if err := p.apply(off, recs); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, nil
 	}
-	buf := make([]byte, clen)
+	var buf []byte
 	for _, o := range w.c.Objects {
 		payload, err := p.fetch(ctx, w.index, o)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if !o.Patch {
+			if buf == nil && int64(len(payload)) == clen {
+				buf = payload // decoded into a buffer of its own
+				continue
+			}
+			if buf == nil {
+				buf = make([]byte, clen)
+			}
 			copy(buf, payload)
 			continue
 		}
 		recs, err := decodePatch(payload, clen, p.m.BlockSize)
 		if err != nil {
-			return p.chunkError(w.index, o, err)
+			return nil, p.chunkError(w.index, o, err)
+		}
+		if buf == nil {
+			buf = make([]byte, clen)
 		}
 		applyPatch(buf, recs)
 	}
-	old := make([]byte, clen) // the volume's content there: zeros, or the base's
-	if w.b != nil {
-		if err := readFull(p.fill, old, off); err != nil {
-			return fmt.Errorf("exportset: pull %s: read the volume at %d: %w", p.d, off, err)
-		}
+	if buf == nil {
+		buf = make([]byte, clen)
 	}
-	return p.apply(off, diffRecords(old, buf, 0, p.m.BlockSize))
+	// What the volume holds there: zeros (an empty volume), or the base's chunk.
+	var old []byte
+	if w.b != nil {
+		old = make([]byte, clen)
+		if err := readFull(p.fill, old, off); err != nil {
+			return nil, fmt.Errorf("exportset: pull %s: read the volume at %d: %w", p.d, off, err)
+		}
+	} else {
+		old = p.zeros()[:clen]
+	}
+	recs := diffRecords(old, buf, 0, p.m.BlockSize)
+	return func() error { return p.apply(off, recs) }, nil
 }
 
 // apply writes recs into the volume at the chunk that starts at off.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -38,13 +40,18 @@ func WithDevices(store Store, devs Devices, blockSize int, log *slog.Logger) *No
 			}
 			flags := os.O_RDONLY
 			if write {
-				flags = os.O_RDWR
+				// A pull writes with direct I/O: each chunk goes down to the data plane as
+				// it is written, by the pull's workers in parallel, while the next chunks
+				// download. Through the page cache the whole image would be written back
+				// by the final flush alone, after the last download (2.3× the time,
+				// BENCHMARKS.md section 14).
+				flags = os.O_RDWR | unix.O_DIRECT
 			}
 			f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
 			if err != nil {
 				return nil, errors.Join(err, devs.Detach(context.WithoutCancel(ctx), id))
 			}
-			return &deviceHandle{f: f, id: id, devs: devs}, nil
+			return &deviceHandle{f: f, id: id, devs: devs, direct: write, align: blockSize}, nil
 		}}
 }
 
@@ -53,10 +60,65 @@ type deviceHandle struct {
 	f    *os.File
 	id   string
 	devs Devices
+	// direct: f does direct I/O, whose buffers, offsets and lengths are multiples of align
+	// (the pool's block size, the device's logical block size); others go through a bounce
+	// buffer.
+	direct bool
+	align  int
 }
 
-func (h *deviceHandle) ReadAt(b []byte, off int64) (int, error)  { return h.f.ReadAt(b, off) }
-func (h *deviceHandle) WriteAt(b []byte, off int64) (int, error) { return h.f.WriteAt(b, off) }
+func (h *deviceHandle) ReadAt(b []byte, off int64) (int, error) {
+	if !h.direct || h.aligned(b, off) {
+		return h.f.ReadAt(b, off)
+	}
+	bb, lo := h.bounce(b, off)
+	n, err := h.f.ReadAt(bb, off-int64(lo))
+	n = max(0, min(n-lo, len(b)))
+	copy(b, bb[lo:lo+n])
+	if err == nil && n < len(b) {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (h *deviceHandle) WriteAt(b []byte, off int64) (int, error) {
+	if !h.direct || h.aligned(b, off) {
+		return h.f.WriteAt(b, off)
+	}
+	bb, lo := h.bounce(b, off)
+	if lo != 0 || len(bb) != len(b) {
+		// Read-modify-write of the blocks the write covers in part.
+		if _, err := h.f.ReadAt(bb, off-int64(lo)); err != nil {
+			return 0, err
+		}
+	}
+	copy(bb[lo:], b)
+	if _, err := h.f.WriteAt(bb, off-int64(lo)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// aligned reports whether direct I/O can take b at off as it is.
+func (h *deviceHandle) aligned(b []byte, off int64) bool {
+	a := h.align
+	return len(b) > 0 && off%int64(a) == 0 && len(b)%a == 0 && uintptr(unsafe.Pointer(&b[0]))%uintptr(a) == 0
+}
+
+// bounce returns an aligned buffer covering the blocks of b at off, and where b starts in it.
+func (h *deviceHandle) bounce(b []byte, off int64) ([]byte, int) {
+	a := int64(h.align)
+	start := off / a * a
+	end := (off + int64(len(b)) + a - 1) / a * a
+	return alignedBuffer(int(end-start), h.align), int(off - start)
+}
+
+// alignedBuffer returns n bytes whose address is a multiple of align.
+func alignedBuffer(n, align int) []byte {
+	buf := make([]byte, n+align)
+	skip := (align - int(uintptr(unsafe.Pointer(&buf[0]))%uintptr(align))) % align
+	return buf[skip : skip+n : skip+n]
+}
 
 // zero punches the range out of the device (the export unmaps whole blocks and zeroes the
 // rest); a device that cannot (EOPNOTSUPP) gets zeros written.
@@ -65,7 +127,7 @@ func (h *deviceHandle) zero(off, length int64) error {
 	if !errors.Is(err, unix.EOPNOTSUPP) {
 		return err
 	}
-	zeros := make([]byte, min(length, 1<<20))
+	zeros := alignedBuffer(int(min(length, 1<<20)), h.align)
 	for length > 0 {
 		n := min(length, int64(len(zeros)))
 		if _, err := h.f.WriteAt(zeros[:n], off); err != nil {

@@ -131,13 +131,23 @@ func (s *S3) Get(ctx context.Context, key string, limit int64) ([]byte, error) {
 		return nil, s.error("get", key, err)
 	}
 	defer obj.Close()
-	b, err := io.ReadAll(io.LimitReader(obj, limit+1))
+	// The response's length sizes the buffer: one allocation, no regrowth.
+	info, err := obj.Stat()
 	if err != nil {
 		return nil, s.error("get", key, err)
 	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%w: %s%s%s has more than %d bytes", exportset.ErrCorrupt, s.url, key, s.at, limit)
+	if info.Size > limit || info.Size < 0 {
+		return nil, fmt.Errorf("%w: %s%s%s announces %d bytes; at most %d are expected", exportset.ErrCorrupt, s.url, key, s.at, info.Size, limit)
 	}
+	b := make([]byte, info.Size+1) // a byte more: a body longer than announced fills it
+	n, err := io.ReadFull(obj, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, s.error("get", key, err)
+	}
+	if int64(n) != info.Size {
+		return nil, fmt.Errorf("%w: %s%s%s: read %d bytes of a body of %d", exportset.ErrCorrupt, s.url, key, s.at, n, info.Size)
+	}
+	b = b[:n]
 	return b, nil
 }
 
