@@ -48,7 +48,7 @@ import (
 func BenchmarkTransfer(b *testing.B) {
 	ctx := context.Background()
 	const size = 512 << 20
-	a := exporttest.NewNode(b)
+	a := exporttest.NewDeviceNode(b)
 	rng := rand.New(rand.NewPCG(1, 1))
 	data := exporttest.PageData(rng, size)
 	base := a.Image("base", 0, size, func(v *blockstore.Volume) { exporttest.Write(b, v, data, 0) })
