@@ -56,8 +56,8 @@ var layerRules = []struct {
 		why:         "the pool's side of export sets sits just above the store; the CSI node, the data plane and the local daemon call it, it knows none of them",
 	},
 	{
-		pkgs: "exportset/internal/exporttest", only: []string{"exportset/...", "blockstore/...", "internal/..."},
-		why: "what the tests of export sets share: pools, targets, the S3 server; nothing of the products",
+		pkgs: "exportset/internal/exporttest", only: []string{"exportset/...", "blockstore/...", "internal/...", "dataplane", "dataplane/dataplanetest"},
+		why: "what the tests of export sets share: pools (also served by a data plane, as a node's are, for pushes and pulls over its API), targets, the S3 server; nothing of the control planes",
 	},
 	{
 		pkgs: "internal/...", except: []string{"internal/nodetest", "internal/kubetest"}, only: []string{"internal/..."},

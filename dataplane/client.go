@@ -106,14 +106,28 @@ func (c *Client) call(ctx context.Context, method string, r request, out any) er
 
 // do sends req and decodes the answer's result into out.
 func (c *Client) do(ctx context.Context, method string, req *http.Request, out any) error {
+	resp, err := c.send(ctx, method, req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return c.answer(ctx, method, resp, out)
+}
+
+// send sends req, a call of method: a data plane that does not answer is ErrUnavailable.
+func (c *Client) send(ctx context.Context, method string, req *http.Request) (*http.Response, error) {
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("dataplane: %s: %w", method, ctx.Err())
+			return nil, fmt.Errorf("dataplane: %s: %w", method, ctx.Err())
 		}
-		return fmt.Errorf("%w: %s at %s: %v", ErrUnavailable, method, c.socket, err)
+		return nil, fmt.Errorf("%w: %s at %s: %v", ErrUnavailable, method, c.socket, err)
 	}
-	defer resp.Body.Close()
+	return resp, nil
+}
+
+// answer decodes the answer resp to a call of method: its result into out, or its error.
+func (c *Client) answer(ctx context.Context, method string, resp *http.Response, out any) error {
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -307,4 +321,60 @@ func (c *Client) IOStats(ctx context.Context) (IOStats, error) {
 	var w wireIOStats
 	err := c.call(ctx, "IOStats", request{}, &w)
 	return w.stats(), err
+}
+
+func (c *Client) ZeroVolume(ctx context.Context, id blockstore.VolumeID, off, length int64) error {
+	return c.call(ctx, "ZeroVolume", request{Volume: uint64(id), Offset: off, Size: length}, nil)
+}
+
+func (c *Client) FlushVolume(ctx context.Context, id blockstore.VolumeID) error {
+	return c.call(ctx, "FlushVolume", request{Volume: uint64(id)}, nil)
+}
+
+func (c *Client) ReadVolume(ctx context.Context, id blockstore.VolumeID, off int64, b []byte) error {
+	if len(b) > MaxDataBytes {
+		return wrapf(ErrInvalid, "ReadVolume: %d bytes: want at most %d", len(b), MaxDataBytes)
+	}
+	url := fmt.Sprintf("http://dataplane/v%d/ReadVolume?volume=%d&offset=%d&size=%d", APIVersion, id, off, len(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return fmt.Errorf("dataplane: ReadVolume: %w", err)
+	}
+	return c.doData(ctx, "ReadVolume", req, b)
+}
+
+func (c *Client) WriteVolume(ctx context.Context, id blockstore.VolumeID, off int64, b []byte) error {
+	if len(b) > MaxDataBytes {
+		return wrapf(ErrInvalid, "WriteVolume: %d bytes: want at most %d", len(b), MaxDataBytes)
+	}
+	url := fmt.Sprintf("http://dataplane/v%d/WriteVolume?volume=%d&offset=%d", APIVersion, id, off)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("dataplane: WriteVolume: %w", err)
+	}
+	req.Header.Set("Content-Type", dataContentType)
+	return c.do(ctx, "WriteVolume", req, nil)
+}
+
+// doData sends req, a ReadVolume, and reads the data it answers into b; an error answer is
+// decoded as do decodes it.
+func (c *Client) doData(ctx context.Context, method string, req *http.Request, b []byte) error {
+	resp, err := c.send(ctx, method, req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Type") != dataContentType {
+		return c.answer(ctx, method, resp, nil)
+	}
+	if resp.ContentLength != int64(len(b)) {
+		return wrapf(ErrProtocol, "%s: %d bytes of data answered, %d asked", method, resp.ContentLength, len(b))
+	}
+	if _, err := io.ReadFull(resp.Body, b); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("dataplane: %s: %w", method, ctx.Err())
+		}
+		return fmt.Errorf("%w: %s at %s: read the data: %v", ErrUnavailable, method, c.socket, err)
+	}
+	return nil
 }

@@ -2,7 +2,9 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"sort"
@@ -336,4 +338,44 @@ func (l *Local) IOStats(context.Context) (IOStats, error) {
 	st.Exported = len(l.mu.exports)
 	l.mu.Unlock()
 	return st, nil
+}
+
+// volumeIO runs do on volume id for ReadVolume and the like, n bytes of data checked: its I/O
+// passes the gate as the exports' does (a drain waits for it), uncounted by IOStats.
+func (l *Local) volumeIO(id blockstore.VolumeID, n int, do func(v *blockstore.Volume) error) error {
+	if n < 0 || n > MaxDataBytes {
+		return wrapf(ErrInvalid, "data of %d bytes: want at most %d", n, MaxDataBytes)
+	}
+	v, err := l.pool.Volume(id)
+	if err != nil {
+		return err
+	}
+	l.gate.enter()
+	defer l.gate.exit()
+	return do(v)
+}
+
+func (l *Local) ReadVolume(_ context.Context, id blockstore.VolumeID, off int64, b []byte) error {
+	return l.volumeIO(id, len(b), func(v *blockstore.Volume) error {
+		n, err := v.ReadAt(b, off)
+		if n < len(b) && (err == nil || errors.Is(err, io.EOF)) {
+			return fmt.Errorf("%w: %d bytes at %d of a volume of %d", blockstore.ErrOutOfRange, len(b), off, v.Size())
+		}
+		return err
+	})
+}
+
+func (l *Local) WriteVolume(_ context.Context, id blockstore.VolumeID, off int64, b []byte) error {
+	return l.volumeIO(id, len(b), func(v *blockstore.Volume) error {
+		_, err := v.WriteAt(b, off)
+		return err
+	})
+}
+
+func (l *Local) ZeroVolume(_ context.Context, id blockstore.VolumeID, off, length int64) error {
+	return l.volumeIO(id, 0, func(v *blockstore.Volume) error { return v.WriteZeroes(off, length) })
+}
+
+func (l *Local) FlushVolume(_ context.Context, id blockstore.VolumeID) error {
+	return l.volumeIO(id, 0, func(v *blockstore.Volume) error { return v.Flush() })
 }

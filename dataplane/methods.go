@@ -112,14 +112,24 @@ var methods = map[string]handler{
 	"CleanupLeftover": func(ctx context.Context, s Store, r request) (any, error) {
 		return struct{}{}, s.CleanupLeftover(ctx, r.ID)
 	},
+	"ZeroVolume": func(ctx context.Context, s Store, r request) (any, error) {
+		return struct{}{}, s.ZeroVolume(ctx, blockstore.VolumeID(r.Volume), r.Offset, r.Size)
+	},
+	"FlushVolume": func(ctx context.Context, s Store, r request) (any, error) {
+		return struct{}{}, s.FlushVolume(ctx, blockstore.VolumeID(r.Volume))
+	},
 	"IOStats": func(ctx context.Context, s Store, _ request) (any, error) {
 		st, err := s.IOStats(ctx)
 		return toWireIOStats(st), err
 	},
 }
 
-// methodNames are the names of methods, sorted (GET /v1/version lists them).
-var methodNames = slices.Sorted(maps.Keys(methods))
+// dataMethods are the methods whose data travel as raw bytes (wire.go), served by
+// Server.serveData.
+var dataMethods = []string{"ReadVolume", "WriteVolume"}
+
+// methodNames are the names of every method, sorted (GET /v1/version lists them).
+var methodNames = slices.Sorted(slices.Values(append(slices.Collect(maps.Keys(methods)), dataMethods...)))
 
 func volume(v blockstore.VolumeInfo, err error) (any, error)     { return toWireVolume(v), err }
 func snapshot(s blockstore.SnapshotInfo, err error) (any, error) { return toWireSnapshot(s), err }

@@ -12,8 +12,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/dataimage/dataimage/blockstore"
 )
 
 // Server serves a Store's API (wire.go) on a unix socket.
@@ -137,6 +142,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reply(w, nil, wrapf(ErrProtocol, "%s %s: methods are called with POST", r.Method, r.URL.Path))
 		return
 	}
+	if slices.Contains(dataMethods, name) {
+		s.serveData(w, r, name)
+		return
+	}
 	h, ok := methods[name]
 	if !ok {
 		s.reply(w, nil, wrapf(ErrProtocol, "%s: %v (this data plane has API version %d, version %s)", name, errUnknownMethod, APIVersion, s.version))
@@ -162,6 +171,84 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("data plane call", "method", name, "took", time.Since(start), "err", err)
 	s.reply(w, res, err)
 }
+
+// serveData answers a call of ReadVolume or WriteVolume (wire.go).
+func (s *Server) serveData(w http.ResponseWriter, r *http.Request, name string) {
+	q := r.URL.Query()
+	arg := func(key string) (int64, error) {
+		v, err := strconv.ParseInt(q.Get(key), 10, 64)
+		if err != nil || v < 0 {
+			return 0, wrapf(ErrInvalid, "%s: %s=%q: want a non-negative integer", name, key, q.Get(key))
+		}
+		return v, nil
+	}
+	vol, err := arg("volume")
+	var off int64
+	if err == nil {
+		off, err = arg("offset")
+	}
+	if err != nil {
+		s.reply(w, nil, err)
+		return
+	}
+	start := time.Now()
+	defer func() { s.log.Debug("data plane call", "method", name, "took", time.Since(start), "err", err) }()
+	if name == "ReadVolume" {
+		var size int64
+		if size, err = arg("size"); err != nil {
+			s.reply(w, nil, err)
+			return
+		}
+		if size > MaxDataBytes {
+			err = wrapf(ErrInvalid, "%s: size=%d: want at most %d", name, size, MaxDataBytes)
+			s.reply(w, nil, err)
+			return
+		}
+		buf := dataBuffer(int(size))
+		defer dataBuffers.Put(buf)
+		b := (*buf)[:size]
+		if err = s.store.ReadVolume(r.Context(), blockstore.VolumeID(vol), off, b); err != nil {
+			s.reply(w, nil, err)
+			return
+		}
+		w.Header().Set("Content-Type", dataContentType)
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		_, _ = w.Write(b)
+		return
+	}
+	if r.ContentLength < 0 || r.ContentLength > MaxDataBytes {
+		err = wrapf(ErrInvalid, "%s: a body of %d bytes: want a length, at most %d", name, r.ContentLength, MaxDataBytes)
+		s.reply(w, nil, err)
+		return
+	}
+	buf := dataBuffer(int(r.ContentLength))
+	defer dataBuffers.Put(buf)
+	b := (*buf)[:r.ContentLength]
+	if _, err = io.ReadFull(r.Body, b); err != nil {
+		err = fmt.Errorf("dataplane: %s: read the data: %w", name, err)
+		s.reply(w, nil, err)
+		return
+	}
+	err = s.store.WriteVolume(r.Context(), blockstore.VolumeID(vol), off, b)
+	s.reply(w, struct{}{}, err)
+}
+
+// dataBuffers keeps the buffers of ReadVolume and WriteVolume calls for the next ones: a
+// pull writes hundreds of chunks of the same size, and a new buffer each time is zeroed and
+// collected for nothing.
+var dataBuffers sync.Pool
+
+// dataBuffer returns a buffer of dataBuffers of at least n bytes (Put it back).
+func dataBuffer(n int) *[]byte {
+	if p, ok := dataBuffers.Get().(*[]byte); ok && cap(*p) >= n {
+		return p
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// dataContentType is the content type of raw volume data on the wire.
+const dataContentType = "application/octet-stream"
 
 // reply writes an answer: the result, or the error with the HTTP status of its first code.
 func (s *Server) reply(w http.ResponseWriter, res any, err error) {

@@ -55,7 +55,22 @@ type Volumes interface {
 	// AllocatedExtents the mapped extents of a snapshot.
 	DiffVolume(ctx context.Context, from blockstore.SnapshotID, vol blockstore.VolumeID) ([]blockstore.Extent, error)
 	AllocatedExtents(ctx context.Context, snap blockstore.SnapshotID) ([]blockstore.Extent, error)
+
+	// ReadVolume fills b (at most MaxDataBytes) from volume id at off; WriteVolume writes b
+	// there: acknowledged, a write survives the data plane's death, and a FlushVolume makes it
+	// durable. ZeroVolume makes a range read as zeros, unmapping its whole blocks. They move
+	// the chunks of image pushes and pulls (package exportset/poolvol) over the socket, not
+	// through a block device: no export, no kernel block path (BENCHMARKS.md section 14).
+	// A range past the volume's end fails with blockstore.ErrOutOfRange.
+	ReadVolume(ctx context.Context, id blockstore.VolumeID, off int64, b []byte) error
+	WriteVolume(ctx context.Context, id blockstore.VolumeID, off int64, b []byte) error
+	ZeroVolume(ctx context.Context, id blockstore.VolumeID, off, length int64) error
+	FlushVolume(ctx context.Context, id blockstore.VolumeID) error
 }
+
+// MaxDataBytes bounds the data of one ReadVolume or WriteVolume: an export set's largest
+// chunk.
+const MaxDataBytes = 64 << 20
 
 // Exports is the export part of a Store: the pool's volumes as kernel block devices, by export
 // id (package nodevolume uses it; mkfs, mounts and bind mounts stay with the caller, in its

@@ -439,3 +439,48 @@ func TestExports(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, left)
 }
+
+// TestVolumeData reads and writes a volume's data through each Store (ReadVolume, WriteVolume,
+// ZeroVolume, FlushVolume): what one writes the other reads, across the socket too, and bad
+// ranges and sizes fail with the pool's errors, changing nothing.
+func TestVolumeData(t *testing.T) {
+	l, all := stores(t, nil)
+	ctx := context.Background()
+	const size = 8 << 20
+	for name, s := range all {
+		t.Run(name, func(t *testing.T) {
+			v, err := s.CreateVolume(ctx, name+"-data", size)
+			require.NoError(t, err)
+			data := make([]byte, 3<<20)
+			for i := range data {
+				data[i] = byte(i*7 + i>>12)
+			}
+			require.NoError(t, s.WriteVolume(ctx, v.ID, 4096, data))
+			require.NoError(t, s.ZeroVolume(ctx, v.ID, 1<<20, 8192))
+			clear(data[(1<<20)-4096 : (1<<20)-4096+8192])
+			require.NoError(t, s.FlushVolume(ctx, v.ID))
+			got := make([]byte, len(data))
+			require.NoError(t, s.ReadVolume(ctx, v.ID, 4096, got))
+			require.Equal(t, data, got)
+			// The other Store, and the pool itself, see the same bytes.
+			vol, err := l.Pool().Volume(v.ID)
+			require.NoError(t, err)
+			direct := make([]byte, len(data))
+			_, err = vol.ReadAt(direct, 4096)
+			require.NoError(t, err)
+			require.Equal(t, data, direct)
+
+			// Bad calls fail, naming the rule, and change nothing.
+			require.ErrorIs(t, s.WriteVolume(ctx, v.ID, size-4096, make([]byte, 8192)), blockstore.ErrOutOfRange)
+			require.ErrorIs(t, s.ReadVolume(ctx, v.ID, size, make([]byte, 4096)), blockstore.ErrOutOfRange)
+			require.ErrorIs(t, s.ReadVolume(ctx, v.ID+1000, 0, make([]byte, 4096)), blockstore.ErrNotFound)
+			require.ErrorIs(t, s.ZeroVolume(ctx, v.ID, size, 4096), blockstore.ErrOutOfRange)
+			err = s.WriteVolume(ctx, v.ID, 0, make([]byte, dataplane.MaxDataBytes+1))
+			require.ErrorIs(t, err, dataplane.ErrInvalid)
+			require.ErrorContains(t, err, "at most")
+			require.NoError(t, s.ReadVolume(ctx, v.ID, 4096, got))
+			require.Equal(t, data, got, "after the failed calls")
+			require.NoError(t, s.DeleteVolume(ctx, v.ID))
+		})
+	}
+}

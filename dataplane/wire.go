@@ -12,6 +12,12 @@ import (
 //	POST /v1/<Method>    body: request (JSON object)   answer: {"result": ...} or {"error": wireError}
 //	GET  /v1/version     answer: versionInfo
 //
+// and for the volume data methods, whose data travel as raw bytes (application/octet-stream),
+// their arguments in the query:
+//
+//	POST /v1/ReadVolume?volume=ID&offset=N&size=N   answer: the size bytes, or {"error": ...}
+//	POST /v1/WriteVolume?volume=ID&offset=N         body: the bytes   answer: as a method's
+//
 // Methods are the Store's (methods.go lists them with their requests and results). The types
 // here are the wire's own, with their JSON names, converted to and from the Go types of
 // packages blockstore and export, so that a change of those types does not change the wire
@@ -39,6 +45,7 @@ type request struct {
 	ID       string            `json:"id,omitempty"` // an export id
 	Attrs    map[string]string `json:"attrs,omitempty"`
 	Check    *wireCheckOptions `json:"check,omitempty"`
+	Offset   int64             `json:"offset,omitempty"` // ZeroVolume's (Size its length)
 }
 
 // answer is the body of every answer: a result or an error.

@@ -110,16 +110,10 @@ type images struct {
 	}
 }
 
-// attacherDevices attaches volumes as block devices (no file system) for package poolvol.
+// attacherDevices detaches the block devices that pushes and pulls of earlier versions
+// attached (they moved the data through one; now it goes over the data plane's socket,
+// poolvol.WithStore): what an interrupted one left is torn down under its export id.
 type attacherDevices struct{ vols *nodevolume.Attacher }
-
-func (a attacherDevices) Attach(ctx context.Context, id string, vol blockstore.VolumeID) (string, error) {
-	at, err := a.vols.Attach(ctx, nodevolume.Spec{ID: id, Volume: vol})
-	if err != nil {
-		return "", err
-	}
-	return at.DevicePath(), nil
-}
 
 func (a attacherDevices) Detach(ctx context.Context, id string) error {
 	return a.vols.Detach(ctx, id, "")
@@ -128,7 +122,7 @@ func (a attacherDevices) Detach(ctx context.Context, id string) error {
 func newImages(cfg *Config, store dataplane.Store, vols *nodevolume.Attacher, blockSize int) *images {
 	im := &images{
 		cfg: cfg, reg: cfg.Registry, store: store, ids: ids{tag: nodeTag(cfg.NodeID)}, log: cfg.Logger, now: time.Now,
-		node: poolvol.WithDevices(store, attacherDevices{vols}, blockSize, cfg.Logger), devs: attacherDevices{vols},
+		node: poolvol.WithStore(store, blockSize, cfg.Logger), devs: attacherDevices{vols},
 	}
 	im.mu.pulls = map[exportset.Digest]*transfer{}
 	im.mu.pushes = map[string]*transfer{}
@@ -329,7 +323,8 @@ func (im *images) push(p cluster.Placement, snap blockstore.SnapshotInfo, t *tra
 	start := im.now()
 	im.log.Info("pushing image", "snapshot", p.Handle, "image", meta.Name, "registry", im.reg.String())
 	name := pushPrefix + p.Handle
-	// What a push that was interrupted (the plugin killed) left: its device and its clone.
+	// What a push that was interrupted (the plugin killed) left: its clone (and the device of
+	// an earlier version's push).
 	if err := im.devs.Detach(ctx, name); err != nil {
 		return "", fmt.Errorf("driver: push %s: detach what an earlier push left: %w", p.Handle, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/dataimage/dataimage/exportset/cluster"
 	"github.com/dataimage/dataimage/exportset/remote"
 	"github.com/dataimage/dataimage/internal/nodetest"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // The registry tests run two plugins on two pools (two nodes) against one registry: a
@@ -344,8 +345,8 @@ func TestCorruptChunk(t *testing.T) {
 	})
 }
 
-// TestPushAfterInterruption: what a push killed half-way leaves (its source clone, attached)
-// does not stop the next push of the image.
+// TestPushAfterInterruption: what a push killed half-way leaves (its source clone, and the
+// device an earlier version's push read it through) does not stop the next push of the image.
 func TestPushAfterInterruption(t *testing.T) {
 	tg, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
 	require.NoError(t, err)
@@ -355,7 +356,8 @@ func TestPushAfterInterruption(t *testing.T) {
 	require.NoError(t, err)
 	left, err := a.pool.Clone(ref.id, pushPrefix+handle, 0)
 	require.NoError(t, err)
-	_, err = a.devs().Attach(context.Background(), pushPrefix+handle, left.ID)
+	// An earlier version's push read through a device: it is left attached too.
+	_, err = a.im.devs.vols.Attach(context.Background(), nodevolume.Spec{ID: pushPrefix + handle, Volume: left.ID})
 	require.NoError(t, err)
 	place(t, a.reg, handle)
 	s, ok := a.syncAll(t).Image(handle)
@@ -365,8 +367,6 @@ func TestPushAfterInterruption(t *testing.T) {
 	_, err = a.pool.LookupVolume(pushPrefix + handle)
 	require.ErrorIs(t, err, blockstore.ErrNotFound, "the push's clone is deleted after it")
 }
-
-func (n *regNode) devs() attacherDevices { return n.im.devs }
 
 // TestUnplacedPulledImageDropped: once its placement is withdrawn (its DataImage's snapshot
 // deleted), a node's sync deletes the image it pulled; the clone made of it keeps its data;
@@ -399,8 +399,9 @@ func TestUnplacedPulledImageDropped(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// TestCleanupLeftovers: the volumes and devices of pulls and pushes an earlier plugin left are
-// deleted when the registry loop starts; other volumes stay.
+// TestCleanupLeftovers: the volumes of pulls and pushes an earlier plugin left, and the devices
+// an earlier version attached for them, are deleted when the registry loop starts; other
+// volumes stay.
 func TestCleanupLeftovers(t *testing.T) {
 	tg, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
 	require.NoError(t, err)
@@ -410,7 +411,7 @@ func TestCleanupLeftovers(t *testing.T) {
 	for _, name := range []string{pullPrefix + strings.Repeat("ab", 32), pushPrefix + "ds-00000000-0000000000000001"} {
 		v, err := a.pool.CreateVolume(name, mib)
 		require.NoError(t, err)
-		_, err = a.devs().Attach(ctx, name, v.ID)
+		_, err = a.im.devs.vols.Attach(ctx, nodevolume.Spec{ID: name, Volume: v.ID}) // as earlier versions did
 		require.NoError(t, err)
 	}
 	a.im.cleanup(ctx)

@@ -243,15 +243,8 @@ func (p *pusher) plan(ctx context.Context) ([]chunkWork, error) {
 	return work, nil
 }
 
-// readGap is the largest gap between two changed extents of a chunk that a push reads across
-// (reading one range instead of two; the unchanged blocks in between diff as equal): each read
-// of a node's volume is a request through its block device and FUSE, which costs more than
-// the 64 KiB (measured: a child with 10% of its blocks rewritten at random places pushed in
-// 4.6 s reading each 4 KiB block on its own, BENCHMARKS.md section 14).
-const readGap = 64 << 10
-
 // splitByChunk returns the chunks exts touch, each with the parts of exts in it, aligned to
-// whole blocks and clipped to size; parts closer than readGap are one.
+// whole blocks and clipped to size.
 func splitByChunk(exts []Extent, chunkSize, size, bs int64) []chunkWork {
 	var work []chunkWork
 	for _, e := range exts {
@@ -264,7 +257,7 @@ func splitByChunk(exts []Extent, chunkSize, size, bs int64) []chunkWork {
 				work = append(work, chunkWork{index: i})
 			}
 			w := &work[len(work)-1]
-			if k := len(w.exts); k > 0 && w.exts[k-1].Offset+w.exts[k-1].Length+readGap >= start {
+			if k := len(w.exts); k > 0 && w.exts[k-1].Offset+w.exts[k-1].Length >= start {
 				last := &w.exts[k-1]
 				grown := max(last.Offset+last.Length, stop) - last.Offset
 				w.bytes += grown - last.Length

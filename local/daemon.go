@@ -153,7 +153,7 @@ func NewDaemon(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return fail(fmt.Errorf("local: pool status: %w", err))
 	}
-	d.pv = poolvol.WithDevices(store, devices{d.vols}, st.BlockSize, log)
+	d.pv = poolvol.WithStore(store, st.BlockSize, log)
 	d.ops.Go(d.superviseDataPlane)
 	log.Info("daemon ready", "home", s.Home, "pool", s.poolPath(), "capacity", st.PhysicalBytes, "used", st.UsedBytes,
 		"images", len(d.mu.cat.Images), "clones", len(d.mu.cat.Clones), "dataPlane", s.dataPlaneSocket())

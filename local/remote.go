@@ -17,7 +17,6 @@ import (
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
 	"github.com/dataimage/dataimage/internal/units"
-	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // Images in registries (docs/export-sets.md): the daemon pushes its images' snapshots and pulls
@@ -84,19 +83,6 @@ type RemoteDeletion struct {
 	// GC says why no collection ran (a push was in progress), if so.
 	GC string `json:"gc,omitempty"`
 }
-
-// devices attaches volumes as block devices (no file system) for package poolvol.
-type devices struct{ vols *nodevolume.Attacher }
-
-func (a devices) Attach(ctx context.Context, id string, vol blockstore.VolumeID) (string, error) {
-	at, err := a.vols.Attach(ctx, nodevolume.Spec{ID: id, Volume: vol})
-	if err != nil {
-		return "", err
-	}
-	return at.DevicePath(), nil
-}
-
-func (a devices) Detach(ctx context.Context, id string) error { return a.vols.Detach(ctx, id, "") }
 
 // registry opens the registry r names, filling its empty fields from the daemon's default.
 func (d *Daemon) registry(r Remote) (*exportset.Registry, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/dataimage/dataimage/exportset/remote"
 	"github.com/dataimage/dataimage/imagebuilder"
 	"github.com/dataimage/dataimage/imagebuilder/builder/wire"
+	"github.com/dataimage/dataimage/nodevolume"
 )
 
 // TestPushPull is the two-machine story on one machine, with two daemons (two homes, two
@@ -135,13 +136,13 @@ func TestPushPull(t *testing.T) {
 	}
 }
 
-// TestPushPullThroughDevices drives package poolvol through the daemon's data plane and block
-// devices without an engine: an image whose child zeroes a chunk (the pull punches it out of
-// the device) and rewrites another, pushed and pulled back, read back through devices.
-func TestPushPullThroughDevices(t *testing.T) {
+// TestPushPullThroughDataPlane drives package poolvol through the daemon's data plane without
+// an engine: an image written through its block device, whose child zeroes a chunk (punched
+// out of the device; the pull unmaps it) and rewrites another, pushed and pulled back through
+// the data plane's API, and read back.
+func TestPushPullThroughDataPlane(t *testing.T) {
 	d, _ := newTestDaemon(t)
 	ctx := context.Background()
-	devs := devices{d.vols}
 	const size = 8 * exportset.DefaultChunkSize
 	// image makes a snapshot of a volume (a clone of from, or new) that write changed through
 	// its device.
@@ -154,14 +155,14 @@ func TestPushPullThroughDevices(t *testing.T) {
 			vol, err = d.store.CreateVolume(ctx, "t/"+name, size)
 		}
 		require.NoError(t, err)
-		path, err := devs.Attach(ctx, "t-"+name, vol.ID)
+		at, err := d.vols.Attach(ctx, nodevolume.Spec{ID: "t-" + name, Volume: vol.ID})
 		require.NoError(t, err)
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		f, err := os.OpenFile(at.DevicePath(), os.O_RDWR, 0)
 		require.NoError(t, err)
 		write(f)
 		require.NoError(t, f.Sync())
 		require.NoError(t, f.Close())
-		require.NoError(t, devs.Detach(ctx, "t-"+name))
+		require.NoError(t, d.vols.Detach(ctx, "t-"+name, ""))
 		snap, err := d.store.CreateSnapshot(ctx, vol.ID, "t/"+name)
 		require.NoError(t, err)
 		require.NoError(t, d.store.DeleteVolume(ctx, vol.ID))

@@ -25,8 +25,8 @@ import (
 // BenchmarkTransfer measures pushes and pulls of a 512 MiB image of page data against the S3
 // server, each as a ratio to a baseline measured in the same run. The image is pushed from and
 // pulled into pools as a node has them: served by a data plane (here in this process, the
-// pool doing direct I/O) and read and written through the volumes' block devices (fuse-loop
-// exports, poolvol.WithDevices), as the CSI plugin and the local daemon do.
+// pool doing direct I/O) on its unix socket, the volumes' data read and written through its
+// API (poolvol.WithStore, a dataplane.Client), as the CSI plugin and the local daemon do.
 //
 //   - push/raw and pull/raw: the image's throughput against minio-go moving its raw bytes as
 //     one object (a multipart upload of 5 MiB parts, S3's smallest, 8 at a time; 8 ranged GETs
@@ -35,20 +35,19 @@ import (
 //     new node; pull/raw is the median of the rounds' ratios (pull/raw-min, -max their range);
 //   - pull/rawfile: the pull against the same ranged GETs landing the bytes where a pull lands
 //     them, in a file beside the pool, made durable (fdatasync) as a pull makes its image;
-//   - pull/inprocess: the pull into a pool of this process without the kernel's block path
-//     (poolvol.InProcess), against the raw download: what the block devices cost;
+//   - pull/inprocess: the pull into a pool of this process (poolvol.InProcess), against the raw
+//     download: what the data plane's socket costs;
 //   - for a child with 1% and 10% of its blocks rewritten at random places: the bytes uploaded
 //     and downloaded against the changed blocks compressed (zstd, fastest level), the pool's
 //     growth on a node holding the parent against the changed bytes, and the push's time.
 //
-// It moves the image once whatever b.N: run it with -benchtime=1x. It needs root (FUSE, loop
-// devices).
+// It moves the image once whatever b.N: run it with -benchtime=1x.
 //
 //	go test -run '^$' -bench BenchmarkTransfer -benchtime=1x ./exportset/poolvol/
 func BenchmarkTransfer(b *testing.B) {
 	ctx := context.Background()
 	const size = 512 << 20
-	a := exporttest.NewDeviceNode(b)
+	a := exporttest.NewServedNode(b)
 	rng := rand.New(rand.NewPCG(1, 1))
 	data := exporttest.PageData(rng, size)
 	base := a.Image("base", 0, size, func(v *blockstore.Volume) { exporttest.Write(b, v, data, 0) })
@@ -96,7 +95,7 @@ func BenchmarkTransfer(b *testing.B) {
 	var rawGet time.Duration
 	for range transferRounds {
 		rawGet = rangedGets(func([]byte, int64) {})
-		node = exporttest.NewDeviceNode(b)
+		node = exporttest.NewServedNode(b)
 		start = time.Now()
 		_, _, err = node.Pull(ctx, r, string(res.Digest), "base")
 		require.NoError(b, err)

@@ -5,13 +5,13 @@
 // changed.
 //
 // A Node says how to reach the pool: InProcess where the pool is open in this process (the data
-// plane, tests), WithDevices where it is in another process (the local daemon and the CSI node
-// reach their data plane's pool through a Store and read and write volumes through their block
-// devices).
+// plane, tests), WithStore where it is in another process (the local daemon and the CSI node
+// reach their data plane's pool through its API, which also reads and writes the volumes'
+// data: no block device is made for a push or a pull).
 //
 // It must not know who keeps the images (the local daemon's catalog, the CSI node's records:
-// callers say which snapshot holds which digest and what to name what a pull makes), nor how a
-// volume becomes a block device (the caller's Devices: nodevolume's attachments).
+// callers say which snapshot holds which digest and what to name what a pull makes), nor the
+// data plane (a Store is an interface).
 package poolvol
 
 import (
@@ -176,7 +176,8 @@ type Sink struct {
 	// Lookup returns the snapshot that holds image d on the node, if any: the pull may start
 	// from a clone of it.
 	Lookup func(d exportset.Digest) (blockstore.SnapshotID, bool)
-	// Volume names the volume the pull fills, ID its export (with WithDevices). A volume of
+	// Volume names the volume the pull fills; ID names the pull to the Node (unused by
+	// WithStore and InProcess; earlier versions exported the volume under it). A volume of
 	// that name is taken for what an interrupted pull left, and deleted first: pulls start over.
 	Volume, ID string
 	// Snapshot names the snapshot the image becomes.

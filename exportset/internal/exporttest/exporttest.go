@@ -20,8 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dataimage/dataimage/blockstore"
-	"github.com/dataimage/dataimage/blockstore/export"
 	"github.com/dataimage/dataimage/dataplane"
+	"github.com/dataimage/dataimage/dataplane/dataplanetest"
 	"github.com/dataimage/dataimage/exportset"
 	"github.com/dataimage/dataimage/exportset/poolvol"
 	"github.com/dataimage/dataimage/exportset/remote"
@@ -121,27 +121,15 @@ func NewDirectNode(t testing.TB) *Node {
 	return newNode(t, blockstore.Options{DirectIO: true})
 }
 
-// NewDeviceNode is NewDirectNode whose volumes are read and written through their block
-// devices, as on a node (poolvol.WithDevices): the pool is served by a data plane in this
-// process (dataplane.Local) that exports volumes with fuse-loop. It needs root and FUSE.
-func NewDeviceNode(t testing.TB) *Node {
+// NewServedNode is NewDirectNode whose volumes are read and written as on a node
+// (poolvol.WithStore): through the API of a data plane that serves the pool, here in this
+// process (dataplane.Local, dataplane.Server) on a unix socket, called by a dataplane.Client.
+func NewServedNode(t testing.TB) *Node {
 	n := NewDirectNode(t)
-	exp, err := export.Detect(export.Options{StateDir: filepath.Join(t.TempDir(), "export")})
-	require.NoError(t, err)
-	l := dataplane.NewLocal(n.Pool, exp, nil)
-	n.PV = poolvol.WithDevices(l, localDevices{l}, BlockSize, nil)
+	c := dataplanetest.Serve(t, dataplane.NewLocal(n.Pool, nil, nil))
+	n.PV = poolvol.WithStore(c, BlockSize, nil)
 	return n
 }
-
-// localDevices attaches volumes as block devices of a data plane in this process.
-type localDevices struct{ l *dataplane.Local }
-
-func (d localDevices) Attach(ctx context.Context, id string, vol blockstore.VolumeID) (string, error) {
-	e, err := d.l.Export(ctx, dataplane.ExportSpec{ID: id, Volume: vol})
-	return e.Device, err
-}
-
-func (d localDevices) Detach(ctx context.Context, id string) error { return d.l.Unexport(ctx, id) }
 
 func newNode(t testing.TB, opts blockstore.Options) *Node {
 	opts.Size = 2 << 30
