@@ -259,14 +259,14 @@ func (im *images) pull(d exportset.Digest, handle string, t *transfer) (blocksto
 	}
 	start := im.now()
 	im.log.Info("pulling image", "digest", d, "snapshot", handle, "registry", im.reg.String())
-	sink := &poolvol.Sink{Node: im.node, Lookup: im.lookup, Volume: pullPrefix + d.Hex(), ID: pullPrefix + d.Hex(), Snapshot: pulledName(d)}
+	sink := &poolvol.Sink{Node: im.node, Lookup: im.lookup, Volume: pullPrefix + d.Hex(), ID: pullPrefix + d.Hex(), Snapshot: pulledName(d), Resume: true}
 	res, err := im.reg.Pull(ctx, exportset.PullRequest{Ref: string(d), Sink: sink, Progress: t.report})
 	if err != nil {
 		im.log.Error("pull failed", "digest", d, "snapshot", handle, "err", err)
 		return blockstore.SnapshotInfo{}, err
 	}
 	snap, _ := sink.Committed()
-	im.log.Info("image pulled", "digest", d, "snapshot", handle, "base", res.Base, "chunks", res.Chunks,
+	im.log.Info("image pulled", "digest", d, "snapshot", handle, "base", res.Base, "chunks", res.Chunks, "resumed", res.Resumed, "kept", res.Kept,
 		"fetchedBytes", res.FetchedBytes, "writtenBytes", res.WrittenBytes, "seconds", im.now().Sub(start).Seconds())
 	return snap, nil
 }
@@ -505,9 +505,14 @@ func (im *images) dropUnplaced(ctx context.Context, placed map[exportset.Digest]
 	}
 }
 
-// cleanup deletes the volumes (and their devices) of pushes and pulls that no transfer of this
-// process runs: an earlier plugin was stopped in the middle of them. A pull left this way
-// made no image (pulls are atomic); a push is run again by the next sync.
+// keptPullAge is how long the volume of an interrupted pull is kept for the next pull of its
+// image to resume (a CreateVolume's retry, a placement's sync) before cleanup deletes it.
+const keptPullAge = 24 * time.Hour
+
+// cleanup deletes the volumes (and the devices of earlier versions) of pushes and pulls that
+// no transfer of this process runs: an earlier plugin was stopped in the middle of them. A
+// pull left this way made no image (pulls are atomic); its volume is kept for keptPullAge
+// (the next pull of the image resumes it), then deleted. A push is run again by the next sync.
 func (im *images) cleanup(ctx context.Context) {
 	vols, err := im.store.ListVolumes(ctx)
 	if err != nil {
@@ -524,6 +529,10 @@ func (im *images) cleanup(ctx context.Context) {
 		running := isPull && im.mu.pulls[exportset.Digest("sha256:"+pull)] != nil || isPush && im.mu.pushes[push] != nil
 		im.mu.Unlock()
 		if running {
+			continue
+		}
+		if isPull && im.now().Sub(v.Created) < keptPullAge {
+			im.log.Info("keeping what an interrupted pull left: the next pull of the image resumes it", "volume", v.Name, "created", v.Created)
 			continue
 		}
 		if err := im.devs.Detach(ctx, v.Name); err != nil {

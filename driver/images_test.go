@@ -400,7 +400,8 @@ func TestUnplacedPulledImageDropped(t *testing.T) {
 }
 
 // TestCleanupLeftovers: the volumes of pulls and pushes an earlier plugin left, and the devices
-// an earlier version attached for them, are deleted when the registry loop starts; other
+// an earlier version attached for them, are deleted when the registry loop starts (a pull's
+// once it is older than keptPullAge: until then the next pull of its image resumes it); other
 // volumes stay.
 func TestCleanupLeftovers(t *testing.T) {
 	tg, err := remote.NewDir(filepath.Join(t.TempDir(), "registry"))
@@ -414,6 +415,13 @@ func TestCleanupLeftovers(t *testing.T) {
 		_, err = a.im.devs.vols.Attach(ctx, nodevolume.Spec{ID: name, Volume: v.ID}) // as earlier versions did
 		require.NoError(t, err)
 	}
+	a.im.cleanup(ctx)
+	var names []string
+	for _, v := range a.pool.Volumes() {
+		names = append(names, v.Name)
+	}
+	require.ElementsMatch(t, []string{"pull-me-not", pullPrefix + strings.Repeat("ab", 32)}, names, "a recent pull's volume is kept")
+	a.im.now = func() time.Time { return time.Now().Add(keptPullAge + time.Minute) }
 	a.im.cleanup(ctx)
 	vols := a.pool.Volumes()
 	require.Len(t, vols, 1)

@@ -33,6 +33,10 @@ type PullResult struct {
 	Base Digest
 	// Chunks is the chunks that differed from the base and were written.
 	Chunks int
+	// Resumed: the pull resumed what an interrupted one left; Kept of the chunks were found
+	// written and verified, and not downloaded again.
+	Resumed bool
+	Kept    int
 	// Fetched objects and their stored bytes.
 	Fetched      int
 	FetchedBytes int64
@@ -46,9 +50,14 @@ type PullResult struct {
 // differ: the pulled image shares the rest with the ancestor in the store. Without one it
 // fills an empty volume. Every object is verified against its digest; a missing or corrupt
 // one fails the pull with a ChunkError naming the chunk and the image. The pull is atomic: the
-// volume becomes the image (Fill.Commit) only once every chunk is written; on any failure it
-// is deleted (Fill.Abort), and a pull that is run again starts over.
-func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, error) {
+// volume becomes the image (Fill.Commit) only once every chunk is written; on failure it is
+// deleted (Fill.Abort), unless the Fill is a ResumableFill and the pull lost its way to the
+// registry or was cancelled (not a corrupt or missing object, not a failure of the store):
+// then it is kept (ResumableFill.Keep), and the next pull of the image resumes it. A resumed pull reads back each chunk that is one whole object and downloads it
+// only if what the volume holds does not match the object's digest (the digest of the chunk's
+// bytes); every other chunk it writes again (patches are absolute: writing them again gives
+// the same bytes).
+func (r *Registry) Pull(ctx context.Context, req PullRequest) (_ *PullResult, err error) {
 	if req.Sink == nil {
 		return nil, invalid("pull: no sink")
 	}
@@ -74,12 +83,23 @@ func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, erro
 		return nil, fmt.Errorf("exportset: pull %s (%s): %w", d, m.Image.Name, err)
 	}
 	p.fill = fill
+	rf, resumable := fill.(ResumableFill)
+	p.resumed = resumable && rf.Resumed()
 	committed := false
 	defer func() {
-		if !committed {
-			if aerr := fill.Abort(context.WithoutCancel(ctx)); aerr != nil {
-				r.log.Error("deleting the volume of a failed pull", "image", d, "err", aerr)
+		if committed {
+			return
+		}
+		if resumable && resumableFailure(err) {
+			if kerr := rf.Keep(context.WithoutCancel(ctx)); kerr != nil {
+				r.log.Error("keeping the volume of a failed pull", "image", d, "err", kerr)
+			} else {
+				r.log.Info("kept the volume of a failed pull: the next pull of the image resumes it", "image", d, "err", err)
 			}
+			return
+		}
+		if aerr := fill.Abort(context.WithoutCancel(ctx)); aerr != nil {
+			r.log.Error("deleting the volume of a failed pull", "image", d, "err", aerr)
 		}
 	}()
 
@@ -92,11 +112,23 @@ func (r *Registry) Pull(ctx context.Context, req PullRequest) (*PullResult, erro
 		return nil, fmt.Errorf("exportset: pull %s (%s): %w", d, m.Image.Name, err)
 	}
 	committed = true
-	res := &PullResult{Digest: d, Manifest: m, Raw: raw, Base: base, Chunks: len(work),
+	res := &PullResult{Digest: d, Manifest: m, Raw: raw, Base: base, Chunks: len(work), Resumed: p.resumed, Kept: int(p.kept.Load()),
 		Fetched: int(p.fetched.Load()), FetchedBytes: p.fetchedBytes.Load(), WrittenBytes: p.written.Load(), ZeroedBytes: p.zeroed.Load()}
 	r.log.Info("image pulled", "image", m.Image.Name, "digest", d, "target", r.t.String(), "base", base,
-		"chunks", res.Chunks, "fetched", res.Fetched, "fetchedBytes", res.FetchedBytes, "writtenBytes", res.WrittenBytes)
+		"chunks", res.Chunks, "resumed", res.Resumed, "kept", res.Kept, "fetched", res.Fetched, "fetchedBytes", res.FetchedBytes, "writtenBytes", res.WrittenBytes)
 	return res, nil
+}
+
+// resumableFailure reports whether a pull that failed with err leaves its volume for the next
+// pull to resume: it lost its way to the registry (a target's error on an object other than
+// its absence) or was cancelled. A corrupt or missing object, and a failure of the store (a
+// full pool, a failed write), abort it.
+func resumableFailure(err error) bool {
+	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
+		return false
+	}
+	var ce *ChunkError
+	return errors.As(err, &ce) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // findBase returns the nearest ancestor of m that sink holds and that m can start from (same
@@ -131,7 +163,9 @@ type puller struct {
 	fill Fill
 	reporter
 
-	fetched, fetchedBytes, written, zeroed atomic.Int64
+	fetched, fetchedBytes, written, zeroed, kept atomic.Int64
+	// resumed: the volume holds what an interrupted pull of the image wrote.
+	resumed bool
 	// zeros returns a chunk of zeros, read only: what an empty volume holds.
 	zeros func() []byte
 }
@@ -255,6 +289,19 @@ func (p *puller) chunk(ctx context.Context, w pullWork) (write func() error, err
 			}
 			return nil
 		}, nil
+	}
+	if p.resumed && len(w.c.Objects) == 1 && !w.c.Objects[0].Patch && w.c.Objects[0].Length <= clen {
+		o := w.c.Objects[0]
+		// Written by the interrupted pull, if the volume's bytes there are the object's
+		// payload, then zeros.
+		have := make([]byte, clen)
+		if err := readFull(p.fill, have, off); err != nil {
+			return nil, fmt.Errorf("exportset: pull %s: read the volume at %d: %w", p.d, off, err)
+		}
+		if allZero(have[o.Length:]) && DigestOf(have[:o.Length]) == o.Digest {
+			p.kept.Add(1)
+			return func() error { return nil }, nil
+		}
 	}
 	var buf []byte
 	for _, o := range w.c.Objects {

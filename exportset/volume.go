@@ -51,3 +51,17 @@ type Fill interface {
 	// Abort deletes the volume. It is called, instead of Commit, when a pull fails.
 	Abort(ctx context.Context) error
 }
+
+// ResumableFill is a Fill that a failed pull can leave for the next pull of the same image to
+// resume (Sink.Begin returns it again).
+type ResumableFill interface {
+	Fill
+	// Resumed reports that the volume holds what an interrupted pull of the same image, from
+	// the same base, wrote. Any part of it may be missing or torn (a kill, a power loss): the
+	// pull trusts nothing of it unverified.
+	Resumed() bool
+	// Keep leaves the volume for the next pull of the image, instead of Abort, when a pull
+	// fails for a cause that running it again may not meet (a lost connection, a cancelled
+	// request); a corrupt or missing object aborts.
+	Keep(ctx context.Context) error
+}

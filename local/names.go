@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+
+	"github.com/dataimage/dataimage/exportset"
 )
 
 // Names of images, clones and revisions follow the image definition's rule for names: ASCII
@@ -50,13 +52,14 @@ const (
 	revPrefix   = "rev/"   // a clone's revision: rev/<clone>/<revision>, a snapshot of the clone
 	buildPrefix = "build/" // the volume an image is being built in
 	tmpPrefix   = "tmp/"   // a volume that carries a revision to a new image's snapshot
-	pullPrefix  = "pull/"  // the volume an image is pulled into (remote.go)
+	pullPrefix  = "pull/"  // the volume an image is pulled into: pull/<name>@<digest hex> (remote.go)
 	pushPrefix  = "push/"  // the clone of an image's snapshot a push reads (remote.go)
 )
 
-func imageObject(name string) string          { return imagePrefix + name }
-func cloneObject(name string) string          { return clonePrefix + name }
-func revObject(clone, revision string) string { return revPrefix + clone + "/" + revision }
+func imageObject(name string) string                    { return imagePrefix + name }
+func pullVolume(name string, d exportset.Digest) string { return pullPrefix + name + "@" + d.Hex() }
+func cloneObject(name string) string                    { return clonePrefix + name }
+func revObject(clone, revision string) string           { return revPrefix + clone + "/" + revision }
 
 // Export ids (one per exported volume, valid file names).
 func cloneExportID(name string) string { return "clone-" + name }

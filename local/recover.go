@@ -256,9 +256,14 @@ func unmountRetry(p string) error {
 	}
 }
 
+// keptPullAge is how long the volume of an interrupted pull is kept for the next pull of its
+// image to resume, before reconcile deletes it.
+const keptPullAge = 24 * time.Hour
+
 // reconcile makes the catalog and the pool agree: it finishes deletions that were interrupted,
-// deletes the pool objects no entry accounts for (an interrupted build or create), and drops the
-// entries whose pool object is gone.
+// deletes the pool objects no entry accounts for (an interrupted build or create; an
+// interrupted pull's volume once it is older than keptPullAge), and drops the entries whose
+// pool object is gone.
 func (d *Daemon) reconcile() error {
 	cat := d.mu.cat
 	poolSnaps, err := d.store.ListSnapshots(storeCtx)
@@ -284,6 +289,10 @@ func (d *Daemon) reconcile() error {
 	for _, v := range poolVols {
 		if name, ok := strings.CutPrefix(v.Name, clonePrefix); ok && cat.Clones[name] != nil && !cat.Clones[name].Deleting {
 			vols[v.Name] = true
+			continue
+		}
+		if strings.HasPrefix(v.Name, pullPrefix) && d.now().Sub(v.Created) < keptPullAge {
+			d.log.Info("keeping what an interrupted pull left: the next pull of the image resumes it", "volume", v.Name)
 			continue
 		}
 		d.log.Warn("deleting a volume no catalog entry accounts for", "volume", v.Name, "id", v.ID)

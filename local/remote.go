@@ -339,7 +339,9 @@ func (d *Daemon) PullImage(ctx context.Context, req PullRequest, progress func(w
 		return nil, err
 	}
 	defer d.unreserveImage(name)
-	sink := &poolvol.Sink{Node: d.pv, Lookup: d.snapshotOf, Volume: pullPrefix + name, ID: pullExportID(name), Snapshot: imageObject(name)}
+	// The volume is named by the image's name and digest: a pull of them that was interrupted
+	// (a lost connection, a cancelled command) left it, and this one resumes it.
+	sink := &poolvol.Sink{Node: d.pv, Lookup: d.snapshotOf, Volume: pullVolume(name, dg), ID: pullExportID(name), Snapshot: imageObject(name), Resume: true}
 	if progress != nil {
 		progress(wire.Event{Step: "pull", Message: fmt.Sprintf("pulling %s (%s) from %s", m.Image.Name, dg.Short(), reg)})
 	}

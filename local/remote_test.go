@@ -240,3 +240,39 @@ func remoteDir(t *testing.T) exportset.Target {
 	require.NoError(t, err)
 	return dir
 }
+
+// TestPullResumesAfterCancel: a pull cancelled half-way (the command interrupted) keeps its
+// volume, named by the image and its digest; the next pull of the image resumes it, and the
+// image it makes is whole (a clone of it answers).
+func TestPullResumesAfterCancel(t *testing.T) {
+	eng := needEngine(t, imagebuilder.EnginePostgres)
+	ctx := context.Background()
+	registry := "file://" + filepath.Join(testDir(t), "registry")
+	a, _ := newTestDaemon(t)
+	b, _ := newTestDaemon(t)
+	build(t, a, pgDefinition(eng, "base", "sourceType: empty\n"), "")
+	c := createClone(t, a, CloneRequest{Image: "base", Name: "work"})
+	sql(t, c, "CREATE TABLE rows AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g")
+	_, err := a.ImageFromClone(ctx, ImageFromCloneRequest{Name: "filled", Clone: "work"})
+	require.NoError(t, err)
+	pushed, err := a.PushImage(ctx, PushRequest{Image: "filled", Remote: Remote{URL: registry}}, nil)
+	require.NoError(t, err)
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	_, err = b.PullImage(cctx, PullRequest{Ref: "filled", Remote: Remote{URL: registry}}, func(ev wire.Event) {
+		if ev.Done > 0 {
+			cancel() // after the first chunk
+		}
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	vol := pullVolume("filled", exportset.Digest(pushed.Digest))
+	require.Contains(t, poolNames(t, b), "volume "+vol, "the cancelled pull kept its volume")
+
+	img, err := b.PullImage(ctx, PullRequest{Ref: "filled", Remote: Remote{URL: registry}}, nil)
+	require.NoError(t, err)
+	require.Equal(t, pushed.Digest, img.Digest)
+	require.NotContains(t, poolNames(t, b), "volume "+vol, "the resumed pull's volume became the image")
+	clone := createClone(t, b, CloneRequest{Image: "filled", Name: "check"})
+	require.Equal(t, "200000", sql(t, clone, "SELECT count(*) FROM rows"))
+}

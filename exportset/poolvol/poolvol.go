@@ -178,8 +178,13 @@ type Sink struct {
 	Lookup func(d exportset.Digest) (blockstore.SnapshotID, bool)
 	// Volume names the volume the pull fills; ID names the pull to the Node (unused by
 	// WithStore and InProcess; earlier versions exported the volume under it). A volume of
-	// that name is taken for what an interrupted pull left, and deleted first: pulls start over.
+	// that name is taken for what an interrupted pull left: resumed (with Resume, when it has
+	// the image's size and was cloned from the same base, or from none as the pull would be),
+	// else deleted first.
 	Volume, ID string
+	// Resume: Volume names a pull of this one image (its digest is in the name), so a failed
+	// pull keeps it (exportset.ResumableFill) and the next pull of the image resumes it.
+	Resume bool
 	// Snapshot names the snapshot the image becomes.
 	Snapshot string
 
@@ -211,7 +216,23 @@ func (s *Sink) Begin(ctx context.Context, d exportset.Digest, m *exportset.Manif
 	if s.Volume == "" || s.Snapshot == "" {
 		return nil, fmt.Errorf("%w: poolvol: a sink needs a volume and a snapshot name", exportset.ErrInvalid)
 	}
+	var origin blockstore.SnapshotID // the base's snapshot, or none
+	if base != "" {
+		snap, ok := s.Lookup(base)
+		if !ok {
+			return nil, fmt.Errorf("%w: poolvol: image %s is not on the node any more", exportset.ErrNotFound, base)
+		}
+		origin = snap
+	}
 	if old, err := n.store.LookupVolume(ctx, s.Volume); err == nil {
+		if s.Resume && old.Size == m.Size && old.Origin == origin {
+			n.log.Info("resuming what an interrupted pull left", "volume", s.Volume, "image", d)
+			v, err := n.device(ctx, s.ID, old, true)
+			if err != nil {
+				return nil, err
+			}
+			return &resumableFill{fill: fill{s: s, v: v}, resumed: true}, nil
+		}
 		n.log.Info("deleting what an interrupted pull left", "volume", s.Volume)
 		if err := n.store.DeleteVolume(ctx, old.ID); err != nil {
 			return nil, fmt.Errorf("poolvol: delete the leftover volume %s: %w", s.Volume, err)
@@ -222,11 +243,7 @@ func (s *Sink) Begin(ctx context.Context, d exportset.Digest, m *exportset.Manif
 	var vol blockstore.VolumeInfo
 	var err error
 	if base != "" {
-		snap, ok := s.Lookup(base)
-		if !ok {
-			return nil, fmt.Errorf("%w: poolvol: image %s is not on the node any more", exportset.ErrNotFound, base)
-		}
-		vol, err = n.store.Clone(ctx, snap, s.Volume, m.Size)
+		vol, err = n.store.Clone(ctx, origin, s.Volume, m.Size)
 	} else {
 		vol, err = n.store.CreateVolume(ctx, s.Volume, m.Size)
 	}
@@ -237,7 +254,27 @@ func (s *Sink) Begin(ctx context.Context, d exportset.Digest, m *exportset.Manif
 	if err != nil {
 		return nil, err
 	}
+	if s.Resume {
+		return &resumableFill{fill: fill{s: s, v: v}}, nil
+	}
 	return &fill{s: s, v: v}, nil
+}
+
+// resumableFill is the fill of a Sink that resumes (exportset.ResumableFill).
+type resumableFill struct {
+	fill
+	resumed bool
+}
+
+func (f *resumableFill) Resumed() bool { return f.resumed }
+
+// Keep flushes and closes the volume and leaves it for the next pull of the image.
+func (f *resumableFill) Keep(ctx context.Context) error {
+	v := f.v
+	if err := v.h.flush(); err != nil {
+		return fmt.Errorf("poolvol: flush volume %s: %w", v.vol.Name, err)
+	}
+	return v.h.close(context.WithoutCancel(ctx))
 }
 
 // fill is the volume a pull fills.
