@@ -72,15 +72,9 @@ func dataPlanesOf(home string) []int {
 		if err != nil {
 			continue
 		}
-		args := strings.Split(strings.TrimRight(cmdlineRaw(pid), "\x00"), "\x00")
-		if len(args) == 3 && args[1] == dataPlaneChildArg && args[2] == home {
+		if args := strings.Fields(cmdline(pid)); len(args) == 3 && args[1] == dataPlaneChildArg && args[2] == home {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
-}
-
-func cmdlineRaw(pid int) string {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	return string(b)
 }

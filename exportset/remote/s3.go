@@ -147,8 +147,7 @@ func (s *S3) Get(ctx context.Context, key string, limit int64) ([]byte, error) {
 	if int64(n) != info.Size {
 		return nil, fmt.Errorf("%w: %s%s%s: read %d bytes of a body of %d", exportset.ErrCorrupt, s.url, key, s.at, n, info.Size)
 	}
-	b = b[:n]
-	return b, nil
+	return b[:n], nil
 }
 
 func (s *S3) Put(ctx context.Context, key string, data []byte) error {

@@ -155,13 +155,13 @@ func parseRights(oob []byte) ([]int, error) {
 		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
 			continue
 		}
-		got, err := unix.ParseUnixRights(&m)
+		got, err := unix.ParseUnixRights(&m) // received with MSG_CMSG_CLOEXEC; unix.CloseOnExec again:
+		for _, fd := range got {
+			unix.CloseOnExec(fd)
+		}
 		if err != nil {
 			closeAll(fds)
 			return nil, fmt.Errorf("%w: SCM_RIGHTS: %v", ErrProtocol, err)
-		}
-		for _, fd := range got {
-			unix.CloseOnExec(fd)
 		}
 		fds = append(fds, got...)
 	}
