@@ -53,10 +53,11 @@ type PullResult struct {
 // volume becomes the image (Fill.Commit) only once every chunk is written; on failure it is
 // deleted (Fill.Abort), unless the Fill is a ResumableFill and the pull lost its way to the
 // registry or was cancelled (not a corrupt or missing object, not a failure of the store):
-// then it is kept (ResumableFill.Keep), and the next pull of the image resumes it. A resumed pull reads back each chunk that is one whole object and downloads it
-// only if what the volume holds does not match the object's digest (the digest of the chunk's
-// bytes); every other chunk it writes again (patches are absolute: writing them again gives
-// the same bytes).
+// then it is kept (ResumableFill.Keep), and the next pull of the image resumes it. A resumed
+// pull reads back each chunk that is one whole object and downloads it only if what the volume
+// holds does not match the object's digest (the digest of the chunk's bytes); it writes every
+// other chunk again, diffed against what the volume holds (patches over a base's chunk are
+// absolute: writing them again gives the same bytes).
 func (r *Registry) Pull(ctx context.Context, req PullRequest) (_ *PullResult, err error) {
 	if req.Sink == nil {
 		return nil, invalid("pull: no sink")
@@ -290,33 +291,35 @@ func (p *puller) chunk(ctx context.Context, w pullWork) (write func() error, err
 			return nil
 		}, nil
 	}
-	if p.resumed && len(w.c.Objects) == 1 && !w.c.Objects[0].Patch && w.c.Objects[0].Length <= clen {
-		o := w.c.Objects[0]
-		// Written by the interrupted pull, if the volume's bytes there are the object's
-		// payload, then zeros.
-		have := make([]byte, clen)
-		if err := readFull(p.fill, have, off); err != nil {
+	// What the volume holds there: the base's chunk, or (resumed) what the interrupted pull
+	// wrote over it, read once; zeros in an empty volume.
+	old := p.zeros()[:clen]
+	if w.b != nil || p.resumed {
+		old = make([]byte, clen)
+		if err := readFull(p.fill, old, off); err != nil {
 			return nil, fmt.Errorf("exportset: pull %s: read the volume at %d: %w", p.d, off, err)
 		}
-		if allZero(have[o.Length:]) && DigestOf(have[:o.Length]) == o.Digest {
-			p.kept.Add(1)
-			return func() error { return nil }, nil
-		}
 	}
-	var buf []byte
-	for _, o := range w.c.Objects {
+	if o := w.c.Objects[0]; p.resumed && len(w.c.Objects) == 1 && !o.Patch && o.Length <= clen &&
+		allZero(old[o.Length:]) && DigestOf(old[:o.Length]) == o.Digest {
+		// Written whole by the interrupted pull: the object's payload, then zeros.
+		p.kept.Add(1)
+		return func() error { return nil }, nil
+	}
+	var buf []byte // the chunk's bytes: its first full object's payload as decoded, or a copy
+	for i, o := range w.c.Objects {
 		payload, err := p.fetch(ctx, w.index, o)
 		if err != nil {
 			return nil, err
 		}
+		if i == 0 && !o.Patch && int64(len(payload)) == clen {
+			buf = payload // decoded into a buffer of its own
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, clen)
+		}
 		if !o.Patch {
-			if buf == nil && int64(len(payload)) == clen {
-				buf = payload // decoded into a buffer of its own
-				continue
-			}
-			if buf == nil {
-				buf = make([]byte, clen)
-			}
 			copy(buf, payload)
 			continue
 		}
@@ -324,23 +327,10 @@ func (p *puller) chunk(ctx context.Context, w pullWork) (write func() error, err
 		if err != nil {
 			return nil, p.chunkError(w.index, o, err)
 		}
-		if buf == nil {
-			buf = make([]byte, clen)
-		}
 		applyPatch(buf, recs)
 	}
 	if buf == nil {
 		buf = make([]byte, clen)
-	}
-	// What the volume holds there: zeros (an empty volume), or the base's chunk.
-	var old []byte
-	if w.b != nil {
-		old = make([]byte, clen)
-		if err := readFull(p.fill, old, off); err != nil {
-			return nil, fmt.Errorf("exportset: pull %s: read the volume at %d: %w", p.d, off, err)
-		}
-	} else {
-		old = p.zeros()[:clen]
 	}
 	recs := diffRecords(old, buf, 0, p.m.BlockSize)
 	return func() error { return p.apply(off, recs) }, nil
