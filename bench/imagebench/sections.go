@@ -41,7 +41,9 @@ type buildResult struct {
 }
 
 type tpsResult struct {
-	raw, clone []float64 // pgbench TPS per round
+	raw, clone         []float64 // pgbench TPS per round
+	rawTxns, cloneTxns int64     // transactions of all rounds
+	rawDev, cloneDev   devStat   // what each side's loop device served during its pgbench runs
 }
 
 type createResult struct {
@@ -444,20 +446,63 @@ func execOut(ctx context.Context, name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+var (
+	tpsRE  = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+	txnsRE = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+)
 
-// pgbench runs the TPS comparison's pgbench against c and returns the TPS.
-func (b *bench) pgbench(c engine.ConnInfo) (float64, error) {
+// pgbenchTxns runs the TPS comparison's pgbench against c and returns its TPS and how many
+// transactions it ran.
+func (b *bench) pgbenchTxns(c engine.ConnInfo) (float64, int64, error) {
 	out, err := b.cmd(c, b.pgBin("pgbench"), "-n", "-c", strconv.Itoa(b.cfg.clients), "-j", "2",
 		"-T", strconv.Itoa(int(b.cfg.duration.Seconds())), "bench")
 	if err != nil {
+		return 0, 0, err
+	}
+	m, n := tpsRE.FindStringSubmatch(out), txnsRE.FindStringSubmatch(out)
+	if m == nil || n == nil {
+		return 0, 0, fmt.Errorf("pgbench printed no tps or transaction count: %s", out)
+	}
+	tps, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	txns, err := strconv.ParseInt(n[1], 10, 64)
+	return tps, txns, err
+}
+
+// pgbenchSide runs one side's pgbench of the TPS comparison from a cold page cache (settle:
+// neither side reads from memory what the other reads from its device, nor inherits the other's
+// dirty pages) and adds what its loop device served meanwhile to dev.
+func (b *bench) pgbenchSide(c engine.ConnInfo, statFile string, txns *int64, dev *devStat) (float64, error) {
+	if err := b.settle(); err != nil {
 		return 0, err
 	}
-	m := tpsRE.FindStringSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("pgbench printed no tps: %s", out)
+	before, err := readDevStat(statFile)
+	if err != nil {
+		return 0, err
 	}
-	return strconv.ParseFloat(m[1], 64)
+	tps, n, err := b.pgbenchTxns(c)
+	if err != nil {
+		return 0, err
+	}
+	after, err := readDevStat(statFile)
+	if err != nil {
+		return 0, err
+	}
+	*txns += n
+	*dev = dev.add(after.sub(before))
+	return tps, nil
+}
+
+// dataDevStat returns the stat file of the block device under the data directory of the
+// PostgreSQL server c.
+func (b *bench) dataDevStat(c engine.ConnInfo) (string, error) {
+	dir, err := b.psql(c, "postgres", "SHOW data_directory")
+	if err != nil {
+		return "", err
+	}
+	return blockDevStat(dir)
 }
 
 // tps alternates pgbench on the raw side (the extracted backup, started with the same
@@ -479,14 +524,22 @@ func (b *bench) tps(d *local.Daemon, raw *rawSide) (*tpsResult, error) {
 		return nil, err
 	}
 	defer d.DeleteClone(context.Background(), cl.Name)
+	rawStat, err := b.dataDevStat(base.inst.Conn())
+	if err != nil {
+		return nil, err
+	}
+	cloneStat, err := b.dataDevStat(cloneConn(cl))
+	if err != nil {
+		return nil, err
+	}
 	res := &tpsResult{}
 	for r := range b.cfg.rounds {
-		t, err := b.pgbench(base.inst.Conn())
+		t, err := b.pgbenchSide(base.inst.Conn(), rawStat, &res.rawTxns, &res.rawDev)
 		if err != nil {
 			return nil, err
 		}
 		res.raw = append(res.raw, t)
-		c, err := b.pgbench(cloneConn(cl))
+		c, err := b.pgbenchSide(cloneConn(cl), cloneStat, &res.cloneTxns, &res.cloneDev)
 		if err != nil {
 			return nil, err
 		}
