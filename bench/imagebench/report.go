@@ -104,7 +104,7 @@ func (r *report) markdown() string {
 		p("`pgbench -n -c %d -j 2 -T %d bench` over TCP against a clone of the image (started by the daemon) and\n", r.cfg.clients, int(r.cfg.duration.Seconds()))
 		p("against the same backup extracted onto ext4 on the raw loop file and started with the same PostgreSQL\n")
 		p("and settings; %d alternating rounds (each round continues from the previous one's data on both sides).\n", len(t.raw))
-		p("Before each side's run the page cache is dropped (`sync`, `drop_caches`): each reads its data from its\n")
+		p("Before each side's run the page cache is dropped (sync, then drop_caches): each reads its data from its\n")
 		p("device, and neither inherits the other's dirty pages.\n\n")
 		p("| | TPS per round | median |\n|---|---|---|\n")
 		p("| ext4 on a raw loop file | %s | %.0f |\n| clone | %s | %.0f |\n", floats(t.raw), median(t.raw), floats(t.clone), median(t.clone))
