@@ -42,9 +42,14 @@ func readDevStat(file string) (devStat, error) {
 	if len(f) < 17 {
 		return devStat{}, fmt.Errorf("%s: %d fields, want at least 17 (a kernel with flush statistics)", file, len(f))
 	}
-	n := func(i int) int64 { v, _ := strconv.ParseInt(f[i], 10, 64); return v }
-	return devStat{reads: n(0), readSectors: n(2), readMS: n(3), writes: n(4), writeSectors: n(6), writeMS: n(7),
-		flushes: n(15), flushMS: n(16)}, nil
+	var v [17]int64
+	for i := range v {
+		if v[i], err = strconv.ParseInt(f[i], 10, 64); err != nil {
+			return devStat{}, fmt.Errorf("%s: field %d: %w", file, i+1, err)
+		}
+	}
+	return devStat{reads: v[0], readSectors: v[2], readMS: v[3], writes: v[4], writeSectors: v[6], writeMS: v[7],
+		flushes: v[15], flushMS: v[16]}, nil
 }
 
 func (a devStat) sub(b devStat) devStat {
@@ -56,6 +61,9 @@ func (a devStat) add(b devStat) devStat {
 	return devStat{a.reads + b.reads, a.writes + b.writes, a.flushes + b.flushes, a.readMS + b.readMS,
 		a.writeMS + b.writeMS, a.flushMS + b.flushMS, a.readSectors + b.readSectors, a.writeSectors + b.writeSectors}
 }
+
+// perTxn is n requests per transaction, of txns transactions.
+func perTxn(n, txns int64) float64 { return float64(n) / float64(max(txns, 1)) }
 
 // mean is the mean latency of n requests that took ms milliseconds in all.
 func mean(ms, n int64) time.Duration {

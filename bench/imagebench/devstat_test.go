@@ -29,6 +29,11 @@ func TestReadDevStat(t *testing.T) {
 	require.Equal(t, time.Duration(0), mean(5, 0))
 	require.Equal(t, d.add(d), devStat{reads: 100, readSectors: 800, readMS: 60, writes: 120, writeSectors: 1920, writeMS: 60, flushes: 20, flushMS: 10})
 
+	// A field that is not a number: an error naming it, not a zero.
+	require.NoError(t, os.WriteFile(file, []byte("100 5 800 50 200 0 x 90 0 120 150 0 0 0 0 40 8\n"), 0o600))
+	_, err = readDevStat(file)
+	require.ErrorContains(t, err, "field 7")
+
 	// A kernel without flush statistics (before 5.5) has 11 or 15 fields: an error, not zeros.
 	require.NoError(t, os.WriteFile(file, []byte("100 5 800 50 200 0 3200 90 0 120 150\n"), 0o600))
 	_, err = readDevStat(file)

@@ -119,11 +119,11 @@ func (r *report) markdown() string {
 			txns int64
 			d    devStat
 		}{{"ext4 on a raw loop file", t.rawTxns, t.rawDev}, {"clone", t.cloneTxns, t.cloneDev}} {
-			per := func(n int64) float64 { return float64(n) / float64(max(side.txns, 1)) }
-			p("| %s | %d | %.2f | %s | %.2f | %.1f | %s | %.2f | %s |\n", side.name, side.txns,
-				per(side.d.reads), latency(mean(side.d.readMS, side.d.reads)),
-				per(side.d.writes), per(side.d.writeSectors)/2, latency(mean(side.d.writeMS, side.d.writes)),
-				per(side.d.flushes), latency(mean(side.d.flushMS, side.d.flushes)))
+			d, n := side.d, side.txns
+			p("| %s | %d | %.2f | %s | %.2f | %.1f | %s | %.2f | %s |\n", side.name, n,
+				perTxn(d.reads, n), latency(mean(d.readMS, d.reads)),
+				perTxn(d.writes, n), perTxn(d.writeSectors, n)/2, latency(mean(d.writeMS, d.writes)),
+				perTxn(d.flushes, n), latency(mean(d.flushMS, d.flushes)))
 		}
 		p("\n")
 	}
@@ -188,7 +188,6 @@ func (r *report) analysis(p func(string, ...any)) {
 			}
 			return fmt.Sprintf("%.1f×", float64(mean(clMS, clN))/float64(rm))
 		}
-		per := func(n, txns int64) float64 { return float64(n) / float64(max(txns, 1)) }
 		misses = append(misses, fmt.Sprintf("- **pgbench.** Each kind of request the clone's loop device serves takes "+
 			"longer than the raw side's (the device table above): reads %s, writes %s, flushes %s the raw side's mean "+
 			"latency, for about the same requests per transaction (reads %.2f vs %.2f, writes %.2f vs %.2f, flushes "+
@@ -210,8 +209,8 @@ func (r *report) analysis(p func(string, ...any)) {
 			"the CPU that issued it; `enable_uring` is off on this kernel) or ublk (no module here).",
 			slower(cl.readMS, cl.reads, raw.readMS, raw.reads), slower(cl.writeMS, cl.writes, raw.writeMS, raw.writes),
 			slower(cl.flushMS, cl.flushes, raw.flushMS, raw.flushes),
-			per(cl.reads, t.cloneTxns), per(raw.reads, t.rawTxns), per(cl.writes, t.cloneTxns), per(raw.writes, t.rawTxns),
-			per(cl.flushes, t.cloneTxns), per(raw.flushes, t.rawTxns)))
+			perTxn(cl.reads, t.cloneTxns), perTxn(raw.reads, t.rawTxns), perTxn(cl.writes, t.cloneTxns), perTxn(raw.writes, t.rawTxns),
+			perTxn(cl.flushes, t.cloneTxns), perTxn(raw.flushes, t.rawTxns)))
 	}
 	if len(misses) == 0 {
 		return
